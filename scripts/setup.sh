@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install umr with everything the quick start and the tests use.
+# torch is pinned to the CPU build that lies on this machine's disk; other versions download GBs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.umr-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install -q -e ".[all,test]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import umr, torch, transformers" && touch "$stamp"
+fi

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command of the README: installs what it needs, then runs the whole suite
+# (slow tests included; `bash scripts/test.sh -m "not slow"` for the quick part).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec .venv/bin/python -m pytest "$@"

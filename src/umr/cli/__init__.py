@@ -1,0 +1,60 @@
+"""``umr`` command line: one sub-module per command, each with ``add_parser`` and ``run``.
+
+Errors a user can fix (bad model name, bad input) print one line and exit non-zero;
+tracebacks are kept for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..models.registry import ModelNotAvailable
+from ..types import ItemError
+
+#: sub-command modules, in the order ``umr --help`` lists them
+COMMANDS = ["embed", "models"]
+
+
+class UsageError(RuntimeError):
+    """A problem with what the user asked for, reported as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="umr", description="Universal multimodal retrieval.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (UsageError, ModelNotAvailable, ItemError, FileNotFoundError) as exc:
+        print(f"umr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"umr {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The model options every command that embeds shares."""
+    parser.add_argument("--model", required=True, help="short name (see `umr models`), hub id or folder")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="weights dtype (default: the model's own default)")
+    parser.add_argument("--batch-size", type=int, default=None, help="items per forward pass at most")
+    parser.add_argument("--min-image-tokens", type=int, default=None, help="MLLM models: fewest tokens per image")
+    parser.add_argument("--max-image-tokens", type=int, default=None, help="MLLM models: most tokens per image")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    from ..models.registry import load_model
+
+    options = {k: getattr(args, k) for k in ("min_image_tokens", "max_image_tokens")
+               if getattr(args, k, None) is not None}
+    return load_model(args.model, device=args.device, dtype=args.dtype, **options)

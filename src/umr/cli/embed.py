@@ -1,0 +1,65 @@
+"""``umr embed``: items JSONL in, an ``(N, dim)`` float32 ``.npy`` out, in input order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import UsageError, add_model_options, load_model_from_args
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("embed", help="embed the items of a JSONL file into a .npy matrix")
+    add_model_options(parser)
+    parser.add_argument("--input", required=True, type=Path, help="items JSONL (id, text, image, instruction, is_query)")
+    parser.add_argument("--output", required=True, type=Path, help="where to write the (N, dim) float32 .npy")
+    parser.add_argument("--on-error", choices=["stop", "skip"], default="stop",
+                        help="stop at the first bad item (default), or skip bad items and write "
+                             "OUTPUT.errors.jsonl plus OUTPUT.ids.json naming the rows")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..data.items import read_items_jsonl
+    from ..types import ItemError
+
+    if not args.input.is_file():
+        raise UsageError(f"no such input file: {args.input}")
+    items, lines, errors = [], [], []
+    for line_no, parsed in read_items_jsonl(args.input):
+        if isinstance(parsed, ItemError):
+            if args.on_error == "stop":
+                raise parsed
+            errors.append(parsed)
+        else:
+            items.append(parsed)
+            lines.append(line_no)
+
+    model = load_model_from_args(args)
+    result = model.embed(items, batch_size=args.batch_size, show_progress_bar=not args.no_progress,
+                         on_error="raise" if args.on_error == "stop" else "skip")
+    errors += [err.at(line=lines[err.index]) for err in result.errors]
+    errors.sort(key=lambda err: err.line or 0)
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.output, result.vectors.astype(np.float32, copy=False))
+    written = [items[i].id for i in result.indices]
+    if args.on_error == "skip":
+        _write_errors(args.output, errors, written)
+    print(f"umr embed: wrote {len(written)} vectors of dim {model.dim} to {args.output}"
+          + (f"; {len(errors)} item(s) skipped, see {_errors_path(args.output)}" if errors else ""))
+    return 0
+
+
+def _errors_path(output: Path) -> Path:
+    return output.with_suffix(".errors.jsonl")
+
+
+def _write_errors(output: Path, errors, written_ids) -> None:
+    with _errors_path(output).open("w", encoding="utf-8") as handle:
+        for err in errors:
+            handle.write(json.dumps(err.to_dict()) + "\n")
+    output.with_suffix(".ids.json").write_text(json.dumps(written_ids))

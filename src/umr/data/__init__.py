@@ -1,0 +1,5 @@
+"""Readers that turn files on disk into :class:`~umr.types.Item` streams."""
+
+from .items import read_items_jsonl
+
+__all__ = ["read_items_jsonl"]

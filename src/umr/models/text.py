@@ -1,0 +1,55 @@
+"""Plain text embedders: any sentence-transformers model.
+
+Vectors equal ``SentenceTransformer.encode(..., normalize_embeddings=True)``. Query
+instructions are prepended to the query text (``"{instruction} {text}"``), the common
+convention of instruction-tuned text embedders; models without instructions simply get
+none. An item with an image cannot be embedded by a text model and is reported as such.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..types import Item, ItemError
+from .base import Embedder
+
+
+class TextEmbedder(Embedder):
+    batch_size = 64
+    cost_budget = 64 * 256  # padded tokens per forward pass
+
+    def __init__(self, model, *, name: str | None = None):
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.dim = int(model.get_embedding_dimension())
+        self.name = name or "text"
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | None = None,
+                        **options) -> "TextEmbedder":
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(path), device=device, local_files_only=True, **options)
+        if dtype is not None:
+            model = model.to(getattr(torch, dtype))
+        model.eval()
+        return cls(model, name=Path(path).name)
+
+    def text_of(self, item: Item) -> str:
+        if item.image is not None:
+            raise ItemError(item.id, f"{self.name} is a text model and cannot embed an image")
+        if item.is_query and item.instruction:
+            return f"{item.instruction} {item.text}"
+        return item.text
+
+    def _cost(self, item: Item) -> int:
+        text = self.text_of(item)
+        # characters / 4 approximates tokens without tokenising twice
+        return min(len(text) // 4 + 2, self.model.max_seq_length)
+
+    def _embed_batch(self, items: list[Item]) -> torch.Tensor:
+        texts = [self.text_of(item) for item in items]
+        return self.model.encode(texts, batch_size=len(texts), convert_to_tensor=True,
+                                 normalize_embeddings=True, show_progress_bar=False)
