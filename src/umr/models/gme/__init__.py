@@ -1,0 +1,7 @@
+"""GME: one vector space for text, images and both, on Qwen2-VL (``gme-2b``, ``gme-7b``)."""
+
+from .modeling_gme import GmeEmbedder
+from .processing_gme import GmeProcessor, build_prompt
+from .tiny import write_tiny_gme
+
+__all__ = ["GmeEmbedder", "GmeProcessor", "build_prompt", "write_tiny_gme"]

@@ -1,0 +1,161 @@
+"""GME (General Multimodal Embedder) on Qwen2-VL / Qwen2.5-VL.
+
+The vector of an item is the final hidden state of the last token of its message
+(``... <|im_start|>assistant\\n<|endoftext|>``), L2-normalised. The text decoder runs with
+plain sequential positions ``0..L-1`` on all three M-RoPE sections, causal attention and right
+padding, as GME's reference code does (it calls the decoder with ``position_ids=None`` in the
+transformers versions it was written for). That makes every row of a batch independent of the
+others, so text-only, image-only and fused items share batches freely and each vector equals
+the item embedded alone.
+
+Only the vision tower and the text decoder are loaded (no ``lm_head``). Speed on CPU comes
+from batches of similar length (the base class sorts by :meth:`GmeEmbedder._cost`), running
+the vision tower once per batch on real images only, and skipping the padded tail of each
+batch in the decoder's last layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...types import Item, ItemError
+from ..base import Embedder
+from ..registry import ModelNotAvailable
+from .processing_gme import GmeProcessor, ProcessedItem
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Hide transformers' load report (the unused ``lm_head`` is expected)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+class GmeEmbedder(Embedder):
+    """GME embeddings for text, images and both, in one vector space."""
+
+    batch_size = 32
+    #: padded tokens (items x longest sequence) per forward pass
+    cost_budget = 8192
+
+    def __init__(self, model, processor: GmeProcessor, *, name: str = "gme", device: str = "cpu"):
+        self.model = model
+        self.processor = processor
+        self.name = name
+        self.device = torch.device(device)
+        config = model.config
+        text_config = getattr(config, "text_config", config)
+        self.dim = int(text_config.hidden_size)
+        self.image_token_id = int(config.image_token_id)
+        pad = processor.tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else 0)
+
+    # -- loading --------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | None = None,
+                        min_image_tokens: int | None = None, max_image_tokens: int | None = None,
+                        max_length: int = 1800, attn_implementation: str = "sdpa") -> "GmeEmbedder":
+        """Load a GME checkpoint folder (Qwen2-VL or Qwen2.5-VL) for embedding.
+
+        ``dtype`` defaults to ``float32``; ``bfloat16`` is much faster on CPUs with AMX/AVX512-BF16
+        but is opt-in. ``min_image_tokens``/``max_image_tokens`` bound the tokens per image
+        (GME's defaults: 256 and 1280).
+        """
+        from transformers import AutoConfig, AutoModel
+
+        folder = Path(path)
+        if not (folder / "config.json").is_file():
+            raise ModelNotAvailable(f"{folder}: no config.json, not a GME checkpoint folder")
+        if dtype is not None and str(dtype) not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(sorted(_DTYPES))}, not {dtype!r}")
+        torch_dtype = _DTYPES[str(dtype)] if dtype is not None else torch.float32
+        try:
+            with _quiet_transformers():
+                config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+                model = AutoModel.from_pretrained(str(folder), config=config, dtype=torch_dtype,
+                                                  attn_implementation=attn_implementation,
+                                                  local_files_only=True)
+        except OSError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelNotAvailable(f"{folder}: cannot load the GME weights: {first}") from None
+        model.to(device).eval()
+        if not hasattr(model, "language_model") or not hasattr(model, "get_image_features"):
+            raise ModelNotAvailable(f"{folder}: {type(model).__name__} is not a Qwen2-VL style model")
+        processor = GmeProcessor.from_pretrained(
+            folder, image_token_id=config.image_token_id,
+            min_image_tokens=256 if min_image_tokens is None else min_image_tokens,
+            max_image_tokens=1280 if max_image_tokens is None else max_image_tokens,
+            max_length=max_length)
+        return cls(model, processor, name=folder.name, device=device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.language_model.embed_tokens.weight.dtype
+
+    # -- the Embedder hooks ----------------------------------------------------------------------
+
+    def _cost(self, item: Item) -> int:
+        return self.processor.estimate_tokens(item)
+
+    def _embed_batch(self, items: list[Item]) -> torch.Tensor:
+        processed = []
+        for i, item in enumerate(items):
+            try:
+                processed.append(self.processor.process(item))
+            except ItemError as exc:
+                raise exc.at(index=i) from None
+        return self.forward(processed)
+
+    # -- the model -------------------------------------------------------------------------------
+
+    def forward(self, processed: list[ProcessedItem]) -> torch.Tensor:
+        """Last-token hidden states ``(len(processed), dim)`` (not normalised)."""
+        lengths = torch.tensor([len(p.input_ids) for p in processed])
+        batch, width = len(processed), int(lengths.max())
+        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        for row, p in enumerate(processed):
+            input_ids[row, : len(p.input_ids)] = torch.tensor(p.input_ids, dtype=torch.long)
+        input_ids = input_ids.to(self.device)
+
+        embeds = self.model.get_input_embeddings()(input_ids)
+        with_image = [p for p in processed if p.pixel_values is not None]
+        if with_image:
+            pixel_values = torch.from_numpy(np.concatenate([p.pixel_values for p in with_image]))
+            grid = torch.tensor([p.grid_thw for p in with_image], dtype=torch.long, device=self.device)
+            features = self.model.get_image_features(pixel_values.to(self.device), image_grid_thw=grid)
+            features = torch.cat(list(features.pooler_output)).to(embeds.dtype)
+            embeds[input_ids == self.image_token_id] = features
+
+        # right padding: row r holds lengths[r] real tokens at positions 0..lengths[r]-1
+        padded = bool((lengths < width).any())
+        attention_mask = None
+        if padded:
+            attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long().to(self.device)
+        position_ids = torch.arange(width, device=self.device).view(1, 1, -1).expand(3, batch, -1)
+        hidden = self.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                           position_ids=position_ids, use_cache=False).last_hidden_state
+        last = (lengths - 1).to(self.device)
+        return hidden[torch.arange(batch, device=self.device), last].float()
+
+
+def read_model_type(folder: str | Path) -> str:
+    return json.loads((Path(folder) / "config.json").read_text()).get("model_type", "")

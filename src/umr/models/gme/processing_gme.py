@@ -1,0 +1,238 @@
+"""GME inputs: prompts, the two-stage image resize, patches and token ids.
+
+This reproduces what GME's reference code feeds the model, item by item:
+
+* the message ``<|im_start|>system\\n{instruction}<|im_end|>\\n<|im_start|>user\\n{image}{text}
+  <|im_end|>\\n<|im_start|>assistant\\n<|endoftext|>``, with ``You are a helpful assistant.`` for
+  candidates and for queries without an instruction;
+* the image converted to RGB and resized twice: first as ``qwen_vl_utils.fetch_image`` does
+  (factor 28, 4..16384 tokens, PIL's default filter), then as the Qwen2-VL image processor does
+  (factor 28, ``min_image_tokens``..``max_image_tokens``, bicubic), then rescaled, normalised and
+  cut into ``patch x patch`` cells repeated over the temporal patch;
+* one ``<|image_pad|>`` per merged image token, and the whole sequence cut at ``max_length``.
+
+Unlike the reference, each item is processed on its own, so any mix of text-only, image-only
+and fused items can share a batch, and the token count of an item can be computed from the
+image header alone (:meth:`GmeProcessor.num_tokens`) to plan batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ...images import image_size, load_image
+from ...types import Item, ItemError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INSTRUCTION = "You are a helpful assistant."
+IMAGE_PART = "<|vision_start|><|image_pad|><|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+
+#: first resize (``qwen_vl_utils.fetch_image`` as GME's code copies it)
+FETCH_FACTOR = 28
+FETCH_MIN_PIXELS = 4 * 28 * 28
+FETCH_MAX_PIXELS = 16384 * 28 * 28
+FETCH_MAX_RATIO = 200
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def build_prompt(item: Item, *, with_image: bool | None = None) -> str:
+    """The message GME embeds for ``item``, with a single ``<|image_pad|>`` for its image."""
+    instruction = item.instruction if (item.is_query and item.instruction is not None) else DEFAULT_INSTRUCTION
+    has_image = item.image is not None if with_image is None else with_image
+    user = (IMAGE_PART if has_image else "") + (item.text if item.text is not None else "")
+    return (f"<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+            f"<|im_start|>assistant\n<|endoftext|>")
+
+
+def fetch_resize_size(height: int, width: int) -> tuple[int, int]:
+    """(height, width) after the first resize (``qwen_vl_utils.smart_resize``), ratio clamped at 200."""
+    factor = FETCH_FACTOR
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > FETCH_MAX_PIXELS:
+        beta = math.sqrt((height * width) / FETCH_MAX_PIXELS)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < FETCH_MIN_PIXELS:
+        beta = math.sqrt(FETCH_MIN_PIXELS / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    if max(h_bar, w_bar) / min(h_bar, w_bar) > FETCH_MAX_RATIO:
+        logger.warning("image aspect ratio %.1f is over %d; clamped as qwen_vl_utils does",
+                       max(h_bar, w_bar) / min(h_bar, w_bar), FETCH_MAX_RATIO)
+        if h_bar > w_bar:
+            h_bar = w_bar * FETCH_MAX_RATIO
+        else:
+            w_bar = h_bar * FETCH_MAX_RATIO
+    return h_bar, w_bar
+
+
+def processor_resize_size(height: int, width: int, *, factor: int, min_pixels: int,
+                          max_pixels: int) -> tuple[int, int]:
+    """(height, width) after the Qwen2-VL image processor's ``smart_resize``."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} is over 200")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+@dataclass
+class ProcessedItem:
+    """One item ready for the model: its token ids and, with an image, its patches."""
+
+    input_ids: list[int]
+    pixel_values: np.ndarray | None = None  # (grid_h * grid_w, C * T * P * P) float32
+    grid_thw: tuple[int, int, int] | None = None
+
+
+class GmeProcessor:
+    """Turns :class:`~umr.types.Item` objects into GME model inputs, one item at a time."""
+
+    def __init__(self, tokenizer, *, image_token_id: int, min_image_tokens: int = 256,
+                 max_image_tokens: int = 1280, max_length: int = 1800, patch_size: int = 14,
+                 merge_size: int = 2, temporal_patch_size: int = 2,
+                 image_mean=CLIP_MEAN, image_std=CLIP_STD, rescale_factor: float = 1 / 255):
+        if min_image_tokens < 1 or max_image_tokens < min_image_tokens:
+            raise ValueError(f"need 1 <= min_image_tokens <= max_image_tokens, got "
+                             f"{min_image_tokens} and {max_image_tokens}")
+        self.tokenizer = tokenizer
+        self.image_token_id = int(image_token_id)
+        self.min_image_tokens = int(min_image_tokens)
+        self.max_image_tokens = int(max_image_tokens)
+        self.max_length = int(max_length)
+        self.patch_size = int(patch_size)
+        self.merge_size = int(merge_size)
+        self.temporal_patch_size = int(temporal_patch_size)
+        self.factor = self.patch_size * self.merge_size
+        # the processor's pixel bounds are in units of 28x28 tokens, as GME sets them
+        self.min_pixels = self.min_image_tokens * 28 * 28
+        self.max_pixels = self.max_image_tokens * 28 * 28
+        # uint8 value -> normalised float32, computed exactly as the processor computes it
+        # (float64 rescale, cast to float32, then float32 (x - mean) / std) so patches match bit for bit
+        mean = np.asarray(image_mean, dtype=np.float32)
+        std = np.asarray(image_std, dtype=np.float32)
+        scaled = (np.arange(256, dtype=np.float64) * rescale_factor).astype(np.float32)
+        self._lut = ((scaled[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)  # (3, 256)
+        self._prefix_cache: dict[str, int] = {}
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, *, image_token_id: int, min_image_tokens: int = 256,
+                        max_image_tokens: int = 1280, max_length: int = 1800) -> "GmeProcessor":
+        from transformers import AutoTokenizer
+
+        folder = Path(folder)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        options = {}
+        config_file = folder / "preprocessor_config.json"
+        if config_file.is_file():
+            config = json.loads(config_file.read_text())
+            for key in ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std",
+                        "rescale_factor"):
+                if config.get(key) is not None:
+                    options[key] = config[key]
+        return cls(tokenizer, image_token_id=image_token_id, min_image_tokens=min_image_tokens,
+                   max_image_tokens=max_image_tokens, max_length=max_length, **options)
+
+    # -- images -------------------------------------------------------------------------------
+
+    def final_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) the model sees for an image of ``width x height`` pixels."""
+        h1, w1 = fetch_resize_size(height, width)
+        return processor_resize_size(h1, w1, factor=self.factor, min_pixels=self.min_pixels,
+                                     max_pixels=self.max_pixels)
+
+    def image_grid(self, width: int, height: int) -> tuple[int, int, int]:
+        """The ``(t, h, w)`` patch grid of an image of ``width x height`` pixels."""
+        h, w = self.final_size(width, height)
+        return 1, h // self.patch_size, w // self.patch_size
+
+    def num_image_tokens(self, width: int, height: int) -> int:
+        _, gh, gw = self.image_grid(width, height)
+        return gh * gw // (self.merge_size ** 2)
+
+    def resize(self, image: Image.Image) -> Image.Image:
+        """Both resizes on an RGB image: PIL's default filter, then bicubic."""
+        width, height = image.size
+        h1, w1 = fetch_resize_size(height, width)
+        image = image.resize((w1, h1))
+        h2, w2 = processor_resize_size(h1, w1, factor=self.factor, min_pixels=self.min_pixels,
+                                       max_pixels=self.max_pixels)
+        return image.resize((w2, h2), resample=Image.Resampling.BICUBIC)
+
+    def patches(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """Normalised patches ``(grid_h * grid_w, 3 * T * P * P)`` of an already resized RGB image."""
+        pixels = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
+        height, width, _ = pixels.shape
+        p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
+        gh, gw = height // p, width // p
+        # (gh/m, m, p, gw/m, m, p, C) -> (gh/m, gw/m, m, m, C, p, p): merge groups stay contiguous
+        cells = pixels.reshape(gh // m, m, p, gw // m, m, p, 3).transpose(0, 3, 1, 4, 6, 2, 5)
+        cells = np.ascontiguousarray(cells).reshape(gh * gw, 3, 1, p * p)
+        normed = np.empty((gh * gw, 3, t, p * p), dtype=np.float32)
+        for c in range(3):
+            normed[:, c, :, :] = self._lut[c][cells[:, c]]  # same frame repeated over time
+        return normed.reshape(gh * gw, 3 * t * p * p), (1, gh, gw)
+
+    # -- items ----------------------------------------------------------------------------------
+
+    def estimate_tokens(self, item: Item) -> int:
+        """Sequence length of ``item`` without decoding its image or tokenising its text."""
+        tokens = 0
+        if item.image is not None:
+            width, height = image_size(item.image, item_id=item.id)
+            try:
+                tokens += self.num_image_tokens(width, height) + 2
+            except ValueError as exc:
+                raise ItemError(item.id, f"image of {width}x{height} cannot be embedded: {exc}") from None
+        instruction = item.instruction if item.is_query and item.instruction else DEFAULT_INSTRUCTION
+        chars = len(instruction) + (len(item.text) if item.text else 0)
+        tokens += 16 + chars // 3  # ~3-4 characters per token for English
+        return min(tokens, self.max_length)
+
+    def process(self, item: Item) -> ProcessedItem:
+        """Token ids (image tokens expanded, cut at ``max_length``) and patches of one item."""
+        pixel_values = grid = None
+        n_image_tokens = 0
+        if item.image is not None:
+            image = load_image(item.image, item_id=item.id)
+            try:
+                image = self.resize(image)
+            except ValueError as exc:
+                raise ItemError(item.id, f"image of {image.width}x{image.height} cannot be embedded: "
+                                         f"{exc}") from None
+            pixel_values, grid = self.patches(image)
+            n_image_tokens = grid[1] * grid[2] // (self.merge_size ** 2)
+        ids = self.tokenize([build_prompt(item)])[0]
+        pads = [i for i, tok in enumerate(ids) if tok == self.image_token_id]
+        if len(pads) != (1 if item.image is not None else 0):
+            raise ItemError(item.id, f"text must not contain the special token {IMAGE_PAD}")
+        if pads:
+            at = pads[0]
+            ids = ids[:at] + [self.image_token_id] * n_image_tokens + ids[at + 1:]
+            if at + n_image_tokens > self.max_length:
+                raise ItemError(item.id, f"the image needs {n_image_tokens} tokens, more than fit in "
+                                         f"max_length={self.max_length}; lower max_image_tokens")
+        return ProcessedItem(input_ids=ids[: self.max_length], pixel_values=pixel_values, grid_thw=grid)
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=True, padding=False, truncation=False)["input_ids"]

@@ -1,0 +1,36 @@
+"""Shared pytest fixtures. Keep each fixture small and documented; others add theirs here."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_gme_dir(tmp_path_factory) -> Path:
+    """A tiny random GME (Qwen2-VL) checkpoint laid out like the real one; loads with ``umr.load_model``."""
+    from umr.models.gme.tiny import write_tiny_gme
+
+    return write_tiny_gme(tmp_path_factory.mktemp("tiny-gme") / "tiny-gme", seed=0)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small, well-formed PNG whose header claims ``width x height`` RGB pixels (a decompression bomb)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def bomb_png(tmp_path) -> Path:
+    """A PNG file of a few bytes whose header claims 30000 x 30000 pixels."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_claiming(30000, 30000))
+    return path
