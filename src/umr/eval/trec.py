@@ -1,0 +1,97 @@
+"""TREC run and qrels files: the 6-column TREC run, UniIR's 7-column variant, and qrels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from .metrics import trec_order
+
+
+def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], *, run_name: str = "umr",
+              task_tags: Mapping[str, str] | None = None) -> None:
+    """Write ``qid Q0 docid rank score run_name`` lines (plus ``task_id`` when ``task_tags``).
+
+    Ranks follow trec_eval's order (score descending, ties by docid descending), so reading the
+    file back with trec_eval gives exactly the scores umr reports. Scores print in full (they read back bit-exact).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for qid in run:
+            scores = run[qid]
+            for rank, doc in enumerate(trec_order(scores), start=1):
+                line = f"{qid} Q0 {doc} {rank} {float(scores[doc])!r} {run_name}"
+                if task_tags is not None:
+                    line += f" {task_tags.get(qid, '0')}"
+                handle.write(line + "\n")
+    tmp.replace(path)
+
+
+def read_run(path: str | Path) -> dict[str, dict[str, float]]:
+    """Read a 6- or 7-column run file into ``{qid: {docid: score}}``."""
+    run: dict[str, dict[str, float]] = {}
+    with Path(path).open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 6:
+                raise ValueError(f"{path}:{line_no}: a run line has 6 or 7 columns, got {len(parts)}")
+            run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+    return run
+
+
+def read_qrels(path: str | Path) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
+    """Read qrels: TREC (``qid 0 did rel``), M-BEIR (``qid 0 did rel task_id``) or BEIR TSV.
+
+    BEIR's TSV (``query-id<TAB>corpus-id<TAB>score`` with a header) is recognised by its header.
+    Returns ``(qrels, task_ids)``; ``task_ids`` maps qid to M-BEIR's 5th column when present.
+    """
+    qrels: dict[str, dict[str, int]] = {}
+    task_ids: dict[str, str] = {}
+    with Path(path).open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            parts = line.rstrip("\n").split("\t") if "\t" in line else line.split()
+            parts = [p.strip() for p in parts]
+            if not parts or parts == [""]:
+                continue
+            if line_no == 1 and parts[0].lower() in ("query-id", "query_id", "qid"):
+                continue  # BEIR header
+            if len(parts) == 3:
+                qid, did, rel = parts
+            elif len(parts) in (4, 5):
+                qid, _, did, rel = parts[:4]
+                if len(parts) == 5:
+                    task_ids.setdefault(qid, parts[4])
+            else:
+                raise ValueError(f"{path}:{line_no}: expected 3 (BEIR), 4 (TREC) or 5 (M-BEIR) columns, "
+                                 f"got {len(parts)}")
+            try:
+                grade = int(float(rel))
+            except ValueError:
+                raise ValueError(f"{path}:{line_no}: relevance {rel!r} is not a number") from None
+            qrels.setdefault(qid, {})[did] = grade
+    return qrels, task_ids
+
+
+def write_qrels(path: str | Path, qrels: Mapping[str, Mapping[str, int]]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for qid, judged in qrels.items():
+            for did, rel in judged.items():
+                handle.write(f"{qid} 0 {did} {rel}\n")
+
+
+def run_from_topk(qids: Sequence[str], scores, rows, doc_ids: Sequence[str],
+                  skip: Iterable[int] = ()) -> dict[str, dict[str, float]]:
+    """``{qid: {docid: score}}`` from a top-k search (``rows`` index into ``doc_ids``; -1 = none)."""
+    skip = set(skip)
+    run: dict[str, dict[str, float]] = {}
+    for i, qid in enumerate(qids):
+        if i in skip:
+            continue
+        run[qid] = {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0}
+    return run
