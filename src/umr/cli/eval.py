@@ -1,0 +1,103 @@
+"""``umr eval``: score a model on M-BEIR or BEIR-style benchmarks; ``umr eval compare A B``.
+
+    umr eval --model minilm --benchmark beir --data tests/fixtures/eval/beir --output out/minilm
+    umr eval --model gme-2b --benchmark mbeir --data M-BEIR --tasks cirr_task7 --pool both --output out/gme
+    umr eval compare out/minilm out/other
+
+Embeddings are cached under OUTPUT/cache and finished tasks under OUTPUT/tasks, so running the
+same command again after an interruption resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from . import UsageError, add_model_options, load_model_from_args
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser(
+        "eval", help="evaluate a model on M-BEIR / BEIR-style benchmarks (or: umr eval compare A B)",
+        description="Evaluate a model on M-BEIR or BEIR-style benchmarks and write TREC runs, "
+                    "scores.json, results.md and report.html. `umr eval compare A B` prints per-task "
+                    "deltas between two output folders (or scores.json files).")
+    add_model_options(parser)
+    for action in parser._actions:  # --model is not needed by `compare`
+        if action.dest == "model":
+            action.required = False
+    parser.add_argument("compare", nargs="*", metavar="compare A B",
+                        help="compare two earlier outputs instead of evaluating")
+    parser.add_argument("--benchmark", choices=["mbeir", "beir"], help="layout of --data")
+    parser.add_argument("--data", type=Path, help="M-BEIR root, or a BEIR task folder / folder of task folders")
+    parser.add_argument("--tasks", nargs="+", default=None,
+                        help="only these tasks (M-BEIR: e.g. cirr_task7; BEIR: folder names)")
+    parser.add_argument("--pool", choices=["local", "global", "both"], default="local",
+                        help="M-BEIR candidate pool (default: local)")
+    parser.add_argument("--split", default="test", help="split (default: test)")
+    parser.add_argument("--instructions", choices=["random", "first", "none"], default="random",
+                        help="M-BEIR query instructions: UniIR's seeded random pick (default), the first "
+                             "prompt, or none")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the instruction pick (default 0)")
+    parser.add_argument("--depth", type=int, default=100, help="candidates kept per query (default 100)")
+    parser.add_argument("--output", type=Path, help="output folder (cache, runs, reports)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    if args.compare:
+        return _compare(args.compare)
+    missing = [flag for flag, value in (("--model", args.model), ("--benchmark", args.benchmark),
+                                        ("--data", args.data), ("--output", args.output)) if not value]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} required (or: umr eval compare A B)")
+    if not args.data.exists():
+        raise UsageError(f"no such data folder: {args.data}")
+    if args.depth < 1:
+        raise UsageError("--depth must be at least 1")
+
+    from ..eval import EvalConfig, Evaluator
+
+    tasks = _load_tasks(args)
+    model = load_model_from_args(args)
+    config = EvalConfig(depth=args.depth, batch_size=args.batch_size, show_progress=not args.no_progress
+                        and sys.stderr.isatty())
+    evaluator = Evaluator(model, output=args.output, config=config,
+                          log=lambda message: print(f"umr eval: {message}", file=sys.stderr))
+    scores = evaluator.evaluate(tasks, benchmark=args.benchmark)
+    for pool, avg in scores["averages"].items():
+        print(f"umr eval: {scores['model']} {args.benchmark} [{pool}] {avg['n_tasks']} task(s): "
+              f"mean headline {100 * avg['main_score']:.2f}, NDCG@10 {100 * avg['ndcg@10']:.2f}, "
+              f"modality bias {100 * avg['modality_bias']:.1f}%")
+    print(f"umr eval: wrote {args.output / 'scores.json'}, {args.output / 'results.md'}, "
+          f"{args.output / 'report.html'} and runs under {args.output / 'runs'}")
+    return 0
+
+
+def _load_tasks(args):
+    try:
+        if args.benchmark == "mbeir":
+            from ..data.mbeir import MBEIR
+
+            bench = MBEIR(args.data, split=args.split)
+            pools = ["local", "global"] if args.pool == "both" else [args.pool]
+            return [bench.task(name, pool=pool, instruction_policy=args.instructions, seed=args.seed)
+                    for pool in pools for name in (args.tasks or bench.task_names)]
+        from ..data.beir import load_beir
+
+        return load_beir(args.data, tasks=args.tasks, split=args.split)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0]) if exc.args else str(exc)) from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _compare(values: list[str]) -> int:
+    if len(values) != 3 or values[0] != "compare":
+        raise UsageError("usage: umr eval compare A B (output folders or scores.json files)")
+    from ..eval.report import compare, load_scores
+
+    a, b = load_scores(values[1]), load_scores(values[2])
+    print(compare(a, b))
+    return 0

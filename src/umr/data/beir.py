@@ -1,0 +1,119 @@
+"""BEIR-style task folders (UMRB tasks, MTEB retrieval sets) read into retrieval tasks.
+
+A task folder holds::
+
+    corpus.jsonl     {"_id", "title"?, "text"?, "image"?}     one candidate per line
+    queries.jsonl    {"_id", "text"?, "image"?, "instruction"?}
+    qrels/test.tsv   query-id <TAB> corpus-id <TAB> score      (a header line; graded scores)
+    task.json        optional: {"name", "category": "T→VD", "instruction", "main_metric",
+                                "hit_k", "target_modality"}
+
+``image`` is a path relative to the task folder (or absolute). As BEIR's sentence-transformers
+wrapper does, a candidate's text is ``title + " " + text`` (stripped) when it has a title. The
+category (UMRB's T→T, I→I, T→I, T→VD, I→T, T→IT, IT→T, IT→I, IT→IT) comes from ``task.json`` or
+else from the modalities of the queries and of the judged candidates. The headline metric is
+NDCG@10 unless ``task.json`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
+
+from ..eval.tasks import RetrievalTask, category_of, parse_category, target_of_category
+from ..eval.trec import read_qrels
+from ..types import Item, Modality
+
+
+def _read_jsonl(path: Path) -> Iterable[dict]:
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
+
+
+def _image(root: Path, value) -> str | None:
+    if not value:
+        return None
+    path = Path(value)
+    return str(path if path.is_absolute() else root / path)
+
+
+def is_beir_task(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return (folder / "corpus.jsonl").is_file() and (folder / "queries.jsonl").is_file()
+
+
+def candidate_text(record: dict) -> str | None:
+    title, text = record.get("title") or "", record.get("text") or ""
+    joined = (title + " " + text).strip() if title else text
+    return joined or None
+
+
+def load_beir_task(folder: str | Path, *, split: str = "test", name: str | None = None,
+                   instruction: str | None = None) -> RetrievalTask:
+    """One BEIR-style task folder; ``instruction`` overrides task.json's query instruction."""
+    folder = Path(folder)
+    if not is_beir_task(folder):
+        raise FileNotFoundError(f"{folder}: not a BEIR-style task (needs corpus.jsonl and queries.jsonl)")
+    meta = json.loads((folder / "task.json").read_text(encoding="utf-8")) if (folder / "task.json").is_file() else {}
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        raise FileNotFoundError(f"{folder}: no qrels/{split}.tsv")
+    qrels, _ = read_qrels(qrels_path)
+
+    candidates = []
+    for record in _read_jsonl(folder / "corpus.jsonl"):
+        text, image = candidate_text(record), _image(folder, record.get("image"))
+        candidates.append(Item.candidate(text=text if text or image else "", image=image, id=str(record["_id"])))
+    instruction = instruction if instruction is not None else meta.get("instruction")
+    queries = []
+    wanted = set(qrels)
+    for record in _read_jsonl(folder / "queries.jsonl"):
+        qid = str(record["_id"])
+        if qid not in wanted:
+            continue  # BEIR evaluates the queries of the split's qrels only
+        queries.append(Item.query(text=record.get("text") or None, image=_image(folder, record.get("image")),
+                                  instruction=record.get("instruction") or instruction, id=qid))
+
+    if meta.get("category"):
+        category = parse_category(meta["category"])
+        target = Modality.parse(meta.get("target_modality") or target_of_category(category))
+    else:
+        by_id = {c.id: c for c in candidates}
+        judged = Counter(str(by_id[d].modality) for j in qrels.values() for d, r in j.items()
+                         if r > 0 and d in by_id)
+        target = Modality.parse(meta.get("target_modality") or (judged.most_common(1)[0][0] if judged else "text"))
+        qmods = Counter(str(q.modality) for q in queries)
+        category = category_of(qmods.most_common(1)[0][0] if qmods else "text", target)
+    return RetrievalTask(
+        name=name or meta.get("name") or folder.name, queries=queries, candidates=candidates, qrels=qrels,
+        category=category, target_modality=target, dataset=meta.get("dataset", folder.name), pool="corpus",
+        hit_k=int(meta.get("hit_k", 5)), main_metric=meta.get("main_metric", "ndcg@10"), run_tag="0",
+        metadata={"folder": str(folder), "split": split},
+    )
+
+
+def load_beir(root: str | Path, *, tasks: Iterable[str] | None = None, split: str = "test") -> list[RetrievalTask]:
+    """A task folder, or every task folder directly under ``root`` (optionally only ``tasks``)."""
+    root = Path(root)
+    if is_beir_task(root):
+        folders = [root]
+    else:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and is_beir_task(p)) if root.is_dir() else []
+        if not folders:
+            raise FileNotFoundError(f"{root}: no BEIR-style task folders (corpus.jsonl + queries.jsonl + qrels/)")
+    loaded = [load_beir_task(f, split=split) for f in folders]
+    if tasks:
+        wanted = list(tasks)
+        by_name = {t.name: t for t in loaded}
+        missing = [n for n in wanted if n not in by_name]
+        if missing:
+            raise KeyError(f"no task(s) {', '.join(missing)} under {root}; have: {', '.join(by_name)}")
+        loaded = [by_name[n] for n in wanted]
+    return loaded

@@ -1,0 +1,288 @@
+"""Readable results: Markdown tables in the papers' layout, an HTML report with charts, compare.
+
+* M-BEIR (UniIR / MM-Embed layout): one row per task — task number, category, dataset, the
+  headline metric (R@5, or R@10 for Fashion200K/FashionIQ) — with one column per pool, then the
+  average; plus the R@1/5/10 and R@10/20/50 tables and NDCG@10/MRR@10/MAP.
+* UMRB (GME layout): one row per category grouped as single-, cross- and fused-modal, then every
+  task with its headline metric.
+* The modality-bias table: the share of top-k results whose modality is not the task's target.
+
+The HTML report is one file: its charts are matplotlib PNGs embedded as base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from .tasks import CATEGORIES, UMRB_GROUPS
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def _metric_label(name: str) -> str:
+    if name.startswith("hit@"):
+        return "R@" + name[4:]
+    return {"ndcg@10": "NDCG@10", "mrr@10": "MRR@10", "map": "MAP", "mrr": "MRR"}.get(name, name)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _by_task(scores: dict[str, Any]) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
+    pools: list[str] = []
+    names: list[str] = []
+    table: dict[tuple[str, str], dict] = {}
+    for r in scores["tasks"]:
+        if r["pool"] not in pools:
+            pools.append(r["pool"])
+        if r["task"] not in names:
+            names.append(r["task"])
+        table[(r["task"], r["pool"])] = r
+    return pools, names, table
+
+
+def markdown_report(scores: dict[str, Any]) -> str:
+    pools, names, table = _by_task(scores)
+    out = [f"# {scores['model']} on {scores['benchmark']}", "",
+           f"Created {scores.get('created', '')}. Scores are percentages. R@k is UniIR's Recall@k "
+           "(a hit if any positive is in the top k); NDCG@10, MRR@10 and MAP follow trec_eval.", ""]
+
+    def first(name):
+        return next(table[(name, p)] for p in pools if (name, p) in table)
+
+    # headline table in the papers' layout
+    out += ["## Headline scores", ""]
+    header = ["Task", "Category", "Dataset", "Metric"] + [p.capitalize() for p in pools]
+    rows = []
+    for name in names:
+        r = first(name)
+        task_no = r.get("metadata", {}).get("task_id")
+        label = f"{task_no}. {name}" if task_no is not None else name
+        rows.append([label, r["category"], r["dataset"], _metric_label(r["main_metric"])]
+                    + [_pct(table[(name, p)]["main_score"]) if (name, p) in table else "–" for p in pools])
+    rows.append(["**Average**", "", "", ""] + [f"**{_pct(scores['averages'][p]['main_score'])}**" for p in pools])
+    out += [_table(header, rows), ""]
+
+    # UMRB groups
+    out += ["## By category (UMRB groups)", ""]
+    header = ["Group", "Category", "Tasks"] + [f"{p.capitalize()} headline" for p in pools] + \
+             [f"{p.capitalize()} NDCG@10" for p in pools]
+    rows = []
+    for group, cats in UMRB_GROUPS.items():
+        for cat in cats:
+            present = [p for p in pools if cat in scores["averages"][p]["by_category"]]
+            if not present:
+                continue
+            n = scores["averages"][present[0]]["by_category"][cat]["n_tasks"]
+            rows.append([group, cat, str(n)]
+                        + [_pct(scores["averages"][p]["by_category"].get(cat, {}).get("main_score")) for p in pools]
+                        + [_pct(scores["averages"][p]["by_category"].get(cat, {}).get("ndcg@10")) for p in pools])
+        present = [p for p in pools if group in scores["averages"][p]["by_group"]]
+        if present:
+            rows.append([f"**{group}**", "", str(scores["averages"][present[0]]["by_group"][group]["n_tasks"])]
+                        + [f"**{_pct(scores['averages'][p]['by_group'].get(group, {}).get('main_score'))}**" for p in pools]
+                        + [f"**{_pct(scores['averages'][p]['by_group'].get(group, {}).get('ndcg@10'))}**" for p in pools])
+    others = sorted({r["category"] for r in scores["tasks"]} - set(CATEGORIES))
+    for cat in others:
+        rows.append(["other", cat, ""] + [_pct(scores["averages"][p]["by_category"].get(cat, {}).get("main_score"))
+                                          for p in pools] + ["" for _ in pools])
+    out += [_table(header, rows), ""]
+
+    # recall tables and the rest, per pool
+    for pool in pools:
+        out += [f"## All metrics — {pool} pool", ""]
+        header = ["Task", "R@1", "R@5", "R@10", "R@20", "R@50", "NDCG@10", "MRR@10", "MAP", "Queries"]
+        rows = []
+        for name in names:
+            r = table.get((name, pool))
+            if r is None:
+                continue
+            m = r["metrics"]
+            rows.append([name] + [_pct(m.get(f"hit@{k}")) for k in (1, 5, 10, 20, 50)]
+                        + [_pct(m.get("ndcg@10")), _pct(m.get("mrr@10")), _pct(m.get("map")), str(r["n_queries"])])
+        out += [_table(header, rows), ""]
+
+    out += ["## Modality bias", "",
+            "Share of the top-k results whose modality differs from the task's target modality "
+            "(MM-Embed's diagnostic; 0 = every result has the right modality).", ""]
+    header = ["Task", "Target", "k"] + [p.capitalize() for p in pools]
+    rows = []
+    for name in names:
+        r = first(name)
+        rows.append([name, r["target_modality"], str(r["modality_bias"]["k"])]
+                    + [_pct(table[(name, p)]["modality_bias"]["bias"]) if (name, p) in table else "–" for p in pools])
+    out += [_table(header, rows), ""]
+    return "\n".join(out)
+
+
+# -- charts ------------------------------------------------------------------------------------
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def charts(scores: dict[str, Any]) -> dict[str, str]:
+    """Base64 PNGs: headline score per task, modality bias per task, score per category."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    pools, names, table = _by_task(scores)
+    images: dict[str, str] = {}
+    width = 0.8 / max(len(pools), 1)
+    height = max(2.5, 0.35 * len(names) * max(len(pools), 1) + 1)
+
+    for key, title, value in (
+        ("headline", "Headline score per task (%)", lambda r: 100 * r["main_score"]),
+        ("bias", "Modality bias: top-k results of the wrong modality (%)", lambda r: 100 * r["modality_bias"]["bias"]),
+    ):
+        fig, ax = plt.subplots(figsize=(8, height))
+        for j, pool in enumerate(pools):
+            ys = [i + j * width for i in range(len(names))]
+            xs = [value(table[(n, pool)]) if (n, pool) in table else 0 for n in names]
+            bars = ax.barh(ys, xs, height=width, label=pool)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        ax.set_yticks([i + width * (len(pools) - 1) / 2 for i in range(len(names))])
+        ax.set_yticklabels(names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 105)
+        ax.set_title(title, fontsize=10)
+        if len(pools) > 1:
+            ax.legend(fontsize=8)
+        images[key] = _png(fig)
+
+    cats = [c for c in CATEGORIES if any(c in scores["averages"][p]["by_category"] for p in pools)]
+    cats += sorted({c for p in pools for c in scores["averages"][p]["by_category"]} - set(cats))
+    if cats:
+        fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(cats) + 2), 3.2))
+        for j, pool in enumerate(pools):
+            xs = [i + j * width for i in range(len(cats))]
+            ys = [100 * scores["averages"][pool]["by_category"].get(c, {}).get("main_score", 0) for c in cats]
+            bars = ax.bar(xs, ys, width=width, label=pool)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.set_xticks([i + width * (len(pools) - 1) / 2 for i in range(len(cats))])
+        ax.set_xticklabels(cats)
+        ax.set_ylim(0, 105)
+        ax.set_title("Mean headline score per category (%)", fontsize=10)
+        if len(pools) > 1:
+            ax.legend(fontsize=8)
+        images["categories"] = _png(fig)
+    return images
+
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;margin:1em 0}
+.note{color:#555;font-size:13px}"""
+
+
+def _md_table_to_html(block: str) -> str:
+    lines = [l for l in block.strip().splitlines() if l.startswith("|")]
+    if len(lines) < 2:
+        return ""
+    cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+    head, body = cells[0], cells[2:]
+
+    def cell(text, tag):
+        bold = text.startswith("**") and text.endswith("**") and len(text) > 4
+        text = html.escape(text[2:-2] if bold else text)
+        return f"<{tag}>{'<b>' + text + '</b>' if bold else text}</{tag}>"
+
+    rows = ["<tr>" + "".join(cell(c, "th") for c in head) + "</tr>"]
+    rows += ["<tr>" + "".join(cell(c, "td") for c in row) + "</tr>" for row in body]
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def html_report(scores: dict[str, Any]) -> str:
+    """One self-contained HTML page: the Markdown tables plus the charts."""
+    md = markdown_report(scores)
+    images = charts(scores)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(scores['model'])} — "
+             f"{html.escape(scores['benchmark'])}</title><style>{_CSS}</style></head><body>"]
+    sections = md.split("\n## ")
+    head = sections[0].splitlines()
+    parts.append(f"<h1>{html.escape(head[0].lstrip('# '))}</h1>")
+    parts.append(f"<p class='note'>{html.escape(' '.join(l for l in head[1:] if l.strip()))}</p>")
+    chart_after = {"Headline scores": ["headline"], "By category (UMRB groups)": ["categories"],
+                   "Modality bias": ["bias"]}
+    for section in sections[1:]:
+        title, _, body = section.partition("\n")
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        text = [l for l in body.splitlines() if l.strip() and not l.startswith("|")]
+        if text:
+            parts.append(f"<p class='note'>{html.escape(' '.join(text))}</p>")
+        parts.append(_md_table_to_html(body))
+        for key in chart_after.get(title, []):
+            if key in images:
+                parts.append(f"<img alt='{key} chart' src='data:image/png;base64,{images[key]}'>")
+    timings = scores.get("timings")
+    if timings:
+        parts.append("<p class='note'>Time: " + html.escape(", ".join(
+            f"{k} {v:.1f}s" for k, v in timings.items())) + "</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_reports(scores: dict[str, Any], output: str | Path) -> None:
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.md").write_text(markdown_report(scores), encoding="utf-8")
+    (output / "report.html").write_text(html_report(scores), encoding="utf-8")
+
+
+# -- compare -----------------------------------------------------------------------------------
+
+def load_scores(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "scores.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no scores.json at {path}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def compare(a: dict[str, Any], b: dict[str, Any], *, metrics: tuple[str, ...] = ("main", "ndcg@10")) -> str:
+    """A Markdown table of per-task deltas (B − A) on the headline metric and NDCG@10."""
+    ta = {(r["task"], r["pool"]): r for r in a["tasks"]}
+    tb = {(r["task"], r["pool"]): r for r in b["tasks"]}
+    keys = [k for k in ta if k in tb] + [k for k in tb if k not in ta]
+    header = ["Task", "Pool", "Metric", f"A ({a['model']})", f"B ({b['model']})", "Δ (B−A)"]
+    rows = []
+    sums: dict[str, list[float]] = {}
+
+    def value(r, metric):
+        if r is None:
+            return None
+        return r["main_score"] if metric == "main" else r["metrics"].get(metric)
+
+    for key in keys:
+        ra, rb = ta.get(key), tb.get(key)
+        for metric in metrics:
+            label = _metric_label((ra or rb)["main_metric"]) if metric == "main" else _metric_label(metric)
+            va, vb = value(ra, metric), value(rb, metric)
+            delta = None if va is None or vb is None else vb - va
+            if delta is not None:
+                sums.setdefault(metric, []).append(delta)
+            rows.append([key[0], key[1], label, _pct(va), _pct(vb),
+                         "–" if delta is None else f"{100 * delta:+.2f}"])
+    for metric, deltas in sums.items():
+        rows.append(["**Mean Δ**", "", "headline" if metric == "main" else _metric_label(metric), "", "",
+                     f"**{100 * sum(deltas) / len(deltas):+.2f}**"])
+    return _table(header, rows)

@@ -1,0 +1,234 @@
+"""Run an embedder over retrieval tasks: embed (cached, resumable), search exactly, score, write.
+
+>>> from umr.eval import evaluate, load_beir_task
+>>> results = evaluate(model, [load_beir_task("data/scifact")], output="out/")   # doctest: +SKIP
+
+The output folder holds ``cache/`` (embeddings, reused on the next run), ``runs/<pool>/<task>.trec``
+(TREC run) and ``runs/<pool>/<task>.uniir.trec`` (UniIR's 7-column variant with the task id),
+``tasks/<pool>/<task>.json`` (one finished task; a rerun skips it), ``scores.json`` (every score),
+``results.md`` (the papers' tables) and ``report.html`` (self-contained, with charts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..index.exact import search_exact
+from .cache import EmbeddingStore, fingerprint
+from .metrics import evaluate_run, mean_metrics, modality_bias, trec_order
+from .tasks import RetrievalTask
+from .trec import run_from_topk, write_run
+
+
+@dataclass
+class EvalConfig:
+    """What is computed. ``depth`` is how many candidates each query's run keeps."""
+
+    depth: int = 100
+    k_values: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
+    ndcg_k: tuple[int, ...] = (10,)
+    mrr_k: tuple[int, ...] = (10,)
+    map_k: tuple[int, ...] = ()
+    relevance_level: int = 1
+    #: k of the modality-bias diagnostic; None = the task's headline k (5, or 10 for fashion)
+    bias_k: int | None = None
+    batch_size: int | None = None
+    chunk_size: int = 4096
+    show_progress: bool = False
+
+    def signature(self) -> str:
+        fields = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "chunk_size", "show_progress")}
+        return hashlib.sha1(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+@dataclass
+class TaskOutcome:
+    """One task's scores plus the run behind them."""
+
+    result: dict[str, Any]
+    run: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _task_signature(task: RetrievalTask, model_name: str, config: EvalConfig) -> str:
+    h = hashlib.sha1()
+    h.update(model_name.encode())
+    h.update(config.signature().encode())
+    h.update(task.pool.encode())
+    for item in task.queries:
+        h.update(item.id.encode() + fingerprint(item).encode())
+    h.update(str(len(task.candidates)).encode())
+    for cand in (task.candidates[0], task.candidates[-1]) if task.candidates else ():
+        h.update(cand.id.encode())
+    for qid in sorted(task.qrels):
+        h.update(json.dumps([qid, sorted(task.qrels[qid].items())]).encode())
+    return h.hexdigest()[:16]
+
+
+class Evaluator:
+    """Evaluates one model on tasks; with ``output`` it caches, resumes and writes files."""
+
+    def __init__(self, model, *, output: str | Path | None = None, config: EvalConfig | None = None,
+                 run_name: str | None = None, log: Callable[[str], None] | None = None):
+        self.model = model
+        self.config = config or EvalConfig()
+        self.output = Path(output) if output is not None else None
+        self.model_name = str(getattr(model, "name", type(model).__name__))
+        self.run_name = run_name or "umr_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in self.model_name)
+        self.log = log or (lambda message: None)
+        root = (self.output / "cache") if self.output else None
+        if root is None:
+            import tempfile
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="umr-eval-")
+            root = Path(self._tmp.name)
+        self.store = EmbeddingStore(root, self.model_name, chunk_size=self.config.chunk_size)
+        self._matrices: dict[int, tuple[np.ndarray, np.ndarray, dict[int, str]]] = {}
+        self.timings = {"embed_s": 0.0, "search_s": 0.0, "score_s": 0.0, "write_s": 0.0}
+
+    # -- one task ------------------------------------------------------------------------------
+
+    def _candidate_matrix(self, candidates: list):
+        key = id(candidates)
+        if key not in self._matrices:
+            vectors, kept, errors, spent = self.store.embed(
+                self.model, candidates, batch_size=self.config.batch_size,
+                show_progress_bar=self.config.show_progress)
+            self.timings["embed_s"] += spent
+            self._matrices[key] = (vectors, kept, errors)
+        return self._matrices[key]
+
+    def evaluate_task(self, task: RetrievalTask) -> TaskOutcome:
+        config = self.config
+        signature = _task_signature(task, self.model_name, config)
+        done_file = self._task_file(task)
+        if done_file is not None and done_file.is_file():
+            previous = json.loads(done_file.read_text(encoding="utf-8"))
+            if previous.get("signature") == signature:
+                self.log(f"{task.pool}/{task.name}: already done, skipped")
+                return TaskOutcome(previous)
+
+        t_start = time.perf_counter()
+        cvecs, ckept, cerrors = self._candidate_matrix(task.candidates)
+        qvecs, qkept, qerrors, spent = self.store.embed(
+            self.model, task.queries, batch_size=config.batch_size, show_progress_bar=config.show_progress)
+        self.timings["embed_s"] += spent
+
+        t0 = time.perf_counter()
+        scores, rows = search_exact(qvecs, cvecs, config.depth)
+        kept_ids = [task.candidates[i].id for i in ckept]
+        run = run_from_topk([task.queries[i].id for i in qkept], scores, rows, kept_ids)
+        t_search = time.perf_counter() - t0
+        self.timings["search_s"] += t_search
+
+        t0 = time.perf_counter()
+        k_values = tuple(sorted(set(config.k_values) | {task.hit_k}))
+        per_query = evaluate_run(run, task.qrels, k_values=k_values, ndcg_k=config.ndcg_k,
+                                 mrr_k=config.mrr_k, map_k=config.map_k,
+                                 relevance_level=config.relevance_level)
+        metrics = mean_metrics(per_query)
+        bias_k = config.bias_k or task.hit_k
+        rankings = {qid: trec_order(scores_) for qid, scores_ in run.items()}
+        bias = modality_bias(rankings, task.candidate_modalities(), str(task.target_modality), bias_k)
+        t_score = time.perf_counter() - t0
+        self.timings["score_s"] += t_score
+
+        result: dict[str, Any] = {
+            "task": task.name, "dataset": task.dataset, "pool": task.pool, "category": task.category,
+            "group": task.group, "target_modality": str(task.target_modality), "hit_k": task.hit_k,
+            "main_metric": task.headline, "main_score": metrics.get(task.headline, 0.0),
+            "metrics": metrics, "modality_bias": bias,
+            "n_queries": len(task.queries), "n_judged_queries": len(task.qrels),
+            "n_candidates": len(task.candidates),
+            "query_errors": {task.queries[i].id: why for i, why in qerrors.items()},
+            "candidate_errors": len(cerrors),
+            "seconds": {"search": t_search, "score": t_score, "total": time.perf_counter() - t_start},
+            "signature": signature, "metadata": task.metadata,
+        }
+        if self.output is not None:
+            t0 = time.perf_counter()
+            tags = {q.id: task.run_tag for q in task.queries}
+            write_run(self.output / "runs" / task.pool / f"{task.name}.trec", run, run_name=self.run_name)
+            write_run(self.output / "runs" / task.pool / f"{task.name}.uniir.trec", run, run_name=self.run_name,
+                      task_tags=tags)
+            done_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = done_file.with_name(done_file.name + ".tmp")
+            tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
+            tmp.replace(done_file)
+            self.timings["write_s"] += time.perf_counter() - t0
+        self.log(f"{task.pool}/{task.name}: {result['main_metric']} = {100 * result['main_score']:.2f}, "
+                 f"ndcg@10 = {100 * metrics.get('ndcg@10', 0.0):.2f}, "
+                 f"modality bias@{bias_k} = {100 * bias['bias']:.1f}%")
+        return TaskOutcome(result, run)
+
+    def _task_file(self, task: RetrievalTask) -> Path | None:
+        if self.output is None:
+            return None
+        return self.output / "tasks" / task.pool / f"{task.name}.json"
+
+    # -- many tasks ------------------------------------------------------------------------------
+
+    def evaluate(self, tasks: Sequence[RetrievalTask], *, benchmark: str = "custom",
+                 write_reports: bool = True) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        results = [self.evaluate_task(task).result for task in tasks]
+        scores = summarize(results, model=self.model_name, benchmark=benchmark, config=self.config)
+        scores["timings"] = {**self.timings, "total_s": time.perf_counter() - t0}
+        if self.output is not None and write_reports:
+            from .report import write_reports as _write
+
+            t1 = time.perf_counter()
+            _write(scores, self.output)
+            scores["timings"]["report_s"] = time.perf_counter() - t1
+            (self.output / "scores.json").write_text(json.dumps(scores, indent=1), encoding="utf-8")
+        return scores
+
+
+def summarize(results: list[dict[str, Any]], *, model: str, benchmark: str,
+              config: EvalConfig | None = None) -> dict[str, Any]:
+    """The scores document: every task, plus averages by pool, category and UMRB group."""
+    from .tasks import UMRB_GROUPS
+
+    averages: dict[str, dict[str, Any]] = {}
+    for pool in sorted({r["pool"] for r in results}):
+        in_pool = [r for r in results if r["pool"] == pool]
+        by_cat: dict[str, dict[str, float]] = {}
+        for cat in sorted({r["category"] for r in in_pool}):
+            members = [r for r in in_pool if r["category"] == cat]
+            by_cat[cat] = {"main_score": _mean(r["main_score"] for r in members),
+                           "ndcg@10": _mean(r["metrics"].get("ndcg@10", 0.0) for r in members),
+                           "n_tasks": len(members)}
+        by_group = {}
+        for group, cats in UMRB_GROUPS.items():
+            members = [r for r in in_pool if r["category"] in cats]
+            if members:
+                by_group[group] = {"main_score": _mean(r["main_score"] for r in members),
+                                   "ndcg@10": _mean(r["metrics"].get("ndcg@10", 0.0) for r in members),
+                                   "n_tasks": len(members)}
+        averages[pool] = {"main_score": _mean(r["main_score"] for r in in_pool),
+                          "ndcg@10": _mean(r["metrics"].get("ndcg@10", 0.0) for r in in_pool),
+                          "modality_bias": _mean(r["modality_bias"]["bias"] for r in in_pool),
+                          "n_tasks": len(in_pool), "by_category": by_cat, "by_group": by_group}
+    return {"model": model, "benchmark": benchmark,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": asdict(config) if config else None,
+            "tasks": results, "averages": averages}
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+def evaluate(model, tasks: Sequence[RetrievalTask], *, output: str | Path | None = None,
+             config: EvalConfig | None = None, benchmark: str = "custom",
+             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Evaluate ``model`` (any :class:`~umr.models.base.Embedder`) on ``tasks``; see the module doc."""
+    return Evaluator(model, output=output, config=config, log=log).evaluate(tasks, benchmark=benchmark)

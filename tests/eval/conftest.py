@@ -1,0 +1,138 @@
+"""Fixtures of the evaluation tests: a tiny M-BEIR-layout benchmark and test embedders.
+
+The M-BEIR fixture has three tasks laid out exactly as UniIR distributes M-BEIR:
+``mscoco_task0`` (text -> image), ``oven_task6`` (image,text -> text) and ``nights_task4``
+(image -> image), each with a local pool, a global union pool, qrels, instructions and images.
+Every query and its positive share a *concept* number, written into texts ("concept 07") and
+image file names (``c07_*.png``), so a test embedder can read it back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from umr.models.base import Embedder
+from umr.types import Item, ItemError
+
+N_CONCEPTS = 30
+# task -> (dataset id, concepts, query modality, candidate modality)
+TASKS = {
+    "mscoco_task0": ("1", range(0, 10), "text", "image"),
+    "oven_task6": ("6", range(10, 20), "image,text", "text"),
+    "nights_task4": ("5", range(20, 30), "image", "image"),
+}
+_CONCEPT = re.compile(r"c(?:oncept )?(\d\d)")
+
+
+def _image(path: Path, concept: int, variant: int) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(concept * 10 + variant)
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def build_mbeir(root: Path, *, queries_per_task: int = 6) -> Path:
+    """Write the three-task M-BEIR fixture under ``root`` and return it."""
+    for sub in ("query/test", "cand_pool/local", "cand_pool/global", "qrels/test", "instructions"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    union = []
+    instructions = ["query_modality\tcand_modality\tdataset_name\tdataset_id\tprompt_1\tprompt_2\tprompt_3\tprompt_4"]
+    for name, (ds_id, concepts, qmod, cmod) in TASKS.items():
+        dataset = name.split("_task")[0]
+        task_id = name.rsplit("task", 1)[1]
+        instructions.append(f"{qmod}\t{cmod}\t{dataset}\t{ds_id}\tfind the {cmod} for this {qmod}\t"
+                            f"retrieve a matching {cmod}\t\t")
+        pool = []
+        for c in concepts:
+            did = f"{ds_id}:{1000 + c}"
+            rel = f"mbeir_images/{dataset}/cand_c{c:02d}.png"
+            if "image" in cmod:
+                _image(root / rel, c, 1)
+            pool.append({"txt": f"a text about concept {c:02d}" if "text" in cmod else "",
+                         "img_path": rel if "image" in cmod else None, "modality": cmod, "did": did,
+                         "src_content": None})
+        union += pool
+        with (root / f"cand_pool/local/mbeir_{name}_cand_pool.jsonl").open("w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in pool)
+        qrels = []
+        with (root / f"query/test/mbeir_{name}_test.jsonl").open("w") as f:
+            for i, c in enumerate(list(concepts)[:queries_per_task]):
+                qid = f"{ds_id}:{i}"
+                rel = f"mbeir_images/{dataset}/query_c{c:02d}.png"
+                if "image" in qmod:
+                    _image(root / rel, c, 2)
+                record = {"qid": qid, "query_txt": f"show me concept {c:02d}" if "text" in qmod else "",
+                          "query_img_path": rel if "image" in qmod else None, "query_modality": qmod,
+                          "query_src_content": None, "pos_cand_list": [f"{ds_id}:{1000 + c}"],
+                          "neg_cand_list": [], "task_id": int(task_id)}
+                f.write(json.dumps(record) + "\n")
+                qrels.append(f"{qid} 0 {ds_id}:{1000 + c} 1 {task_id}")
+        (root / f"qrels/test/mbeir_{name}_test_qrels.txt").write_text("\n".join(qrels) + "\n")
+    with (root / "cand_pool/global/mbeir_union_test_cand_pool.jsonl").open("w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in union)
+    (root / "instructions/query_instructions.tsv").write_text("\n".join(instructions) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def mbeir_dir(tmp_path_factory) -> Path:
+    return build_mbeir(tmp_path_factory.mktemp("mbeir") / "M-BEIR")
+
+
+def concept_of(item: Item) -> int:
+    for source in (item.text, Path(str(item.image)).name if item.image is not None else None):
+        if source:
+            match = _CONCEPT.search(source)
+            if match:
+                return int(match.group(1))
+    raise ItemError(item.id, "no concept in this item")
+
+
+class OracleEmbedder(Embedder):
+    """Embeds the concept: a query and its positive get the same vector."""
+
+    name = "oracle"
+    dim = N_CONCEPTS + 2
+
+    def __init__(self):
+        self.calls = 0
+
+    def _cost(self, item: Item) -> int:
+        return 1
+
+    def _vector(self, item: Item) -> np.ndarray:
+        v = np.zeros(self.dim, np.float32)
+        v[concept_of(item)] = 1.0
+        return v
+
+    def _embed_batch(self, items):
+        self.calls += len(items)
+        return np.stack([self._vector(i) for i in items])
+
+
+class TextLovingEmbedder(OracleEmbedder):
+    """Knows the concept but prefers anything with text: queries and texts share a strong axis."""
+
+    name = "text-lover"
+
+    def _vector(self, item: Item) -> np.ndarray:
+        v = super()._vector(item)
+        if item.is_query or item.text:
+            v[N_CONCEPTS] = 2.0
+        return v
+
+
+@pytest.fixture
+def oracle():
+    return OracleEmbedder()
+
+
+@pytest.fixture
+def text_lover():
+    return TextLovingEmbedder()
