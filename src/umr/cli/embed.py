@@ -39,8 +39,11 @@ def run(args) -> int:
             lines.append(line_no)
 
     model = load_model_from_args(args)
-    result = model.embed(items, batch_size=args.batch_size, show_progress_bar=not args.no_progress,
-                         on_error="raise" if args.on_error == "stop" else "skip")
+    try:
+        result = model.embed(items, batch_size=args.batch_size, show_progress_bar=not args.no_progress,
+                             on_error="raise" if args.on_error == "stop" else "skip")
+    except ItemError as exc:  # name the input line of the item that stopped the run
+        raise exc.at(line=lines[exc.index]) if exc.index is not None else exc from None
     errors += [err.at(line=lines[err.index]) for err in result.errors]
     errors.sort(key=lambda err: err.line or 0)
 

@@ -127,6 +127,7 @@ class GmeEmbedder(Embedder):
 
     # -- the model -------------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def forward(self, processed: list[ProcessedItem]) -> torch.Tensor:
         """Last-token hidden states ``(len(processed), dim)`` (not normalised)."""
         lengths = torch.tensor([len(p.input_ids) for p in processed])
