@@ -1,0 +1,110 @@
+"""Texts and images as UniIR's CLIP-SF sees them.
+
+UniIR (``src/data/mbeir_dataset.py``) builds a query's text as
+``format_string(f"{instruction} {query_txt}")`` and a candidate's as ``format_string(txt)``,
+where ``format_string`` strips the text (and ``\\r`` and surrounding double quotes),
+capitalises its first character and ends it with a period unless it already ends in
+``.``, ``?`` or ``!``. An empty text is "no text" (its embedding is masked out), so an
+image-only query *with* an instruction becomes image + instruction text.
+
+Images go through CLIP's own preprocessing: resize the short side to the input size
+(bicubic), centre-crop, scale to [0, 1], normalise with CLIP's mean and std. SigLIP resizes
+to a square instead. The numbers come from the folder's ``preprocessor_config.json`` when
+it has one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ...types import Item
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def uniir_format(text: str | None) -> str:
+    """UniIR's ``format_string``."""
+    s = (text or "").replace("\r", "").strip().strip('"')
+    if s:
+        s = s[0].upper() + s[1:]
+        if s[-1] not in (".", "?", "!"):
+            s = s + "."
+    return s
+
+
+def item_text(item: Item, *, uniir: bool = True) -> str:
+    """The text an item contributes ("" = none). Query instructions are prefixed as UniIR does."""
+    text = item.text or ""
+    if item.is_query and item.instruction:
+        text = f"{item.instruction} {text}"
+    return uniir_format(text) if uniir else text.strip()
+
+
+@dataclass
+class ImageTransform:
+    """Resize (short side, or to a square), centre-crop, normalise; all with PIL/numpy."""
+
+    size: int = 224
+    crop: int | None = 224
+    square: bool = False
+    mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    std: tuple[float, ...] = OPENAI_CLIP_STD
+    resample: int = 3  # bicubic
+    #: "round" centres crops like torchvision (OpenAI CLIP, UniIR); "floor" like transformers
+    crop_rounding: str = "round"
+
+    @classmethod
+    def from_folder(cls, folder: Path, *, kind: str, image_size: int, crop_rounding: str = "floor") -> "ImageTransform":
+        if kind == "siglip":
+            base = cls(size=image_size, crop=None, square=True, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                       crop_rounding=crop_rounding)
+        else:
+            base = cls(size=image_size, crop=image_size, crop_rounding=crop_rounding)
+        pre = folder / "preprocessor_config.json"
+        if not pre.is_file():
+            return base
+        cfg = json.loads(pre.read_text())
+        size = cfg.get("size", {})
+        if isinstance(size, int):
+            size = {"shortest_edge": size}
+        if "shortest_edge" in size:
+            base.size, base.square = int(size["shortest_edge"]), False
+        elif "height" in size:
+            base.size, base.square = int(size["height"]), True
+        crop = cfg.get("crop_size")
+        if isinstance(crop, dict):
+            crop = crop.get("height")
+        base.crop = int(crop) if cfg.get("do_center_crop", not base.square) and crop else None
+        base.mean = tuple(cfg.get("image_mean", base.mean))
+        base.std = tuple(cfg.get("image_std", base.std))
+        base.resample = int(cfg.get("resample", base.resample))
+        return base
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        resample = Image.Resampling(self.resample)
+        if self.square:
+            image = image.resize((self.size, self.size), resample=resample)
+        else:
+            w, h = image.size
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = self.size, int(self.size * long / short)
+            new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+            if (new_w, new_h) != (w, h):
+                image = image.resize((new_w, new_h), resample=resample)
+        if self.crop:
+            w, h = image.size
+            if self.crop_rounding == "round":
+                top, left = int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
+            else:
+                top, left = (h - self.crop) // 2, (w - self.crop) // 2
+            image = image.crop((left, top, left + self.crop, top + self.crop))
+        arr = np.asarray(image, dtype=np.float32) / 255.0
+        arr = (arr - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))

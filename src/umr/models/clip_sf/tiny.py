@@ -1,0 +1,137 @@
+"""Tiny, randomly initialised CLIP / SigLIP / UniIR CLIP-SF checkpoints for tests and examples.
+
+* :func:`write_tiny_clip` writes a Hugging Face CLIP (or SigLIP) folder: ``config.json``,
+  ``model.safetensors``, a BPE tokenizer trained offline, ``preprocessor_config.json``.
+* :func:`write_tiny_uniir_clip_sf` writes such a CLIP folder and drops into it a UniIR-style
+  ``clip_sf_tiny.pth``: ``torch.save({"model": state_dict, "epoch": 0})`` with UniIR's
+  ``clip_model.``-prefixed OpenAI CLIP names and *other* random weights than the folder's, so
+  a test can tell which were used.
+
+Everything loads through ``umr.load_model(folder)``. Same arguments, same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+_WORDS = ("a an the of to in on with for by from and or is are this that photo picture image of "
+          "dog cat car truck bird flower tree house street city river mountain sky sea beach "
+          "red green blue yellow black white small large old new man woman child people "
+          "find retrieve match caption news fashion wikipedia question answer").split()
+
+TINY_CLIP_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      max_position_embeddings=16)
+TINY_CLIP_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        image_size=32, patch_size=8)
+
+
+def _corpus(seed: int, lines: int = 300) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12))) + rng.choice([".", "?", "!", ""])
+            for _ in range(lines)]
+
+
+def build_tokenizer(kind: str = "clip", seed: int = 0, vocab_size: int = 200):
+    """A lower-casing BPE; CLIP-style ``<|startoftext|> ... <|endoftext|>`` or SigLIP-style ``... </s>``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    specials = ["<|startoftext|>", "<|endoftext|>"] if kind == "clip" else ["<pad>", "</s>", "<unk>"]
+    tokenizer = Tokenizer(models.BPE(unk_token="<|endoftext|>" if kind == "clip" else "<unk>"))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    alphabet = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,:;!?'-"))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                  special_tokens=specials, initial_alphabet=alphabet)
+    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    if kind == "clip":
+        sot, eot = tokenizer.token_to_id("<|startoftext|>"), tokenizer.token_to_id("<|endoftext|>")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", sot), ("<|endoftext|>", eot)])
+    else:
+        eos = tokenizer.token_to_id("</s>")
+        tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
+    return tokenizer
+
+
+def write_tiny_clip(folder: str | Path, *, kind: str = "clip", seed: int = 0, text: dict[str, Any] | None = None,
+                    vision: dict[str, Any] | None = None, projection_dim: int = 24, scale: float = 0.2) -> Path:
+    """Write a tiny random CLIP (``kind="clip"``) or SigLIP (``kind="siglip"``) folder."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(kind, seed)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    t = {**TINY_CLIP_TEXT, **(text or {}), "vocab_size": tokenizer.get_vocab_size()}
+    v = {**TINY_CLIP_VISION, **(vision or {})}
+    if kind == "clip":
+        ids = {k: tokenizer.token_to_id(k) for k in ("<|startoftext|>", "<|endoftext|>")}
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+            "model_max_length": t["max_position_embeddings"], "padding_side": "right"}, indent=2))
+        t.update(bos_token_id=ids["<|startoftext|>"], eos_token_id=ids["<|endoftext|>"],
+                 pad_token_id=ids["<|endoftext|>"], hidden_act="quick_gelu")
+        v.update(hidden_act="quick_gelu")
+        config = CLIPConfig(text_config=t, vision_config=v, projection_dim=projection_dim)
+        model_cls = CLIPModel
+        pre = {"image_processor_type": "CLIPImageProcessor", "do_resize": True,
+               "size": {"shortest_edge": v["image_size"]}, "do_center_crop": True,
+               "crop_size": {"height": v["image_size"], "width": v["image_size"]},
+               "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+               "image_mean": [0.48145466, 0.4578275, 0.40821073],
+               "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "do_convert_rgb": True}
+    elif kind == "siglip":
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "</s>", "unk_token": "<unk>",
+            "pad_token": "</s>", "model_max_length": t["max_position_embeddings"], "padding_side": "right"}, indent=2))
+        t.update(pad_token_id=tokenizer.token_to_id("</s>"), eos_token_id=tokenizer.token_to_id("</s>"))
+        config = SiglipConfig(text_config=t, vision_config=v)
+        model_cls = SiglipModel
+        pre = {"image_processor_type": "SiglipImageProcessor", "do_resize": True,
+               "size": {"height": v["image_size"], "width": v["image_size"]}, "do_rescale": True,
+               "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5, 0.5, 0.5],
+               "image_std": [0.5, 0.5, 0.5], "resample": 3}
+    else:
+        raise ValueError(f"kind must be clip or siglip, not {kind!r}")
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    _randomise(model, seed, scale)
+    model.save_pretrained(folder, safe_serialization=True)
+    (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    return folder
+
+
+def _randomise(model, seed: int, scale: float) -> None:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            if name.endswith("logit_scale") or name.endswith("logit_bias"):
+                continue
+            is_norm_weight = name.endswith(".weight") and ("norm" in name or "layrnorm" in name)
+            param.copy_(1.0 + 0.5 * scale * noise if is_norm_weight else scale * noise)
+
+
+def write_tiny_uniir_clip_sf(folder: str | Path, *, seed: int = 0, checkpoint_name: str = "clip_sf_tiny.pth",
+                             **clip_options: Any) -> Path:
+    """A tiny CLIP folder plus a UniIR-layout CLIP-SF checkpoint (different random weights) in it."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from .modeling_clip_sf import hf_to_uniir
+
+    folder = write_tiny_clip(folder, kind="clip", seed=seed, **clip_options)
+    config = CLIPConfig.from_pretrained(str(folder))
+    torch.manual_seed(seed + 100)
+    trained = CLIPModel(config).eval()
+    _randomise(trained, seed + 100, 0.2)
+    state = hf_to_uniir(trained.state_dict())
+    torch.save({"model": state, "epoch": 0}, str(folder / checkpoint_name))
+    return folder

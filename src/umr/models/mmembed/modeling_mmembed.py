@@ -1,0 +1,615 @@
+"""MM-Embed (``nvidia/MM-Embed``) as plain PyTorch modules, loadable without remote code.
+
+MM-Embed is LLaVA-NeXT's CLIP ViT-L/14-336 vision tower and two-layer projector feeding
+NV-Embed-v1's Mistral-7B, whose attention is **bidirectional**, followed by NV-Embed's
+**latent-attention pooling** (every token cross-attends to a learned latent array, goes
+through a GEGLU feed-forward, and the result is mean-pooled over a pool mask that leaves
+out padding and the query instruction).
+
+Module and parameter names follow the released checkpoint, whose model class subclasses
+``LlavaNextForConditionalGeneration`` and swaps in NV-Embed's modules::
+
+    vision_tower.vision_model.*            CLIP vision tower (transformers' CLIPVisionModel)
+    multi_modal_projector.linear_{1,2}.*   projector (linear, GELU, linear)
+    image_newline                          LLaVA-NeXT's image-newline embedding
+    language_model.embed_tokens/layers/norm.*          bidirectional Mistral (no lm_head)
+    latent_attention_model.latents / cross_attend_blocks.*   latent-attention pooling
+
+so ``load_state_dict`` of the checkpoint's safetensors works by name. Only what embedding
+needs is implemented: no generation, no KV cache, no training paths.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ...types import Item, ItemError
+from ..base import Embedder
+from .processing_mmembed import MMEmbedProcessor, ProcessedItem
+
+
+# --------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class MistralSettings:
+    """The parts of NV-Embed-v1's ``text_config`` (a Mistral-7B-v0.1) that shape the model."""
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 14336
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 8
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    hidden_act: str = "silu"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MistralSettings":
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+
+@dataclass
+class LatentAttentionSettings:
+    """NV-Embed's ``latent_attention_config`` (defaults are NV-Embed-v1's)."""
+
+    num_latents_value: int = 512
+    num_cross_heads: int = 8
+    cross_dim_head: int = 4096
+    latent_dim: int = 4096
+    hidden_dim: int = 4096
+    output_normalize: bool = True
+    ff_mult: int = 4
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LatentAttentionSettings":
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+
+
+@dataclass
+class MMEmbedSettings:
+    """Everything the modules and the processor need, gathered from the checkpoint's configs."""
+
+    vision_config: dict[str, Any]
+    text: MistralSettings = field(default_factory=MistralSettings)
+    latent: LatentAttentionSettings = field(default_factory=LatentAttentionSettings)
+    image_token_index: int = 32000
+    pad_token_id: int | None = 32001
+    vision_feature_layer: int = -2
+    vision_feature_select_strategy: str = "default"
+    projector_hidden_act: str = "gelu"
+    padding_side: str = "right"
+    add_eos_token: bool = True
+    global_image_patch_only: bool = True
+
+
+# --------------------------------------------------------------------------------------
+# bidirectional Mistral
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq.float()  # (B, T, dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+class MistralAttention(nn.Module):
+    def __init__(self, s: MistralSettings):
+        super().__init__()
+        self.num_heads = s.num_attention_heads
+        self.num_kv_heads = s.num_key_value_heads
+        self.head_dim = s.dim_per_head
+        self.q_proj = nn.Linear(s.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(s.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(s.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, s.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = cos[:, None], sin[:, None]
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        # no causal mask: every token sees every (non-padding) token, as in NV-Embed
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class MistralMLP(nn.Module):
+    def __init__(self, s: MistralSettings):
+        super().__init__()
+        self.gate_proj = nn.Linear(s.hidden_size, s.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(s.hidden_size, s.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MistralDecoderLayer(nn.Module):
+    def __init__(self, s: MistralSettings):
+        super().__init__()
+        self.self_attn = MistralAttention(s)
+        self.mlp = MistralMLP(s)
+        self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class BidirectionalMistral(nn.Module):
+    """Mistral's decoder stack with a padding-only (non-causal) attention mask."""
+
+    def __init__(self, s: MistralSettings):
+        super().__init__()
+        self.settings = s
+        self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
+        self.layers = nn.ModuleList(MistralDecoderLayer(s) for _ in range(s.num_hidden_layers))
+        self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(s.dim_per_head, s.rope_theta)
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if position_ids is None:  # positions count real tokens only (right padding)
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
+        # additive key mask (B, 1, 1, T): padding keys get the dtype's minimum, as
+        # transformers' _prepare_4d_attention_mask does for NV-Embed
+        keep = attention_mask.bool()[:, None, None, :]
+        mask = torch.zeros(keep.shape, dtype=inputs_embeds.dtype, device=inputs_embeds.device)
+        mask = mask.masked_fill(~keep, torch.finfo(inputs_embeds.dtype).min)
+        x = inputs_embeds
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
+        return self.norm(x)
+
+
+# --------------------------------------------------------------------------------------
+# NV-Embed's latent-attention pooling
+
+
+class PreNorm(nn.Module):
+    def __init__(self, dim: int, fn: nn.Module, context_dim: int | None = None):
+        super().__init__()
+        self.fn = fn
+        self.norm = nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(context_dim) if context_dim is not None else None
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm(x)
+        if self.norm_context is not None:
+            return self.fn(x, self.norm_context(context))
+        return self.fn(x)
+
+
+class CrossAttention(nn.Module):
+    """Queries from the token states, keys and values from the latent array; no mask."""
+
+    def __init__(self, query_dim: int, context_dim: int, heads: int, dim_head: int):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_kv = nn.Linear(context_dim, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, query_dim, bias=False)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        h = self.heads
+        q = self.to_q(x)
+        k, v = self.to_kv(context).chunk(2, dim=-1)
+        q = q.view(b, t, h, -1).transpose(1, 2)
+        k = k.view(b, k.shape[1], h, -1).transpose(1, 2)
+        v = v.view(b, v.shape[1], h, -1).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class GEGLU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gates = x.chunk(2, dim=-1)
+        return x * F.gelu(gates)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, dim * mult * 2), GEGLU(), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class LatentAttentionPooling(nn.Module):
+    """NV-Embed's ``LatentAttentionModel``: cross-attend to latents, feed-forward, masked mean."""
+
+    def __init__(self, s: LatentAttentionSettings):
+        super().__init__()
+        self.settings = s
+        self.cross_attend_blocks = nn.ModuleList([
+            PreNorm(s.latent_dim, CrossAttention(s.latent_dim, s.hidden_dim, s.num_cross_heads, s.cross_dim_head),
+                    context_dim=s.hidden_dim),
+            PreNorm(s.latent_dim, FeedForward(s.latent_dim, s.ff_mult)),
+        ])
+        self.latents = nn.Parameter(torch.randn(s.num_latents_value, s.latent_dim))
+
+    def token_states(self, hiddens: torch.Tensor) -> torch.Tensor:
+        cross_attn, cross_ff = self.cross_attend_blocks
+        latents = self.latents.unsqueeze(0).expand(hiddens.shape[0], -1, -1)
+        hiddens = cross_attn(hiddens, context=latents) + hiddens
+        return cross_ff(hiddens) + hiddens
+
+    def forward(self, hiddens: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
+        states = self.token_states(hiddens)
+        weights = pool_mask.to(states.dtype).unsqueeze(-1)
+        pooled = (states * weights).sum(dim=1) / pool_mask.sum(dim=1, keepdim=True).to(states.dtype)
+        if self.settings.output_normalize:
+            pooled = F.normalize(pooled, p=2, dim=-1)
+        return pooled
+
+
+# --------------------------------------------------------------------------------------
+# the whole model
+
+
+class MultiModalProjector(nn.Module):
+    def __init__(self, vision_hidden: int, text_hidden: int, act: str):
+        super().__init__()
+        from transformers.activations import ACT2FN
+
+        self.linear_1 = nn.Linear(vision_hidden, text_hidden, bias=True)
+        self.act = ACT2FN[act]
+        self.linear_2 = nn.Linear(text_hidden, text_hidden, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+class MMEmbedModel(nn.Module):
+    """The MM-Embed network: image features, bidirectional LLM, latent-attention pooling."""
+
+    def __init__(self, settings: MMEmbedSettings):
+        super().__init__()
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        self.settings = settings
+        vision_config = CLIPVisionConfig(**{k: v for k, v in settings.vision_config.items()
+                                            if k not in ("model_type", "architectures")})
+        self.vision_tower = CLIPVisionModel(vision_config)
+        hidden = settings.text.hidden_size
+        self.multi_modal_projector = MultiModalProjector(vision_config.hidden_size, hidden,
+                                                         settings.projector_hidden_act)
+        self.image_newline = nn.Parameter(torch.zeros(hidden))
+        self.language_model = BidirectionalMistral(settings.text)
+        self.latent_attention_model = LatentAttentionPooling(settings.latent)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.image_newline.dtype
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) global patches -> (N, patches + 1, hidden): projected features plus newline.
+
+        With a single (global) patch per image LLaVA-NeXT's ``pack_image_features`` keeps the
+        patch features unchanged and appends ``image_newline``; the patch grid is not used.
+        """
+        out = self.vision_tower(pixel_values.to(self.dtype), output_hidden_states=True)
+        feats = out.hidden_states[self.settings.vision_feature_layer]
+        if self.settings.vision_feature_select_strategy == "default":
+            feats = feats[:, 1:]  # drop CLS
+        feats = self.multi_modal_projector(feats)
+        newline = self.image_newline.to(feats.dtype).expand(feats.shape[0], 1, -1)
+        return torch.cat([feats, newline], dim=1)
+
+    def encode(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+               pool_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.language_model(inputs_embeds, attention_mask)
+        return self.latent_attention_model(hidden, pool_mask)
+
+
+def expected_parameter_names(model: nn.Module) -> list[str]:
+    return sorted(k for k in model.state_dict())
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load by name; missing or unexpected names are an error that lists a few of them."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not match MM-Embed: {len(missing)} missing (e.g. {missing[:5]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:5]})")
+    bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    if bad:
+        k = bad[0]
+        raise ValueError(f"checkpoint does not match MM-Embed: {k} has shape {tuple(state[k].shape)}, "
+                         f"the config implies {tuple(own[k].shape)} ({len(bad)} mismatches)")
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+
+# --------------------------------------------------------------------------------------
+# loading a checkpoint folder
+
+#: NV-Embed-v1's configuration, used when the checkpoint's ``retriever`` config is not at hand
+#: (MM-Embed's config.json names NV-Embed-v1 as its ``retriever`` but does not embed its config).
+NV_EMBED_V1 = {
+    "text_config": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+                    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu"},
+    "latent_attention_config": {"num_latents_value": 512, "num_cross_heads": 8, "cross_dim_head": 4096,
+                                "latent_dim": 4096, "hidden_dim": 4096, "output_normalize": True},
+}
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / n for n in names]
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def _weight_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    shapes = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            for key in handle.keys():
+                shapes[key] = tuple(handle.get_slice(key).get_shape())
+    return shapes
+
+
+def _retriever_config(config: dict[str, Any], folder: Path, option: Any) -> dict[str, Any] | None:
+    """NV-Embed's config: the option, an inline copy, a local folder, or the hub cache."""
+    if isinstance(option, dict):
+        return option
+    if option is not None:
+        path = Path(option).expanduser()
+        path = path / "config.json" if path.is_dir() else path
+        return json.loads(path.read_text())
+    if isinstance(config.get("retriever_config"), dict):
+        return config["retriever_config"]
+    retriever = config.get("retriever")
+    if not retriever:
+        return None
+    for candidate in (Path(retriever).expanduser(), folder / retriever):
+        if (candidate / "config.json").is_file():
+            return json.loads((candidate / "config.json").read_text())
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(retriever, "config.json", local_files_only=True)).read_text())
+    except Exception:  # noqa: BLE001 - not cached: fall back to NV-Embed-v1's known config
+        return None
+
+
+def _fill_from_shapes(text: dict[str, Any], latent: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Sizes that the weights themselves tell (used with the built-in NV-Embed-v1 defaults)."""
+    emb = shapes.get("language_model.embed_tokens.weight")
+    if emb:
+        text["vocab_size"], text["hidden_size"] = emb
+    layers = {int(k.split(".")[2]) for k in shapes if k.startswith("language_model.layers.")}
+    if layers:
+        text["num_hidden_layers"] = max(layers) + 1
+    gate = shapes.get("language_model.layers.0.mlp.gate_proj.weight")
+    if gate:
+        text["intermediate_size"] = gate[0]
+    lat = shapes.get("latent_attention_model.latents")
+    if lat:
+        latent["num_latents_value"], latent["latent_dim"] = lat
+        latent["hidden_dim"] = lat[1]
+    to_q = shapes.get("latent_attention_model.cross_attend_blocks.0.fn.to_q.weight")
+    if to_q:
+        latent["cross_dim_head"] = to_q[0] // latent.get("num_cross_heads", 8)
+
+
+def read_settings(folder: Path, *, retriever_config: Any = None) -> MMEmbedSettings:
+    config = json.loads((folder / "config.json").read_text())
+    nv = _retriever_config(config, folder, retriever_config)
+    if nv is None:
+        nv = json.loads(json.dumps(NV_EMBED_V1))
+        _fill_from_shapes(nv["text_config"], nv["latent_attention_config"], _weight_shapes(_weight_files(folder)))
+    defaults = LatentAttentionSettings()
+    latent = LatentAttentionSettings.from_dict({**defaults.__dict__, **(nv.get("latent_attention_config") or {})})
+    vision = dict(config.get("vision_config") or {})
+    vision.setdefault("hidden_act", "quick_gelu")
+    return MMEmbedSettings(
+        vision_config=vision,
+        text=MistralSettings.from_dict(nv.get("text_config") or {}),
+        latent=latent,
+        image_token_index=int(config.get("image_token_index", 32000)),
+        pad_token_id=config.get("pad_token_id", 32001),
+        vision_feature_layer=int(config.get("vision_feature_layer", -2)),
+        vision_feature_select_strategy=config.get("vision_feature_select_strategy", "default"),
+        projector_hidden_act=config.get("projector_hidden_act", "gelu"),
+        padding_side=config.get("padding_side", "right"),
+        add_eos_token=bool(config.get("add_eos_token", True)),
+        global_image_patch_only=bool(config.get("global_image_patch_only", True)),
+    )
+
+
+def _materialise_buffers(model: MMEmbedModel) -> None:
+    """Non-persistent buffers that stayed on the meta device after an ``assign`` load."""
+    for name, buf in list(model.named_buffers()):
+        if not buf.is_meta:
+            continue
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        if attr == "inv_freq":
+            s = model.settings.text
+            fresh = RotaryEmbedding(s.dim_per_head, s.rope_theta).inv_freq
+        elif attr == "position_ids":
+            fresh = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
+        else:
+            raise RuntimeError(f"buffer {name} has no value after loading")
+        owner.register_buffer(attr, fresh, persistent=False)
+
+
+def load_mmembed(folder: Path, *, dtype: torch.dtype | None = None, retriever_config: Any = None) -> MMEmbedModel:
+    from safetensors.torch import load_file
+
+    settings = read_settings(folder, retriever_config=retriever_config)
+    if settings.text.hidden_size != settings.latent.latent_dim:
+        raise ValueError("latent_dim must equal the LLM's hidden size (NV-Embed's latent attention needs it)")
+    if dtype is None:
+        config = json.loads((folder / "config.json").read_text())
+        stored = config.get("torch_dtype") or config.get("dtype")
+        dtype = torch.float32 if stored == "float32" else torch.bfloat16
+    with torch.device("meta"):
+        model = MMEmbedModel(settings)
+    state: dict[str, torch.Tensor] = {}
+    for f in _weight_files(folder):
+        for key, value in load_file(str(f)).items():
+            if key.endswith("embeddings.position_ids"):
+                continue  # an old persistent buffer, recomputed
+            state[key] = value.to(dtype)
+    load_weights(model, state)
+    _materialise_buffers(model)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------
+# the embedder
+
+
+class MMEmbedEmbedder(Embedder):
+    """MM-Embed behind umr's :class:`~umr.models.base.Embedder` interface (4096-d for the real model)."""
+
+    batch_size = 8
+    cost_budget = 8 * 1024  # padded tokens (incl. 577 per image) per forward pass
+
+    def __init__(self, model: MMEmbedModel, processor: MMEmbedProcessor, *, name: str = "mm-embed"):
+        self.model = model
+        self.processor = processor
+        self.name = name
+        self.dim = int(model.settings.latent.latent_dim)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | None = None,
+                        max_length: int = 512, retriever_config: Any = None,
+                        add_eos_token: bool | None = None) -> "MMEmbedEmbedder":
+        """Load a MM-Embed folder (config.json with ``model_type: llava_next``, safetensors, tokenizer).
+
+        ``retriever_config`` points at NV-Embed-v1's config (a folder, a config.json or a dict)
+        when neither the folder nor the hub cache has it; otherwise NV-Embed-v1's published
+        sizes are used, checked against the weights.
+        """
+        folder = Path(path)
+        torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        model = load_mmembed(folder, dtype=torch_dtype, retriever_config=retriever_config).to(device)
+        s = model.settings
+        vc = s.vision_config
+        patches = (int(vc.get("image_size", 336)) // int(vc.get("patch_size", 14))) ** 2
+        if s.vision_feature_select_strategy != "default":
+            patches += 1
+        processor = MMEmbedProcessor.from_pretrained(
+            folder, image_token_id=s.image_token_index, image_tokens=patches + 1,
+            add_eos_token=s.add_eos_token if add_eos_token is None else add_eos_token,
+            max_length=max_length, image_size=int(vc.get("image_size", 336)))
+        return cls(model, processor, name=folder.name)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.image_newline.device
+
+    def _cost(self, item: Item) -> int:
+        return self.processor.estimate_tokens(item)
+
+    def _embed_batch(self, items: list[Item]) -> torch.Tensor:
+        processed = []
+        for i, item in enumerate(items):
+            try:
+                processed.append(self.processor.process(item))
+            except ItemError as exc:
+                raise exc.at(index=i) from None
+        return self.forward(processed)
+
+    def prepare(self, processed: list[ProcessedItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Input embeddings (images spliced in), attention mask and pool mask, right-padded."""
+        model, dtype, device = self.model, self.model.dtype, self.device
+        with_image = [p for p in processed if p.pixel_values is not None]
+        feats = iter(())
+        if with_image:
+            pixels = torch.stack([p.pixel_values for p in with_image]).to(device)
+            feats = iter(model.image_features(pixels))
+        embed = model.language_model.embed_tokens
+        vocab = embed.num_embeddings
+        sequences = []
+        for p in processed:
+            ids = torch.tensor(p.input_ids, device=device)
+            ids = torch.where(ids >= vocab, torch.zeros_like(ids), ids)  # <image> (and <pad>) are not rows
+            tokens = embed(ids).to(dtype)
+            if p.image_position is not None:
+                k = p.image_position
+                tokens = torch.cat([tokens[:k], next(feats).to(dtype), tokens[k + 1:]])
+            sequences.append(tokens)
+        longest = max(len(s) for s in sequences)
+        hidden = sequences[0].shape[-1]
+        inputs = torch.zeros(len(sequences), longest, hidden, dtype=dtype, device=device)
+        attention = torch.zeros(len(sequences), longest, dtype=torch.long, device=device)
+        for i, s in enumerate(sequences):
+            inputs[i, : len(s)] = s
+            attention[i, : len(s)] = 1
+        pool = attention.clone()
+        for i, p in enumerate(processed):
+            pool[i, : p.instruction_length] = 0
+        return inputs, attention, pool
+
+    def forward(self, processed: list[ProcessedItem]) -> torch.Tensor:
+        inputs, attention, pool = self.prepare(processed)
+        return self.model.encode(inputs, attention, pool).float()
