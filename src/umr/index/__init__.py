@@ -1,5 +1,12 @@
-"""Vector indexes: exact search, the embedded persistent index and the Milvus backend."""
+"""Vector indexes: exact search, the embedded persistent index and the Milvus backend.
+
+``Index`` binds an embedder to a store: :class:`~umr.index.store.FlatStore` (the default, a
+crash-safe folder with FAISS exact or HNSW search) or :class:`~umr.index.milvus.MilvusStore`.
+"""
 
 from .exact import search_exact
+from .index import Index, ModelMismatch, Result, Summary, Unrepresentable
+from .store import Filter, FlatStore, IndexError_, IndexLocked
 
-__all__ = ["search_exact"]
+__all__ = ["Filter", "FlatStore", "Index", "IndexError_", "IndexLocked", "ModelMismatch", "Result",
+           "Summary", "Unrepresentable", "search_exact"]

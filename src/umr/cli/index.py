@@ -1,0 +1,124 @@
+"""``umr index``: embed a folder, items JSONL or M-BEIR pool into a persistent index.
+
+Resumable: run the same command again after a crash (or after editing the corpus) and only
+what is new or changed is embedded. Bad files are listed in the summary and ``DIR/errors.jsonl``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from . import UsageError
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("index", help="index a folder, items JSONL or M-BEIR pool (resumable)")
+    parser.add_argument("source", type=Path, help="a folder, an items .jsonl, or an M-BEIR candidate pool .jsonl")
+    parser.add_argument("--index", required=True, type=Path, dest="index_dir", help="index folder")
+    parser.add_argument("--model", default=None,
+                        help="short name (see `umr models`), hub id or folder; required for a new index")
+    parser.add_argument("--backend", choices=["faiss", "milvus"], default=None,
+                        help="faiss: embedded index in the folder (default); milvus: Milvus Lite or a server")
+    parser.add_argument("--uri", default=None,
+                        help="Milvus: ./file.db (Milvus Lite) or http://host:19530 (default: INDEX/milvus.db)")
+    parser.add_argument("--collection", default="umr", help="Milvus collection name (default: umr)")
+    parser.add_argument("--method", choices=["exact", "hnsw"], default=None,
+                        help="exact inner-product search (default) or HNSW for large corpora (new index only)")
+    parser.add_argument("--ocr", choices=["auto", "on", "off"], default="auto",
+                        help="read the words in images for text-only models (auto: on for text models)")
+    parser.add_argument("--image-root", type=Path, default=None, help="M-BEIR pools: folder img_path is relative to")
+    parser.add_argument("--prune", action="store_true", help="delete indexed items of SOURCE that are gone from it")
+    parser.add_argument("--commit-every", type=int, default=256, help="commit after this many items (default 256)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="weights dtype")
+    parser.add_argument("--batch-size", type=int, default=None, help="items per forward pass at most")
+    parser.add_argument("--min-image-tokens", type=int, default=None, help="MLLM models: fewest tokens per image")
+    parser.add_argument("--max-image-tokens", type=int, default=None, help="MLLM models: most tokens per image")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(run=run)
+
+
+def _model_options(args) -> dict:
+    return {k: getattr(args, k) for k in ("min_image_tokens", "max_image_tokens")
+            if getattr(args, k, None) is not None}
+
+
+def _load_model(args, name: str, options: dict):
+    from ..models.registry import load_model
+
+    return load_model(name, device=args.device, dtype=args.dtype, **options)
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from ..data.corpus import count_corpus
+    from ..index import Index, IndexError_
+
+    if not args.source.exists():
+        raise UsageError(f"no such corpus: {args.source}")
+    if not (args.source.is_dir() or args.source.suffix.lower() == ".jsonl"):
+        raise UsageError(f"{args.source}: a corpus is a folder or a .jsonl file")
+    try:
+        if Index.exists(args.index_dir):
+            index = Index.open(args.index_dir, writable=True)
+            recorded = index.config["model"]
+            if args.model is not None:
+                index.check_model(args.model)
+            backend = index.store.backend
+            if args.backend is not None and args.backend != backend:
+                index.close()
+                raise UsageError(f"{args.index_dir} is a {backend} index; drop --backend {args.backend}")
+            model = _load_model(args, recorded["name"], recorded.get("options") or {})
+            index.check_model(model)
+            index._model = model
+            action = "updating"
+        else:
+            if args.model is None:
+                raise UsageError(f"{args.index_dir} is a new index: say which model builds it with --model")
+            options = _model_options(args)
+            model = _load_model(args, args.model, options)
+            ocr = None if args.ocr == "auto" else args.ocr == "on"
+            index = Index.create(args.index_dir, model, backend=args.backend or "faiss", uri=args.uri,
+                                 collection=args.collection, method=args.method or "exact", ocr=ocr,
+                                 model_options=options)
+            action = "creating"
+    except (IndexError_, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+    with index:
+        cfg = index.config
+        how = "pixels" if cfg.get("sees_images") else ("text + OCR of images" if cfg.get("ocr") else "text only")
+        print(f"umr index: {action} {args.index_dir} ({index.store.backend}, {cfg.get('method', 'exact')}) "
+              f"with {cfg['model']['name']} ({cfg['model']['dim']}-d, embeds {how})", file=sys.stderr)
+        total = count_corpus(args.source)
+        show = not args.no_progress
+        with tqdm(total=total, unit="item", desc="index", disable=not show, dynamic_ncols=True,
+                  file=sys.stderr, smoothing=0.1) as bar:
+            summary = index.index_corpus(args.source, image_root=args.image_root,
+                                         commit_every=args.commit_every, batch_size=args.batch_size,
+                                         prune=args.prune, progress=bar.update)
+        errors_path = Path(args.index_dir) / "errors.jsonl"
+        print(f"umr index: {summary.line()} in {summary.seconds:.1f}s; the index holds {len(index)} items")
+        if summary.skipped:
+            print(f"  {len(summary.skipped)} item(s) have no usable representation under "
+                  f"{cfg['model']['name']}: {_why(summary.skipped[0]['error'])}")
+            for entry in summary.skipped[:20]:
+                print(f"    {entry['id']}")
+            if len(summary.skipped) > 20:
+                print(f"    ... and {len(summary.skipped) - 20} more")
+        if summary.errors:
+            print(f"  {len(summary.errors)} error(s):")
+            for entry in summary.errors[:20]:
+                name = entry["id"] if entry["id"] is not None else f"line {entry['line']}"
+                print(f"    {name}: {entry['error']}")
+            if len(summary.errors) > 20:
+                print(f"    ... and {len(summary.errors) - 20} more")
+        if summary.skipped or summary.errors:
+            print(f"  details: {errors_path}")
+    return 0
+
+
+def _why(reason: str) -> str:
+    return reason.split(": ", 1)[-1]

@@ -1,0 +1,91 @@
+"""``umr search``: ranked results from an index for a text and/or image query."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import UsageError
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("search", help="search an index with text and/or an image")
+    parser.add_argument("text", nargs="?", default=None, help="query text")
+    parser.add_argument("--index", required=True, type=Path, dest="index_dir", help="index folder")
+    parser.add_argument("--image", type=Path, default=None, help="query image")
+    parser.add_argument("--instruction", default=None, help="task instruction for the query")
+    parser.add_argument("--modality", default=None,
+                        help="only return candidates of this modality: text, image or image,text "
+                             "(several: text+image)")
+    parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                        help="only candidates whose metadata FIELD equals VALUE (repeatable; VALUE is JSON or a string)")
+    parser.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    parser.add_argument("--model", default=None, help="must match the model that built the index (default: that one)")
+    parser.add_argument("--ef-search", type=int, default=None, help="HNSW: candidates explored per query")
+    parser.add_argument("--exact", action="store_true", help="exact search even if the index is HNSW")
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.set_defaults(run=run)
+
+
+def _parse_where(pairs: list[str]) -> dict:
+    where = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"--where {pair!r}: expected FIELD=VALUE")
+        key, value = pair.split("=", 1)
+        try:
+            where[key] = json.loads(value)
+        except json.JSONDecodeError:
+            where[key] = value
+    return where
+
+
+def run(args) -> int:
+    from ..index import Index, IndexError_, Unrepresentable
+
+    if args.text is None and args.image is None:
+        raise UsageError("give query text, --image PATH, or both")
+    if args.image is not None and not args.image.is_file():
+        raise UsageError(f"no such image: {args.image}")
+    modality = None
+    if args.modality:
+        modality = [m for m in args.modality.replace("+", ";").split(";") if m]
+    try:
+        index = Index.open(args.index_dir, model=args.model)
+    except IndexError_ as exc:
+        raise UsageError(str(exc)) from None
+    with index:
+        try:
+            results = index.search(args.text, str(args.image) if args.image else None,
+                                   instruction=args.instruction, modality=modality,
+                                   where=_parse_where(args.where), k=args.k,
+                                   method="exact" if args.exact else None, ef_search=args.ef_search)
+        except Unrepresentable:
+            raise UsageError(f"the query image has no readable text, and {index.model_name} is a text-only "
+                             f"model that cannot see pixels; add query text or use an MLLM index") from None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=1))
+        return 0
+    if not results:
+        print("no results")
+        return 0
+    for r in results:
+        shown = _display_path(r.path) if r.path else ""
+        snippet = " ".join((r.text or "").split())
+        if snippet:
+            snippet = snippet[:100] + ("..." if len(snippet) > 100 else "")
+            shown = f"{shown}  \"{snippet}\"" if shown else f"\"{snippet}\""
+        print(f"{r.rank:>3}  {r.score:7.4f}  {r.id}  [{r.modality}]  {shown}")
+    return 0
+
+
+def _display_path(path: str) -> str:
+    import os
+
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel

@@ -1,0 +1,286 @@
+"""The Milvus backend: the same store interface as :class:`~umr.index.store.FlatStore`.
+
+``uri`` is a local file (``./vectors.db``: Milvus Lite, embedded, one process at a time) or a
+server / cluster address (``http://host:19530``). The index folder keeps a small manifest naming
+the URI, the collection and the model; the collection's own description repeats the model so a
+second index folder pointed at the same collection cannot mix models.
+
+Writes are upserts by id, so a run killed half-way and started again leaves every item exactly
+once. Milvus makes its own durability guarantees (Lite flushes its local file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .store import MANIFEST, FORMAT, Filter, Hit, IndexError_, _write_bytes_durably, read_manifest
+
+_MAX_ID = 1024
+_MAX_TEXT = 4096
+_QUERY_PAGE = 10_000
+
+
+def _is_local(uri: str) -> bool:
+    return not re.match(r"^[a-z]+://", uri)
+
+
+def resolve_uri(uri: str, folder: Path) -> str:
+    """Local Lite files are stored absolute so the index opens from any working folder."""
+    if _is_local(uri):
+        return str(Path(uri).expanduser().resolve())
+    return uri
+
+
+def _literal(value: Any) -> str:
+    return json.dumps(value)
+
+
+def filter_expression(filter: Filter | None) -> str:
+    """A Milvus boolean expression for a :class:`Filter`."""
+    if filter is None:
+        return ""
+    parts = []
+    if filter.modalities is not None:
+        parts.append(f"modality in {_literal(list(filter.modalities))}")
+    for key, want in filter.where:
+        field = f"meta[{_literal(key)}]"
+        if isinstance(want, tuple):
+            parts.append(f"{field} in {_literal(list(want))}")
+        else:
+            parts.append(f"{field} == {_literal(want)}")
+    return " and ".join(parts)
+
+
+class MilvusStore:
+    backend = "milvus"
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], client, *, writable: bool):
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self.client = client
+        self.collection = manifest["collection"]
+        self.writable = writable
+        self._hash_cache: dict[str, str] | None = None
+
+    @classmethod
+    def create(cls, folder: str | Path, *, dim: int, config: dict[str, Any], uri: str,
+               collection: str = "umr") -> "MilvusStore":
+        from pymilvus import DataType, MilvusClient
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if (folder / MANIFEST).exists():
+            raise IndexError_(f"{folder} already holds an index")
+        uri = resolve_uri(uri, folder)
+        client = _connect(uri)
+        description = json.dumps({"umr": FORMAT, "dim": int(dim), "model": config.get("model")})
+        if client.has_collection(collection):
+            existing = _collection_model(client, collection)
+            if existing is not None and existing.get("model", {}).get("name") != config.get("model", {}).get("name"):
+                raise IndexError_(
+                    f"Milvus collection {collection!r} at {uri} holds vectors of model "
+                    f"{existing.get('model', {}).get('name')!r}; pick another --collection")
+        else:
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                                description=description)
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_MAX_ID)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
+            schema.add_field("modality", DataType.VARCHAR, max_length=16)
+            schema.add_field("hash", DataType.VARCHAR, max_length=128)
+            schema.add_field("meta", DataType.JSON)
+            schema.add_field("info", DataType.JSON)
+            params = client.prepare_index_params()
+            if config.get("method") == "hnsw":
+                params.add_index("vector", index_type="HNSW", metric_type="IP",
+                                 params={"M": int(config.get("hnsw_m", 32)),
+                                         "efConstruction": int(config.get("ef_construction", 100))})
+            else:
+                params.add_index("vector", index_type="FLAT", metric_type="IP")
+            client.create_collection(collection, schema=schema, index_params=params,
+                                     description=description)
+        manifest = {"format": FORMAT, "backend": "milvus", "uri": uri, "collection": collection,
+                    "dim": int(dim), "config": config}
+        _write_bytes_durably(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+        return cls(folder, manifest, client, writable=True)
+
+    @classmethod
+    def open(cls, folder: str | Path, *, writable: bool = False,
+             manifest: dict[str, Any] | None = None) -> "MilvusStore":
+        folder = Path(folder)
+        manifest = manifest or read_manifest(folder)
+        client = _connect(manifest["uri"])
+        if not client.has_collection(manifest["collection"]):
+            raise IndexError_(f"{folder}: Milvus collection {manifest['collection']!r} is missing at "
+                              f"{manifest['uri']}")
+        return cls(folder, manifest, client, writable=writable)
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001 - closing must not mask the real outcome
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # reading ---------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest["config"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    def __len__(self) -> int:
+        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def _scan(self, fields: list[str], expr: str = "") -> Iterable[dict[str, Any]]:
+        iterator = self.client.query_iterator(self.collection, batch_size=_QUERY_PAGE,
+                                              filter=expr, output_fields=fields)
+        try:
+            while True:
+                page = iterator.next()
+                if not page:
+                    break
+                yield from page
+        finally:
+            iterator.close()
+
+    def ids(self) -> list[str]:
+        return [row["id"] for row in self._scan(["id"])]
+
+    def hashes(self) -> dict[str, str]:
+        return {row["id"]: row["hash"] for row in self._scan(["id", "hash"])}
+
+    def get(self, ids: Iterable[str]) -> list[dict[str, Any] | None]:
+        ids = list(ids)
+        found: dict[str, dict] = {}
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+            rows = self.client.get(self.collection, ids=chunk,
+                                   output_fields=["id", "modality", "hash", "meta", "info"])
+            for row in rows:
+                found[row["id"]] = _record(row)
+        return [found.get(i) for i in ids]
+
+    def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
+        rows = self.client.get(self.collection, ids=list(ids), output_fields=["id", "vector"])
+        by_id = {r["id"]: r["vector"] for r in rows}
+        return np.asarray([by_id[i] for i in ids], dtype=np.float32).reshape(-1, self.dim)
+
+    def records(self) -> Iterable[dict[str, Any]]:
+        for row in self._scan(["id", "modality", "hash", "meta", "info"]):
+            yield _record(row)
+
+    def search(self, queries: np.ndarray, k: int, *, filter: Filter | None = None,
+               method: str | None = None, ef_search: int | None = None) -> list[list[Hit]]:
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if k <= 0:
+            return [[] for _ in queries]
+        params: dict[str, Any] = {"metric_type": "IP"}
+        if (method or self.config.get("method")) == "hnsw":
+            params["params"] = {"ef": max(int(ef_search or self.config.get("ef_search", 128)), k)}
+        results = self.client.search(self.collection, data=[q.tolist() for q in queries],
+                                     limit=min(int(k), 16384), filter=filter_expression(filter),
+                                     output_fields=["modality", "hash", "meta", "info"],
+                                     search_params=params)
+        out = []
+        for hits in results:
+            row_hits = []
+            for hit in hits:
+                entity = dict(hit.get("entity", {}))
+                entity["id"] = hit["id"]
+                row_hits.append(Hit(float(hit["distance"]), _record(entity)))
+            out.append(row_hits)
+        return out
+
+    # writing ---------------------------------------------------------------------------------
+
+    def commit(self, records: Sequence[dict[str, Any]], vectors: np.ndarray,
+               delete_ids: Iterable[str] = ()) -> None:
+        self._require_writable()
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        if len(records) != len(vectors):
+            raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
+        rows = []
+        for record, vector in zip(records, vectors):
+            info = {k: v for k, v in record.items() if k not in ("id", "modality", "hash", "meta")}
+            if isinstance(info.get("text"), str):
+                info["text"] = info["text"][:_MAX_TEXT]
+            rows.append({"id": str(record["id"]), "vector": vector.tolist(),
+                         "modality": record.get("modality") or "", "hash": record.get("hash") or "",
+                         "meta": record.get("meta") or {}, "info": info})
+        for start in range(0, len(rows), 500):
+            self.client.upsert(self.collection, rows[start:start + 500])
+        keep = {r["id"] for r in rows}
+        delete_ids = [i for i in delete_ids if i not in keep]
+        if delete_ids:
+            self.client.delete(self.collection, ids=delete_ids)
+        if rows or delete_ids:
+            try:
+                self.client.flush(self.collection)
+            except Exception:  # noqa: BLE001 - older servers flush on their own
+                pass
+
+    def delete(self, ids: Iterable[str]) -> int:
+        ids = list(ids)
+        present = [r["id"] for r in self.get(ids) if r is not None]
+        if present:
+            self.commit([], np.zeros((0, self.dim), np.float32), delete_ids=present)
+        return len(present)
+
+    def set_config(self, config: dict[str, Any]) -> None:
+        self._require_writable()
+        self.manifest["config"] = config
+        _write_bytes_durably(self.folder / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+
+    def build_hnsw(self, **_: Any) -> None:
+        """Milvus maintains its own vector index."""
+
+    def compact(self) -> None:
+        try:
+            self.client.compact(self.collection)
+        except Exception:  # noqa: BLE001 - Lite may not compact on demand
+            pass
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise IndexError_(f"{self.folder} was opened read-only")
+
+
+def _record(row: dict[str, Any]) -> dict[str, Any]:
+    record = {"id": row["id"], "hash": row.get("hash"), "modality": row.get("modality")}
+    record.update(row.get("info") or {})
+    record["meta"] = row.get("meta") or {}
+    return record
+
+
+def _collection_model(client, collection: str) -> dict[str, Any] | None:
+    try:
+        description = client.describe_collection(collection).get("description") or ""
+        return json.loads(description) if description.startswith("{") else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _connect(uri: str):
+    from pymilvus import MilvusClient
+
+    if _is_local(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
+    except Exception as exc:  # noqa: BLE001 - any connection failure is one line for the user
+        raise IndexError_(f"cannot connect to Milvus at {uri}: {type(exc).__name__}: {exc}") from None
