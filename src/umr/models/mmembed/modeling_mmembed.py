@@ -314,6 +314,17 @@ class MultiModalProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
+class VisionTower(nn.Module):
+    """Holds a CLIP vision model under ``vision_model`` so parameter names match the checkpoint."""
+
+    def __init__(self, vision_model: nn.Module):
+        super().__init__()
+        self.vision_model = vision_model
+
+    def forward(self, *args, **kwargs):
+        return self.vision_model(*args, **kwargs)
+
+
 class MMEmbedModel(nn.Module):
     """The MM-Embed network: image features, bidirectional LLM, latent-attention pooling."""
 
@@ -324,7 +335,11 @@ class MMEmbedModel(nn.Module):
         self.settings = settings
         vision_config = CLIPVisionConfig(**{k: v for k, v in settings.vision_config.items()
                                             if k not in ("model_type", "architectures")})
-        self.vision_tower = CLIPVisionModel(vision_config)
+        clip = CLIPVisionModel(vision_config)
+        if any(k.startswith("vision_model.") for k in clip.state_dict()):
+            self.vision_tower = clip  # transformers 4.x: CLIPVisionModel.vision_model.*
+        else:  # transformers 5 flattened CLIPVisionModel; keep the checkpoint's vision_model level
+            self.vision_tower = VisionTower(clip)
         hidden = settings.text.hidden_size
         self.multi_modal_projector = MultiModalProjector(vision_config.hidden_size, hidden,
                                                          settings.projector_hidden_act)
