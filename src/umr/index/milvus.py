@@ -50,8 +50,8 @@ def filter_expression(filter: Filter | None) -> str:
         parts.append(f"modality in {_literal(list(filter.modalities))}")
     for key, want in filter.where:
         field = f"meta[{_literal(key)}]"
-        if isinstance(want, tuple):
-            parts.append(f"{field} in {_literal(list(want))}")
+        if isinstance(want, tuple):  # Milvus allows `in` on fields only, not on JSON paths
+            parts.append("(" + " or ".join(f"{field} == {_literal(v)}" for v in want) + ")" if want else "false")
         else:
             parts.append(f"{field} == {_literal(want)}")
     return " and ".join(parts)

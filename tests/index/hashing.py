@@ -1,0 +1,70 @@
+"""A fast deterministic text embedder for index tests, registered as the model ``hash-test``.
+
+Bag of hashed words (64-d). ``UMR_TEST_EMBED_DELAY`` (seconds per item) slows it down so a
+test can kill ``umr index`` in the middle of its work. Run as a script it is the ``umr`` command
+with this model registered: ``python tests/index/hashing.py index CORPUS --index DIR --model hash-test``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+
+import numpy as np
+
+from umr.models.base import Embedder
+from umr.models.registry import FAMILIES, REGISTRY, ModelSpec, register
+from umr.types import Item, ItemError
+
+NAME = "hash-test"
+DIM = 64
+
+
+class HashEmbedder(Embedder):
+    dim = DIM
+    batch_size = 32
+    sees_images = False
+
+    def __init__(self, name: str = NAME):
+        self.name = name
+
+    @classmethod
+    def from_pretrained(cls, path, **_options):
+        return cls()
+
+    def _cost(self, item: Item) -> int:
+        if item.image is not None:
+            raise ItemError(item.id, f"{self.name} is a text model and cannot embed an image")
+        return len(item.text) // 4 + 1
+
+    def _embed_batch(self, items: list[Item]):
+        delay = float(os.environ.get("UMR_TEST_EMBED_DELAY", "0") or 0)
+        if delay:
+            time.sleep(delay * len(items))
+        out = np.zeros((len(items), DIM), np.float32)
+        for row, item in enumerate(items):
+            text = item.text if not (item.is_query and item.instruction) else f"{item.instruction} {item.text}"
+            for word in text.lower().split():
+                h = hashlib.blake2b(word.encode(), digest_size=8).digest()
+                out[row, h[0] % DIM] += 1.0 if h[1] & 1 else -1.0
+            out[row, DIM - 1] += 0.01  # never all-zero
+        return out
+
+
+def install() -> None:
+    FAMILIES["hash-test"] = f"{__name__}:HashEmbedder"
+    if NAME not in REGISTRY:
+        register(ModelSpec(NAME, "hash-test", os.path.dirname(os.path.abspath(__file__)),
+                           "hashing test embedder (64-d)"))
+
+
+install()
+
+if __name__ == "__main__":
+    sys.modules.setdefault("hashing", sys.modules["__main__"])
+    FAMILIES["hash-test"] = "hashing:HashEmbedder"
+    from umr.cli import main
+
+    sys.exit(main(sys.argv[1:]))
