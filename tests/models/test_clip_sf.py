@@ -1,0 +1,457 @@
+"""CLIP-SF (UniIR) and plain CLIP / SigLIP backends on tiny random checkpoints.
+
+The UniIR reference below re-does ``CLIPScoreFusion.encode_multimodal_input`` from UniIR's
+``src/models/uniir_clip/clip_scorefusion/clip_sf.py`` directly on the ``.pth`` state dict, in
+OpenAI CLIP's own layout (``clip/model.py``: ``visual.conv1``, ``transformer.resblocks.N.attn``
+with packed ``in_proj_weight``, ``x @ proj``), with OpenAI's torchvision preprocessing redone
+in PIL, and UniIR's query text ``format_string(f"{instruction} {query_txt}")``. The plain
+CLIP / SigLIP references use transformers' own models and PIL image processors.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import umr
+from umr.cli import main
+from umr.models.clip_sf import ClipSfEmbedder, item_text, uniir_format, write_tiny_clip, write_tiny_uniir_clip_sf
+from umr.models.registry import ModelNotAvailable
+from umr.types import Item, ItemError
+
+TOL = 1e-5
+
+
+def _noise(width, height, seed=0):
+    rng = np.random.RandomState(seed)
+    return Image.fromarray((rng.rand(height, width, 3) * 255).astype("uint8"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clip-images")
+    paths = {}
+    # "odd": 35x32 -> centre crop offset 1.5, rounded up by torchvision (OpenAI/UniIR), down by transformers
+    for name, (w, h, seed) in {"photo": (61, 40, 1), "tall": (30, 91, 2), "tiny": (5, 7, 3),
+                               "odd": (35, 32, 5)}.items():
+        paths[name] = folder / f"{name}.png"
+        _noise(w, h, seed).save(paths[name])
+    paths["gray"] = folder / "gray.jpg"
+    _noise(50, 50, 4).convert("L").save(paths["gray"])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def uniir_dir(tmp_path_factory):
+    return write_tiny_uniir_clip_sf(tmp_path_factory.mktemp("tiny-uniir") / "tiny-clip-sf", seed=0)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return write_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "tiny-clip", kind="clip", seed=3)
+
+
+@pytest.fixture(scope="module")
+def siglip_dir(tmp_path_factory):
+    return write_tiny_clip(tmp_path_factory.mktemp("tiny-siglip") / "tiny-siglip", kind="siglip", seed=4)
+
+
+@pytest.fixture(scope="module")
+def sf(uniir_dir):
+    return umr.load_model(uniir_dir)
+
+
+# -- UniIR's text handling ---------------------------------------------------------------------
+
+def reference_format_string(s):
+    """UniIR's data/preprocessing/utils.py ``format_string``."""
+    s = (s or "").replace("\r", "").strip().strip('"')
+    if s:
+        s = s[0].upper() + s[1:]
+        s = s + "." if s[-1] not in [".", "?", "!"] else s
+    return s
+
+
+@pytest.mark.parametrize("text", ["a dog", '"quoted text"', "what is it?", "", None, "  spaced\r out  ",
+                                  "Wow!", "x", "trailing period."])
+def test_format_string_matches_uniir(text):
+    assert uniir_format(text) == reference_format_string(text)
+
+
+def test_instructions_are_applied_as_uniir_applies_them():
+    instr = "retrieve an image that matches the caption"
+    # query text = format_string(f"{prompt} {query_txt}")  (mbeir_dataset.py)
+    assert item_text(Item.query("a dog on grass", instruction=instr)) == reference_format_string(f"{instr} a dog on grass")
+    # an image-only query still gets the instruction as its text, so it is fused with the image
+    assert item_text(Item.query(image="x.png", instruction=instr)) == reference_format_string(f"{instr} ")
+    assert item_text(Item.query(image="x.png")) == ""
+    # candidates never carry instructions (umr drops them), their text is formatted too
+    assert item_text(Item.candidate("a red car")) == "A red car."
+
+
+# -- the UniIR reference -------------------------------------------------------------------------
+
+class ReferenceClipSf:
+    """UniIR CLIPScoreFusion on OpenAI CLIP's layout, straight from the .pth state dict."""
+
+    def __init__(self, folder, pth):
+        from transformers import AutoTokenizer
+
+        raw = torch.load(str(pth), map_location="cpu", weights_only=True)["model"]
+        self.s = {k[len("clip_model."):]: v.float() for k, v in raw.items()}
+        cfg = json.loads((folder / "config.json").read_text())
+        self.text_heads = cfg["text_config"]["num_attention_heads"]
+        self.vision_heads = cfg["vision_config"]["num_attention_heads"]
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.n_px = int(round((self.s["visual.positional_embedding"].shape[0] - 1) ** 0.5)) \
+            * self.s["visual.conv1.weight"].shape[-1]
+
+    def _ln(self, x, name):
+        return F.layer_norm(x, x.shape[-1:], self.s[name + ".weight"], self.s[name + ".bias"], 1e-5)
+
+    def _blocks(self, x, prefix, heads, causal):
+        n = len({k.split(".")[len(prefix.split(".")) - 1] for k in self.s if k.startswith(prefix)})
+        mask = torch.full((x.shape[0], x.shape[0]), float("-inf")).triu(1) if causal else None
+        for i in range(n):
+            p = f"{prefix}{i}."
+            h = self._ln(x, p + "ln_1")[:, None]  # L, N=1, E (nn.MultiheadAttention's layout)
+            attn, _ = F.multi_head_attention_forward(
+                h, h, h, h.shape[-1], heads, self.s[p + "attn.in_proj_weight"], self.s[p + "attn.in_proj_bias"],
+                None, None, False, 0.0, self.s[p + "attn.out_proj.weight"], self.s[p + "attn.out_proj.bias"],
+                training=False, need_weights=False, attn_mask=mask)
+            x = x + attn[:, 0]
+            h = self._ln(x, p + "ln_2") @ self.s[p + "mlp.c_fc.weight"].T + self.s[p + "mlp.c_fc.bias"]
+            h = h * torch.sigmoid(1.702 * h)  # QuickGELU
+            x = x + h @ self.s[p + "mlp.c_proj.weight"].T + self.s[p + "mlp.c_proj.bias"]
+        return x
+
+    def encode_text(self, text):
+        ids = self.tokenizer(text)["input_ids"]
+        context = self.s["positional_embedding"].shape[0]
+        if len(ids) > context:  # clip.tokenize(..., truncate=True): cut, and end with EOT
+            ids = ids[:context]
+            ids[-1] = self.eot
+        x = self.s["token_embedding.weight"][ids] + self.s["positional_embedding"][: len(ids)]
+        x = self._ln(self._blocks(x, "transformer.resblocks.", self.text_heads, causal=True), "ln_final")
+        return x[ids.index(self.eot)] @ self.s["text_projection"]
+
+    def preprocess(self, image):
+        # clip.load's _transform: Resize(n_px, BICUBIC), CenterCrop(n_px), ToTensor, Normalize (torchvision)
+        image = (Image.open(image) if not isinstance(image, Image.Image) else image).convert("RGB")
+        w, h = image.size
+        if w <= h:
+            size = (self.n_px, int(self.n_px * h / w))
+        else:
+            size = (int(self.n_px * w / h), self.n_px)
+        image = image.resize(size, Image.BICUBIC)
+        w, h = image.size
+        top, left = int(round((h - self.n_px) / 2.0)), int(round((w - self.n_px) / 2.0))
+        image = image.crop((left, top, left + self.n_px, top + self.n_px))
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
+        std = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
+        return (x - mean) / std
+
+    def encode_image(self, image):
+        x = self.preprocess(image)[None]
+        w = self.s["visual.conv1.weight"]
+        x = F.conv2d(x, w, stride=w.shape[-1])[0].flatten(1).T  # grid**2, width
+        x = torch.cat([self.s["visual.class_embedding"][None], x]) + self.s["visual.positional_embedding"]
+        x = self._ln(x, "visual.ln_pre")
+        x = self._blocks(x, "visual.transformer.resblocks.", self.vision_heads, causal=False)
+        return self._ln(x[0], "visual.ln_post") @ self.s["visual.proj"]
+
+    @torch.no_grad()
+    def embed(self, text=None, image=None, *, is_query=False, instruction=None):
+        if is_query and instruction:
+            text = reference_format_string(f"{instruction} {text or ''}")
+        else:
+            text = reference_format_string(text or "")
+        txt_mask, img_mask = (1.0 if text else 0.0), (1.0 if image is not None else 0.0)
+        txt_emb = self.encode_text(text if text else "") * txt_mask
+        img_emb = self.encode_image(image) * img_mask if image is not None else 0.0
+        fused = img_emb + txt_emb  # fuse_embeddings
+        return F.normalize(fused, dim=-1).numpy()
+
+
+@pytest.fixture(scope="module")
+def ref(uniir_dir):
+    return ReferenceClipSf(uniir_dir, uniir_dir / "clip_sf_tiny.pth")
+
+
+ITEMS = {
+    "text": lambda im: Item.candidate("a dog on the beach"),
+    "image": lambda im: Item.candidate(image=im["photo"]),
+    "tall-image": lambda im: Item.candidate(image=im["tall"]),
+    "gray-image": lambda im: Item.candidate(image=im["gray"]),
+    "tiny-image": lambda im: Item.candidate(image=im["tiny"]),
+    "odd-crop-image": lambda im: Item.candidate(image=im["odd"]),
+    "fused": lambda im: Item.candidate("a red car", im["photo"]),
+    "query": lambda im: Item.query("a photo of a cat"),
+    "query-instr": lambda im: Item.query("a photo of a cat", instruction="retrieve an image of the caption"),
+    "image-query-instr": lambda im: Item.query(image=im["tall"], instruction="find a caption for the image"),
+    "fused-query-instr": lambda im: Item.query("but it is red", im["photo"], instruction="find a similar image"),
+}
+
+
+@pytest.mark.parametrize("name", list(ITEMS))
+def test_uniir_parity(sf, ref, images, name):
+    item = ITEMS[name](images)
+    ours = sf.embed([item]).vectors[0]
+    theirs = ref.embed(item.text, item.image, is_query=item.is_query, instruction=item.instruction)
+    assert np.abs(ours - theirs).max() <= TOL, np.abs(ours - theirs).max()
+
+
+def test_fused_is_the_normalised_sum_of_the_towers(sf, images):
+    img = Image.open(images["photo"]).convert("RGB")
+    with torch.no_grad():
+        t = sf.encode_texts(["A red car."])[0]
+        i = sf.encode_images(sf.transform(img)[None])[0]
+    expected = F.normalize(t + i, dim=-1).numpy()
+    got = sf.embed([Item.candidate("a red car", images["photo"])]).vectors[0]
+    assert np.abs(got - expected).max() <= TOL
+    # and not the sum of normalised parts
+    other = F.normalize(F.normalize(t, dim=-1) + F.normalize(i, dim=-1), dim=-1).numpy()
+    assert np.abs(got - other).max() > 1e-3
+
+
+# -- UniIR checkpoint names ------------------------------------------------------------------------
+
+def reference_uniir_names(n_vision_layers: int, n_text_layers: int) -> list[str]:
+    """Tensor names in UniIR's clip_sf_large.pth (``torch.load(path)["model"]``).
+
+    Source: UniIR ``src/models/uniir_clip/clip_scorefusion/clip_sf.py`` — ``CLIPScoreFusion``
+    holds OpenAI's model as ``self.clip_model`` (``clip.load``), and ``src/common/utils.py``
+    loads ``torch.load(checkpoint_path)["model"]`` into it with ``load_state_dict`` (strict) —
+    and OpenAI ``clip/model.py``: ``CLIP`` = ``visual`` (``VisionTransformer``: ``conv1``,
+    ``class_embedding``, ``positional_embedding``, ``ln_pre``, ``transformer.resblocks``,
+    ``ln_post``, ``proj``), ``transformer.resblocks``, ``token_embedding``,
+    ``positional_embedding``, ``ln_final``, ``text_projection``, ``logit_scale``; each
+    ``ResidualAttentionBlock`` = ``attn`` (``nn.MultiheadAttention``: ``in_proj_weight``,
+    ``in_proj_bias``, ``out_proj``), ``ln_1``, ``mlp.c_fc``, ``mlp.c_proj``, ``ln_2``. The causal
+    ``attn_mask`` is a plain attribute, not saved.
+    """
+    block = ["attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight", "attn.out_proj.bias",
+             "ln_1.weight", "ln_1.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight",
+             "mlp.c_proj.bias", "ln_2.weight", "ln_2.bias"]
+    names = ["positional_embedding", "text_projection", "logit_scale", "token_embedding.weight",
+             "ln_final.weight", "ln_final.bias", "visual.class_embedding", "visual.positional_embedding",
+             "visual.proj", "visual.conv1.weight", "visual.ln_pre.weight", "visual.ln_pre.bias",
+             "visual.ln_post.weight", "visual.ln_post.bias"]
+    names += [f"transformer.resblocks.{i}.{b}" for i in range(n_text_layers) for b in block]
+    names += [f"visual.transformer.resblocks.{i}.{b}" for i in range(n_vision_layers) for b in block]
+    return sorted("clip_model." + n for n in names)
+
+
+def _shapes(cfg):
+    """OpenAI CLIP shapes for a (shrunk) config: width, layers, patch, grid, context, vocab, embed."""
+    t, v, e = cfg["text_config"], cfg["vision_config"], cfg["projection_dim"]
+    tw, vw = t["hidden_size"], v["hidden_size"]
+    grid = v["image_size"] // v["patch_size"]
+    shapes = {"positional_embedding": (t["max_position_embeddings"], tw), "text_projection": (tw, e),
+              "logit_scale": (), "token_embedding.weight": (t["vocab_size"], tw), "ln_final.weight": (tw,),
+              "ln_final.bias": (tw,), "visual.class_embedding": (vw,),
+              "visual.positional_embedding": (grid * grid + 1, vw), "visual.proj": (vw, e),
+              "visual.conv1.weight": (vw, 3, v["patch_size"], v["patch_size"]), "visual.ln_pre.weight": (vw,),
+              "visual.ln_pre.bias": (vw,), "visual.ln_post.weight": (vw,), "visual.ln_post.bias": (vw,)}
+    for prefix, w, inter, n in (("transformer.resblocks", tw, t["intermediate_size"], t["num_hidden_layers"]),
+                                ("visual.transformer.resblocks", vw, v["intermediate_size"], v["num_hidden_layers"])):
+        for i in range(n):
+            p = f"{prefix}.{i}."
+            shapes.update({p + "attn.in_proj_weight": (3 * w, w), p + "attn.in_proj_bias": (3 * w,),
+                           p + "attn.out_proj.weight": (w, w), p + "attn.out_proj.bias": (w,),
+                           p + "ln_1.weight": (w,), p + "ln_1.bias": (w,), p + "ln_2.weight": (w,),
+                           p + "ln_2.bias": (w,), p + "mlp.c_fc.weight": (inter, w), p + "mlp.c_fc.bias": (inter,),
+                           p + "mlp.c_proj.weight": (w, inter), p + "mlp.c_proj.bias": (w,)})
+    return shapes
+
+
+def _uniir_folder(tmp_path, clip_dir, state, name="clip_sf_large.pth"):
+    import shutil
+
+    folder = tmp_path / "uniir"
+    shutil.copytree(clip_dir, folder)
+    torch.save({"model": state, "optimizer": {"lr": torch.tensor(1e-5)}, "epoch": 20}, str(folder / name))
+    return folder
+
+
+def test_uniir_checkpoint_names_load_without_missing_or_unexpected(tmp_path, clip_dir, uniir_dir, images):
+    cfg = json.loads((clip_dir / "config.json").read_text())
+    names = reference_uniir_names(cfg["vision_config"]["num_hidden_layers"], cfg["text_config"]["num_hidden_layers"])
+    written = torch.load(str(uniir_dir / "clip_sf_tiny.pth"), weights_only=True)["model"]
+    assert sorted(written) == names  # the fixture writes exactly UniIR's names
+    gen = torch.Generator().manual_seed(5)
+    state = {f"clip_model.{k}": 0.2 * torch.randn(shape, generator=gen) for k, shape in _shapes(cfg).items()}
+    assert sorted(state) == names
+    folder = _uniir_folder(tmp_path, clip_dir, state)
+    model = umr.load_model(folder)
+    assert isinstance(model, ClipSfEmbedder)
+    hf = model.model.state_dict()
+    assert torch.equal(hf["visual_projection.weight"], state["clip_model.visual.proj"].T)
+    w = state["clip_model.transformer.resblocks.1.attn.in_proj_weight"]
+    assert torch.equal(hf["text_model.encoder.layers.1.self_attn.k_proj.weight"], w[w.shape[0] // 3: 2 * w.shape[0] // 3])
+    # the .pth, not the folder's own weights, is what embeds
+    plain = ClipSfEmbedder.from_pretrained(clip_dir)
+    a = model.encode_candidates([Item.candidate("a dog")])
+    b = plain.encode_candidates([Item.candidate("a dog")])
+    assert np.abs(a - b).max() > 1e-3
+
+
+def test_uniir_checkpoint_with_wrong_names_is_refused(tmp_path, clip_dir):
+    cfg = json.loads((clip_dir / "config.json").read_text())
+    state = {f"clip_model.{k}": torch.zeros(shape) for k, shape in _shapes(cfg).items()}
+    state["clip_model.visual.attnpool.c_proj.weight"] = torch.zeros(2, 2)
+    folder = _uniir_folder(tmp_path, clip_dir, state)
+    with pytest.raises(ValueError, match="unknown tensors.*attnpool"):
+        umr.load_model(folder)
+    del state["clip_model.visual.attnpool.c_proj.weight"], state["clip_model.ln_final.bias"]
+    torch.save({"model": state}, str(folder / "clip_sf_large.pth"))
+    with pytest.raises(ValueError, match="missing.*final_layer_norm.bias"):
+        umr.load_model(folder)
+
+
+def test_checkpoint_option_and_unsafe_pickles(tmp_path, uniir_dir, sf):
+    import shutil
+
+    item = [Item.candidate("a dog")]
+    clip_dir = tmp_path / "base"
+    shutil.copytree(uniir_dir, clip_dir, ignore=shutil.ignore_patterns("*.pth"))
+    explicit = ClipSfEmbedder.from_pretrained(clip_dir, checkpoint=uniir_dir / "clip_sf_tiny.pth")
+    assert np.abs(explicit.embed(item).vectors - sf.embed(item).vectors).max() <= TOL
+    state = torch.load(str(uniir_dir / "clip_sf_tiny.pth"), weights_only=True)["model"]
+    pth = tmp_path / "with_config.pth"
+    torch.save({"model": state, "config": _Opaque()}, str(pth))
+    with pytest.raises(ValueError, match="trust_checkpoint=True"):
+        ClipSfEmbedder.from_pretrained(clip_dir, checkpoint=pth)
+    trusted = ClipSfEmbedder.from_pretrained(clip_dir, checkpoint=pth, trust_checkpoint=True)
+    assert np.abs(trusted.embed(item).vectors - sf.embed(item).vectors).max() <= TOL
+
+
+class _Opaque:
+    """Stands in for the OmegaConf config a training run may pickle next to the weights."""
+
+
+def test_clip_sf_large_needs_its_checkpoint(monkeypatch, tmp_path, clip_dir):
+    spec = {s.name: s for s in umr.list_models()}
+    assert {"mm-embed", "clip-sf-large", "clip-vit-b32", "clip-vit-l14", "siglip-base"} <= set(spec)
+    assert spec["clip-sf-large"].defaults["checkpoint"].endswith("CLIP_SF/clip_sf_large.pth")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(ModelNotAvailable, match="pass checkpoint="):
+        ClipSfEmbedder.from_pretrained(clip_dir, checkpoint="TIGER-Lab/UniIR/checkpoint/CLIP_SF/clip_sf_large.pth")
+    with pytest.raises(ModelNotAvailable):
+        umr.load_model("clip-sf-large")
+
+
+# -- plain CLIP and SigLIP --------------------------------------------------------------------------
+
+def _hf_reference(folder, kind, text, image):
+    """transformers' own model and PIL image processor; fused = sum of the raw projections."""
+    from transformers import AutoTokenizer, CLIPModel, SiglipModel
+
+    model = (SiglipModel if kind == "siglip" else CLIPModel).from_pretrained(str(folder)).eval()
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    pre = json.loads((folder / "preprocessor_config.json").read_text())
+    pre = {k: v for k, v in pre.items() if k != "image_processor_type"}
+    if kind == "siglip":
+        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil as P
+    else:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as P
+    vec = 0
+    with torch.no_grad():
+        if text:
+            if kind == "siglip":
+                enc = tok([text], padding="max_length", max_length=model.config.text_config.max_position_embeddings,
+                          return_tensors="pt")
+                vec = vec + model.text_model(input_ids=enc["input_ids"]).pooler_output[0]
+            else:
+                enc = tok([text], return_tensors="pt")
+                vec = vec + model.text_projection(model.text_model(**enc).pooler_output)[0]
+        if image is not None:
+            img = Image.open(image).convert("RGB")
+            pixels = P(**pre)(img, return_tensors="pt")["pixel_values"]
+            out = model.vision_model(pixel_values=pixels).pooler_output
+            vec = vec + (out[0] if kind == "siglip" else model.visual_projection(out)[0])
+    return F.normalize(vec, dim=-1).numpy()
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_plain_clip_and_siglip_parity(kind, clip_dir, siglip_dir, images):
+    folder = clip_dir if kind == "clip" else siglip_dir
+    model = umr.load_model(folder)
+    assert isinstance(model, ClipSfEmbedder) and model.kind == kind
+    for text, image in (("a dog on the beach", None), (None, images["photo"]), (None, images["odd"]),
+                        ("a red car", images["gray"])):
+        ours = model.embed([Item.candidate(text, image)]).vectors[0]
+        theirs = _hf_reference(folder, kind, uniir_format(text) if text else None, image)
+        assert np.abs(ours - theirs).max() <= TOL, (kind, text, image)
+
+
+# -- batching, bad input, CLI -------------------------------------------------------------------------
+
+def _mixed(images):
+    return [Item.candidate("a dog on the beach", id="t"), Item.candidate(image=images["photo"], id="i"),
+            Item.query("a cat", instruction="find an image", id="q"), Item.candidate("red car", images["tall"], id="f"),
+            Item.query(image=images["gray"], instruction="find a caption", id="qi"),
+            Item.candidate("a long text about a bird sitting in a tree by the river at night", id="t2"),
+            Item.candidate(image=images["tiny"], id="i2")]
+
+
+@pytest.mark.parametrize("which", ["uniir", "siglip"])
+def test_batch_invariance(which, sf, siglip_dir, images):
+    model = sf if which == "uniir" else umr.load_model(siglip_dir)
+    items = _mixed(images)
+    alone = np.stack([model.embed([it]).vectors[0] for it in items])
+    for batch_size in (2, 3, 7):
+        assert np.abs(model.embed(items, batch_size=batch_size).vectors - alone).max() <= TOL
+    assert np.allclose(np.linalg.norm(alone, axis=1), 1, atol=1e-5)
+
+
+def test_bad_images_name_the_item(sf, tmp_path, bomb_png, images):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(images["photo"].read_bytes()[:400])
+    for image, reason in ((tmp_path / "nope.png", "not found"), (bomb_png, "bomb"), (broken, "cannot be")):
+        with pytest.raises(ItemError, match=reason) as info:
+            sf.embed([Item.candidate("x", id="ok"), Item.candidate("y", image, id="bad-one")])
+        assert info.value.item_id == "bad-one" and info.value.index == 1
+    with pytest.raises(ItemError, match="blank"):
+        sf.embed([Item.candidate("   ", id="blank")])
+
+
+def test_cli_embed_and_skip(tmp_path, capsys, uniir_dir, sf, images):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(images["photo"].read_bytes()[:400])
+    lines = [{"id": "g1", "text": "a dog"}, {"id": "b1", "image": str(tmp_path / "missing.png")},
+             {"id": "g2", "image": str(images["photo"]), "instruction": "find a caption", "is_query": True},
+             {"id": "b2", "image": str(broken)}, {"id": "g3", "text": "red car", "image": str(images["tall"])}]
+    items = tmp_path / "items.jsonl"
+    items.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "out.npy"
+    assert main(["embed", "--model", str(uniir_dir), "--input", str(items), "--output", str(out),
+                 "--on-error", "skip", "--no-progress"]) == 0
+    assert json.loads(out.with_suffix(".ids.json").read_text()) == ["g1", "g2", "g3"]
+    errors = [json.loads(x) for x in out.with_suffix(".errors.jsonl").read_text().splitlines()]
+    assert [(e["line"], e["id"]) for e in errors] == [(2, "b1"), (4, "b2")]
+    good = [Item(text=x.get("text"), image=x.get("image"), instruction=x.get("instruction"),
+                 is_query=x.get("is_query", False)) for x in lines if x["id"].startswith("g")]
+    assert np.abs(np.load(out) - sf.embed(good).vectors).max() <= TOL
+    capsys.readouterr()
+    code = main(["embed", "--model", str(uniir_dir), "--input", str(items), "--output", str(tmp_path / "o.npy"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code != 0 and "line 2" in err and "'b1'" in err and err.count("\n") == 1
+
+
+def test_tiny_builders_are_deterministic(tmp_path, uniir_dir):
+    again = write_tiny_uniir_clip_sf(tmp_path / "again", seed=0)
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        assert (again / name).read_bytes() == (uniir_dir / name).read_bytes(), name
+    a = torch.load(str(again / "clip_sf_tiny.pth"), weights_only=True)["model"]
+    b = torch.load(str(uniir_dir / "clip_sf_tiny.pth"), weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
