@@ -455,3 +455,16 @@ def test_tiny_builders_are_deterministic(tmp_path, uniir_dir):
     a = torch.load(str(again / "clip_sf_tiny.pth"), weights_only=True)["model"]
     b = torch.load(str(uniir_dir / "clip_sf_tiny.pth"), weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_checkpoint_is_a_one_line_cli_error(tmp_path, capsys, clip_dir):
+    cfg = json.loads((clip_dir / "config.json").read_text())
+    state = {f"clip_model.{k}": torch.zeros(shape) for k, shape in _shapes(cfg).items()}
+    del state["clip_model.visual.proj"]
+    folder = _uniir_folder(tmp_path, clip_dir, state)
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"id": "a", "text": "x"}\n')
+    code = main(["embed", "--model", str(folder), "--input", str(items), "--output", str(tmp_path / "o.npy"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "visual_projection.weight" in err, err

@@ -474,3 +474,14 @@ def test_bfloat16_is_close(tiny_dir, mm, images):
     items = _mixed_items(images)[:4]
     cos = (low.embed(items).vectors * mm.embed(items).vectors).sum(1)
     assert cos.min() > 0.98
+
+
+def test_options_it_does_not_take_are_one_line_errors(tmp_path, capsys, tiny_dir):
+    with pytest.raises(ValueError, match="does not take min_image_tokens"):
+        umr.load_model(tiny_dir, min_image_tokens=4)
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"id": "a", "text": "x"}\n')
+    code = main(["embed", "--model", str(tiny_dir), "--input", str(items), "--output", str(tmp_path / "o.npy"),
+                 "--min-image-tokens", "4", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "min_image_tokens" in err

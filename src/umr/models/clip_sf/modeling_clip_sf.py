@@ -25,7 +25,12 @@ import torch
 from ...images import image_size, load_image
 from ...types import Item, ItemError
 from ..base import Embedder
+from ..registry import ModelNotAvailable
 from .processing_clip_sf import ImageTransform, item_text
+
+class ClipSfLoadError(ModelNotAvailable, ValueError):
+    """A folder, checkpoint or option that cannot make a CLIP-SF model (one line in the CLI)."""
+
 
 # --------------------------------------------------------------------------------------
 # UniIR / OpenAI CLIP names <-> transformers names
@@ -97,7 +102,7 @@ def uniir_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"not a UniIR CLIP-SF / OpenAI CLIP (ViT) checkpoint: unknown tensors {unknown[:5]}"
+        raise ClipSfLoadError(f"not a UniIR CLIP-SF / OpenAI CLIP (ViT) checkpoint: unknown tensors {unknown[:5]}"
                          + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
     return out
 
@@ -163,7 +168,7 @@ def load_uniir_state(path: Path, *, trust_checkpoint: bool = False) -> dict[str,
     except Exception as exc:  # noqa: BLE001 - weights_only refuses arbitrary pickled objects
         if trust_checkpoint:
             raise
-        raise ValueError(
+        raise ClipSfLoadError(
             f"{path}: cannot be read safely ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
             f"If you trust the file, load it with trust_checkpoint=True") from None
     return {k: v for k, v in strip_uniir_prefix(raw).items() if isinstance(v, torch.Tensor)}
@@ -196,7 +201,7 @@ class ClipSfEmbedder(Embedder):
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | None = None,
                         checkpoint: str | os.PathLike | None = None, trust_checkpoint: bool = False,
-                        uniir_text: bool = True, max_length: int | None = None) -> "ClipSfEmbedder":
+                        uniir_text: bool = True, max_length: int | None = None, **unknown: Any) -> "ClipSfEmbedder":
         """Load a CLIP/SigLIP folder, optionally with UniIR CLIP-SF weights on top.
 
         ``checkpoint``: a UniIR ``.pth`` (path, or ``owner/repo/path/in/repo.pth`` on the hub);
@@ -206,27 +211,31 @@ class ClipSfEmbedder(Embedder):
         """
         from transformers import AutoTokenizer, CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
+        if unknown:
+            raise ClipSfLoadError(f"CLIP-SF/CLIP/SigLIP models do not take {', '.join(sorted(unknown))} "
+                                  f"(images are resized to the vision tower's input size); options: checkpoint, "
+                                  f"trust_checkpoint, uniir_text, max_length, dtype")
         folder = Path(path)
         config = json.loads((folder / "config.json").read_text())
         kind = config.get("model_type")
         if kind not in ("clip", "siglip"):
-            raise ValueError(f"{folder}: model_type {kind!r} is not clip or siglip")
+            raise ClipSfLoadError(f"{folder}: model_type {kind!r} is not clip or siglip")
         if checkpoint is None:
             found = sorted(folder.glob("*.pth")) + sorted(folder.glob("*.pt"))
             if len(found) > 1:
-                raise ValueError(f"{folder}: several checkpoints {[p.name for p in found]}; pick one with checkpoint=")
+                raise ClipSfLoadError(f"{folder}: several checkpoints {[p.name for p in found]}; pick one with checkpoint=")
             checkpoint = found[0] if found else None
         model_cls, config_cls = (SiglipModel, SiglipConfig) if kind == "siglip" else (CLIPModel, CLIPConfig)
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
         if checkpoint is not None:
             if kind != "clip":
-                raise ValueError("UniIR CLIP-SF checkpoints are OpenAI CLIP models: use a CLIP folder")
+                raise ClipSfLoadError("UniIR CLIP-SF checkpoints are OpenAI CLIP models: use a CLIP folder")
             state = uniir_to_hf(load_uniir_state(_resolve_checkpoint(checkpoint), trust_checkpoint=trust_checkpoint))
             model = model_cls(config_cls.from_pretrained(str(folder)))
             own = {k for k in model.state_dict() if not k.endswith("position_ids")}
             missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
             if missing or unexpected:
-                raise ValueError(f"UniIR checkpoint does not fit {folder.name}: missing {missing[:5]}, "
+                raise ClipSfLoadError(f"UniIR checkpoint does not fit {folder.name}: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}")
             model.load_state_dict(state, strict=False)
             crop_rounding = "round"  # UniIR preprocesses with torchvision (OpenAI's clip.load)

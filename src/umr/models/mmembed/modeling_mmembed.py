@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from ...types import Item, ItemError
 from ..base import Embedder
+from ..registry import ModelNotAvailable
 from .processing_mmembed import MMEmbedProcessor, ProcessedItem
 
 
@@ -371,8 +372,8 @@ class MMEmbedModel(nn.Module):
         return self.latent_attention_model(hidden, pool_mask)
 
 
-def expected_parameter_names(model: nn.Module) -> list[str]:
-    return sorted(k for k in model.state_dict())
+class MMEmbedLoadError(ModelNotAvailable, ValueError):
+    """A folder or option that cannot make an MM-Embed model (reported as one line by the CLI)."""
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -381,13 +382,13 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(
+        raise MMEmbedLoadError(
             f"checkpoint does not match MM-Embed: {len(missing)} missing (e.g. {missing[:5]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:5]})")
     bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
     if bad:
         k = bad[0]
-        raise ValueError(f"checkpoint does not match MM-Embed: {k} has shape {tuple(state[k].shape)}, "
+        raise MMEmbedLoadError(f"checkpoint does not match MM-Embed: {k} has shape {tuple(state[k].shape)}, "
                          f"the config implies {tuple(own[k].shape)} ({len(bad)} mismatches)")
     model.load_state_dict(state, strict=True, assign=True)
 
@@ -520,7 +521,7 @@ def load_mmembed(folder: Path, *, dtype: torch.dtype | None = None, retriever_co
 
     settings = read_settings(folder, retriever_config=retriever_config)
     if settings.text.hidden_size != settings.latent.latent_dim:
-        raise ValueError("latent_dim must equal the LLM's hidden size (NV-Embed's latent attention needs it)")
+        raise MMEmbedLoadError("latent_dim must equal the LLM's hidden size (NV-Embed's latent attention needs it)")
     if dtype is None:
         config = json.loads((folder / "config.json").read_text())
         stored = config.get("torch_dtype") or config.get("dtype")
@@ -557,13 +558,17 @@ class MMEmbedEmbedder(Embedder):
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | None = None,
                         max_length: int = 512, retriever_config: Any = None,
-                        add_eos_token: bool | None = None) -> "MMEmbedEmbedder":
+                        add_eos_token: bool | None = None, **unknown: Any) -> "MMEmbedEmbedder":
         """Load a MM-Embed folder (config.json with ``model_type: llava_next``, safetensors, tokenizer).
 
         ``retriever_config`` points at NV-Embed-v1's config (a folder, a config.json or a dict)
         when neither the folder nor the hub cache has it; otherwise NV-Embed-v1's published
         sizes are used, checked against the weights.
         """
+        if unknown:
+            raise MMEmbedLoadError(
+                f"MM-Embed does not take {', '.join(sorted(unknown))} (every image is its global "
+                f"336x336 view, 577 tokens); options: max_length, retriever_config, add_eos_token, dtype")
         folder = Path(path)
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         model = load_mmembed(folder, dtype=torch_dtype, retriever_config=retriever_config).to(device)
