@@ -490,3 +490,17 @@ def test_load_folder_without_weights(tmp_path, tiny_gme_dir):
     with pytest.raises(umr.ModelNotAvailable) as info:
         umr.load_model(folder)
     assert "\n" not in str(info.value)
+
+
+def test_fast_decoder_and_patch_embed_match_transformers(tiny_gme_dir, gme, images):
+    """The hand-written last decoder layer and matmul patch embedding equal transformers' modules."""
+    from umr.models.gme.modeling_gme import _PatchEmbedAsMatmul
+
+    assert gme._fast_decoder and isinstance(gme.model.visual.patch_embed.proj, _PatchEmbedAsMatmul)
+    plain = umr.load_model(tiny_gme_dir)
+    plain._fast_decoder = False
+    items = _mixed_items(images)
+    for batch_size in (1, 4, 11):
+        a = gme.embed(items, batch_size=batch_size).vectors
+        b = plain.embed(items, batch_size=batch_size).vectors
+        assert np.abs(a - b).max() <= TOL

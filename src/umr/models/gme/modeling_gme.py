@@ -67,6 +67,8 @@ class GmeEmbedder(Embedder):
         self.image_token_id = int(config.image_token_id)
         pad = processor.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else 0)
+        self._fast_decoder = _supports_fast_decoder(model)
+        _speed_up_patch_embed(model)
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -146,17 +148,102 @@ class GmeEmbedder(Embedder):
             features = torch.cat(list(features.pooler_output)).to(embeds.dtype)
             embeds[input_ids == self.image_token_id] = features
 
-        # right padding: row r holds lengths[r] real tokens at positions 0..lengths[r]-1
+        return self._decode(embeds, lengths.to(self.device)).float()
+
+    def _decode(self, embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Final hidden state of each row's last real token, positions ``0..L-1`` in every row.
+
+        All layers but the last run as transformers defines them; the last one only computes the
+        query, attention output and MLP of the one token that is pooled (keys and values still
+        cover the whole row), which is what the full layer computes for that token.
+        """
+        lm = self.model.language_model
+        batch, width, _ = embeds.shape
+        rows = torch.arange(batch, device=embeds.device)
+        last = lengths - 1
+        position_ids = torch.arange(width, device=embeds.device).view(1, 1, -1).expand(3, batch, -1)
         padded = bool((lengths < width).any())
-        attention_mask = None
+        if not self._fast_decoder:
+            mask = (torch.arange(width, device=embeds.device)[None, :] < lengths[:, None]).long() if padded else None
+            hidden = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                        use_cache=False).last_hidden_state
+            return hidden[rows, last]
+
+        keys_valid = torch.arange(width, device=embeds.device)[None, :] < lengths[:, None]  # (B, L)
+        mask = None  # no padding: SDPA's causal kernel
         if padded:
-            attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long().to(self.device)
-        position_ids = torch.arange(width, device=self.device).view(1, 1, -1).expand(3, batch, -1)
-        hidden = self.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                           position_ids=position_ids, use_cache=False).last_hidden_state
-        last = (lengths - 1).to(self.device)
-        return hidden[torch.arange(batch, device=self.device), last].float()
+            causal = torch.ones(width, width, dtype=torch.bool, device=embeds.device).tril()
+            mask = (causal[None, :, :] & keys_valid[:, None, :])[:, None]  # (B, 1, L, L)
+        cos, sin = lm.rotary_emb(embeds, position_ids)
+        hidden = embeds
+        for layer in lm.layers[:-1]:
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), use_cache=False)
+            if isinstance(hidden, tuple):
+                hidden = hidden[0]
+
+        layer = lm.layers[-1]
+        attn = layer.self_attn
+        head_dim = attn.head_dim
+        normed = layer.input_layernorm(hidden)
+        query = attn.q_proj(normed[rows, last]).view(batch, 1, -1, head_dim).transpose(1, 2)
+        key = attn.k_proj(normed).view(batch, width, -1, head_dim).transpose(1, 2)
+        value = attn.v_proj(normed).view(batch, width, -1, head_dim).transpose(1, 2)
+        cos_q, sin_q = cos[rows, last][:, None, None], sin[rows, last][:, None, None]
+        query = query * cos_q + _rotate_half(query) * sin_q
+        key = key * cos[:, None] + _rotate_half(key) * sin[:, None]
+        groups = query.shape[1] // key.shape[1]
+        if groups > 1:
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+        # the pooled token sees every real token of its row (it is the last one)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=keys_valid[:, None, None, :] if padded else None, scale=attn.scaling)
+        out = attn.o_proj(out.transpose(1, 2).reshape(batch, -1))
+        pooled = hidden[rows, last] + out
+        pooled = pooled + layer.mlp(layer.post_attention_layernorm(pooled))
+        return lm.norm(pooled)
 
 
-def read_model_type(folder: str | Path) -> str:
-    return json.loads((Path(folder) / "config.json").read_text()).get("model_type", "")
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class _PatchEmbedAsMatmul(torch.nn.Module):
+    """Qwen2-VL's patch embedding (a Conv3d whose stride equals its kernel) as one matmul.
+
+    Same weights and the same dot products; oneDNN's 3-D convolution is several times slower
+    on CPU than a plain GEMM for this shape.
+    """
+
+    def __init__(self, conv: torch.nn.Conv3d):
+        super().__init__()
+        self.weight = conv.weight  # shared: (embed, C, T, P, P)
+        self.bias = conv.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, C, T, P, P)
+        out = torch.nn.functional.linear(x.reshape(x.shape[0], -1), self.weight.reshape(self.weight.shape[0], -1),
+                                         self.bias)
+        return out.view(x.shape[0], -1, 1, 1, 1)
+
+
+def _supports_fast_decoder(model) -> bool:
+    """The hand-written last layer covers Qwen2-style decoders without sliding windows."""
+    lm = model.language_model
+    config = lm.config
+    if getattr(config, "use_sliding_window", False) or getattr(config, "sliding_window", None):
+        return False
+    layer = lm.layers[-1]
+    attn = getattr(layer, "self_attn", None)
+    needed = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")
+    return (attn is not None and all(hasattr(attn, n) for n in needed) and hasattr(layer, "mlp")
+            and hasattr(layer, "input_layernorm") and hasattr(layer, "post_attention_layernorm")
+            and hasattr(lm, "rotary_emb") and hasattr(lm, "norm"))
+
+
+def _speed_up_patch_embed(model) -> None:
+    embed = getattr(getattr(model, "visual", None), "patch_embed", None)
+    conv = getattr(embed, "proj", None)
+    if isinstance(conv, torch.nn.Conv3d) and tuple(conv.kernel_size) == tuple(conv.stride) \
+            and conv.padding == (0, 0, 0) and conv.groups == 1:
+        embed.proj = _PatchEmbedAsMatmul(conv)

@@ -1,0 +1,231 @@
+"""Embedding throughput: umr's paths against the plain loops they replace, in one run.
+
+(a) GME: ``umr`` (cost-sorted mixed batches, per-item processing) against a per-batch loop
+    written the way GME's reference code is (message strings -> ``fetch_image`` -> transformers'
+    Qwen2-VL processor with right padding -> embed tokens, vision tower, text decoder with
+    ``position_ids=None`` -> last token), on the same randomly initialised mid-sized Qwen2-VL,
+    the same items and the same batch size. Reports items/s, the ratio and max|delta| between
+    the two outputs.
+(b) Text: ``umr.load_model("minilm")`` against sentence-transformers' ``encode`` on the same
+    sentences (mixed lengths).
+
+Ratios are measured here, never asserted in tests. Prints a table and writes
+``benchmarks/results/embed_throughput.json``.
+
+    python benchmarks/embed_throughput.py            # full run (a few minutes on 2 cores)
+    python benchmarks/embed_throughput.py --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import umr
+from umr.models.gme.tiny import write_tiny_gme
+from umr.types import Item
+
+RESULTS = Path(__file__).resolve().parent / "results" / "embed_throughput.json"
+
+MID_TEXT = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                num_key_value_heads=2, mrope_section=[8, 12, 12])
+MID_VISION = dict(depth=4, embed_dim=256, num_heads=4, mlp_ratio=4)
+
+WORDS = ("a an the of to in on with for by from and or is are was this that image photo picture "
+         "dog cat car truck bird flower tree house street city river mountain sky cloud sea beach red "
+         "green blue yellow black white small large old new running sitting standing man woman child "
+         "people group table chair window door road bridge train plane boat what which where when who "
+         "how why wikipedia article history population century famous built located north south").split()
+
+
+def sentences(n: int, rng: random.Random, lo: int = 3, hi: int = 60) -> list[str]:
+    out = []
+    for _ in range(n):
+        k = int(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+        out.append(" ".join(rng.choice(WORDS) for _ in range(k)).capitalize() + ".")
+    return out
+
+
+# -- the reference-style loop -------------------------------------------------------------------
+
+def _fetch_image(path):
+    image = Image.open(path).convert("RGB")
+    height, width = image.height, image.width
+    factor, lo, hi = 28, 4 * 28 * 28, 16384 * 28 * 28
+    h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if h * w > hi:
+        beta = math.sqrt(height * width / hi)
+        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    elif h * w < lo:
+        beta = math.sqrt(lo / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return image.resize((w, h))
+
+
+class ReferenceLoop:
+    """GME's reference ``embed`` per batch of consecutive items (any modality mix)."""
+
+    def __init__(self, folder: Path, model, *, min_image_tokens=256, max_image_tokens=1280, max_length=1800):
+        from transformers import AutoTokenizer
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
+
+        class ImageOnlyProcessor(Qwen2VLProcessor):
+            @classmethod
+            def get_attributes(cls):
+                return ["image_processor", "tokenizer"]
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer.padding_side = "right"
+        self.processor = ImageOnlyProcessor(
+            image_processor=Qwen2VLImageProcessorPil(min_pixels=min_image_tokens * 784,
+                                                     max_pixels=max_image_tokens * 784),
+            tokenizer=tokenizer)
+        self.model = model  # Qwen2VLModel: .visual and .language_model
+        self.max_length = max_length
+
+    def embed(self, items: list[Item]) -> torch.Tensor:
+        texts, images = [], []
+        for item in items:
+            instruction = item.instruction if item.is_query and item.instruction else "You are a helpful assistant."
+            user = ""
+            if item.image is not None:
+                user += "<|vision_start|><|image_pad|><|vision_end|>"
+                images.append(_fetch_image(item.image))
+            if item.text is not None:
+                user += item.text
+            texts.append(f"<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+                         f"<|im_start|>assistant\n<|endoftext|>")
+        inputs = self.processor(text=texts, images=images or None, padding=True, truncation=True,
+                                max_length=self.max_length, return_tensors="pt")
+        with torch.no_grad():
+            embeds = self.model.language_model.embed_tokens(inputs["input_ids"])
+            if images:
+                pixels = inputs["pixel_values"].type(self.model.visual.dtype)
+                image_embeds = self.model.visual(pixels, grid_thw=inputs["image_grid_thw"]).pooler_output
+                embeds[inputs["input_ids"] == self.model.config.image_token_id] = image_embeds
+            out = self.model.language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
+                                            position_ids=None).last_hidden_state
+            last = inputs["attention_mask"].sum(dim=1) - 1
+            vec = out[torch.arange(out.shape[0]), last]
+            return torch.nn.functional.normalize(vec.float(), p=2, dim=1)
+
+    def run(self, items: list[Item], batch_size: int) -> np.ndarray:
+        return torch.cat([self.embed(items[i: i + batch_size])
+                          for i in range(0, len(items), batch_size)]).numpy()
+
+
+def gme_items(folder: Path, n: int, rng: random.Random) -> list[Item]:
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(n):
+        kind = ("text", "image", "fused")[i % 3]
+        image = None
+        if kind != "text":
+            w, h = rng.randint(224, 640), rng.randint(224, 640)
+            pixels = np.random.RandomState(i).randint(0, 256, (h, w, 3), dtype=np.uint8)
+            image = folder / f"img{i}.jpg"
+            Image.fromarray(pixels).save(image, quality=90)
+            image = str(image)
+        text = sentences(1, rng, 4, 40)[0] if kind != "image" else None
+        if rng.random() < 0.5:
+            items.append(Item.query(text, image=image, instruction="Find a matching item.", id=str(i)))
+        else:
+            items.append(Item.candidate(text, image=image, id=str(i)))
+    rng.shuffle(items)
+    return items
+
+
+def timed(fn, repeats: int):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def bench_gme(n: int, batch_size: int, repeats: int, workdir: Path, dtype: str | None) -> dict:
+    folder = write_tiny_gme(workdir / "gme-mid", seed=0, text=MID_TEXT, vision=MID_VISION)
+    items = gme_items(workdir / "images", n, random.Random(0))
+    from transformers import AutoModel
+
+    model = umr.load_model(folder, dtype=dtype)
+    # the reference loop runs transformers' own modules, loaded separately (same weights)
+    plain = AutoModel.from_pretrained(str(folder), dtype=model.dtype, attn_implementation="sdpa").eval()
+    reference = ReferenceLoop(folder, plain)
+    warm = items[:3]
+    reference.run(warm, batch_size)
+    model.embed(warm, batch_size=batch_size)
+    t_ref, ref_vectors = timed(lambda: reference.run(items, batch_size), repeats)
+    t_umr, result = timed(lambda: model.embed(items, batch_size=batch_size).vectors, repeats)
+    n_params = sum(p.numel() for p in model.model.parameters())
+    return {"model": f"random Qwen2-VL: text {MID_TEXT}, vision {MID_VISION} ({n_params / 1e6:.1f}M params)",
+            "dtype": dtype or "float32", "items": n, "batch_size": batch_size,
+            "mix": "1/3 text, 1/3 image (224-640 px), 1/3 fused; half queries with an instruction",
+            "reference_items_per_s": n / t_ref, "umr_items_per_s": n / t_umr, "ratio": t_ref / t_umr,
+            "max_abs_delta": float(np.abs(result - ref_vectors).max())}
+
+
+def bench_minilm(n: int, repeats: int) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    texts = sentences(n, random.Random(1), 3, 120)
+    model = umr.load_model("minilm")
+    st = SentenceTransformer(str(umr.models.registry.REGISTRY["minilm"].resolve_source()), device="cpu")
+    st.encode(texts[:8])
+    model.encode_candidates(texts[:8])
+    t_st, st_vectors = timed(lambda: st.encode(texts, normalize_embeddings=True, show_progress_bar=False), repeats)
+    t_umr, vectors = timed(lambda: model.encode_candidates(texts, show_progress_bar=False), repeats)
+    return {"model": "all-MiniLM-L6-v2", "items": n, "st_batch_size": 32,
+            "sentence_transformers_items_per_s": n / t_st, "umr_items_per_s": n / t_umr,
+            "ratio": t_st / t_umr, "max_abs_delta": float(np.abs(vectors - st_vectors).max())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--gme-items", type=int, default=None)
+    parser.add_argument("--text-items", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=32, help="items per batch for both paths (GME's default: 32)")
+    parser.add_argument("--bf16", action="store_true", help="also time umr's GME path in bfloat16")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gme_n = args.gme_items or (12 if args.quick else 96)
+    text_n = args.text_items or (200 if args.quick else 3000)
+    repeats = 1 if args.quick else 2
+
+    with tempfile.TemporaryDirectory(prefix="umr-bench-") as tmp:
+        rows = {"gme": bench_gme(gme_n, args.batch_size, repeats, Path(tmp), None)}
+        if args.bf16:
+            rows["gme_bf16"] = bench_gme(gme_n, args.batch_size, repeats, Path(tmp) / "bf16", "bfloat16")
+    rows["minilm"] = bench_minilm(text_n, repeats)
+
+    print(f"{'benchmark':<10} {'items':>6} {'baseline it/s':>14} {'umr it/s':>10} {'ratio':>7} {'max|d|':>9}")
+    for name, row in rows.items():
+        base = row.get("reference_items_per_s", row.get("sentence_transformers_items_per_s"))
+        print(f"{name:<10} {row['items']:>6} {base:>14.2f} {row['umr_items_per_s']:>10.2f} "
+              f"{row['ratio']:>6.2f}x {row['max_abs_delta']:>9.1e}")
+    meta = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "quick": args.quick, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"meta": meta, **rows}, indent=2))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
