@@ -485,3 +485,21 @@ def test_options_it_does_not_take_are_one_line_errors(tmp_path, capsys, tiny_dir
                  "--min-image-tokens", "4", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "min_image_tokens" in err
+
+
+def test_real_size_architecture_has_the_published_parameter_count():
+    """NV-Embed-v1's sizes + LLaVA-NeXT's CLIP-L/336 tower: 8.18B parameters, as MTEB's MM-Embed
+    entry states (n_parameters=8_180_000_000), and a 4096-d output. Built on the meta device."""
+    from umr.models.mmembed.modeling_mmembed import (NV_EMBED_V1, LatentAttentionSettings, MistralSettings,
+                                                     MMEmbedModel, MMEmbedSettings)
+
+    settings = MMEmbedSettings(vision_config={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                                              "num_attention_heads": 16, "image_size": 336, "patch_size": 14},
+                               text=MistralSettings.from_dict(NV_EMBED_V1["text_config"]),
+                               latent=LatentAttentionSettings.from_dict(NV_EMBED_V1["latent_attention_config"]))
+    with torch.device("meta"):
+        model = MMEmbedModel(settings)
+    total = sum(p.numel() for p in model.parameters())
+    assert abs(total / 1e9 - 8.18) < 0.01
+    names = sorted(model.state_dict())
+    assert names == reference_checkpoint_names(24, 32)

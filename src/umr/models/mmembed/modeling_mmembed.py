@@ -482,8 +482,10 @@ def read_settings(folder: Path, *, retriever_config: Any = None) -> MMEmbedSetti
         _fill_from_shapes(nv["text_config"], nv["latent_attention_config"], _weight_shapes(_weight_files(folder)))
     defaults = LatentAttentionSettings()
     latent = LatentAttentionSettings.from_dict({**defaults.__dict__, **(nv.get("latent_attention_config") or {})})
-    vision = dict(config.get("vision_config") or {})
-    vision.setdefault("hidden_act", "quick_gelu")
+    # LlavaNextConfig's default vision tower (CLIP ViT-L/14 at 336 px) for keys a config leaves out
+    vision = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+              "image_size": 336, "patch_size": 14, "projection_dim": 768, "hidden_act": "quick_gelu",
+              **(config.get("vision_config") or {})}
     return MMEmbedSettings(
         vision_config=vision,
         text=MistralSettings.from_dict(nv.get("text_config") or {}),
