@@ -1,0 +1,152 @@
+"""umr.images: safe decoding, header-only sizes, and one clear reason for every bad image."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from umr.images import MAX_IMAGE_PIXELS, image_size, load_image
+from umr.types import ItemError
+
+
+def _png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def rgb():
+    return Image.fromarray(np.random.RandomState(0).randint(0, 256, (40, 60, 3), dtype=np.uint8), "RGB")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "LA", "CMYK", "I;16", "1"])
+def test_modes_convert_to_rgb_like_pil(tmp_path, rgb, mode):
+    image = rgb.convert(mode)
+    path = tmp_path / ("x.tiff" if mode in ("CMYK", "I;16") else "x.png")
+    image.save(path)
+    loaded = load_image(path, item_id="a")
+    assert loaded.mode == "RGB" and loaded.size == (60, 40)
+    with Image.open(path) as expected:
+        assert np.array_equal(np.asarray(loaded), np.asarray(expected.convert("RGB")))
+
+
+def test_rgba_alpha_is_dropped_not_composited(rgb):
+    image = rgb.convert("RGBA")
+    image.putalpha(0)
+    assert np.array_equal(np.asarray(load_image(image)), np.asarray(rgb))
+
+
+def test_sources_path_str_bytes_pil(tmp_path, rgb):
+    path = tmp_path / "x.png"
+    rgb.save(path)
+    data = path.read_bytes()
+    for source in (path, str(path), data, rgb):
+        assert image_size(source) == (60, 40)
+        assert np.array_equal(np.asarray(load_image(source)), np.asarray(rgb))
+
+
+def test_jpeg_and_webp(tmp_path, rgb):
+    for fmt in ("JPEG", "WEBP"):
+        data = _png_bytes(rgb, fmt)
+        assert load_image(data).size == (60, 40)
+
+
+def test_tiny_and_extreme_sizes():
+    for w, h in [(1, 1), (17, 5), (900, 30), (3, 2000)]:
+        image = Image.new("RGB", (w, h), (1, 2, 3))
+        assert image_size(_png_bytes(image)) == (w, h)
+        assert load_image(_png_bytes(image)).size == (w, h)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ItemError) as info:
+        load_image(tmp_path / "nope.png", item_id="m")
+    assert info.value.item_id == "m" and "not found" in info.value.reason
+    with pytest.raises(ItemError, match="not found"):
+        image_size(str(tmp_path / "nope.png"), item_id="m")
+
+
+def test_folder_is_not_an_image(tmp_path):
+    with pytest.raises(ItemError, match="folder"):
+        load_image(tmp_path, item_id="d")
+
+
+def test_not_an_image(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("hello, not a picture\n")
+    with pytest.raises(ItemError, match="not an image"):
+        image_size(path, item_id="t")
+    with pytest.raises(ItemError, match="not an image"):
+        load_image(b"\x00\x01garbage", item_id="t")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    with pytest.raises(ItemError):
+        load_image(path, item_id="e")
+
+
+def test_truncated_file_fails_at_decode_not_header(tmp_path, rgb):
+    big = Image.fromarray(np.random.RandomState(1).randint(0, 256, (300, 300, 3), dtype=np.uint8), "RGB")
+    data = _png_bytes(big)
+    path = tmp_path / "cut.png"
+    path.write_bytes(data[: len(data) // 3])
+    assert image_size(path) == (300, 300)  # the header is intact
+    with pytest.raises(ItemError) as info:
+        load_image(path, item_id="cut")
+    assert "cannot be decoded" in info.value.reason and info.value.item_id == "cut"
+
+
+def test_truncated_jpeg(tmp_path, rgb):
+    data = _png_bytes(rgb.resize((300, 200)), "JPEG")
+    with pytest.raises(ItemError):
+        load_image(data[: len(data) // 2], item_id="j")
+
+
+def test_decompression_bomb_refused_from_header(bomb_png):
+    assert bomb_png.stat().st_size < 200
+    for fn in (image_size, load_image):
+        with pytest.raises(ItemError) as info:
+            fn(bomb_png, item_id="bomb")
+        assert "bomb" in info.value.reason and info.value.item_id == "bomb"
+
+
+@pytest.fixture
+def claim(bomb_png):
+    """Rewrite the bomb's header to claim other sizes (IHDR width/height + CRC)."""
+    import struct
+    import zlib
+
+    def make(width: int, height: int) -> bytes:
+        data = bytearray(bomb_png.read_bytes())
+        ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        data[16:29] = ihdr
+        data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+        return bytes(data)
+
+    return make
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_pixel_limit_is_umrs_own(claim):
+    with pytest.raises(ItemError, match="over the limit"):
+        image_size(claim(12000, 12000), item_id="x", max_pixels=100_000_000)
+    assert image_size(claim(12000, 12000), max_pixels=MAX_IMAGE_PIXELS) == (12000, 12000)
+    with pytest.raises(ItemError, match="over the limit|bomb"):
+        image_size(claim(17000, 16384), item_id="x")
+
+
+def test_zero_size_header(claim):
+    with pytest.raises(ItemError):
+        image_size(claim(0, 10), item_id="z")
+
+
+def test_pil_input_is_not_mutated(rgb):
+    image = rgb.convert("P")
+    load_image(image)
+    assert image.mode == "P"
