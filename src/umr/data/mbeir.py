@@ -173,7 +173,7 @@ class MBEIR:
         cand_modality = {c.id: str(c.modality) for c in candidates}
         query_mod, target = MBEIR_TASKS.get(task_num, (None, None))
         instructions = self.instructions() if instruction_policy != "none" else {}
-        if instruction_policy != "none" and not instructions:
+        if instruction_policy != "none" and not (self.root / "instructions" / "query_instructions.tsv").is_file():
             raise FileNotFoundError(f"{self.root}/instructions/query_instructions.tsv is missing "
                                     "(use instruction_policy='none' to embed queries bare)")
 

@@ -48,6 +48,13 @@ def _by_task(scores: dict[str, Any]) -> tuple[list[str], list[str], dict[tuple[s
         if r["task"] not in names:
             names.append(r["task"])
         table[(r["task"], r["pool"])] = r
+    # M-BEIR's tables list tasks by task number, then dataset
+    if names and all(table[next((n, p) for p in pools if (n, p) in table)].get("metadata", {}).get("task_id")
+                     is not None for n in names):
+        def key(n):
+            r = table[next((n, p) for p in pools if (n, p) in table)]
+            return (r["metadata"]["task_id"], r["dataset"].lower(), n)
+        names.sort(key=key)
     return pools, names, table
 
 
@@ -164,7 +171,7 @@ def charts(scores: dict[str, Any]) -> dict[str, str]:
         ax.set_xlim(0, 105)
         ax.set_title(title, fontsize=10)
         if len(pools) > 1:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         images[key] = _png(fig)
 
     cats = [c for c in CATEGORIES if any(c in scores["averages"][p]["by_category"] for p in pools)]
@@ -181,7 +188,7 @@ def charts(scores: dict[str, Any]) -> dict[str, str]:
         ax.set_ylim(0, 105)
         ax.set_title("Mean headline score per category (%)", fontsize=10)
         if len(pools) > 1:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         images["categories"] = _png(fig)
     return images
 
@@ -213,7 +220,10 @@ def _md_table_to_html(block: str) -> str:
 def html_report(scores: dict[str, Any]) -> str:
     """One self-contained HTML page: the Markdown tables plus the charts."""
     md = markdown_report(scores)
-    images = charts(scores)
+    try:
+        images = charts(scores)
+    except ImportError:  # matplotlib is the `eval` extra: without it, the tables alone
+        images = {}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(scores['model'])} — "
              f"{html.escape(scores['benchmark'])}</title><style>{_CSS}</style></head><body>"]
     sections = md.split("\n## ")
