@@ -504,3 +504,16 @@ def test_fast_decoder_and_patch_embed_match_transformers(tiny_gme_dir, gme, imag
         a = gme.embed(items, batch_size=batch_size).vectors
         b = plain.embed(items, batch_size=batch_size).vectors
         assert np.abs(a - b).max() <= TOL
+
+
+def test_checkpoint_missing_tensors_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from umr.models.gme.tiny import write_tiny_gme
+
+    folder = write_tiny_gme(tmp_path / "cut", seed=0)
+    state = load_file(str(folder / "model.safetensors"))
+    del state["model.layers.1.mlp.up_proj.weight"]
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(umr.ModelNotAvailable, match="lacks 1 tensor"):
+        umr.load_model(folder)

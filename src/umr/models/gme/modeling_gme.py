@@ -93,12 +93,17 @@ class GmeEmbedder(Embedder):
         try:
             with _quiet_transformers():
                 config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-                model = AutoModel.from_pretrained(str(folder), config=config, dtype=torch_dtype,
-                                                  attn_implementation=attn_implementation,
-                                                  local_files_only=True)
+                model, info = AutoModel.from_pretrained(str(folder), config=config, dtype=torch_dtype,
+                                                        attn_implementation=attn_implementation,
+                                                        local_files_only=True, output_loading_info=True)
         except OSError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelNotAvailable(f"{folder}: cannot load the GME weights: {first}") from None
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:  # never embed with randomly initialised tensors
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise ModelNotAvailable(f"{folder}: the checkpoint lacks {len(missing)} tensor(s) the model needs "
+                                    f"({shown}); is it a complete Qwen2-VL/GME checkpoint?")
         model.to(device).eval()
         if not hasattr(model, "language_model") or not hasattr(model, "get_image_features"):
             raise ModelNotAvailable(f"{folder}: {type(model).__name__} is not a Qwen2-VL style model")
