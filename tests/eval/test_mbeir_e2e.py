@@ -133,3 +133,36 @@ def test_instructions_are_picked_like_uniir_and_seeded(mbeir_dir):
     assert {q.instruction for q in first.queries} == {"Find the image for this text."}
     bare = load_mbeir(mbeir_dir, tasks=["mscoco_task0"], instruction_policy="none")[0]
     assert all(q.instruction is None for q in bare.queries)
+
+
+def test_items_a_model_cannot_embed_are_reported_not_fatal(mbeir_dir, oracle, tmp_path):
+    from umr.types import ItemError
+
+    class TextOnly(type(oracle)):
+        name = "text-only"
+
+        def _cost(self, item):
+            if item.image is not None:
+                raise ItemError(item.id, "cannot embed an image")
+            return 1
+
+    scores = evaluate(TextOnly(), tasks_for(mbeir_dir, ("local",)), output=tmp_path / "out", benchmark="mbeir")
+    by = {r["task"]: r for r in scores["tasks"]}
+    # t->i: every candidate is an image -> an empty pool, every query scores 0
+    assert by["mscoco_task0"]["candidate_errors"] == 10 and by["mscoco_task0"]["main_score"] == 0.0
+    # it->t: the fused queries cannot be embedded; they are listed and score 0
+    assert len(by["oven_task6"]["query_errors"]) == 6 and by["oven_task6"]["main_score"] == 0.0
+    assert (tmp_path / "out/report.html").is_file()
+
+
+def test_in_memory_images_are_cached_by_content(oracle):
+    from PIL import Image
+
+    from umr.eval.cache import fingerprint
+    from umr.types import Item
+
+    a = Item.candidate(text="concept 01", image=Image.new("RGB", (2, 2), "red"))
+    b = Item.candidate(text="concept 01", image=Image.new("RGB", (2, 2), "red"))
+    c = Item.candidate(text="concept 01", image=Image.new("RGB", (2, 2), "blue"))
+    assert fingerprint(a) == fingerprint(b) != fingerprint(c)
+    assert fingerprint(Item.query(text="x")) != fingerprint(Item.candidate(text="x"))
