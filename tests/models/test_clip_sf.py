@@ -316,7 +316,8 @@ def test_uniir_checkpoint_with_wrong_names_is_refused(tmp_path, clip_dir):
         umr.load_model(folder)
 
 
-def test_checkpoint_option_and_unsafe_pickles(tmp_path, uniir_dir, sf):
+def test_checkpoint_option_and_pickled_extras(tmp_path, uniir_dir, sf):
+    """UniIR's train.py saves {"model", "optimizer", "scheduler", "config" (OmegaConf), "epoch", "scaler"}."""
     import shutil
 
     item = [Item.candidate("a dog")]
@@ -326,15 +327,37 @@ def test_checkpoint_option_and_unsafe_pickles(tmp_path, uniir_dir, sf):
     assert np.abs(explicit.embed(item).vectors - sf.embed(item).vectors).max() <= TOL
     state = torch.load(str(uniir_dir / "clip_sf_tiny.pth"), weights_only=True)["model"]
     pth = tmp_path / "with_config.pth"
-    torch.save({"model": state, "config": _Opaque()}, str(pth))
-    with pytest.raises(ValueError, match="trust_checkpoint=True"):
-        ClipSfEmbedder.from_pretrained(clip_dir, checkpoint=pth)
+    _Opaque.built = 0
+    torch.save({"model": state, "config": _Opaque(), "epoch": 3, "scheduler": {"T_max": 10},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-5, "betas": (0.9, 0.98)}]}}, str(pth))
+    # the config object is neither imported nor run: its class is replaced by an inert stand-in
+    loaded = ClipSfEmbedder.from_pretrained(clip_dir, checkpoint=pth)
+    assert _Opaque.built == 0  # never unpickled for real
+    assert np.abs(loaded.embed(item).vectors - sf.embed(item).vectors).max() <= TOL
     trusted = ClipSfEmbedder.from_pretrained(clip_dir, checkpoint=pth, trust_checkpoint=True)
+    assert _Opaque.built == 1  # a full pickle load does run it
     assert np.abs(trusted.embed(item).vectors - sf.embed(item).vectors).max() <= TOL
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="trust_checkpoint=True"):
+        ClipSfEmbedder.from_pretrained(clip_dir, checkpoint=garbage)
+
+
+class _Kind(__import__("enum").Enum):
+    ANY = 1
 
 
 class _Opaque:
-    """Stands in for the OmegaConf config a training run may pickle next to the weights."""
+    """Stands in for the OmegaConf DictConfig UniIR pickles next to the weights."""
+
+    built = 0
+
+    def __init__(self):
+        self.content = {"model": {"name": "CLIPScoreFusion"}, "kind": _Kind.ANY}
+
+    def __setstate__(self, state):  # runs when really unpickled
+        type(self).built += 1
+        self.__dict__.update(state)
 
 
 def test_clip_sf_large_needs_its_checkpoint(monkeypatch, tmp_path, clip_dir):

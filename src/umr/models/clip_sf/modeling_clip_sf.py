@@ -161,11 +161,41 @@ def _resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"no such checkpoint file: {checkpoint}")
 
 
+def _inert(qualified: str) -> type:
+    """A stand-in for a pickled class or function that must not be imported or run.
+
+    UniIR's training script saves its OmegaConf config next to the weights; we only want the
+    tensors, so every such object is rebuilt as an inert placeholder that ignores its state.
+    """
+    module, _, name = qualified.rpartition(".")
+
+    def swallow(self, *args, **kwargs):
+        return None
+
+    return type(name or qualified, (), {"__module__": module, "__init__": swallow, "__setstate__": swallow,
+                                        "__call__": swallow, "__getattr__": lambda self, key: None})
+
+
 def load_uniir_state(path: Path, *, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
-    """Read a UniIR ``.pth``. Pickled extras (optimizer, config) need ``trust_checkpoint=True``."""
+    """Read the tensors of a UniIR ``.pth`` without running its pickled code.
+
+    Loaded with ``weights_only=True``; pickled extras (UniIR saves its OmegaConf ``config``
+    beside the weights) are replaced by inert placeholders. ``trust_checkpoint=True`` uses a
+    full ``pickle`` load instead, for files you trust that still cannot be read that way.
+    """
+    import pickle
+
     try:
-        raw = torch.load(str(path), map_location="cpu", weights_only=not trust_checkpoint)
-    except Exception as exc:  # noqa: BLE001 - weights_only refuses arbitrary pickled objects
+        if trust_checkpoint:
+            raw = torch.load(str(path), map_location="cpu", weights_only=False)
+        else:
+            try:
+                raw = torch.load(str(path), map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+                with torch.serialization.safe_globals([(_inert(n), n) for n in names]):
+                    raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one clear line
         if trust_checkpoint:
             raise
         raise ClipSfLoadError(
