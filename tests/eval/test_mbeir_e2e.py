@@ -166,3 +166,12 @@ def test_in_memory_images_are_cached_by_content(oracle):
     c = Item.candidate(text="concept 01", image=Image.new("RGB", (2, 2), "blue"))
     assert fingerprint(a) == fingerprint(b) != fingerprint(c)
     assert fingerprint(Item.query(text="x")) != fingerprint(Item.candidate(text="x"))
+
+
+def test_a_changed_task_is_evaluated_again_not_skipped(mbeir_dir, oracle, tmp_path):
+    [task] = load_mbeir(mbeir_dir, tasks=["mscoco_task0"])
+    evaluate(oracle, [task], output=tmp_path / "out")
+    task.candidates = [c for c in task.candidates if c.id != "1:1000"]  # drop query 1:0's positive
+    again = evaluate(type(oracle)(), [task], output=tmp_path / "out")
+    assert again["tasks"][0]["n_candidates"] == 9
+    assert again["tasks"][0]["metrics"]["hit@5"] == pytest.approx(5 / 6)

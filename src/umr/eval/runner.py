@@ -57,16 +57,23 @@ class TaskOutcome:
     run: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def _task_signature(task: RetrievalTask, model_name: str, config: EvalConfig) -> str:
+def _pool_digest(candidates) -> str:
+    h = hashlib.sha1()
+    for cand in candidates:
+        h.update(f"{cand.id}\x00{cand.text}\x00{cand.image if isinstance(cand.image, str) else type(cand.image)}"
+                 f"\x01".encode("utf-8", "replace"))
+    return h.hexdigest()
+
+
+def _task_signature(task: RetrievalTask, model_name: str, config: EvalConfig, pool_digest: str) -> str:
     h = hashlib.sha1()
     h.update(model_name.encode())
     h.update(config.signature().encode())
     h.update(task.pool.encode())
+    h.update(task.headline.encode())
     for item in task.queries:
         h.update(item.id.encode() + fingerprint(item).encode())
-    h.update(str(len(task.candidates)).encode())
-    for cand in (task.candidates[0], task.candidates[-1]) if task.candidates else ():
-        h.update(cand.id.encode())
+    h.update(pool_digest.encode())
     for qid in sorted(task.qrels):
         h.update(json.dumps([qid, sorted(task.qrels[qid].items())]).encode())
     return h.hexdigest()[:16]
@@ -91,6 +98,7 @@ class Evaluator:
             root = Path(self._tmp.name)
         self.store = EmbeddingStore(root, self.model_name, chunk_size=self.config.chunk_size)
         self._matrices: dict[int, tuple[np.ndarray, np.ndarray, dict[int, str]]] = {}
+        self._digests: dict[int, str] = {}
         self.timings = {"embed_s": 0.0, "search_s": 0.0, "score_s": 0.0, "write_s": 0.0}
 
     # -- one task ------------------------------------------------------------------------------
@@ -107,7 +115,10 @@ class Evaluator:
 
     def evaluate_task(self, task: RetrievalTask) -> TaskOutcome:
         config = self.config
-        signature = _task_signature(task, self.model_name, config)
+        key = id(task.candidates)
+        if key not in self._digests:
+            self._digests[key] = _pool_digest(task.candidates)
+        signature = _task_signature(task, self.model_name, config, self._digests[key])
         done_file = self._task_file(task)
         if done_file is not None and done_file.is_file():
             previous = json.loads(done_file.read_text(encoding="utf-8"))
