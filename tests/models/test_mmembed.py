@@ -503,3 +503,20 @@ def test_real_size_architecture_has_the_published_parameter_count():
     assert abs(total / 1e9 - 8.18) < 0.01
     names = sorted(model.state_dict())
     assert names == reference_checkpoint_names(24, 32)
+
+
+def test_truncation_keeps_bos_and_eos(tiny_dir):
+    short = umr.load_model(tiny_dir, max_length=12)
+    p = short.processor
+    ids = p.tokenize("a dog on the beach with a red car and a small child near the old bridge")
+    assert len(ids) == 12 and ids[0] == p.bos_id and ids[-1] == p.eos_id
+
+
+def test_without_eos_token_the_instruction_length_follows(tmp_path):
+    folder = write_tiny_mmembed(tmp_path / "no-eos", seed=0, add_eos_token=False)
+    model = umr.load_model(folder)
+    p = model.processor
+    item = Item.query("a dog", instruction="Find it.")
+    processed = p.process(item)
+    assert processed.input_ids[-1] != p.eos_id
+    assert processed.instruction_length == 1 + len(p._ids("Instruct: Find it."))
