@@ -522,6 +522,9 @@ def load_mmembed(folder: Path, *, dtype: torch.dtype | None = None, retriever_co
     from safetensors.torch import load_file
 
     settings = read_settings(folder, retriever_config=retriever_config)
+    if not settings.global_image_patch_only:
+        raise MMEmbedLoadError("global_image_patch_only=false (LLaVA-NeXT's high-resolution tiles) is not "
+                               "supported: MM-Embed embeds the global 336x336 view only")
     if settings.text.hidden_size != settings.latent.latent_dim:
         raise MMEmbedLoadError("latent_dim must equal the LLM's hidden size (NV-Embed's latent attention needs it)")
     if dtype is None:
