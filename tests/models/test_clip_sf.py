@@ -491,3 +491,13 @@ def test_bad_checkpoint_is_a_one_line_cli_error(tmp_path, capsys, clip_dir):
                  "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "visual_projection.weight" in err, err
+
+
+def test_checkpoint_false_ignores_a_pth_in_the_folder(uniir_dir):
+    plain = ClipSfEmbedder.from_pretrained(uniir_dir, checkpoint=False)
+    from transformers import CLIPModel
+
+    base = CLIPModel.from_pretrained(str(uniir_dir))
+    assert torch.equal(plain.model.visual_projection.weight, base.visual_projection.weight)
+    spec = {s.name: s for s in umr.list_models()}
+    assert spec["clip-vit-l14"].defaults == {"checkpoint": False}

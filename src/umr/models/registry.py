@@ -78,9 +78,9 @@ register(ModelSpec("clip-sf-large", "clip-sf", "openai/clip-vit-large-patch14",
                    "UniIR CLIP-SF (ViT-L/14, score fusion; 768-d): UniIR's clip_sf_large.pth on OpenAI CLIP",
                    defaults={"checkpoint": "TIGER-Lab/UniIR/checkpoint/CLIP_SF/clip_sf_large.pth"}))
 register(ModelSpec("clip-vit-b32", "clip-sf", "openai/clip-vit-base-patch32",
-                   "OpenAI CLIP ViT-B/32 (512-d), fused = image + text"))
+                   "OpenAI CLIP ViT-B/32 (512-d), fused = image + text", defaults={"checkpoint": False}))
 register(ModelSpec("clip-vit-l14", "clip-sf", "openai/clip-vit-large-patch14",
-                   "OpenAI CLIP ViT-L/14 (768-d), fused = image + text"))
+                   "OpenAI CLIP ViT-L/14 (768-d), fused = image + text", defaults={"checkpoint": False}))
 register(ModelSpec("siglip-base", "clip-sf", "google/siglip-base-patch16-224",
                    "SigLIP base patch16-224 (768-d), fused = image + text"))
 

@@ -230,12 +230,12 @@ class ClipSfEmbedder(Embedder):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | None = None,
-                        checkpoint: str | os.PathLike | None = None, trust_checkpoint: bool = False,
+                        checkpoint: str | os.PathLike | bool | None = None, trust_checkpoint: bool = False,
                         uniir_text: bool = True, max_length: int | None = None, **unknown: Any) -> "ClipSfEmbedder":
         """Load a CLIP/SigLIP folder, optionally with UniIR CLIP-SF weights on top.
 
         ``checkpoint``: a UniIR ``.pth`` (path, or ``owner/repo/path/in/repo.pth`` on the hub);
-        by default the single ``*.pth`` in the folder, if there is one. ``uniir_text``: format
+        by default the single ``*.pth`` in the folder, if there is one; ``False`` never uses one. ``uniir_text``: format
         texts with UniIR's ``format_string`` (capitalise, end with a period), as UniIR does for
         every model it evaluates.
         """
@@ -250,7 +250,9 @@ class ClipSfEmbedder(Embedder):
         kind = config.get("model_type")
         if kind not in ("clip", "siglip"):
             raise ClipSfLoadError(f"{folder}: model_type {kind!r} is not clip or siglip")
-        if checkpoint is None:
+        if checkpoint is False:  # plain CLIP even if a .pth lies in the folder
+            checkpoint = None
+        elif checkpoint is None:
             found = sorted(folder.glob("*.pth")) + sorted(folder.glob("*.pt"))
             if len(found) > 1:
                 raise ClipSfLoadError(f"{folder}: several checkpoints {[p.name for p in found]}; pick one with checkpoint=")
@@ -276,8 +278,6 @@ class ClipSfEmbedder(Embedder):
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         vision_size = int(model.config.vision_config.image_size)
         transform = ImageTransform.from_folder(folder, kind=kind, image_size=vision_size, crop_rounding=crop_rounding)
-        if checkpoint is not None:
-            transform.crop_rounding = "round"
         text_positions = int(model.config.text_config.max_position_embeddings)
         return cls(model, tokenizer, transform, kind=kind, name=folder.name,
                    max_length=min(max_length or text_positions, text_positions), uniir_text=uniir_text)
