@@ -1,7 +1,9 @@
 """Tiny, randomly initialised CLIP / SigLIP / UniIR CLIP-SF checkpoints for tests and examples.
 
 * :func:`write_tiny_clip` writes a Hugging Face CLIP (or SigLIP) folder: ``config.json``,
-  ``model.safetensors``, a BPE tokenizer trained offline, ``preprocessor_config.json``.
+  ``model.safetensors``, a tokenizer trained offline (a BPE ``tokenizer.json`` for CLIP, a
+  SentencePiece ``spiece.model`` for transformers' ``SiglipTokenizer`` for SigLIP, as Google
+  ships it), ``preprocessor_config.json``.
 * :func:`write_tiny_uniir_clip_sf` writes such a CLIP folder and drops into it a UniIR-style
   ``clip_sf_tiny.pth``: ``torch.save({"model": state_dict, "epoch": 0})`` with UniIR's
   ``clip_model.``-prefixed OpenAI CLIP names and *other* random weights than the folder's, so
@@ -86,10 +88,14 @@ def write_tiny_clip(folder: str | Path, *, kind: str = "clip", seed: int = 0, te
                "image_mean": [0.48145466, 0.4578275, 0.40821073],
                "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "do_convert_rgb": True}
     elif kind == "siglip":
+        # like google/siglip-*: a SentencePiece model read by transformers' SiglipTokenizer
+        (folder / "tokenizer.json").unlink()
+        vocab = _write_sentencepiece(folder / "spiece.model", seed)
+        t["vocab_size"] = vocab
         (folder / "tokenizer_config.json").write_text(json.dumps({
-            "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "</s>", "unk_token": "<unk>",
-            "pad_token": "</s>", "model_max_length": t["max_position_embeddings"], "padding_side": "right"}, indent=2))
-        t.update(pad_token_id=tokenizer.token_to_id("</s>"), eos_token_id=tokenizer.token_to_id("</s>"))
+            "tokenizer_class": "SiglipTokenizer", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
+            "model_max_length": t["max_position_embeddings"], "do_lower_case": True}, indent=2))
+        t.update(pad_token_id=1, eos_token_id=1)
         config = SiglipConfig(text_config=t, vision_config=v)
         model_cls = SiglipModel
         pre = {"image_processor_type": "SiglipImageProcessor", "do_resize": True,
@@ -104,6 +110,22 @@ def write_tiny_clip(folder: str | Path, *, kind: str = "clip", seed: int = 0, te
     model.save_pretrained(folder, safe_serialization=True)
     (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
     return folder
+
+
+def _write_sentencepiece(path: Path, seed: int, vocab_size: int = 160) -> int:
+    """Train a small unigram SentencePiece model offline (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2)."""
+    import io
+
+    import sentencepiece as spm
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([line.lower().rstrip(".?!") for line in _corpus(seed)]), model_writer=buffer,
+        vocab_size=vocab_size, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", character_coverage=1.0,
+        hard_vocab_limit=False, num_threads=1, minloglevel=2)
+    path.write_bytes(buffer.getvalue())
+    return spm.SentencePieceProcessor(model_proto=buffer.getvalue()).get_piece_size()
 
 
 def _randomise(model, seed: int, scale: float) -> None:
