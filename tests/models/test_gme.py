@@ -517,3 +517,19 @@ def test_checkpoint_missing_tensors_is_refused(tmp_path):
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(umr.ModelNotAvailable, match="lacks 1 tensor"):
         umr.load_model(folder)
+
+
+def test_positions_are_sequential_not_3d_mrope(gme, images):
+    """GME pools with plain positions 0..L-1; transformers' Qwen2VLModel.forward would use 3-D M-RoPE
+    for image tokens, which gives a different vector (so the parity tests do test the positions)."""
+    item = Item.candidate("a caption", image=images["photo"])
+    p = gme.processor.process(item)
+    ids = torch.tensor([p.input_ids])
+    with torch.inference_mode():
+        out = gme.model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                        mm_token_type_ids=(ids == gme.image_token_id).long(),
+                        pixel_values=torch.from_numpy(p.pixel_values),
+                        image_grid_thw=torch.tensor([p.grid_thw])).last_hidden_state[0, -1]
+    mrope = torch.nn.functional.normalize(out, dim=-1).numpy()
+    ours = gme.embed([item]).vectors[0]
+    assert np.abs(mrope - ours).max() > 1e-3

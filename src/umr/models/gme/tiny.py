@@ -33,7 +33,7 @@ _WORDS = ("a an the of to in on with for by from and or not is are was were be t
           "what which where when who how why is there many one two three four five wikipedia "
           "helpful assistant you are system user question answer relevant passage article").split()
 
-#: The default tiny architecture (about 150k parameters).
+#: The default tiny architecture (about 130k parameters, lm_head included).
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, mrope_section=[1, 1, 2])
 TINY_VISION = dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2)
