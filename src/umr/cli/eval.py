@@ -60,7 +60,7 @@ def run(args) -> int:
     from ..eval import EvalConfig, Evaluator
 
     tasks = _load_tasks(args)
-    model = load_model_from_args(args)
+    model = _LazyModel(args)  # loaded on first use: a finished evaluation re-reports without loading
     config = EvalConfig(depth=args.depth, batch_size=args.batch_size, show_progress=not args.no_progress
                         and sys.stderr.isatty())
     evaluator = Evaluator(model, output=args.output, config=config,
@@ -73,6 +73,22 @@ def run(args) -> int:
     print(f"umr eval: wrote {args.output / 'scores.json'}, {args.output / 'results.md'}, "
           f"{args.output / 'report.html'} and runs under {args.output / 'runs'}")
     return 0
+
+
+class _LazyModel:
+    """The model named on the command line, loaded the first time something needs it."""
+
+    def __init__(self, args):
+        self._args = args
+        self._model = None
+        self.name = str(args.model)
+
+    def __getattr__(self, attr):
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        if self._model is None:
+            self._model = load_model_from_args(self._args)
+        return getattr(self._model, attr)
 
 
 def _load_tasks(args):

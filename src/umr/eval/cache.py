@@ -104,9 +104,10 @@ class EmbeddingStore:
                 self._vectors[fp] = vec
         kept = [i for i, fp in enumerate(fps) if fp in self._vectors]
         errors = {i: self._errors[fp] for i, fp in enumerate(fps) if fp in self._errors}
-        dim = getattr(model, "dim", 0)
-        matrix = (np.stack([self._vectors[fps[i]] for i in kept]).astype(np.float32, copy=False)
-                  if kept else np.zeros((0, dim), np.float32))
+        if kept:
+            matrix = np.stack([self._vectors[fps[i]] for i in kept]).astype(np.float32, copy=False)
+        else:
+            matrix = np.zeros((0, int(getattr(model, "dim", 0))), np.float32)
         return matrix, np.asarray(kept, dtype=np.int64), errors, spent
 
     def _write_shard(self, fps: list[str], vectors: np.ndarray) -> None:
