@@ -11,6 +11,10 @@
 * ``hit@k`` is **UniIR's Recall@k** (M-BEIR's "R@k"): 1 if *any* positive (grade > 0) is among the
   top ``k``, else 0; a query without positives scores 0, as in UniIR's ``compute_recall_at_k``.
 
+MAP, like every metric here, is computed on the run as it is written: the evaluator keeps the
+top ``depth`` candidates per query (100 by default), exactly what trec_eval would score from the
+run file.
+
 Averages are over every query in the qrels (a query the run does not answer scores 0, like
 ``trec_eval -c``); ``average="run"`` averages over the queries both the run and the qrels hold, like
 plain ``trec_eval`` / ``pytrec_eval``.
