@@ -86,6 +86,7 @@ class MilvusStore:
                 raise IndexError_(
                     f"Milvus collection {collection!r} at {uri} holds vectors of model "
                     f"{existing.get('model', {}).get('name')!r}; pick another --collection")
+            _load(client, collection)
         else:
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                                 description=description)
@@ -118,6 +119,7 @@ class MilvusStore:
         if not client.has_collection(manifest["collection"]):
             raise IndexError_(f"{folder}: Milvus collection {manifest['collection']!r} is missing at "
                               f"{manifest['uri']}")
+        _load(client, manifest["collection"])
         return cls(folder, manifest, client, writable=writable)
 
     def close(self) -> None:
@@ -162,7 +164,25 @@ class MilvusStore:
         return [row["id"] for row in self._scan(["id"])]
 
     def hashes(self) -> dict[str, str]:
-        return {row["id"]: row["hash"] for row in self._scan(["id", "hash"])}
+        """id -> content fingerprint of every stored item.
+
+        Milvus Lite can keep two rows with one primary key when killed in the middle of an upsert;
+        a writer deletes such ids here (all their copies), so the caller embeds them once again.
+        """
+        found: dict[str, str] = {}
+        twice: set[str] = set()
+        for row in self._scan(["id", "hash"]):
+            if row["id"] in found:
+                twice.add(row["id"])
+            found[row["id"]] = row["hash"]
+        if twice and self.writable:
+            ids = sorted(twice)
+            for start in range(0, len(ids), 1000):
+                self.client.delete(self.collection, ids=ids[start:start + 1000])
+            self.client.flush(self.collection)
+            for i in twice:
+                found.pop(i, None)
+        return found
 
     def get(self, ids: Iterable[str]) -> list[dict[str, Any] | None]:
         ids = list(ids)
@@ -273,6 +293,14 @@ def _collection_model(client, collection: str) -> dict[str, Any] | None:
         return json.loads(description) if description.startswith("{") else None
     except Exception:  # noqa: BLE001
         return None
+
+
+def _load(client, collection: str) -> None:
+    """A collection reopened after a restart (or a crash) is released: load it for queries."""
+    try:
+        client.load_collection(collection)
+    except Exception as exc:  # noqa: BLE001
+        raise IndexError_(f"cannot load Milvus collection {collection!r}: {exc}") from None
 
 
 def _connect(uri: str):
