@@ -147,13 +147,16 @@ def gme_items(folder: Path, n: int, rng: random.Random) -> list[Item]:
     return items
 
 
-def timed(fn, repeats: int):
-    best, out = float("inf"), None
+def timed_pair(baseline, ours, repeats: int):
+    """Best-of-``repeats`` wall times of both, interleaved so a busy machine hurts both alike."""
+    best = [float("inf"), float("inf")]
+    outs = [None, None]
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+        for k, fn in enumerate((baseline, ours)):
+            start = time.perf_counter()
+            outs[k] = fn()
+            best[k] = min(best[k], time.perf_counter() - start)
+    return best[0], outs[0], best[1], outs[1]
 
 
 def bench_gme(n: int, batch_size: int, repeats: int, workdir: Path, dtype: str | None) -> dict:
@@ -171,8 +174,9 @@ def bench_gme(n: int, batch_size: int, repeats: int, workdir: Path, dtype: str |
     warm = items[:3]
     reference.run(warm, batch_size)
     model.embed(warm, batch_size=batch_size)
-    t_ref, ref_vectors = timed(lambda: reference.run(items, batch_size), repeats)
-    t_umr, result = timed(lambda: model.embed(items, batch_size=batch_size).vectors, repeats)
+    t_ref, ref_vectors, t_umr, result = timed_pair(lambda: reference.run(items, batch_size),
+                                                   lambda: model.embed(items, batch_size=batch_size).vectors,
+                                                   repeats)
     n_params = sum(p.numel() for p in model.model.parameters())
     return {"model": f"random Qwen2-VL: text {MID_TEXT}, vision {MID_VISION} ({n_params / 1e6:.1f}M params)",
             "dtype": dtype or "float32", "items": n, "batch_size": batch_size,
@@ -189,8 +193,9 @@ def bench_minilm(n: int, repeats: int) -> dict:
     st = SentenceTransformer(str(umr.models.registry.REGISTRY["minilm"].resolve_source()), device="cpu")
     st.encode(texts[:8])
     model.encode_candidates(texts[:8])
-    t_st, st_vectors = timed(lambda: st.encode(texts, normalize_embeddings=True, show_progress_bar=False), repeats)
-    t_umr, vectors = timed(lambda: model.encode_candidates(texts, show_progress_bar=False), repeats)
+    t_st, st_vectors, t_umr, vectors = timed_pair(
+        lambda: st.encode(texts, normalize_embeddings=True, show_progress_bar=False),
+        lambda: model.encode_candidates(texts, show_progress_bar=False), repeats)
     return {"model": "all-MiniLM-L6-v2", "items": n, "st_batch_size": 32,
             "sentence_transformers_items_per_s": n / t_st, "umr_items_per_s": n / t_umr,
             "ratio": t_st / t_umr, "max_abs_delta": float(np.abs(vectors - st_vectors).max())}

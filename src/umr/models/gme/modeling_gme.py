@@ -10,8 +10,8 @@ the item embedded alone.
 
 Only the vision tower and the text decoder are loaded (no ``lm_head``). Speed on CPU comes
 from batches of similar length (the base class sorts by :meth:`GmeEmbedder._cost`), running
-the vision tower once per batch on real images only, and skipping the padded tail of each
-batch in the decoder's last layer.
+the vision tower once per batch on real images only (its patch embedding as one matmul), and
+computing only the pooled token in the decoder's last layer.
 """
 
 from __future__ import annotations
