@@ -1,0 +1,80 @@
+"""``umr index`` / ``umr search`` end to end (in-process ``umr.cli.main``, the hash-test model)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from umr.cli import main
+
+_spec = importlib.util.spec_from_file_location(
+    "corpus_helpers", Path(__file__).resolve().parents[1] / "data" / "test_corpus.py")
+corpus_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(corpus_helpers)
+
+
+def test_bad_files_are_reported_and_the_rest_indexed(tmp_path, capsys):
+    corpus = corpus_helpers.make_bad_corpus(tmp_path / "c")
+    index = tmp_path / "ix"
+    assert main(["index", str(corpus), "--index", str(index), "--model", "hash-test", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "added 3, updated 0, unchanged 0, deleted 0, skipped 1, errors 7" in out, out
+    assert "red.png" in out and "no usable representation under hash-test" in out
+    errors = [json.loads(line) for line in (index / "errors.jsonl").read_text().splitlines()]
+    by_id = {e["id"]: e for e in errors}
+    assert set(by_id) == {"corrupt.jpg", "truncated.jpg", "bomb.png", "binary.txt", "empty.txt",
+                          "huge.txt", "broken.pdf", "red.png"}
+    assert by_id["red.png"]["kind"] == "no representation"
+    assert "decompression bomb" in by_id["bomb.png"]["error"]
+    assert "cannot be decoded" in by_id["truncated.jpg"]["error"]
+
+    assert main(["search", "--index", str(index), "plain green square", "--json", "-k", "3"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results[0]["id"] == "green.jpg" and results[0]["modality"] == "image,text"
+    assert results[0]["rank"] == 1 and results[0]["via"].startswith("text")
+    assert main(["search", "--index", str(index), "lighthouse", "--modality", "text", "-k", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:1] == ["1"] and "good.txt" in lines[0] and "[text]" in lines[0]
+    assert all("[text]" in line for line in lines)
+    assert main(["search", "--index", str(index), "tide", "--where", "ext=md", "--json"]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == ["notes.md"]
+
+    # a second run: nothing new; bad files are reported again
+    assert main(["index", str(corpus), "--index", str(index), "--no-progress"]) == 0
+    assert "added 0, updated 0, unchanged 3, deleted 0, skipped 1, errors 7" in capsys.readouterr().out
+
+
+def test_wrong_model_is_refused_with_one_line(tmp_path, capsys):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("hello there")
+    index = tmp_path / "ix"
+    assert main(["index", str(corpus), "--index", str(index), "--model", "hash-test", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(index), "hello", "--model", "minilm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "built with model 'hash-test' (64-d), not 'minilm'" in err
+    assert main(["index", str(corpus), "--index", str(index), "--model", "minilm", "--no-progress"]) == 2
+    assert "built with model 'hash-test'" in capsys.readouterr().err
+    assert main(["search", "--index", str(tmp_path / "nope"), "hello"]) == 2
+    assert "is not a umr index" in capsys.readouterr().err
+
+
+def test_milvus_backend_through_the_cli(tmp_path, capsys):
+    pytest.importorskip("milvus_lite")
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    for i, text in enumerate(["red apples in autumn", "a violin concerto", "winter harbour fog"]):
+        (corpus / f"{i}.txt").write_text(text)
+    index = tmp_path / "ix"
+    args = ["index", str(corpus), "--index", str(index), "--model", "hash-test", "--no-progress",
+            "--backend", "milvus", "--uri", str(tmp_path / "v.db")]
+    assert main(args) == 0
+    assert "added 3" in capsys.readouterr().out
+    assert main(["search", "--index", str(index), "violin concerto", "--json", "-k", "2"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results[0]["id"] == "1.txt" and results[0]["text"] == "a violin concerto"
