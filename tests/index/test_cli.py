@@ -34,7 +34,7 @@ def test_bad_files_are_reported_and_the_rest_indexed(tmp_path, capsys):
     assert main(["search", "--index", str(index), "plain green square", "--json", "-k", "3"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert results[0]["id"] == "green.jpg" and results[0]["modality"] == "image,text"
-    assert results[0]["rank"] == 1 and results[0]["via"].startswith("text")
+    assert results[0]["rank"] == 1 and results[0]["via"].startswith("caption")
     assert main(["search", "--index", str(index), "lighthouse", "--modality", "text", "-k", "5"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:1] == ["1"] and "good.txt" in lines[0] and "[text]" in lines[0]

@@ -250,7 +250,7 @@ class Index:
         parts, via = [], []
         if item.text:
             parts.append(item.text)
-            via.append("text")
+            via.append("text layer" if item.metadata.get("kind") == "pdf page" else "caption")
         if self.config.get("ocr") and not (item.text and item.metadata.get("kind") == "pdf page"):
             from ..ocr import read_text
 
@@ -455,8 +455,9 @@ def _source_modality(entry, item: Item) -> str:
     if kind in ("image",):
         return Modality.IMAGE.value
     if kind in ("image+caption", "pdf page"):
-        return Modality.FUSED.value if (item.metadata.get("via", "").count("text") or
-                                        item.image is not None and item.text) else Modality.IMAGE.value
+        via = item.metadata.get("via", "")
+        has_text = "caption" in via or "text" in via or (item.image is not None and bool(item.text))
+        return Modality.FUSED.value if has_text else Modality.IMAGE.value
     if kind in ("text",):
         return Modality.TEXT.value
     if kind in {m.value for m in Modality}:
