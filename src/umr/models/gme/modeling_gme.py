@@ -11,7 +11,8 @@ the item embedded alone.
 Only the vision tower and the text decoder are loaded (no ``lm_head``). Speed on CPU comes
 from batches of similar length (the base class sorts by :meth:`GmeEmbedder._cost`), running
 the vision tower once per batch on real images only (its patch embedding as one matmul), and
-computing only the pooled token in the decoder's last layer.
+packing the sequences of a batch back to back in the decoder (attention per sequence, no padding
+at all), computing only the pooled token in its last layer.
 """
 
 from __future__ import annotations
@@ -137,76 +138,87 @@ class GmeEmbedder(Embedder):
     @torch.inference_mode()
     def forward(self, processed: list[ProcessedItem]) -> torch.Tensor:
         """Last-token hidden states ``(len(processed), dim)`` (not normalised)."""
-        lengths = torch.tensor([len(p.input_ids) for p in processed])
-        batch, width = len(processed), int(lengths.max())
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        for row, p in enumerate(processed):
-            input_ids[row, : len(p.input_ids)] = torch.tensor(p.input_ids, dtype=torch.long)
-        input_ids = input_ids.to(self.device)
-
-        embeds = self.model.get_input_embeddings()(input_ids)
+        lengths = [len(p.input_ids) for p in processed]
+        # all sequences back to back: no padding anywhere
+        input_ids = torch.tensor([t for p in processed for t in p.input_ids], dtype=torch.long, device=self.device)
+        embeds = self.model.get_input_embeddings()(input_ids)  # (T, H)
         with_image = [p for p in processed if p.pixel_values is not None]
         if with_image:
             pixel_values = torch.from_numpy(np.concatenate([p.pixel_values for p in with_image]))
             grid = torch.tensor([p.grid_thw for p in with_image], dtype=torch.long, device=self.device)
             features = self.model.get_image_features(pixel_values.to(self.device), image_grid_thw=grid)
-            features = torch.cat(list(features.pooler_output)).to(embeds.dtype)
-            embeds[input_ids == self.image_token_id] = features
+            embeds[input_ids == self.image_token_id] = torch.cat(list(features.pooler_output)).to(embeds.dtype)
+        if self._fast_decoder:
+            return self._decode_packed(embeds, lengths).float()
+        return self._decode_padded(embeds, lengths).float()
 
-        return self._decode(embeds, lengths.to(self.device)).float()
+    def _decode_padded(self, embeds: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """transformers' decoder on right-padded rows, positions ``0..L-1`` in every row."""
+        lm = self.model.language_model
+        batch, width = len(lengths), max(lengths)
+        padded = embeds.new_zeros(batch, width, embeds.shape[-1])
+        mask = torch.zeros(batch, width, dtype=torch.long, device=embeds.device)
+        start = 0
+        for row, n in enumerate(lengths):
+            padded[row, :n] = embeds[start: start + n]
+            mask[row, :n] = 1
+            start += n
+        position_ids = torch.arange(width, device=embeds.device).view(1, 1, -1).expand(3, batch, -1)
+        hidden = lm(inputs_embeds=padded, attention_mask=mask if min(lengths) < width else None,
+                    position_ids=position_ids, use_cache=False).last_hidden_state
+        last = torch.tensor(lengths, device=embeds.device) - 1
+        return hidden[torch.arange(batch, device=embeds.device), last]
 
-    def _decode(self, embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Final hidden state of each row's last real token, positions ``0..L-1`` in every row.
+    def _decode_packed(self, embeds: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """The decoder on sequences packed back to back, returning each one's last-token state.
 
-        All layers but the last run as transformers defines them; the last one only computes the
-        query, attention output and MLP of the one token that is pooled (keys and values still
-        cover the whole row), which is what the full layer computes for that token.
+        Uses the decoder's own modules (norms, projections, MLPs, rotary tables); attention runs
+        per sequence with SDPA's causal kernel, so no token attends across sequences or to padding,
+        and every sequence has positions ``0..n-1``. The last layer only computes the pooled
+        token (its keys and values still cover the whole sequence).
         """
         lm = self.model.language_model
-        batch, width, _ = embeds.shape
-        rows = torch.arange(batch, device=embeds.device)
-        last = lengths - 1
-        position_ids = torch.arange(width, device=embeds.device).view(1, 1, -1).expand(3, batch, -1)
-        padded = bool((lengths < width).any())
-        if not self._fast_decoder:
-            mask = (torch.arange(width, device=embeds.device)[None, :] < lengths[:, None]).long() if padded else None
-            hidden = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
-                        use_cache=False).last_hidden_state
-            return hidden[rows, last]
-
-        keys_valid = torch.arange(width, device=embeds.device)[None, :] < lengths[:, None]  # (B, L)
-        mask = None  # no padding: SDPA's causal kernel
-        if padded:
-            causal = torch.ones(width, width, dtype=torch.bool, device=embeds.device).tril()
-            mask = (causal[None, :, :] & keys_valid[:, None, :])[:, None]  # (B, 1, L, L)
-        cos, sin = lm.rotary_emb(embeds, position_ids)
+        device = embeds.device
+        spans, start = [], 0
+        for n in lengths:
+            spans.append((start, start + n))
+            start += n
+        total = start
+        last = torch.tensor([e - 1 for _, e in spans], device=device)
+        positions = torch.cat([torch.arange(n, device=device) for n in lengths])
+        cos, sin = lm.rotary_emb(embeds[None], positions.view(1, 1, -1).expand(3, 1, -1))
+        cos, sin = cos[0][:, None, :], sin[0][:, None, :]  # (T, 1, head_dim): broadcast over heads
         hidden = embeds
-        for layer in lm.layers[:-1]:
-            hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), use_cache=False)
-            if isinstance(hidden, tuple):
-                hidden = hidden[0]
-
-        layer = lm.layers[-1]
-        attn = layer.self_attn
-        head_dim = attn.head_dim
-        normed = layer.input_layernorm(hidden)
-        query = attn.q_proj(normed[rows, last]).view(batch, 1, -1, head_dim).transpose(1, 2)
-        key = attn.k_proj(normed).view(batch, width, -1, head_dim).transpose(1, 2)
-        value = attn.v_proj(normed).view(batch, width, -1, head_dim).transpose(1, 2)
-        cos_q, sin_q = cos[rows, last][:, None, None], sin[rows, last][:, None, None]
-        query = query * cos_q + _rotate_half(query) * sin_q
-        key = key * cos[:, None] + _rotate_half(key) * sin[:, None]
-        groups = query.shape[1] // key.shape[1]
-        if groups > 1:
-            key = key.repeat_interleave(groups, dim=1)
-            value = value.repeat_interleave(groups, dim=1)
-        # the pooled token sees every real token of its row (it is the last one)
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=keys_valid[:, None, None, :] if padded else None, scale=attn.scaling)
-        out = attn.o_proj(out.transpose(1, 2).reshape(batch, -1))
-        pooled = hidden[rows, last] + out
-        pooled = pooled + layer.mlp(layer.post_attention_layernorm(pooled))
-        return lm.norm(pooled)
+        n_layers = len(lm.layers)
+        for index, layer in enumerate(lm.layers):
+            attn = layer.self_attn
+            head_dim = attn.head_dim
+            final = index == n_layers - 1
+            normed = layer.input_layernorm(hidden)
+            query = attn.q_proj(normed[last] if final else normed)
+            query = query.view(query.shape[0], -1, head_dim)
+            key = attn.k_proj(normed).view(total, -1, head_dim)
+            value = attn.v_proj(normed).view(total, -1, head_dim)
+            q_cos, q_sin = (cos[last], sin[last]) if final else (cos, sin)
+            query = query * q_cos + _rotate_half(query) * q_sin
+            key = key * cos + _rotate_half(key) * sin
+            groups = query.shape[1] // key.shape[1]
+            outputs = []
+            for row, (s, e) in enumerate(spans):
+                k = key[s:e].transpose(0, 1)
+                v = value[s:e].transpose(0, 1)
+                if groups > 1:
+                    k = k.repeat_interleave(groups, dim=0)
+                    v = v.repeat_interleave(groups, dim=0)
+                q = (query[row: row + 1] if final else query[s:e]).transpose(0, 1)
+                # the pooled (last) token sees its whole sequence; otherwise causal
+                out = torch.nn.functional.scaled_dot_product_attention(
+                    q[None], k[None], v[None], is_causal=not final, scale=attn.scaling)
+                outputs.append(out[0].transpose(0, 1).reshape(q.shape[1], -1))
+            attended = attn.o_proj(torch.cat(outputs))
+            hidden = (hidden[last] if final else hidden) + attended
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return lm.norm(hidden)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
