@@ -535,3 +535,11 @@ def test_positions_are_sequential_not_3d_mrope(gme, images):
     mrope = torch.nn.functional.normalize(out, dim=-1).numpy()
     ours = gme.embed([item]).vectors[0]
     assert np.abs(mrope - ours).max() > 1e-3
+
+
+def test_cli_bad_token_bounds_one_line(tmp_path, capsys, tiny_gme_dir, images):
+    items = _write_jsonl(tmp_path / "items.jsonl", _good_lines(images))
+    code = main(["embed", "--model", str(tiny_gme_dir), "--input", str(items), "--output", str(tmp_path / "o.npy"),
+                 "--min-image-tokens", "100", "--max-image-tokens", "10"])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and "min_image_tokens" in err, err

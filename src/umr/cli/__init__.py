@@ -69,4 +69,7 @@ def load_model_from_args(args: argparse.Namespace):
 
     options = {k: getattr(args, k) for k in ("min_image_tokens", "max_image_tokens")
                if getattr(args, k, None) is not None}
-    return load_model(args.model, device=args.device, dtype=args.dtype, **options)
+    try:
+        return load_model(args.model, device=args.device, dtype=args.dtype, **options)
+    except ValueError as exc:  # a bad option value (e.g. --min-image-tokens above --max-image-tokens)
+        raise UsageError(str(exc)) from None

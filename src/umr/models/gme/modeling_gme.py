@@ -9,16 +9,14 @@ others, so text-only, image-only and fused items share batches freely and each v
 the item embedded alone.
 
 Only the vision tower and the text decoder are loaded (no ``lm_head``). Speed on CPU comes
-from batches of similar length (the base class sorts by :meth:`GmeEmbedder._cost`), running
-the vision tower once per batch on real images only (its patch embedding as one matmul), and
-packing the sequences of a batch back to back in the decoder (attention per sequence, no padding
+from running the vision tower once per batch on real images only (its patch embedding as one
+matmul), and packing the sequences of a batch back to back in the decoder (attention per sequence, no padding
 at all), computing only the pooled token in its last layer.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +64,6 @@ class GmeEmbedder(Embedder):
         text_config = getattr(config, "text_config", config)
         self.dim = int(text_config.hidden_size)
         self.image_token_id = int(config.image_token_id)
-        pad = processor.tokenizer.pad_token_id
-        self.pad_token_id = int(pad if pad is not None else 0)
         self._fast_decoder = _supports_fast_decoder(model)
         _speed_up_patch_embed(model)
 
@@ -91,6 +87,11 @@ class GmeEmbedder(Embedder):
         if dtype is not None and str(dtype) not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(sorted(_DTYPES))}, not {dtype!r}")
         torch_dtype = _DTYPES[str(dtype)] if dtype is not None else torch.float32
+        min_image_tokens = 256 if min_image_tokens is None else int(min_image_tokens)
+        max_image_tokens = 1280 if max_image_tokens is None else int(max_image_tokens)
+        if not 1 <= min_image_tokens <= max_image_tokens:
+            raise ValueError(f"need 1 <= min_image_tokens <= max_image_tokens, got {min_image_tokens} "
+                             f"and {max_image_tokens}")
         try:
             with _quiet_transformers():
                 config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
@@ -110,9 +111,7 @@ class GmeEmbedder(Embedder):
             raise ModelNotAvailable(f"{folder}: {type(model).__name__} is not a Qwen2-VL style model")
         processor = GmeProcessor.from_pretrained(
             folder, image_token_id=config.image_token_id,
-            min_image_tokens=256 if min_image_tokens is None else min_image_tokens,
-            max_image_tokens=1280 if max_image_tokens is None else max_image_tokens,
-            max_length=max_length)
+            min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens, max_length=max_length)
         return cls(model, processor, name=folder.name, device=device)
 
     @property
