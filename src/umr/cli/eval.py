@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--benchmark", choices=["mbeir", "beir"], help="layout of --data")
     parser.add_argument("--data", type=Path, help="M-BEIR root, or a BEIR task folder / folder of task folders")
     parser.add_argument("--tasks", nargs="+", default=None,
-                        help="only these tasks (M-BEIR: e.g. cirr_task7; BEIR: folder names)")
+                        help="only these tasks (M-BEIR: e.g. cirr_task7; BEIR: the task.json name, else the folder name)")
     parser.add_argument("--pool", choices=["local", "global", "both"], default="local",
                         help="M-BEIR candidate pool (default: local)")
     parser.add_argument("--split", default="test", help="split (default: test)")
