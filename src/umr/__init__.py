@@ -11,9 +11,10 @@ one evaluation harness.
 True
 """
 
+from .index import Index
 from .models import EmbedResult, Embedder, ModelNotAvailable, list_models, load_model
 from .types import Item, ItemError, Modality
 
-__all__ = ["EmbedResult", "Embedder", "Item", "ItemError", "Modality", "ModelNotAvailable",
+__all__ = ["EmbedResult", "Embedder", "Index", "Item", "ItemError", "Modality", "ModelNotAvailable",
            "list_models", "load_model"]
 __version__ = "0.1.0"

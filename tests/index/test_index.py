@@ -160,3 +160,39 @@ def test_reader_sees_consistent_snapshot_and_garbage_is_collected(tmp_path):
     with pytest.raises(IndexLocked, match="another process"):
         FlatStore.open(tmp_path / "s", writable=True)
     store.close()
+
+
+def test_readers_during_commits_always_see_whole_commits(tmp_path):
+    """Searches while indexing: every open sees a state after some whole commit, never half of one."""
+    import threading
+
+    from umr.index import FlatStore
+
+    dim, per_commit, commits = 8, 7, 150
+    store = FlatStore.create(tmp_path / "s", dim=dim, config={"model": {"name": "r", "dim": dim}})
+    rng = np.random.default_rng(3)
+    stop = threading.Event()
+
+    def write():
+        for c in range(commits):
+            records = [{"id": f"{c}-{j}", "hash": "", "modality": "text", "meta": {}} for j in range(per_commit)]
+            # every third commit also replaces an earlier item: a delete and an add in one commit
+            if c % 3 == 2:
+                records.append({"id": f"{c - 1}-0", "hash": "new", "modality": "text", "meta": {}})
+            store.commit(records, rng.standard_normal((len(records), dim)))
+        stop.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen = 0
+    while not stop.is_set() or seen == 0:
+        reader = FlatStore.open(tmp_path / "s")
+        ids = reader.ids()
+        assert len(ids) == len(set(ids))
+        assert len(ids) % per_commit == 0  # replacements keep the count; adds come whole
+        if ids:
+            assert len(reader.search(rng.standard_normal(dim), 5)[0]) == 5
+        seen += 1
+    writer.join()
+    store.close()
+    assert len(FlatStore.open(tmp_path / "s")) == commits * per_commit
