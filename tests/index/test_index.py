@@ -196,3 +196,18 @@ def test_readers_during_commits_always_see_whole_commits(tmp_path):
     writer.join()
     store.close()
     assert len(FlatStore.open(tmp_path / "s")) == commits * per_commit
+
+
+def test_hnsw_method_on_both_backends(make_index):
+    """An index created with method="hnsw" answers like exact search on a small corpus."""
+    index = make_index(method="hnsw")
+    items = _items(300)
+    index.add(items)
+    if index.store.backend == "faiss":
+        assert index.store.manifest["hnsw"]["rows"] == 300  # the graph was built and persisted
+    model = hashing.HashEmbedder()
+    queries = model.encode_queries([f"cats number{i}" for i in range(0, 300, 37)])
+    approx = index.search_vectors(queries, k=5)
+    exact = index.search_vectors(queries, k=5, method="exact")
+    for a, e in zip(approx, exact):
+        assert [round(r.score, 4) for r in a] == [round(r.score, 4) for r in e]

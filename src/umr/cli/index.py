@@ -70,6 +70,12 @@ def run(args) -> int:
             if args.backend is not None and args.backend != backend:
                 index.close()
                 raise UsageError(f"{args.index_dir} is a {backend} index; drop --backend {args.backend}")
+            if args.method is not None and args.method != index.config.get("method", "exact"):
+                if backend != "faiss":
+                    index.close()
+                    raise UsageError(f"{args.index_dir}: Milvus keeps the vector index it was created with; "
+                                     f"re-create the index to change --method")
+                index.store.set_config({**index.config, "method": args.method})
             model = _load_model(args, recorded["name"], recorded.get("options") or {})
             index.check_model(model)
             index._model = model

@@ -278,7 +278,23 @@ class Index:
             fp = _item_fingerprint(item)
             entries.append(_DirectEntry(str(item.id), fp, item))
         self._run(entries, summary, batch_size=batch_size, commit_every=10**9)
+        self._update_graph()
         return summary
+
+    def _update_graph(self) -> None:
+        """HNSW indexes: extend the persisted graph once enough rows are outside it.
+
+        Rows added since the graph was last written are searched exactly, so the graph is
+        rewritten only when that tail reaches 10,000 rows or 5% of the index (or there is none yet).
+        """
+        if self.config.get("method") != "hnsw" or self.store.backend != "faiss":
+            return
+        info = self.store.manifest.get("hnsw")
+        rows = len(self.store._state.records)
+        tail = rows - (info["rows"] if info else 0)
+        if tail > 0 and (info is None or tail >= max(10_000, rows // 20)):
+            self.store.build_hnsw(m=int(self.config.get("hnsw_m", 32)),
+                                  ef_construction=int(self.config.get("ef_construction", 100)))
 
     def delete(self, ids: Iterable[str]) -> int:
         return self.store.delete(list(ids))
@@ -308,9 +324,7 @@ class Index:
             stale = [r["id"] for r in self.store.records()
                      if r.get("source") == source_key and r["id"] not in seen]
             summary.deleted += self.store.delete(stale)
-        if self.config.get("method") == "hnsw":
-            self.store.build_hnsw(m=int(self.config.get("hnsw_m", 32)),
-                                  ef_construction=int(self.config.get("ef_construction", 100)))
+        self._update_graph()
         summary.seconds = time.monotonic() - started
         return summary
 

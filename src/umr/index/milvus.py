@@ -97,7 +97,8 @@ class MilvusStore:
             schema.add_field("meta", DataType.JSON)
             schema.add_field("info", DataType.JSON)
             params = client.prepare_index_params()
-            if config.get("method") == "hnsw":
+            # Milvus Lite is for small collections and answers exactly; HNSW is for servers
+            if config.get("method") == "hnsw" and not _is_local(uri):
                 params.add_index("vector", index_type="HNSW", metric_type="IP",
                                  params={"M": int(config.get("hnsw_m", 32)),
                                          "efConstruction": int(config.get("ef_construction", 100))})
@@ -210,7 +211,7 @@ class MilvusStore:
         if k <= 0:
             return [[] for _ in queries]
         params: dict[str, Any] = {"metric_type": "IP"}
-        if (method or self.config.get("method")) == "hnsw":
+        if (method or self.config.get("method")) == "hnsw" and not _is_local(self.manifest["uri"]):
             params["params"] = {"ef": max(int(ef_search or self.config.get("ef_search", 128)), k)}
         results = self.client.search(self.collection, data=[q.tolist() for q in queries],
                                      limit=min(int(k), 16384), filter=filter_expression(filter),

@@ -166,6 +166,7 @@ class FlatStore:
         self._faiss_index = None
         self._hnsw = None
         self._filter_cache: dict[Filter, Any] = {}
+        self._subset_cache: dict[Filter | None, Any] = {}
         self._mutex = threading.Lock()
 
     # construction ----------------------------------------------------------------------------
@@ -263,7 +264,7 @@ class FlatStore:
         if method == "hnsw" and state.manifest.get("hnsw"):
             scores, rows = self._search_hnsw(queries, k, selector_mask, ef_search)
         else:
-            scores, rows = self._search_flat(queries, k, selector_mask)
+            scores, rows = self._search_flat(queries, k, selector_mask, filter)
         out = []
         for qs, qr in zip(scores, rows):
             out.append([Hit(float(s), state.records[r]) for s, r in zip(qs, qr) if r >= 0])
@@ -416,6 +417,7 @@ class FlatStore:
     def _reset_caches(self) -> None:
         self._faiss_index = None
         self._filter_cache = {}
+        self._subset_cache = {}
         if not self._state.manifest.get("hnsw"):
             self._hnsw = None
 
@@ -447,7 +449,7 @@ class FlatStore:
                 self._faiss_index = index
             return self._faiss_index
 
-    def _search_flat(self, queries, k, mask):
+    def _search_flat(self, queries, k, mask, filter=None):
         import faiss
 
         index = self._flat()
@@ -459,12 +461,25 @@ class FlatStore:
         kk = min(k, n_ok)
         if n_ok < 0.5 * len(mask):
             # few rows pass: a small brute force over just them beats scanning everything
-            rows = np.flatnonzero(mask)
-            scores, local = faiss.knn(queries, np.ascontiguousarray(self._state.vectors[rows]), kk,
-                                      metric=faiss.METRIC_INNER_PRODUCT)
+            rows, subset = self._subset(mask, filter)
+            scores, local = faiss.knn(queries, subset, kk, metric=faiss.METRIC_INNER_PRODUCT)
             return scores, np.where(local >= 0, rows[np.maximum(local, 0)], -1)
         params = faiss.SearchParameters(sel=_bitmap_selector(mask))
         return index.search(queries, kk, params=params)
+
+    def _subset(self, mask, filter):
+        """The rows a filter lets through and their vectors, kept for the next query (2 filters)."""
+        with self._mutex:
+            hit = self._subset_cache.get(filter)
+            if hit is not None:
+                return hit
+        rows = np.flatnonzero(mask)
+        entry = (rows, np.ascontiguousarray(self._state.vectors[rows]))
+        with self._mutex:
+            if len(self._subset_cache) >= 2:
+                self._subset_cache.pop(next(iter(self._subset_cache)))
+            self._subset_cache[filter] = entry
+        return entry
 
     def _load_hnsw(self, info):
         import faiss
