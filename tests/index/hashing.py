@@ -32,7 +32,7 @@ class HashEmbedder(Embedder):
 
     @classmethod
     def from_pretrained(cls, path, **_options):
-        return cls()
+        return cls()  # PixelHashEmbedder inherits this and gets its own default name
 
     def _cost(self, item: Item) -> int:
         if item.image is not None:
@@ -53,11 +53,40 @@ class HashEmbedder(Embedder):
         return out
 
 
+class PixelHashEmbedder(HashEmbedder):
+    """Stands in for an MLLM: embeds pixels (mean colour) and text (hashed words) of any item."""
+
+    sees_images = True
+
+    def __init__(self, name: str = "pixel-test"):
+        self.name = name
+
+    def _cost(self, item: Item) -> int:
+        if item.image is not None:
+            from umr.images import load_image
+
+            load_image(item.image, item_id=item.id)  # decodes: corrupt images fail here
+        return len(item.text or "") // 4 + 1
+
+    def _embed_batch(self, items: list[Item]):
+        from umr.images import load_image
+
+        text_items = [Item(text=it.text or "", id=it.id) for it in items]
+        out = super()._embed_batch(text_items)
+        for row, item in enumerate(items):
+            if item.image is not None:
+                pixels = np.asarray(load_image(item.image, item_id=item.id), np.float32).reshape(-1, 3)
+                out[row, :3] += pixels.mean(axis=0) / 255.0 * 4
+        return out
+
+
 def install() -> None:
     FAMILIES["hash-test"] = f"{__name__}:HashEmbedder"
+    FAMILIES["pixel-test"] = f"{__name__}:PixelHashEmbedder"
     if NAME not in REGISTRY:
-        register(ModelSpec(NAME, "hash-test", os.path.dirname(os.path.abspath(__file__)),
-                           "hashing test embedder (64-d)"))
+        here = os.path.dirname(os.path.abspath(__file__))
+        register(ModelSpec(NAME, "hash-test", here, "hashing test embedder (64-d)"))
+        register(ModelSpec("pixel-test", "pixel-test", here, "pixel test embedder (64-d, sees images)"))
 
 
 install()
@@ -65,6 +94,7 @@ install()
 if __name__ == "__main__":
     sys.modules.setdefault("hashing", sys.modules["__main__"])
     FAMILIES["hash-test"] = "hashing:HashEmbedder"
+    FAMILIES["pixel-test"] = "hashing:PixelHashEmbedder"
     from umr.cli import main
 
     sys.exit(main(sys.argv[1:]))

@@ -78,3 +78,21 @@ def test_milvus_backend_through_the_cli(tmp_path, capsys):
     assert main(["search", "--index", str(index), "violin concerto", "--json", "-k", "2"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert results[0]["id"] == "1.txt" and results[0]["text"] == "a violin concerto"
+
+
+def test_a_model_that_sees_pixels_embeds_every_image(tmp_path, capsys):
+    """Under an image-capable model (as gme-2b) no OCR runs and photos without words are indexed."""
+    corpus = corpus_helpers.make_bad_corpus(tmp_path / "c")
+    index = tmp_path / "ix"
+    assert main(["index", str(corpus), "--index", str(index), "--model", "pixel-test", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "added 4, updated 0, unchanged 0, deleted 0, skipped 0, errors 7" in out, out
+    from umr.index import Index
+
+    with Index.open(index) as ix:
+        assert ix.config["sees_images"] is True and ix.config["ocr"] is False
+        records = {r["id"]: r for r in ix.get(["red.png", "green.jpg"])}
+    assert records["red.png"]["via"] == "pixels" and records["red.png"]["modality"] == "image"
+    assert records["green.jpg"]["via"] == "pixels+text" and records["green.jpg"]["modality"] == "image,text"
+    assert main(["search", "--index", str(index), "--image", str(corpus / "red.png"), "--json", "-k", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["id"] == "red.png"
