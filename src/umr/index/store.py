@@ -5,6 +5,7 @@ Layout of an index folder::
     manifest.json        the one source of truth, replaced atomically (write tmp, fsync, rename)
     seg-000001.npy       float32 vectors of one commit, never modified once written
     seg-000001.jsonl     one record per vector row (id, hash, modality, path, text, meta)
+    seg-000001.keys      the ids and content hashes of those rows (JSON), read fast on open
     del-000007.npy       int64 global row numbers deleted (updates delete the old row)
     hnsw-000007.faiss    optional HNSW graph over the first ``rows`` global rows
     .lock                held (flock) by the one writer
@@ -30,7 +31,7 @@ import numpy as np
 
 MANIFEST = "manifest.json"
 FORMAT = 1
-_DATA_FILE = re.compile(r"^(seg-\d+\.(npy|jsonl)|del-\d+\.npy|hnsw-\d+\.faiss)(\.tmp)?$")
+_DATA_FILE = re.compile(r"^(seg-\d+\.(npy|jsonl|keys)|del-\d+\.npy|hnsw-\d+\.faiss)(\.tmp)?$")
 
 
 class IndexError_(RuntimeError):
@@ -139,12 +140,45 @@ class Hit:
         return self.record["id"]
 
 
+class _Records:
+    """Records by row, parsed from their JSON line on first use (opening 1M rows stays fast)."""
+
+    def __init__(self) -> None:
+        self._raw: list[bytes | None] = []
+        self._parsed: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __getitem__(self, row: int) -> dict[str, Any]:
+        record = self._parsed.get(row)
+        if record is None:
+            record = json.loads(self._raw[row])
+            self._parsed[row] = record
+        return record
+
+    def __iter__(self):
+        for row in range(len(self._raw)):
+            yield self[row]
+
+    def extend_raw(self, lines: list[bytes]) -> None:
+        self._raw.extend(lines)
+
+    def extend(self, records: Sequence[dict[str, Any]]) -> None:
+        base = len(self._raw)
+        self._raw.extend([None] * len(records))
+        for j, record in enumerate(records):
+            self._parsed[base + j] = record
+
+
 @dataclass
 class _State:
     """One consistent snapshot: what a manifest names, loaded."""
 
     manifest: dict[str, Any]
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: _Records = field(default_factory=_Records)
+    ids: list[str] = field(default_factory=list)
+    hashes: list[str | None] = field(default_factory=list)
     vectors: np.ndarray | None = None
     deleted: np.ndarray | None = None  # bool per global row
     row_of: dict[str, int] = field(default_factory=dict)  # live id -> global row
@@ -183,7 +217,7 @@ class FlatStore:
                     "segments": [], "deleted": None, "hnsw": None, "next_file": 1}
         _write_bytes_durably(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
         _fsync_dir(folder)
-        state = _State(manifest, [], np.zeros((0, int(dim)), np.float32), np.zeros(0, bool), {})
+        state = _State(manifest, _Records(), [], [], np.zeros((0, int(dim)), np.float32), np.zeros(0, bool), {})
         return cls(folder, state, writable=True, lock_handle=lock)
 
     @classmethod
@@ -235,8 +269,8 @@ class FlatStore:
         return list(self._state.row_of)
 
     def hashes(self) -> dict[str, str]:
-        records = self._state.records
-        return {i: records[r].get("hash") for i, r in self._state.row_of.items()}
+        hashes = self._state.hashes
+        return {i: hashes[r] for i, r in self._state.row_of.items()}
 
     def get(self, ids: Iterable[str]) -> list[dict[str, Any] | None]:
         records, row_of = self._state.records, self._state.row_of
@@ -294,13 +328,9 @@ class FlatStore:
         number = manifest["next_file"]
         manifest["next_file"] = number + 1
         manifest["version"] += 1
-        new_files: list[Path] = []
         if records:
             name = f"seg-{number:06d}"
-            lines = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
-            _write_bytes_durably(self.folder / f"{name}.jsonl", lines.encode("utf-8"))
-            _write_bytes_durably(self.folder / f"{name}.npy", _npy_bytes(vectors))
-            new_files += [self.folder / f"{name}.jsonl", self.folder / f"{name}.npy"]
+            _write_segment(self.folder, name, records, vectors)
             manifest["segments"].append({"name": name, "rows": len(records)})
         if drop:
             old = _deleted_rows(state)
@@ -376,9 +406,7 @@ class FlatStore:
         name = f"seg-{number:06d}"
         records = [state.records[r] for r in live]
         vectors = np.ascontiguousarray(state.vectors[live])
-        lines = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
-        _write_bytes_durably(self.folder / f"{name}.jsonl", lines.encode("utf-8"))
-        _write_bytes_durably(self.folder / f"{name}.npy", _npy_bytes(vectors))
+        _write_segment(self.folder, name, records, vectors)
         manifest["segments"] = [{"name": name, "rows": len(records)}] if records else []
         _fsync_dir(self.folder)
         self._swap_manifest(manifest)
@@ -404,9 +432,11 @@ class FlatStore:
         if drop:
             for row in drop:
                 state.deleted[row] = True
-                state.row_of.pop(state.records[row]["id"], None)
+                state.row_of.pop(state.ids[row], None)
         if len(records):
             state.records.extend(records)
+            state.ids.extend(str(r["id"]) for r in records)
+            state.hashes.extend(r.get("hash") for r in records)
             state.vectors = vectors if state.vectors is None or not len(state.vectors) else \
                 np.concatenate([state.vectors, vectors])
             state.deleted = np.concatenate([state.deleted, np.zeros(len(records), bool)])
@@ -524,7 +554,7 @@ class FlatStore:
         manifest = self._state.manifest
         keep = {MANIFEST}
         for seg in manifest["segments"]:
-            keep |= {seg["name"] + ".npy", seg["name"] + ".jsonl"}
+            keep |= {seg["name"] + ".npy", seg["name"] + ".jsonl", seg["name"] + ".keys"}
         if manifest.get("deleted"):
             keep.add(manifest["deleted"])
         if manifest.get("hnsw"):
@@ -568,29 +598,43 @@ def _load_state(folder: Path, attempts: int = 10) -> _State:
     raise IndexError_(f"{folder}: the index kept changing while being read ({last})")
 
 
+def _write_segment(folder: Path, name: str, records: Sequence[dict[str, Any]], vectors: np.ndarray) -> None:
+    lines = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
+    keys = json.dumps([[str(r["id"]) for r in records], [r.get("hash") for r in records]], ensure_ascii=False)
+    _write_bytes_durably(folder / f"{name}.jsonl", lines.encode("utf-8"))
+    _write_bytes_durably(folder / f"{name}.keys", keys.encode("utf-8"))
+    _write_bytes_durably(folder / f"{name}.npy", _npy_bytes(vectors))
+
+
 def _load_files(folder: Path, manifest: dict[str, Any]) -> _State:
     dim = int(manifest["dim"])
-    records: list[dict[str, Any]] = []
+    records = _Records()
+    ids: list[str] = []
+    hashes: list[str | None] = []
     blocks = []
     for seg in manifest["segments"]:
-        vecs = np.load(folder / f"{seg['name']}.npy", mmap_mode=None, allow_pickle=False)
-        with open(folder / f"{seg['name']}.jsonl", encoding="utf-8") as handle:
-            recs = [json.loads(line) for line in handle]
-        if len(recs) != seg["rows"] or vecs.shape != (seg["rows"], dim):
+        vecs = np.load(folder / f"{seg['name']}.npy", allow_pickle=False)
+        lines = (folder / f"{seg['name']}.jsonl").read_bytes().split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        seg_ids, seg_hashes = json.loads((folder / f"{seg['name']}.keys").read_bytes())
+        if not (len(lines) == len(seg_ids) == seg["rows"]) or vecs.shape != (seg["rows"], dim):
             raise IndexError_(f"{folder}: segment {seg['name']} does not match the manifest "
-                              f"({len(recs)} records, vectors {vecs.shape}, expected {seg['rows']})")
-        records.extend(recs)
+                              f"({len(lines)} records, vectors {vecs.shape}, expected {seg['rows']})")
+        records.extend_raw(lines)
+        ids.extend(seg_ids)
+        hashes.extend(seg_hashes)
         blocks.append(vecs)
     vectors = np.concatenate(blocks) if len(blocks) > 1 else (blocks[0] if blocks else np.zeros((0, dim), np.float32))
-    deleted = np.zeros(len(records), dtype=bool)
+    deleted = np.zeros(len(ids), dtype=bool)
     if manifest.get("deleted"):
         rows = np.load(folder / manifest["deleted"], allow_pickle=False)
         deleted[rows] = True
-    row_of: dict[str, int] = {}
-    for row, record in enumerate(records):
-        if not deleted[row]:
-            row_of[str(record["id"])] = row
-    return _State(manifest, records, np.ascontiguousarray(vectors, dtype=np.float32), deleted, row_of)
+    if deleted.any():
+        row_of = {ids[row]: row for row in np.flatnonzero(~deleted).tolist()}
+    else:
+        row_of = dict(zip(ids, range(len(ids))))
+    return _State(manifest, records, ids, hashes, np.ascontiguousarray(vectors, dtype=np.float32), deleted, row_of)
 
 
 def _acquire_lock(folder: Path):
