@@ -62,7 +62,8 @@ def markdown_report(scores: dict[str, Any]) -> str:
     pools, names, table = _by_task(scores)
     out = [f"# {scores['model']} on {scores['benchmark']}", "",
            f"Created {scores.get('created', '')}. Scores are percentages. R@k is UniIR's Recall@k "
-           "(a hit if any positive is in the top k); NDCG@10, MRR@10 and MAP follow trec_eval.", ""]
+           "(a hit if any positive is in the top k); NDCG@10, MRR@10, MAP and Recall@k (the share of "
+           "relevant candidates found, as BEIR and MTEB report it) follow trec_eval.", ""]
 
     def first(name):
         return next(table[(name, p)] for p in pools if (name, p) in table)
@@ -108,7 +109,8 @@ def markdown_report(scores: dict[str, Any]) -> str:
     # recall tables and the rest, per pool
     for pool in pools:
         out += [f"## All metrics — {pool} pool", ""]
-        header = ["Task", "R@1", "R@5", "R@10", "R@20", "R@50", "NDCG@10", "MRR@10", "MAP", "Queries"]
+        header = ["Task", "R@1", "R@5", "R@10", "R@20", "R@50", "NDCG@10", "MRR@10", "MAP",
+                  "Recall@10", "Recall@100", "Queries"]
         rows = []
         for name in names:
             r = table.get((name, pool))
@@ -116,7 +118,8 @@ def markdown_report(scores: dict[str, Any]) -> str:
                 continue
             m = r["metrics"]
             rows.append([name] + [_pct(m.get(f"hit@{k}")) for k in (1, 5, 10, 20, 50)]
-                        + [_pct(m.get("ndcg@10")), _pct(m.get("mrr@10")), _pct(m.get("map")), str(r["n_queries"])])
+                        + [_pct(m.get("ndcg@10")), _pct(m.get("mrr@10")), _pct(m.get("map")),
+                           _pct(m.get("recall@10")), _pct(m.get("recall@100")), str(r["n_queries"])])
         out += [_table(header, rows), ""]
 
     out += ["## Modality bias", "",

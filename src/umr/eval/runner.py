@@ -174,9 +174,11 @@ class Evaluator:
             tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
             tmp.replace(done_file)
             self.timings["write_s"] += time.perf_counter() - t0
-        self.log(f"{task.pool}/{task.name}: {result['main_metric']} = {100 * result['main_score']:.2f}, "
-                 f"ndcg@10 = {100 * metrics.get('ndcg@10', 0.0):.2f}, "
-                 f"modality bias@{bias_k} = {100 * bias['bias']:.1f}%")
+        shown = [(result["main_metric"], result["main_score"])]
+        if result["main_metric"] != "ndcg@10":
+            shown.append(("ndcg@10", metrics.get("ndcg@10", 0.0)))
+        self.log(f"{task.pool}/{task.name}: " + ", ".join(f"{n} = {100 * v:.2f}" for n, v in shown)
+                 + f", modality bias@{bias_k} = {100 * bias['bias']:.1f}%")
         return TaskOutcome(result, run)
 
     def _task_file(self, task: RetrievalTask) -> Path | None:
