@@ -543,3 +543,11 @@ def test_cli_bad_token_bounds_one_line(tmp_path, capsys, tiny_gme_dir, images):
                  "--min-image-tokens", "100", "--max-image-tokens", "10"])
     err = capsys.readouterr().err
     assert code != 0 and err.count("\n") == 1 and "min_image_tokens" in err, err
+
+
+def test_one_bound_alone(tiny_gme_dir):
+    only_max = umr.load_model(tiny_gme_dir, max_image_tokens=64)
+    assert (only_max.processor.min_image_tokens, only_max.processor.max_image_tokens) == (64, 64)
+    only_min = umr.load_model(tiny_gme_dir, min_image_tokens=2000)
+    assert (only_min.processor.min_image_tokens, only_min.processor.max_image_tokens) == (2000, 2000)
+    assert only_max.processor.num_image_tokens(1500, 1100) <= 64

@@ -87,8 +87,12 @@ class GmeEmbedder(Embedder):
         if dtype is not None and str(dtype) not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(sorted(_DTYPES))}, not {dtype!r}")
         torch_dtype = _DTYPES[str(dtype)] if dtype is not None else torch.float32
-        min_image_tokens = 256 if min_image_tokens is None else int(min_image_tokens)
-        max_image_tokens = 1280 if max_image_tokens is None else int(max_image_tokens)
+        # a bound left unset follows the one given (max 64 alone means 64 at most, fewer allowed)
+        if min_image_tokens is None:
+            min_image_tokens = 256 if max_image_tokens is None else min(256, int(max_image_tokens))
+        if max_image_tokens is None:
+            max_image_tokens = max(1280, int(min_image_tokens))
+        min_image_tokens, max_image_tokens = int(min_image_tokens), int(max_image_tokens)
         if not 1 <= min_image_tokens <= max_image_tokens:
             raise ValueError(f"need 1 <= min_image_tokens <= max_image_tokens, got {min_image_tokens} "
                              f"and {max_image_tokens}")
