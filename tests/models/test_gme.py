@@ -379,6 +379,7 @@ def test_qwen2_5_vl_checkpoint(tmp_path, images):
     alone = np.stack([model.embed([item]).vectors[0] for item in items])
     together = model.embed(items, batch_size=6).vectors
     assert np.abs(alone - together).max() <= TOL
+    assert model._fast_decoder
     model._fast_decoder = False  # transformers' own decoder on padded rows
     assert np.abs(model.embed(items, batch_size=6).vectors - together).max() <= TOL
 
