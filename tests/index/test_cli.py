@@ -16,7 +16,7 @@ corpus_helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(corpus_helpers)
 
 
-def test_bad_files_are_reported_and_the_rest_indexed(tmp_path, capsys):
+def test_bad_files_are_reported_and_the_rest_indexed(tmp_path, capsys, monkeypatch):
     corpus = corpus_helpers.make_bad_corpus(tmp_path / "c")
     index = tmp_path / "ix"
     assert main(["index", str(corpus), "--index", str(index), "--model", "hash-test", "--no-progress"]) == 0
@@ -42,9 +42,24 @@ def test_bad_files_are_reported_and_the_rest_indexed(tmp_path, capsys):
     assert main(["search", "--index", str(index), "tide", "--where", "ext=md", "--json"]) == 0
     assert [r["id"] for r in json.loads(capsys.readouterr().out)] == ["notes.md"]
 
-    # a second run: nothing new; bad files are reported again
+    # a second run: nothing new; bad files are reported again, and OCR does not run again on the
+    # photo that had no words (its fingerprint is remembered)
+    import umr.ocr
+
+    real_read_text, ocr_calls = umr.ocr.read_text, []
+
+    def counting_read_text(image, *, item_id=None, **kwargs):
+        ocr_calls.append(item_id)
+        return real_read_text(image, item_id=item_id, **kwargs)
+
+    monkeypatch.setattr(umr.ocr, "read_text", counting_read_text)
     assert main(["index", str(corpus), "--index", str(index), "--no-progress"]) == 0
     assert "added 0, updated 0, unchanged 3, deleted 0, skipped 1, errors 7" in capsys.readouterr().out
+    assert ocr_calls == ["truncated.jpg"]  # errors are retried; the wordless photo is not re-read
+    # an indexed file that turns bad loses its old version
+    (corpus / "good.txt").write_bytes(b"\x00\x01binary now")
+    assert main(["index", str(corpus), "--index", str(index), "--no-progress"]) == 0
+    assert "added 0, updated 0, unchanged 2, deleted 1, skipped 1, errors 8" in capsys.readouterr().out
 
 
 def test_wrong_model_is_refused_with_one_line(tmp_path, capsys):

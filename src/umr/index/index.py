@@ -27,6 +27,8 @@ from .store import MANIFEST, Filter, FlatStore, Hit, IndexError_, read_manifest
 #: records keep this much of the text they were embedded from, for display
 SNIPPET_CHARS = 300
 ERRORS_FILE = "errors.jsonl"
+#: items found to have no representation under the model, by fingerprint: re-runs skip their OCR
+SKIPPED_FILE = "skipped.jsonl"
 
 
 class ModelMismatch(IndexError_):
@@ -315,10 +317,21 @@ class Index:
         summary = Summary()
         errors_path = Path(errors_file) if errors_file else self.folder / ERRORS_FILE
         errors_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(errors_path, "w", encoding="utf-8") as err_handle:
+        skipped_path = self.folder / SKIPPED_FILE
+        skip_cache = _read_skip_cache(skipped_path)
+        with open(errors_path, "w", encoding="utf-8") as err_handle, \
+                open(skipped_path, "a", encoding="utf-8") as skip_handle:
             seen = self._run(read_corpus(source, image_root=image_root), summary, batch_size=batch_size,
                              commit_every=commit_every, commit_seconds=commit_seconds,
-                             progress=progress, err_handle=err_handle, source=str(Path(source).resolve()))
+                             progress=progress, err_handle=err_handle, source=str(Path(source).resolve()),
+                             skip_cache=skip_cache, skip_handle=skip_handle)
+        # keep only this run's entries (other sources' entries stay too)
+        current = {e["id"] for e in summary.skipped}
+        keep = [{"id": i, "fingerprint": fp, "reason": why} for i, (fp, why) in skip_cache.items()
+                if i in current or i not in seen]
+        tmp = skipped_path.with_name(SKIPPED_FILE + ".tmp")
+        tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in keep), encoding="utf-8")
+        os.replace(tmp, skipped_path)
         if prune:
             source_key = str(Path(source).resolve())
             stale = [r["id"] for r in self.store.records()
@@ -329,10 +342,13 @@ class Index:
         return summary
 
     def _run(self, entries, summary: Summary, *, batch_size=None, commit_every=256,
-             commit_seconds=30.0, progress=None, err_handle=None, source=None) -> set[str]:
+             commit_seconds=30.0, progress=None, err_handle=None, source=None,
+             skip_cache: dict | None = None, skip_handle=None) -> set[str]:
         model = self.model
         known = self.store.hashes()
         seen: set[str] = set()
+        skip_cache = {} if skip_cache is None else skip_cache
+        pending_deletes: list[str] = []
         pending_records: list[dict] = []
         pending_vectors: list[np.ndarray] = []
         last_commit = time.monotonic()
@@ -346,10 +362,13 @@ class Index:
                 err_handle.flush()
 
         def flush() -> None:
-            nonlocal pending_records, pending_vectors, last_commit
-            if pending_records:
-                self.store.commit(pending_records, np.concatenate(pending_vectors))
-            pending_records, pending_vectors = [], []
+            nonlocal pending_records, pending_vectors, pending_deletes, last_commit
+            if pending_records or pending_deletes:
+                vectors = np.concatenate(pending_vectors) if pending_vectors else \
+                    np.zeros((0, self.store.dim), np.float32)
+                self.store.commit(pending_records, vectors, delete_ids=pending_deletes)
+                summary.deleted += len(pending_deletes)
+            pending_records, pending_vectors, pending_deletes = [], [], []
             last_commit = time.monotonic()
 
         chunk: list[tuple[Any, Item, bool]] = []
@@ -361,8 +380,10 @@ class Index:
             result = model.embed([item for _, item, _ in chunk], batch_size=batch_size,
                                  show_progress_bar=False, on_error="skip")
             for err in result.errors:
-                entry, item, _ = chunk[err.index]
+                entry, item, is_update = chunk[err.index]
                 report("error", entry.id, err.reason, entry.path)
+                if is_update:  # the file changed and can no longer be embedded: drop its old version
+                    pending_deletes.append(entry.id)
             if len(result.indices):
                 records = []
                 for j in result.indices:
@@ -398,17 +419,32 @@ class Index:
                 if progress:
                     progress(1)
                 continue
+            cached = skip_cache.get(entry.id)
+            if cached is not None and cached[0] == entry.fingerprint and old is None:
+                report("no representation", entry.id, cached[1], entry.path)
+                if progress:
+                    progress(1)
+                continue
             try:
                 item = entry.load()
                 item.metadata = {**item.metadata, **entry.meta, "kind": entry.kind}
                 item = self.represent(item)
             except ItemError as exc:
                 report("error", entry.id, exc.reason, entry.path)
+                if old is not None:  # the file changed and is now bad: drop its old version
+                    pending_deletes.append(entry.id)
                 if progress:
                     progress(1)
                 continue
             except Unrepresentable as exc:
                 report("no representation", entry.id, exc.reason, entry.path)
+                skip_cache[entry.id] = (entry.fingerprint, exc.reason)
+                if skip_handle is not None:
+                    skip_handle.write(json.dumps({"id": entry.id, "fingerprint": entry.fingerprint,
+                                                  "reason": exc.reason}, ensure_ascii=False) + "\n")
+                    skip_handle.flush()
+                if old is not None:
+                    pending_deletes.append(entry.id)
                 if progress:
                     progress(1)
                 continue
@@ -418,6 +454,22 @@ class Index:
         embed_chunk()
         flush()
         return seen
+
+
+def _read_skip_cache(path: Path) -> dict[str, tuple[str, str]]:
+    """id -> (fingerprint, reason); a line cut short by a crash is ignored."""
+    cache: dict[str, tuple[str, str]] = {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                    cache[entry["id"]] = (entry["fingerprint"], entry["reason"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except OSError:
+        pass
+    return cache
 
 
 @dataclass
