@@ -211,3 +211,19 @@ def test_hnsw_method_on_both_backends(make_index):
     exact = index.search_vectors(queries, k=5, method="exact")
     for a, e in zip(approx, exact):
         assert [round(r.score, 4) for r in a] == [round(r.score, 4) for r in e]
+
+
+def test_compact_keeps_live_items(tmp_path):
+    index = Index.create(tmp_path / "c", hashing.HashEmbedder())
+    index.add(_items(50))
+    index.add([Item.candidate(text="replaced text about otters", id="d1")])
+    index.delete([f"d{i}" for i in range(10, 40)])
+    before = [(r.id, round(r.score, 5)) for r in index.search("otters", k=5)]
+    index.compact()
+    assert len(index) == 20
+    assert [(r.id, round(r.score, 5)) for r in index.search("otters", k=5)] == before
+    index.close()
+    reopened = Index.open(tmp_path / "c")
+    assert len(reopened) == 20 and len(reopened.store._state.records) == 20
+    assert [(r.id, round(r.score, 5)) for r in reopened.search("otters", k=5)] == before
+    reopened.close()

@@ -299,7 +299,13 @@ class Index:
                                   ef_construction=int(self.config.get("ef_construction", 100)))
 
     def delete(self, ids: Iterable[str]) -> int:
+        """Delete items by id; returns how many were there."""
         return self.store.delete(list(ids))
+
+    def compact(self) -> None:
+        """Reclaim the space of deleted and replaced rows (the HNSW graph is rebuilt on next add)."""
+        self.store.compact()
+        self._update_graph()
 
     def index_corpus(self, source, *, image_root=None, commit_every: int = 256,
                      commit_seconds: float = 30.0, batch_size: int | None = None, prune: bool = False,

@@ -312,4 +312,9 @@ def _connect(uri: str):
     try:
         return MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
     except Exception as exc:  # noqa: BLE001 - any connection failure is one line for the user
+        if _is_local(uri):
+            raise IndexError_(
+                f"cannot open Milvus Lite file {uri}: {type(exc).__name__}. Milvus Lite lets one process "
+                f"at a time use a file (is `umr index` running on it?); for concurrent indexing and "
+                f"search use a Milvus server (--uri http://host:19530)") from None
         raise IndexError_(f"cannot connect to Milvus at {uri}: {type(exc).__name__}: {exc}") from None

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -30,6 +31,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 MANIFEST = "manifest.json"
+#: superseded deleted-rows files kept for readers still loading an older manifest
+KEEP_SUPERSEDED = 16
 FORMAT = 1
 _DATA_FILE = re.compile(r"^(seg-\d+\.(npy|jsonl|keys)|del-\d+\.npy|hnsw-\d+\.faiss)(\.tmp)?$")
 
@@ -201,6 +204,7 @@ class FlatStore:
         self._hnsw = None
         self._filter_cache: dict[Filter, Any] = {}
         self._subset_cache: dict[Filter | None, Any] = {}
+        self._superseded: list[str] = []
         self._mutex = threading.Lock()
 
     # construction ----------------------------------------------------------------------------
@@ -295,7 +299,13 @@ class FlatStore:
             return [[] for _ in queries]
         method = method or self.config.get("method", "exact")
         selector_mask = self._mask(filter)
-        if method == "hnsw" and state.manifest.get("hnsw"):
+        graph_ok = method == "hnsw" and state.manifest.get("hnsw")
+        if graph_ok:
+            try:
+                self._load_hnsw(state.manifest["hnsw"])
+            except FileNotFoundError:  # a writer replaced the graph since this snapshot: search exactly
+                graph_ok = False
+        if graph_ok:
             scores, rows = self._search_hnsw(queries, k, selector_mask, ef_search)
         else:
             scores, rows = self._search_flat(queries, k, selector_mask, filter)
@@ -343,8 +353,11 @@ class FlatStore:
         self._swap_manifest(manifest)
         self._apply(manifest, records, vectors, drop)
         if superseded and superseded != manifest.get("deleted"):
-            # readers that still hold the old manifest retry from the new one
-            (self.folder / superseded).unlink(missing_ok=True)
+            # Readers load the deleted-rows file right after the manifest; keeping the last few
+            # superseded ones gives a reader that read an older manifest time to finish.
+            self._superseded.append(superseded)
+            while len(self._superseded) > KEEP_SUPERSEDED:
+                (self.folder / self._superseded.pop(0)).unlink(missing_ok=True)
 
     def delete(self, ids: Iterable[str]) -> int:
         ids = [i for i in ids if i in self._state.row_of]
@@ -585,7 +598,9 @@ def _bitmap_selector(mask: np.ndarray):
 def _load_state(folder: Path, attempts: int = 10) -> _State:
     """Load the snapshot the manifest names; retry if a writer swapped it under our feet."""
     last: Exception | None = None
-    for _ in range(attempts):
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(0.01 * attempt)
         manifest = read_manifest(folder)
         if manifest.get("format") != FORMAT:
             raise IndexError_(f"{folder}: index format {manifest.get('format')} is not supported "
@@ -612,6 +627,8 @@ def _load_files(folder: Path, manifest: dict[str, Any]) -> _State:
     ids: list[str] = []
     hashes: list[str | None] = []
     blocks = []
+    # the deleted-rows file is the only one a writer replaces: read it first
+    deleted_rows = np.load(folder / manifest["deleted"], allow_pickle=False) if manifest.get("deleted") else None
     for seg in manifest["segments"]:
         vecs = np.load(folder / f"{seg['name']}.npy", allow_pickle=False)
         lines = (folder / f"{seg['name']}.jsonl").read_bytes().split(b"\n")
@@ -627,9 +644,8 @@ def _load_files(folder: Path, manifest: dict[str, Any]) -> _State:
         blocks.append(vecs)
     vectors = np.concatenate(blocks) if len(blocks) > 1 else (blocks[0] if blocks else np.zeros((0, dim), np.float32))
     deleted = np.zeros(len(ids), dtype=bool)
-    if manifest.get("deleted"):
-        rows = np.load(folder / manifest["deleted"], allow_pickle=False)
-        deleted[rows] = True
+    if deleted_rows is not None:
+        deleted[deleted_rows] = True
     if deleted.any():
         row_of = {ids[row]: row for row in np.flatnonzero(~deleted).tolist()}
     else:
