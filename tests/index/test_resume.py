@@ -106,7 +106,9 @@ def _kill_loop(tmp_path: Path, extra: tuple[str, ...], backend: str, kills_wante
     # two kills at random moments of start-up, the rest at random points spread over the corpus
     # (embedded index: when it holds a random number of items, plus a random few milliseconds;
     # Milvus: a random time after this run's first write)
-    plan = ["start", "start"] + sorted(rng.sample(range(30, N_ITEMS - 60), kills_wanted - 2))
+    strata = kills_wanted - 2  # one random target in each equal slice of the corpus
+    plan = ["start", "start"] + [int(rng.uniform(i, i + 1) * (N_ITEMS - 60) / strata) + 10
+                                 for i in range(strata)]
     kills, progress_at_kill = 0, []
     for step in plan:
         proc = subprocess.Popen(_cmd(corpus, index, *extra), env=_env(0.002),
@@ -114,7 +116,8 @@ def _kill_loop(tmp_path: Path, extra: tuple[str, ...], backend: str, kills_wante
         if step == "start":
             time.sleep(rng.uniform(0.05, 2.5))
         elif backend == "faiss":
-            while _rows(index) < step and proc.poll() is None:
+            target = max(step, _rows(index) + 1)  # at least one commit of this run, then the target
+            while _rows(index) < target and proc.poll() is None:
                 time.sleep(0.002)
             time.sleep(rng.uniform(0.0, 0.05))
         else:
