@@ -9,17 +9,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 MODEL="${UMR_MODEL:-minilm}"
-INDEX="${UMR_INDEX:-${TMPDIR:-/tmp}/umr-quickstart-${MODEL//\//_}}"
+INDEX="${UMR_INDEX:-.umr-quickstart/${MODEL//\//_}}"
 umr=.venv/bin/umr
 
 # Run it twice: the second run finds everything unchanged (indexing is resumable).
 $umr index samples/corpus --index "$INDEX" --model "$MODEL"
 
-search() { echo; echo "\$ umr search --index $INDEX $*"; $umr search --index "$INDEX" "$@"; }
+search() {
+  echo; printf '$ umr search --index %s' "$INDEX"
+  for arg in "$@"; do case "$arg" in *" "*) printf ' "%s"' "$arg" ;; *) printf ' %s' "$arg" ;; esac; done
+  echo; $umr search --index "$INDEX" "$@"
+}
 search "receipt for croissants and coffee" -k 3
 search "when does the train to the airport leave" -k 3
 search "how to feed birds when the ground is frozen" -k 3
 search "the committee decided to buy a water pump" -k 3
 search "living simply in a cabin in the woods" -k 3 --modality text
 search "a naval officer who was a computer pioneer" -k 3 --modality image,text
-search "notes about tea" -k 2 --where folder=notes --json
+search "notes about tea" -k 1 --where folder=notes --json
