@@ -419,6 +419,13 @@ class Index:
                     progress(1)
                 continue
             seen.add(entry.id)
+            max_id = getattr(self.store, "max_id_length", None)
+            if max_id is not None and len(entry.id) > max_id:
+                report("error", entry.id[:80] + "...", f"id longer than {max_id} characters "
+                                                       f"(the {self.store.backend} limit)", entry.path)
+                if progress:
+                    progress(1)
+                continue
             old = known.get(entry.id)
             if old is not None and old == entry.fingerprint:
                 summary.unchanged += 1

@@ -59,6 +59,8 @@ def filter_expression(filter: Filter | None) -> str:
 
 class MilvusStore:
     backend = "milvus"
+    #: the primary key is a VARCHAR of at most this many characters
+    max_id_length = _MAX_ID
 
     def __init__(self, folder: Path, manifest: dict[str, Any], client, *, writable: bool):
         self.folder = Path(folder)
