@@ -159,6 +159,20 @@ class Embedder(ABC):
 
     # -- shared plumbing ---------------------------------------------------------------------
 
+    @staticmethod
+    def _each_item(items: list[Item], prepare):
+        """``[prepare(item) for item in items]``, an :class:`ItemError` located at its item.
+
+        Backends call this from :meth:`_embed_batch` so the caller knows which item to drop.
+        """
+        prepared = []
+        for i, item in enumerate(items):
+            try:
+                prepared.append(prepare(item))
+            except ItemError as exc:
+                raise exc.at(index=i) from None
+        return prepared
+
     def _run_batch(self, items: list[Item]) -> np.ndarray:
         with torch.inference_mode():
             out = self._embed_batch(items)

@@ -324,15 +324,10 @@ class ClipSfEmbedder(Embedder):
         return 1
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
-        pixels, image_rows = [], []
-        for i, item in enumerate(items):
-            if item.image is None:
-                continue
-            try:
-                pixels.append(self.transform(load_image(item.image, item_id=item.id)))
-            except ItemError as exc:
-                raise exc.at(index=i) from None
-            image_rows.append(i)
+        decoded = self._each_item(items, lambda item: None if item.image is None else
+                                  self.transform(load_image(item.image, item_id=item.id)))
+        image_rows = [i for i, pixel in enumerate(decoded) if pixel is not None]
+        pixels = [decoded[i] for i in image_rows]
         texts = [self.text_of(item) for item in items]
         text_rows = [i for i, t in enumerate(texts) if t]
         out = torch.zeros(len(items), self.dim, dtype=torch.float32, device=self.device)

@@ -15,25 +15,17 @@ Everything loads through ``umr.load_model(folder)``. Same arguments, same bytes.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
-_WORDS = ("a an the of to in on with for by from and or is are this that photo picture image of "
-          "dog cat car truck bird flower tree house street city river mountain sky sea beach "
-          "red green blue yellow black white small large old new man woman child people "
-          "find retrieve match caption news fashion wikipedia question answer").split()
+from ..tiny_corpus import synthetic_sentences
+
 
 TINY_CLIP_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                       max_position_embeddings=16)
 TINY_CLIP_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                         image_size=32, patch_size=8)
 
-
-def _corpus(seed: int, lines: int = 300) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12))) + rng.choice([".", "?", "!", ""])
-            for _ in range(lines)]
 
 
 def build_tokenizer(kind: str = "clip", seed: int = 0, vocab_size: int = 200):
@@ -47,7 +39,7 @@ def build_tokenizer(kind: str = "clip", seed: int = 0, vocab_size: int = 200):
     alphabet = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,:;!?'-"))
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                   special_tokens=specials, initial_alphabet=alphabet)
-    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    tokenizer.train_from_iterator(synthetic_sentences(seed), trainer=trainer)
     if kind == "clip":
         sot, eot = tokenizer.token_to_id("<|startoftext|>"), tokenizer.token_to_id("<|endoftext|>")
         tokenizer.post_processor = processors.TemplateProcessing(
@@ -120,7 +112,7 @@ def _write_sentencepiece(path: Path, seed: int, vocab_size: int = 160) -> int:
 
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([line.lower().rstrip(".?!") for line in _corpus(seed)]), model_writer=buffer,
+        sentence_iterator=iter([line.lower().rstrip(".?!") for line in synthetic_sentences(seed)]), model_writer=buffer,
         vocab_size=vocab_size, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
         pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", character_coverage=1.0,
         hard_vocab_limit=False, num_threads=1, minloglevel=2)

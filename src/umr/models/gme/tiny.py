@@ -10,9 +10,10 @@ offline with Qwen2-VL's special tokens, and ``preprocessor_config.json``. It loa
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
+
+from ..tiny_corpus import synthetic_sentences
 
 #: Qwen2-VL's added tokens, in the real checkpoint's order.
 SPECIAL_TOKENS = [
@@ -25,30 +26,12 @@ SPECIAL_TOKENS = [
 _QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
                 r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
 
-_WORDS = ("a an the of to in on with for by from and or not is are was were be this that these those "
-          "image photo picture text query document find retrieve match given describe caption "
-          "dog cat car truck bird flower tree house street city river mountain sky cloud sea beach "
-          "red green blue yellow black white small large old new happy running sitting standing "
-          "man woman child people group table chair window door road bridge train plane boat "
-          "what which where when who how why is there many one two three four five wikipedia "
-          "helpful assistant you are system user question answer relevant passage article").split()
 
 #: The default tiny architecture (about 130k parameters, lm_head included).
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, mrope_section=[1, 1, 2])
 TINY_VISION = dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2)
 
-
-def _corpus(seed: int, lines: int = 400) -> list[str]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(lines):
-        words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 14))]
-        if rng.random() < 0.3:
-            words.append(str(rng.randint(0, 2025)))
-        sentence = " ".join(words)
-        out.append(sentence[:1].upper() + sentence[1:] + rng.choice([".", "?", "!", ",", ""]))
-    return out
 
 
 def build_tokenizer(seed: int = 0, vocab_size: int = 512):
@@ -64,7 +47,7 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 512):
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
-    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    tokenizer.train_from_iterator(synthetic_sentences(seed), trainer=trainer)
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     return tokenizer
 

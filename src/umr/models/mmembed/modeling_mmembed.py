@@ -596,13 +596,7 @@ class MMEmbedEmbedder(Embedder):
         return self.processor.estimate_tokens(item)
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
-        processed = []
-        for i, item in enumerate(items):
-            try:
-                processed.append(self.processor.process(item))
-            except ItemError as exc:
-                raise exc.at(index=i) from None
-        return self.forward(processed)
+        return self.forward(self._each_item(items, self.processor.process))
 
     def prepare(self, processed: list[ProcessedItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Input embeddings (images spliced in), attention mask and pool mask, right-padded."""

@@ -15,17 +15,11 @@ It loads through ``umr.load_model(folder)``. Same arguments, same bytes.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
-_WORDS = ("a an the of to in on with for by from and or not is are was were be this that these those "
-          "image photo picture text query document find retrieve match given describe caption "
-          "dog cat car truck bird flower tree house street city river mountain sky cloud sea beach "
-          "red green blue yellow black white small large old new happy running sitting standing "
-          "man woman child people group table chair window door road bridge train plane boat "
-          "what which where when who how why there many one two three four five wikipedia "
-          "instruct question answer relevant passage article news fashion").split()
+from ..tiny_corpus import synthetic_sentences
+
 
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0)
@@ -34,16 +28,10 @@ TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, nu
 TINY_LATENT = dict(num_latents_value=8, num_cross_heads=2, cross_dim_head=8)
 
 
-def _corpus(seed: int, lines: int = 400) -> list[str]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(lines):
-        words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 14))]
-        if rng.random() < 0.3:
-            words.append(str(rng.randint(0, 2025)))
-        sentence = " ".join(words)
-        out.append(sentence[:1].upper() + sentence[1:] + rng.choice([".", "?", "!", ":", ""]))
-    return out + ["Instruct: find it\nQuery: a dog"] * 5
+
+def _training_text(seed: int) -> list[str]:
+    # the prompt template's "Instruct: ...\nQuery:" shape, so newlines and colons are tokens
+    return synthetic_sentences(seed) + ["Instruct: find it\nQuery: a dog"] * 5
 
 
 def build_tokenizer(seed: int = 0, vocab_size: int = 300):
@@ -53,10 +41,10 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 300):
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=False))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    alphabet = sorted(set("".join(_corpus(seed))) | set("abcdefghijklmnopqrstuvwxyz0123456789.,:;!?'\"-\n▁"))
+    alphabet = sorted(set("".join(_training_text(seed))) | set("abcdefghijklmnopqrstuvwxyz0123456789.,:;!?'\"-\n▁"))
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                   special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet)
-    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    tokenizer.train_from_iterator(_training_text(seed), trainer=trainer)
     tokenizer.add_special_tokens([AddedToken("<image>", special=True, normalized=False),
                                   AddedToken("<pad>", special=True, normalized=False)])
     return tokenizer
