@@ -24,24 +24,10 @@ from typing import Iterable
 
 from ..eval.tasks import RetrievalTask, category_of, parse_category, target_of_category
 from ..eval.trec import read_qrels
+from .files import read_jsonl_records, resolve_path
 from ..types import Item, Modality
 
 
-def _read_jsonl(path: Path) -> Iterable[dict]:
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
-
-
-def _image(root: Path, value) -> str | None:
-    if not value:
-        return None
-    path = Path(value)
-    return str(path if path.is_absolute() else root / path)
 
 
 def is_beir_task(folder: str | Path) -> bool:
@@ -68,17 +54,17 @@ def load_beir_task(folder: str | Path, *, split: str = "test", name: str | None 
     qrels, _ = read_qrels(qrels_path)
 
     candidates = []
-    for record in _read_jsonl(folder / "corpus.jsonl"):
-        text, image = candidate_text(record), _image(folder, record.get("image"))
+    for record in read_jsonl_records(folder / "corpus.jsonl"):
+        text, image = candidate_text(record), resolve_path(folder, record.get("image"))
         candidates.append(Item.candidate(text=text if text or image else "", image=image, id=str(record["_id"])))
     instruction = instruction if instruction is not None else meta.get("instruction")
     queries = []
     wanted = set(qrels)
-    for record in _read_jsonl(folder / "queries.jsonl"):
+    for record in read_jsonl_records(folder / "queries.jsonl"):
         qid = str(record["_id"])
         if qid not in wanted:
             continue  # BEIR evaluates the queries of the split's qrels only
-        queries.append(Item.query(text=record.get("text") or None, image=_image(folder, record.get("image")),
+        queries.append(Item.query(text=record.get("text") or None, image=resolve_path(folder, record.get("image")),
                                   instruction=record.get("instruction") or instruction, id=qid))
 
     if meta.get("category"):

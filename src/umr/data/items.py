@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..types import Item, ItemError
+from .files import resolve_path
 
 _STRING_FIELDS = ("text", "image", "instruction")
 
@@ -49,9 +50,7 @@ def parse_item_line(raw: str, *, line_no: int, base: Path) -> Item | ItemError:
     text, image = record.get("text"), record.get("image")
     if text is None and image is None:
         return ItemError(item_id, "has neither text nor image", line=line_no)
-    if image is not None:
-        image_path = Path(image).expanduser()
-        image = str(image_path if image_path.is_absolute() else base / image_path)
+    image = resolve_path(base, image)
     metadata = {k: v for k, v in record.items()
                 if k not in ("id", "is_query", *_STRING_FIELDS)}
     return Item(text=text, image=image, instruction=record.get("instruction") if is_query else None,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from ..eval.tasks import RetrievalTask, category_of
+from .files import read_jsonl_records, resolve_path
 from ..types import Item, Modality
 
 #: M-BEIR's task ids: (query modality, candidate modality)
@@ -86,31 +87,16 @@ def pick_instruction(prompts: list[str], *, qid: str, policy: InstructionPolicy,
     return format_instruction(random.Random(f"{seed}:{qid}").choice(prompts))
 
 
-def _read_jsonl(path: Path) -> Iterable[dict]:
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
-
-
-def _image(root: Path, rel: str | None) -> str | None:
-    if not rel:
-        return None
-    path = Path(rel)
-    return str(path if path.is_absolute() else root / path)
 
 
 def read_pool(path: str | Path, root: str | Path) -> list[Item]:
     """Candidates of an M-BEIR pool file; text/image kept according to the ``modality`` field."""
     root = Path(root)
     items = []
-    for record in _read_jsonl(Path(path)):
+    for record in read_jsonl_records(Path(path)):
         modality = Modality.parse(record.get("modality") or ("image" if record.get("img_path") else "text"))
         text = record.get("txt") if modality in (Modality.TEXT, Modality.FUSED) else None
-        image = _image(root, record.get("img_path")) if modality in (Modality.IMAGE, Modality.FUSED) else None
+        image = resolve_path(root, record.get("img_path")) if modality in (Modality.IMAGE, Modality.FUSED) else None
         items.append(Item.candidate(text=text if text is not None or image is not None else "",
                                     image=image, id=str(record["did"])))
     return items
@@ -179,11 +165,11 @@ class MBEIR:
 
         queries: list[Item] = []
         pos_qrels: dict[str, dict[str, int]] = {}
-        for record in _read_jsonl(self.query_files[name]):
+        for record in read_jsonl_records(self.query_files[name]):
             qid = str(record["qid"])
             qmod = Modality.parse(record.get("query_modality") or query_mod or "text")
             text = record.get("query_txt") if qmod in (Modality.TEXT, Modality.FUSED) else None
-            image = _image(self.root, record.get("query_img_path")) if qmod in (Modality.IMAGE, Modality.FUSED) else None
+            image = resolve_path(self.root, record.get("query_img_path")) if qmod in (Modality.IMAGE, Modality.FUSED) else None
             positives = [str(d) for d in record.get("pos_cand_list") or []]
             pos_qrels[qid] = {d: 1 for d in positives}
             cmod = cand_modality.get(positives[0]) if positives else None
