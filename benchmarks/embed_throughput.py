@@ -166,9 +166,9 @@ def bench_gme(n: int, batch_size: int, repeats: int, workdir: Path, dtype: str |
 
     model = umr.load_model(folder, dtype=dtype)
     # the reference loop runs transformers' own modules, loaded separately (same weights)
-    from umr.models.gme.modeling_gme import _quiet_transformers
+    from umr.models.registry import quiet_transformers
 
-    with _quiet_transformers():  # its load report lists the unused lm_head
+    with quiet_transformers():  # its load report lists the unused lm_head
         plain = AutoModel.from_pretrained(str(folder), dtype=model.dtype, attn_implementation="sdpa").eval()
     reference = ReferenceLoop(folder, plain)
     warm = items[:3]

@@ -7,7 +7,7 @@ one evaluation harness.
 >>> model = umr.load_model("minilm")
 >>> q = model.encode_queries(["what is a llama?"])
 >>> d = model.encode_candidates(["The llama is a domesticated South American camelid."])
->>> float(q @ d.T) > 0.5
+>>> float((q @ d.T)[0, 0]) > 0.5
 True
 """
 

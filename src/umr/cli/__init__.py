@@ -31,7 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_library_chatter()
     try:
         return int(args.run(args) or 0)
     except (UsageError, ModelNotAvailable, ItemError, FileNotFoundError) as exc:
@@ -41,16 +40,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"umr {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-def _quiet_library_chatter() -> None:
-    """Keep the terminal for umr's own progress and summaries, not transformers' loading bars."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ model never imports the vision stacks.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -102,9 +103,28 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     merged = {**(spec.defaults if spec else {}), **options}
     if dtype is not None:
         merged["dtype"] = dtype
-    embedder = _family_class(family).from_pretrained(folder, device=device, **merged)
+    with quiet_transformers():
+        embedder = _family_class(family).from_pretrained(folder, device=device, **merged)
     embedder.name = key
     return embedder
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Hide transformers' loading bars and load reports (an unused ``lm_head`` is expected):
+    umr's own progress bars and messages are what users should see."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def detect_family(folder: Path) -> str:

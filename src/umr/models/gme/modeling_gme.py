@@ -16,7 +16,6 @@ at all), computing only the pooled token in its last layer.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -31,21 +30,6 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Hide transformers' load report (the unused ``lm_head`` is expected)."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 class GmeEmbedder(Embedder):
@@ -97,11 +81,10 @@ class GmeEmbedder(Embedder):
             raise ValueError(f"need 1 <= min_image_tokens <= max_image_tokens, got {min_image_tokens} "
                              f"and {max_image_tokens}")
         try:
-            with _quiet_transformers():
-                config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-                model, info = AutoModel.from_pretrained(str(folder), config=config, dtype=torch_dtype,
-                                                        attn_implementation=attn_implementation,
-                                                        local_files_only=True, output_loading_info=True)
+            config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+            model, info = AutoModel.from_pretrained(str(folder), config=config, dtype=torch_dtype,
+                                                    attn_implementation=attn_implementation,
+                                                    local_files_only=True, output_loading_info=True)
         except OSError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelNotAvailable(f"{folder}: cannot load the GME weights: {first}") from None

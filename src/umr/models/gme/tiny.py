@@ -128,9 +128,9 @@ def write_tiny_gme(folder: str | Path, *, seed: int = 0, text: dict[str, Any] | 
         for name, param in model.named_parameters():
             if name.endswith("norm.weight") or ".norm" in name or "ln_q" in name:
                 param.add_(0.1 * torch.randn(param.shape, generator=gen))
-    from .modeling_gme import _quiet_transformers
+    from ..registry import quiet_transformers
 
-    with _quiet_transformers():  # no "Writing model shards" bar
+    with quiet_transformers():  # no "Writing model shards" bar
         model.save_pretrained(folder, safe_serialization=True)
 
     if legacy_layout:
