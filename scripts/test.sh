@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# pyflakes rules only: undefined names and unused imports are bugs or dead code
+.venv/bin/ruff check --quiet --select F src tests benchmarks samples
 exec .venv/bin/python -m pytest "$@"
