@@ -54,7 +54,7 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from ..data.corpus import count_corpus
-    from ..index import Index, IndexError_
+    from ..index import Index, IndexStoreError
 
     if not args.source.exists():
         raise UsageError(f"no such corpus: {args.source}")
@@ -90,7 +90,7 @@ def run(args) -> int:
                                  collection=args.collection, method=args.method or "exact", ocr=ocr,
                                  model_options=options)
             action = "creating"
-    except (IndexError_, ValueError) as exc:
+    except (IndexStoreError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
     with index:

@@ -41,7 +41,7 @@ def _parse_where(pairs: list[str]) -> dict:
 
 
 def run(args) -> int:
-    from ..index import Index, IndexError_, Unrepresentable
+    from ..index import Index, IndexStoreError, Unrepresentable
 
     if args.text is None and args.image is None:
         raise UsageError("give query text, --image PATH, or both")
@@ -52,7 +52,7 @@ def run(args) -> int:
         modality = [m for m in args.modality.replace("+", ";").split(";") if m]
     try:
         index = Index.open(args.index_dir, model=args.model)
-    except IndexError_ as exc:
+    except IndexStoreError as exc:
         raise UsageError(str(exc)) from None
     with index:
         try:

@@ -6,7 +6,7 @@ crash-safe folder with FAISS exact or HNSW search) or :class:`~umr.index.milvus.
 
 from .exact import search_exact
 from .index import Index, ModelMismatch, Result, Summary, Unrepresentable
-from .store import Filter, FlatStore, IndexError_, IndexLocked
+from .store import Filter, FlatStore, IndexStoreError, IndexLocked
 
-__all__ = ["Filter", "FlatStore", "Index", "IndexError_", "IndexLocked", "ModelMismatch", "Result",
+__all__ = ["Filter", "FlatStore", "Index", "IndexStoreError", "IndexLocked", "ModelMismatch", "Result",
            "Summary", "Unrepresentable", "search_exact"]

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..types import Item, ItemError, Modality
-from .store import MANIFEST, Filter, FlatStore, Hit, IndexError_, read_manifest
+from .store import MANIFEST, Filter, FlatStore, Hit, IndexStoreError, read_manifest
 
 #: records keep this much of the text they were embedded from, for display
 SNIPPET_CHARS = 300
@@ -31,7 +31,7 @@ ERRORS_FILE = "errors.jsonl"
 SKIPPED_FILE = "skipped.jsonl"
 
 
-class ModelMismatch(IndexError_):
+class ModelMismatch(IndexStoreError):
     """The index was built with another model."""
 
 

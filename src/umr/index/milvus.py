@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .store import MANIFEST, FORMAT, Filter, Hit, IndexError_, _write_bytes_durably, read_manifest
+from .store import MANIFEST, FORMAT, Filter, Hit, IndexStoreError, _write_bytes_durably, read_manifest
 
 _MAX_ID = 1024
 _MAX_TEXT = 4096
@@ -78,14 +78,14 @@ class MilvusStore:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if (folder / MANIFEST).exists():
-            raise IndexError_(f"{folder} already holds an index")
+            raise IndexStoreError(f"{folder} already holds an index")
         uri = resolve_uri(uri, folder)
         client = _connect(uri)
         description = json.dumps({"umr": FORMAT, "dim": int(dim), "model": config.get("model")})
         if client.has_collection(collection):
             existing = _collection_model(client, collection)
             if existing is not None and existing.get("model", {}).get("name") != config.get("model", {}).get("name"):
-                raise IndexError_(
+                raise IndexStoreError(
                     f"Milvus collection {collection!r} at {uri} holds vectors of model "
                     f"{existing.get('model', {}).get('name')!r}; pick another --collection")
             _load(client, collection)
@@ -120,7 +120,7 @@ class MilvusStore:
         manifest = manifest or read_manifest(folder)
         client = _connect(manifest["uri"])
         if not client.has_collection(manifest["collection"]):
-            raise IndexError_(f"{folder}: Milvus collection {manifest['collection']!r} is missing at "
+            raise IndexStoreError(f"{folder}: Milvus collection {manifest['collection']!r} is missing at "
                               f"{manifest['uri']}")
         _load(client, manifest["collection"])
         return cls(folder, manifest, client, writable=writable)
@@ -280,7 +280,7 @@ class MilvusStore:
 
     def _require_writable(self) -> None:
         if not self.writable:
-            raise IndexError_(f"{self.folder} was opened read-only")
+            raise IndexStoreError(f"{self.folder} was opened read-only")
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:
@@ -303,7 +303,7 @@ def _load(client, collection: str) -> None:
     try:
         client.load_collection(collection)
     except Exception as exc:  # noqa: BLE001
-        raise IndexError_(f"cannot load Milvus collection {collection!r}: {exc}") from None
+        raise IndexStoreError(f"cannot load Milvus collection {collection!r}: {exc}") from None
 
 
 def _connect(uri: str):
@@ -315,8 +315,8 @@ def _connect(uri: str):
         return MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
     except Exception as exc:  # noqa: BLE001 - any connection failure is one line for the user
         if _is_local(uri):
-            raise IndexError_(
+            raise IndexStoreError(
                 f"cannot open Milvus Lite file {uri}: {type(exc).__name__}. Milvus Lite lets one process "
                 f"at a time use a file (is `umr index` running on it?); for concurrent indexing and "
                 f"search use a Milvus server (--uri http://host:19530)") from None
-        raise IndexError_(f"cannot connect to Milvus at {uri}: {type(exc).__name__}: {exc}") from None
+        raise IndexStoreError(f"cannot connect to Milvus at {uri}: {type(exc).__name__}: {exc}") from None

@@ -37,11 +37,11 @@ FORMAT = 1
 _DATA_FILE = re.compile(r"^(seg-\d+\.(npy|jsonl|keys)|del-\d+\.npy|hnsw-\d+\.faiss)(\.tmp)?$")
 
 
-class IndexError_(RuntimeError):
+class IndexStoreError(RuntimeError):
     """A problem with an index folder (missing, unreadable, locked), said in one line."""
 
 
-class IndexLocked(IndexError_):
+class IndexLocked(IndexStoreError):
     pass
 
 
@@ -125,9 +125,9 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise IndexError_(f"{folder} is not a umr index (no {MANIFEST}); build one with `umr index`") from None
+        raise IndexStoreError(f"{folder} is not a umr index (no {MANIFEST}); build one with `umr index`") from None
     except (OSError, ValueError) as exc:
-        raise IndexError_(f"{path}: cannot read the index manifest ({exc})") from None
+        raise IndexStoreError(f"{path}: cannot read the index manifest ({exc})") from None
 
 
 # -- the store -------------------------------------------------------------------------------------
@@ -216,7 +216,7 @@ class FlatStore:
         lock = _acquire_lock(folder)
         if (folder / MANIFEST).exists():
             _release_lock(lock)
-            raise IndexError_(f"{folder} already holds an index")
+            raise IndexStoreError(f"{folder} already holds an index")
         manifest = {"format": FORMAT, "version": 0, "dim": int(dim), "config": config,
                     "segments": [], "deleted": None, "hnsw": None, "next_file": 1}
         _write_bytes_durably(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
@@ -228,7 +228,7 @@ class FlatStore:
     def open(cls, folder: str | Path, *, writable: bool = False) -> "FlatStore":
         folder = Path(folder)
         if not folder.is_dir():
-            raise IndexError_(f"no index folder {folder}")
+            raise IndexStoreError(f"no index folder {folder}")
         lock = _acquire_lock(folder) if writable else None
         try:
             state = _load_state(folder)
@@ -431,7 +431,7 @@ class FlatStore:
 
     def _require_writable(self) -> None:
         if not self.writable:
-            raise IndexError_(f"{self.folder} was opened read-only")
+            raise IndexStoreError(f"{self.folder} was opened read-only")
 
     def _swap_manifest(self, manifest: dict[str, Any]) -> None:
         _write_bytes_durably(self.folder / MANIFEST, json.dumps(manifest, indent=1).encode())
@@ -603,14 +603,14 @@ def _load_state(folder: Path, attempts: int = 10) -> _State:
             time.sleep(0.01 * attempt)
         manifest = read_manifest(folder)
         if manifest.get("format") != FORMAT:
-            raise IndexError_(f"{folder}: index format {manifest.get('format')} is not supported "
+            raise IndexStoreError(f"{folder}: index format {manifest.get('format')} is not supported "
                               f"(this umr reads format {FORMAT})")
         try:
             return _load_files(folder, manifest)
         except FileNotFoundError as exc:  # a writer collected a file of an older manifest
             last = exc
             continue
-    raise IndexError_(f"{folder}: the index kept changing while being read ({last})")
+    raise IndexStoreError(f"{folder}: the index kept changing while being read ({last})")
 
 
 def _write_segment(folder: Path, name: str, records: Sequence[dict[str, Any]], vectors: np.ndarray) -> None:
@@ -636,7 +636,7 @@ def _load_files(folder: Path, manifest: dict[str, Any]) -> _State:
             lines.pop()
         seg_ids, seg_hashes = json.loads((folder / f"{seg['name']}.keys").read_bytes())
         if not (len(lines) == len(seg_ids) == seg["rows"]) or vecs.shape != (seg["rows"], dim):
-            raise IndexError_(f"{folder}: segment {seg['name']} does not match the manifest "
+            raise IndexStoreError(f"{folder}: segment {seg['name']} does not match the manifest "
                               f"({len(lines)} records, vectors {vecs.shape}, expected {seg['rows']})")
         records.extend_raw(lines)
         ids.extend(seg_ids)
