@@ -42,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser, *, model_required: bool = True,
+                      model_help: str = "short name (see `umr models`), hub id or folder") -> None:
     """The model options every command that embeds shares."""
-    parser.add_argument("--model", required=True, help="short name (see `umr models`), hub id or folder")
+    parser.add_argument("--model", required=model_required, default=None, help=model_help)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="weights dtype (default: the model's own default)")
@@ -53,12 +54,18 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-tokens", type=int, default=None, help="MLLM models: most tokens per image")
 
 
-def load_model_from_args(args: argparse.Namespace):
+def model_options(args: argparse.Namespace) -> dict:
+    """The loader options given on the command line (image token bounds), as ``load_model`` takes them."""
+    return {k: getattr(args, k) for k in ("min_image_tokens", "max_image_tokens")
+            if getattr(args, k, None) is not None}
+
+
+def load_model_from_args(args: argparse.Namespace, name: str | None = None, options: dict | None = None):
+    """Load ``name`` (default ``--model``) with ``options`` (default: those on the command line)."""
     from ..models.registry import load_model
 
-    options = {k: getattr(args, k) for k in ("min_image_tokens", "max_image_tokens")
-               if getattr(args, k, None) is not None}
+    options = model_options(args) if options is None else options
     try:
-        return load_model(args.model, device=args.device, dtype=args.dtype, **options)
+        return load_model(name or args.model, device=args.device, dtype=args.dtype, **options)
     except ValueError as exc:  # a bad option value (e.g. --min-image-tokens above --max-image-tokens)
         raise UsageError(str(exc)) from None

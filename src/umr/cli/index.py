@@ -9,15 +9,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import UsageError
+from . import UsageError, add_model_options, load_model_from_args, model_options
 
 
 def add_parser(sub) -> None:
     parser = sub.add_parser("index", help="index a folder, items JSONL or M-BEIR pool (resumable)")
     parser.add_argument("source", type=Path, help="a folder, an items .jsonl, or an M-BEIR candidate pool .jsonl")
     parser.add_argument("--index", required=True, type=Path, dest="index_dir", help="index folder")
-    parser.add_argument("--model", default=None,
-                        help="short name (see `umr models`), hub id or folder; required for a new index")
+    add_model_options(parser, model_required=False,
+                      model_help="short name (see `umr models`), hub id or folder; required for a new index")
     parser.add_argument("--backend", choices=["faiss", "milvus"], default=None,
                         help="faiss: embedded index in the folder (default); milvus: Milvus Lite or a server")
     parser.add_argument("--uri", default=None,
@@ -30,24 +30,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--image-root", type=Path, default=None, help="M-BEIR pools: folder img_path is relative to")
     parser.add_argument("--prune", action="store_true", help="delete indexed items of SOURCE that are gone from it")
     parser.add_argument("--commit-every", type=int, default=256, help="commit after this many items (default 256)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="weights dtype")
-    parser.add_argument("--batch-size", type=int, default=None, help="items per forward pass at most")
-    parser.add_argument("--min-image-tokens", type=int, default=None, help="MLLM models: fewest tokens per image")
-    parser.add_argument("--max-image-tokens", type=int, default=None, help="MLLM models: most tokens per image")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=run)
-
-
-def _model_options(args) -> dict:
-    return {k: getattr(args, k) for k in ("min_image_tokens", "max_image_tokens")
-            if getattr(args, k, None) is not None}
-
-
-def _load_model(args, name: str, options: dict):
-    from ..models.registry import load_model
-
-    return load_model(name, device=args.device, dtype=args.dtype, **options)
 
 
 def run(args) -> int:
@@ -76,15 +60,15 @@ def run(args) -> int:
                     raise UsageError(f"{args.index_dir}: Milvus keeps the vector index it was created with; "
                                      f"re-create the index to change --method")
                 index.store.set_config({**index.config, "method": args.method})
-            model = _load_model(args, recorded["name"], recorded.get("options") or {})
+            model = load_model_from_args(args, recorded["name"], recorded.get("options") or {})
             index.check_model(model)
             index._model = model
             action = "updating"
         else:
             if args.model is None:
                 raise UsageError(f"{args.index_dir} is a new index: say which model builds it with --model")
-            options = _model_options(args)
-            model = _load_model(args, args.model, options)
+            options = model_options(args)
+            model = load_model_from_args(args, args.model, options)
             ocr = None if args.ocr == "auto" else args.ocr == "on"
             index = Index.create(args.index_dir, model, backend=args.backend or "faiss", uri=args.uri,
                                  collection=args.collection, method=args.method or "exact", ocr=ocr,
