@@ -94,3 +94,15 @@ def test_cli_embed_skip_writes_the_rest_and_an_errors_file(tmp_path, reference):
     assert [(e["line"], e["id"]) for e in errors] == [(2, None), (3, "img")]
     assert "invalid JSON" in errors[0]["error"]
     assert "text model and cannot embed an image" in errors[1]["error"]
+
+
+def test_cli_embed_names_outputs_as_written_and_never_shares_sidecars(tmp_path, capsys):
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"id": "a", "text": "first"}\n{"id": "b", "text": 5}\n')
+    for name in ("x.part1", "x.part2"):
+        assert main(["embed", "--model", "minilm", "--input", str(path), "--output", str(tmp_path / name),
+                     "--on-error", "skip", "--no-progress"]) == 0
+        assert f"to {tmp_path / name}.npy;" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("x.")) == [
+        "x.part1.errors.jsonl", "x.part1.ids.json", "x.part1.npy",
+        "x.part2.errors.jsonl", "x.part2.ids.json", "x.part2.npy"]

@@ -47,22 +47,29 @@ def run(args) -> int:
     errors += [err.at(line=lines[err.index]) for err in result.errors]
     errors.sort(key=lambda err: err.line or 0)
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    np.save(args.output, result.vectors.astype(np.float32, copy=False))
+    output = npy_path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    np.save(output, result.vectors.astype(np.float32, copy=False))
     written = [items[i].id for i in result.indices]
     if args.on_error == "skip":
-        _write_errors(args.output, errors, written)
-    print(f"umr embed: wrote {len(written)} vectors of dim {model.dim} to {args.output}"
-          + (f"; {len(errors)} item(s) skipped, see {_errors_path(args.output)}" if errors else ""))
+        _write_errors(output, errors, written)
+    print(f"umr embed: wrote {len(written)} vectors of dim {model.dim} to {output}"
+          + (f"; {len(errors)} item(s) skipped, see {sidecar(output, '.errors.jsonl')}" if errors else ""))
     return 0
 
 
-def _errors_path(output: Path) -> Path:
-    return output.with_suffix(".errors.jsonl")
+def npy_path(output: Path) -> Path:
+    """Where ``np.save`` really writes: it appends ``.npy`` to any other name."""
+    return output if output.suffix == ".npy" else Path(f"{output}.npy")
+
+
+def sidecar(output: Path, suffix: str) -> Path:
+    """``vectors.npy`` -> ``vectors<suffix>``; distinct outputs never share a sidecar."""
+    return output.with_name(output.name[: -len(".npy")] + suffix)
 
 
 def _write_errors(output: Path, errors, written_ids) -> None:
-    with _errors_path(output).open("w", encoding="utf-8") as handle:
+    with sidecar(output, ".errors.jsonl").open("w", encoding="utf-8") as handle:
         for err in errors:
             handle.write(json.dumps(err.to_dict()) + "\n")
-    output.with_suffix(".ids.json").write_text(json.dumps(written_ids))
+    sidecar(output, ".ids.json").write_text(json.dumps(written_ids))
