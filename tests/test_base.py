@@ -104,3 +104,13 @@ def test_instruction_applies_to_queries_only():
 def test_on_error_must_be_known():
     with pytest.raises(ValueError, match="on_error"):
         CountingEmbedder().embed([], on_error="ignore")
+
+
+def test_resolve_dtype_names_and_errors():
+    from umr.models.base import resolve_dtype
+
+    assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype("bfloat16") is torch.bfloat16
+    assert resolve_dtype(None) is torch.float32 and resolve_dtype(None, default=None) is None
+    assert resolve_dtype(torch.float16) is torch.float16
+    with pytest.raises(ValueError, match="dtype must be one of .*not 'int8'"):
+        resolve_dtype("int8")

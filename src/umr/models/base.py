@@ -22,6 +22,21 @@ from ..types import Item, ItemError, as_items
 
 OnError = Literal["raise", "skip"]
 
+#: the dtype names every backend accepts for its weights
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: "str | torch.dtype | None", default: torch.dtype | None = torch.float32):
+    """A torch dtype from a name (``bfloat16``, ``bf16``, ...), a torch dtype, or None (``default``)."""
+    if dtype is None:
+        return default
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if str(dtype) in DTYPES:
+        return DTYPES[str(dtype)]
+    raise ValueError(f"dtype must be one of {', '.join(sorted(DTYPES))}, not {dtype!r}")
+
 
 @dataclass
 class EmbedResult:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..types import Item, ItemError
-from .base import Embedder
+from .base import Embedder, resolve_dtype
 
 
 class TextEmbedder(Embedder):
@@ -33,7 +33,7 @@ class TextEmbedder(Embedder):
 
         model = SentenceTransformer(str(path), device=device, local_files_only=True, **options)
         if dtype is not None:
-            model = model.to(getattr(torch, dtype))
+            model = model.to(resolve_dtype(dtype))
         model.eval()
         return cls(model, name=Path(path).name)
 

@@ -25,7 +25,7 @@ import torch
 
 from ...images import image_size, load_image
 from ...types import Item, ItemError
-from ..base import Embedder
+from ..base import Embedder, resolve_dtype
 from ..registry import ModelNotAvailable
 from .processing_clip_sf import ImageTransform, item_text
 
@@ -259,7 +259,7 @@ class ClipSfEmbedder(Embedder):
                 raise ClipSfLoadError(f"{folder}: several checkpoints {[p.name for p in found]}; pick one with checkpoint=")
             checkpoint = found[0] if found else None
         model_cls, config_cls = (SiglipModel, SiglipConfig) if kind == "siglip" else (CLIPModel, CLIPConfig)
-        torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
+        torch_dtype = resolve_dtype(dtype)
         if checkpoint is not None:
             if kind != "clip":
                 raise ClipSfLoadError("UniIR CLIP-SF checkpoints are OpenAI CLIP models: use a CLIP folder")

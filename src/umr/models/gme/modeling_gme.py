@@ -22,12 +22,10 @@ import numpy as np
 import torch
 
 from ...types import Item
-from ..base import Embedder
+from ..base import Embedder, resolve_dtype
 from ..registry import ModelNotAvailable
 from .processing_gme import GmeProcessor, ProcessedItem
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
 
@@ -68,9 +66,7 @@ class GmeEmbedder(Embedder):
         folder = Path(path)
         if not (folder / "config.json").is_file():
             raise ModelNotAvailable(f"{folder}: no config.json, not a GME checkpoint folder")
-        if dtype is not None and str(dtype) not in _DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(sorted(_DTYPES))}, not {dtype!r}")
-        torch_dtype = _DTYPES[str(dtype)] if dtype is not None else torch.float32
+        torch_dtype = resolve_dtype(dtype)
         # a bound left unset follows the one given (max 64 alone means 64 at most, fewer allowed)
         if min_image_tokens is None:
             min_image_tokens = 256 if max_image_tokens is None else min(256, int(max_image_tokens))

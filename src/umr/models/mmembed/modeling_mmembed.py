@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...types import Item
-from ..base import Embedder
+from ..base import Embedder, resolve_dtype
 from ..registry import ModelNotAvailable
 from .processing_mmembed import MMEmbedProcessor, ProcessedItem
 
@@ -575,7 +575,7 @@ class MMEmbedEmbedder(Embedder):
                 f"MM-Embed does not take {', '.join(sorted(unknown))} (every image is its global "
                 f"336x336 view, 577 tokens); options: max_length, retriever_config, add_eos_token, dtype")
         folder = Path(path)
-        torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        torch_dtype = resolve_dtype(dtype, default=None)  # None: the checkpoint's own (bfloat16)
         model = load_mmembed(folder, dtype=torch_dtype, retriever_config=retriever_config).to(device)
         s = model.settings
         vc = s.vision_config
