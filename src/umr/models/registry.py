@@ -128,15 +128,16 @@ def quiet_transformers():
 
 
 def detect_family(folder: Path) -> str:
-    """Which family loads this folder, from its files (sentence-transformers) or config."""
+    """Which family loads this folder: a multimodal ``model_type`` in config.json first (GME
+    repositories also ship sentence-transformers files), then a sentence-transformers folder."""
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    model_type = config.get("model_type", "")
+    if model_type in MODEL_TYPES:
+        return MODEL_TYPES[model_type]
     if (folder / "modules.json").is_file():
         return "text"
-    config_file = folder / "config.json"
     if config_file.is_file():
-        config = json.loads(config_file.read_text())
-        model_type = config.get("model_type", "")
-        if model_type in MODEL_TYPES:
-            return MODEL_TYPES[model_type]
         raise ModelNotAvailable(
             f"{folder}: model type {model_type!r} is not one umr can embed with "
             f"(known: {', '.join(sorted(MODEL_TYPES))}, or a sentence-transformers folder)"
