@@ -8,28 +8,38 @@ becomes an :class:`~umr.types.ItemError` with a plain reason instead of a PIL tr
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .types import ImageSource, ItemError
 
-#: Largest image (in pixels) we agree to decode: 16k x 16k. A PNG whose header claims
-#: 30000x30000 is refused before any pixel is decoded.
-MAX_IMAGE_PIXELS = 16384 * 16384
+#: Largest image (in pixels) we agree to decode: PIL's own hard limit (2 x its
+#: ``Image.MAX_IMAGE_PIXELS``, about 13.4k x 13.4k), which ``Image.open`` enforces anyway. A PNG
+#: whose header claims 30000x30000 is refused before any pixel is decoded.
+MAX_IMAGE_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+#: modes holding more than 8 bits per sample; ``convert("RGB")`` would clip them to white
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def _open(source: ImageSource) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, bytes):
-        return Image.open(io.BytesIO(source))
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"image file not found: {path}")
-    if path.is_dir():
-        raise IsADirectoryError(f"image path is a folder: {path}")
-    return Image.open(path)
+        source = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"image file not found: {path}")
+        if path.is_dir():
+            raise IsADirectoryError(f"image path is a folder: {path}")
+        source = path
+    with warnings.catch_warnings():  # sizes up to the hard limit are fine; beyond it PIL raises
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(source)
 
 
 def image_size(source: ImageSource, *, item_id: str | None = None,
@@ -49,9 +59,30 @@ def load_image(source: ImageSource, *, item_id: str | None = None,
     img = _checked_open(source, item_id, max_pixels)
     try:
         img.load()
+        if img.mode in _WIDE_MODES:
+            img = _to_8bit(img)
         return img.convert("RGB")
     except (OSError, ValueError, SyntaxError) as exc:
         raise ItemError(item_id, f"image cannot be decoded ({_describe(source)}): {exc}") from None
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A wide (16-bit, 32-bit int or float) grayscale image as 8 bits, as a viewer shows it.
+
+    The references call ``convert("RGB")`` directly, which clips every value above 255, so a
+    real 16-bit scan turns almost all white. Where every value already fits in 8 bits the image
+    is left to ``convert`` (the references' result, exactly); otherwise integers are scaled as
+    16-bit samples, and floats in [0, 1] are taken as intensities.
+    """
+    values = np.nan_to_num(np.asarray(img, dtype=np.float64))
+    top = values.max() if values.size else 0.0
+    if img.mode == "F" and 0.0 < top <= 1.0:
+        values = values * 255.0
+    elif top > 255.0:
+        values = values / 257.0  # 65535 -> 255
+    else:
+        return img
+    return Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8), "L")
 
 
 def _checked_open(source: ImageSource, item_id: str | None, max_pixels: int) -> Image.Image:
