@@ -552,3 +552,14 @@ def test_one_bound_alone(tiny_gme_dir):
     only_min = umr.load_model(tiny_gme_dir, min_image_tokens=2000)
     assert (only_min.processor.min_image_tokens, only_min.processor.max_image_tokens) == (2000, 2000)
     assert only_max.processor.num_image_tokens(1500, 1100) <= 64
+
+
+def test_cost_estimate_is_the_real_sequence_length(tiny_gme_dir, tmp_path):
+    """Batches are planned on the estimate; digits are one token each in Qwen2, so guesses undercount."""
+    model = umr.load_model(tiny_gme_dir, max_image_tokens=16, min_image_tokens=4)
+    Image.new("RGB", (300, 200), "red").save(tmp_path / "r.png")
+    items = [Item(text="1234567890" * 50), Item(text="a dog", image=str(tmp_path / "r.png")),
+             Item(image=str(tmp_path / "r.png")), Item(text="x " * 3000),
+             Item(text="hello", is_query=True, instruction="Find it.")]
+    for item in items:
+        assert model._cost(item) == len(model.processor.process(item).input_ids)

@@ -196,17 +196,18 @@ class GmeProcessor:
     # -- items ----------------------------------------------------------------------------------
 
     def estimate_tokens(self, item: Item) -> int:
-        """Sequence length of ``item`` without decoding its image or tokenising its text."""
-        tokens = 0
+        """Sequence length of ``item`` from its image header and its tokenised text (no decoding).
+
+        Exact, so cost-budget batches hold what they promise: a character-based guess undercounts
+        digits (one token each in Qwen2) and CJK text several times over.
+        """
+        tokens = len(self.tokenize([build_prompt(item, with_image=False)])[0])
         if item.image is not None:
             width, height = image_size(item.image, item_id=item.id)
             try:
-                tokens += self.num_image_tokens(width, height) + 2
+                tokens += self.num_image_tokens(width, height) + 2  # + <|vision_start|>, <|vision_end|>
             except ValueError as exc:
                 raise ItemError(item.id, f"image of {width}x{height} cannot be embedded: {exc}") from None
-        instruction = item.instruction if item.is_query and item.instruction else DEFAULT_INSTRUCTION
-        chars = len(instruction) + (len(item.text) if item.text else 0)
-        tokens += 16 + chars // 3  # ~3-4 characters per token for English
         return min(tokens, self.max_length)
 
     def process(self, item: Item) -> ProcessedItem:
