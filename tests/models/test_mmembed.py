@@ -83,6 +83,7 @@ class ReferenceMMEmbed:
         self.llm.load_state_dict({k[len("language_model."):]: v for k, v in state.items()
                                   if k.startswith("language_model.")})
         self.latent = nv["latent_attention_config"]
+        self.patches = (vc["image_size"] // vc["patch_size"]) ** 2
 
     def prompt(self, text, image, is_query, instruction):
         # NVMMEmbedModel.encode, literally
@@ -109,6 +110,8 @@ class ReferenceMMEmbed:
         image_id = self.config["image_token_index"]
         emb_ids = ids.clone()
         emb_ids[ids == image_id] = 0
+        # the reference then swaps LLaVA-NeXT's <pad> (32001) for </s> (2) before embedding
+        emb_ids[ids == self.config["pad_token_id"]] = self.tokenizer.eos_token_id
         embeds = self.llm.embed_tokens(emb_ids)
         if image is not None:
             img = (Image.open(image) if not isinstance(image, Image.Image) else image).convert("RGB")
@@ -129,7 +132,10 @@ class ReferenceMMEmbed:
         hidden = self.llm(inputs_embeds=embeds[None], attention_mask=mask4d).last_hidden_state
         pool_mask = torch.ones(1, n)
         if "\nQuery: " in prompt:
-            instruction_length = len(self.tokenize(prompt.split("\nQuery: ")[0]))
+            head = prompt.split("\nQuery: ")[0]
+            instruction_length = len(self.tokenize(head))
+            if "<image>" in head:
+                instruction_length += self.patches - 1  # the reference's "576 - 1" (24 x 24 patches at 336/14)
             pool_mask[:, :instruction_length] = 0
         vec = self.latent_pool(hidden, pool_mask)[0]
         return torch.nn.functional.normalize(vec, dim=-1).numpy()
@@ -202,8 +208,12 @@ def test_prompts_follow_the_reference_templates():
     lambda im: Item.query(image=im["photo"], instruction="Find a caption for the image."),
     lambda im: Item.query("same color, but a truck", im["tall"], instruction="Find a similar image."),
     lambda im: Item.query("what bird is this?", im["photo"]),
+    lambda im: Item.candidate("a dog <pad> on the beach"),
+    lambda im: Item.candidate("Question list\nQuery: what is it", im["photo"]),
+    lambda im: Item.query("Question list\nQuery: what is it", im["tall"]),
 ], ids=["text", "image", "fused", "grayscale", "tiny-image", "query", "query-instr", "image-query-instr",
-        "fused-query-instr", "fused-query"])
+        "fused-query-instr", "fused-query", "literal-pad", "image-in-instruction-head",
+        "query-image-in-instruction-head"])
 def test_parity_with_reference(mm, ref, images, make):
     _check(mm, ref, make(images))
 
@@ -233,6 +243,52 @@ def test_instruction_is_masked_from_pooling_not_from_attention(mm):
     assert (got - expected).abs().max() <= TOL
     # a candidate has nothing masked
     assert proc.process(Item.candidate("a dog")).instruction_length == 0
+
+
+def test_literal_pad_token_is_embedded_as_eos_like_the_reference(mm):
+    # the reference embeds the tokenizer's <pad> (32001, past NV-Embed's rows) as </s> (2), not <unk> (0)
+    p = mm.processor
+    pad_id = mm.model.settings.pad_token_id
+    assert pad_id in p.tokenize("hello <pad>") and pad_id >= mm.model.language_model.embed_tokens.num_embeddings
+    pad, eos, unk = mm.encode_candidates(["hello <pad>", "hello </s>", "hello <unk>"])
+    assert np.abs(pad - eos).max() <= TOL
+    assert np.abs(pad - unk).max() > 1e-3
+
+
+def test_image_inside_the_instruction_head_follows_the_reference_rule(mm, images):
+    # reference calculate_instruction_length: len(tokenizer(head)) + (576 - 1) when "<image>" is in the
+    # head; 576 is the real model's patch count (24 x 24), its image spans 577 positions (+ image-newline),
+    # so the rule adds (image positions - 2) = 575 there, and 16 - 1 = 15 for the tiny 56/14 tower
+    p = mm.processor
+    assert p.image_tokens == 17
+    item = Item.candidate("Question list\nQuery: what is it", images["photo"])
+    head = "<image>\nQuestion list"
+    assert build_prompt(item).split("\nQuery: ")[0] == head
+    assert p.process(item).instruction_length == len(p.tokenize(head)) + 15
+    # a real-size processor adds 575
+    real = type(p)(p.tokenizer, image_token_id=p.image_token_id, image_tokens=577)
+    assert real.instruction_length(build_prompt(item)) == len(p.tokenize(head)) + 575
+    # no image in the head (an instructed query): nothing added
+    query = Item.query("what is it", images["photo"], instruction="Find it.")
+    assert p.process(query).instruction_length == len(p.tokenize("Instruct: Find it."))
+
+
+def test_instruction_that_fills_the_truncated_sequence_is_refused(tiny_dir):
+    short = umr.load_model(tiny_dir, max_length=24)
+    instruction = "retrieve a passage that answers this question about the river and the mountain city"
+    item = Item.query("what is it?", instruction=instruction, id="long-instr")
+    with pytest.raises(ItemError, match="leaves no tokens to pool.*larger max_length") as info:
+        short.processor.process(item)
+    assert info.value.item_id == "long-instr"
+    result = short.embed([Item.candidate("a dog", id="ok"), item], on_error="skip")
+    assert result.indices.tolist() == [0] and [e.item_id for e in result.errors] == ["long-instr"]
+    assert not np.isnan(result.vectors).any()
+    # one token left to pool is still embedded
+    fits = Item.query("what is it?", instruction="Find it.", id="fits")
+    n = short.processor.instruction_length(build_prompt(fits))
+    tight = umr.load_model(tiny_dir, max_length=n + 1)
+    vec = tight.embed([fits]).vectors
+    assert not np.isnan(vec).any()
 
 
 def test_attention_is_bidirectional(mm):

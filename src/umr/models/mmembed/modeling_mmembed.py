@@ -608,10 +608,15 @@ class MMEmbedEmbedder(Embedder):
             feats = iter(model.image_features(pixels))
         embed = model.language_model.embed_tokens
         vocab = embed.num_embeddings
+        # as the reference's forward: <image> -> 0 (a placeholder; its row is replaced by the image) and
+        # <pad> -> </s> (the LLaVA-NeXT tokenizer's pad has no row in NV-Embed; the reference embeds EOS for it)
+        pad, eos = self.model.settings.pad_token_id, self.processor.eos_id
         sequences = []
         for p in processed:
             ids = torch.tensor(p.input_ids, device=device)
-            ids = torch.where(ids >= vocab, torch.zeros_like(ids), ids)  # <image> (and <pad>) are not rows
+            if pad is not None and eos is not None:
+                ids = torch.where(ids == int(pad), torch.full_like(ids, eos), ids)
+            ids = torch.where(ids >= vocab, torch.zeros_like(ids), ids)  # <image> (and any other id past the rows)
             tokens = embed(ids).to(dtype)
             if p.image_position is not None:
                 k = p.image_position

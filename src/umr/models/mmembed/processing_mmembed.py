@@ -14,8 +14,13 @@ not used, as the reference's ``global_image_patch_only`` does).
 
 The instruction is masked out of pooling but not out of attention: the pool mask zeroes the
 first ``instruction_length`` positions, where ``instruction_length`` is the length of the
-tokenised text before ``"\\nQuery: "`` (with ``<s>``, and ``</s>`` when the tokenizer adds it),
-exactly how the reference counts it.
+tokenised text before the first ``"\\nQuery: "`` (with ``<s>``, and ``</s>`` when the tokenizer
+adds it), exactly how the reference counts it. When that text holds ``<image>`` (a candidate or
+an un-instructed query whose own text contains ``"\\nQuery: "``), the reference adds
+``576 - 1``: its patch count minus one, i.e. the image's spliced positions (576 patches + the
+image-newline = 577) minus two. umr adds ``image_tokens - 2``, the same rule for any vision
+size. The count ignores truncation, as the reference's does; an item whose instruction leaves
+no position to pool is refused (the reference would return NaN).
 """
 
 from __future__ import annotations
@@ -126,11 +131,19 @@ class MMEmbedProcessor:
         return self._with_specials(self._ids(prompt), truncate=True)
 
     def instruction_length(self, prompt: str) -> int:
-        """How many leading tokens the reference leaves out of pooling (0 without an instruction)."""
+        """How many leading positions the reference leaves out of pooling (0 without an instruction).
+
+        The reference's ``calculate_instruction_length``: the tokenised head (untruncated, with
+        the tokenizer's specials), plus its hard-coded ``576 - 1`` when the head holds
+        ``<image>``; 576 is the real model's patch count, so that is ``image_tokens - 2`` here.
+        """
         if INSTRUCTION_SEPARATOR not in prompt:
             return 0
         head = prompt.split(INSTRUCTION_SEPARATOR)[0]
-        return len(self._with_specials(self._ids(head), truncate=False))
+        n = len(self._with_specials(self._ids(head), truncate=False))
+        if IMAGE_TAG in head:
+            n += self.image_tokens - 2
+        return n
 
     # -- images ---------------------------------------------------------------------------
 
@@ -170,4 +183,11 @@ class MMEmbedProcessor:
             if self.image_token_id not in ids:
                 raise ItemError(item.id, f"the text before the image is longer than max_length={self.max_length}")
             position = ids.index(self.image_token_id)
-        return ProcessedItem(ids, position, pixels, self.instruction_length(prompt))
+        skipped = self.instruction_length(prompt)
+        length = len(ids) + (self.image_tokens - 1 if position is not None else 0)
+        if skipped >= length:
+            raise ItemError(item.id, f"its instruction (the text before {INSTRUCTION_SEPARATOR!r}) covers "
+                                     f"{skipped} positions and only {length} are left after truncation to "
+                                     f"max_length={self.max_length}: the instruction leaves no tokens to "
+                                     f"pool; use a larger max_length or a shorter instruction")
+        return ProcessedItem(ids, position, pixels, skipped)
