@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import UsageError, add_model_options, load_model_from_args
+from . import UsageError, add_model_options, load_model_from_args, model_options
 
 
 def add_parser(sub) -> None:
@@ -63,8 +63,12 @@ def run(args) -> int:
     model = _LazyModel(args)  # loaded on first use: a finished evaluation re-reports without loading
     config = EvalConfig(depth=args.depth, batch_size=args.batch_size, show_progress=not args.no_progress
                         and sys.stderr.isatty())
-    evaluator = Evaluator(model, output=args.output, config=config,
+    evaluator = Evaluator(model, output=args.output, config=config, model_key=model_key(args),
                           log=lambda message: print(f"umr eval: {message}", file=sys.stderr))
+    try:
+        evaluator.check(tasks)  # an unknown headline metric or an id TREC cannot hold: before any work
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     scores = evaluator.evaluate(tasks, benchmark=args.benchmark)
     for pool, avg in scores["averages"].items():
         print(f"umr eval: {scores['model']} {args.benchmark} [{pool}] {avg['n_tasks']} task(s): "
@@ -73,6 +77,18 @@ def run(args) -> int:
     print(f"umr eval: wrote {args.output / 'scores.json'}, {args.output / 'results.md'}, "
           f"{args.output / 'report.html'} and runs under {args.output / 'runs'}")
     return 0
+
+
+def model_key(args) -> str:
+    """The model with the options that change its vectors, e.g. ``gme-2b[dtype=bfloat16,max_image_tokens=256]``.
+
+    It keys the embedding cache and the finished tasks: rerunning into the same ``--output`` with
+    another ``--dtype`` or image token bound embeds and scores again instead of reusing results.
+    (``--device`` and ``--batch-size`` are left out: they do not choose what is computed.)
+    """
+    options = {"dtype": getattr(args, "dtype", None), **model_options(args)}
+    shown = ",".join(f"{k}={v}" for k, v in sorted(options.items()) if v is not None)
+    return f"{args.model}[{shown}]" if shown else str(args.model)
 
 
 class _LazyModel:

@@ -35,15 +35,22 @@ def fingerprint(item: Item) -> str:
     return hashlib.sha1(key.encode("utf-8")).hexdigest()
 
 
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:120] or "model"
+def _folder_name(model_key: str) -> str:
+    """``<readable prefix>-<sha1 of the whole key>[:12]``: distinct keys never share a folder (the
+    prefix alone would: ``org/model`` and ``org_model``, or two long names cut at the same place)."""
+    prefix = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model_key)[:80].strip(".") or "model"
+    return f"{prefix}-{hashlib.sha1(model_key.encode('utf-8')).hexdigest()[:12]}"
 
 
 class EmbeddingStore:
-    """Cached vectors of one model under ``root/<model>``."""
+    """Cached vectors of one model under ``root/<model>``.
+
+    ``model_name`` is the model's full key: its name plus whatever options change its vectors
+    (see :class:`umr.eval.runner.Evaluator`).
+    """
 
     def __init__(self, root: str | Path, model_name: str, *, chunk_size: int = 4096):
-        self.dir = Path(root) / _safe(model_name)
+        self.dir = Path(root) / _folder_name(model_name)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.chunk_size = chunk_size
         self._vectors: dict[str, np.ndarray] = {}
@@ -62,10 +69,14 @@ class EmbeddingStore:
             self._next_shard = max(self._next_shard, int(shard.stem.split("-")[1]) + 1)
         errors = self.dir / "errors.jsonl"
         if errors.is_file():
-            for line in errors.read_text(encoding="utf-8").splitlines():
-                if line.strip():
+            for line in errors.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
                     record = json.loads(line)
-                    self._errors[record["fp"]] = record["error"]
+                    fp, reason = record["fp"], record["error"]
+                except (ValueError, TypeError, KeyError):  # a line torn by a kill: that item is retried
+                    continue
+                if isinstance(fp, str):
+                    self._errors[fp] = str(reason)
 
     def __len__(self) -> int:
         return len(self._vectors)
@@ -93,11 +104,16 @@ class EmbeddingStore:
             spent += time.perf_counter() - t0
             done_fps = [fps[chunk[j]] for j in result.indices]
             if result.errors:
-                with (self.dir / "errors.jsonl").open("a", encoding="utf-8") as handle:
+                with (self.dir / "errors.jsonl").open("a+b") as handle:
+                    if handle.seek(0, os.SEEK_END):  # a torn last line (killed mid-write) is ended first
+                        handle.seek(-1, os.SEEK_END)
+                        if handle.read(1) != b"\n":
+                            handle.write(b"\n")
                     for err in result.errors:
                         fp = fps[chunk[err.index]]
                         self._errors[fp] = err.reason
-                        handle.write(json.dumps({"fp": fp, "id": err.item_id, "error": err.reason}) + "\n")
+                        record = {"fp": fp, "id": err.item_id, "error": err.reason}
+                        handle.write((json.dumps(record) + "\n").encode("utf-8"))
             vectors = np.asarray(result.vectors, dtype=np.float32)
             self._write_shard(done_fps, vectors)
             for fp, vec in zip(done_fps, vectors):

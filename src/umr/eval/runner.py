@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -25,7 +26,7 @@ from ..index.exact import search_exact
 from .cache import EmbeddingStore, fingerprint
 from .metrics import evaluate_run, mean_metrics, modality_bias, trec_order
 from .tasks import RetrievalTask
-from .trec import run_from_topk, write_run
+from .trec import check_trec_id, run_from_topk, write_run
 
 
 @dataclass
@@ -58,19 +59,42 @@ class TaskOutcome:
 
 
 def _pool_digest(candidates) -> str:
+    """The pool's content: ids, texts and images (a path, or an in-memory image's bytes/pixels)."""
     h = hashlib.sha1()
     for cand in candidates:
-        h.update(f"{cand.id}\x00{cand.text}\x00{cand.image if isinstance(cand.image, str) else type(cand.image)}"
-                 f"\x01".encode("utf-8", "replace"))
+        image = cand.image
+        image_key = image if isinstance(image, str) else type(image) if image is None else fingerprint(cand)
+        h.update(f"{cand.id}\x00{cand.text}\x00{image_key}\x01".encode("utf-8", "replace"))
     return h.hexdigest()
 
 
-def _task_signature(task: RetrievalTask, model_name: str, config: EvalConfig, pool_digest: str) -> str:
+#: metric -> whether it needs ``@k``; spelled as :func:`umr.eval.metrics.query_metrics` names them
+_METRICS = {"ndcg": True, "recall": True, "p": True, "hit": True, "mrr": False, "map": False}
+_ALIASES = {"precision": "p"}
+_HEADLINE = re.compile(r"^([a-z]+)(?:@(\d+))?$")
+
+
+def headline_metric(name: str) -> tuple[str, str, int | None]:
+    """Parse a headline metric name (``ndcg@10``, ``nDCG@5``, ``MRR@100``, ``map``, ``hit@5``, ...).
+
+    Returns ``(key, metric, k)``, ``key`` being the name the scores use (``ndcg@10``); raises
+    ``ValueError`` for a metric the evaluator does not compute.
+    """
+    match = _HEADLINE.match(str(name).strip().lower())
+    metric = _ALIASES.get(match.group(1), match.group(1)) if match else None
+    k = int(match.group(2)) if match and match.group(2) is not None else None
+    if metric not in _METRICS or (k is None and _METRICS[metric]) or (k is not None and k < 1):
+        raise ValueError(f"unknown headline metric {name!r}: use ndcg@k, recall@k, p@k, hit@k, mrr, "
+                         f"mrr@k, map or map@k (k >= 1, any case)")
+    return (metric if k is None else f"{metric}@{k}"), metric, k
+
+
+def _task_signature(task: RetrievalTask, model_key: str, config: EvalConfig, pool_digest: str) -> str:
     h = hashlib.sha1()
-    h.update(model_name.encode())
+    h.update(model_key.encode())
     h.update(config.signature().encode())
     h.update(task.pool.encode())
-    h.update(task.headline.encode())
+    h.update(headline_metric(task.headline)[0].encode())
     for item in task.queries:
         h.update(item.id.encode() + fingerprint(item).encode())
     h.update(pool_digest.encode())
@@ -80,14 +104,24 @@ def _task_signature(task: RetrievalTask, model_name: str, config: EvalConfig, po
 
 
 class Evaluator:
-    """Evaluates one model on tasks; with ``output`` it caches, resumes and writes files."""
+    """Evaluates one model on tasks; with ``output`` it caches, resumes and writes files.
+
+    ``model_key`` names the model *with the options that change its vectors* (dtype, image token
+    bounds, ...); it keys the embedding cache and the finished-task signatures, so the same model
+    loaded differently never reuses the other's vectors or results. Default: the model's name.
+    """
+
+    #: how many candidate lists' digests are remembered (each kept alive beside its digest)
+    _POOLS_KEPT = 64
 
     def __init__(self, model, *, output: str | Path | None = None, config: EvalConfig | None = None,
-                 run_name: str | None = None, log: Callable[[str], None] | None = None):
+                 run_name: str | None = None, log: Callable[[str], None] | None = None,
+                 model_key: str | None = None):
         self.model = model
         self.config = config or EvalConfig()
         self.output = Path(output) if output is not None else None
         self.model_name = str(getattr(model, "name", type(model).__name__))
+        self.model_key = model_key or self.model_name
         self.run_name = run_name or "umr_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in self.model_name)
         self.log = log or (lambda message: None)
         root = (self.output / "cache") if self.output else None
@@ -96,15 +130,46 @@ class Evaluator:
 
             self._tmp = tempfile.TemporaryDirectory(prefix="umr-eval-")
             root = Path(self._tmp.name)
-        self.store = EmbeddingStore(root, self.model_name, chunk_size=self.config.chunk_size)
-        self._matrices: dict[int, tuple[np.ndarray, np.ndarray, dict[int, str]]] = {}
-        self._digests: dict[int, str] = {}
+        self.store = EmbeddingStore(root, self.model_key, chunk_size=self.config.chunk_size)
+        # keyed by the pool's content digest: a list's id() is reused once the list is freed
+        self._matrices: dict[str, tuple[np.ndarray, np.ndarray, dict[int, str]]] = {}
+        # id(list) -> (the list itself, its digest); holding the list keeps its id from being reused
+        self._pools: dict[int, tuple[list, str]] = {}
         self.timings = {"embed_s": 0.0, "search_s": 0.0, "score_s": 0.0, "write_s": 0.0}
 
     # -- one task ------------------------------------------------------------------------------
 
+    def _pool_digest(self, candidates: list) -> str:
+        """The content digest of a candidate list (computed once per list object)."""
+        entry = self._pools.get(id(candidates))
+        if entry is None or entry[0] is not candidates:
+            if self.output is not None:  # its ids go into TREC files: refuse unwritable ones up front
+                for cand in candidates:
+                    check_trec_id(cand.id, "candidate id")
+            entry = (candidates, _pool_digest(candidates))
+            self._pools[id(candidates)] = entry
+            while len(self._pools) > self._POOLS_KEPT:
+                self._pools.pop(next(iter(self._pools)))
+        return entry[1]
+
+    def check(self, tasks: Sequence[RetrievalTask]) -> None:
+        """Raise ``ValueError`` for a task that cannot be scored or written, before any work.
+
+        Its headline metric must be one the evaluator computes; with ``output``, its query and
+        candidate ids must be writable to TREC files (no whitespace).
+        """
+        for task in tasks:
+            try:
+                headline_metric(task.headline)
+                if self.output is not None:
+                    for item in task.queries:
+                        check_trec_id(item.id, "query id")
+                    self._pool_digest(task.candidates)
+            except ValueError as exc:
+                raise ValueError(f"task {task.pool}/{task.name}: {exc}") from None
+
     def _candidate_matrix(self, candidates: list):
-        key = id(candidates)
+        key = self._pool_digest(candidates)
         if key not in self._matrices:
             vectors, kept, errors, spent = self.store.embed(
                 self.model, candidates, batch_size=self.config.batch_size,
@@ -115,10 +180,9 @@ class Evaluator:
 
     def evaluate_task(self, task: RetrievalTask) -> TaskOutcome:
         config = self.config
-        key = id(task.candidates)
-        if key not in self._digests:
-            self._digests[key] = _pool_digest(task.candidates)
-        signature = _task_signature(task, self.model_name, config, self._digests[key])
+        self.check([task])
+        headline, metric, metric_k = headline_metric(task.headline)
+        signature = _task_signature(task, self.model_key, config, self._pool_digest(task.candidates))
         done_file = self._task_file(task)
         if done_file is not None and done_file.is_file():
             previous = json.loads(done_file.read_text(encoding="utf-8"))
@@ -140,9 +204,12 @@ class Evaluator:
         self.timings["search_s"] += t_search
 
         t0 = time.perf_counter()
-        k_values = tuple(sorted(set(config.k_values) | {task.hit_k}))
-        per_query = evaluate_run(run, task.qrels, k_values=k_values, ndcg_k=config.ndcg_k,
-                                 mrr_k=config.mrr_k, map_k=config.map_k,
+        # the configured metrics, plus the task's hit@k and its headline at its k
+        wanted = {name: set(getattr(config, name)) for name in ("k_values", "ndcg_k", "mrr_k", "map_k")}
+        wanted["k_values"].add(task.hit_k)
+        if metric_k is not None:
+            wanted[{"ndcg": "ndcg_k", "mrr": "mrr_k", "map": "map_k"}.get(metric, "k_values")].add(metric_k)
+        per_query = evaluate_run(run, task.qrels, **{name: tuple(sorted(ks)) for name, ks in wanted.items()},
                                  relevance_level=config.relevance_level)
         metrics = mean_metrics(per_query)
         bias_k = config.bias_k or task.hit_k
@@ -154,7 +221,7 @@ class Evaluator:
         result: dict[str, Any] = {
             "task": task.name, "dataset": task.dataset, "pool": task.pool, "category": task.category,
             "group": task.group, "target_modality": str(task.target_modality), "hit_k": task.hit_k,
-            "main_metric": task.headline, "main_score": metrics.get(task.headline, 0.0),
+            "main_metric": headline, "main_score": metrics.get(headline, 0.0),
             "metrics": metrics, "modality_bias": bias,
             "n_queries": len(task.queries), "n_judged_queries": len(task.qrels),
             "n_candidates": len(task.candidates),
@@ -191,6 +258,7 @@ class Evaluator:
     def evaluate(self, tasks: Sequence[RetrievalTask], *, benchmark: str = "custom",
                  write_reports: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
+        self.check(tasks)
         results = [self.evaluate_task(task).result for task in tasks]
         scores = summarize(results, model=self.model_name, benchmark=benchmark, config=self.config)
         scores["timings"] = {**self.timings, "total_s": time.perf_counter() - t0}
@@ -242,6 +310,8 @@ def _mean(values) -> float:
 
 def evaluate(model, tasks: Sequence[RetrievalTask], *, output: str | Path | None = None,
              config: EvalConfig | None = None, benchmark: str = "custom",
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Evaluate ``model`` (any :class:`~umr.models.base.Embedder`) on ``tasks``; see the module doc."""
-    return Evaluator(model, output=output, config=config, log=log).evaluate(tasks, benchmark=benchmark)
+             log: Callable[[str], None] | None = None, model_key: str | None = None) -> dict[str, Any]:
+    """Evaluate ``model`` (any :class:`~umr.models.base.Embedder`) on ``tasks``; see the module doc
+    (and :class:`Evaluator` for ``model_key``)."""
+    return Evaluator(model, output=output, config=config, log=log,
+                     model_key=model_key).evaluate(tasks, benchmark=benchmark)

@@ -8,13 +8,35 @@ from typing import Iterable, Mapping, Sequence
 from .metrics import trec_order
 
 
+def check_trec_id(value: str, what: str = "id") -> str:
+    """``value`` if it can be a column of a TREC file, else ``ValueError`` naming it.
+
+    TREC run and qrels files are whitespace-separated, so an id with a space, tab or newline in
+    it (or an empty id) would shift the columns and make the file unreadable.
+    """
+    text = str(value)
+    if not text or any(ch.isspace() for ch in text):
+        raise ValueError(f"{what} {text!r} cannot be written to a TREC file: TREC ids cannot be empty "
+                         f"or contain whitespace")
+    return text
+
+
 def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], *, run_name: str = "umr",
               task_tags: Mapping[str, str] | None = None) -> None:
     """Write ``qid Q0 docid rank score run_name`` lines (plus ``task_id`` when ``task_tags``).
 
     Ranks follow trec_eval's order (score descending, ties by docid descending), so reading the
     file back with trec_eval gives exactly the scores umr reports. Scores print in full (they read back bit-exact).
+    An id (or the run name, or a task tag) containing whitespace raises ``ValueError`` before
+    anything is written.
     """
+    check_trec_id(run_name, "run name")
+    for qid, scores in run.items():
+        check_trec_id(qid, "query id")
+        for doc in scores:
+            check_trec_id(doc, "document id")
+        if task_tags is not None:
+            check_trec_id(task_tags.get(qid, "0"), "task tag")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -77,6 +99,10 @@ def read_qrels(path: str | Path) -> tuple[dict[str, dict[str, int]], dict[str, s
 
 
 def write_qrels(path: str | Path, qrels: Mapping[str, Mapping[str, int]]) -> None:
+    for qid, judged in qrels.items():
+        check_trec_id(qid, "query id")
+        for did in judged:
+            check_trec_id(did, "document id")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
