@@ -10,7 +10,9 @@ CLIP / SigLIP references use transformers' own models and PIL image processors.
 
 from __future__ import annotations
 
+import html
 import json
+import re
 
 import numpy as np
 import pytest
@@ -94,6 +96,18 @@ def test_instructions_are_applied_as_uniir_applies_them():
     assert item_text(Item.candidate("a red car")) == "A red car."
 
 
+def test_text_is_cleaned_as_openai_clip_tokenize_cleans_it(sf):
+    # clip.tokenize unescapes HTML twice and collapses whitespace; transformers' tokenizer does not
+    for escaped in ("Tom &amp; Jerry", "Tom &amp;amp; Jerry", "Tom  &#38;\tJerry"):
+        assert item_text(Item.candidate(escaped)) == "Tom & Jerry."
+    assert item_text(Item.candidate("Tom &amp; Jerry"), uniir=False) == "Tom &amp; Jerry"  # only UniIR text
+    # cleaning follows format_string: a quote that only appears after unescaping is kept, as UniIR keeps it
+    assert item_text(Item.candidate("&quot;hi&quot;")) == '"hi".'
+    # the tiny vocabulary has no "&" (it reads as <|endoftext|>), so compare through an escaped letter
+    a, b = sf.encode_candidates(["Tom &amp;#74;erry on  TV", "Tom Jerry on TV"])
+    assert np.abs(a - b).max() <= TOL
+
+
 # -- the UniIR reference -------------------------------------------------------------------------
 
 class ReferenceClipSf:
@@ -132,6 +146,9 @@ class ReferenceClipSf:
         return x
 
     def encode_text(self, text):
+        # clip.tokenize -> SimpleTokenizer.encode: whitespace_clean(basic_clean(text)); basic_clean is
+        # ftfy.fix_text (not installed here), html.unescape twice, strip; whitespace_clean collapses \s+
+        text = re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip()
         ids = self.tokenizer(text)["input_ids"]
         context = self.s["positional_embedding"].shape[0]
         if len(ids) > context:  # clip.tokenize(..., truncate=True): cut, and end with EOT
@@ -197,6 +214,8 @@ ITEMS = {
     "query-instr": lambda im: Item.query("a photo of a cat", instruction="retrieve an image of the caption"),
     "image-query-instr": lambda im: Item.query(image=im["tall"], instruction="find a caption for the image"),
     "fused-query-instr": lambda im: Item.query("but it is red", im["photo"], instruction="find a similar image"),
+    "html-entities": lambda im: Item.candidate("a &#100;og &amp;#111;n\t the  beach"),
+    "html-entities-query-instr": lambda im: Item.query("fish &amp; chips", instruction="find  &#39;food&#39;"),
 }
 
 

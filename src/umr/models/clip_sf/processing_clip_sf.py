@@ -5,7 +5,10 @@ UniIR (``src/data/mbeir_dataset.py``) builds a query's text as
 where ``format_string`` strips the text (and ``\\r`` and surrounding double quotes),
 capitalises its first character and ends it with a period unless it already ends in
 ``.``, ``?`` or ``!``. An empty text is "no text" (its embedding is masked out), so an
-image-only query *with* an instruction becomes image + instruction text.
+image-only query *with* an instruction becomes image + instruction text. UniIR then tokenises
+with OpenAI's ``clip.tokenize``, whose ``basic_clean`` / ``whitespace_clean`` unescape HTML
+entities twice and collapse whitespace before BPE; transformers' CLIP tokenizer does not
+unescape, so umr applies that cleaning itself (see :func:`openai_clip_clean`).
 
 Images go through CLIP's own preprocessing: resize the short side to the input size
 (bicubic), centre-crop, scale to [0, 1], normalise with CLIP's mean and std. SigLIP resizes
@@ -15,7 +18,9 @@ it has one.
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,12 +44,28 @@ def uniir_format(text: str | None) -> str:
     return s
 
 
+def openai_clip_clean(text: str) -> str:
+    """The cleaning OpenAI's ``clip.tokenize`` does before BPE, minus ``ftfy.fix_text``.
+
+    ``simple_tokenizer.basic_clean`` (``ftfy.fix_text``, ``html.unescape`` twice, strip) then
+    ``whitespace_clean`` (runs of whitespace -> one space, strip), so ``"Tom &amp; Jerry"``
+    reads ``"Tom & Jerry"``. ftfy is not a umr dependency and is left out: it only changes
+    mojibake / badly encoded text (e.g. ``"cafÃ©"``), which is then tokenised as it stands.
+    """
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
 def item_text(item: Item, *, uniir: bool = True) -> str:
-    """The text an item contributes ("" = none). Query instructions are prefixed as UniIR does."""
+    """The text an item contributes ("" = none). Query instructions are prefixed as UniIR does.
+
+    With ``uniir`` the text is UniIR's ``format_string`` output cleaned as ``clip.tokenize``
+    cleans it (:func:`openai_clip_clean`), in that order.
+    """
     text = item.text or ""
     if item.is_query and item.instruction:
         text = f"{item.instruction} {text}"
-    return uniir_format(text) if uniir else text.strip()
+    return openai_clip_clean(uniir_format(text)) if uniir else text.strip()
 
 
 @dataclass
