@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from . import UsageError
@@ -18,7 +19,11 @@ def add_parser(sub) -> None:
                         help="only return candidates of this modality: text, image or image,text "
                              "(several: text+image)")
     parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
-                        help="only candidates whose metadata FIELD equals VALUE (repeatable; VALUE is JSON or a string)")
+                        help="only candidates whose metadata FIELD equals VALUE (repeatable, all must hold). "
+                             "Plain VALUE matches the stored text (folder=2020 matches \"2020\"), and also "
+                             "the number or true/false it spells; '\"...\"' is one JSON string only; "
+                             "'[\"a\", 2]' (a JSON list) any of its values; '{...}' an equal JSON object "
+                             "(FAISS indexes only)")
     parser.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     parser.add_argument("--model", default=None, help="must match the model that built the index (default: that one)")
     parser.add_argument("--ef-search", type=int, default=None, help="HNSW: candidates explored per query")
@@ -28,16 +33,58 @@ def add_parser(sub) -> None:
 
 
 def _parse_where(pairs: list[str]) -> dict:
+    """``--where FIELD=VALUE`` pairs as the ``where=`` of :meth:`Index.search` (see ``--help``).
+
+    The CLI cannot know how a field was stored, so plain text stands for itself and for the
+    number / boolean it spells (``2020`` -> ``["2020", 2020]``: any of); JSON is only parsed
+    from a quoted string, a list or an object.
+    """
     where = {}
     for pair in pairs:
         if "=" not in pair:
             raise UsageError(f"--where {pair!r}: expected FIELD=VALUE")
-        key, value = pair.split("=", 1)
-        try:
-            where[key] = json.loads(value)
-        except json.JSONDecodeError:
-            where[key] = value
+        key, text = pair.split("=", 1)
+        if not key:
+            raise UsageError(f"--where {pair!r}: expected FIELD=VALUE")
+        where[key] = _where_value(text)
     return where
+
+
+def _where_value(text: str):
+    stripped = text.strip()
+    if stripped[:1] in ('"', "[", "{"):
+        try:
+            value = json.loads(stripped)
+        except json.JSONDecodeError:
+            return text
+        if isinstance(value, list):
+            accepted = []
+            for v in value:
+                for option in _spellings(v):
+                    if option not in accepted:
+                        accepted.append(option)
+            return accepted
+        return value
+    return _one_of(_spellings(text))
+
+
+def _spellings(value) -> list:
+    """A plain text value and the JSON number/boolean it spells; a number and its text."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value.strip())
+        except json.JSONDecodeError:
+            return [value]
+        if isinstance(parsed, (bool, int)) or isinstance(parsed, float) and math.isfinite(parsed):
+            return [value, parsed]
+        return [value]
+    if isinstance(value, (int, float)):
+        return [value, json.dumps(value)]
+    return [value]
+
+
+def _one_of(options: list):
+    return options[0] if len(options) == 1 else options
 
 
 def run(args) -> int:
@@ -63,8 +110,8 @@ def run(args) -> int:
         except Unrepresentable:
             raise UsageError(f"the query image has no readable text, and {index.model_name} is a text-only "
                              f"model that cannot see pixels; add query text or use an MLLM index") from None
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        except (ValueError, IndexStoreError) as exc:  # a bad query, or a filter the backend refused
+            raise UsageError(" ".join(str(exc).split())) from None
     if args.json:
         print(json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=1))
         return 0

@@ -214,7 +214,11 @@ class Index:
     def search(self, text: str | None = None, image=None, *, instruction: str | None = None,
                modality: str | Sequence[str] | None = None, where: dict[str, Any] | None = None,
                k: int = 10, method: str | None = None, ef_search: int | None = None) -> list[Result]:
-        """Ranked results for one query (text, image or both)."""
+        """Ranked results for one query (text, image or both).
+
+        ``where`` maps metadata fields to a value (compared as stored, no conversion: 2020 is not
+        "2020") or a list of accepted values; see :class:`~umr.index.store.Filter`.
+        """
         if text is None and image is None:
             raise ValueError("a query needs text, an image, or both")
         query = Item.query(text=text, image=image, instruction=instruction, id="query")
@@ -352,7 +356,13 @@ class Index:
              skip_cache: dict | None = None, skip_handle=None) -> set[str]:
         model = self.model
         known = self.store.hashes()
-        seen: set[str] = set()
+        seen: set[str] = set()  # every id the source holds (kept by --prune)
+        # ids whose item loaded (to be embedded) or is unchanged: a later duplicate is skipped;
+        # an entry that failed to load does not take its id, so a good duplicate after it is used
+        taken: dict[str, str | None] = {}
+        # ids whose line failed while an older version is stored: that version is dropped at the
+        # end, unless a duplicate of the id was indexed (or found unchanged) in the meantime
+        failed_updates: list[str] = []
         skip_cache = {} if skip_cache is None else skip_cache
         pending_deletes: list[str] = []
         pending_records: list[dict] = []
@@ -413,12 +423,15 @@ class Index:
                 if progress:
                     progress(1)
                 continue
-            if entry.id in seen:
-                report("error", entry.id, "duplicate id in the corpus (the first one was indexed)", entry.path)
+            seen.add(entry.id)
+            if entry.id in taken:
+                first = taken[entry.id]
+                report("error", entry.id, "duplicate id in the corpus: an earlier entry with this id"
+                                          + (f" ({first})" if first and first != entry.path else "")
+                                          + " is used, this one was skipped", entry.path)
                 if progress:
                     progress(1)
                 continue
-            seen.add(entry.id)
             max_id = getattr(self.store, "max_id_length", None)
             if max_id is not None and len(entry.id) > max_id:
                 report("error", entry.id[:80] + "...", f"id longer than {max_id} characters "
@@ -428,6 +441,7 @@ class Index:
                 continue
             old = known.get(entry.id)
             if old is not None and old == entry.fingerprint:
+                taken[entry.id] = entry.path
                 summary.unchanged += 1
                 if progress:
                     progress(1)
@@ -445,7 +459,7 @@ class Index:
             except ItemError as exc:
                 report("error", entry.id, exc.reason, entry.path)
                 if old is not None:  # the file changed and is now bad: drop its old version
-                    pending_deletes.append(entry.id)
+                    failed_updates.append(entry.id)
                 if progress:
                     progress(1)
                 continue
@@ -457,14 +471,16 @@ class Index:
                                                   "reason": exc.reason}, ensure_ascii=False) + "\n")
                     skip_handle.flush()
                 if old is not None:
-                    pending_deletes.append(entry.id)
+                    failed_updates.append(entry.id)
                 if progress:
                     progress(1)
                 continue
+            taken[entry.id] = entry.path
             chunk.append((entry, item, old is not None))
             if len(chunk) >= chunk_size:
                 embed_chunk()
         embed_chunk()
+        pending_deletes.extend(dict.fromkeys(i for i in failed_updates if i not in taken))
         flush()
         return seen
 

@@ -19,7 +19,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .store import MANIFEST, FORMAT, Filter, Hit, IndexStoreError, _write_bytes_durably, read_manifest
+from .store import (MANIFEST, FORMAT, Filter, Hit, IndexStoreError, _FrozenDict as _FROZEN_DICT,
+                    _write_bytes_durably, read_manifest)
 
 _MAX_ID = 1024
 _MAX_TEXT = 4096
@@ -37,8 +38,24 @@ def resolve_uri(uri: str, folder: Path) -> str:
     return uri
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _literal(value: Any) -> str:
-    return json.dumps(value)
+    """``value`` as a Milvus expression literal.
+
+    Milvus strings take the C escapes (``\\"``, ``\\\\``, ``\\n``...) but not ``\\uXXXX``, so
+    text is written as itself (``ensure_ascii=False``) with only quotes, backslashes and line
+    breaks escaped.
+    """
+    if isinstance(value, (_FROZEN_DICT, dict)):
+        raise ValueError("the milvus backend cannot filter on a JSON object value; "
+                         "filter on a string, number, boolean or a list of them")
+    if isinstance(value, str):
+        return '"' + "".join(_ESCAPES.get(c, c) for c in value) + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
 
 
 def filter_expression(filter: Filter | None) -> str:
@@ -215,10 +232,18 @@ class MilvusStore:
         params: dict[str, Any] = {"metric_type": "IP"}
         if (method or self.config.get("method")) == "hnsw" and not _is_local(self.manifest["uri"]):
             params["params"] = {"ef": max(int(ef_search or self.config.get("ef_search", 128)), k)}
-        results = self.client.search(self.collection, data=[q.tolist() for q in queries],
-                                     limit=min(int(k), 16384), filter=filter_expression(filter),
-                                     output_fields=["modality", "hash", "meta", "info"],
-                                     search_params=params)
+        expression = filter_expression(filter)
+        try:
+            results = self.client.search(self.collection, data=[q.tolist() for q in queries],
+                                         limit=min(int(k), 16384), filter=expression,
+                                         output_fields=["modality", "hash", "meta", "info"],
+                                         search_params=params)
+        except Exception as exc:  # noqa: BLE001 - pymilvus raises MilvusException (and others)
+            if not expression or type(exc).__name__ != "MilvusException":
+                raise
+            reason = getattr(exc, "message", None) or str(exc)
+            reason = " ".join(str(reason).split())
+            raise IndexStoreError(f"Milvus rejected the filter {expression}: {reason}") from None
         out = []
         for hits in results:
             row_hits = []

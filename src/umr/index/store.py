@@ -52,7 +52,10 @@ class IndexLocked(IndexStoreError):
 class Filter:
     """Which records a search may return: modalities and metadata field values (all must hold).
 
-    ``where`` maps a metadata field to a value or a list of accepted values.
+    ``where`` maps a metadata field to a value or a list of accepted values. Values compare as
+    stored, with no conversion: ``{"folder": 2020}`` matches the number 2020, not the string
+    ``"2020"`` (say ``{"folder": ["2020", 2020]}`` to accept both). A dict value matches a stored
+    JSON object equal to it (the FAISS store; Milvus refuses object values).
     """
 
     modalities: tuple[str, ...] | None = None
@@ -86,9 +89,18 @@ class Filter:
         return True
 
 
+@dataclass(frozen=True)
+class _FrozenDict:
+    """A dict made hashable, so it can sit in a :class:`Filter` (not a tuple: tuples mean "any of")."""
+
+    items: tuple[tuple[str, Any], ...]
+
+
 def _freeze(value: Any) -> Any:
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return _FrozenDict(tuple(sorted((str(k), _freeze(v)) for k, v in value.items())))
     return value
 
 
@@ -306,7 +318,7 @@ class FlatStore:
             except FileNotFoundError:  # a writer replaced the graph since this snapshot: search exactly
                 graph_ok = False
         if graph_ok:
-            scores, rows = self._search_hnsw(queries, k, selector_mask, ef_search)
+            scores, rows = self._search_hnsw(queries, k, selector_mask, ef_search, filter)
         else:
             scores, rows = self._search_flat(queries, k, selector_mask, filter)
         out = []
@@ -532,13 +544,16 @@ class FlatStore:
             self._hnsw = faiss.deserialize_index(data)
         return self._hnsw
 
-    def _search_hnsw(self, queries, k, mask, ef_search):
+    def _search_hnsw(self, queries, k, mask, ef_search, filter=None):
         import faiss
 
         info = self._state.manifest["hnsw"]
         graph = self._load_hnsw(info)
         covered = info["rows"]
         ef = max(int(ef_search or self.config.get("ef_search", 128)), k)
+        n_ok = len(self._state.records) if mask is None else int(mask.sum())
+        if mask is not None and _filtered_walk_runs_dry(n_ok, len(mask), k, ef):
+            return self._search_flat(queries, k, mask, filter)
         sub_mask = None if mask is None else mask[:covered]
         params = faiss.SearchParametersHNSW(efSearch=ef)
         if sub_mask is not None:
@@ -560,6 +575,15 @@ class FlatStore:
                 order = np.argsort(-np.where(rows >= 0, scores, -np.inf), axis=1, kind="stable")[:, :k]
                 scores = np.take_along_axis(scores, order, 1)
                 rows = np.take_along_axis(rows, order, 1)
+        if mask is not None:
+            # The graph walk can still run dry (or meet deleted rows only); a query that came back
+            # with fewer than the k rows that pass is answered exactly instead.
+            short = np.flatnonzero((rows >= 0).sum(axis=1) < min(k, n_ok))
+            if len(short):
+                es, er = self._search_flat(np.ascontiguousarray(queries[short]), k, mask, filter)
+                scores, rows = list(scores), list(rows)
+                for j, q in enumerate(short):
+                    scores[q], rows[q] = es[j], er[j]
         return scores, rows
 
     def _collect_garbage(self) -> None:
@@ -584,6 +608,24 @@ def _deleted_rows(state: _State) -> np.ndarray:
     if state.deleted is None:
         return np.zeros(0, np.int64)
     return np.flatnonzero(state.deleted).astype(np.int64)
+
+
+#: a filtered HNSW walk passing fewer than this share of rows is replaced by a brute force
+_HNSW_FILTER_MIN_SHARE = 0.2
+
+
+def _filtered_walk_runs_dry(n_ok: int, n_rows: int, k: int, ef: int) -> bool:
+    """Whether a filtered HNSW search should brute-force the rows that pass instead.
+
+    With a selector FAISS still walks every node but keeps only those that pass, so it meets
+    about ``share * (nodes visited, a small multiple of ef)`` passing rows: once ``share * ef``
+    drops below ``k`` it returns fewer than ``k`` results, and the wrong ones. Brute force then:
+    whenever at most ``k * ef`` rows pass (as cheap as the walk itself), or the share passing is
+    below ``k / ef`` (capped at 20%, so a loose filter keeps the graph's speed).
+    """
+    if n_ok <= k * ef:
+        return True
+    return n_ok < n_rows * min(_HNSW_FILTER_MIN_SHARE, k / ef)
 
 
 def _bitmap_selector(mask: np.ndarray):
