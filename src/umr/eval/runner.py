@@ -131,7 +131,9 @@ class Evaluator:
             self._tmp = tempfile.TemporaryDirectory(prefix="umr-eval-")
             root = Path(self._tmp.name)
         self.store = EmbeddingStore(root, self.model_key, chunk_size=self.config.chunk_size)
-        # keyed by the pool's content digest: a list's id() is reused once the list is freed
+        # the latest pool's vectors, keyed by its content digest (a list's id() is reused once the
+        # list is freed). One is enough: tasks sharing a pool come together, and the embedding
+        # cache on disk serves any other order, so memory stays at one pool, not all of them.
         self._matrices: dict[str, tuple[np.ndarray, np.ndarray, dict[int, str]]] = {}
         # id(list) -> (the list itself, its digest); holding the list keeps its id from being reused
         self._pools: dict[int, tuple[list, str]] = {}
@@ -175,7 +177,7 @@ class Evaluator:
                 self.model, candidates, batch_size=self.config.batch_size,
                 show_progress_bar=self.config.show_progress)
             self.timings["embed_s"] += spent
-            self._matrices[key] = (vectors, kept, errors)
+            self._matrices = {key: (vectors, kept, errors)}
         return self._matrices[key]
 
     def evaluate_task(self, task: RetrievalTask) -> TaskOutcome:

@@ -85,7 +85,6 @@ class MilvusStore:
         self.client = client
         self.collection = manifest["collection"]
         self.writable = writable
-        self._hash_cache: dict[str, str] | None = None
 
     @classmethod
     def create(cls, folder: str | Path, *, dim: int, config: dict[str, Any], uri: str,
@@ -214,11 +213,6 @@ class MilvusStore:
             for row in rows:
                 found[row["id"]] = _record(row)
         return [found.get(i) for i in ids]
-
-    def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
-        rows = self.client.get(self.collection, ids=list(ids), output_fields=["id", "vector"])
-        by_id = {r["id"]: r["vector"] for r in rows}
-        return np.asarray([by_id[i] for i in ids], dtype=np.float32).reshape(-1, self.dim)
 
     def records(self) -> Iterable[dict[str, Any]]:
         for row in self._scan(["id", "modality", "hash", "meta", "info"]):

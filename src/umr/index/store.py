@@ -292,10 +292,6 @@ class FlatStore:
         records, row_of = self._state.records, self._state.row_of
         return [records[row_of[i]] if i in row_of else None for i in ids]
 
-    def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
-        rows = [self._state.row_of[i] for i in ids]
-        return np.asarray(self._state.vectors[rows]) if rows else np.zeros((0, self.dim), np.float32)
-
     def records(self) -> Iterable[dict[str, Any]]:
         records = self._state.records
         for row in self._state.row_of.values():

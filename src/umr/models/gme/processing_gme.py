@@ -133,7 +133,6 @@ class GmeProcessor:
         std = np.asarray(image_std, dtype=np.float32)
         scaled = (np.arange(256, dtype=np.float64) * rescale_factor).astype(np.float32)
         self._lut = ((scaled[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)  # (3, 256)
-        self._prefix_cache: dict[str, int] = {}
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, image_token_id: int, min_image_tokens: int = 256,
