@@ -12,13 +12,16 @@ from __future__ import annotations
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..types import Item, ItemError, as_items
+
+if TYPE_CHECKING:
+    from .identity import ModelIdentity
 
 OnError = Literal["raise", "skip"]
 
@@ -85,6 +88,8 @@ class Embedder(ABC):
     batch_size: int = 32
     #: at most this much padded cost (``items x largest cost``) in one forward pass; None = no limit
     cost_budget: int | None = None
+    #: what this model is (folder, files, options), set by ``load_model``; None when built by hand
+    identity: "ModelIdentity | None" = None
 
     # -- what users call -------------------------------------------------------------------
 
@@ -156,6 +161,12 @@ class Embedder(ABC):
                            errors=[errors[i] for i in sorted(errors)])
 
     # -- what backends implement -----------------------------------------------------------
+
+    def vector_options(self) -> dict:
+        """Every option this instance was loaded with that changes its vectors (dtype, image
+        token bounds, max length, prompts, ...), as plain values. Families that take such
+        options override this; it feeds :class:`~umr.models.identity.ModelIdentity`."""
+        return {}
 
     @abstractmethod
     def _cost(self, item: Item) -> int:

@@ -106,6 +106,9 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     with quiet_transformers():
         embedder = _family_class(family).from_pretrained(folder, device=device, **merged)
     embedder.name = key
+    from .identity import identify
+
+    embedder.identity = identify(embedder, folder, name=key, family=family, load_options=merged)
     return embedder
 
 
