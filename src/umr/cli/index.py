@@ -55,6 +55,11 @@ def run(args) -> int:
         if Index.exists(args.index_dir):
             index, note = _open_existing(args)
             action = "updating"
+            try:
+                index.id_prefix_for(args.source, args.id_prefix)  # a clash is refused before any work
+            except IndexStoreError:
+                index.close()
+                raise
         else:
             if args.model is None:
                 raise UsageError(f"{args.index_dir} is a new index: say which model builds it with --model")
