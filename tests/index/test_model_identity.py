@@ -30,7 +30,9 @@ def test_built_with_a_relative_model_path_searched_from_another_folder(tmp_path,
     assert main(["search", "--index", "../work/ix", "violin", "--dtype", "bfloat16", "-k", "1"]) == 0
     capsys.readouterr()
     assert main(["index", "../work/c", "--index", "../work/ix", "--dtype", "bfloat16", "--no-progress"]) == 2
-    assert "--dtype bfloat16 (built with the default)" in capsys.readouterr().err
+    assert "--dtype bfloat16 (built with float32)" in capsys.readouterr().err
+    assert main(["index", "../work/c", "--index", "../work/ix", "--dtype", "float32", "--no-progress"]) == 0
+    assert "unchanged 2" in capsys.readouterr().out  # the dtype it was built with is no change
 
     # a different model saved at the same path: refused, naming both
     with Index.open(work / "ix") as ix:

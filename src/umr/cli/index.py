@@ -139,10 +139,13 @@ def _open_existing(args):
             refused.append(f"--ocr {args.ocr} (it was built with OCR {'on' if cfg.get('ocr') else 'off'}; "
                            f"OCR decides every image item's text, so it is fixed when the index is created)")
         recorded = cfg["model"].get("options") or {}
-        given = _load_options(args)
-        changed = {k: v for k, v in given.items() if recorded.get(k) != v}
+        identity = index.recorded_identity
+        # what the model was really built with: the options given then, and the family's resolved
+        # values (so --dtype float32 on a model whose default is float32 is no change)
+        effective = {**recorded, **(identity.options if identity is not None else {})}
+        changed = {k: v for k, v in _load_options(args).items() if effective.get(k) != v}
         if changed:
-            shown = ", ".join(f"--{k.replace('_', '-')} {v} (built with {recorded.get(k, 'the default')})"
+            shown = ", ".join(f"--{k.replace('_', '-')} {v} (built with {effective.get(k, 'the default')})"
                               for k, v in sorted(changed.items()))
             refused.append(f"{shown}: model options change every vector")
         if refused:
