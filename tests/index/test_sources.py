@@ -30,14 +30,15 @@ def _overwrite_keeping_stat(path, colour):
     assert os.stat(path).st_size == st.st_size
 
 
-def test_two_folders_with_the_same_file_name_both_stay(tmp_path, capsys):
+def test_two_folders_with_the_same_file_name_both_stay(tmp_path, capsys, backend):
     a, b = tmp_path / "A", tmp_path / "B"
     for folder, text in ((a, "red apples in autumn"), (b, "a violin concerto")):
         folder.mkdir()
         (folder / "notes.txt").write_text(text)
     (a / "extra.txt").write_text("winter harbour fog")
     index = tmp_path / "ix"
-    assert _index(a, index) == 0 and _index(b, index) == 0
+    where = ["--backend", "milvus", "--uri", str(tmp_path / "v.db")] if backend == "milvus" else []
+    assert _index(a, index, *where) == 0 and _index(b, index) == 0
     assert "added 1, updated 0, unchanged 0" in capsys.readouterr().out.splitlines()[-1]
     with Index.open(index) as ix:
         assert sorted(ix.ids()) == ["A/extra.txt", "A/notes.txt", "B/notes.txt"]
@@ -54,6 +55,10 @@ def test_two_folders_with_the_same_file_name_both_stay(tmp_path, capsys):
     assert "unchanged 1, deleted 1" in capsys.readouterr().out
     assert _index(b, index, "--prune") == 0
     assert "unchanged 1, deleted 0" in capsys.readouterr().out
+    if backend == "milvus":  # where the vectors live is fixed: another place is refused, the same accepted
+        assert _index(b, index, "--uri", str(tmp_path / "other.db")) == 2
+        assert "--uri" in capsys.readouterr().err
+        assert _index(b, index, "--uri", str(tmp_path / "v.db"), "--collection", "umr") == 0
     with Index.open(index) as ix:
         assert sorted(ix.ids()) == ["A/notes.txt", "B/notes.txt"]
 
@@ -180,8 +185,9 @@ def test_options_on_an_existing_index(tmp_path, capsys):
     assert "--ocr on (it was built with OCR off" in err and len(err.strip().splitlines()) == 1
     assert _index(corpus, index, "--max-image-tokens", "64") == 2
     assert "--max-image-tokens 64 (built with the default)" in capsys.readouterr().err
-    assert _index(corpus, index, "--uri", str(tmp_path / "x.db")) == 2
-    assert "--uri" in capsys.readouterr().err
+    assert _index(corpus, index, "--uri", str(tmp_path / "x.db"), "--collection", "c") == 2
+    err = capsys.readouterr().err
+    assert "--uri (a faiss index" in err and "--collection (a faiss index" in err
     assert _index(corpus, index, "--method", "hnsw") == 0
     out = capsys.readouterr().out
     assert "search method switched from exact to hnsw" in out and "unchanged 1" in out

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
                         help="faiss: embedded index in the folder (default); milvus: Milvus Lite or a server")
     parser.add_argument("--uri", default=None,
                         help="Milvus: ./file.db (Milvus Lite) or http://host:19530 (default: INDEX/milvus.db)")
-    parser.add_argument("--collection", default="umr", help="Milvus collection name (default: umr)")
+    parser.add_argument("--collection", default=None, help="Milvus collection name (default: umr)")
     parser.add_argument("--method", choices=["exact", "hnsw"], default=None,
                         help="exact inner-product search (default) or HNSW for large corpora (new index only)")
     parser.add_argument("--ocr", choices=["auto", "on", "off"], default="auto",
@@ -67,7 +67,7 @@ def run(args) -> int:
             model = load_model_from_args(args, args.model, model_options(args))
             ocr = None if args.ocr == "auto" else args.ocr == "on"
             index = Index.create(args.index_dir, model, backend=args.backend or "faiss", uri=args.uri,
-                                 collection=args.collection, method=args.method or "exact", ocr=ocr,
+                                 collection=args.collection or "umr", method=args.method or "exact", ocr=ocr,
                                  model_options=options)
             action = "creating"
     except (IndexStoreError, ValueError) as exc:
@@ -133,8 +133,17 @@ def _open_existing(args):
         refused = []
         if args.backend is not None and args.backend != backend:
             refused.append(f"--backend {args.backend} (it is a {backend} index)")
-        if args.uri is not None and backend != "milvus":
-            refused.append("--uri (a faiss index lives in its folder)")
+        if backend != "milvus":
+            refused += [f"{flag} (a faiss index lives in its folder)" for flag, value
+                        in (("--uri", args.uri), ("--collection", args.collection)) if value is not None]
+        else:
+            from ..index.milvus import resolve_uri
+
+            where = index.store.manifest
+            if args.uri is not None and resolve_uri(args.uri, index.folder) != where["uri"]:
+                refused.append(f"--uri {args.uri} (its vectors live at {where['uri']})")
+            if args.collection is not None and args.collection != where["collection"]:
+                refused.append(f"--collection {args.collection} (its collection is {where['collection']!r})")
         if args.ocr != "auto" and (args.ocr == "on") != bool(cfg.get("ocr")):
             refused.append(f"--ocr {args.ocr} (it was built with OCR {'on' if cfg.get('ocr') else 'off'}; "
                            f"OCR decides every image item's text, so it is fixed when the index is created)")
