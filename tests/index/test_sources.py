@@ -236,3 +236,23 @@ def test_index_search_refuses_bad_queries(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             Index.open(tmp_path / "ix", device="cuda")
+
+
+def test_a_rerun_over_unchanged_files_reads_none_of_them(tmp_path, monkeypatch, capsys):
+    import umr.fingerprint as fpm
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    for i in range(5):
+        (corpus / f"{i}.txt").write_text(f"note number {i}")
+    _bmp(corpus / "pic.bmp", (1, 2, 3))
+    (corpus / "pic.txt").write_text("a caption")
+    assert _index(corpus, tmp_path / "ix", model="pixel-test") == 0
+    reads = []
+    real = fpm._hash_file
+    monkeypatch.setattr(fpm, "_hash_file", lambda p: reads.append(p) or real(p))
+    assert _index(corpus, tmp_path / "ix", model="pixel-test") == 0
+    assert "unchanged 6" in capsys.readouterr().out and reads == []
+    (corpus / "3.txt").write_text("note number 3, edited")
+    assert _index(corpus, tmp_path / "ix", model="pixel-test") == 0
+    assert "updated 1, unchanged 5" in capsys.readouterr().out and len(reads) == 1
