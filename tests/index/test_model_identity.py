@@ -3,8 +3,10 @@
 import json
 import shutil
 
+import pytest
+
 from umr.cli import main
-from umr.index import Index
+from umr.index import Index, ModelMismatch
 from umr.models.clip_sf import write_tiny_clip
 
 
@@ -46,3 +48,19 @@ def test_built_with_a_relative_model_path_searched_from_another_folder(tmp_path,
     assert "weights/config files" in err and before[:12] in err and str((work / "m").resolve()) in err
     assert main(["index", "../work/c", "--index", "../work/ix", "--no-progress"]) == 2
     assert "weights/config files" in capsys.readouterr().err
+
+
+def test_an_index_created_from_a_loaded_model_reloads_it_with_its_options(tmp_path):
+    import umr
+    from umr import Item
+
+    folder = write_tiny_clip(tmp_path / "m", seed=0)
+    model = umr.load_model(folder, max_length=8)
+    with Index.create(tmp_path / "ix", model) as ix:
+        ix.add([Item(text="red apples in autumn", id="a"), Item(text="a violin concerto", id="b")])
+    with Index.open(tmp_path / "ix") as ix:  # loads the recorded model: same options, so accepted
+        assert ix.search("a violin concerto", k=1)[0].id == "b"
+        assert ix.model.max_length == 8
+    other = umr.load_model(folder)
+    with pytest.raises(ModelMismatch, match="max_length: 8 vs"):
+        Index.open(tmp_path / "ix", model=other)

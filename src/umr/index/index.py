@@ -159,7 +159,8 @@ class Index:
         """A new, empty index in ``folder`` for ``model`` (an :class:`Embedder` or a name to load).
 
         ``model_options`` are the ``load_model`` options (``dtype`` included) the model was or is
-        to be loaded with; they are recorded so that a search loads it the same way.
+        to be loaded with (default: those ``load_model`` recorded in the embedder's identity); they
+        are recorded so that a search loads it the same way.
         """
         if method not in ("exact", "hnsw"):
             raise ValueError(f"method must be 'exact' or 'hnsw', not {method!r}")
@@ -167,6 +168,8 @@ class Index:
             from ..models.registry import load_model
 
             model = load_model(model, **(model_options or {}))
+        if model_options is None:  # a loaded embedder: the options it was loaded with, as recorded
+            model_options = dict(model_identity(model).load_options)
         use_ocr = (not sees_images(model)) if ocr is None else bool(ocr)
         config = {"model": model_record(model, model_options), "method": method, "ocr": use_ocr,
                   "sees_images": sees_images(model), "hnsw_m": hnsw_m,

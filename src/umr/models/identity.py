@@ -28,7 +28,7 @@ SMALL_FILE_BYTES = 16 << 20
 #: larger files: this many bytes from each end are hashed, with the size
 EDGE_BYTES = 1 << 20
 #: files that never change what a model computes (docs, code umr does not run, VCS and caches)
-_IGNORED_SUFFIXES = {".md", ".py", ".pyc", ".lock", ".gitattributes"}
+_IGNORED_SUFFIXES = {".md", ".py", ".pyc", ".lock"}
 _IGNORED_DIRS = {"__pycache__", ".git", ".cache", ".huggingface"}
 
 
@@ -49,6 +49,8 @@ class ModelIdentity:
     dim: int
     #: every option that changes vectors (dtype, image-token bounds, max length, prompts, ...)
     options: dict[str, Any] = field(default_factory=dict)
+    #: what ``load_model`` was given besides the name (device left out): loads it the same way again
+    load_options: dict[str, Any] = field(default_factory=dict)
 
     def key(self) -> str:
         """A stable string that is equal exactly when two loads give the same vectors.
@@ -63,7 +65,7 @@ class ModelIdentity:
         """What to pass to ``load_model`` to load this model again from any working directory."""
         from .registry import REGISTRY
 
-        if self.name in REGISTRY or (self.hub_id is not None and self.name == self.hub_id):
+        if self.name in REGISTRY or (self.hub_id is not None and self.name == self.hub_id) or not self.folder:
             return self.name
         return self.folder
 
@@ -89,7 +91,8 @@ class ModelIdentity:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "options": _plain(self.options), "key": self.key()}
+        return {**asdict(self), "options": _plain(self.options), "load_options": _plain(self.load_options),
+                "key": self.key()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelIdentity":
@@ -105,19 +108,17 @@ def identify(embedder, folder: str | os.PathLike | None, *, name: str, family: s
     load options that were given; an option naming a local file (a CLIP-SF ``.pth``) is
     recorded with that file's signature, since the file's bytes are what matters.
     """
-    options: dict[str, Any] = {}
-    for key, value in (load_options or {}).items():
-        if key in ("device",):
-            continue
-        options[key] = _option_value(value)
+    given = {k: v for k, v in (load_options or {}).items() if k != "device"}
+    options = {k: _option_value(v) for k, v in given.items()}
     options.update(embedder.vector_options())
     if folder is None:
-        return ModelIdentity(name=name, family=family, folder="", hub_id=None, revision=None,
-                             files="", dim=int(embedder.dim), options=options)
+        return ModelIdentity(name=name, family=family, folder="", hub_id=None, revision=None, files="",
+                             dim=int(embedder.dim), options=options, load_options=_plain(given))
     resolved = Path(folder).expanduser().resolve()
     hub_id, revision = _hub_snapshot(Path(folder).expanduser().absolute())
     return ModelIdentity(name=name, family=family, folder=str(resolved), hub_id=hub_id, revision=revision,
-                         files=files_fingerprint(resolved), dim=int(embedder.dim), options=options)
+                         files=files_fingerprint(resolved), dim=int(embedder.dim), options=options,
+                         load_options=_plain(given))
 
 
 def files_fingerprint(folder: str | os.PathLike) -> str:
