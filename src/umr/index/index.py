@@ -588,7 +588,8 @@ class _Run:
         a duplicate, a collision with another source, or already known to be unrepresentable."""
         if isinstance(entry, ItemError):
             self.report("error", entry.item_id, entry.reason, line=entry.line)
-            return self.done()
+            self.done()
+            return None
         fingerprint = _record_hash(entry.fingerprint, entry.meta, self.source)
         self.seen.add(entry.id)
         if entry.id in self.taken:
@@ -596,16 +597,19 @@ class _Run:
             self.report("error", entry.id, "duplicate id in the corpus: an earlier entry with this id"
                         + (f" ({first})" if first and first != entry.path else "")
                         + " is used, this one was skipped", entry.path)
-            return self.done()
+            self.done()
+            return None
         if self.max_id is not None and len(entry.id) > self.max_id:
             self.report("error", entry.id[:80] + "...", f"id longer than {self.max_id} characters "
                         f"(the {self.index.store.backend} limit)", entry.path)
-            return self.done()
+            self.done()
+            return None
         old = self.known.get(entry.id)
         if old is not None and old == fingerprint:
             self.taken[entry.id] = entry.path
             self.summary.unchanged += 1
-            return self.done()
+            self.done()
+            return None
         if old is not None and self.source is not None:
             owner = (self.index.store.get([entry.id])[0] or {}).get("source")
             if owner != self.source:
@@ -613,11 +617,13 @@ class _Run:
                 self.report("error", entry.id, f"id collision: {entry.id!r} is already indexed from "
                             f"{owner or 'Index.add'}; this one was skipped (give one of the sources "
                             f"an --id-prefix, or other ids)", entry.path)
-                return self.done()
+                self.done()
+                return None
         cached = self.skip_cache.get(entry.id)
         if cached is not None and cached[0] == fingerprint and old is None:
             self.report("no representation", entry.id, cached[1], entry.path)
-            return self.done()
+            self.done()
+            return None
         entry.fingerprint = fingerprint
         return entry, old
 
@@ -632,7 +638,8 @@ class _Run:
             self.report("error", entry.id, exc.reason, entry.path)
             if old is not None:  # the file changed and is now bad: drop its old version
                 self.failed_updates.append(entry.id)
-            return self.done()
+            self.done()
+            return None
         except Unrepresentable as exc:
             self.report("no representation", entry.id, exc.reason, entry.path)
             self.skip_cache[entry.id] = (entry.fingerprint, exc.reason)
@@ -642,7 +649,8 @@ class _Run:
                 self.skip_handle.flush()
             if old is not None:
                 self.failed_updates.append(entry.id)
-            return self.done()
+            self.done()
+            return None
         self.taken[entry.id] = entry.path
         return entry, item, old is not None
 
