@@ -245,7 +245,8 @@ class Qwen3VLEmbedder(Embedder):
         probe = [Item.candidate("a probe sentence for the exactness check"),
                  Item.query("find it", image=image, instruction="Find the matching picture"),
                  Item.candidate(image=image)]
-        processed = [self.process(item) for item in probe]
+        processed = [self.processor.encode(embedding_messages(item), [item.image] if item.image else [])
+                     for item in probe]  # not truncated: the check must not depend on max_length
         packed = torch.nn.functional.normalize(self.forward(processed, packed=True), dim=-1)
         plain = torch.nn.functional.normalize(self.forward(processed, packed=False), dim=-1)
         tolerance = 1e-4 if self.dtype == torch.float32 else 3e-2
