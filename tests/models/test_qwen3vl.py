@@ -250,6 +250,47 @@ def test_deepstack_matters(q3, images):
     assert np.abs(plain - q3.embed([item]).vectors[0]).max() > 1e-3
 
 
+def _positions_as_4_57(visual, grid):
+    """Learned-position interpolation and rotary tables of one image as transformers 4.57.3 builds
+    them (linspace-based bilinear resampling; (row, col) frequency lookup), in merge-block order."""
+    _, h, w = grid
+    side, m = visual.num_grid_per_side, visual.spatial_merge_size
+    table = visual.pos_embed.weight.detach().view(side, side, -1)
+    ys, xs = torch.linspace(0, side - 1, h), torch.linspace(0, side - 1, w)
+    y0, x0 = ys.int(), xs.int()
+    y1, x1 = (y0 + 1).clamp(max=side - 1), (x0 + 1).clamp(max=side - 1)
+    dy, dx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    pos = ((1 - dy) * (1 - dx) * table[y0][:, x0] + (1 - dy) * dx * table[y0][:, x1]
+           + dy * (1 - dx) * table[y1][:, x0] + dy * dx * table[y1][:, x1])
+    blocks = lambda t: t.view(h // m, m, w // m, m, -1).permute(0, 2, 1, 3, 4).reshape(h * w, -1)  # noqa: E731
+    quarter = visual.config.hidden_size // visual.config.num_heads // 2
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, quarter, 2, dtype=torch.float) / quarter))
+    rows = torch.arange(h)[:, None].expand(h, w).float()
+    cols = torch.arange(w)[None, :].expand(h, w).float()
+    angles = torch.cat([blocks(rows[..., None]) * inv_freq, blocks(cols[..., None]) * inv_freq], dim=-1)
+    angles = torch.cat([angles, angles], dim=-1)
+    return blocks(pos), angles.cos(), angles.sin()
+
+
+@pytest.mark.parametrize("grid", [(1, 2, 2), (1, 6, 10), (1, 10, 6), (1, 4, 22), (1, 16, 16)])
+def test_vision_position_tables_match_transformers_4_57(q3, grid):
+    """transformers 5.x rewrote the vision tower's position code; it equals 4.57.3's on any grid."""
+    from transformers.vision_utils import get_vision_interpolation_indices_and_weights, get_vision_position_ids
+
+    visual = q3.model.visual
+    grid_thw = torch.tensor([grid])
+    indices, weights = get_vision_interpolation_indices_and_weights(
+        grid_thw, num_grid_per_side=visual.num_grid_per_side, mode="bilinear", align_corners=True,
+        spatial_merge_size=visual.spatial_merge_size)
+    with torch.no_grad():
+        pos_v5 = (visual.pos_embed(indices) * weights[:, :, None]).sum(1)
+        x = torch.zeros(grid[1] * grid[2], visual.config.hidden_size)
+        cos_v5, sin_v5 = visual.rotary_pos_emb(x, get_vision_position_ids(grid_thw, visual.spatial_merge_size))
+    pos, cos, sin = _positions_as_4_57(visual, grid)
+    assert torch.allclose(pos_v5, pos, atol=1e-6)
+    assert torch.allclose(cos_v5, cos, atol=1e-6) and torch.allclose(sin_v5, sin, atol=1e-6)
+
+
 # -- truncation --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -326,6 +367,23 @@ def test_vision_special_tokens_in_text_are_refused(q3):
     for text in ("see <|image_pad|> here", "a <|vision_start|> b", "<|video_pad|>"):
         with pytest.raises(ItemError, match="special tokens"):
             q3.embed([Item(text=text, id="s")])
+
+
+def test_processor_serves_multi_image_conversations(q3, ref, images):
+    """The shared processing (as the reranker will use it): two images and texts in one user turn
+    give the ids and patches transformers' Qwen3-VL processor gives for the same conversation."""
+    messages = [{"role": "system", "content": [{"type": "text", "text": "Judge it."}]},
+                {"role": "user", "content": [{"type": "text", "text": "<Query>:"}, {"type": "image"},
+                                             {"type": "text", "text": "a car"}, {"type": "text", "text": "\n<Doc>:"},
+                                             {"type": "image"}]}]
+    sources = [images["photo"], images["palette"]]
+    ours = q3.processor.encode(messages, sources)
+    prompt = ref.processor.apply_chat_template([messages], add_generation_prompt=True, tokenize=False)
+    fetched = [_ref_fetch_image(path, ref.min_pixels, ref.max_pixels) for path in sources]
+    theirs = ref.processor(text=prompt, images=fetched, do_resize=False, do_convert_rgb=False, return_tensors="np")
+    assert ours.input_ids == theirs["input_ids"][0].tolist()
+    assert ours.grids == [tuple(g) for g in theirs["image_grid_thw"].tolist()]
+    assert np.array_equal(ours.pixel_values, theirs["pixel_values"])
 
 
 # -- transformers 4.57 vs 5.x colour conversion ---------------------------------------------------
@@ -432,6 +490,15 @@ def test_mrl_dim_is_the_renormalised_prefix(tiny_qwen3vl_dir, q3, images):
     assert np.abs(small.embed(items).vectors - prefix).max() <= TOL
     with pytest.raises(ValueError, match="dim must be between 1 and 32"):
         umr.load_model(tiny_qwen3vl_dir, dim=64)
+
+
+def test_dim_applies_to_any_family():
+    full = umr.load_model("minilm")
+    small = umr.load_model("minilm", dim=64)
+    texts = ["a dog on the beach", "the tallest mountain"]
+    a, b = full.encode_candidates(texts), small.encode_candidates(texts)
+    assert b.shape == (2, 64)
+    assert np.abs(b - a[:, :64] / np.linalg.norm(a[:, :64], axis=1, keepdims=True)).max() <= TOL
 
 
 def test_index_at_one_dim_refuses_another(tmp_path, tiny_qwen3vl_dir):
