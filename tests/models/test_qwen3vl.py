@@ -538,6 +538,22 @@ def test_tiny_checkpoint_is_deterministic_and_has_answer_tokens(tmp_path, tiny_q
     assert [len(tokenizer(w)["input_ids"]) for w in ("yes", "no")] == [1, 1]
 
 
+def test_new_config_layout_gives_the_same_vectors(tmp_path, q3, tiny_qwen3vl_dir, images):
+    from umr.models.qwen3vl import write_tiny_qwen3vl
+
+    legacy = json.loads((tiny_qwen3vl_dir / "config.json").read_text())
+    assert "rope_scaling" in legacy["text_config"] and "rope_parameters" not in legacy["text_config"]
+    model = umr.load_model(write_tiny_qwen3vl(tmp_path / "v5", seed=0, legacy_layout=False))
+    items = _mixed_items(images)[:4]
+    assert np.abs(model.embed(items).vectors - q3.embed(items).vectors).max() <= TOL
+
+
+def test_item_with_neither_text_nor_image_is_refused(q3):
+    result = q3.embed([Item(id="empty"), Item(text="", id="blank")], on_error="skip")
+    assert list(result.indices) == [1]  # empty text is text; no text and no image is an error
+    assert "neither text nor image" in result.errors[0].reason
+
+
 def test_bfloat16_is_close(tiny_qwen3vl_dir, q3, images):
     fast = umr.load_model(tiny_qwen3vl_dir, dtype="bfloat16")
     assert fast.dtype == torch.bfloat16

@@ -44,10 +44,12 @@ CHAT_TEMPLATE = (
 
 def write_tiny_qwen3vl(folder: str | Path, *, seed: int = 0, text: dict[str, Any] | None = None,
                        vision: dict[str, Any] | None = None, vocab_size: int = 512,
-                       initializer_range: float = 0.1) -> Path:
+                       initializer_range: float = 0.1, legacy_layout: bool = True) -> Path:
     """Write a tiny random Qwen3-VL checkpoint to ``folder`` and return the folder.
 
-    ``text`` / ``vision`` override the architecture (e.g. a mid-sized model for benchmarks).
+    ``text`` / ``vision`` override the architecture (e.g. a mid-sized model for benchmarks). With
+    ``legacy_layout`` config.json is written as the real checkpoints (transformers 4.57) write it:
+    ``rope_scaling`` and ``rope_theta`` in the text config, no vision rope entry, ``torch_dtype``.
     """
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
@@ -105,6 +107,8 @@ def write_tiny_qwen3vl(folder: str | Path, *, seed: int = 0, text: dict[str, Any
                 param.normal_(0.0, 0.5, generator=gen)
     with quiet_transformers():
         model.save_pretrained(folder, safe_serialization=True)
+    if legacy_layout:
+        _write_legacy_config(folder / "config.json")
     generation = folder / "generation_config.json"
     if generation.exists():
         generation.unlink()
@@ -119,3 +123,15 @@ def write_tiny_qwen3vl(folder: str | Path, *, seed: int = 0, text: dict[str, Any
         "processor_class": "Qwen3VLProcessor",
     }, indent=2))
     return folder
+
+
+def _write_legacy_config(path: Path) -> None:
+    config = json.loads(path.read_text())
+    text = config["text_config"]
+    rope = text.pop("rope_parameters")
+    text["rope_theta"] = rope.pop("rope_theta")
+    text["rope_scaling"] = rope
+    config["vision_config"].pop("rope_parameters", None)
+    config["torch_dtype"] = config.pop("dtype", "float32")
+    config["transformers_version"] = "4.57.3"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
