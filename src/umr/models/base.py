@@ -93,6 +93,14 @@ class Embedder(ABC):
 
     # -- what users call -------------------------------------------------------------------
 
+    def truncate_dim(self, dim: int) -> None:
+        """Keep only the first ``dim`` dimensions of every vector, renormalised (Matryoshka)."""
+        full = getattr(self, "full_dim", self.dim)
+        if not 1 <= int(dim) <= full:
+            raise ValueError(f"dim must be between 1 and {full} for {self.name}, not {dim}")
+        self.full_dim = full
+        self.dim = int(dim)
+
     def encode_queries(self, items: Sequence[Item | str], instruction: str | None = None, *,
                        batch_size: int | None = None,
                        show_progress_bar: bool | None = None) -> np.ndarray:
@@ -202,7 +210,7 @@ class Embedder(ABC):
     def _run_batch(self, items: list[Item]) -> np.ndarray:
         with torch.inference_mode():
             out = self._embed_batch(items)
-            out = torch.as_tensor(out).float()
+            out = torch.as_tensor(out).float()[:, : self.dim]  # a Matryoshka prefix when truncated
             out = torch.nn.functional.normalize(out, p=2, dim=-1)
         return out.cpu().numpy()
 
