@@ -507,7 +507,7 @@ def test_index_at_one_dim_refuses_another(tmp_path, tiny_qwen3vl_dir):
     model = umr.load_model(tiny_qwen3vl_dir, dim=16)
     with Index.create(tmp_path / "idx", model) as index:
         index.add([Item.candidate("a dog", id="a"), Item.candidate("a cat", id="b")])
-    with pytest.raises(ModelMismatch, match="16-d"):
+    with pytest.raises(ModelMismatch, match="dimension: 16 vs 32"):
         Index.open(tmp_path / "idx", model=umr.load_model(tiny_qwen3vl_dir))
     with Index.open(tmp_path / "idx", model=model) as index:
         assert index.search("a dog", k=1)[0].id == "a"

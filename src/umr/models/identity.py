@@ -109,7 +109,8 @@ def identify(embedder, folder: str | os.PathLike | None, *, name: str, family: s
     recorded with that file's signature, since the file's bytes are what matters.
     """
     given = {k: v for k, v in (load_options or {}).items() if k != "device"}
-    options = {k: _option_value(v) for k, v in given.items()}
+    # the dimension is recorded as ``dim`` itself, not as an option
+    options = {k: _option_value(v) for k, v in given.items() if k != "dim"}
     options.update(embedder.vector_options())
     if folder is None:
         return ModelIdentity(name=name, family=family, folder="", hub_id=None, revision=None, files="",
