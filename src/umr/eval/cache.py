@@ -75,6 +75,22 @@ def _file_stamp(item: Item) -> list | None:
     return [stat.st_size, stat.st_mtime_ns]
 
 
+def _read_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The whole lines of a file of fixed-width fingerprint lines, as a bytes array (no Python
+    object per line: the global pool has millions) and the offset of each line's end; a torn
+    last line is left out. Lines of mixed widths (fingerprints changed format) are read one by
+    one."""
+    buf = np.fromfile(path, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 10)
+    if not len(ends):
+        return np.zeros(0, "S1"), ends
+    widths = np.diff(ends, prepend=-1) - 1
+    if (widths == widths[0]).all() and widths[0] > 0:
+        width = int(widths[0])
+        return buf[:len(ends) * (width + 1)].view(f"S{width + 1}").astype(f"S{width}"), ends
+    return np.array(bytes(buf[:ends[-1]]).split(b"\n")), ends
+
+
 class EmbeddingStore:
     """Cached vectors of one model under ``root/<model>``.
 
@@ -111,21 +127,19 @@ class EmbeddingStore:
         if meta.is_file():
             self.dim = int(json.loads(meta.read_text(encoding="utf-8"))["dim"])
         if self.dim is not None and self._fps_path.is_file():
-            data = self._fps_path.read_bytes()
-            complete = data[:data.rfind(b"\n") + 1]  # a torn last line (killed mid-append) is cut off
-            lines = complete.split(b"\n")[:-1]
+            fps, ends = _read_lines(self._fps_path)  # a torn last line (killed mid-append) is left out
             rows = self._vectors_path.stat().st_size // (4 * self.dim) if self._vectors_path.is_file() else 0
-            n = min(len(lines), rows)
-            if n < len(lines) or len(complete) < len(data):
-                lines = lines[:n]
+            n = min(len(fps), rows)
+            fps = fps[:n]
+            size = int(ends[n - 1]) + 1 if n else 0
+            if self._fps_path.stat().st_size != size:
                 with self._fps_path.open("r+b") as handle:
-                    handle.truncate(sum(len(line) + 1 for line in lines))
+                    handle.truncate(size)
             if self._vectors_path.is_file() and self._vectors_path.stat().st_size != n * 4 * self.dim:
                 with self._vectors_path.open("r+b") as handle:  # rows whose fingerprints never landed
                     handle.truncate(n * 4 * self.dim)
             self._n = n
             if n:
-                fps = np.array(lines, dtype=f"S{max(len(line) for line in lines)}")
                 self._order = np.argsort(fps, kind="stable")
                 self._sorted = fps[self._order]
         self._migrate_shards()
@@ -193,8 +207,9 @@ class EmbeddingStore:
         changed, or ``retry_errors``): a finished task holding such an item is not final."""
         if not self.errors:
             return False
-        return any(fp in self.errors and self._failure(fp, item) is None
-                   for fp, item in ((fingerprint(item), item) for item in items))
+        failed = [(fp, item) for fp, item in ((fingerprint(item), item) for item in items) if fp in self.errors]
+        rows = self._rows([fp for fp, _ in failed])  # embedded since it failed: nothing to retry
+        return any(row < 0 and self._failure(fp, item) is None for (fp, item), row in zip(failed, rows))
 
     def _vectors(self) -> np.ndarray:
         if self._map is None or len(self._map) != self._n:
