@@ -441,3 +441,18 @@ def test_fingerprints_of_another_width_are_read_back(tmp_path):
         handle.write(b"torn")
     assert len(EmbeddingStore(tmp_path, "m")) == 3
     assert (reopened.dir / "fps.txt").stat().st_size == 40 + 64 + 40 + 3
+
+
+def test_two_stores_sharing_a_cache_never_misalign_rows(tmp_path):
+    """Two evaluations into one cache (e.g. both pools at once): the second reads what the first
+    committed instead of appending over it with stale row numbers."""
+    a, b = EmbeddingStore(tmp_path, "m"), EmbeddingStore(tmp_path, "m")
+    first, second = Words(), Words()
+    a.embed(first, _items(10))
+    vectors, kept, _, _ = b.embed(second, _items(15)[5:])
+    assert second.calls == 5 and len(kept) == 10
+    np.testing.assert_allclose(vectors, Words().embed(_items(15)[5:]).vectors, atol=1e-6)
+    again = Words()
+    vectors, _, _, _ = a.embed(again, _items(15))
+    assert again.calls == 0
+    np.testing.assert_allclose(vectors, Words().embed(_items(15)).vectors, atol=1e-6)

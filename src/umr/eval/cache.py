@@ -5,7 +5,8 @@ One model's vectors live in two append-only files: ``vectors.f32`` (raw float32 
 ``meta.json`` (the dimension). Work is committed every ``commit_every`` items or
 ``commit_seconds`` (as ``umr index`` commits), by appending the rows first and their fingerprint
 lines second, so an interrupted evaluation loses at most the work since the last commit; a torn
-tail (a kill mid-append) is cut off when the cache is opened. The vectors are memory-mapped,
+tail (a kill mid-append) is cut off when the cache is opened. Appends and that repair hold a
+lock (``flock``), so two evaluations sharing a cache never interleave their rows. The vectors are memory-mapped,
 never loaded: a pool's matrix is gathered from the map (one copy; none at all when the pool's
 rows are contiguous), so memory holds one pool's vectors, not every vector the cache has.
 
@@ -18,6 +19,8 @@ modification time): an item whose file changed since it failed is embedded again
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -109,20 +112,37 @@ class EmbeddingStore:
         self._vectors_path = self.dir / "vectors.f32"
         self._fps_path = self.dir / "fps.txt"
         self.dim: int | None = None
+        self._map: np.memmap | None = None
+        self._fps_size = -1  # the size of fps.txt when this store last read or wrote it
+        with self._locked():
+            self._migrate_shards()
+
+    # -- opening -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """Exclusive use of the files while they are read, repaired or appended to: a second
+        evaluation sharing this cache waits, then reads what the first one committed."""
+        with (self.dir / "lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                if (self._fps_path.stat().st_size if self._fps_path.is_file() else 0) != self._fps_size:
+                    self._read()  # first use, or written by another store since this one last looked
+                yield
+            finally:
+                self._fps_size = self._fps_path.stat().st_size if self._fps_path.is_file() else 0
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _read(self) -> None:
+        """Read the files (cutting off a torn tail): the fingerprint index and the failures."""
         self._n = 0
         # fingerprints of rows [0, n): sorted, with their rows; rows committed since the last
         # merge are in ``_recent`` (a dict, merged into the sorted arrays once it grows)
         self._sorted = np.zeros(0, "S1")
         self._order = np.zeros(0, np.int64)
         self._recent: dict[str, int] = {}
-        self._map: np.memmap | None = None
         #: fingerprint -> (reason, file stamp at failure)
         self.errors: dict[str, tuple[str, list | None]] = {}
-        self._open()
-
-    # -- opening -----------------------------------------------------------------------------
-
-    def _open(self) -> None:
         meta = self.dir / "meta.json"
         if meta.is_file():
             self.dim = int(json.loads(meta.read_text(encoding="utf-8"))["dim"])
@@ -142,7 +162,6 @@ class EmbeddingStore:
             if n:
                 self._order = np.argsort(fps, kind="stable")
                 self._sorted = fps[self._order]
-        self._migrate_shards()
         errors = self.dir / "errors.jsonl"
         if errors.is_file():
             for line in errors.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -220,7 +239,8 @@ class EmbeddingStore:
     # -- writing -----------------------------------------------------------------------------
 
     def _append(self, fps: list[str], vectors: np.ndarray) -> None:
-        """Commit rows: vectors first, then their fingerprints (a row counts once its line is whole)."""
+        """Commit rows: vectors first, then their fingerprints (a row counts once its line is
+        whole). Called with the lock held."""
         if not fps:
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -266,9 +286,14 @@ class EmbeddingStore:
         Returns ``(vectors, kept_positions, errors_by_position, seconds_spent_embedding)``;
         ``vectors`` is read from the memory map (a view when the rows are contiguous).
         """
+        fps = [fingerprint(item) for item in items]
+        with self._locked():
+            return self._embed(model, items, fps, batch_size=batch_size, show_progress_bar=show_progress_bar)
+
+    def _embed(self, model, items: Sequence[Item], fps: list[str], *, batch_size: int | None,
+               show_progress_bar: bool) -> tuple[np.ndarray, np.ndarray, dict[int, str], float]:
         from tqdm.auto import tqdm
 
-        fps = [fingerprint(item) for item in items]
         rows = self._rows(fps)
         todo: dict[str, int] = {}
         for i in np.flatnonzero(rows < 0).tolist():
