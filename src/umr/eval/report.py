@@ -129,7 +129,7 @@ def markdown_report(scores: dict[str, Any]) -> str:
     for pool in pools:
         out += [f"## All metrics — {pool} pool", ""]
         header = ["Task", "R@1", "R@5", "R@10", "R@20", "R@50", "NDCG@10", "MRR@10", "MAP",
-                  "Recall@10", "Recall@100", "Queries"]
+                  "Recall@10", "Recall@100", "Queries scored"]
         rows = []
         for name in names:
             r = table.get((name, pool))
