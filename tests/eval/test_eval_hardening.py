@@ -456,3 +456,25 @@ def test_two_stores_sharing_a_cache_never_misalign_rows(tmp_path):
     vectors, _, _, _ = a.embed(again, _items(15))
     assert again.calls == 0
     np.testing.assert_allclose(vectors, Words().embed(_items(15)).vectors, atol=1e-6)
+
+
+def test_retry_errors_retries_each_item_once_per_run_and_refreshes_every_task(tmp_path):
+    """Two tasks share a candidate that failed: one retry serves both, and the second task's
+    finished result (which counted the failure) is scored again, not served stale."""
+    from umr.data.tasks import RetrievalTask
+    from umr.types import Modality
+
+    def task(name):
+        cands = [Item.candidate(text="flaky doc", id="shared"), Item.candidate(text=f"{name} doc", id=f"{name}-d")]
+        return RetrievalTask(name=name, queries=[Item.query(text="flaky", id="q")], candidates=list(cands),
+                             qrels={"q": {"shared": 1}}, category="T→T", target_modality=Modality.TEXT, pool="corpus")
+
+    first = evaluate(Words(refuse=("flaky",)), [task("A"), task("B")], output=tmp_path)
+    assert [r["failures"]["candidates"] for r in first["tasks"]] == [1, 1]
+    still = evaluate(Words(refuse=("flaky",)), [task("A"), task("B")], output=tmp_path, retry_errors=True)
+    assert [r["failures"]["candidates"] for r in still["tasks"]] == [1, 1]  # retried, failed again
+    fixed = Words()
+    scores = evaluate(fixed, [task("A"), task("B")], output=tmp_path, retry_errors=True)
+    assert sorted(fixed.seen) == ["q", "shared"]  # once, though both tasks hold them
+    assert [r["failures"]["candidates"] for r in scores["tasks"]] == [0, 0]
+    assert [r["main_score"] for r in scores["tasks"]] == [1.0, 1.0]

@@ -114,6 +114,7 @@ class EmbeddingStore:
         self.dim: int | None = None
         self._map: np.memmap | None = None
         self._fps_size = -1  # the size of fps.txt when this store last read or wrote it
+        self._tried: set[str] = set()  # fingerprints this store has tried to embed (retried at most once)
         with self._locked():
             self._migrate_shards()
 
@@ -203,7 +204,7 @@ class EmbeddingStore:
         out = np.full(len(fps), -1, np.int64)
         if len(self._sorted) and len(fps):
             width = max(self._sorted.dtype.itemsize, max(len(fp) for fp in fps))
-            keys = np.array([fp.encode("ascii") for fp in fps], dtype=f"S{width}")
+            keys = np.array([fp.encode("utf-8") for fp in fps], dtype=f"S{width}")
             base = self._sorted.astype(f"S{width}", copy=False)
             pos = np.minimum(np.searchsorted(base, keys), len(base) - 1)
             hit = base[pos] == keys
@@ -217,18 +218,26 @@ class EmbeddingStore:
     def _failure(self, fp: str, item: Item) -> str | None:
         """The recorded reason this item failed, unless it is to be tried again."""
         record = self.errors.get(fp)
-        if record is None or self.retry_errors or record[1] != _file_stamp(item):
+        if record is None or (self.retry_errors and fp not in self._tried) or record[1] != _file_stamp(item):
             return None
         return record[0]
 
-    def retryable(self, items: Sequence[Item]) -> bool:
-        """Whether any of ``items`` failed before and would now be tried again (its image file
-        changed, or ``retry_errors``): a finished task holding such an item is not final."""
+    def failure_state(self, items: Sequence[Item]) -> tuple[int, bool]:
+        """``(how many of items stand failed, whether any failed one would now be tried again)``
+        (its image file changed, or ``retry_errors``). A finished task whose failures differ from
+        this is not final: it is scored again."""
         if not self.errors:
-            return False
+            return 0, False
         failed = [(fp, item) for fp, item in ((fingerprint(item), item) for item in items) if fp in self.errors]
-        rows = self._rows([fp for fp, _ in failed])  # embedded since it failed: nothing to retry
-        return any(row < 0 and self._failure(fp, item) is None for (fp, item), row in zip(failed, rows))
+        rows = self._rows([fp for fp, _ in failed])  # a vector since: no longer failed
+        standing, retry = 0, False
+        for (fp, item), row in zip(failed, rows):
+            if row < 0:
+                if self._failure(fp, item) is None:
+                    retry = True
+                else:
+                    standing += 1
+        return standing, retry
 
     def _vectors(self) -> np.ndarray:
         if self._map is None or len(self._map) != self._n:
@@ -252,7 +261,7 @@ class EmbeddingStore:
         with self._vectors_path.open("ab") as handle:
             handle.write(vectors.tobytes())
         with self._fps_path.open("ab") as handle:
-            handle.write("".join(fp + "\n" for fp in fps).encode("ascii"))
+            handle.write("".join(fp + "\n" for fp in fps).encode("utf-8"))
         for j, fp in enumerate(fps):
             self._recent[fp] = self._n + j
         self._n += len(fps)
@@ -262,7 +271,7 @@ class EmbeddingStore:
     def _merge_recent(self) -> None:
         fps = list(self._recent)
         width = max([self._sorted.dtype.itemsize] + [len(fp) for fp in fps])
-        keys = np.concatenate([self._sorted.astype(f"S{width}"), np.array([fp.encode("ascii") for fp in fps],
+        keys = np.concatenate([self._sorted.astype(f"S{width}"), np.array([fp.encode("utf-8") for fp in fps],
                                                                          dtype=f"S{width}")])
         rows = np.concatenate([self._order, np.array([self._recent[fp] for fp in fps], np.int64)])
         order = np.argsort(keys, kind="stable")
@@ -300,6 +309,7 @@ class EmbeddingStore:
             if fps[i] not in todo and self._failure(fps[i], items[i]) is None:
                 todo[fps[i]] = i
         positions = list(todo.values())
+        self._tried.update(todo)
         spent = 0.0
         step = max(1, min(self.commit_every, 4 * (batch_size or getattr(model, "batch_size", 32))))
         pending_fps: list[str] = []

@@ -281,11 +281,15 @@ class Evaluator:
         return TaskOutcome(result, run)
 
     def _worth_retrying(self, previous: dict[str, Any], task: RetrievalTask) -> bool:
-        """Whether a finished task with failures has an item that would now be embedded again."""
+        """Whether a finished task with failures is stale: an item it lost would now be embedded
+        again, or has been embedded since (by another task sharing it)."""
         failures = previous.get("failures") or {}
-        if failures.get("queries") and self.store.retryable(task.queries):
-            return True
-        return bool(failures.get("candidates")) and self.store.retryable(task.candidates)
+        for role, items in (("queries", task.queries), ("candidates", task.candidates)):
+            if failures.get(role):
+                standing, retry = self.store.failure_state(items)
+                if retry or standing != failures[role]:
+                    return True
+        return False
 
     def _task_file(self, task: RetrievalTask) -> Path | None:
         if self.output is None:
