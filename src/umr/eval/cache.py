@@ -7,8 +7,9 @@ One model's vectors live in two append-only files: ``vectors.f32`` (raw float32 
 lines second, so an interrupted evaluation loses at most the work since the last commit; a torn
 tail (a kill mid-append) is cut off when the cache is opened. Appends and that repair hold a
 lock (``flock``), so two evaluations sharing a cache never interleave their rows. The vectors are memory-mapped,
-never loaded: a pool's matrix is gathered from the map (one copy; none at all when the pool's
-rows are contiguous), so memory holds one pool's vectors, not every vector the cache has.
+never loaded: a pool whose rows are contiguous is searched straight from the map, and any
+other is gathered by block reads (one copy), so memory holds one pool's vectors, not every
+vector the cache has.
 
 The fingerprint covers what the model sees (role, text, image, instruction), so a candidate
 shared by a local pool and the global pool, or by two tasks, is embedded once. Items that cannot
@@ -354,10 +355,29 @@ class EmbeddingStore:
         if not len(kept):
             return np.zeros((0, dim), np.float32), kept, errors, spent
         chosen = rows[kept]
-        vectors = self._vectors()
         first = int(chosen[0])
         if np.array_equal(chosen, np.arange(first, first + len(chosen))):
-            matrix = vectors[first:first + len(chosen)]
-        else:
-            matrix = vectors[chosen]  # the one copy: this pool's rows, gathered from the map
-        return np.asarray(matrix), kept, errors, spent
+            return np.asarray(self._vectors()[first:first + len(chosen)]), kept, errors, spent
+        return self._gather(chosen), kept, errors, spent
+
+    #: bytes read at a time when gathering scattered rows
+    READ_BLOCK = 4 << 20
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        """Scattered rows in the given order: the one copy of this pool's vectors. Read block by
+        block rather than through the map, whose touched pages would stay resident beside it."""
+        out = np.empty((len(rows), self.dim), np.float32)
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        row_bytes = 4 * self.dim
+        per_block = max(1, self.READ_BLOCK // row_bytes)
+        start = 0
+        while start < len(ordered):
+            low = int(ordered[start])
+            stop = int(np.searchsorted(ordered, low + per_block))
+            high = int(ordered[stop - 1]) + 1
+            block = np.fromfile(self._vectors_path, dtype=np.float32, count=(high - low) * self.dim,
+                                offset=low * row_bytes).reshape(high - low, self.dim)
+            out[order[start:stop]] = block[ordered[start:stop] - low]
+            start = stop
+        return out
