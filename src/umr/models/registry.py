@@ -105,8 +105,7 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     key = str(model)
     spec = REGISTRY.get(key)
     family = spec.family if spec else None
-    source = spec.resolve_source() if spec else key
-    folder = _local_folder(source, shown_as=key)
+    folder = resolve_folder(key)
     family = family or detect_family(folder)
     merged = {**(spec.defaults if spec else {}), **options}
     dim = merged.pop("dim", None)
@@ -122,6 +121,13 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
 
     embedder.identity = identify(embedder, folder, name=key, family=family, load_options=merged)
     return embedder
+
+
+def resolve_folder(model: str | os.PathLike) -> Path:
+    """The local folder a short name, hub id or folder loads from (without loading it)."""
+    key = str(model)
+    spec = REGISTRY.get(key)
+    return _local_folder(spec.resolve_source() if spec else key, shown_as=key)
 
 
 @contextlib.contextmanager
