@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..types import Item, ItemError
-from .files import resolve_path
+from .files import is_url, resolve_path
 
 _STRING_FIELDS = ("text", "image", "instruction")
 
@@ -50,6 +50,9 @@ def parse_item_line(raw: str, *, line_no: int, base: Path) -> Item | ItemError:
     text, image = record.get("text"), record.get("image")
     if text is None and image is None:
         return ItemError(item_id, "has neither text nor image", line=line_no)
+    if image is not None and is_url(image):
+        return ItemError(item_id, f"image {image!r}: URLs are not supported (umr does not fetch "
+                                  f"files); download it and give its path", line=line_no)
     image = resolve_path(base, image)
     metadata = {k: v for k, v in record.items()
                 if k not in ("id", "is_query", *_STRING_FIELDS)}
