@@ -44,6 +44,11 @@ def is_url(value: str) -> bool:
     return bool(_URL.match(value))
 
 
+def url_refusal(field: str, value: str) -> str:
+    """The one-line reason an item with a URL for its image is refused."""
+    return f"{field} {value!r}: URLs are not supported (umr does not fetch files); download it and give its path"
+
+
 def _os_bytes(name: str) -> bytes:
     try:
         return os.fsencode(name)

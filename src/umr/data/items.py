@@ -1,7 +1,8 @@
 """The items JSONL format shared by ``umr embed`` and ``umr index``.
 
 One object per line: ``id``, ``text`` (string or null), ``image`` (a path relative to the
-JSONL file's folder, or absolute, or null), ``instruction`` (string or null), ``is_query``
+JSONL file's folder, or absolute, or null;
+a URL is refused, not fetched), ``instruction`` (string or null), ``is_query``
 (bool). Other fields are kept as metadata. A bad line yields an :class:`ItemError` naming
 its line and id instead of stopping the read.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..types import Item, ItemError
-from .files import is_url, resolve_path
+from .files import is_url, resolve_path, url_refusal
 
 _STRING_FIELDS = ("text", "image", "instruction")
 
@@ -51,8 +52,7 @@ def parse_item_line(raw: str, *, line_no: int, base: Path) -> Item | ItemError:
     if text is None and image is None:
         return ItemError(item_id, "has neither text nor image", line=line_no)
     if image is not None and is_url(image):
-        return ItemError(item_id, f"image {image!r}: URLs are not supported (umr does not fetch "
-                                  f"files); download it and give its path", line=line_no)
+        return ItemError(item_id, url_refusal("image", image), line=line_no)
     image = resolve_path(base, image)
     metadata = {k: v for k, v in record.items()
                 if k not in ("id", "is_query", *_STRING_FIELDS)}

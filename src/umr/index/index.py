@@ -17,12 +17,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from ..types import Item, ItemError, Modality
 from .store import MANIFEST, Filter, FlatStore, Hit, IndexStoreError, read_manifest
+
+if TYPE_CHECKING:
+    from ..data.chunking import Chunker
+    from ..data.corpus import ReadReport
 
 #: records keep this much of the text they were embedded from, for display
 SNIPPET_CHARS = 300
@@ -69,6 +73,8 @@ class Summary:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    #: what the corpus reader passed over (ignored files) and reshaped (passages, cut texts)
+    read: ReadReport | None = None
 
     def line(self) -> str:
         return (f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
@@ -314,27 +320,34 @@ class Index:
     def index_corpus(self, source, *, image_root=None, commit_every: int = 256,
                      commit_seconds: float = 30.0, batch_size: int | None = None, prune: bool = False,
                      progress: Callable[[int], None] | None = None,
-                     errors_file: str | os.PathLike | None = None) -> Summary:
+                     errors_file: str | os.PathLike | None = None, chunk: bool | None = None,
+                     chunk_tokens: int | None = None, chunk_overlap: int | None = None) -> Summary:
         """Index a folder / items JSONL / M-BEIR pool; resumable: unchanged items are skipped.
 
         Work is committed every ``commit_every`` items or ``commit_seconds``; a run killed at any
         point and started again does only what is left. With ``prune`` ids under this source that
-        are no longer in it are deleted.
+        are no longer in it are deleted. Long texts are split into passages (``chunk``,
+        ``chunk_tokens``, ``chunk_overlap``; see :meth:`chunker`).
         """
-        from ..data.corpus import read_corpus
+        from ..data.corpus import ReadReport, read_corpus
 
         started = time.monotonic()
-        summary = Summary()
+        summary = Summary(read=ReadReport())
+        chunker = self.chunker(chunk=chunk, tokens=chunk_tokens, overlap=chunk_overlap)
         errors_path = Path(errors_file) if errors_file else self.folder / ERRORS_FILE
         errors_path.parent.mkdir(parents=True, exist_ok=True)
         skipped_path = self.folder / SKIPPED_FILE
         skip_cache = _read_skip_cache(skipped_path)
         with open(errors_path, "w", encoding="utf-8") as err_handle, \
                 open(skipped_path, "a", encoding="utf-8") as skip_handle:
-            seen = self._run(read_corpus(source, image_root=image_root), summary, batch_size=batch_size,
+            entries = read_corpus(source, image_root=image_root, chunker=chunker, report=summary.read)
+            seen = self._run(entries, summary, batch_size=batch_size,
                              commit_every=commit_every, commit_seconds=commit_seconds,
                              progress=progress, err_handle=err_handle, source=str(Path(source).resolve()),
                              skip_cache=skip_cache, skip_handle=skip_handle)
+            for name, _, reason in summary.read.ignored:
+                err_handle.write(json.dumps({"id": name, "path": None, "line": None, "kind": "ignored",
+                                             "error": reason}, ensure_ascii=False) + "\n")
         # keep only this run's entries (other sources' entries stay too)
         current = {e["id"] for e in summary.skipped}
         keep = [{"id": i, "fingerprint": fp, "reason": why} for i, (fp, why) in skip_cache.items()
@@ -350,6 +363,23 @@ class Index:
         self._update_graph()
         summary.seconds = time.monotonic() - started
         return summary
+
+    def chunker(self, *, chunk: bool | None = None, tokens: int | None = None,
+                overlap: int | None = None) -> "Chunker":
+        """How this index splits long texts: the settings given, else those recorded by the last
+        run (default: on, passages of the model's window, overlap 1/8). New settings are recorded."""
+        from ..data.chunking import Chunker
+
+        recorded = self.config.get("chunking") or {}
+        if tokens is None:
+            tokens = recorded.get("tokens")
+            if overlap is None:
+                overlap = recorded.get("overlap")
+        enabled = recorded.get("enabled", True) if chunk is None else bool(chunk)
+        chunker = Chunker(self.model, tokens=tokens, overlap=overlap, enabled=enabled)
+        if chunker.settings() != recorded:
+            self.store.set_config({**self.config, "chunking": chunker.settings()})
+        return chunker
 
     def _run(self, entries, summary: Summary, *, batch_size=None, commit_every=256,
              commit_seconds=30.0, progress=None, err_handle=None, source=None,
