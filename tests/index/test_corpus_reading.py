@@ -21,21 +21,29 @@ def _latin1_folder(root):
     (root / "sub" / "other.md").write_text("a violin concerto in the evening")
     with open(os.path.join(os.fsencode(root), LATIN1_NAME), "wb") as handle:
         handle.write(b"an espresso on the terrace of the corner cafe")
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (0, 90, 200)).save(os.fsdecode(os.path.join(os.fsencode(root), b"photo \xe0.png")))
+    with open(os.path.join(os.fsencode(root), b"photo \xe0.txt"), "wb") as handle:  # its caption sidecar
+        handle.write(b"a blue tram at the depot")
     return root
 
 
 def test_a_file_name_that_is_not_utf8_is_indexed_searchable_and_unchanged(tmp_path, make_index):
     folder = _latin1_folder(tmp_path / "c")
-    index = make_index()
+    index = make_index(ocr=False)
     summary = index.index_corpus(folder)
-    assert (summary.added, summary.errors) == (3, [])
+    assert (summary.added, summary.errors) == (4, [])
+    photo = index.search("blue tram depot", k=1)[0]
+    assert photo.id == "photo \\xe0.png" and photo.modality == "image,text"
+    assert os.path.isfile(fs_path(photo.path))
     hit = index.search("espresso terrace cafe", k=1)[0]
     assert hit.id == "caf\\xe9 cr\\xe8me.txt"  # the undecodable bytes, shown
     assert os.fsencode(fs_path(hit.path)) == os.path.join(os.fsencode(folder.resolve()), LATIN1_NAME)
     with open(fs_path(hit.path), "rb") as handle:  # the stored path opens the real file
         assert handle.read().startswith(b"an espresso")
     again = index.index_corpus(folder)
-    assert (again.added, again.updated, again.unchanged, again.errors) == (0, 0, 3, [])
+    assert (again.added, again.updated, again.unchanged, again.errors) == (0, 0, 4, [])
 
 
 def test_skipped_files_are_counted_by_extension_and_listed(tmp_path, capsys):
@@ -178,3 +186,7 @@ def test_a_word_in_the_last_paragraph_of_a_long_file_finds_it(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)[0]["id"] != "long.txt"  # what chunking fixes
     assert main(["index", str(corpus), "--index", str(index), "--chunk-tokens", "300", "--no-progress"]) == 2
     assert "more than minilm reads: its window holds 254 tokens" in capsys.readouterr().err
+    fresh = tmp_path / "fresh"
+    assert main(["index", str(corpus), "--index", str(fresh), "--model", "minilm", "--chunk-overlap", "254"]) == 2
+    assert "--chunk-overlap must be at least 0 and less than the passage size (254 tokens)" in capsys.readouterr().err
+    assert not fresh.exists()  # refused before the index is created

@@ -47,6 +47,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from tqdm.auto import tqdm
 
+    from ..data.chunking import Chunker, ChunkingError
     from ..data.corpus import count_corpus
     from ..index import Index, IndexStoreError
 
@@ -83,12 +84,13 @@ def run(args) -> int:
                 raise UsageError(f"{args.index_dir} is a new index: say which model builds it with --model")
             options = model_options(args)
             model = load_model_from_args(args, args.model, options)
+            Chunker(model, tokens=args.chunk_tokens, overlap=args.chunk_overlap)  # refused before creating
             ocr = None if args.ocr == "auto" else args.ocr == "on"
             index = Index.create(args.index_dir, model, backend=args.backend or "faiss", uri=args.uri,
                                  collection=args.collection, method=args.method or "exact", ocr=ocr,
                                  model_options=options)
             action = "creating"
-    except (IndexStoreError, ValueError) as exc:
+    except (IndexStoreError, ValueError) as exc:  # ChunkingError is a ValueError
         raise UsageError(str(exc)) from None
 
     with index:
@@ -103,9 +105,9 @@ def run(args) -> int:
             try:
                 summary = index.index_corpus(args.source, image_root=args.image_root,
                                              commit_every=args.commit_every, batch_size=args.batch_size,
-                                             prune=args.prune, progress=bar.update, chunk=args.chunk,
+                                             prune=args.prune, progress=_advance(bar), chunk=args.chunk,
                                              chunk_tokens=args.chunk_tokens, chunk_overlap=args.chunk_overlap)
-            except ValueError as exc:  # chunking options the model cannot take
+            except ChunkingError as exc:
                 raise UsageError(str(exc)) from None
         errors_path = Path(args.index_dir) / "errors.jsonl"
         print(f"umr index: {summary.line()} in {summary.seconds:.1f}s; the index holds {len(index)} items")
@@ -129,6 +131,17 @@ def run(args) -> int:
         if args.compact:
             _compact(index)
     return 0
+
+
+def _advance(bar):
+    """The bar's update; the total (counted per file) grows when long texts turn out to be passages."""
+    def advance(n: int) -> None:
+        bar.update(n)
+        if bar.total is not None and bar.n > bar.total:
+            bar.total = bar.n
+            bar.refresh()
+
+    return advance
 
 
 def _print_read_report(read, chunking: dict, model_name: str) -> None:

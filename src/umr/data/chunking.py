@@ -22,6 +22,10 @@ BLOCK_CHARS = 65_536
 BREAK_SEARCH = 0.25
 
 
+class ChunkingError(ValueError):
+    """Chunk options the model cannot take (a passage larger than its window, a bad overlap)."""
+
+
 @dataclass(frozen=True)
 class Passage:
     """One passage: its text and where it lies in the whole text (character offsets)."""
@@ -46,15 +50,15 @@ class Chunker:
         self.window = model.text_window()
         if tokens is not None:
             if tokens < 1:
-                raise ValueError(f"--chunk-tokens must be at least 1, not {tokens}")
+                raise ChunkingError(f"--chunk-tokens must be at least 1, not {tokens}")
             if self.window is not None and tokens > self.window:
-                raise ValueError(f"--chunk-tokens {tokens} is more than {model.name} reads: its window "
+                raise ChunkingError(f"--chunk-tokens {tokens} is more than {model.name} reads: its window "
                                  f"holds {self.window} tokens of text")
         self.tokens = tokens if tokens is not None else self.window
         if overlap is None:
             overlap = self.tokens // 8 if self.tokens else 0
         if overlap < 0 or (self.tokens is not None and overlap >= self.tokens):
-            raise ValueError(f"--chunk-overlap must be at least 0 and less than the passage size "
+            raise ChunkingError(f"--chunk-overlap must be at least 0 and less than the passage size "
                              f"({self.tokens} tokens), not {overlap}")
         self.overlap = overlap
         self.enabled = enabled

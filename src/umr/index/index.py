@@ -327,13 +327,13 @@ class Index:
         Work is committed every ``commit_every`` items or ``commit_seconds``; a run killed at any
         point and started again does only what is left. With ``prune`` ids under this source that
         are no longer in it are deleted. Long texts are split into passages (``chunk``,
-        ``chunk_tokens``, ``chunk_overlap``; see :meth:`chunker`).
+        ``chunk_tokens``, ``chunk_overlap``; see :meth:`_chunker`).
         """
         from ..data.corpus import ReadReport, read_corpus
 
         started = time.monotonic()
         summary = Summary(read=ReadReport())
-        chunker = self.chunker(chunk=chunk, tokens=chunk_tokens, overlap=chunk_overlap)
+        chunker = self._chunker(chunk=chunk, tokens=chunk_tokens, overlap=chunk_overlap)
         errors_path = Path(errors_file) if errors_file else self.folder / ERRORS_FILE
         errors_path.parent.mkdir(parents=True, exist_ok=True)
         skipped_path = self.folder / SKIPPED_FILE
@@ -364,7 +364,7 @@ class Index:
         summary.seconds = time.monotonic() - started
         return summary
 
-    def chunker(self, *, chunk: bool | None = None, tokens: int | None = None,
+    def _chunker(self, *, chunk: bool | None = None, tokens: int | None = None,
                 overlap: int | None = None) -> "Chunker":
         """How this index splits long texts: the settings given, else those recorded by the last
         run (default: on, passages of the model's window, overlap 1/8). New settings are recorded."""
