@@ -54,15 +54,17 @@ def test_skipped_files_are_counted_by_extension_and_listed(tmp_path, capsys):
         (corpus / name).write_text("x")
     (corpus / ".git").mkdir()
     (corpus / ".git" / "config").write_text("x")
+    os.mkfifo(corpus / "pipe.txt")  # opening it would wait forever for a writer
     index = tmp_path / "ix"
     assert main(["index", str(corpus), "--index", str(index), "--model", "hash-test", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "added 1," in out and "errors 0" in out
-    assert ("ignored 7 file(s) umr does not read: 2 .csv, 1 .html, 1 .json, 1 .py, 1 hidden, "
-            "1 no extension") in out, out
+    assert ("ignored 8 file(s) umr does not read: 2 .csv, 1 .html, 1 .json, 1 .py, 1 hidden, "
+            "1 no extension, 1 special") in out, out
     ignored = {e["id"]: e for e in map(json.loads, (index / "errors.jsonl").read_text().splitlines())
                if e["kind"] == "ignored"}
-    assert set(ignored) == {"page.html", "table.csv", "more.csv", "data.json", "script.py", "README", ".git"}
+    assert set(ignored) == {"page.html", "table.csv", "more.csv", "data.json", "script.py", "README", ".git",
+                            "pipe.txt"}
     assert "not a file type umr reads" in ignored["page.html"]["error"]
 
 
@@ -190,3 +192,13 @@ def test_a_word_in_the_last_paragraph_of_a_long_file_finds_it(tmp_path, capsys):
     assert main(["index", str(corpus), "--index", str(fresh), "--model", "minilm", "--chunk-overlap", "254"]) == 2
     assert "--chunk-overlap must be at least 0 and less than the passage size (254 tokens)" in capsys.readouterr().err
     assert not fresh.exists()  # refused before the index is created
+
+
+def test_a_jsonl_line_with_a_lone_surrogate_is_that_lines_error(tmp_path, make_index):
+    (tmp_path / "c.jsonl").write_text('{"id": "ok", "text": "plain text"}\n'
+                                      '{"id": "caf\\udce9", "text": "a name from os.fsdecode"}\n')
+    index = make_index()
+    summary = index.index_corpus(tmp_path / "c.jsonl")
+    assert summary.added == 1 and [e["line"] for e in summary.errors] == [2]
+    assert summary.errors[0]["id"] == "caf\\xe9" and "lone surrogate" in summary.errors[0]["error"]
+    assert index.ids() == ["ok"]

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 from ..types import Item, ItemError, Modality
 from .chunking import Chunker
-from .files import display_name, is_storable, is_url, stored_path, url_refusal
+from .files import display_name, is_url, stored_path, url_refusal
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 TEXT_EXTENSIONS = {".txt", ".md"}
@@ -414,10 +414,6 @@ def read_jsonl(path: str | os.PathLike, *, chunker: Chunker | None = None,
         item_id = item.id if item.id is not None else f"line-{line_no}"
         item.id, item.is_query, item.instruction = item_id, False, None
         image = item.image if isinstance(item.image, str) else None
-        if not is_storable(item_id):
-            yield ItemError(display_name(item_id), "id is not valid Unicode (it holds a lone surrogate escape)",
-                            line=line_no)
-            continue
         fp = _fingerprint(item.text, image, item.metadata, _stat_fingerprint(image))
         kind = "text" if item.image is None else ("image" if item.text is None else "image+caption")
         if item.image is None and chunker is not None and chunker.splits:

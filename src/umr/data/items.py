@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..types import Item, ItemError
-from .files import is_url, resolve_path, url_refusal
+from .files import display_name, is_storable, is_url, resolve_path, url_refusal
 
 _STRING_FIELDS = ("text", "image", "instruction")
 
@@ -39,6 +39,9 @@ def parse_item_line(raw: str, *, line_no: int, base: Path) -> Item | ItemError:
         return ItemError(None, f"expected a JSON object, got {type(record).__name__}", line=line_no)
     item_id = record.get("id")
     item_id = None if item_id is None else str(item_id)
+    if "\\ud" in raw.lower() and not is_storable(json.dumps(record, ensure_ascii=False)):
+        return ItemError(None if item_id is None else display_name(item_id),
+                         "holds a lone surrogate escape (\\udXXX), which is not valid Unicode", line=line_no)
     for name in _STRING_FIELDS:
         value = record.get(name)
         if value is not None and not isinstance(value, str):
