@@ -184,6 +184,10 @@ def test_a_word_in_the_last_paragraph_of_a_long_file_finds_it(tmp_path, capsys):
     assert main(["index", str(corpus), "--index", str(whole), "--model", "minilm", "--no-progress", "--no-chunk"]) == 0
     out = capsys.readouterr().out
     assert "added 3," in out and "1 item(s) longer than minilm reads were cut to its window: long.txt" in out
+    assert main(["index", str(corpus), "--index", str(whole), "--no-progress", "--chunk-tokens", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "chunking changed from off to 128 tokens, overlap 16: long texts are re-split" in out
+    assert "passages of at most 128 tokens (overlap 16)" in out and "cut to its window" not in out
     assert main(["search", "--index", str(whole), "zeppelin", "--json", "-k", "3"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["id"] != "long.txt"  # what chunking fixes
     assert main(["index", str(corpus), "--index", str(index), "--chunk-tokens", "300", "--no-progress"]) == 2

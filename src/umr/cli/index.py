@@ -98,6 +98,7 @@ def run(args) -> int:
         how = "pixels" if cfg.get("sees_images") else ("text + OCR of images" if cfg.get("ocr") else "text only")
         print(f"umr index: {action} {args.index_dir} ({index.store.backend}, {cfg.get('method', 'exact')}) "
               f"with {cfg['model']['name']} ({cfg['model']['dim']}-d, embeds {how})", file=sys.stderr)
+        chunking_before = cfg.get("chunking")
         total = count_corpus(args.source)
         show = not args.no_progress
         with tqdm(total=total, unit="item", desc="index", disable=not show, dynamic_ncols=True,
@@ -125,7 +126,11 @@ def run(args) -> int:
                 print(f"    {name}: {entry['error']}")
             if len(summary.errors) > 20:
                 print(f"    ... and {len(summary.errors) - 20} more")
-        _print_read_report(summary.read, index.config.get("chunking") or {}, cfg["model"]["name"])
+        chunking = index.config.get("chunking") or {}
+        if chunking_before and chunking_before != chunking:
+            print(f"  chunking changed from {_settings(chunking_before)} to {_settings(chunking)}: long texts "
+                  f"are re-split (--prune drops passages a file no longer has)")
+        _print_read_report(summary.read, chunking, cfg["model"]["name"])
         if summary.skipped or summary.errors or summary.read.ignored:
             print(f"  details: {errors_path}")
         if args.compact:
@@ -142,6 +147,12 @@ def _advance(bar):
             bar.refresh()
 
     return advance
+
+
+def _settings(chunking: dict) -> str:
+    if not chunking.get("enabled", True):
+        return "off"
+    return f"{chunking.get('tokens')} tokens, overlap {chunking.get('overlap')}"
 
 
 def _print_read_report(read, chunking: dict, model_name: str) -> None:

@@ -83,13 +83,13 @@ class Chunker:
 
     def overflows(self, text: str | None) -> bool:
         """Whether the model would cut ``text`` (more tokens than its window)."""
-        if not text or self.window is None:
+        if not text or self.window is None or _surely_within(text, self.window):
             return False
         return len(self.spans(text)) > self.window
 
     def split(self, text: str) -> list[Passage]:
         """``text`` as passages (one passage, the whole text, when it fits or splitting is off)."""
-        if not self.splits:
+        if not self.splits or _surely_within(text, int(self.tokens)):
             return [Passage(text, 0, len(text))]
         spans = self.spans(text)
         n, size = len(spans), int(self.tokens)
@@ -106,6 +106,12 @@ class Chunker:
             if end >= n:
                 return passages
             start = _word_start(text, spans, end - self.overlap, end) if self.overlap else end
+
+
+def _surely_within(text: str, tokens: int) -> bool:
+    """True when ``text`` cannot make more than ``tokens`` tokens, without tokenising it: no
+    tokenizer makes more tokens than UTF-8 bytes, plus one for a leading word marker (``▁``)."""
+    return len(text) * 4 + 1 <= tokens or len(text.encode("utf-8")) + 1 <= tokens
 
 
 def _blocks(text: str):

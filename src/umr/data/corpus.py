@@ -403,8 +403,9 @@ def read_jsonl(path: str | os.PathLike, *, chunker: Chunker | None = None,
     Referenced image files are fingerprinted by size and modification time (not read). A long
     text-only item becomes passages (``ID#chunk=N``); text with an image is never split.
     """
-    report = report if report is not None else ReadReport()
     from .items import read_items_jsonl
+
+    report = report if report is not None else ReadReport()
 
     for line_no, parsed in read_items_jsonl(path):
         if isinstance(parsed, ItemError):

@@ -367,16 +367,18 @@ class Index:
     def _chunker(self, *, chunk: bool | None = None, tokens: int | None = None,
                 overlap: int | None = None) -> "Chunker":
         """How this index splits long texts: the settings given, else those recorded by the last
-        run (default: on, passages of the model's window, overlap 1/8). New settings are recorded."""
+        run (default: on, passages of the model's window, overlap 1/8); a size turns splitting on.
+        New settings are recorded."""
         from ..data.chunking import Chunker
 
         recorded = self.config.get("chunking") or {}
+        if chunk is None:  # a size given turns splitting on
+            chunk = tokens is not None or overlap is not None or recorded.get("enabled", True)
         if tokens is None:
             tokens = recorded.get("tokens")
             if overlap is None:
                 overlap = recorded.get("overlap")
-        enabled = recorded.get("enabled", True) if chunk is None else bool(chunk)
-        chunker = Chunker(self.model, tokens=tokens, overlap=overlap, enabled=enabled)
+        chunker = Chunker(self.model, tokens=tokens, overlap=overlap, enabled=bool(chunk))
         if chunker.settings() != recorded:
             self.store.set_config({**self.config, "chunking": chunker.settings()})
         return chunker
