@@ -206,3 +206,27 @@ def test_a_jsonl_line_with_a_lone_surrogate_is_that_lines_error(tmp_path, make_i
     assert summary.added == 1 and [e["line"] for e in summary.errors] == [2]
     assert summary.errors[0]["id"] == "caf\\xe9" and "lone surrogate" in summary.errors[0]["error"]
     assert index.ids() == ["ok"]
+
+
+def test_a_text_split_differently_leaves_no_stale_passages(tmp_path, make_index):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    note = folder / "note.txt"
+    (folder / "other.txt").write_text("an unrelated short note")
+    words = lambda n: " ".join(f"w{i}" for i in range(n))  # noqa: E731
+    index = make_index()  # the hash-test model has no window: passages only at the size given
+    note.write_text(words(50))
+    first = index.index_corpus(folder, chunk_tokens=20, chunk_overlap=0)
+    assert first.added == 4 and sorted(index.ids()) == ["note.txt#chunk=1", "note.txt#chunk=2",
+                                                        "note.txt#chunk=3", "other.txt"]
+    note.write_text(words(30))  # two passages now: the third goes
+    second = index.index_corpus(folder)  # the recorded settings
+    assert (second.updated, second.unchanged, second.deleted) == (2, 1, 1)  # passage 2 is shorter
+    assert sorted(index.ids()) == ["note.txt#chunk=1", "note.txt#chunk=2", "other.txt"]
+    note.write_text(words(10))  # fits whole: the passages go
+    third = index.index_corpus(folder)
+    assert (third.added, third.deleted) == (1, 2) and sorted(index.ids()) == ["note.txt", "other.txt"]
+    note.write_text(words(50))  # split again: the whole item goes
+    fourth = index.index_corpus(folder)
+    assert (fourth.added, fourth.deleted) == (3, 1)
+    assert sorted(index.ids()) == ["note.txt#chunk=1", "note.txt#chunk=2", "note.txt#chunk=3", "other.txt"]

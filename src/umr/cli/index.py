@@ -129,7 +129,7 @@ def run(args) -> int:
         chunking = index.config.get("chunking") or {}
         if chunking_before and chunking_before != chunking:
             print(f"  chunking changed from {_settings(chunking_before)} to {_settings(chunking)}: long texts "
-                  f"are re-split (--prune drops passages a file no longer has)")
+                  f"are re-split, their old passages replaced")
         _print_read_report(summary.read, chunking, cfg["model"]["name"])
         if summary.skipped or summary.errors or summary.read.ignored:
             print(f"  details: {errors_path}")

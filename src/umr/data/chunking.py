@@ -11,7 +11,9 @@ text+image items, ``--no-chunk``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -20,6 +22,31 @@ import numpy as np
 BLOCK_CHARS = 65_536
 #: a passage may end this much earlier than its limit (a fraction of ``tokens``) to end at a break
 BREAK_SEARCH = 0.25
+
+
+#: ``ID#chunk=N``: the id of a long text's N-th passage (N from 1)
+_PASSAGE_ID = re.compile(r"^(.*)#chunk=([1-9][0-9]*)$")
+
+
+def passage_id(item_id: str, number: int) -> str:
+    return f"{item_id}#chunk={number}"
+
+
+def stale_passages(stored: Iterable[str], seen: set[str]) -> list[str]:
+    """Stored ids that a text read in this run (``seen``) no longer has: passages beyond its
+    current count or of a text that now fits whole, and the whole item of a text now split."""
+    stale = []
+    for item_id in stored:
+        if item_id in seen:
+            continue
+        match = _PASSAGE_ID.match(item_id)
+        if match:
+            base = match.group(1)
+            if base in seen or passage_id(base, 1) in seen:
+                stale.append(item_id)
+        elif passage_id(item_id, 1) in seen:
+            stale.append(item_id)
+    return stale
 
 
 class ChunkingError(ValueError):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..types import Item, ItemError, Modality
-from .chunking import Chunker
+from .chunking import Chunker, passage_id
 from .files import display_name, is_url, stored_path, url_refusal
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -284,10 +284,10 @@ def _passage_entries(item_id: str, fingerprint: str, text: str, path: str | None
     report.split_texts += 1
     report.passages += len(passages)
     for number, passage in enumerate(passages, start=1):
-        passage_id = f"{item_id}#chunk={number}"
+        pid = passage_id(item_id, number)
         passage_meta = {**meta, "chunk": number, "chunks": len(passages), "offset": passage.start}
-        yield Entry(passage_id, _fingerprint("passage", passage.text, passage_meta),
-                    (lambda t=passage.text, i=passage_id: Item.candidate(text=t, id=i)), path, kind, passage_meta)
+        yield Entry(pid, _fingerprint("passage", passage.text, passage_meta),
+                    (lambda t=passage.text, i=pid: Item.candidate(text=t, id=i)), path, kind, passage_meta)
 
 
 def _raiser(error: ItemError) -> Callable[[], Item]:

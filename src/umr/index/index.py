@@ -329,6 +329,7 @@ class Index:
         are no longer in it are deleted. Long texts are split into passages (``chunk``,
         ``chunk_tokens``, ``chunk_overlap``; see :meth:`_chunker`).
         """
+        from ..data.chunking import stale_passages
         from ..data.corpus import ReadReport, read_corpus
 
         started = time.monotonic()
@@ -355,10 +356,14 @@ class Index:
         tmp = skipped_path.with_name(SKIPPED_FILE + ".tmp")
         tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in keep), encoding="utf-8")
         os.replace(tmp, skipped_path)
+        source_key = str(Path(source).resolve())
         if prune:
-            source_key = str(Path(source).resolve())
             stale = [r["id"] for r in self.store.records()
                      if r.get("source") == source_key and r["id"] not in seen]
+            summary.deleted += self.store.delete(stale)
+        else:  # a text split differently than before: its old passages (or whole item) go
+            candidates = stale_passages(self.store.ids(), seen)
+            stale = [r["id"] for r in self.store.get(candidates) if r is not None and r.get("source") == source_key]
             summary.deleted += self.store.delete(stale)
         self._update_graph()
         summary.seconds = time.monotonic() - started
