@@ -63,7 +63,7 @@ def test_skipped_files_are_counted_by_extension_and_listed(tmp_path, capsys):
             "1 no extension, 1 special") in out, out
     ignored = {e["id"]: e for e in map(json.loads, (index / "errors.jsonl").read_text().splitlines())
                if e["kind"] == "ignored"}
-    assert set(ignored) == {"page.html", "table.csv", "more.csv", "data.json", "script.py", "README", ".git",
+    assert set(ignored) == {"page.html", "table.csv", "more.csv", "data.json", "script.py", "README", ".git/",
                             "pipe.txt"}
     assert "not a file type umr reads" in ignored["page.html"]["error"]
 

@@ -172,7 +172,7 @@ def _print_read_report(read, chunking: dict, model_name: str) -> None:
 def _compact(index) -> None:
     before = _folder_bytes(index.folder)
     index.compact()
-    print(f"umr index: compacted {index.folder}: {before / 1e6:.1f} MB -> {_folder_bytes(index.folder) / 1e6:.1f} MB "
+    print(f"umr index: compacted {index.folder}: {_size(before)} -> {_size(_folder_bytes(index.folder))} "
           f"on disk; {len(index)} items")
 
 
@@ -186,6 +186,10 @@ def _compact_only(folder: Path) -> int:
     with index:
         _compact(index)
     return 0
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -148,7 +148,8 @@ def _walk_folder(root: Path, report: ReadReport) -> Iterator[tuple[Path, Path | 
         for entry in listing:
             name = display_name(entry.name)
             if entry.name.startswith("."):
-                report.ignore(_rel(Path(entry.path), root), "hidden", "hidden name (starts with a dot)")
+                slash = "/" if entry.is_dir() else ""  # a folder is one entry, its contents unread
+                report.ignore(_rel(Path(entry.path), root) + slash, "hidden", "hidden name (starts with a dot)")
                 continue
             try:
                 is_dir, is_file = entry.is_dir(), entry.is_file()
