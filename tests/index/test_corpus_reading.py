@@ -35,10 +35,10 @@ def test_a_file_name_that_is_not_utf8_is_indexed_searchable_and_unchanged(tmp_pa
     summary = index.index_corpus(folder)
     assert (summary.added, summary.errors) == (4, [])
     photo = index.search("blue tram depot", k=1)[0]
-    assert photo.id == "photo \\xe0.png" and photo.modality == "image,text"
+    assert photo.id == "c/photo \\xe0.png" and photo.modality == "image,text"
     assert os.path.isfile(fs_path(photo.path))
     hit = index.search("espresso terrace cafe", k=1)[0]
-    assert hit.id == "caf\\xe9 cr\\xe8me.txt"  # the undecodable bytes, shown
+    assert hit.id == "c/caf\\xe9 cr\\xe8me.txt"  # the undecodable bytes, shown
     assert os.fsencode(fs_path(hit.path)) == os.path.join(os.fsencode(folder.resolve()), LATIN1_NAME)
     with open(fs_path(hit.path), "rb") as handle:  # the stored path opens the real file
         assert handle.read().startswith(b"an espresso")
@@ -63,9 +63,9 @@ def test_skipped_files_are_counted_by_extension_and_listed(tmp_path, capsys):
             "1 no extension, 1 special") in out, out
     ignored = {e["id"]: e for e in map(json.loads, (index / "errors.jsonl").read_text().splitlines())
                if e["kind"] == "ignored"}
-    assert set(ignored) == {"page.html", "table.csv", "more.csv", "data.json", "script.py", "README", ".git/",
-                            "pipe.txt"}
-    assert "not a file type umr reads" in ignored["page.html"]["error"]
+    assert set(ignored) == {f"c/{name}" for name in ("page.html", "table.csv", "more.csv", "data.json",
+                                                     "script.py", "README", ".git/", "pipe.txt")}
+    assert "not a file type umr reads" in ignored["c/page.html"]["error"]
 
 
 def test_symlinks_are_followed_once_and_loops_are_safe(tmp_path):
@@ -130,7 +130,7 @@ def test_compact_from_the_cli(tmp_path, capsys):
     assert f"compacted {index}" in out and "5 items" in out
     assert rows_on_disk() == 5
     with Index.open(index) as ix:
-        assert sorted(ix.ids()) == [f"{i}.txt" for i in range(5)]
+        assert sorted(ix.ids()) == [f"c/{i}.txt" for i in range(5)]
     assert main(["index", "--index", str(index)]) == 2
     assert main(base + ["--compact"]) == 0
     assert "unchanged 5" in capsys.readouterr().out
@@ -160,10 +160,10 @@ def test_a_word_in_the_last_paragraph_of_a_long_file_finds_it(tmp_path, capsys):
     from umr.index import Index
 
     with Index.open(index) as ix:
-        passages = sorted((r for r in ix.store.records() if r["id"].startswith("long.txt")),
+        passages = sorted((r for r in ix.store.records() if r["id"].startswith("c/long.txt")),
                           key=lambda r: r["meta"]["chunk"])
         assert len(passages) >= 5 and [r["meta"]["chunk"] for r in passages] == list(range(1, len(passages) + 1))
-        assert all(r["id"] == f"long.txt#chunk={r['meta']['chunk']}" for r in passages)
+        assert all(r["id"] == f"c/long.txt#chunk={r['meta']['chunk']}" for r in passages)
         assert all(r["meta"]["chunks"] == len(passages) for r in passages)
         assert ix.config["chunking"] == {"enabled": True, "tokens": 254, "overlap": 31}
     assert f"added {len(passages) + 2}," in out
@@ -172,7 +172,7 @@ def test_a_word_in_the_last_paragraph_of_a_long_file_finds_it(tmp_path, capsys):
 
     assert main(["search", "--index", str(index), "zeppelin", "--json", "-k", "3"]) == 0
     top = json.loads(capsys.readouterr().out)[0]
-    assert top["id"] == f"long.txt#chunk={len(passages)}" and "zeppelin" in (corpus / "long.txt").read_text()
+    assert top["id"] == f"c/long.txt#chunk={len(passages)}" and "zeppelin" in (corpus / "long.txt").read_text()
     assert top["path"] == str((corpus / "long.txt").resolve()) and top["meta"]["file"] == "long.txt"
     text = (corpus / "long.txt").read_text()
     assert text[top["meta"]["offset"]:].startswith(top["text"][:100])
@@ -183,13 +183,13 @@ def test_a_word_in_the_last_paragraph_of_a_long_file_finds_it(tmp_path, capsys):
     whole = tmp_path / "whole"
     assert main(["index", str(corpus), "--index", str(whole), "--model", "minilm", "--no-progress", "--no-chunk"]) == 0
     out = capsys.readouterr().out
-    assert "added 3," in out and "1 item(s) longer than minilm reads were cut to its window: long.txt" in out
+    assert "added 3," in out and "1 item(s) longer than minilm reads were cut to its window: c/long.txt" in out
     assert main(["index", str(corpus), "--index", str(whole), "--no-progress", "--chunk-tokens", "128"]) == 0
     out = capsys.readouterr().out
     assert "chunking changed from off to 128 tokens, overlap 16: long texts are re-split" in out
     assert "passages of at most 128 tokens (overlap 16)" in out and "cut to its window" not in out
     assert main(["search", "--index", str(whole), "zeppelin", "--json", "-k", "3"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["id"] != "long.txt"  # what chunking fixes
+    assert json.loads(capsys.readouterr().out)[0]["id"] != "c/long.txt"  # what chunking fixes
     assert main(["index", str(corpus), "--index", str(index), "--chunk-tokens", "300", "--no-progress"]) == 2
     assert "more than minilm reads: its window holds 254 tokens" in capsys.readouterr().err
     fresh = tmp_path / "fresh"
@@ -217,16 +217,17 @@ def test_a_text_split_differently_leaves_no_stale_passages(tmp_path, make_index)
     index = make_index()  # the hash-test model has no window: passages only at the size given
     note.write_text(words(50))
     first = index.index_corpus(folder, chunk_tokens=20, chunk_overlap=0)
-    assert first.added == 4 and sorted(index.ids()) == ["note.txt#chunk=1", "note.txt#chunk=2",
-                                                        "note.txt#chunk=3", "other.txt"]
+    assert first.added == 4 and sorted(index.ids()) == ["c/note.txt#chunk=1", "c/note.txt#chunk=2",
+                                                        "c/note.txt#chunk=3", "c/other.txt"]
     note.write_text(words(30))  # two passages now: the third goes
     second = index.index_corpus(folder)  # the recorded settings
     assert (second.updated, second.unchanged, second.deleted) == (2, 1, 1)  # passage 2 is shorter
-    assert sorted(index.ids()) == ["note.txt#chunk=1", "note.txt#chunk=2", "other.txt"]
+    assert sorted(index.ids()) == ["c/note.txt#chunk=1", "c/note.txt#chunk=2", "c/other.txt"]
     note.write_text(words(10))  # fits whole: the passages go
     third = index.index_corpus(folder)
-    assert (third.added, third.deleted) == (1, 2) and sorted(index.ids()) == ["note.txt", "other.txt"]
+    assert (third.added, third.deleted) == (1, 2) and sorted(index.ids()) == ["c/note.txt", "c/other.txt"]
     note.write_text(words(50))  # split again: the whole item goes
     fourth = index.index_corpus(folder)
     assert (fourth.added, fourth.deleted) == (3, 1)
-    assert sorted(index.ids()) == ["note.txt#chunk=1", "note.txt#chunk=2", "note.txt#chunk=3", "other.txt"]
+    assert sorted(index.ids()) == ["c/note.txt#chunk=1", "c/note.txt#chunk=2", "c/note.txt#chunk=3",
+                                  "c/other.txt"]

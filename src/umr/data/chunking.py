@@ -99,6 +99,10 @@ class Chunker:
         """What determines the passages, for the index to record."""
         return {"enabled": self.enabled, "tokens": self.tokens, "overlap": self.overlap}
 
+    def fits_bytes(self, size: int) -> bool:
+        """Whether any text of ``size`` UTF-8 bytes surely fits one passage (no need to read it)."""
+        return self.tokens is not None and size + 1 <= self.tokens
+
     def spans(self, text: str) -> np.ndarray:
         """``(n, 2)`` character spans of the model's tokens in ``text``."""
         parts = []
@@ -138,7 +142,7 @@ class Chunker:
 def _surely_within(text: str, tokens: int) -> bool:
     """True when ``text`` cannot make more than ``tokens`` tokens, without tokenising it: no
     tokenizer makes more tokens than UTF-8 bytes, plus one for a leading word marker (``▁``)."""
-    return len(text) * 4 + 1 <= tokens or len(text.encode("utf-8")) + 1 <= tokens
+    return len(text) * 4 + 1 <= tokens or len(text.encode("utf-8")) + 1 <= tokens  # see Chunker.fits_bytes
 
 
 def _blocks(text: str):

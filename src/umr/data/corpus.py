@@ -9,11 +9,13 @@ Folder rules: images (jpg, jpeg, png, webp, gif, bmp, tif, tiff), text (txt, md)
 per page: the rendered page image together with its text layer). An image with a sidecar
 ``NAME.txt`` (or ``NAME.jpg.txt``) becomes one fused item and the sidecar is not indexed on its
 own. Ids are paths relative to the folder (``report.pdf#page=2`` for PDF pages,
-``notes/report.txt#chunk=3`` for the passages of a long text). Symlinks to files and folders are
-followed; each folder is read once (a symlink loop is passed over). Hidden names, other file
-types and special files are not read and are listed in :class:`ReadReport`. A name that is not
-valid UTF-8 keeps its bytes: the id shows them as ``\\xNN`` and the stored path is a ``file:`` URI
-(:func:`umr.data.files.fs_path` gives the OS path back).
+``notes/report.txt#chunk=3`` for the passages of a long text); the index puts the source's
+prefix in front (:func:`default_id_prefix`). Paths are stored resolved (absolute), so results
+open from any working directory. Fingerprints are :mod:`umr.fingerprint`'s. Symlinks to files
+and folders are followed; each folder is read once (a symlink loop is passed over). Hidden
+names, other file types and special files are not read and are listed in :class:`ReadReport`.
+A name that is not valid UTF-8 keeps its bytes: the id shows them as ``\\xNN`` and the stored
+path is a ``file:`` URI (:func:`umr.data.files.fs_path` gives the OS path back).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..fingerprint import FileDigests, file_digest, item_fingerprint
 from ..types import Item, ItemError, Modality
 from .chunking import Chunker, passage_id
 from .files import display_name, is_url, stored_path, url_refusal
@@ -49,6 +52,8 @@ class Entry:
     path: str | None = None
     kind: str = "text"
     meta: dict[str, Any] = field(default_factory=dict)
+    #: False for ids umr made up (a JSONL line without ``id``): the index qualifies them by file
+    explicit_id: bool = True
 
     def load(self) -> Item:
         item = self.loader()
@@ -77,27 +82,37 @@ class ReadReport:
 
 
 def read_corpus(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
-                chunker: Chunker | None = None, report: ReadReport | None = None
-                ) -> Iterator[Entry | ItemError]:
+                digests: FileDigests | None = None, chunker: Chunker | None = None,
+                report: ReadReport | None = None) -> Iterator[Entry | ItemError]:
     """Entries of a folder, an items JSONL or an M-BEIR pool JSONL (detected from its fields).
 
-    With a ``chunker`` long texts (text files, text-only JSONL items) become passages and
-    texts the model would cut are listed in ``report.truncated``; M-BEIR pools keep their ids
-    and are never split.
+    ``digests`` remembers file digests across runs (see :mod:`umr.fingerprint`). With a
+    ``chunker`` long texts (text files, text-only JSONL items) become passages and texts the
+    model would cut are listed in ``report.truncated``; M-BEIR pools keep their ids and are
+    never split.
     """
     source = Path(source)
     report = report if report is not None else ReadReport()
     if source.is_dir():
-        yield from read_folder(source, chunker=chunker, report=report)
+        yield from read_folder(source, digests=digests, chunker=chunker, report=report)
     elif source.is_file() and source.suffix.lower() == ".jsonl":
         if _is_mbeir_pool(source):
-            yield from read_mbeir_pool(source, image_root=image_root, chunker=chunker, report=report)
+            yield from read_mbeir_pool(source, image_root=image_root, digests=digests, chunker=chunker,
+                                       report=report)
         else:
-            yield from read_jsonl(source, chunker=chunker, report=report)
+            yield from read_jsonl(source, digests=digests, chunker=chunker, report=report)
     elif source.is_file():
         raise ValueError(f"{source}: a corpus is a folder or a .jsonl file")
     else:
         raise FileNotFoundError(f"no such corpus: {source}")
+
+
+def default_id_prefix(source: str | os.PathLike) -> str:
+    """The id prefix of a source indexed without ``--id-prefix``: a folder's name (two folders'
+    ``notes.txt`` are ``A/notes.txt`` and ``B/notes.txt``); none for JSONL files and M-BEIR
+    pools, whose ids are given explicitly."""
+    path = Path(source).resolve()
+    return path.name if path.is_dir() else ""
 
 
 def count_corpus(source: str | os.PathLike) -> int | None:
@@ -194,7 +209,7 @@ def _rel(path: Path, root: Path) -> str:
     return display_name(path.relative_to(root).as_posix()) if path != root else ""
 
 
-def read_folder(root: str | os.PathLike, *, chunker: Chunker | None = None,
+def read_folder(root: str | os.PathLike, *, digests: FileDigests | None = None, chunker: Chunker | None = None,
                 report: ReadReport | None = None) -> Iterator[Entry | ItemError]:
     root = Path(root).resolve()
     report = report if report is not None else ReadReport()
@@ -207,9 +222,10 @@ def read_folder(root: str | os.PathLike, *, chunker: Chunker | None = None,
         ext = path.suffix.lower()
         meta = {"file": rel, "folder": Path(rel).parent.as_posix(), "ext": ext.lstrip(".")}
         try:
-            digest = file_digest(path)
+            digest = file_digest(path, digests=digests)
             if sidecar is not None:
-                digest = hashlib.blake2b((digest + file_digest(sidecar)).encode(), digest_size=16).hexdigest()
+                digest = hashlib.blake2b((digest + file_digest(sidecar, digests=digests)).encode(),
+                                         digest_size=16).hexdigest()
         except OSError as exc:
             yield ItemError(rel, f"cannot read file: {exc.strerror or exc}")
             continue
@@ -221,14 +237,6 @@ def read_folder(root: str | os.PathLike, *, chunker: Chunker | None = None,
             yield from _text_entries(path, rel, digest, stored, meta, chunker, report)
         else:
             yield from _pdf_entries(path, rel, digest, stored, meta, chunker, report)
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_text_file(path: Path, item_id: str) -> str:
@@ -258,8 +266,8 @@ def read_text_file(path: Path, item_id: str) -> str:
 
 def _text_entries(path: Path, rel: str, digest: str, stored: str, meta: dict[str, Any],
                   chunker: Chunker | None, report: ReadReport) -> Iterator[Entry]:
-    if chunker is None or not chunker.splits:
-        def load() -> Item:
+    if chunker is None or not chunker.splits or chunker.fits_bytes(path.stat().st_size):
+        def load() -> Item:  # read when embedded, not on every run
             text = read_text_file(path, rel)
             _note_truncation(chunker, report, rel, text)
             return Item.candidate(text=text, id=rel)
@@ -275,20 +283,23 @@ def _text_entries(path: Path, rel: str, digest: str, stored: str, meta: dict[str
 
 
 def _passage_entries(item_id: str, fingerprint: str, text: str, path: str | None, kind: str,
-                     meta: dict[str, Any], chunker: Chunker, report: ReadReport) -> Iterator[Entry]:
+                     meta: dict[str, Any], chunker: Chunker, report: ReadReport, *,
+                     explicit_id: bool = True) -> Iterator[Entry]:
     """One entry for a text that fits the window (its own id); else ``ID#chunk=N`` per passage
     (N from 1), each recording ``chunk``, ``chunks`` and the passage's character ``offset``."""
     passages = chunker.split(text)
     if len(passages) == 1:
-        yield Entry(item_id, fingerprint, lambda: Item.candidate(text=text, id=item_id), path, kind, meta)
+        yield Entry(item_id, fingerprint, lambda: Item.candidate(text=text, id=item_id), path, kind, meta,
+                    explicit_id=explicit_id)
         return
     report.split_texts += 1
     report.passages += len(passages)
     for number, passage in enumerate(passages, start=1):
         pid = passage_id(item_id, number)
         passage_meta = {**meta, "chunk": number, "chunks": len(passages), "offset": passage.start}
-        yield Entry(pid, _fingerprint("passage", passage.text, passage_meta),
-                    (lambda t=passage.text, i=pid: Item.candidate(text=t, id=i)), path, kind, passage_meta)
+        yield Entry(pid, item_fingerprint(Item.candidate(text=passage.text)),
+                    (lambda t=passage.text, i=pid: Item.candidate(text=t, id=i)), path, kind, passage_meta,
+                    explicit_id=explicit_id)
 
 
 def _raiser(error: ItemError) -> Callable[[], Item]:
@@ -383,26 +394,11 @@ def _pdf_page_loader(path: Path, number: int, item_id: str, chunker: Chunker | N
 # -- JSONL -----------------------------------------------------------------------------------------
 
 
-def _stat_fingerprint(path: str | None) -> str:
-    if path is None:
-        return "-"
-    try:
-        st = os.stat(path)
-        return f"{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
-        return "missing"
-
-
-def _fingerprint(*parts: Any) -> str:
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
-
-
-def read_jsonl(path: str | os.PathLike, *, chunker: Chunker | None = None,
+def read_jsonl(path: str | os.PathLike, *, digests: FileDigests | None = None, chunker: Chunker | None = None,
                report: ReadReport | None = None) -> Iterator[Entry | ItemError]:
-    """Items JSONL (the ``umr embed`` fields; other fields become metadata). Ids default to ``line-N``.
-
-    Referenced image files are fingerprinted by size and modification time (not read). A long
-    text-only item becomes passages (``ID#chunk=N``); text with an image is never split.
+    """Items JSONL (the ``umr embed`` fields; other fields become metadata). Ids default to ``line-N``
+    (``explicit_id`` False). Image paths are resolved; images are fingerprinted by their bytes.
+    A long text-only item becomes passages (``ID#chunk=N``); text with an image is never split.
     """
     from .items import read_items_jsonl
 
@@ -413,15 +409,18 @@ def read_jsonl(path: str | os.PathLike, *, chunker: Chunker | None = None,
             yield parsed
             continue
         item = parsed
-        item_id = item.id if item.id is not None else f"line-{line_no}"
+        explicit = item.id is not None
+        item_id = item.id if explicit else f"line-{line_no}"
         item.id, item.is_query, item.instruction = item_id, False, None
         image = item.image if isinstance(item.image, str) else None
-        fp = _fingerprint(item.text, image, item.metadata, _stat_fingerprint(image))
         kind = "text" if item.image is None else ("image" if item.text is None else "image+caption")
+        fp = item_fingerprint(item, digests=digests)
         if item.image is None and chunker is not None and chunker.splits:
-            yield from _passage_entries(item_id, fp, item.text, None, kind, dict(item.metadata), chunker, report)
+            yield from _passage_entries(item_id, fp, item.text, None, kind, dict(item.metadata), chunker, report,
+                                        explicit_id=explicit)
             continue
-        yield Entry(item_id, fp, (lambda it=item: _checked(it, chunker, report)), image, kind, dict(item.metadata))
+        yield Entry(item_id, fp, (lambda it=item: _checked(it, chunker, report)), image,
+                    kind, dict(item.metadata), explicit_id=explicit)
 
 
 def _checked(item: Item, chunker: Chunker | None, report: ReadReport) -> Item:
@@ -456,16 +455,16 @@ def _mbeir_image_root(pool: Path) -> Path:
 
 
 def read_mbeir_pool(path: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
-                    chunker: Chunker | None = None, report: ReadReport | None = None
-                    ) -> Iterator[Entry | ItemError]:
+                    digests: FileDigests | None = None, chunker: Chunker | None = None,
+                    report: ReadReport | None = None) -> Iterator[Entry | ItemError]:
     """An M-BEIR candidate pool (``did``, ``txt``, ``img_path``, ``modality``) as a corpus.
 
     ``img_path`` is relative to ``image_root`` (default: the nearest folder above the pool that
     holds ``mbeir_images``). Other fields become metadata.
     """
-    path = Path(path)
+    path = Path(path).resolve()
     report = report if report is not None else ReadReport()
-    root = Path(image_root) if image_root is not None else _mbeir_image_root(path)
+    root = (Path(image_root).expanduser().resolve() if image_root is not None else _mbeir_image_root(path))
     with path.open("r", encoding="utf-8", errors="replace") as handle:
         for line_no, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -498,7 +497,7 @@ def read_mbeir_pool(path: str | os.PathLike, *, image_root: str | os.PathLike | 
                 yield ItemError(did, "has neither text nor image", line=line_no)
                 continue
             meta = {k: v for k, v in record.items() if k not in ("did", "txt", "img_path")}
-            fp = _fingerprint(text, record.get("img_path"), _stat_fingerprint(image))
             item = Item.candidate(text=text, image=image, id=did)
+            fp = item_fingerprint(item, digests=digests)
             kind = "text" if image is None else ("image" if text is None else "image+caption")
             yield Entry(did, fp, (lambda it=item: _checked(it, chunker, report)), image, kind, meta)

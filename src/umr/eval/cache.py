@@ -18,21 +18,14 @@ from typing import Sequence
 
 import numpy as np
 
+from ..fingerprint import item_fingerprint
 from ..types import Item
 
 
 def fingerprint(item: Item) -> str:
-    """What the model sees, hashed: role, text, image (its path, or its bytes/pixels), instruction."""
-    image = item.image
-    if image is None or isinstance(image, (str, os.PathLike)):
-        image_key = None if image is None else str(image)
-    elif isinstance(image, bytes):
-        image_key = "bytes:" + hashlib.sha1(image).hexdigest()
-    else:  # a PIL image
-        image_key = f"pil:{image.mode}:{image.size}:" + hashlib.sha1(image.tobytes()).hexdigest()
-    key = json.dumps(["q" if item.is_query else "c", item.text, image_key,
-                      item.instruction if item.is_query else None], ensure_ascii=False)
-    return hashlib.sha1(key.encode("utf-8")).hexdigest()
+    """What the model sees, hashed: role, text, image content (file bytes, bytes or pixels),
+    instruction — :func:`umr.fingerprint.item_fingerprint`, the one rule umr uses everywhere."""
+    return item_fingerprint(item)
 
 
 def _folder_name(model_key: str) -> str:
