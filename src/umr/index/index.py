@@ -34,6 +34,8 @@ from ..types import Item, ItemError, Modality
 from .store import MANIFEST, Filter, FlatStore, Hit, IndexStoreError, read_manifest
 
 if TYPE_CHECKING:
+    from ..data.chunking import Chunker
+    from ..data.corpus import ReadReport
     from ..models.identity import ModelIdentity
 
 #: records keep this much of the text they were embedded from, for display
@@ -87,6 +89,8 @@ class Summary:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    #: what the corpus reader passed over (ignored files) and reshaped (passages, cut texts)
+    read: ReadReport | None = None
 
     def line(self) -> str:
         return (f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
@@ -477,17 +481,23 @@ class Index:
     def index_corpus(self, source, *, image_root=None, commit_every: int = 256,
                      commit_seconds: float = 30.0, batch_size: int | None = None, prune: bool = False,
                      progress: Callable[[int], None] | None = None,
-                     errors_file: str | os.PathLike | None = None, id_prefix: str | None = None) -> Summary:
+                     errors_file: str | os.PathLike | None = None, id_prefix: str | None = None,
+                     chunk: bool | None = None, chunk_tokens: int | None = None,
+                     chunk_overlap: int | None = None) -> Summary:
         """Index a folder / items JSONL / M-BEIR pool; resumable: unchanged items are skipped.
 
         Work is committed every ``commit_every`` items or ``commit_seconds``; a run killed at any
         point and started again does only what is left. Ids follow the module docstring's rule
         (``id_prefix``); with ``prune`` this source's items that are gone from it are deleted.
+        Long texts are split into passages (``chunk``, ``chunk_tokens``, ``chunk_overlap``; see
+        :meth:`_chunker`).
         """
-        from ..data.corpus import read_corpus
+        from ..data.chunking import stale_passages
+        from ..data.corpus import ReadReport, read_corpus
 
         started = time.monotonic()
-        summary = Summary()
+        summary = Summary(read=ReadReport())
+        chunker = self._chunker(chunk=chunk, tokens=chunk_tokens, overlap=chunk_overlap)
         source_key = str(Path(source).resolve())
         prefix = self.id_prefix_for(source, id_prefix)
         sources = dict(self.config.get("sources") or {})
@@ -498,13 +508,21 @@ class Index:
         skipped_path = self.folder / SKIPPED_FILE
         skip_cache = _read_skip_cache(skipped_path)
         entries = (_prefixed(entry, prefix, Path(source).name)
-                   for entry in read_corpus(source, image_root=image_root, digests=self.digests))
+                   for entry in read_corpus(source, image_root=image_root, digests=self.digests,
+                                            chunker=chunker, report=summary.read))
         with open(errors_path, "w", encoding="utf-8") as err_handle, \
                 open(skipped_path, "a", encoding="utf-8") as skip_handle:
             seen = self._run(entries, summary, batch_size=batch_size,
                              commit_every=commit_every, commit_seconds=commit_seconds,
                              progress=progress, err_handle=err_handle, source=source_key,
                              skip_cache=skip_cache, skip_handle=skip_handle)
+            # the reader names what it passed over within the source; the index says it with ids
+            summary.read.ignored = [(f"{prefix}/{name}" if prefix else name, kind, reason)
+                                    for name, kind, reason in summary.read.ignored]
+            summary.read.truncated = [f"{prefix}/{name}" if prefix else name for name in summary.read.truncated]
+            for name, _, reason in summary.read.ignored:
+                err_handle.write(json.dumps({"id": name, "path": None, "line": None, "kind": "ignored",
+                                             "error": reason}, ensure_ascii=False) + "\n")
         self.digests.save()
         # keep only this run's entries (other sources' entries stay too)
         current = {e["id"] for e in summary.skipped}
@@ -517,9 +535,32 @@ class Index:
             stale = [r["id"] for r in self.store.records()
                      if r.get("source") == source_key and r["id"] not in seen]
             summary.deleted += self.store.delete(stale)
+        else:  # a text split differently than before: its old passages (or whole item) go
+            candidates = stale_passages(self.store.ids(), seen)
+            stale = [r["id"] for r in self.store.get(candidates) if r is not None and r.get("source") == source_key]
+            summary.deleted += self.store.delete(stale)
         self._update_graph()
         summary.seconds = time.monotonic() - started
         return summary
+
+    def _chunker(self, *, chunk: bool | None = None, tokens: int | None = None,
+                overlap: int | None = None) -> "Chunker":
+        """How this index splits long texts: the settings given, else those recorded by the last
+        run (default: on, passages of the model's window, overlap 1/8); a size turns splitting on.
+        New settings are recorded."""
+        from ..data.chunking import Chunker
+
+        recorded = self.config.get("chunking") or {}
+        if chunk is None:  # a size given turns splitting on
+            chunk = tokens is not None or overlap is not None or recorded.get("enabled", True)
+        if tokens is None:
+            tokens = recorded.get("tokens")
+            if overlap is None:
+                overlap = recorded.get("overlap")
+        chunker = Chunker(self.model, tokens=tokens, overlap=overlap, enabled=bool(chunk))
+        if chunker.settings() != recorded:
+            self.store.set_config({**self.config, "chunking": chunker.settings()})
+        return chunker
 
     def _run(self, entries, summary: Summary, *, batch_size=None, commit_every=256,
              commit_seconds=30.0, progress=None, err_handle=None, source=None,

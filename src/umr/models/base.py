@@ -9,6 +9,7 @@ and per-item error handling.
 
 from __future__ import annotations
 
+import re
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -74,6 +75,22 @@ def plan_batches(costs: Sequence[int], *, max_items: int, budget: int | None) ->
     if current:
         batches.append(current)
     return batches
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the whitespace-separated words of ``text``."""
+    return [match.span() for match in re.finditer(r"\S+", text)]
+
+
+def tokenizer_spans(tokenizer, text: str) -> list[tuple[int, int]]:
+    """:meth:`Embedder.token_spans` for a Hugging Face tokenizer (no special tokens).
+
+    Fast tokenizers give exact character offsets; a slow one (no offsets) falls back to words.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        return word_spans(text)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    return [(int(a), int(b)) for a, b in encoded["offset_mapping"] if b > a]
 
 
 class Embedder(ABC):
@@ -190,6 +207,25 @@ class Embedder(ABC):
         Raise :class:`ItemError` with ``index`` set to the item's position in ``items`` when
         one item cannot be embedded; the caller drops it and runs the rest again.
         """
+
+    # -- text windows: what readers need to split long documents into passages ------------
+
+    def text_window(self) -> int | None:
+        """How many tokens of a candidate's text one vector reads: the model's sequence limit
+        minus its template and special tokens (text beyond it is cut off).
+
+        Readers split long documents into passages of at most this many tokens. The default,
+        None, means no known limit: texts are embedded whole and never split.
+        """
+        return None
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """``(start, end)`` character offsets in ``text`` of the tokens the model makes of it
+        (no special tokens), in order; passages are cut between tokens and counted in them.
+
+        The default is :func:`word_spans` (a subword tokenizer makes at least as many tokens).
+        """
+        return word_spans(text)
 
     # -- shared plumbing ---------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..types import Item, ItemError
-from .base import Embedder, resolve_dtype
+from .base import Embedder, resolve_dtype, tokenizer_spans
 
 
 class TextEmbedder(Embedder):
@@ -55,6 +55,13 @@ class TextEmbedder(Embedder):
         # tokenising twice (measured in benchmarks/embed_throughput.py)
         ids = self.tokenizer(text, truncation=True, max_length=self.model.max_seq_length)["input_ids"]
         return len(ids)
+
+    def text_window(self) -> int:
+        """``max_seq_length`` less the tokenizer's special tokens ([CLS] and [SEP] for BERT)."""
+        return int(self.model.max_seq_length) - self.tokenizer.num_special_tokens_to_add(pair=False)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return tokenizer_spans(self.tokenizer, text)
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
         texts = [self.text_of(item) for item in items]

@@ -25,7 +25,7 @@ import torch
 
 from ...images import image_size, load_image
 from ...types import Item, ItemError
-from ..base import Embedder, resolve_dtype
+from ..base import Embedder, resolve_dtype, tokenizer_spans
 from ..registry import ModelNotAvailable
 from .processing_clip_sf import ImageTransform, item_text
 
@@ -327,6 +327,13 @@ class ClipSfEmbedder(Embedder):
         if item.image is not None:
             image_size(item.image, item_id=item.id)  # header only: refuse missing/broken files early
         return 1
+
+    def text_window(self) -> int:
+        """``max_length`` (77 for CLIP) less the start/end tokens and the period UniIR may append."""
+        return self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False) - int(self.uniir_text)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return tokenizer_spans(self.tokenizer, text)
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
         decoded = self._each_item(items, lambda item: None if item.image is None else

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ...types import Item
-from ..base import Embedder, resolve_dtype
+from ..base import Embedder, resolve_dtype, tokenizer_spans
 from ..registry import ModelNotAvailable
 from .processing_gme import GmeProcessor, ProcessedItem
 
@@ -114,6 +114,13 @@ class GmeEmbedder(Embedder):
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
         return self.forward(self._each_item(items, self.processor.process))
+
+    def text_window(self) -> int:
+        """``max_length`` less the candidate prompt's own tokens (system turn, roles, ``<|endoftext|>``)."""
+        return self.processor.max_length - self.processor.estimate_tokens(Item.candidate(text=""))
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return tokenizer_spans(self.processor.tokenizer, text)
 
     # -- the model -------------------------------------------------------------------------------
 

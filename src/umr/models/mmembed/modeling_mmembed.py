@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...types import Item
-from ..base import Embedder, resolve_dtype
+from ..base import Embedder, resolve_dtype, tokenizer_spans
 from ..registry import ModelNotAvailable
 from .processing_mmembed import MMEmbedProcessor, ProcessedItem
 
@@ -602,6 +602,13 @@ class MMEmbedEmbedder(Embedder):
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
         return self.forward(self._each_item(items, self.processor.process))
+
+    def text_window(self) -> int:
+        """``max_length`` less the candidate prompt's own tokens (``<s>``, and ``</s>`` if added)."""
+        return self.processor.max_length - self.processor.estimate_tokens(Item.candidate(text=""))
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return tokenizer_spans(self.processor.tokenizer, text)
 
     def prepare(self, processed: list[ProcessedItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Input embeddings (images spliced in), attention mask and pool mask, right-padded."""
