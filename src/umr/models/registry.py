@@ -98,9 +98,8 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
 
     ``options`` go to the family's loader (e.g. ``min_image_tokens`` for GME); a short name's
     defaults apply first. ``dim=N`` (any family) keeps the first N dimensions of every vector,
-    renormalised: the Matryoshka truncation models like Qwen3-VL-Embedding are trained for.
-    Raises :class:`ModelNotAvailable` when the weights are nowhere to be found, with a one-line
-    hint.
+    renormalised: the Matryoshka truncation models like Qwen3-VL-Embedding are trained for. Raises :class:`ModelNotAvailable` when the weights are nowhere to
+    be found, with a one-line hint.
     """
     key = str(model)
     spec = REGISTRY.get(key)
