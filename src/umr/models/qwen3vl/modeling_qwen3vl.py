@@ -115,6 +115,11 @@ class Qwen3VLEmbedder(Embedder):
     def dtype(self) -> torch.dtype:
         return self.model.language_model.embed_tokens.weight.dtype
 
+    def vector_options(self) -> dict:
+        p = self.processor
+        return {"dtype": str(self.dtype).removeprefix("torch."), "min_image_tokens": p.min_image_tokens,
+                "max_image_tokens": p.max_image_tokens, "max_length": p.max_length}
+
     # -- the Embedder hooks ----------------------------------------------------------------------
 
     def _cost(self, item: Item) -> int:
