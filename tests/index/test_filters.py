@@ -71,8 +71,11 @@ def test_milvus_filter_expression_literals():
     from umr.index.milvus import filter_expression
     from umr.index.store import Filter
 
-    expr = filter_expression(Filter.make(where={"city": ["Zürich", 'a"b\\c'], "n": 3}))
-    assert expr == '(meta["city"] == "Zürich" or meta["city"] == "a\\"b\\\\c") and meta["n"] == 3'
+    expr = filter_expression(Filter.make(where={"city": ["Zürich", 'a"b\\c'], "n": 3, "brand": None}))
+    assert expr == ('(meta["brand"] is null) and '
+                    '(meta["city"] == "Zürich" or json_contains(meta["city"], "Zürich") or '
+                    'meta["city"] == "a\\"b\\\\c" or json_contains(meta["city"], "a\\"b\\\\c")) and '
+                    '(meta["n"] == 3 or json_contains(meta["n"], 3))')
     with pytest.raises(ValueError, match="JSON object"):
         filter_expression(Filter.make(where={"loc": {"city": "Paris"}}))
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..types import Item, ItemError, Modality
+from .base import VectorStore
 from .store import MANIFEST, Filter, FlatStore, Hit, IndexStoreError, read_manifest
 
 #: records keep this much of the text they were embedded from, for display
@@ -93,7 +94,7 @@ class Index:
     """A persistent index: :meth:`create` / :meth:`open`, then :meth:`add`, :meth:`index_corpus`,
     :meth:`search`, :meth:`delete`."""
 
-    def __init__(self, folder: Path, store, *, model=None, model_options: dict[str, Any] | None = None):
+    def __init__(self, folder: Path, store: VectorStore, *, model=None, model_options: dict[str, Any] | None = None):
         self.folder = Path(folder)
         self.store = store
         self._model = model
@@ -288,19 +289,11 @@ class Index:
         return summary
 
     def _update_graph(self) -> None:
-        """HNSW indexes: extend the persisted graph once enough rows are outside it.
-
-        Rows added since the graph was last written are searched exactly, so the graph is
-        rewritten only when that tail reaches 10,000 rows or 5% of the index (or there is none yet).
-        """
-        if self.config.get("method") != "hnsw" or self.store.backend != "faiss":
+        """HNSW indexes: let the store keep its graph current (FAISS extends it in large steps)."""
+        if self.config.get("method") != "hnsw":
             return
-        info = self.store.manifest.get("hnsw")
-        rows = len(self.store._state.records)
-        tail = rows - (info["rows"] if info else 0)
-        if tail > 0 and (info is None or tail >= max(10_000, rows // 20)):
-            self.store.build_hnsw(m=int(self.config.get("hnsw_m", 32)),
-                                  ef_construction=int(self.config.get("ef_construction", 100)))
+        self.store.update_graph(m=int(self.config.get("hnsw_m", 32)),
+                                ef_construction=int(self.config.get("ef_construction", 100)))
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete items by id; returns how many were there."""
@@ -432,10 +425,9 @@ class Index:
                 if progress:
                     progress(1)
                 continue
-            max_id = getattr(self.store, "max_id_length", None)
-            if max_id is not None and len(entry.id) > max_id:
-                report("error", entry.id[:80] + "...", f"id longer than {max_id} characters "
-                                                       f"(the {self.store.backend} limit)", entry.path)
+            refused = self.store.check_id(entry.id)
+            if refused is not None:
+                report("error", entry.id[:80] + ("..." if len(entry.id) > 80 else ""), refused, entry.path)
                 if progress:
                     progress(1)
                 continue
