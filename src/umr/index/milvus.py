@@ -198,16 +198,20 @@ class MilvusStore(VectorStore):
         return int(rows[0]["count(*)"])
 
     def _scan(self, fields: list[str], expr: str = "") -> Iterable[dict[str, Any]]:
-        iterator = self.client.query_iterator(self.collection, batch_size=_QUERY_PAGE,
-                                              filter=expr, output_fields=fields)
-        try:
-            while True:
-                page = iterator.next()
-                if not page:
-                    break
-                yield from page
-        finally:
-            iterator.close()
+        """Every row, a page at a time in primary-key order (as pymilvus's query iterator pages,
+        but with the key written as a literal that survives quotes and backslashes in ids)."""
+        last = None
+        while True:
+            page_expr = [f"({expr})"] if expr else []
+            if last is not None:
+                page_expr.append(f"id > {_literal(last)}")
+            page = self.client.query(self.collection, filter=" and ".join(page_expr), limit=_QUERY_PAGE,
+                                     output_fields=sorted({"id", *fields}), iterator="True",
+                                     reduce_stop_for_best="True")
+            if not page:
+                return
+            yield from page
+            last = page[-1]["id"]
 
     def ids(self) -> list[str]:
         return [_id(row["id"]) for row in self._scan(["id"])]
