@@ -217,3 +217,12 @@ def test_search_refuses_k_and_ef_search_below_one(make_index):
     with pytest.raises(ValueError, match="ef_search must be positive"):
         index.search("cats", k=3, ef_search=0)
     assert len(index.search("cats", k=3, ef_search=8)) == 3
+
+
+def test_booleans_found_behind_many_equal_numbers(make_index):
+    """Milvus compares true equal to 1: its extra hits are dropped and more are fetched."""
+    index = make_index()
+    index.add([Item.candidate(text=f"cats cats {i}", id=f"one{i}", flag=1) for i in range(40)]
+              + [Item.candidate(text="dogs", id="yes", flag=True)])
+    assert [r.id for r in index.search("cats cats", where={"flag": True}, k=1)] == ["yes"]
+    assert len(index.search("cats cats", where={"flag": 1}, k=50)) == 40

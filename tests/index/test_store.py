@@ -132,3 +132,24 @@ def test_hnsw_graph_searches_the_store_vectors(tmp_path):
     hits = reopened.search(vectors[[10, 2500]], 1, ef_search=64)
     assert [row[0].id for row in hits] == ["r10", "r2500"]
     assert reopened.hnsw_graph().ntotal == 3000
+
+
+def test_a_graph_file_with_its_own_vectors_still_opens(tmp_path):
+    """HNSW files written before the graph shared the store's vectors carry a copy; they load."""
+    import faiss
+
+    rng = np.random.default_rng(3)
+    dim = 16
+    vectors = rng.standard_normal((1500, dim)).astype(np.float32)
+    store = FlatStore.create(tmp_path / "h", dim=dim, config={"model": {"name": "r", "dim": dim}, "method": "hnsw"})
+    store.commit(_records(0, 1500), vectors)
+    store.build_hnsw(m=16, ef_construction=64)
+    old = faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT)
+    old.add(vectors)
+    faiss.write_index(old, str(tmp_path / "h" / store.manifest["hnsw"]["file"]))  # with storage
+    store.close()
+    reopened = FlatStore.open(tmp_path / "h")
+    queries = vectors[[3, 1400]]
+    _, want = old.search(queries, 5, params=faiss.SearchParametersHNSW(efSearch=64))
+    got = reopened.search(queries, 5, ef_search=64)
+    assert [[h.id for h in row] for row in got] == [[f"r{i}" for i in row] for row in want]
