@@ -661,9 +661,14 @@ class FlatStore(VectorStore):
         with self._mutex:
             if self._flat is None:
                 index = faiss.IndexFlatIP(self.dim)
+                # sized once and filled in place: adding segment by segment would grow the buffer
+                # by doubling, with old and new buffers both resident at each step
+                rows = self._state.rows
+                index.codes.resize(rows * self.dim * 4)
+                index.ntotal = rows
+                matrix = _matrix(index, self.dim)
                 for seg in self._state.segments:
-                    for begin in range(0, seg.rows, _CHUNK_ROWS):
-                        index.add(seg.vectors[begin:begin + _CHUNK_ROWS])
+                    matrix[seg.start:seg.start + seg.rows] = seg.vectors
                     seg.vectors = None  # unmapped: FAISS holds them now
                 self._flat = index
             return self._flat
