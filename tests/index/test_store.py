@@ -98,8 +98,8 @@ def test_commits_append_to_the_searchable_copy(tmp_path):
                                                         for b in brute]
 
 
-def test_a_reader_keeps_its_snapshot_when_a_writer_compacts(tmp_path):
-    """Readers map their files: compaction removing them leaves the reader's snapshot whole."""
+def test_a_reader_whose_files_were_compacted_away_reloads(tmp_path):
+    """A compaction removes the files a reader opened: its next read loads the new snapshot."""
     rng = np.random.default_rng(1)
     dim = 8
     vectors = rng.standard_normal((50, dim)).astype(np.float32)
@@ -110,9 +110,23 @@ def test_a_reader_keeps_its_snapshot_when_a_writer_compacts(tmp_path):
     reader = FlatStore.open(tmp_path / "s")
     writer.compact()
     assert len(list((tmp_path / "s").glob("seg-*.npy"))) == 1
-    assert len(reader) == 40 and reader.get(["r44"])[0]["meta"] == {"i": 44}
+    assert reader.get(["r44"])[0]["meta"] == {"i": 44}
     assert reader.search(vectors[44], 1)[0][0].id == "r44"
+    assert len(reader) == 40 and reader.rows == 40  # the compacted snapshot
     writer.close()
+
+
+def test_many_segments_hold_no_open_files(tmp_path):
+    """An index of thousands of commits must not hold a file descriptor per segment."""
+    dim = 4
+    store = FlatStore.create(tmp_path / "s", dim=dim, config={"model": {"name": "r", "dim": dim}})
+    for start in range(0, 600, 2):
+        store.commit(_records(start, start + 2), np.ones((2, dim), np.float32))
+    store.close()
+    before = len(os.listdir("/proc/self/fd"))
+    reader = FlatStore.open(tmp_path / "s")
+    assert len(reader.search(np.ones(dim, np.float32), 5)[0]) == 5 and len(reader.ids()) == 600
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
 
 
 def test_hnsw_graph_searches_the_store_vectors(tmp_path):

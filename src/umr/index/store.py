@@ -15,11 +15,11 @@ A commit writes its new files, fsyncs them, then swaps the manifest. A process k
 moment leaves either the old or the new manifest, both pointing only at complete files; files a
 dead commit left behind are not referenced and are removed by the next writer.
 
-Memory: a reader memory-maps the files its manifest names when it opens (so a writer removing
-them later, e.g. by compacting, cannot take them away: a search never sees half a commit) and
-reads records from the maps on demand. The vectors are held once, in FAISS's flat index, built on
-the first search; the HNSW graph searches that same copy. A commit appends to it, so building N
-rows costs O(N).
+Memory: a reader keeps the snapshot its manifest named when it opened, and reads records from
+the segment files on demand (no file stays open). A reader whose files a writer has compacted
+away since loads the current snapshot and retries, so a search still sees whole commits only.
+The vectors are held once, in FAISS's flat index, built on the first search; the HNSW graph
+searches that same copy. A commit appends to it, so building N rows costs O(N).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import bisect
 import fcntl
 import json
-import mmap
 import os
 import re
 import threading
@@ -89,42 +88,46 @@ def _write_segment(folder: Path, name: str, lines: Iterable[bytes], ids: Sequenc
     _write_npy(folder / f"{name}.npy", vectors_rows, dim, vector_blocks)
 
 
-def _map(path: Path) -> mmap.mmap:
+def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a ``.npy`` header, reading nothing else."""
     with open(path, "rb") as handle:
-        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-
-
-def _release(mapped: mmap.mmap) -> None:
-    """Drop the pages a full scan brought into this process (the OS page cache keeps them)."""
-    if hasattr(mmap, "MADV_DONTNEED"):
-        mapped.madvise(mmap.MADV_DONTNEED)
+        version = np.lib.format.read_magic(handle)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(handle)
+    return shape, dtype
 
 
 class _Segment:
-    """One commit's files, memory-mapped when the snapshot is loaded (the maps keep the files
-    readable even after a writer removes them)."""
+    """One commit's files, read on demand and never held open (an index of thousands of
+    segments must not hold thousands of file descriptors)."""
 
     def __init__(self, folder: Path, name: str, rows: int, start: int, dim: int):
         self.name, self.rows, self.start = name, int(rows), int(start)
-        #: the vectors, until FAISS holds a copy of them
-        self.vectors: np.ndarray | None = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-        self._lines = _map(folder / f"{name}.jsonl")
-        self._keys: mmap.mmap | None = _map(folder / f"{name}.keys")
+        self._base = folder / name
         self._ends: np.ndarray | None = None
         self._where = f"{folder}: segment {name}"
-        if self.vectors.shape != (self.rows, dim) or self.vectors.dtype != np.float32:
+        shape, dtype = _npy_shape(self.path(".npy"))
+        if shape != (self.rows, dim) or dtype != np.float32:
             raise IndexStoreError(f"{self._where} does not match the manifest (vectors "
-                                  f"{self.vectors.shape}, expected {(self.rows, dim)})")
+                                  f"{shape}, expected {(self.rows, dim)})")
+        for suffix in (".jsonl", ".keys"):
+            self.path(suffix).stat()  # a file a writer removed since: FileNotFoundError, retried
+
+    def path(self, suffix: str) -> Path:
+        return self._base.with_name(self._base.name + suffix)
+
+    def vectors(self) -> np.ndarray:
+        """The vectors, memory-mapped for as long as the caller holds them."""
+        return np.load(self.path(".npy"), mmap_mode="r", allow_pickle=False)
 
     def ends(self) -> np.ndarray:
         """Where each record's line ends (its newline), found on first use."""
         if self._ends is None:
-            size, step, found = len(self._lines), 1 << 24, []
-            for begin in range(0, size, step):
-                chunk = np.frombuffer(self._lines, np.uint8, count=min(step, size - begin), offset=begin)
-                found.append(np.flatnonzero(chunk == 10) + begin)
-                del chunk
-            _release(self._lines)
+            found, offset = [], 0
+            with open(self.path(".jsonl"), "rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    found.append(np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10) + offset)
+                    offset += len(chunk)
             ends = np.concatenate(found) if found else np.zeros(0, np.int64)
             if len(ends) != self.rows:
                 raise IndexStoreError(f"{self._where} holds {len(ends)} records, expected {self.rows}")
@@ -133,24 +136,19 @@ class _Segment:
 
     def line(self, j: int) -> bytes:
         ends = self.ends()
-        return self._lines[int(ends[j - 1]) + 1 if j else 0:int(ends[j])]
+        begin = int(ends[j - 1]) + 1 if j else 0
+        with open(self.path(".jsonl"), "rb") as handle:
+            return os.pread(handle.fileno(), int(ends[j]) - begin, begin)
 
-    def lines(self, rows: Iterable[int] | None = None) -> Iterator[tuple[int, bytes]]:
-        """(local row, line) for ``rows`` (default all), then the scanned pages are released."""
-        ends = self.ends()
-        try:
-            for j in (range(self.rows) if rows is None else rows):
-                yield j, self._lines[int(ends[j - 1]) + 1 if j else 0:int(ends[j])]
-        finally:
-            _release(self._lines)
+    def lines(self, alive: np.ndarray | None = None) -> Iterator[tuple[int, bytes]]:
+        """(local row, line) of every row, or of the rows ``alive`` marks, read in one pass."""
+        with open(self.path(".jsonl"), "rb") as handle:
+            for j, line in enumerate(handle):
+                if alive is None or alive[j]:
+                    yield j, line[:-1]
 
     def keys(self) -> tuple[list[str], list[str | None]]:
-        """Ids and hashes, parsed once; the map is closed after that."""
-        if self._keys is None:
-            raise IndexStoreError(f"{self._where}: keys were already read")
-        ids, hashes = json.loads(self._keys[:])
-        self._keys.close()
-        self._keys = None
+        ids, hashes = json.loads(self.path(".keys").read_bytes())
         if len(ids) != self.rows:
             raise IndexStoreError(f"{self._where} names {len(ids)} ids, expected {self.rows}")
         return ids, hashes
@@ -208,8 +206,8 @@ class _State:
         """(global row, record line) of every live row, segment by segment."""
         deleted = self.deleted.view()
         for seg in self.segments:
-            alive = np.flatnonzero(~deleted[seg.start:seg.start + seg.rows])
-            for j, line in seg.lines(alive.tolist() if len(alive) < seg.rows else None):
+            dead = deleted[seg.start:seg.start + seg.rows]
+            for j, line in seg.lines(~dead if dead.any() else None):
                 yield seg.start + j, line
 
 
@@ -343,16 +341,24 @@ class FlatStore(VectorStore):
         return self._state.rows - len(self._state.deleted_rows)
 
     def ids(self) -> list[str]:
-        return list(self._keys().row_of)
+        return self._reading(lambda: list(self._keys().row_of))
 
     def hashes(self) -> dict[str, str]:
-        keys = self._keys()
-        return {i: keys.hashes[r] for i, r in keys.row_of.items()}
+        def read():
+            keys = self._keys()
+            return {i: keys.hashes[r] for i, r in keys.row_of.items()}
+
+        return self._reading(read)
 
     def get(self, ids: Iterable[str]) -> list[dict[str, Any] | None]:
-        with self._rw.read():
-            row_of, state = self._keys().row_of, self._state
-            return [state.record(row_of[i]) if i in row_of else None for i in ids]
+        ids = list(ids)
+
+        def read():
+            with self._rw.read():
+                row_of, state = self._keys().row_of, self._state
+                return [state.record(row_of[i]) if i in row_of else None for i in ids]
+
+        return self._reading(read)
 
     def records(self) -> Iterable[dict[str, Any]]:
         for _, line in self._state.live_lines():
@@ -362,10 +368,15 @@ class FlatStore(VectorStore):
         with self._mutex:
             if self._fields is not None:
                 return set(self._fields)
-        fields: set[str] = set()
-        with self._rw.read():
-            for _, line in self._state.live_lines():
-                fields.update((json.loads(line).get("meta") or {}).keys())
+
+        def read():
+            fields: set[str] = set()
+            with self._rw.read():
+                for _, line in self._state.live_lines():
+                    fields.update((json.loads(line).get("meta") or {}).keys())
+            return fields
+
+        fields = self._reading(read)
         with self._mutex:
             self._fields = fields
         return set(fields)
@@ -383,6 +394,9 @@ class FlatStore(VectorStore):
         """Top-``k`` live records per query by inner product, best first."""
         check_search_args(k, ef_search)
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        return self._reading(lambda: self._search(queries, k, filter, method, ef_search))
+
+    def _search(self, queries, k, filter, method, ef_search) -> list[list[Hit]]:
         with self._rw.read():
             state = self._state
             if len(self) == 0:
@@ -577,6 +591,23 @@ class FlatStore(VectorStore):
         if not self.writable:
             raise IndexStoreError(f"{self.folder} was opened read-only")
 
+    def _reading(self, read: Callable[[], Any]) -> Any:
+        """Run ``read``; a reader whose files a writer compacted away since it opened the index
+        loads the current snapshot (whole commits, as always) and runs it again."""
+        try:
+            return read()
+        except FileNotFoundError:
+            if self.writable:
+                raise
+            fresh = _load_state(self.folder)
+            with self._rw.write():
+                self._state = fresh
+                self._flat = None
+                self._hnsw = None
+                self._fields = None
+                self._reset_caches()
+            return read()
+
     def _keys(self) -> _Keys:
         state = self._state
         with self._mutex:
@@ -617,7 +648,6 @@ class FlatStore(VectorStore):
                 keys.row_of[item_id] = base + j
             if self._flat is not None:
                 self._flat.add(vectors)
-                segment.vectors = None
             if self._fields is not None:
                 for r in records:
                     self._fields.update((r.get("meta") or {}).keys())
@@ -668,8 +698,7 @@ class FlatStore(VectorStore):
                 index.ntotal = rows
                 matrix = _matrix(index, self.dim)
                 for seg in self._state.segments:
-                    matrix[seg.start:seg.start + seg.rows] = seg.vectors
-                    seg.vectors = None  # unmapped: FAISS holds them now
+                    matrix[seg.start:seg.start + seg.rows] = seg.vectors()
                 self._flat = index
             return self._flat
 
