@@ -134,11 +134,14 @@ class _Segment:
             self._ends = ends
         return self._ends
 
-    def line(self, j: int) -> bytes:
+    def lines_at(self, rows: Sequence[int]) -> list[bytes]:
         ends = self.ends()
-        begin = int(ends[j - 1]) + 1 if j else 0
         with open(self.path(".jsonl"), "rb") as handle:
-            return os.pread(handle.fileno(), int(ends[j]) - begin, begin)
+            out = []
+            for j in rows:
+                begin = int(ends[j - 1]) + 1 if j else 0
+                out.append(os.pread(handle.fileno(), int(ends[j]) - begin, begin))
+            return out
 
     def lines(self, alive: np.ndarray | None = None) -> Iterator[tuple[int, bytes]]:
         """(local row, line) of every row, or of the rows ``alive`` marks, read in one pass."""
@@ -194,13 +197,17 @@ class _State:
     deleted_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted
     keys: _Keys | None = None
 
-    def locate(self, row: int) -> tuple[_Segment, int]:
-        seg = self.segments[bisect.bisect_right(self.starts, row) - 1]
-        return seg, row - seg.start
-
-    def record(self, row: int) -> dict[str, Any]:
-        seg, j = self.locate(row)
-        return json.loads(seg.line(j))
+    def records_at(self, rows: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Records of global ``rows``, each segment's file opened once."""
+        by_segment: dict[int, list[int]] = {}
+        for row in rows:
+            by_segment.setdefault(bisect.bisect_right(self.starts, row) - 1, []).append(row)
+        found = {}
+        for index, seg_rows in by_segment.items():
+            seg = self.segments[index]
+            for row, line in zip(seg_rows, seg.lines_at([r - seg.start for r in seg_rows])):
+                found[row] = json.loads(line)
+        return found
 
     def live_lines(self) -> Iterator[tuple[int, bytes]]:
         """(global row, record line) of every live row, segment by segment."""
@@ -356,7 +363,8 @@ class FlatStore(VectorStore):
         def read():
             with self._rw.read():
                 row_of, state = self._keys().row_of, self._state
-                return [state.record(row_of[i]) if i in row_of else None for i in ids]
+                records = state.records_at(row_of[i] for i in ids if i in row_of)
+                return [records[row_of[i]] if i in row_of else None for i in ids]
 
         return self._reading(read)
 
@@ -414,7 +422,8 @@ class FlatStore(VectorStore):
                 scores, rows = self._search_hnsw(graph, info["rows"], queries, k, mask, ef_search, filter)
             else:
                 scores, rows = self._search_flat(queries, k, mask, filter)
-            return [[Hit(float(s), state.record(int(r))) for s, r in zip(qs, qr) if r >= 0]
+            records = state.records_at({int(r) for qr in rows for r in qr if r >= 0})
+            return [[Hit(float(s), records[int(r)]) for s, r in zip(qs, qr) if r >= 0]
                     for qs, qr in zip(scores, rows)]
 
     # writing ---------------------------------------------------------------------------------
