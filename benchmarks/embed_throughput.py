@@ -6,7 +6,11 @@
     ``position_ids=None`` -> last token), on the same randomly initialised mid-sized Qwen2-VL,
     the same items and the same batch size. Reports items/s, the ratio and max|delta| between
     the two outputs.
-(b) Text: ``umr.load_model("minilm")`` against sentence-transformers' ``encode`` on the same
+(b) Qwen3-VL-Embedding: ``umr`` (packed decoder, vision once per batch) against a per-batch loop
+    written the way ``Qwen3VLEmbedder`` is (conversations -> chat template -> ``fetch_image`` with
+    factor 32 -> transformers' Qwen3-VL processor with ``do_resize=False``, right padding ->
+    ``Qwen3VLModel(**inputs)`` -> last attended token), on a random mid-sized Qwen3-VL.
+(c) Text: ``umr.load_model("minilm")`` against sentence-transformers' ``encode`` on the same
     sentences (mixed lengths).
 
 Ratios are measured here, never asserted in tests. Prints a table and writes
@@ -26,6 +30,7 @@ import platform
 import random
 import tempfile
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +39,7 @@ from PIL import Image
 
 import umr
 from umr.models.gme.tiny import write_tiny_gme
+from umr.models.qwen3vl import write_tiny_qwen3vl
 from umr.types import Item
 
 RESULTS = Path(__file__).resolve().parent / "results" / "embed_throughput.json"
@@ -126,6 +132,103 @@ class ReferenceLoop:
                           for i in range(0, len(items), batch_size)]).numpy()
 
 
+MID_Q3_TEXT = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                   num_key_value_heads=2, head_dim=64, mrope_section=[16, 8, 8])
+MID_Q3_VISION = dict(depth=4, hidden_size=256, intermediate_size=1024, num_heads=4, num_position_embeddings=256,
+                     deepstack_visual_indexes=[0, 1])
+
+
+def _fetch_image_qwen3(path, min_pixels=4 * 32 * 32, max_pixels=1800 * 32 * 32):
+    image = Image.open(path)
+    image = image.convert("RGB")
+    height, width, factor = image.height, image.width, 32
+    h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return image.resize((w, h))
+
+
+class Qwen3ReferenceLoop:
+    """``Qwen3VLEmbedder.process`` per batch of consecutive items (any modality mix)."""
+
+    def __init__(self, folder: Path, model, max_length: int = 8192):
+        from transformers import AutoTokenizer
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+
+        class ImageOnlyProcessor(Qwen3VLProcessor):
+            @classmethod
+            def get_attributes(cls):
+                return ["image_processor", "tokenizer"]
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer.padding_side = "right"
+        self.processor = ImageOnlyProcessor(
+            image_processor=Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, image_mean=[0.5] * 3,
+                                                     image_std=[0.5] * 3),
+            tokenizer=tokenizer, chat_template=(folder / "chat_template.jinja").read_text())
+        self.model = model  # Qwen3VLModel
+        self.max_length = max_length
+
+    def embed(self, items: list[Item]) -> torch.Tensor:
+        conversations, images = [], []
+        for item in items:
+            instruction = (item.instruction or "").strip() if item.is_query else ""
+            if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
+                instruction += "."
+            content = []
+            if item.image is not None:
+                content.append({"type": "image", "image": item.image})
+                images.append(_fetch_image_qwen3(item.image))
+            if item.text is not None:
+                content.append({"type": "text", "text": item.text})
+            conversations.append([
+                {"role": "system", "content": [{"type": "text", "text": instruction or "Represent the user's input."}]},
+                {"role": "user", "content": content}])
+        text = self.processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
+        inputs = self.processor(text=text, images=images or None, truncation=True, max_length=self.max_length,
+                                padding=True, do_resize=False, do_convert_rgb=False, return_tensors="pt")
+        with torch.no_grad():
+            hidden = self.model(**inputs).last_hidden_state
+            mask = inputs["attention_mask"]
+            col = mask.shape[1] - mask.flip(dims=[1]).argmax(dim=1) - 1
+            vec = hidden[torch.arange(hidden.shape[0]), col]
+            return torch.nn.functional.normalize(vec.float(), p=2, dim=-1)
+
+    def run(self, items: list[Item], batch_size: int) -> np.ndarray:
+        return torch.cat([self.embed(items[i: i + batch_size])
+                          for i in range(0, len(items), batch_size)]).numpy()
+
+
+def bench_qwen3vl(n: int, batch_size: int, repeats: int, workdir: Path) -> dict:
+    folder = write_tiny_qwen3vl(workdir / "qwen3vl-mid", seed=0, text=MID_Q3_TEXT, vision=MID_Q3_VISION)
+    items = gme_items(workdir / "q3-images", n, random.Random(0))
+    from transformers import AutoModel
+
+    from umr.models.registry import quiet_transformers
+
+    model = umr.load_model(folder)
+    with quiet_transformers():
+        plain = AutoModel.from_pretrained(str(folder), dtype=model.dtype, attn_implementation="sdpa").eval()
+    reference = Qwen3ReferenceLoop(folder, plain)
+    warm = items[:3]
+    reference.run(warm, batch_size)
+    model.embed(warm, batch_size=batch_size)
+    t_ref, ref_vectors, t_umr, result = timed_pair(lambda: reference.run(items, batch_size),
+                                                   lambda: model.embed(items, batch_size=batch_size).vectors,
+                                                   repeats)
+    n_params = sum(p.numel() for p in model.model.parameters())
+    return {"model": f"random Qwen3-VL: text {MID_Q3_TEXT}, vision {MID_Q3_VISION} ({n_params / 1e6:.1f}M params)",
+            "dtype": "float32", "items": n, "batch_size": batch_size, "packed": model.packed,
+            "mix": "1/3 text, 1/3 image (224-640 px), 1/3 fused; half queries with an instruction",
+            "reference_items_per_s": n / t_ref, "umr_items_per_s": n / t_umr, "ratio": t_ref / t_umr,
+            "max_abs_delta": float(np.abs(result - ref_vectors).max())}
+
+
 def gme_items(folder: Path, n: int, rng: random.Random) -> list[Item]:
     folder.mkdir(parents=True, exist_ok=True)
     items = []
@@ -209,6 +312,8 @@ def main() -> None:
     parser.add_argument("--text-items", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32, help="items per batch for both paths (GME's default: 32)")
     parser.add_argument("--bf16", action="store_true", help="also time umr's GME path in bfloat16")
+    parser.add_argument("--only", choices=["gme", "qwen3vl", "minilm"], default=None,
+                        help="run one row and update it in the results file, keeping the others")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.threads:
@@ -217,11 +322,17 @@ def main() -> None:
     text_n = args.text_items or (200 if args.quick else 3000)
     repeats = 1 if args.quick else 2
 
+    wanted = {args.only} if args.only else {"gme", "qwen3vl", "minilm"}
+    rows = {}
     with tempfile.TemporaryDirectory(prefix="umr-bench-") as tmp:
-        rows = {"gme": bench_gme(gme_n, args.batch_size, repeats, Path(tmp), None)}
-        if args.bf16:
-            rows["gme_bf16"] = bench_gme(gme_n, args.batch_size, repeats, Path(tmp) / "bf16", "bfloat16")
-    rows["minilm"] = bench_minilm(text_n, repeats)
+        if "gme" in wanted:
+            rows["gme"] = bench_gme(gme_n, args.batch_size, repeats, Path(tmp), None)
+            if args.bf16:
+                rows["gme_bf16"] = bench_gme(gme_n, args.batch_size, repeats, Path(tmp) / "bf16", "bfloat16")
+        if "qwen3vl" in wanted:
+            rows["qwen3vl"] = bench_qwen3vl(gme_n, args.batch_size, repeats, Path(tmp) / "q3")
+    if "minilm" in wanted:
+        rows["minilm"] = bench_minilm(text_n, repeats)
 
     print(f"{'benchmark':<10} {'items':>6} {'baseline it/s':>14} {'umr it/s':>10} {'ratio':>7} {'max|d|':>9}")
     for name, row in rows.items():
@@ -231,7 +342,12 @@ def main() -> None:
     meta = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "quick": args.quick, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"meta": meta, **rows}, indent=2))
+    kept = {}
+    if args.only and args.output.is_file():  # one row re-run: the others stay as measured
+        kept = json.loads(args.output.read_text())
+        kept[f"meta_{args.only}"] = meta
+        meta = kept.pop("meta", meta)
+    args.output.write_text(json.dumps({**kept, "meta": meta, **rows}, indent=2))
     print(f"wrote {args.output}")
 
 

@@ -56,12 +56,22 @@ def load_image(source: ImageSource, *, item_id: str | None = None,
     Grayscale, palette and RGBA images are converted with PIL's ``convert("RGB")``, as the
     reference implementations do (alpha is dropped, not composited).
     """
+    img = decode_image(source, item_id=item_id, max_pixels=max_pixels)
+    try:
+        return img.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise ItemError(item_id, f"image cannot be decoded ({_describe(source)}): {exc}") from None
+
+
+def decode_image(source: ImageSource, *, item_id: str | None = None,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode an image in its own mode (RGBA, P, L, ...; wide modes scaled to 8 bits), or raise
+    :class:`ItemError`: for references that convert colour their own way (Qwen3-VL composites
+    RGBA on white)."""
     img = _checked_open(source, item_id, max_pixels)
     try:
         img.load()
-        if img.mode in _WIDE_MODES:
-            img = _to_8bit(img)
-        return img.convert("RGB")
+        return _to_8bit(img) if img.mode in _WIDE_MODES else img
     except (OSError, ValueError, SyntaxError) as exc:
         raise ItemError(item_id, f"image cannot be decoded ({_describe(source)}): {exc}") from None
 

@@ -214,7 +214,7 @@ def test_search_refuses_k_and_ef_search_below_one(make_index):
     for k in (0, -3):
         with pytest.raises(ValueError, match="k must be a positive"):
             index.search("cats", k=k)
-    with pytest.raises(ValueError, match="ef_search must be positive"):
+    with pytest.raises(ValueError, match="ef_search must be a positive"):
         index.search("cats", k=3, ef_search=0)
     assert len(index.search("cats", k=3, ef_search=8)) == 3
 

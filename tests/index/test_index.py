@@ -79,9 +79,11 @@ def test_reopen_and_model_check(make_index, tmp_path):
     reopened = Index.open(folder)
     assert len(reopened) == 20
     assert [(r.id, round(r.score, 5)) for r in reopened.search("dogs number4", k=5)] == before
-    assert reopened.config["model"] == {"name": "hash-test", "dim": 64, "options": {}}
+    recorded = reopened.config["model"]
+    assert (recorded["name"], recorded["dim"], recorded["options"]) == ("hash-test", 64, {})
+    assert recorded["identity"]["family"] == "HashEmbedder" and recorded["identity"]["files"] == ""
     reopened.close()
-    with pytest.raises(ModelMismatch, match="built with model 'hash-test'.*not 'minilm'"):
+    with pytest.raises(ModelMismatch, match="built with hash-test.*not minilm.*dimension: 64 vs 384"):
         Index.open(folder, model="minilm")
     other = hashing.HashEmbedder(name="hash-other")
     with pytest.raises(ModelMismatch, match="vectors of different models cannot be compared"):

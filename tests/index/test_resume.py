@@ -209,5 +209,5 @@ def test_rerun_reports_unchanged_and_updates_changed_files(tmp_path):
     from umr.index import Index
 
     with Index.open(index) as ix:
-        assert sorted(ix.ids()) == ["0.txt", "1.txt", "2.txt", "3.txt"]
-        assert ix.search("pears", k=1)[0].id == "2.txt"
+        assert sorted(ix.ids()) == ["c/0.txt", "c/1.txt", "c/2.txt", "c/3.txt"]
+        assert ix.search("pears", k=1)[0].id == "c/2.txt"

@@ -52,11 +52,17 @@ def add_model_options(parser: argparse.ArgumentParser, *, model_required: bool =
     parser.add_argument("--batch-size", type=int, default=None, help="items per forward pass at most")
     parser.add_argument("--min-image-tokens", type=int, default=None, help="MLLM models: fewest tokens per image")
     parser.add_argument("--max-image-tokens", type=int, default=None, help="MLLM models: most tokens per image")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="most tokens per sequence, longer ones cut as the model's reference cuts them "
+                             "(families with a text length limit)")
+    parser.add_argument("--dim", type=int, default=None,
+                        help="keep the first N dimensions of every vector, renormalised (Matryoshka models "
+                             "such as qwen3-vl-embedding-*)")
 
 
 def model_options(args: argparse.Namespace) -> dict:
-    """The loader options given on the command line (image token bounds), as ``load_model`` takes them."""
-    return {k: getattr(args, k) for k in ("min_image_tokens", "max_image_tokens")
+    """The loader options given on the command line (image token bounds, ...), as ``load_model`` takes them."""
+    return {k: getattr(args, k) for k in ("min_image_tokens", "max_image_tokens", "max_length", "dim")
             if getattr(args, k, None) is not None}
 
 
@@ -69,3 +75,8 @@ def load_model_from_args(args: argparse.Namespace, name: str | None = None, opti
         return load_model(name or args.model, device=args.device, dtype=args.dtype, **options)
     except ValueError as exc:  # a bad option value (e.g. --min-image-tokens above --max-image-tokens)
         raise UsageError(str(exc)) from None
+    except TypeError as exc:  # an option this family does not take (e.g. --max-length for a text model)
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        option = str(exc).split("'")[-2] if str(exc).count("'") >= 2 else str(exc)
+        raise UsageError(f"model {name or args.model!r} does not take --{option.replace('_', '-')}") from None

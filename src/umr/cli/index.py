@@ -2,6 +2,8 @@
 
 Resumable: run the same command again after a crash (or after editing the corpus) and only
 what is new or changed is embedded. Bad files are listed in the summary and ``DIR/errors.jsonl``.
+On an existing index, options fixed at creation (backend, OCR, model, model options) must
+agree with it or are refused; ``--method`` may switch the search method, and the summary says so.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ def add_parser(sub) -> None:
                         help="faiss: embedded index in the folder (default); milvus: Milvus Lite or a server")
     parser.add_argument("--uri", default=None,
                         help="Milvus: ./file.db (Milvus Lite) or http://host:19530 (default: INDEX/milvus.db)")
-    parser.add_argument("--collection", default="umr", help="Milvus collection name (default: umr)")
+    parser.add_argument("--collection", default=None, help="Milvus collection name (default: umr)")
     parser.add_argument("--method", choices=["exact", "hnsw"], default=None,
                         help="exact inner-product search (default) or HNSW for large corpora (new index only)")
     parser.add_argument("--ocr", choices=["auto", "on", "off"], default="auto",
                         help="read the words in images for text-only models (auto: on for text models)")
     parser.add_argument("--image-root", type=Path, default=None, help="M-BEIR pools: folder img_path is relative to")
     parser.add_argument("--prune", action="store_true", help="delete indexed items of SOURCE that are gone from it")
+    parser.add_argument("--id-prefix", default=None, metavar="NAME",
+                        help="ids are NAME/<id> (default: a folder's name; none for JSONL ids; '' for none)")
     parser.add_argument("--commit-every", type=int, default=256, help="commit after this many items (default 256)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=run)
@@ -39,39 +43,31 @@ def run(args) -> int:
 
     from ..data.corpus import count_corpus
     from ..index import Index, IndexStoreError
+    from ..index.index import check_device
 
     if not args.source.exists():
         raise UsageError(f"no such corpus: {args.source}")
     if not (args.source.is_dir() or args.source.suffix.lower() == ".jsonl"):
         raise UsageError(f"{args.source}: a corpus is a folder or a .jsonl file")
+    note = ""
     try:
+        check_device(args.device)
         if Index.exists(args.index_dir):
-            index = Index.open(args.index_dir, writable=True)
-            recorded = index.config["model"]
-            if args.model is not None:
-                index.check_model(args.model)
-            backend = index.store.backend
-            if args.backend is not None and args.backend != backend:
-                index.close()
-                raise UsageError(f"{args.index_dir} is a {backend} index; drop --backend {args.backend}")
-            if args.method is not None and args.method != index.config.get("method", "exact"):
-                if backend != "faiss":
-                    index.close()
-                    raise UsageError(f"{args.index_dir}: Milvus keeps the vector index it was created with; "
-                                     f"re-create the index to change --method")
-                index.store.set_config({**index.config, "method": args.method})
-            model = load_model_from_args(args, recorded["name"], recorded.get("options") or {})
-            index.check_model(model)
-            index._model = model
+            index, note = _open_existing(args)
             action = "updating"
+            try:
+                index.id_prefix_for(args.source, args.id_prefix)  # a clash is refused before any work
+            except IndexStoreError:
+                index.close()
+                raise
         else:
             if args.model is None:
                 raise UsageError(f"{args.index_dir} is a new index: say which model builds it with --model")
-            options = model_options(args)
-            model = load_model_from_args(args, args.model, options)
+            options = _load_options(args)
+            model = load_model_from_args(args, args.model, model_options(args))
             ocr = None if args.ocr == "auto" else args.ocr == "on"
             index = Index.create(args.index_dir, model, backend=args.backend or "faiss", uri=args.uri,
-                                 collection=args.collection, method=args.method or "exact", ocr=ocr,
+                                 collection=args.collection or "umr", method=args.method or "exact", ocr=ocr,
                                  model_options=options)
             action = "creating"
     except (IndexStoreError, ValueError) as exc:
@@ -86,11 +82,16 @@ def run(args) -> int:
         show = not args.no_progress
         with tqdm(total=total, unit="item", desc="index", disable=not show, dynamic_ncols=True,
                   file=sys.stderr, smoothing=0.1) as bar:
-            summary = index.index_corpus(args.source, image_root=args.image_root,
-                                         commit_every=args.commit_every, batch_size=args.batch_size,
-                                         prune=args.prune, progress=bar.update)
+            try:
+                summary = index.index_corpus(args.source, image_root=args.image_root,
+                                             commit_every=args.commit_every, batch_size=args.batch_size,
+                                             prune=args.prune, progress=bar.update, id_prefix=args.id_prefix)
+            except IndexStoreError as exc:
+                raise UsageError(str(exc)) from None
         errors_path = Path(args.index_dir) / "errors.jsonl"
         print(f"umr index: {summary.line()} in {summary.seconds:.1f}s; the index holds {len(index)} items")
+        if note:
+            print(f"  {note}")
         if summary.skipped:
             print(f"  {len(summary.skipped)} item(s) have no usable representation under "
                   f"{cfg['model']['name']}: {_why(summary.skipped[0]['error'])}")
@@ -108,6 +109,79 @@ def run(args) -> int:
         if summary.skipped or summary.errors:
             print(f"  details: {errors_path}")
     return 0
+
+
+def _load_options(args) -> dict:
+    """The ``load_model`` options the command line gives (recorded by a new index)."""
+    options = model_options(args)
+    if args.dtype is not None:
+        options["dtype"] = args.dtype
+    return options
+
+
+def _open_existing(args):
+    """Open the index at ``--index`` for writing; refuse options that cannot change it.
+
+    Returns the index and a note for the summary about a change made (a switched search method).
+    """
+    from ..index import Index
+    from ..models.registry import load_model
+
+    index = Index.open(args.index_dir, writable=True)
+    try:
+        cfg, backend = index.config, index.store.backend
+        refused = []
+        if args.backend is not None and args.backend != backend:
+            refused.append(f"--backend {args.backend} (it is a {backend} index)")
+        if backend != "milvus":
+            refused += [f"{flag} (a faiss index lives in its folder)" for flag, value
+                        in (("--uri", args.uri), ("--collection", args.collection)) if value is not None]
+        else:
+            from ..index.milvus import resolve_uri
+
+            where = index.store.manifest
+            if args.uri is not None and resolve_uri(args.uri, index.folder) != where["uri"]:
+                refused.append(f"--uri {args.uri} (its vectors live at {where['uri']})")
+            if args.collection is not None and args.collection != where["collection"]:
+                refused.append(f"--collection {args.collection} (its collection is {where['collection']!r})")
+        if args.ocr != "auto" and (args.ocr == "on") != bool(cfg.get("ocr")):
+            refused.append(f"--ocr {args.ocr} (it was built with OCR {'on' if cfg.get('ocr') else 'off'}; "
+                           f"OCR decides every image item's text, so it is fixed when the index is created)")
+        recorded = cfg["model"].get("options") or {}
+        identity = index.recorded_identity
+        # what the model was really built with: the options given then, and the family's resolved
+        # values (so --dtype float32 on a model whose default is float32 is no change)
+        effective = {**recorded, **(identity.options if identity is not None else {})}
+        changed = {k: v for k, v in _load_options(args).items() if effective.get(k) != v}
+        if changed:
+            shown = ", ".join(f"--{k.replace('_', '-')} {v} (built with {effective.get(k, 'the default')})"
+                              for k, v in sorted(changed.items()))
+            refused.append(f"{shown}: model options change every vector")
+        if refused:
+            raise UsageError(f"{args.index_dir} already exists and these options cannot change it: "
+                             f"{'; '.join(refused)}. Drop them, or build a new index")
+        note = ""
+        method = cfg.get("method", "exact")
+        if args.method is not None and args.method != method:
+            if backend != "faiss":
+                raise UsageError(f"{args.index_dir}: Milvus keeps the vector index it was created with; "
+                                 f"re-create the index to change --method")
+            index.store.set_config({**cfg, "method": args.method})
+            note = f"search method switched from {method} to {args.method} (the stored vectors are kept)"
+        try:
+            model = load_model(args.model or _recorded_source(index), device=args.device, **recorded)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        index.use_model(model)
+    except BaseException:
+        index.close()
+        raise
+    return index, note
+
+
+def _recorded_source(index) -> str:
+    identity = index.recorded_identity
+    return identity.source if identity is not None else index.model_name
 
 
 def _why(reason: str) -> str:

@@ -1,4 +1,8 @@
-"""``umr search``: ranked results from an index for a text and/or image query."""
+"""``umr search``: ranked results from an index for a text and/or image query.
+
+The index's recorded model is loaded from where it was recorded, so any working directory
+will do; ``--model`` (any spelling of the same model) is checked against it.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,10 @@ def add_parser(sub) -> None:
                              "(FAISS indexes only)")
     parser.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     parser.add_argument("--model", default=None, help="must match the model that built the index (default: that one)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="load the model in this dtype instead of the index's own (queries then "
+                             "differ slightly from the index's dtype)")
     parser.add_argument("--ef-search", type=int, default=None, help="HNSW: candidates explored per query")
     parser.add_argument("--exact", action="store_true", help="exact search even if the index is HNSW")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
@@ -91,18 +99,25 @@ def _one_of(options: list):
 
 def run(args) -> int:
     from ..index import Index, IndexStoreError, Unrepresentable
+    from ..index.index import check_search_args, query_text
 
     if args.text is None and args.image is None:
         raise UsageError("give query text, --image PATH, or both")
+    try:
+        query_text(args.text, args.image)
+        check_search_args(args.k, args.ef_search)
+    except ValueError as exc:
+        raise UsageError(f"{exc} (-k and --ef-search take numbers of at least 1)"
+                         if "k must" in str(exc) or "ef_search" in str(exc) else str(exc)) from None
     if args.image is not None and not args.image.is_file():
         raise UsageError(f"no such image: {args.image}")
     modality = None
     if args.modality:
         modality = [m for m in args.modality.replace("+", ";").split(";") if m]
     try:
-        index = Index.open(args.index_dir, model=args.model)
-    except IndexStoreError as exc:
-        raise UsageError(str(exc)) from None
+        index = Index.open(args.index_dir, model=args.model, device=args.device, dtype=args.dtype)
+    except (IndexStoreError, ValueError) as exc:
+        raise UsageError(" ".join(str(exc).split())) from None
     with index:
         where = _parse_where(args.where)
         try:

@@ -8,7 +8,9 @@ and raises ``ItemError`` for a bad file.
 Folder rules: images (jpg, jpeg, png, webp, gif, bmp, tif, tiff), text (txt, md), PDF (one item
 per page: the rendered page image together with its text layer). An image with a sidecar
 ``NAME.txt`` (or ``NAME.jpg.txt``) becomes one fused item and the sidecar is not indexed on its
-own. Ids are paths relative to the folder (``report.pdf#page=2`` for PDF pages).
+own. Ids are paths relative to the folder (``report.pdf#page=2`` for PDF pages); the index puts
+the source's prefix in front (:func:`default_id_prefix`). Paths are stored resolved (absolute),
+so results open from any working directory. Fingerprints are :mod:`umr.fingerprint`'s.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..fingerprint import FileDigests, file_digest, item_fingerprint
 from ..types import Item, ItemError, Modality
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -41,6 +44,8 @@ class Entry:
     path: str | None = None
     kind: str = "text"
     meta: dict[str, Any] = field(default_factory=dict)
+    #: False for ids umr made up (a JSONL line without ``id``): the index qualifies them by file
+    explicit_id: bool = True
 
     def load(self) -> Item:
         item = self.loader()
@@ -48,21 +53,32 @@ class Entry:
         return item
 
 
-def read_corpus(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None
-                ) -> Iterator[Entry | ItemError]:
-    """Entries of a folder, an items JSONL or an M-BEIR pool JSONL (detected from its fields)."""
+def read_corpus(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
+                digests: FileDigests | None = None) -> Iterator[Entry | ItemError]:
+    """Entries of a folder, an items JSONL or an M-BEIR pool JSONL (detected from its fields).
+
+    ``digests`` remembers file digests across runs (see :mod:`umr.fingerprint`).
+    """
     source = Path(source)
     if source.is_dir():
-        yield from read_folder(source)
+        yield from read_folder(source, digests=digests)
     elif source.is_file() and source.suffix.lower() == ".jsonl":
         if _is_mbeir_pool(source):
-            yield from read_mbeir_pool(source, image_root=image_root)
+            yield from read_mbeir_pool(source, image_root=image_root, digests=digests)
         else:
-            yield from read_jsonl(source)
+            yield from read_jsonl(source, digests=digests)
     elif source.is_file():
         raise ValueError(f"{source}: a corpus is a folder or a .jsonl file")
     else:
         raise FileNotFoundError(f"no such corpus: {source}")
+
+
+def default_id_prefix(source: str | os.PathLike) -> str:
+    """The id prefix of a source indexed without ``--id-prefix``: a folder's name (two folders'
+    ``notes.txt`` are ``A/notes.txt`` and ``B/notes.txt``); none for JSONL files and M-BEIR
+    pools, whose ids are given explicitly."""
+    path = Path(source).resolve()
+    return path.name if path.is_dir() else ""
 
 
 def count_corpus(source: str | os.PathLike) -> int | None:
@@ -109,16 +125,17 @@ def _walk_folder(root: Path) -> Iterator[tuple[Path, Path | None]]:
                 yield path, None
 
 
-def read_folder(root: str | os.PathLike) -> Iterator[Entry | ItemError]:
+def read_folder(root: str | os.PathLike, *, digests: FileDigests | None = None) -> Iterator[Entry | ItemError]:
     root = Path(root).resolve()
     for path, sidecar in _walk_folder(root):
         rel = path.relative_to(root).as_posix()
         ext = path.suffix.lower()
         meta = {"file": rel, "folder": Path(rel).parent.as_posix(), "ext": ext.lstrip(".")}
         try:
-            digest = file_digest(path)
+            digest = file_digest(path, digests=digests)
             if sidecar is not None:
-                digest = hashlib.blake2b((digest + file_digest(sidecar)).encode(), digest_size=16).hexdigest()
+                digest = hashlib.blake2b((digest + file_digest(sidecar, digests=digests)).encode(),
+                                         digest_size=16).hexdigest()
         except OSError as exc:
             yield ItemError(rel, f"cannot read file: {exc}")
             continue
@@ -129,14 +146,6 @@ def read_folder(root: str | os.PathLike) -> Iterator[Entry | ItemError]:
             yield Entry(rel, digest, _text_loader(path, rel), str(path), "text", meta)
         else:
             yield from _pdf_entries(path, rel, digest, meta)
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_text_file(path: Path, item_id: str) -> str:
@@ -242,24 +251,9 @@ def _pdf_page_loader(path: Path, number: int, item_id: str) -> Callable[[], Item
 # -- JSONL -----------------------------------------------------------------------------------------
 
 
-def _stat_fingerprint(path: str | None) -> str:
-    if path is None:
-        return "-"
-    try:
-        st = os.stat(path)
-        return f"{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
-        return "missing"
-
-
-def _fingerprint(*parts: Any) -> str:
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
-
-
-def read_jsonl(path: str | os.PathLike) -> Iterator[Entry | ItemError]:
-    """Items JSONL (the ``umr embed`` fields; other fields become metadata). Ids default to ``line-N``.
-
-    Referenced image files are fingerprinted by size and modification time (not read).
+def read_jsonl(path: str | os.PathLike, *, digests: FileDigests | None = None) -> Iterator[Entry | ItemError]:
+    """Items JSONL (the ``umr embed`` fields; other fields become metadata). Ids default to ``line-N``
+    (``explicit_id`` False). Image paths are resolved; images are fingerprinted by their bytes.
     """
     from .items import read_items_jsonl
 
@@ -268,12 +262,13 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[Entry | ItemError]:
             yield parsed
             continue
         item = parsed
-        item_id = item.id if item.id is not None else f"line-{line_no}"
+        explicit = item.id is not None
+        item_id = item.id if explicit else f"line-{line_no}"
         item.id, item.is_query, item.instruction = item_id, False, None
         image = item.image if isinstance(item.image, str) else None
-        fp = _fingerprint(item.text, image, item.metadata, _stat_fingerprint(image))
         kind = "text" if item.image is None else ("image" if item.text is None else "image+caption")
-        yield Entry(item_id, fp, (lambda it=item: _checked(it)), image, kind, dict(item.metadata))
+        yield Entry(item_id, item_fingerprint(item, digests=digests), (lambda it=item: _checked(it)), image,
+                    kind, dict(item.metadata), explicit_id=explicit)
 
 
 def _checked(item: Item) -> Item:
@@ -306,15 +301,15 @@ def _mbeir_image_root(pool: Path) -> Path:
     return pool.parent
 
 
-def read_mbeir_pool(path: str | os.PathLike, *, image_root: str | os.PathLike | None = None
-                    ) -> Iterator[Entry | ItemError]:
+def read_mbeir_pool(path: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
+                    digests: FileDigests | None = None) -> Iterator[Entry | ItemError]:
     """An M-BEIR candidate pool (``did``, ``txt``, ``img_path``, ``modality``) as a corpus.
 
     ``img_path`` is relative to ``image_root`` (default: the nearest folder above the pool that
     holds ``mbeir_images``). Other fields become metadata.
     """
-    path = Path(path)
-    root = Path(image_root) if image_root is not None else _mbeir_image_root(path)
+    path = Path(path).resolve()
+    root = (Path(image_root).expanduser().resolve() if image_root is not None else _mbeir_image_root(path))
     with path.open("r", encoding="utf-8", errors="replace") as handle:
         for line_no, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -344,7 +339,7 @@ def read_mbeir_pool(path: str | os.PathLike, *, image_root: str | os.PathLike | 
                 yield ItemError(did, "has neither text nor image", line=line_no)
                 continue
             meta = {k: v for k, v in record.items() if k not in ("did", "txt", "img_path")}
-            fp = _fingerprint(text, record.get("img_path"), _stat_fingerprint(image))
             item = Item.candidate(text=text, image=image, id=did)
+            fp = item_fingerprint(item, digests=digests)
             kind = "text" if image is None else ("image" if text is None else "image+caption")
             yield Entry(did, fp, (lambda it=item: _checked(it)), image, kind, meta)

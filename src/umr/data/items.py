@@ -1,7 +1,7 @@
 """The items JSONL format shared by ``umr embed`` and ``umr index``.
 
 One object per line: ``id``, ``text`` (string or null), ``image`` (a path relative to the
-JSONL file's folder, or absolute, or null), ``instruction`` (string or null), ``is_query``
+JSONL file's folder, or absolute, or null; read as an absolute path), ``instruction`` (string or null), ``is_query``
 (bool). Other fields are kept as metadata. A bad line yields an :class:`ItemError` naming
 its line and id instead of stopping the read.
 """
@@ -21,7 +21,7 @@ _STRING_FIELDS = ("text", "image", "instruction")
 def read_items_jsonl(path: str | Path) -> Iterator[tuple[int, Item | ItemError]]:
     """Yield ``(line_number, item_or_error)`` for every non-blank line of ``path``."""
     path = Path(path)
-    base = path.parent
+    base = path.parent.resolve()  # image paths are stored absolute: they open from anywhere
     with path.open("r", encoding="utf-8", errors="replace") as handle:
         for line_no, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -51,6 +51,8 @@ def parse_item_line(raw: str, *, line_no: int, base: Path) -> Item | ItemError:
     if text is None and image is None:
         return ItemError(item_id, "has neither text nor image", line=line_no)
     image = resolve_path(base, image)
+    if image is not None and "://" not in image:
+        image = str(Path(image).resolve())
     metadata = {k: v for k, v in record.items()
                 if k not in ("id", "is_query", *_STRING_FIELDS)}
     return Item(text=text, image=image, instruction=record.get("instruction") if is_query else None,

@@ -188,7 +188,7 @@ def check_search_args(k: int, ef_search: int | None) -> None:
     if int(k) <= 0:
         raise ValueError(f"k must be a positive number of results, not {k}")
     if ef_search is not None and int(ef_search) <= 0:
-        raise ValueError(f"ef_search must be positive, not {ef_search}")
+        raise ValueError(f"ef_search must be a positive number, not {ef_search}")
 
 
 # -- files -----------------------------------------------------------------------------------------

@@ -5,9 +5,17 @@
 >>> for hit in index.search("a cat on a sofa", k=5):   # doctest: +SKIP
 ...     print(hit.rank, hit.score, hit.id, hit.path or hit.text)
 
-The index records the model (name, dimension, options) and the settings that built it; opening
-it with another model is refused with a message naming both, because vectors of different
-models are not comparable.
+The index records the model that built it — its :class:`~umr.models.identity.ModelIdentity`:
+resolved folder (or hub id and revision), files fingerprint, family and every option that
+changes vectors — so it is searched from any working directory without naming the model, any
+spelling of the same model is accepted, and another model (other weights at the same path, or
+other options) is refused with a message naming both.
+
+Item ids: a folder's items are ``<prefix>/<path in the folder>``, the prefix being the folder's
+name unless ``id_prefix`` says otherwise (``""``: no prefix); a JSONL or M-BEIR pool's explicit
+ids are used as they are (``<prefix>/<id>`` with ``id_prefix``), its lines without an id are
+``<file name>/line-N``. An id already indexed from another source is a reported collision,
+never a silent replacement; ``prune`` only deletes items of the source being indexed.
 """
 
 from __future__ import annotations
@@ -17,23 +25,33 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..fingerprint import FileDigests, item_fingerprint
 from ..types import Item, ItemError, Modality
 from .base import VectorStore
 from .store import MANIFEST, Filter, FlatStore, Hit, IndexStoreError, read_manifest
+
+if TYPE_CHECKING:
+    from ..models.identity import ModelIdentity
 
 #: records keep this much of the text they were embedded from, for display
 SNIPPET_CHARS = 300
 ERRORS_FILE = "errors.jsonl"
 #: items found to have no representation under the model, by fingerprint: re-runs skip their OCR
 SKIPPED_FILE = "skipped.jsonl"
+#: file digests by stat signature, so re-runs over unchanged files do not read them again
+DIGESTS_FILE = "file-digests.sqlite"
 
 
 class ModelMismatch(IndexStoreError):
     """The index was built with another model."""
+
+
+class SourceConflict(IndexStoreError):
+    """A source's ids would clash with another source's, or it was indexed under another prefix."""
 
 
 class Unrepresentable(Exception):
@@ -86,19 +104,51 @@ def sees_images(model) -> bool:
     return not isinstance(model, TextEmbedder)
 
 
+def model_identity(model) -> "ModelIdentity":
+    """The identity ``load_model`` attached, or a weak one (name, dimension and options only)
+    for an embedder built by hand."""
+    from ..models.identity import identify
+
+    if getattr(model, "identity", None) is not None:
+        return model.identity
+    return identify(model, None, name=str(model.name), family=type(model).__name__)
+
+
 def model_record(model, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"name": str(model.name), "dim": int(model.dim), "options": dict(options or {})}
+    """What the index stores about its model: name and dimension, the ``load_model`` options
+    that rebuild it (``dtype`` included), and its identity."""
+    return {"name": str(model.name), "dim": int(model.dim), "options": dict(options or {}),
+            "identity": model_identity(model).to_dict()}
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device this machine's torch cannot use, in one line (not a CUDA traceback)."""
+    if device is None or device == "cpu":
+        return
+    import torch
+
+    kind = str(device).split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch build has no CUDA device available "
+                         f"(torch {torch.__version__}); use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu")
+    if kind not in ("cuda", "mps", "cpu", "xpu"):
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
 
 
 class Index:
     """A persistent index: :meth:`create` / :meth:`open`, then :meth:`add`, :meth:`index_corpus`,
     :meth:`search`, :meth:`delete`."""
 
-    def __init__(self, folder: Path, store: VectorStore, *, model=None, model_options: dict[str, Any] | None = None):
+    def __init__(self, folder: Path, store: VectorStore, *, model=None, model_options: dict[str, Any] | None = None,
+                 device: str | None = None, dtype: str | None = None):
         self.folder = Path(folder)
         self.store = store
         self._model = model
         self._model_options = model_options or {}
+        self._device, self._dtype = device, dtype
+        self._digests: FileDigests | None = None
 
     # opening -----------------------------------------------------------------------------------
 
@@ -107,17 +157,24 @@ class Index:
                collection: str = "umr", method: str = "exact", ocr: bool | None = None,
                hnsw_m: int = 32, ef_construction: int = 100, ef_search: int = 128,
                model_options: dict[str, Any] | None = None) -> "Index":
-        """A new, empty index in ``folder`` for ``model`` (an :class:`Embedder` or a name to load)."""
+        """A new, empty index in ``folder`` for ``model`` (an :class:`Embedder` or a name to load).
+
+        ``model_options`` are the ``load_model`` options (``dtype`` included) the model was or is
+        to be loaded with (default: those ``load_model`` recorded in the embedder's identity); they
+        are recorded so that a search loads it the same way.
+        """
         if method not in ("exact", "hnsw"):
             raise ValueError(f"method must be 'exact' or 'hnsw', not {method!r}")
         if isinstance(model, (str, os.PathLike)):
             from ..models.registry import load_model
 
             model = load_model(model, **(model_options or {}))
+        if model_options is None:  # a loaded embedder: the options it was loaded with, as recorded
+            model_options = dict(model_identity(model).load_options)
         use_ocr = (not sees_images(model)) if ocr is None else bool(ocr)
         config = {"model": model_record(model, model_options), "method": method, "ocr": use_ocr,
                   "sees_images": sees_images(model), "hnsw_m": hnsw_m,
-                  "ef_construction": ef_construction, "ef_search": ef_search,
+                  "ef_construction": ef_construction, "ef_search": ef_search, "sources": {},
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if backend == "faiss":
             if uri is not None:
@@ -133,11 +190,17 @@ class Index:
         return cls(folder, store, model=model, model_options=model_options)
 
     @classmethod
-    def open(cls, folder: str | os.PathLike, *, model=None, writable: bool = False) -> "Index":
+    def open(cls, folder: str | os.PathLike, *, model=None, writable: bool = False,
+             device: str | None = None, dtype: str | None = None) -> "Index":
         """Open an index; ``model`` (embedder or name) is checked against the one that built it.
 
-        Without ``model`` the recorded model is loaded on the first text/image search.
+        Without ``model`` the recorded model is loaded on the first text/image search, from its
+        recorded folder (any working directory will do), on ``device`` (default cpu). ``dtype``
+        loads it in another dtype than the one that built the index — the one option allowed to
+        differ, because it is asked for explicitly; queries then differ slightly from what the
+        index's own dtype would give. A model given by name is loaded here and checked.
         """
+        check_device(device)
         folder = Path(folder)
         manifest = read_manifest(folder)
         if manifest.get("backend", "faiss") == "milvus":
@@ -146,15 +209,17 @@ class Index:
             store = MilvusStore.open(folder, writable=writable, manifest=manifest)
         else:
             store = FlatStore.open(folder, writable=writable)
-        index = cls(folder, store, model_options=store.config["model"].get("options"))
+        index = cls(folder, store, model_options=store.config["model"].get("options"),
+                    device=device, dtype=dtype)
         if model is not None:
             try:
-                index.check_model(model)
+                if isinstance(model, (str, os.PathLike)):
+                    model = index._load(str(model))
+                index.check_model(model, allow_dtype=dtype is not None)
             except BaseException:
                 store.close()
                 raise
-            if not isinstance(model, (str, os.PathLike)):
-                index._model = model
+            index._model = model
         return index
 
     @staticmethod
@@ -162,6 +227,9 @@ class Index:
         return (Path(folder) / MANIFEST).is_file()
 
     def close(self) -> None:
+        if self._digests is not None:
+            self._digests.close()
+            self._digests = None
         self.store.close()
 
     def __enter__(self):
@@ -180,26 +248,78 @@ class Index:
     def model_name(self) -> str:
         return self.config["model"]["name"]
 
-    def check_model(self, model) -> None:
+    @property
+    def recorded_identity(self) -> "ModelIdentity | None":
+        """The identity of the model that built the index (None for indexes built before umr
+        recorded it: those are checked by name and dimension)."""
+        from ..models.identity import ModelIdentity
+
+        data = self.config["model"].get("identity")
+        return ModelIdentity.from_dict(data) if data else None
+
+    def check_model(self, model, *, allow_dtype: bool = False) -> None:
+        """Raise :class:`ModelMismatch` unless ``model`` computes the vectors this index holds.
+
+        Weights, family, dimension and vector-changing options must match; the location need
+        not (``./m``, ``../x/m`` and ``/abs/m`` are one model). ``allow_dtype``: a dtype that
+        differs is accepted. An embedder built by hand (no files) is checked by name, dimension
+        and options.
+        """
+        recorded = self.recorded_identity
+        if isinstance(model, (str, os.PathLike)):
+            model = self._load(str(model))
+        if recorded is None:
+            return self._check_legacy(model)
+        mine = model_identity(model)
+        if not recorded.folder or not mine.folder:  # hand-built on one side: no files to compare
+            diffs = ([f"name: {recorded.name!r} vs {mine.name!r}"] if recorded.name != mine.name else [])
+            diffs += [d for d in recorded.differences(mine) if not d.startswith(("weights/", "family:"))]
+        else:
+            diffs = recorded.differences(mine)
+        if allow_dtype:
+            diffs = [d for d in diffs if not d.startswith("dtype:")]
+        if diffs:
+            hint = " (or search with --dtype to use another dtype on purpose)" \
+                if all(d.startswith("dtype:") for d in diffs) else ""
+            raise ModelMismatch(
+                f"index {self.folder} was built with {recorded.describe()}, not {mine.describe()}: "
+                f"{'; '.join(diffs)} — vectors of different models cannot be compared. Search it "
+                f"without --model (the recorded model loads), or build a new index{hint}")
+
+    def _check_legacy(self, model) -> None:
         recorded = self.config["model"]
-        name = str(model) if isinstance(model, (str, os.PathLike)) else str(model.name)
-        dim = None if isinstance(model, (str, os.PathLike)) else int(model.dim)
-        if name != recorded["name"] or (dim is not None and dim != recorded["dim"]):
-            shown = f"{name!r}" + (f" ({dim}-d)" if dim is not None else "")
+        name, dim = str(model.name), int(model.dim)
+        if name != recorded["name"] or dim != recorded["dim"]:
             raise ModelMismatch(
                 f"index {self.folder} was built with model {recorded['name']!r} ({recorded['dim']}-d), "
-                f"not {shown}: vectors of different models cannot be compared. Search it with "
-                f"--model {recorded['name']} (or no --model), or build a new index for {name!r}")
+                f"not {name!r} ({dim}-d): vectors of different models cannot be compared. Search it "
+                f"with --model {recorded['name']} (or no --model), or build a new index for {name!r}")
+
+    def _load(self, name: str | None = None):
+        """Load ``name`` (default: the recorded model, from where it was recorded) with the
+        recorded options, on this index's device and dtype."""
+        from ..models.registry import load_model
+
+        recorded = self.recorded_identity
+        options = dict(self._model_options)
+        if self._dtype is not None:
+            options["dtype"] = self._dtype
+        if name is None:
+            name = recorded.source if recorded is not None else self.model_name
+        return load_model(name, device=self._device or "cpu", **options)
 
     @property
     def model(self):
         if self._model is None:
-            from ..models.registry import load_model
-
-            model = load_model(self.model_name, **self._model_options)
-            self.check_model(model)
+            model = self._load()
+            self.check_model(model, allow_dtype=self._dtype is not None)
             self._model = model
         return self._model
+
+    def use_model(self, model, *, allow_dtype: bool = False) -> None:
+        """Embed with ``model`` from now on (checked against the recorded one first)."""
+        self.check_model(model, allow_dtype=allow_dtype)
+        self._model = model
 
     # reading -----------------------------------------------------------------------------------
 
@@ -218,10 +338,11 @@ class Index:
         """Ranked results for one query (text, image or both).
 
         ``where`` maps metadata fields to a value (compared as stored, no conversion: 2020 is not
-        "2020") or a list of accepted values; see :class:`~umr.index.store.Filter`.
+        "2020") or a list of accepted values; see :class:`~umr.index.store.Filter`. An empty or
+        blank query, ``k < 1`` and ``ef_search < 1`` raise ``ValueError``.
         """
-        if text is None and image is None:
-            raise ValueError("a query needs text, an image, or both")
+        text = query_text(text, image)
+        check_search_args(k, ef_search)
         query = Item.query(text=text, image=image, instruction=instruction, id="query")
         query = self.represent(query)
         vector = self.model.embed([query], show_progress_bar=False).vectors
@@ -231,6 +352,7 @@ class Index:
     def search_vectors(self, queries: np.ndarray, *, k: int = 10,
                        modality: str | Sequence[str] | None = None, where: dict[str, Any] | None = None,
                        method: str | None = None, ef_search: int | None = None) -> list[list[Result]]:
+        check_search_args(k, ef_search)
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.store.dim:
             raise ValueError(f"query vectors are {queries.shape[1]}-d; the index holds {self.store.dim}-d")
@@ -275,16 +397,27 @@ class Index:
 
     # writing -----------------------------------------------------------------------------------
 
+    @property
+    def digests(self) -> FileDigests:
+        """The index's memory of file digests (opened on first use)."""
+        if self._digests is None:
+            self._digests = FileDigests(self.folder / DIGESTS_FILE)
+        return self._digests
+
     def add(self, items: Sequence[Item], *, batch_size: int | None = None) -> Summary:
-        """Embed and upsert candidates (each needs an id); returns what happened to each."""
-        summary = Summary()
+        """Embed and upsert candidates (each needs an id); returns what happened to each.
+
+        An item whose content (text, image bytes or pixels) is unchanged since it was stored is
+        reported ``unchanged`` and not embedded again; ids are taken as given (an upsert).
+        """
         entries = []
         for item in items:
             if item.id is None:
                 raise ValueError("items added to an index need ids")
-            fp = _item_fingerprint(item)
-            entries.append(_DirectEntry(str(item.id), fp, item))
+            entries.append(_DirectEntry.of(item, self.digests))
+        summary = Summary()
         self._run(entries, summary, batch_size=batch_size, commit_every=10**9)
+        self.digests.save()
         self._update_graph()
         return summary
 
@@ -304,30 +437,68 @@ class Index:
         self.store.compact()
         self._update_graph()
 
+    def id_prefix_for(self, source: str | os.PathLike, id_prefix: str | None = None) -> str:
+        """The id prefix of ``source`` in this index (see the module docstring), checked.
+
+        A source keeps the prefix it was first indexed with; a prefix another folder already
+        uses is refused (:class:`SourceConflict`), since their ids would overwrite each other.
+        """
+        from ..data.corpus import default_id_prefix
+
+        key = str(Path(source).resolve())
+        given = None if id_prefix is None else id_prefix.strip("/")
+        sources = self.config.get("sources") or {}
+        if key in sources:
+            recorded = sources[key]
+            if given is not None and given != recorded:
+                raise SourceConflict(
+                    f"{source} was indexed with --id-prefix {recorded!r}; its ids would all change. "
+                    f"Drop --id-prefix (or use {recorded!r}), or delete its items first")
+            return recorded
+        if given is not None:
+            prefix = given
+        elif any(r.get("source") == key for r in self.store.records()):
+            prefix = ""  # indexed before umr prefixed ids: keep its ids as they are
+        else:
+            prefix = default_id_prefix(source)
+        for other, used in sources.items():
+            if prefix and used == prefix and other != key:
+                raise SourceConflict(f"ids of {other} already start with {prefix + '/'!r}; give {source} "
+                                     f"its own prefix with --id-prefix NAME")
+        return prefix
+
     def index_corpus(self, source, *, image_root=None, commit_every: int = 256,
                      commit_seconds: float = 30.0, batch_size: int | None = None, prune: bool = False,
                      progress: Callable[[int], None] | None = None,
-                     errors_file: str | os.PathLike | None = None) -> Summary:
+                     errors_file: str | os.PathLike | None = None, id_prefix: str | None = None) -> Summary:
         """Index a folder / items JSONL / M-BEIR pool; resumable: unchanged items are skipped.
 
         Work is committed every ``commit_every`` items or ``commit_seconds``; a run killed at any
-        point and started again does only what is left. With ``prune`` ids under this source that
-        are no longer in it are deleted.
+        point and started again does only what is left. Ids follow the module docstring's rule
+        (``id_prefix``); with ``prune`` this source's items that are gone from it are deleted.
         """
         from ..data.corpus import read_corpus
 
         started = time.monotonic()
         summary = Summary()
+        source_key = str(Path(source).resolve())
+        prefix = self.id_prefix_for(source, id_prefix)
+        sources = dict(self.config.get("sources") or {})
+        if sources.get(source_key) != prefix:
+            self.store.set_config({**self.config, "sources": {**sources, source_key: prefix}})
         errors_path = Path(errors_file) if errors_file else self.folder / ERRORS_FILE
         errors_path.parent.mkdir(parents=True, exist_ok=True)
         skipped_path = self.folder / SKIPPED_FILE
         skip_cache = _read_skip_cache(skipped_path)
+        entries = (_prefixed(entry, prefix, Path(source).name)
+                   for entry in read_corpus(source, image_root=image_root, digests=self.digests))
         with open(errors_path, "w", encoding="utf-8") as err_handle, \
                 open(skipped_path, "a", encoding="utf-8") as skip_handle:
-            seen = self._run(read_corpus(source, image_root=image_root), summary, batch_size=batch_size,
+            seen = self._run(entries, summary, batch_size=batch_size,
                              commit_every=commit_every, commit_seconds=commit_seconds,
-                             progress=progress, err_handle=err_handle, source=str(Path(source).resolve()),
+                             progress=progress, err_handle=err_handle, source=source_key,
                              skip_cache=skip_cache, skip_handle=skip_handle)
+        self.digests.save()
         # keep only this run's entries (other sources' entries stay too)
         current = {e["id"] for e in summary.skipped}
         keep = [{"id": i, "fingerprint": fp, "reason": why} for i, (fp, why) in skip_cache.items()
@@ -336,7 +507,6 @@ class Index:
         tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in keep), encoding="utf-8")
         os.replace(tmp, skipped_path)
         if prune:
-            source_key = str(Path(source).resolve())
             stale = [r["id"] for r in self.store.records()
                      if r.get("source") == source_key and r["id"] not in seen]
             summary.deleted += self.store.delete(stale)
@@ -347,134 +517,187 @@ class Index:
     def _run(self, entries, summary: Summary, *, batch_size=None, commit_every=256,
              commit_seconds=30.0, progress=None, err_handle=None, source=None,
              skip_cache: dict | None = None, skip_handle=None) -> set[str]:
-        model = self.model
-        known = self.store.hashes()
-        seen: set[str] = set()  # every id the source holds (kept by --prune)
+        """Plan each entry against the stored fingerprints, represent what must be embedded,
+        embed it in chunks, commit every ``commit_every`` items or ``commit_seconds``.
+
+        Returns every id the source holds (what ``prune`` keeps).
+        """
+        run = _Run(self, summary, source=source, progress=progress, err_handle=err_handle,
+                   skip_cache={} if skip_cache is None else skip_cache, skip_handle=skip_handle)
+        committer = _Committer(self.store, summary, commit_every=commit_every, commit_seconds=commit_seconds)
+        chunk_size = max(1, min(commit_every, (batch_size or getattr(self.model, "batch_size", 32)) * 2))
+        chunk: list[tuple[Any, Item, bool]] = []
+        for entry in entries:
+            planned = run.plan(entry)
+            if planned is None:
+                continue
+            ready = run.represent(*planned)
+            if ready is None:
+                continue
+            chunk.append(ready)
+            if len(chunk) >= chunk_size:
+                committer.add(*run.embed(chunk, batch_size))
+                chunk = []
+        if chunk:
+            committer.add(*run.embed(chunk, batch_size))
+        committer.add([], np.zeros((0, self.store.dim), np.float32), run.dropped_updates())
+        committer.flush()
+        return run.seen
+
+
+class _Run:
+    """The per-entry steps of one indexing run and what they have learned so far."""
+
+    def __init__(self, index: Index, summary: Summary, *, source, progress, err_handle, skip_cache,
+                 skip_handle):
+        self.index, self.summary, self.source = index, summary, source
+        self.progress, self.err_handle = progress, err_handle
+        self.skip_cache, self.skip_handle = skip_cache, skip_handle
+        self.model = index.model
+        self.known = index.store.hashes()
+        #: every id the source holds (kept by --prune)
+        self.seen: set[str] = set()
         # ids whose item loaded (to be embedded) or is unchanged: a later duplicate is skipped;
         # an entry that failed to load does not take its id, so a good duplicate after it is used
-        taken: dict[str, str | None] = {}
+        self.taken: dict[str, str | None] = {}
         # ids whose line failed while an older version is stored: that version is dropped at the
         # end, unless a duplicate of the id was indexed (or found unchanged) in the meantime
-        failed_updates: list[str] = []
-        skip_cache = {} if skip_cache is None else skip_cache
-        pending_deletes: list[str] = []
-        pending_records: list[dict] = []
-        pending_vectors: list[np.ndarray] = []
-        last_commit = time.monotonic()
-        chunk_size = max(1, min(commit_every, (batch_size or getattr(model, "batch_size", 32)) * 2))
+        self.failed_updates: list[str] = []
 
-        def report(kind: str, item_id, reason: str, path=None, line=None) -> None:
-            entry = {"id": item_id, "path": path, "line": line, "kind": kind, "error": reason}
-            (summary.errors if kind == "error" else summary.skipped).append(entry)
-            if err_handle is not None:
-                err_handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                err_handle.flush()
+    def report(self, kind: str, item_id, reason: str, path=None, line=None) -> None:
+        entry = {"id": item_id, "path": path, "line": line, "kind": kind, "error": reason}
+        (self.summary.errors if kind == "error" else self.summary.skipped).append(entry)
+        if self.err_handle is not None:
+            self.err_handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self.err_handle.flush()
 
-        def flush() -> None:
-            nonlocal pending_records, pending_vectors, pending_deletes, last_commit
-            if pending_records or pending_deletes:
-                vectors = np.concatenate(pending_vectors) if pending_vectors else \
-                    np.zeros((0, self.store.dim), np.float32)
-                self.store.commit(pending_records, vectors, delete_ids=pending_deletes)
-                summary.deleted += len(pending_deletes)
-            pending_records, pending_vectors, pending_deletes = [], [], []
-            last_commit = time.monotonic()
+    def done(self, n: int = 1) -> None:
+        if self.progress:
+            self.progress(n)
 
-        chunk: list[tuple[Any, Item, bool]] = []
+    def plan(self, entry):
+        """``(entry, stored hash or None)`` for an entry to embed; None when it is unchanged,
+        a duplicate, a collision with another source, or already known to be unrepresentable."""
+        if isinstance(entry, ItemError):
+            self.report("error", entry.item_id, entry.reason, line=entry.line)
+            self.done()
+            return None
+        fingerprint = _record_hash(entry.fingerprint, entry.meta, self.source)
+        self.seen.add(entry.id)
+        if entry.id in self.taken:
+            first = self.taken[entry.id]
+            self.report("error", entry.id, "duplicate id in the corpus: an earlier entry with this id"
+                        + (f" ({first})" if first and first != entry.path else "")
+                        + " is used, this one was skipped", entry.path)
+            self.done()
+            return None
+        refused = self.index.store.check_id(entry.id)
+        if refused is not None:
+            self.report("error", entry.id[:80] + ("..." if len(entry.id) > 80 else ""), refused, entry.path)
+            self.done()
+            return None
+        old = self.known.get(entry.id)
+        if old is not None and old == fingerprint:
+            self.taken[entry.id] = entry.path
+            self.summary.unchanged += 1
+            self.done()
+            return None
+        if old is not None and self.source is not None:
+            owner = (self.index.store.get([entry.id])[0] or {}).get("source")
+            if owner != self.source:
+                self.seen.discard(entry.id)
+                self.report("error", entry.id, f"id collision: {entry.id!r} is already indexed from "
+                            f"{owner or 'Index.add'}; this one was skipped (give one of the sources "
+                            f"an --id-prefix, or other ids)", entry.path)
+                self.done()
+                return None
+        cached = self.skip_cache.get(entry.id)
+        if cached is not None and cached[0] == fingerprint and old is None:
+            self.report("no representation", entry.id, cached[1], entry.path)
+            self.done()
+            return None
+        entry.fingerprint = fingerprint
+        return entry, old
 
-        def embed_chunk() -> None:
-            nonlocal chunk
-            if not chunk:
-                return
-            result = model.embed([item for _, item, _ in chunk], batch_size=batch_size,
-                                 show_progress_bar=False, on_error="skip")
-            for err in result.errors:
-                entry, item, is_update = chunk[err.index]
-                report("error", entry.id, err.reason, entry.path)
-                if is_update:  # the file changed and can no longer be embedded: drop its old version
-                    pending_deletes.append(entry.id)
-            if len(result.indices):
-                records = []
-                for j in result.indices:
-                    entry, item, is_update = chunk[j]
-                    records.append(_record(entry, item, source))
-                    if is_update:
-                        summary.updated += 1
-                    else:
-                        summary.added += 1
-                pending_records.extend(records)
-                pending_vectors.append(result.vectors)
-            if progress:
-                progress(len(chunk))
-            chunk = []
-            if len(pending_records) >= commit_every or time.monotonic() - last_commit >= commit_seconds:
-                flush()
+    def represent(self, entry, old):
+        """``(entry, item as the model sees it, is_update)``, or None when it cannot be loaded or
+        has no representation under the model (reported; a stored old version is dropped)."""
+        try:
+            item = entry.load()
+            item.metadata = {**item.metadata, **entry.meta, "kind": entry.kind}
+            item = self.index.represent(item)
+        except ItemError as exc:
+            self.report("error", entry.id, exc.reason, entry.path)
+            if old is not None:  # the file changed and is now bad: drop its old version
+                self.failed_updates.append(entry.id)
+            self.done()
+            return None
+        except Unrepresentable as exc:
+            self.report("no representation", entry.id, exc.reason, entry.path)
+            self.skip_cache[entry.id] = (entry.fingerprint, exc.reason)
+            if self.skip_handle is not None:
+                self.skip_handle.write(json.dumps({"id": entry.id, "fingerprint": entry.fingerprint,
+                                                   "reason": exc.reason}, ensure_ascii=False) + "\n")
+                self.skip_handle.flush()
+            if old is not None:
+                self.failed_updates.append(entry.id)
+            self.done()
+            return None
+        self.taken[entry.id] = entry.path
+        return entry, item, old is not None
 
-        for entry in entries:
-            if isinstance(entry, ItemError):
-                report("error", entry.item_id, entry.reason, line=entry.line)
-                if progress:
-                    progress(1)
-                continue
-            seen.add(entry.id)
-            if entry.id in taken:
-                first = taken[entry.id]
-                report("error", entry.id, "duplicate id in the corpus: an earlier entry with this id"
-                                          + (f" ({first})" if first and first != entry.path else "")
-                                          + " is used, this one was skipped", entry.path)
-                if progress:
-                    progress(1)
-                continue
-            refused = self.store.check_id(entry.id)
-            if refused is not None:
-                report("error", entry.id[:80] + ("..." if len(entry.id) > 80 else ""), refused, entry.path)
-                if progress:
-                    progress(1)
-                continue
-            old = known.get(entry.id)
-            if old is not None and old == entry.fingerprint:
-                taken[entry.id] = entry.path
-                summary.unchanged += 1
-                if progress:
-                    progress(1)
-                continue
-            cached = skip_cache.get(entry.id)
-            if cached is not None and cached[0] == entry.fingerprint and old is None:
-                report("no representation", entry.id, cached[1], entry.path)
-                if progress:
-                    progress(1)
-                continue
-            try:
-                item = entry.load()
-                item.metadata = {**item.metadata, **entry.meta, "kind": entry.kind}
-                item = self.represent(item)
-            except ItemError as exc:
-                report("error", entry.id, exc.reason, entry.path)
-                if old is not None:  # the file changed and is now bad: drop its old version
-                    failed_updates.append(entry.id)
-                if progress:
-                    progress(1)
-                continue
-            except Unrepresentable as exc:
-                report("no representation", entry.id, exc.reason, entry.path)
-                skip_cache[entry.id] = (entry.fingerprint, exc.reason)
-                if skip_handle is not None:
-                    skip_handle.write(json.dumps({"id": entry.id, "fingerprint": entry.fingerprint,
-                                                  "reason": exc.reason}, ensure_ascii=False) + "\n")
-                    skip_handle.flush()
-                if old is not None:
-                    failed_updates.append(entry.id)
-                if progress:
-                    progress(1)
-                continue
-            taken[entry.id] = entry.path
-            chunk.append((entry, item, old is not None))
-            if len(chunk) >= chunk_size:
-                embed_chunk()
-        embed_chunk()
-        pending_deletes.extend(dict.fromkeys(i for i in failed_updates if i not in taken))
-        flush()
-        return seen
+    def embed(self, chunk, batch_size) -> tuple[list[dict], np.ndarray, list[str]]:
+        """Records and vectors of the chunk's items that embedded, and the ids whose stored
+        version must go because their new content cannot be embedded."""
+        result = self.model.embed([item for _, item, _ in chunk], batch_size=batch_size,
+                                  show_progress_bar=False, on_error="skip")
+        drop = []
+        for err in result.errors:
+            entry, _item, is_update = chunk[err.index]
+            self.report("error", entry.id, err.reason, entry.path)
+            if is_update:
+                drop.append(entry.id)
+        records = []
+        for j in result.indices:
+            entry, item, is_update = chunk[j]
+            records.append(_record(entry, item, self.source))
+            if is_update:
+                self.summary.updated += 1
+            else:
+                self.summary.added += 1
+        self.done(len(chunk))
+        return records, np.asarray(result.vectors, np.float32), drop
+
+    def dropped_updates(self) -> list[str]:
+        return list(dict.fromkeys(i for i in self.failed_updates if i not in self.taken))
+
+
+class _Committer:
+    """Collects embedded records and deletions; commits every N items or T seconds."""
+
+    def __init__(self, store, summary: Summary, *, commit_every: int, commit_seconds: float):
+        self.store, self.summary = store, summary
+        self.commit_every, self.commit_seconds = commit_every, commit_seconds
+        self.records: list[dict] = []
+        self.vectors: list[np.ndarray] = []
+        self.deletes: list[str] = []
+        self.last = time.monotonic()
+
+    def add(self, records: list[dict], vectors: np.ndarray, deletes: list[str]) -> None:
+        self.records.extend(records)
+        if len(records):
+            self.vectors.append(vectors)
+        self.deletes.extend(deletes)
+        if len(self.records) >= self.commit_every or time.monotonic() - self.last >= self.commit_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.records or self.deletes:
+            vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, self.store.dim), np.float32)
+            self.store.commit(self.records, vectors, delete_ids=self.deletes)
+            self.summary.deleted += len(self.deletes)
+        self.records, self.vectors, self.deletes = [], [], []
+        self.last = time.monotonic()
 
 
 def _read_skip_cache(path: Path) -> dict[str, tuple[str, str]]:
@@ -495,34 +718,76 @@ def _read_skip_cache(path: Path) -> dict[str, tuple[str, str]]:
 
 @dataclass
 class _DirectEntry:
+    """An item given to :meth:`Index.add`, as the corpus readers' entries look."""
+
     id: str
     fingerprint: str
     item: Item
-    path: str | None = None
-    kind: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
+    path: str | None
+    kind: str
+    meta: dict[str, Any]
 
-    def __post_init__(self):
-        self.path = self.item.image if isinstance(self.item.image, str) else None
-        self.kind = self.item.modality.value
-        self.meta = dict(self.item.metadata)
+    @classmethod
+    def of(cls, item: Item, digests: FileDigests) -> "_DirectEntry":
+        image = item.image
+        if isinstance(image, (str, os.PathLike)):  # stored resolved: results open from anywhere
+            image = str(Path(image).expanduser().resolve())
+        candidate = Item(text=item.text, image=image, id=str(item.id), metadata=dict(item.metadata))
+        return cls(str(item.id), item_fingerprint(candidate, digests=digests), candidate,
+                   image if isinstance(image, str) else None, candidate.modality.value, dict(item.metadata))
 
     def load(self) -> Item:
         item = self.item
         return Item(text=item.text, image=item.image, id=self.id, metadata=dict(item.metadata))
 
 
-def _item_fingerprint(item: Item) -> str:
+def _prefixed(entry, prefix: str, source_name: str):
+    """The entry under this source's ids: ``prefix/id``; ids a JSONL line did not give are
+    ``<file name>/line-N`` without a prefix."""
+    if isinstance(entry, ItemError):
+        if entry.item_id is not None and prefix:
+            return ItemError(f"{prefix}/{entry.item_id}", entry.reason, line=entry.line)
+        return entry
+    if prefix:
+        entry.id = f"{prefix}/{entry.id}"
+    elif not entry.explicit_id:
+        entry.id = f"{source_name}/{entry.id}"
+    return entry
+
+
+def _record_hash(content: str, meta: dict[str, Any], source: str | None) -> str:
+    """What a stored record stands for: its content fingerprint, its metadata (a change is
+    stored) and its source (the same id from another source is a collision, not "unchanged")."""
     import hashlib
 
-    image = item.image
-    if isinstance(image, (bytes, bytearray)):
-        image = hashlib.blake2b(image, digest_size=16).hexdigest()
-    elif image is not None and not isinstance(image, (str, Path)):
-        image = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
-    payload = json.dumps([item.text, str(image) if image is not None else None, item.metadata],
-                         sort_keys=True, default=str)
-    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+    payload = json.dumps([content, meta, source], sort_keys=True, default=str).encode("ascii")
+    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+
+
+def query_text(text, image) -> str | None:
+    """The query's text, or ``ValueError`` for an empty, blank or unencodable query."""
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"query text must be a string, not {type(text).__name__}")
+    if text is not None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the query text is not valid UTF-8 (undecodable bytes in the argument)") from None
+        if not text.strip():
+            if image is None:
+                raise ValueError("the query is empty: give some text, an image, or both")
+            text = None
+    if text is None and image is None:
+        raise ValueError("a query needs text, an image, or both")
+    return text
+
+
+def check_search_args(k, ef_search) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive whole number of results, not {k!r}")
+    if ef_search is not None and (isinstance(ef_search, bool) or not isinstance(ef_search, (int, np.integer))
+                                  or ef_search < 1):
+        raise ValueError(f"ef_search must be a positive whole number, not {ef_search!r}")
 
 
 def _record(entry, item: Item, source: str | None) -> dict[str, Any]:

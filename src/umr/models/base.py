@@ -12,13 +12,16 @@ from __future__ import annotations
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..types import Item, ItemError, as_items
+
+if TYPE_CHECKING:
+    from .identity import ModelIdentity
 
 OnError = Literal["raise", "skip"]
 
@@ -85,8 +88,18 @@ class Embedder(ABC):
     batch_size: int = 32
     #: at most this much padded cost (``items x largest cost``) in one forward pass; None = no limit
     cost_budget: int | None = None
+    #: what this model is (folder, files, options), set by ``load_model``; None when built by hand
+    identity: "ModelIdentity | None" = None
 
     # -- what users call -------------------------------------------------------------------
+
+    def truncate_dim(self, dim: int) -> None:
+        """Keep only the first ``dim`` dimensions of every vector, renormalised (Matryoshka)."""
+        full = getattr(self, "full_dim", self.dim)
+        if not 1 <= int(dim) <= full:
+            raise ValueError(f"dim must be between 1 and {full} for {self.name}, not {dim}")
+        self.full_dim = full
+        self.dim = int(dim)
 
     def encode_queries(self, items: Sequence[Item | str], instruction: str | None = None, *,
                        batch_size: int | None = None,
@@ -157,6 +170,12 @@ class Embedder(ABC):
 
     # -- what backends implement -----------------------------------------------------------
 
+    def vector_options(self) -> dict:
+        """Every option this instance was loaded with that changes its vectors (dtype, image
+        token bounds, max length, prompts, ...), as plain values. Families that take such
+        options override this; it feeds :class:`~umr.models.identity.ModelIdentity`."""
+        return {}
+
     @abstractmethod
     def _cost(self, item: Item) -> int:
         """A cheap estimate of the item's forward cost (e.g. tokens incl. image tokens).
@@ -191,7 +210,7 @@ class Embedder(ABC):
     def _run_batch(self, items: list[Item]) -> np.ndarray:
         with torch.inference_mode():
             out = self._embed_batch(items)
-            out = torch.as_tensor(out).float()
+            out = torch.as_tensor(out).float()[:, : self.dim]  # a Matryoshka prefix when truncated
             out = torch.nn.functional.normalize(out, p=2, dim=-1)
         return out.cpu().numpy()
 

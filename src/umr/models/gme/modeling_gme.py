@@ -51,6 +51,12 @@ class GmeEmbedder(Embedder):
 
     # -- loading --------------------------------------------------------------------------------
 
+    def vector_options(self) -> dict:
+        p = self.processor
+        return {"dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+                "min_image_tokens": p.min_image_tokens, "max_image_tokens": p.max_image_tokens,
+                "max_length": p.max_length}
+
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | None = None,
                         min_image_tokens: int | None = None, max_image_tokens: int | None = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..tiny_corpus import synthetic_sentences
 
@@ -34,8 +34,9 @@ TINY_VISION = dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2)
 
 
 
-def build_tokenizer(seed: int = 0, vocab_size: int = 512):
-    """A byte-level BPE with Qwen2's normaliser, pre-tokeniser and special tokens."""
+def build_tokenizer(seed: int = 0, vocab_size: int = 512, extra_texts: Sequence[str] = ()):
+    """A byte-level BPE with Qwen2's normaliser, pre-tokeniser and special tokens, trained on the
+    synthetic corpus plus ``extra_texts`` (words a fixture needs as single tokens)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -47,7 +48,7 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 512):
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
-    tokenizer.train_from_iterator(synthetic_sentences(seed), trainer=trainer)
+    tokenizer.train_from_iterator([*synthetic_sentences(seed), *extra_texts], trainer=trainer)
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     return tokenizer
 

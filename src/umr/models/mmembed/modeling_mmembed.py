@@ -560,6 +560,11 @@ class MMEmbedEmbedder(Embedder):
         self.name = name
         self.dim = int(model.settings.latent.latent_dim)
 
+    def vector_options(self) -> dict:
+        p = self.processor
+        return {"dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+                "max_length": p.max_length, "add_eos_token": bool(p.add_eos_token)}
+
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | None = None,
                         max_length: int = 512, retriever_config: Any = None,

@@ -1,0 +1,178 @@
+"""What a loaded model *is*, independent of how its name was spelled.
+
+An index and an evaluation cache must know whether two loads give the same vectors. A name
+cannot tell: ``./m``, ``../x/m`` and ``/abs/m`` are one model, while a different checkpoint
+saved at the same path is another. :class:`ModelIdentity` records where the model was loaded
+from (the resolved absolute folder, or the hub id and snapshot revision), its family, a
+fingerprint of its files and every option that changes its vectors; :meth:`ModelIdentity.key`
+is what caches and indexes compare.
+
+The files fingerprint is cheap enough to take on every load: every file's relative name and
+size, the full bytes of small files (configs, tokenizers), and for large files (weights) the
+first and last :data:`EDGE_BYTES` — a safetensors header names every tensor and its offsets,
+and any retrained or fine-tuned copy differs in the tensor bytes at both ends. Reading a
+few megabytes per open instead of hashing gigabytes is the trade.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: files up to this size are hashed whole
+SMALL_FILE_BYTES = 16 << 20
+#: larger files: this many bytes from each end are hashed, with the size
+EDGE_BYTES = 1 << 20
+#: files that never change what a model computes (docs, code umr does not run, VCS and caches)
+_IGNORED_SUFFIXES = {".md", ".py", ".pyc", ".lock"}
+_IGNORED_DIRS = {"__pycache__", ".git", ".cache", ".huggingface"}
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """A loaded model: where from, which family, which files, which vector-changing options."""
+
+    #: what ``load_model`` was given (a short name, a hub id, or a folder as spelled)
+    name: str
+    family: str
+    #: the resolved absolute folder the weights were read from
+    folder: str
+    #: the hub id and snapshot revision when the folder is a hub cache snapshot
+    hub_id: str | None
+    revision: str | None
+    #: digest of the model's files (see the module docstring)
+    files: str
+    dim: int
+    #: every option that changes vectors (dtype, image-token bounds, max length, prompts, ...)
+    options: dict[str, Any] = field(default_factory=dict)
+    #: what ``load_model`` was given besides the name (device left out): loads it the same way again
+    load_options: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> str:
+        """A stable string that is equal exactly when two loads give the same vectors.
+
+        The location is left out: the same files copied elsewhere are the same model.
+        """
+        payload = json.dumps([self.family, self.files, self.dim, _plain(self.options)], sort_keys=True)
+        return f"{self.family}-{hashlib.blake2b(payload.encode(), digest_size=10).hexdigest()}"
+
+    @property
+    def source(self) -> str:
+        """What to pass to ``load_model`` to load this model again from any working directory."""
+        from .registry import REGISTRY
+
+        if self.name in REGISTRY or (self.hub_id is not None and self.name == self.hub_id) or not self.folder:
+            return self.name
+        return self.folder
+
+    def describe(self) -> str:
+        where = f"{self.hub_id}@{self.revision[:12]}" if self.hub_id and self.revision else self.folder
+        shown = self.name if self.name == where else f"{self.name} ({where})"
+        return f"{shown}, files {self.files[:12]}"
+
+    def differences(self, other: "ModelIdentity") -> list[str]:
+        """What differs, each as ``what: this vs other`` (empty when the keys are equal)."""
+        out = []
+        if self.family != other.family:
+            out.append(f"family: {self.family} vs {other.family}")
+        if self.files != other.files:
+            out.append(f"weights/config files: {self.files[:12]} at {self.folder} vs "
+                       f"{other.files[:12]} at {other.folder}")
+        if self.dim != other.dim:
+            out.append(f"dimension: {self.dim} vs {other.dim}")
+        mine, theirs = _plain(self.options), _plain(other.options)
+        for name in sorted(set(mine) | set(theirs)):
+            if mine.get(name) != theirs.get(name):
+                out.append(f"{name}: {mine.get(name)!r} vs {theirs.get(name)!r}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "options": _plain(self.options), "load_options": _plain(self.load_options),
+                "key": self.key()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelIdentity":
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def identify(embedder, folder: str | os.PathLike | None, *, name: str, family: str,
+             load_options: dict[str, Any] | None = None) -> ModelIdentity:
+    """The identity of ``embedder`` loaded from ``folder`` (None: not loaded from files).
+
+    Its options are the family's :meth:`~umr.models.base.Embedder.vector_options` over the
+    load options that were given; an option naming a local file (a CLIP-SF ``.pth``) is
+    recorded with that file's signature, since the file's bytes are what matters.
+    """
+    given = {k: v for k, v in (load_options or {}).items() if k != "device"}
+    # the dimension is recorded as ``dim`` itself, not as an option
+    options = {k: _option_value(v) for k, v in given.items() if k != "dim"}
+    options.update(embedder.vector_options())
+    if folder is None:
+        return ModelIdentity(name=name, family=family, folder="", hub_id=None, revision=None, files="",
+                             dim=int(embedder.dim), options=options, load_options=_plain(given))
+    resolved = Path(folder).expanduser().resolve()
+    hub_id, revision = _hub_snapshot(Path(folder).expanduser().absolute())
+    return ModelIdentity(name=name, family=family, folder=str(resolved), hub_id=hub_id, revision=revision,
+                         files=files_fingerprint(resolved), dim=int(embedder.dim), options=options,
+                         load_options=_plain(given))
+
+
+def files_fingerprint(folder: str | os.PathLike) -> str:
+    """Digest of a model folder's files: names and sizes, small files whole, large files' ends."""
+    root = Path(folder)
+    h = hashlib.blake2b(digest_size=16)
+    for path in _model_files(root):
+        h.update(path.relative_to(root).as_posix().encode("utf-8", "surrogateescape") + b"\0")
+        h.update(_file_signature(path).encode())
+    return h.hexdigest()
+
+
+def _model_files(root: Path) -> list[Path]:
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if d not in _IGNORED_DIRS and not d.startswith("."))
+        for name in sorted(files):
+            path = Path(folder) / name
+            if name.startswith(".") or path.suffix.lower() in _IGNORED_SUFFIXES:
+                continue
+            found.append(path)
+    return found
+
+
+def _file_signature(path: Path) -> str:
+    size = path.stat().st_size
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        if size <= SMALL_FILE_BYTES:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(handle.read(EDGE_BYTES))
+            handle.seek(size - EDGE_BYTES)
+            h.update(handle.read(EDGE_BYTES))
+    return f"{size}:{h.hexdigest()}"
+
+
+def _option_value(value: Any) -> Any:
+    if isinstance(value, (str, os.PathLike)) and value and Path(value).expanduser().is_file():
+        path = Path(value).expanduser().resolve()
+        return f"{path.name}:{_file_signature(path)}"
+    return value
+
+
+def _hub_snapshot(folder: Path) -> tuple[str | None, str | None]:
+    """``(org/name, revision)`` for a Hugging Face cache snapshot folder, else ``(None, None)``."""
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        repo = folder.parent.parent.name[len("models--"):].replace("--", "/")
+        return repo, folder.name
+    return None, None
+
+
+def _plain(value: Any) -> Any:
+    """JSON-stable form of option values (tuples as lists, dtypes and paths as text)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))

@@ -1,0 +1,7 @@
+"""Qwen3-VL-Embedding (``qwen3-vl-embedding-2b`` / ``-8b``), and the Qwen3-VL processing it shares."""
+
+from .modeling_qwen3vl import Qwen3VLEmbedder, embedding_messages
+from .processing_qwen3vl import Qwen3VLProcessor
+from .tiny import write_tiny_qwen3vl
+
+__all__ = ["Qwen3VLEmbedder", "Qwen3VLProcessor", "embedding_messages", "write_tiny_qwen3vl"]

@@ -1,0 +1,274 @@
+"""Qwen3-VL inputs: conversations, ``fetch_image``-style resizing, patches, token ids, truncation.
+
+One module for every Qwen3-VL model umr runs (the embedder here, the Qwen3-VL-Reranker later):
+both reference implementations (QwenLM/Qwen3-VL-Embedding) build a chat conversation, render it
+with the checkpoint's chat template and the generation prompt, load each image with
+``qwen_vl_utils.fetch_image`` (``image_patch_size=16``) and call the Qwen3-VL processor with
+``do_resize=False``. This module reproduces that, one sequence at a time:
+
+* images as ``fetch_image`` does: RGBA pasted on white through its alpha, every other mode through
+  PIL's ``convert("RGB")`` (so a palette image's transparency is dropped, not composited); aspect
+  ratios over 200 refused; ``smart_resize`` with factor 32 (patch 16 x merge 2) between
+  ``min_pixels`` and ``max_pixels``; PIL's default filter for RGB, which is bicubic;
+* then, unresized, rescaled and normalised exactly as the Qwen2-VL image processor does, and cut
+  into ``patch x patch`` cells repeated over the temporal patch;
+* one ``<|image_pad|>`` per merged 32x32 token, text tokenised as the processor tokenises it;
+* truncation as the processor call really truncates (``truncation=True, max_length=N``): the
+  tokenizer keeps the first ``N`` tokens, dropping the end of the prompt. The processor then
+  refuses a sequence whose image tokens were cut, so such an item is an error here too.
+
+Resizing needs only the image header, so :meth:`Qwen3VLProcessor.count_tokens` gives a sequence's
+exact length cheaply (used to plan batches).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ...images import decode_image, image_size
+from ...types import ImageSource, Item, ItemError
+
+IMAGE_PAD = "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
+VISION_START = "<|vision_start|>"
+MAX_RATIO = 200
+
+#: the reference embedder's image bounds (``MIN_PIXELS`` / ``MAX_PIXELS``), in merged 32x32 tokens
+DEFAULT_MIN_IMAGE_TOKENS = 4
+DEFAULT_MAX_IMAGE_TOKENS = 1800
+DEFAULT_MAX_LENGTH = 8192
+
+
+def smart_resize(height: int, width: int, *, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) after ``qwen_vl_utils.smart_resize``: multiples of ``factor``, area in bounds."""
+    if max(height, width) / min(height, width) > MAX_RATIO:
+        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} is over {MAX_RATIO}")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB as ``qwen_vl_utils`` makes it: RGBA composited on white, any other mode converted."""
+    if image.mode == "RGBA":
+        canvas = Image.new("RGB", image.size, (255, 255, 255))
+        canvas.paste(image, mask=image.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
+
+
+def normalise_instruction(instruction: str | None) -> str | None:
+    """The reference's instruction clean-up: stripped, ``.`` appended unless it ends in punctuation
+    (any Unicode ``P*`` category); empty or blank counts as none."""
+    if not instruction:
+        return None
+    instruction = instruction.strip()
+    if not instruction:
+        return None
+    if not unicodedata.category(instruction[-1]).startswith("P"):
+        instruction += "."
+    return instruction
+
+
+def user_content(item: Item) -> list[dict[str, Any]]:
+    """An item as the reference's user content: its image first, then its text."""
+    content: list[dict[str, Any]] = []
+    if item.image is not None:
+        content.append({"type": "image"})
+    if item.text is not None:
+        content.append({"type": "text", "text": item.text})
+    return content
+
+
+@dataclass
+class ProcessedInput:
+    """One sequence ready for the model: token ids and, for its images in order, patches and grids."""
+
+    input_ids: list[int]
+    pixel_values: np.ndarray | None = None  # (sum of grid_h * grid_w, C * T * P * P) float32
+    grids: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+class Qwen3VLProcessor:
+    """Qwen3-VL conversations and images to model inputs, one sequence at a time."""
+
+    def __init__(self, tokenizer, chat_template: str, *, min_image_tokens: int = DEFAULT_MIN_IMAGE_TOKENS,
+                 max_image_tokens: int = DEFAULT_MAX_IMAGE_TOKENS, max_length: int = DEFAULT_MAX_LENGTH,
+                 patch_size: int = 16, merge_size: int = 2, temporal_patch_size: int = 2,
+                 image_mean: Sequence[float] = (0.5, 0.5, 0.5), image_std: Sequence[float] = (0.5, 0.5, 0.5),
+                 rescale_factor: float = 1 / 255):
+        if not 1 <= int(min_image_tokens) <= int(max_image_tokens):
+            raise ValueError(f"need 1 <= min_image_tokens <= max_image_tokens, got {min_image_tokens} "
+                             f"and {max_image_tokens}")
+        if int(max_length) < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        self.vision_start_id = tokenizer.convert_tokens_to_ids(VISION_START)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+        self.min_image_tokens = int(min_image_tokens)
+        self.max_image_tokens = int(max_image_tokens)
+        self.max_length = int(max_length)
+        self.patch_size = int(patch_size)
+        self.merge_size = int(merge_size)
+        self.temporal_patch_size = int(temporal_patch_size)
+        self.factor = self.patch_size * self.merge_size
+        self.min_pixels = self.min_image_tokens * self.factor ** 2
+        self.max_pixels = self.max_image_tokens * self.factor ** 2
+        # uint8 -> normalised float32 as the image processor computes it (float64 rescale cast to
+        # float32, then float32 (x - mean) / std), so patches match it bit for bit
+        mean = np.asarray(image_mean, dtype=np.float32)
+        std = np.asarray(image_std, dtype=np.float32)
+        scaled = (np.arange(256, dtype=np.float64) * rescale_factor).astype(np.float32)
+        self._lut = ((scaled[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)  # (3, 256)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **options: Any) -> "Qwen3VLProcessor":
+        """The tokenizer, chat template and image settings of a Qwen3-VL checkpoint folder."""
+        from transformers import AutoTokenizer
+
+        folder = Path(folder)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        template = read_chat_template(folder, tokenizer)
+        config_file = folder / "preprocessor_config.json"
+        if config_file.is_file():
+            config = json.loads(config_file.read_text())
+            for key in ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std",
+                        "rescale_factor"):
+                if config.get(key) is not None:
+                    options.setdefault(key, config[key])
+        return cls(tokenizer, template, **options)
+
+    # -- text ------------------------------------------------------------------------------------
+
+    def render(self, messages: list[dict[str, Any]]) -> str:
+        """The conversation through the checkpoint's chat template, with the generation prompt."""
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer([text], padding=False, truncation=False)["input_ids"][0]
+
+    # -- images ----------------------------------------------------------------------------------
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) the model sees for an image of ``width x height`` pixels."""
+        return smart_resize(height, width, factor=self.factor, min_pixels=self.min_pixels,
+                            max_pixels=self.max_pixels)
+
+    def num_image_tokens(self, width: int, height: int) -> int:
+        """Merged (32x32-pixel) tokens of an image of ``width x height`` pixels."""
+        h, w = self.resized_size(width, height)
+        return (h // self.factor) * (w // self.factor)
+
+    def load_image(self, source: ImageSource, *, item_id: str | None = None) -> Image.Image:
+        """Decode, convert and resize an image as ``fetch_image`` does."""
+        image = decode_image(source, item_id=item_id)
+        try:
+            h, w = self.resized_size(image.width, image.height)
+        except ValueError as exc:
+            raise ItemError(item_id, f"image of {image.width}x{image.height} cannot be embedded: {exc}") from None
+        return to_rgb(image).resize((w, h))  # an RGB image: PIL's default filter is bicubic
+
+    def patches(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """Normalised patches ``(grid_h * grid_w, 3 * T * P * P)`` and the grid of a resized RGB image."""
+        pixels = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
+        height, width, _ = pixels.shape
+        p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
+        gh, gw = height // p, width // p
+        # (gh/m, m, p, gw/m, m, p, C) -> (gh/m, gw/m, m, m, C, p, p): each merge group contiguous
+        cells = pixels.reshape(gh // m, m, p, gw // m, m, p, 3).transpose(0, 3, 1, 4, 6, 2, 5)
+        cells = np.ascontiguousarray(cells).reshape(gh * gw, 3, 1, p * p)
+        normed = np.empty((gh * gw, 3, t, p * p), dtype=np.float32)
+        for c in range(3):
+            normed[:, c, :, :] = self._lut[c][cells[:, c]]  # one frame repeated over time
+        return normed.reshape(gh * gw, 3 * t * p * p), (1, gh, gw)
+
+    # -- sequences -------------------------------------------------------------------------------
+
+    def encode(self, messages: list[dict[str, Any]], images: Sequence[ImageSource] = (), *,
+               item_id: str | None = None) -> ProcessedInput:
+        """Token ids and patches of a conversation whose image entries, in order, show ``images``.
+
+        Not truncated (see :meth:`truncate`). Raises :class:`ItemError` for an image that cannot be
+        used, or text that spells a vision special token.
+        """
+        patches, grids = [], []
+        for source in images:
+            pixels, grid = self.patches(self.load_image(source, item_id=item_id))
+            patches.append(pixels)
+            grids.append(grid)
+        ids = self.tokenize(self.render(messages))
+        self._check_vision_tokens(ids, len(grids), item_id)
+        expanded: list[int] = []
+        grid_iter = iter(grids)
+        for token in ids:
+            if token == self.image_token_id:
+                _, gh, gw = next(grid_iter)
+                expanded.extend([token] * (gh * gw // self.merge_size ** 2))
+            else:
+                expanded.append(token)
+        return ProcessedInput(expanded, np.concatenate(patches) if patches else None, grids)
+
+    def count_tokens(self, messages: list[dict[str, Any]], images: Sequence[ImageSource] = (), *,
+                     item_id: str | None = None) -> int:
+        """The untruncated length of :meth:`encode`'s ids from the image headers alone."""
+        tokens = len(self.tokenize(self.render(messages)))
+        for source in images:
+            width, height = image_size(source, item_id=item_id)
+            try:
+                tokens += self.num_image_tokens(width, height) - 1
+            except ValueError as exc:
+                raise ItemError(item_id, f"image of {width}x{height} cannot be embedded: {exc}") from None
+        return tokens
+
+    def truncate(self, processed: ProcessedInput, *, item_id: str | None = None) -> ProcessedInput:
+        """The first ``max_length`` tokens, as ``truncation=True`` keeps them; an item whose image
+        tokens would be cut is refused, as the processor refuses it."""
+        ids = processed.input_ids
+        if len(ids) <= self.max_length:
+            return processed
+        if self.image_token_id in ids[self.max_length:]:
+            needed = len(ids) - ids[::-1].index(self.image_token_id)
+            raise ItemError(item_id, f"its image tokens end at position {needed}, beyond max_length="
+                                     f"{self.max_length}; raise max_length or lower max_image_tokens")
+        return ProcessedInput(ids[: self.max_length], processed.pixel_values, processed.grids)
+
+    def _check_vision_tokens(self, ids: list[int], n_images: int, item_id: str | None) -> None:
+        if (ids.count(self.image_token_id) != n_images or ids.count(self.vision_start_id) != n_images
+                or self.video_token_id in ids):
+            raise ItemError(item_id, f"text must not contain the special tokens {VISION_START}, "
+                                     f"{IMAGE_PAD} or {VIDEO_PAD}")
+
+
+def read_chat_template(folder: Path, tokenizer) -> str:
+    """The checkpoint's chat template: ``chat_template.jinja``, ``chat_template.json``, or the tokenizer's."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    stored = folder / "chat_template.json"
+    if stored.is_file():
+        return json.loads(stored.read_text(encoding="utf-8"))["chat_template"]
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and template:
+        return template
+    from ..registry import ModelNotAvailable
+
+    raise ModelNotAvailable(f"{folder}: no chat template (chat_template.jinja or chat_template.json)")
