@@ -31,6 +31,7 @@ import numpy as np
 
 from ..fingerprint import FileDigests, item_fingerprint
 from ..types import Item, ItemError, Modality
+from .base import VectorStore
 from .store import MANIFEST, Filter, FlatStore, Hit, IndexStoreError, read_manifest
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ class Index:
     """A persistent index: :meth:`create` / :meth:`open`, then :meth:`add`, :meth:`index_corpus`,
     :meth:`search`, :meth:`delete`."""
 
-    def __init__(self, folder: Path, store, *, model=None, model_options: dict[str, Any] | None = None,
+    def __init__(self, folder: Path, store: VectorStore, *, model=None, model_options: dict[str, Any] | None = None,
                  device: str | None = None, dtype: str | None = None):
         self.folder = Path(folder)
         self.store = store
@@ -425,19 +426,11 @@ class Index:
         return summary
 
     def _update_graph(self) -> None:
-        """HNSW indexes: extend the persisted graph once enough rows are outside it.
-
-        Rows added since the graph was last written are searched exactly, so the graph is
-        rewritten only when that tail reaches 10,000 rows or 5% of the index (or there is none yet).
-        """
-        if self.config.get("method") != "hnsw" or self.store.backend != "faiss":
+        """HNSW indexes: let the store keep its graph current (FAISS extends it in large steps)."""
+        if self.config.get("method") != "hnsw":
             return
-        info = self.store.manifest.get("hnsw")
-        rows = len(self.store._state.records)
-        tail = rows - (info["rows"] if info else 0)
-        if tail > 0 and (info is None or tail >= max(10_000, rows // 20)):
-            self.store.build_hnsw(m=int(self.config.get("hnsw_m", 32)),
-                                  ef_construction=int(self.config.get("ef_construction", 100)))
+        self.store.update_graph(m=int(self.config.get("hnsw_m", 32)),
+                                ef_construction=int(self.config.get("ef_construction", 100)))
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete items by id; returns how many were there."""
@@ -603,7 +596,6 @@ class _Run:
         self.skip_cache, self.skip_handle = skip_cache, skip_handle
         self.model = index.model
         self.known = index.store.hashes()
-        self.max_id = getattr(index.store, "max_id_length", None)
         #: every id the source holds (kept by --prune)
         self.seen: set[str] = set()
         # ids whose item loaded (to be embedded) or is unchanged: a later duplicate is skipped;
@@ -640,9 +632,9 @@ class _Run:
                         + " is used, this one was skipped", entry.path)
             self.done()
             return None
-        if self.max_id is not None and len(entry.id) > self.max_id:
-            self.report("error", entry.id[:80] + "...", f"id longer than {self.max_id} characters "
-                        f"(the {self.index.store.backend} limit)", entry.path)
+        refused = self.index.store.check_id(entry.id)
+        if refused is not None:
+            self.report("error", entry.id[:80] + ("..." if len(entry.id) > 80 else ""), refused, entry.path)
             self.done()
             return None
         old = self.known.get(entry.id)
