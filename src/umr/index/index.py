@@ -31,7 +31,7 @@ import numpy as np
 
 from ..fingerprint import FileDigests, item_fingerprint
 from ..types import Item, ItemError, Modality
-from .base import VectorStore
+from .base import VectorStore, json_line
 from .store import MANIFEST, Filter, FlatStore, Hit, IndexStoreError, read_manifest
 
 if TYPE_CHECKING:
@@ -514,15 +514,15 @@ class Index:
                                     for name, kind, reason in summary.read.ignored]
             summary.read.truncated = [f"{prefix}/{name}" if prefix else name for name in summary.read.truncated]
             for name, _, reason in summary.read.ignored:
-                err_handle.write(json.dumps({"id": name, "path": None, "line": None, "kind": "ignored",
-                                             "error": reason}, ensure_ascii=False) + "\n")
+                err_handle.write(json_line({"id": name, "path": None, "line": None, "kind": "ignored",
+                                             "error": reason}) + "\n")
         self.digests.save()
         # keep only this run's entries (other sources' entries stay too)
         current = {e["id"] for e in summary.skipped}
         keep = [{"id": i, "fingerprint": fp, "reason": why} for i, (fp, why) in skip_cache.items()
                 if i in current or i not in seen]
         tmp = skipped_path.with_name(SKIPPED_FILE + ".tmp")
-        tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in keep), encoding="utf-8")
+        tmp.write_text("".join(json_line(e) + "\n" for e in keep), encoding="utf-8")
         os.replace(tmp, skipped_path)
         if prune:
             stale = [r["id"] for r in self.store.records()
@@ -609,7 +609,7 @@ class _Run:
         entry = {"id": item_id, "path": path, "line": line, "kind": kind, "error": reason}
         (self.summary.errors if kind == "error" else self.summary.skipped).append(entry)
         if self.err_handle is not None:
-            self.err_handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self.err_handle.write(json_line(entry) + "\n")
             self.err_handle.flush()
 
     def done(self, n: int = 1) -> None:
@@ -677,8 +677,8 @@ class _Run:
             self.report("no representation", entry.id, exc.reason, entry.path)
             self.skip_cache[entry.id] = (entry.fingerprint, exc.reason)
             if self.skip_handle is not None:
-                self.skip_handle.write(json.dumps({"id": entry.id, "fingerprint": entry.fingerprint,
-                                                   "reason": exc.reason}, ensure_ascii=False) + "\n")
+                self.skip_handle.write(json_line({"id": entry.id, "fingerprint": entry.fingerprint,
+                                                   "reason": exc.reason}) + "\n")
                 self.skip_handle.flush()
             if old is not None:
                 self.failed_updates.append(entry.id)
