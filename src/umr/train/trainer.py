@@ -135,6 +135,7 @@ class Trainer:
         if config.grad_checkpointing:
             lora.enable_checkpointing(self.module)
         self.temperature = Temperature(config.temperature, learn=config.learn_temperature)
+        self.trainable_names = [n for n, p in self.module.named_parameters() if p.requires_grad]
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         optimised = self.params + ([self.temperature.log_inverse] if config.learn_temperature else [])
         self.optimizer = torch.optim.AdamW(optimised, lr=config.lr, weight_decay=config.weight_decay)
