@@ -103,4 +103,4 @@ class Temperature(torch.nn.Module):
 
     @property
     def value(self) -> float:
-        return float(self())
+        return float(self().detach())
