@@ -42,6 +42,11 @@ _WEIGHTS = (".safetensors", ".bin", ".pth", ".pt", ".safetensors.index.json", ".
 RUN_FILES = {"checkpoints", "tensorboard", "training.json", "metrics.csv", "loss.png", "errors.jsonl", "adapter"}
 
 
+#: settings a resumed run may change (how long, how often to save or log, where to run)
+RESUMABLE_CHANGES = {"resume", "max_steps", "epochs", "progress", "save_every", "keep_checkpoints", "log_every",
+                     "device", "eval_data", "eval_every", "eval_benchmark"}
+
+
 class TrainingError(RuntimeError):
     """A run that cannot start or continue (no usable examples, a family that cannot train, ...)."""
 
@@ -226,6 +231,11 @@ class Trainer:
         state = checkpoint.load_latest(self.output / "checkpoints")
         if state is None:
             return False
+        before, now = state["config"], self.config.to_dict()
+        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+        if changed:
+            raise TrainingError(f"--resume: the checkpoint in {self.output} was trained with other "
+                                f"{', '.join(changed)}; resume with the same settings (or a new --output)")
         named = dict(self.module.named_parameters())
         missing = set(state["trainable"]) - set(named)
         if missing:
