@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from umr.train.loss import info_nce
 from umr.types import Item
 
 from train_fixtures import text_examples
+
+STDLIB_DOCS = Path(__file__).parents[1] / "fixtures" / "eval" / "stdlib-docs"
 
 
 def test_yaml_config_with_command_line_overrides(tmp_path):
@@ -66,10 +69,14 @@ def test_cli_run_with_every_memory_saver(tiny_text_dir, tmp_path):
     out = tmp_path / "out"
     assert main(["train", "--model", str(tiny_text_dir), "--data", str(data), "--output", str(out),
                  "--max-steps", "2", "--batch-size", "4", "--grad-cache-chunk", "3", "--grad-accum", "2",
-                 "--grad-checkpointing", "--bf16", "--learn-temperature", "--save-adapter", "--no-progress"]) == 0
+                 "--grad-checkpointing", "--bf16", "--learn-temperature", "--save-adapter", "--no-progress",
+                 "--eval-data", str(STDLIB_DOCS), "--eval-every", "1"]) == 0
     record = json.loads((out / "training.json").read_text())
     assert record["steps"] == 2 and torch.isfinite(torch.tensor(record["final_loss"]))
     assert record["config"]["grad_cache_chunk"] == 3 and record["config"]["bf16"] is True
+    assert 0 < record["final_eval"]["stdlib-docs/ndcg@10"] <= 1
+    evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [1, 2]
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert umr.load_model(out).encode_queries(["hello"]).shape == (1, 32)

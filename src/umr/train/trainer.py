@@ -5,9 +5,11 @@ on each process (their union, the global micro-batch, shares one softmax). Modul
 eval mode (dropout off): the training forward is then exactly the embedding forward, and
 GradCache's second pass recomputes the first exactly.
 
-Distributed runs (``accelerate launch`` / ``torchrun``: the ``WORLD_SIZE`` / ``RANK``
-environment) start a process group (gloo on CPU, nccl on GPU); each process takes its slice
-of every global micro-batch, and gradients are averaged with ``all_reduce`` after backward.
+Distributed runs (``accelerate launch --multi_gpu`` or ``torchrun``: the ``WORLD_SIZE`` /
+``RANK`` / ``LOCAL_RANK`` environment) join a process group (gloo on CPU, nccl on GPU); each
+process takes its slice of every global micro-batch, and gradients are averaged with
+``all_reduce`` after backward (the model is not wrapped in DDP: families call their own
+sub-modules, which a DDP wrapper would not see).
 """
 
 from __future__ import annotations
@@ -59,9 +61,16 @@ class Position:
     index: int = 0
 
 
-def init_distributed(device: str) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+def init_distributed(device: str) -> str:
+    """Join the process group a launcher set up (if any); returns this process's device
+    (``cuda`` becomes ``cuda:LOCAL_RANK``, one GPU per process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device == "cuda" and "LOCAL_RANK" in os.environ:
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return device
 
 
 def load_examples(config: TrainConfig, rank: int) -> tuple[list[Example], list[int], list[float], list]:
@@ -119,12 +128,12 @@ class Trainer:
         from ..models.registry import load_model, model_folder
 
         self.config = config
-        init_distributed(config.device)
+        self.device = init_distributed(config.device)
         self.rank, self.world_size = world()
         self.output = Path(config.output)
         torch.manual_seed(config.seed)
         self.base_folder = model_folder(config.model)
-        self.embedder: Embedder = load_model(config.model, device=config.device, **config.model_options)
+        self.embedder: Embedder = load_model(config.model, device=self.device, **config.model_options)
         if not isinstance(self.embedder, Trainable):
             raise TrainingError(f"{type(self.embedder).__name__} cannot be fine-tuned (no training contract)")
         self.module = self.embedder.trainable_module()
@@ -286,7 +295,8 @@ class Trainer:
                 logger.write(row)
             bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.1f}")
             bar.update(1)
-            if config.eval_data and config.eval_every and self.step % config.eval_every == 0:
+            if (config.eval_data and config.eval_every and self.step % config.eval_every == 0
+                    and self.step < self.total_steps):  # the last step's evaluation is the final one
                 logger.write_eval(self.step, self.evaluate())
             if config.save_every and self.step % config.save_every == 0 and self.step < self.total_steps:
                 self.save_checkpoint()
