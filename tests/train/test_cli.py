@@ -64,6 +64,7 @@ def test_gradient_checkpointing_keeps_gradients(tiny_text_dir):
     assert max(float((plain[n] - checkpointed[n]).abs().max()) for n in plain) <= 1e-6
 
 
+@pytest.mark.slow
 def test_cli_run_with_every_memory_saver(tiny_text_dir, tmp_path):
     data = text_examples(tmp_path / "train.jsonl")
     out = tmp_path / "out"

@@ -131,6 +131,14 @@ class Trainer:
         self.device = init_distributed(config.device)
         self.rank, self.world_size = world()
         self.output = Path(config.output)
+        # the data first: a bad path fails before a large model loads
+        self.examples, sizes, weights, self.errors = load_examples(config, self.rank)
+        self.plan = BatchPlan(sizes, weights, global_batch=config.batch_size * self.world_size, seed=config.seed,
+                              batching=config.batching, keep_short=self.world_size == 1)
+        self.micro_per_epoch = len(self.plan.epoch(0))
+        if self.micro_per_epoch == 0:
+            raise TrainingError(f"fewer examples than one global batch ({config.batch_size} x {self.world_size} "
+                                f"processes): lower --batch-size")
         torch.manual_seed(config.seed)
         self.base_folder = model_folder(config.model)
         self.embedder: Embedder = load_model(config.model, device=self.device, **config.model_options)
@@ -154,13 +162,6 @@ class Trainer:
         optimised = self.params + ([self.temperature.log_inverse] if config.learn_temperature else [])
         self.optimizer = torch.optim.AdamW(optimised, lr=config.lr, weight_decay=config.weight_decay)
 
-        self.examples, sizes, weights, self.errors = load_examples(config, self.rank)
-        self.plan = BatchPlan(sizes, weights, global_batch=config.batch_size * self.world_size, seed=config.seed,
-                              batching=config.batching, keep_short=self.world_size == 1)
-        self.micro_per_epoch = len(self.plan.epoch(0))
-        if self.micro_per_epoch == 0:
-            raise TrainingError(f"fewer examples than one global batch ({config.batch_size} x {self.world_size} "
-                                f"processes): lower --batch-size")
         per_epoch = max(1, self.micro_per_epoch // config.grad_accum)
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))
         warmup = config.warmup
