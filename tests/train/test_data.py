@@ -110,3 +110,20 @@ def test_hard_negatives_are_sampled_per_epoch_and_seeded(tmp_path):
     assert picks[0] == [n.text for n in sample_negatives(example, 3, seed=0, epoch=0, index=0)]
     assert len(sample_negatives(example, 20, seed=0, epoch=0, index=0)) == 10
     assert sample_negatives(example, 0, seed=0, epoch=0, index=0) == []
+
+
+def test_examples_the_model_cannot_embed_are_skipped_with_file_and_line(tiny_text_dir, tmp_path):
+    from umr.train import TrainConfig
+    from umr.train.trainer import Trainer
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "red.png")
+    path = write_examples(tmp_path / "t.jsonl", [
+        {"query": {"text": "a"}, "positive": {"text": "b"}},
+        {"query": {"text": "c"}, "positive": {"image": "red.png", "id": "img"}},
+        {"query": {"text": "e"}, "positive": {"text": "f"}}])
+    trainer = Trainer(TrainConfig(model=str(tiny_text_dir), data=[str(path)], output=str(tmp_path / "o"),
+                                  batch_size=2, progress=False))
+    assert [e.query.text for e in trainer.examples] == ["a", "e"]
+    (error,) = trainer.errors
+    assert error.line == 2 and error.item_id == "img" and f"{path}:2" in error.reason
+    assert "cannot embed an image" in error.reason

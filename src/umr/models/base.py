@@ -117,8 +117,7 @@ class Embedder(ABC):
         costs: dict[int, int] = {}
         for i, item in enumerate(items):
             try:
-                item.modality  # noqa: B018 - raises for an item with neither text nor image
-                costs[i] = int(self._cost(item))
+                costs[i] = self.check(item)
             except ItemError as exc:
                 if on_error == "raise":
                     raise exc.at(index=i) from None
@@ -155,6 +154,12 @@ class Embedder(ABC):
         indices = np.flatnonzero(done)
         return EmbedResult(vectors=vectors[indices], indices=indices,
                            errors=[errors[i] for i in sorted(errors)])
+
+    def check(self, item: Item) -> int:
+        """The item's cost estimate, or :class:`ItemError` if this model cannot embed it: the
+        cheap checks (no forward pass) :meth:`embed` runs first; training vets its data with it."""
+        item.modality  # noqa: B018 - raises for an item with neither text nor image
+        return int(self._cost(item))
 
     # -- what backends implement -----------------------------------------------------------
 

@@ -30,10 +30,10 @@ import torch
 import torch.distributed as dist
 
 from ..models.base import Embedder, Trainable
-from ..types import Item
+from ..types import Item, ItemError
 from . import checkpoint, lora
 from .config import TrainConfig
-from .data import BatchPlan, Example, load_source, sample_negatives
+from .data import BatchPlan, Example, Loaded, load_source, sample_negatives
 from .grad_cache import backward_step
 from .loss import Temperature, distributed_info_nce, world
 from .provenance import folder_fingerprint, source_fingerprint
@@ -73,19 +73,32 @@ def init_distributed(device: str) -> str:
     return device
 
 
-def load_examples(config: TrainConfig, rank: int) -> tuple[list[Example], list[int], list[float], list]:
-    """All sources' examples laid out one source after another, each source's count and weight,
-    and the bad examples (reported on rank 0 with file and line)."""
+def load_examples(config: TrainConfig) -> list[Loaded]:
+    """Every source's examples and bad examples (the data alone: before any model loads)."""
+    return [load_source(source) for source in config.data]
+
+
+def usable_examples(loaded: list[Loaded], embedder: Embedder, rank: int
+                    ) -> tuple[list[Example], list[int], list[float], list[ItemError]]:
+    """The examples ``embedder`` can embed, laid out one source after another, each source's
+    count and weight, and the bad examples (reported on rank 0 with file and line)."""
     examples, sizes, weights, errors = [], [], [], []
-    for source in config.data:
-        loaded = load_source(source)
-        if not loaded.examples:
-            raise TrainingError(f"{source.path}: no usable training example"
-                                + (f" ({len(loaded.errors)} bad, first: {loaded.errors[0]})" if loaded.errors else ""))
-        examples.extend(loaded.examples)
-        sizes.append(len(loaded.examples))
-        weights.append(float(source.weight))
-        errors.extend(loaded.errors)
+    for part in loaded:
+        kept = []
+        errors.extend(part.errors)
+        for example in part.examples:
+            try:
+                for item in (example.query, example.positive, *example.negatives):
+                    embedder.check(item)
+                kept.append(example)
+            except ItemError as exc:
+                errors.append(ItemError(exc.item_id, f"{example.where}: {exc.reason}", line=example.line))
+        if not kept:
+            first = f" ({len(errors)} bad, first: {errors[0]})" if errors else ""
+            raise TrainingError(f"{part.source.path}: no usable training example{first}")
+        examples.extend(kept)
+        sizes.append(len(kept))
+        weights.append(float(part.source.weight))
     if errors and rank == 0:
         print(f"umr train: skipped {len(errors)} bad example(s); first: {errors[0]}", file=sys.stderr)
     return examples, sizes, weights, errors
@@ -131,19 +144,19 @@ class Trainer:
         self.device = init_distributed(config.device)
         self.rank, self.world_size = world()
         self.output = Path(config.output)
-        # the data first: a bad path fails before a large model loads
-        self.examples, sizes, weights, self.errors = load_examples(config, self.rank)
+        loaded = load_examples(config)  # first: a bad path fails before a large model loads
+        torch.manual_seed(config.seed)
+        self.base_folder = model_folder(config.model)
+        self.embedder: Embedder = load_model(config.model, device=self.device, **config.model_options)
+        if not isinstance(self.embedder, Trainable):
+            raise TrainingError(f"{type(self.embedder).__name__} cannot be fine-tuned (no training contract)")
+        self.examples, sizes, weights, self.errors = usable_examples(loaded, self.embedder, self.rank)
         self.plan = BatchPlan(sizes, weights, global_batch=config.batch_size * self.world_size, seed=config.seed,
                               batching=config.batching, keep_short=self.world_size == 1)
         self.micro_per_epoch = len(self.plan.epoch(0))
         if self.micro_per_epoch == 0:
             raise TrainingError(f"fewer examples than one global batch ({config.batch_size} x {self.world_size} "
                                 f"processes): lower --batch-size")
-        torch.manual_seed(config.seed)
-        self.base_folder = model_folder(config.model)
-        self.embedder: Embedder = load_model(config.model, device=self.device, **config.model_options)
-        if not isinstance(self.embedder, Trainable):
-            raise TrainingError(f"{type(self.embedder).__name__} cannot be fine-tuned (no training contract)")
         self.module = self.embedder.trainable_module()
         self.module.eval()
         self.lora_config = None
