@@ -5,6 +5,9 @@ A backend supplies two hooks — ``_cost`` (a cheap size estimate of one item) a
 ``encode_queries`` / ``encode_candidates`` / ``embed``, mixed-modality batches, cost-budget
 batching sorted by cost with the input order restored, progress bars, L2 normalisation
 and per-item error handling.
+
+Fine-tuning (:mod:`umr.train`) uses :meth:`Embedder.training_forward` (the same computation
+with gradients) and the :class:`Trainable` contract (the network to update, how to save it).
 """
 
 from __future__ import annotations
