@@ -46,7 +46,7 @@ RUN_FILES = {"checkpoints", "tensorboard", "training.json", "metrics.csv", "loss
 
 #: settings a resumed run may change (how long, how often to save or log, where to run)
 RESUMABLE_CHANGES = {"resume", "max_steps", "epochs", "progress", "save_every", "keep_checkpoints", "log_every",
-                     "device", "eval_data", "eval_every", "eval_benchmark"}
+                     "save_adapter", "device", "eval_data", "eval_every", "eval_benchmark"}
 
 
 class TrainingError(RuntimeError):
