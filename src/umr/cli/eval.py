@@ -106,11 +106,11 @@ def model_key(args, model=None) -> str:
     """
     from ..eval.cache import model_key as key_of
     from ..models.identity import files_fingerprint
-    from ..models.registry import ModelNotAvailable, resolve_folder
+    from ..models.registry import ModelNotAvailable, model_folder
 
     # the files' digest: other weights saved under the same name never share cached vectors
     try:
-        files = files_fingerprint(resolve_folder(args.model))[:12]
+        files = files_fingerprint(model_folder(args.model))[:12]
     except ModelNotAvailable:  # loading will say why; nothing is cached for it meanwhile
         files = None
     return key_of(model if model is not None else _LazyModel(args),

@@ -5,6 +5,9 @@ A backend supplies two hooks — ``_cost`` (a cheap size estimate of one item) a
 ``encode_queries`` / ``encode_candidates`` / ``embed``, mixed-modality batches, cost-budget
 batching sorted by cost with the input order restored, progress bars, L2 normalisation
 and per-item error handling.
+
+Fine-tuning (:mod:`umr.train`) uses :meth:`Embedder.training_forward` (the same computation
+with gradients) and the :class:`Trainable` contract (the network to update, how to save it).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import re
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
@@ -146,8 +150,7 @@ class Embedder(ABC):
         costs: dict[int, int] = {}
         for i, item in enumerate(items):
             try:
-                item.modality  # noqa: B018 - raises for an item with neither text nor image
-                costs[i] = int(self._cost(item))
+                costs[i] = self.check(item)
             except ItemError as exc:
                 if on_error == "raise":
                     raise exc.at(index=i) from None
@@ -184,6 +187,12 @@ class Embedder(ABC):
         indices = np.flatnonzero(done)
         return EmbedResult(vectors=vectors[indices], indices=indices,
                            errors=[errors[i] for i in sorted(errors)])
+
+    def check(self, item: Item) -> int:
+        """The item's cost estimate, or :class:`ItemError` if this model cannot embed it: the
+        cheap checks (no forward pass) :meth:`embed` runs first; training vets its data with it."""
+        item.modality  # noqa: B018 - raises for an item with neither text nor image
+        return int(self._cost(item))
 
     # -- what backends implement -----------------------------------------------------------
 
@@ -245,10 +254,43 @@ class Embedder(ABC):
 
     def _run_batch(self, items: list[Item]) -> np.ndarray:
         with torch.inference_mode():
-            out = self._embed_batch(items)
-            out = torch.as_tensor(out).float()[:, : self.dim]  # a Matryoshka prefix when truncated
-            out = torch.nn.functional.normalize(out, p=2, dim=-1)
-        return out.cpu().numpy()
+            return self._normalised(items).cpu().numpy()
+
+    def _normalised(self, items: list[Item]) -> torch.Tensor:
+        out = torch.as_tensor(self._embed_batch(items)).float()[:, : self.dim]  # a Matryoshka prefix when truncated
+        return torch.nn.functional.normalize(out, p=2, dim=-1)
+
+    def training_forward(self, items: list[Item]) -> torch.Tensor:
+        """L2-normalised float32 vectors ``(len(items), dim)``, with gradients.
+
+        The very computation :meth:`embed` runs (same processing, same pooling), so a model
+        fine-tuned through it embeds exactly as it was trained; under ``torch.no_grad()`` it
+        gives the same vectors without a graph. Bad items raise :class:`ItemError`.
+        """
+        return self._normalised(items)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim})"
+
+
+class Trainable(ABC):
+    """What fine-tuning (:mod:`umr.train`) needs from a family besides
+    :meth:`Embedder.training_forward`: the network to update and a way to save it."""
+
+    #: peft ``target_modules`` for LoRA by default (a regex matched against full module names)
+    lora_targets: str
+    #: module-name prefixes that train fully by default beside LoRA (MM-Embed: its projector)
+    train_modules: tuple[str, ...] = ()
+
+    @abstractmethod
+    def trainable_module(self) -> torch.nn.Module:
+        """The network whose parameters fine-tuning updates; :meth:`training_forward` runs it.
+
+        Training changes it in place (LoRA layers are injected into it, then merged back)."""
+
+    @abstractmethod
+    def save_pretrained(self, folder: "str | Path") -> None:
+        """Write the weights into ``folder`` so that ``load_model(folder)`` embeds as this model does.
+
+        ``folder`` already holds the base model's other files (config, tokenizer, processor).
+        """

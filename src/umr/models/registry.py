@@ -104,9 +104,8 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     """
     key = str(model)
     spec = REGISTRY.get(key)
-    family = spec.family if spec else None
-    folder = resolve_folder(key)
-    family = family or detect_family(folder)
+    folder = model_folder(key)
+    family = spec.family if spec else detect_family(folder)
     merged = {**(spec.defaults if spec else {}), **options}
     dim = merged.pop("dim", None)
     if dtype is not None:
@@ -123,8 +122,8 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     return embedder
 
 
-def resolve_folder(model: str | os.PathLike) -> Path:
-    """The local folder a short name, hub id or folder loads from (without loading it)."""
+def model_folder(model: str | os.PathLike) -> Path:
+    """The local folder :func:`load_model` reads for a short name, hub id or folder."""
     key = str(model)
     spec = REGISTRY.get(key)
     return _local_folder(spec.resolve_source() if spec else key, shown_as=key)
