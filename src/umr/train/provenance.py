@@ -1,41 +1,23 @@
-"""Fingerprints for ``training.json``: which base model and which data files a model came from."""
+"""Fingerprints of training data for ``training.json`` (the base model's is the model identity's
+:func:`umr.models.identity.files_fingerprint`): a data file by its bytes, the one rule of
+:func:`umr.fingerprint.file_digest`."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
-#: files larger than this are fingerprinted by size plus their first and last MiB
-_WHOLE = 64 << 20
-_EDGE = 1 << 20
-
-
-def file_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        if size <= _WHOLE:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        else:
-            digest.update(str(size).encode())
-            digest.update(handle.read(_EDGE))
-            handle.seek(size - _EDGE)
-            digest.update(handle.read(_EDGE))
-    return "sha256:" + digest.hexdigest()
-
-
-def folder_fingerprint(folder: Path, *, skip: set[str] = frozenset()) -> str:
-    """One digest over every file's relative path and fingerprint (names in ``skip`` ignored)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder)
-        if rel.parts[0] in skip:
-            continue
-        digest.update(str(rel).encode())
-        digest.update(file_fingerprint(path).encode())
-    return "sha256:" + digest.hexdigest()
+from ..fingerprint import file_digest
 
 
 def source_fingerprint(path: Path) -> str:
-    return folder_fingerprint(path, skip={"mbeir_images"}) if path.is_dir() else file_fingerprint(path)
+    """A data file's digest, or for a folder (M-BEIR) one digest over its files but the images."""
+    if not path.is_dir():
+        return file_digest(path)
+    digest = hashlib.blake2b(digest_size=16)
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path)
+        if rel.parts[0] == "mbeir_images":
+            continue
+        digest.update(str(rel).encode("utf-8", "surrogateescape") + b"\0" + file_digest(file).encode())
+    return digest.hexdigest()

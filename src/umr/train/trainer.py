@@ -30,13 +30,14 @@ import torch
 import torch.distributed as dist
 
 from ..models.base import Embedder, Trainable
+from ..models.identity import files_fingerprint
 from ..types import Item, ItemError
 from . import checkpoint, lora
 from .config import TrainConfig
 from .data import BatchPlan, Example, Loaded, load_source, sample_negatives
 from .grad_cache import backward_step
 from .loss import Temperature, distributed_info_nce, world
-from .provenance import folder_fingerprint, source_fingerprint
+from .provenance import source_fingerprint
 
 #: files of a base model folder that are not copied into the output (the trained weights replace them)
 _WEIGHTS = (".safetensors", ".bin", ".pth", ".pt", ".safetensors.index.json", ".bin.index.json")
@@ -351,7 +352,7 @@ class Trainer:
             self.embedder.save_pretrained(self.output)
         record = {
             "base_model": {"name": self.config.model, "folder": str(self.base_folder),
-                           "fingerprint": folder_fingerprint(self.base_folder, skip=RUN_FILES)},
+                           "fingerprint": files_fingerprint(self.base_folder)},
             "data": [{"path": s.path, "name": s.label, "weight": s.weight, "instruction": s.instruction,
                       "tasks": s.tasks, "fingerprint": source_fingerprint(Path(s.path))} for s in self.config.data],
             "examples": len(self.examples), "skipped_examples": len(self.errors),
