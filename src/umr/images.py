@@ -62,8 +62,10 @@ def load_image(source: ImageSource, *, item_id: str | None = None,
         if img.mode in _WIDE_MODES:
             img = _to_8bit(img)
         return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ItemError(item_id, f"image cannot be decoded ({_describe(source)}): {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL plug-ins raise anything on a broken file
+        raise ItemError.from_exception(item_id, exc, context=f"image cannot be decoded ({_describe(source)})") from None
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -94,8 +96,10 @@ def _checked_open(source: ImageSource, item_id: str | None, max_pixels: int) -> 
         raise ItemError(item_id, f"not an image file ({_describe(source)})") from None
     except Image.DecompressionBombError as exc:
         raise ItemError(item_id, f"image too large, refused as a decompression bomb: {exc}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ItemError(item_id, f"image cannot be read ({_describe(source)}): {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL plug-ins raise anything on a broken header
+        raise ItemError.from_exception(item_id, exc, context=f"image cannot be read ({_describe(source)})") from None
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ItemError(item_id, f"image has an empty size {width}x{height} ({_describe(source)})")

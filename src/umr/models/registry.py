@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,6 +21,16 @@ from .base import Embedder
 
 class ModelNotAvailable(RuntimeError):
     """The weights cannot be had here; the message says how to point at a local copy."""
+
+
+class UnsupportedOption(TypeError):
+    """An option the model's family does not take (e.g. image-token bounds for a text model)."""
+
+    def __init__(self, model: str, family: str, options: list[str], accepted: list[str]):
+        self.options = options
+        self.accepted = accepted
+        super().__init__(f"model {model!r} ({family} family) does not take {', '.join(options)}; "
+                         f"it takes {', '.join(accepted) or 'no options'}")
 
 
 @dataclass(frozen=True)
@@ -103,10 +114,47 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     merged = {**(spec.defaults if spec else {}), **options}
     if dtype is not None:
         merged["dtype"] = dtype
-    with quiet_transformers():
-        embedder = _family_class(family).from_pretrained(folder, device=device, **merged)
+    family_class = _family_class(family)
+    _check_options(family_class, merged, model=key, family=family)
+    check_device(device)
+    if family == "text":  # quiets transformers itself, only when it imports it (the light path does not)
+        embedder = family_class.from_pretrained(folder, device=device, **merged)
+    else:
+        with quiet_transformers():
+            embedder = family_class.from_pretrained(folder, device=device, **merged)
     embedder.name = key
     return embedder
+
+
+def _check_options(family_class: type[Embedder], options: dict[str, Any], *, model: str, family: str) -> None:
+    """Refuse, before any loading, options that the family's ``from_pretrained`` does not name."""
+    params = inspect.signature(family_class.from_pretrained).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # the family checks its own options
+    accepted = [name for name, p in params.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "device"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UnsupportedOption(model, family, unknown, accepted)
+
+
+def check_device(device: str) -> None:
+    """A clear ``ValueError`` for a device this torch cannot use (``cuda`` on a CPU-only build)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps ...): "
+                         f"{str(exc).splitlines()[0]}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build, but no GPU is visible"
+            raise ValueError(f"device {device!r}: torch {torch.__version__} is {build}; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
 
 
 @contextlib.contextmanager
