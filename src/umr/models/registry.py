@@ -27,6 +27,8 @@ class UnsupportedOption(TypeError):
     """An option the model's family does not take (e.g. image-token bounds for a text model)."""
 
     def __init__(self, model: str, family: str, options: list[str], accepted: list[str]):
+        self.model = model
+        self.family = family
         self.options = options
         self.accepted = accepted
         super().__init__(f"model {model!r} ({family} family) does not take {', '.join(options)}; "
@@ -144,9 +146,8 @@ def check_device(device: str) -> None:
 
     try:
         parsed = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps ...): "
-                         f"{str(exc).splitlines()[0]}") from None
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build, but no GPU is visible"
@@ -207,15 +208,8 @@ def _local_folder(source: str, *, shown_as: str) -> Path:
         raise ModelNotAvailable(f"model {shown_as!r}: no such folder, short name or hub id ({source})")
     try:
         from huggingface_hub import snapshot_download
-        from huggingface_hub.utils import disable_progress_bars
 
-        try:
-            return Path(snapshot_download(source, local_files_only=True))
-        except Exception:  # not in the cache: try the hub unless told to stay offline
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-                raise
-            disable_progress_bars()
-            return Path(snapshot_download(source))
+        return from_hub(snapshot_download, source)
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear line
         reason = type(exc).__name__
         raise ModelNotAvailable(
@@ -225,5 +219,40 @@ def _local_folder(source: str, *, shown_as: str) -> Path:
         ) from None
 
 
+def from_hub(fetch: Callable[..., str], *args: Any) -> Path:
+    """``fetch(*args)`` (``snapshot_download`` / ``hf_hub_download``) from the local cache, else —
+    unless ``HF_HUB_OFFLINE`` is set — from the hub, without its progress bars. The one place
+    umr downloads anything; the caller turns a failure into its own one-line message."""
+    try:
+        return Path(fetch(*args, local_files_only=True))
+    except Exception:  # not in the cache: try the hub unless told to stay offline
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+            raise
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+        return Path(fetch(*args))
+
+
 def list_models() -> list[ModelSpec]:
     return list(REGISTRY.values())
+
+
+def local_copy(spec: ModelSpec) -> Path | None:
+    """The folder a short name loads from, if it is on this machine (never touches the network)."""
+    try:
+        source = spec.resolve_source()
+    except ImportError:  # a bundled package that is not installed
+        return None
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source, "config.json")
+    checkpoint = spec.defaults.get("checkpoint")
+    if isinstance(checkpoint, str) and not Path(checkpoint).expanduser().is_file():  # CLIP-SF's UniIR weights
+        repo, filename = "/".join(checkpoint.split("/")[:2]), "/".join(checkpoint.split("/")[2:])
+        if not isinstance(try_to_load_from_cache(repo, filename), str):
+            return None
+    return Path(cached).parent if isinstance(cached, str) else None

@@ -29,22 +29,13 @@ import torch
 from PIL import Image
 
 from ...types import Item
+from ...uniir import format_string as uniir_format
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: a short-side resize larger than this (an aspect ratio over ~300 at 224 px) resamples only
 #: the window the centre crop keeps (see :meth:`ImageTransform._resize_crop_window`)
 MAX_RESIZED_PIXELS = 16 * 1024 * 1024
-
-
-def uniir_format(text: str | None) -> str:
-    """UniIR's ``format_string``."""
-    s = (text or "").replace("\r", "").strip().strip('"')
-    if s:
-        s = s[0].upper() + s[1:]
-        if s[-1] not in (".", "?", "!"):
-            s = s + "."
-    return s
 
 
 def openai_clip_clean(text: str) -> str:
