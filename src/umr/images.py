@@ -25,6 +25,10 @@ MAX_IMAGE_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
+class _EmptyFile(ValueError):
+    """A zero-byte file: worth saying so rather than "not an image"."""
+
+
 def _open(source: ImageSource) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
@@ -36,9 +40,13 @@ def _open(source: ImageSource) -> Image.Image:
             raise FileNotFoundError(f"image file not found: {path}")
         if path.is_dir():
             raise IsADirectoryError(f"image path is a folder: {path}")
+        if path.stat().st_size == 0:
+            raise _EmptyFile(f"empty file (0 bytes): {path}")
         source = path
-    with warnings.catch_warnings():  # sizes up to the hard limit are fine; beyond it PIL raises
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    # sizes up to the hard limit are fine (beyond it PIL raises); PIL's warnings about corrupt
+    # EXIF and the like concern one file and would only clutter a run's output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         return Image.open(source)
 
 
@@ -58,7 +66,9 @@ def load_image(source: ImageSource, *, item_id: str | None = None,
     """
     img = _checked_open(source, item_id, max_pixels)
     try:
-        img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
         if img.mode in _WIDE_MODES:
             img = _to_8bit(img)
         return img.convert("RGB")
@@ -90,7 +100,7 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 def _checked_open(source: ImageSource, item_id: str | None, max_pixels: int) -> Image.Image:
     try:
         img = _open(source)
-    except (FileNotFoundError, IsADirectoryError) as exc:
+    except (FileNotFoundError, IsADirectoryError, _EmptyFile) as exc:
         raise ItemError(item_id, str(exc)) from None
     except UnidentifiedImageError:
         raise ItemError(item_id, f"not an image file ({_describe(source)})") from None
