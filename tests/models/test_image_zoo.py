@@ -80,3 +80,45 @@ def test_clip_resamples_only_the_crop_window_of_a_very_long_image(monkeypatch, s
         # crop's edges, where PIL's box filter sees the neighbours slightly differently
         diff = (windowed - full).abs()
         assert float((diff <= 0.016).float().mean()) >= 0.95 and float(diff.max()) <= 0.25
+
+
+def _gme_reference_fetch_size(height, width, factor=28, min_pixels=4 * 28 * 28, max_pixels=16384 * 28 * 28):
+    """GME's gme_inference.py ``smart_resize`` as written there (it divides by zero for 1 x 600,000)."""
+    import math
+
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    if max(h_bar, w_bar) / min(h_bar, w_bar) > 200:
+        if h_bar > w_bar:
+            h_bar = w_bar * 200
+        else:
+            w_bar = h_bar * 200
+    return h_bar, w_bar
+
+
+def test_gme_first_resize_equals_the_reference_wherever_the_reference_works():
+    from umr.models.gme.processing_gme import fetch_resize_size
+
+    sides = [1, 2, 13, 27, 28, 29, 100, 333, 1000, 4000, 13000, 60000, 200000, 600000]
+    refused = 0
+    for height in sides:
+        for width in sides:
+            if height * width > 178_956_970:
+                continue
+            try:
+                expected = _gme_reference_fetch_size(height, width)
+            except ZeroDivisionError:
+                refused += 1
+                ours = fetch_resize_size(height, width)
+                assert min(ours) == 28 and max(ours) == 28 * 200  # clamped, as qwen_vl_utils does
+                continue
+            assert fetch_resize_size(height, width) == expected, (height, width)
+    assert refused > 0  # the grid reaches the geometries where the reference fails
