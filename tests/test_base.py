@@ -147,10 +147,10 @@ def test_any_exception_while_sizing_or_preparing_an_item_is_that_items_error():
     assert result.indices.tolist() == [0, 2, 4]
     reasons = {e.item_id: e.reason for e in result.errors}
     assert reasons == {"zero-size": "ZeroDivisionError: integer division or modulo by zero",
-                       "bad-plugin": "error: unpack requires a buffer of 4 bytes",
+                       "bad-plugin": "struct.error: unpack requires a buffer of 4 bytes",
                        "bad-exif": "SyntaxError: not a TIFF file (header b'\\x00' not valid)"}
     np.testing.assert_allclose(result.vectors, model.encode_candidates(["one", "two", "three"]), atol=1e-6)
-    with pytest.raises(ItemError, match="item 'bad-plugin': error: unpack") as info:
+    with pytest.raises(ItemError, match="item 'bad-plugin': struct.error: unpack") as info:
         model.embed([Item.candidate("one", id="one"), Item.candidate("bad-plugin", id="bad-plugin")])
     assert info.value.index == 1
 

@@ -155,8 +155,10 @@ class ItemError(ValueError):
         as one line."""
         if isinstance(exc, ItemError):
             return exc
+        kind = type(exc).__name__ if type(exc).__module__ == "builtins" else \
+            f"{type(exc).__module__}.{type(exc).__name__}"  # struct.error, not a bare "error"
         lines = str(exc).strip().splitlines()
-        message = f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+        message = f"{kind}: {lines[0][:300]}" if lines else kind
         return cls(item_id, f"{context}: {message}" if context else message)
 
     def to_dict(self) -> dict[str, Any]:
