@@ -45,43 +45,42 @@ def supports(folder: Path) -> bool:
         return False
 
 
-class _Layer(nn.Module):
-    def __init__(self, hidden: int, heads: int, intermediate: int, eps: float):
-        super().__init__()
-        self.heads = heads
-        self.query = nn.Linear(hidden, hidden)
-        self.key = nn.Linear(hidden, hidden)
-        self.value = nn.Linear(hidden, hidden)
-        self.attention_out = nn.Linear(hidden, hidden)
-        self.attention_norm = nn.LayerNorm(hidden, eps=eps)
-        self.intermediate = nn.Linear(hidden, intermediate)
-        self.out = nn.Linear(intermediate, hidden)
-        self.out_norm = nn.LayerNorm(hidden, eps=eps)
+def _linear(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    return nn.functional.linear(x, weights[f"{name}.weight"], weights[f"{name}.bias"])
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        b, n, h = x.shape
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, n, self.heads, h // self.heads).transpose(1, 2)
-        context = nn.functional.scaled_dot_product_attention(
-            split(self.query(x)), split(self.key(x)), split(self.value(x)), attn_mask=bias)
-        x = self.attention_norm(self.attention_out(context.transpose(1, 2).reshape(b, n, h)) + x)
-        return self.out_norm(self.out(nn.functional.gelu(self.intermediate(x))) + x)
+
+def _layer_norm(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str, eps: float) -> torch.Tensor:
+    return nn.functional.layer_norm(x, x.shape[-1:], weights[f"{name}.weight"], weights[f"{name}.bias"], eps)
 
 
 class BertSentenceEncoder(nn.Module):
-    """Token ids -> pooled (and optionally normalised) sentence vectors, as sentence-transformers."""
+    """Token ids -> pooled (and optionally normalised) sentence vectors, as sentence-transformers.
 
-    def __init__(self, config: dict, *, pooling: str, normalize: bool, max_seq_length: int):
+    The weights are the checkpoint's tensors as loaded (``BertModel`` names, no ``bert.`` prefix),
+    used functionally: nothing is randomly initialised or copied, which is most of a small
+    model's load time.
+    """
+
+    def __init__(self, config: dict, weights: dict[str, torch.Tensor], *, pooling: str, normalize: bool,
+                 max_seq_length: int):
         super().__init__()
-        hidden, eps = int(config["hidden_size"]), float(config.get("layer_norm_eps", 1e-12))
-        self.word_embeddings = nn.Embedding(int(config["vocab_size"]), hidden)
-        self.position_embeddings = nn.Embedding(int(config["max_position_embeddings"]), hidden)
-        self.token_type_embeddings = nn.Embedding(int(config.get("type_vocab_size", 2)), hidden)
-        self.embeddings_norm = nn.LayerNorm(hidden, eps=eps)
-        self.layers = nn.ModuleList(
-            _Layer(hidden, int(config["num_attention_heads"]), int(config["intermediate_size"]), eps)
-            for _ in range(int(config["num_hidden_layers"])))
-        self.dim = hidden
+        weights = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in weights.items()}
+        self.layers = int(config["num_hidden_layers"])
+        needed = [f"embeddings.{name}.weight" for name in
+                  ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm")]
+        needed += ["embeddings.LayerNorm.bias"] + [
+            f"encoder.layer.{i}.{part}.{kind}" for i in range(self.layers) for kind in ("weight", "bias")
+            for part in ("attention.self.query", "attention.self.key", "attention.self.value",
+                         "attention.output.dense", "attention.output.LayerNorm", "intermediate.dense",
+                         "output.dense", "output.LayerNorm")]
+        missing = [name for name in needed if name not in weights]
+        if missing:
+            raise ValueError(f"not a BertModel checkpoint: missing {missing[:3]}")
+        #: loaded on the device they run on (``from_folder``); float32, as the light path is used
+        self.weights = {name: weights[name] for name in needed}
+        self.heads = int(config["num_attention_heads"])
+        self.eps = float(config.get("layer_norm_eps", 1e-12))
+        self.dim = int(config["hidden_size"])
         self.pooling = pooling
         self.normalize = normalize
         self.max_seq_length = max_seq_length
@@ -104,43 +103,40 @@ class BertSentenceEncoder(nn.Module):
         if tokenizer_config_file.is_file():  # ST caps max_seq_length at the tokenizer's model_max_length
             limit = min(limit, int(json.loads(tokenizer_config_file.read_text()).get("model_max_length", limit)))
         max_seq_length = min(int(st_config.get("max_seq_length") or limit), limit)
-        encoder = cls(config, pooling=pooling.split("_")[2], normalize=len(modules) == 3,
-                      max_seq_length=max_seq_length)
-        encoder.load_bert_state(load_file(str(folder / "model.safetensors")))
+        encoder = cls(config, load_file(str(folder / "model.safetensors"), device=str(device)),
+                      pooling=pooling.split("_")[2], normalize=len(modules) == 3, max_seq_length=max_seq_length)
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_seq_length)
-        return encoder.to(device).eval(), tokenizer
+        return encoder.eval(), tokenizer
 
-    def load_bert_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a ``BertModel`` state dict (with or without the ``bert.`` prefix); the pooler is unused."""
-        state = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in state.items()}
-        renamed = {}
-        for key, value in state.items():
-            if key.startswith(("pooler.", "cls.")) or key.endswith("position_ids"):
-                continue
-            key = key.replace("embeddings.LayerNorm", "embeddings_norm")
-            if key.startswith("embeddings."):
-                key = key[len("embeddings."):]
-            if key.startswith("encoder.layer."):
-                key = ("layers." + key[len("encoder.layer."):]).replace("attention.self.", "") \
-                    .replace("attention.output.dense", "attention_out") \
-                    .replace("attention.output.LayerNorm", "attention_norm") \
-                    .replace("intermediate.dense", "intermediate").replace("output.dense", "out") \
-                    .replace("output.LayerNorm", "out_norm")
-            renamed[key] = value
-        self.load_state_dict(renamed, strict=True)
+    def _attention(self, x: torch.Tensor, bias: torch.Tensor, prefix: str) -> torch.Tensor:
+        b, n, h = x.shape
+        w = self.weights
+
+        def heads(name: str) -> torch.Tensor:
+            return _linear(x, w, prefix + name).view(b, n, self.heads, h // self.heads).transpose(1, 2)
+        context = nn.functional.scaled_dot_product_attention(
+            heads("attention.self.query"), heads("attention.self.key"), heads("attention.self.value"),
+            attn_mask=bias)
+        out = _linear(context.transpose(1, 2).reshape(b, n, h), w, prefix + "attention.output.dense")
+        return _layer_norm(out + x, w, prefix + "attention.output.LayerNorm", self.eps)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        w = self.weights
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None] \
-            + self.token_type_embeddings.weight[0]
-        x = self.embeddings_norm(x)
+        x = nn.functional.embedding(input_ids, w["embeddings.word_embeddings.weight"]) \
+            + w["embeddings.position_embeddings.weight"][positions][None] \
+            + w["embeddings.token_type_embeddings.weight"][0]
+        x = _layer_norm(x, w, "embeddings.LayerNorm", self.eps)
         mask = attention_mask.bool()
         bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device)
         bias = bias.masked_fill(~mask, torch.finfo(x.dtype).min)[:, None, None, :]
-        for layer in self.layers:
-            x = layer(x, bias)
+        for i in range(self.layers):
+            prefix = f"encoder.layer.{i}."
+            x = self._attention(x, bias, prefix)
+            hidden = nn.functional.gelu(_linear(x, w, prefix + "intermediate.dense"))
+            x = _layer_norm(_linear(hidden, w, prefix + "output.dense") + x, w, prefix + "output.LayerNorm", self.eps)
         if self.pooling == "cls":
             pooled = x[:, 0]
         elif self.pooling == "max":

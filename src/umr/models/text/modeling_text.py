@@ -21,6 +21,7 @@ The common layout (BERT -> mean/CLS/max pooling -> normalise) runs on a light pa
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,27 @@ class LightBertBackend:
         for row, encoding in enumerate(encodings):
             ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids)
             mask[row, : len(encoding.ids)] = 1
-        return self.encoder(ids.to(self.device), mask.to(self.device))
+        with _one_thread_if(self.device.type == "cpu" and ids.numel() <= SMALL_BATCH_TOKENS):
+            return self.encoder(ids.to(self.device), mask.to(self.device))
+
+
+#: a CPU forward of at most this many padded tokens (a query or two) runs on one thread: its
+#: matmuls are too small to split, and on a busy machine waiting for a second thread cost a
+#: one-query search ~1 s against 0.04 s (measured with benchmarks/startup.py's machine load)
+SMALL_BATCH_TOKENS = 64
+
+
+@contextlib.contextmanager
+def _one_thread_if(condition: bool):
+    threads = torch.get_num_threads()
+    if not condition or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class TextEmbedder(Embedder):
