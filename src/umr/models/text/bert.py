@@ -40,6 +40,9 @@ def supports(folder: Path) -> bool:
             return False
         if sum(bool(pooling.get(key)) for key in _POOLING_MODES) != 1:
             return False
+        st_config = folder / "sentence_bert_config.json"
+        if st_config.is_file() and json.loads(st_config.read_text()).get("do_lower_case"):
+            return False  # sentence-transformers lower-cases the text itself first
         return (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").is_file()
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return False
