@@ -23,12 +23,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..types import Item, ItemError, as_items
+from ..types import SINGLE_VALUES, Item, ItemError, as_items
 
 if TYPE_CHECKING:
     from .identity import ModelIdentity
 
 OnError = Literal["raise", "skip"]
+
+#: errors that concern the whole run, never one item: they always propagate
+WHOLE_RUN_ERRORS = (MemoryError, torch.OutOfMemoryError)
 
 #: the dtype names every backend accepts for its weights
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -122,18 +125,26 @@ class Embedder(ABC):
         self.full_dim = full
         self.dim = int(dim)
 
-    def encode_queries(self, items: Sequence[Item | str], instruction: str | None = None, *,
+    def encode_queries(self, items: "Sequence[Item | str] | Item | str", instruction: str | None = None, *,
                        batch_size: int | None = None,
                        show_progress_bar: bool | None = None) -> np.ndarray:
-        """Embed queries; ``instruction`` applies to every query that has none of its own."""
-        queries = as_items(items, is_query=True, instruction=instruction)
-        return self.embed(queries, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
+        """Embed queries; ``instruction`` applies to every query that has none of its own.
 
-    def encode_candidates(self, items: Sequence[Item | str], *, batch_size: int | None = None,
+        A list gives an ``(N, dim)`` matrix; a single string, item or image gives one ``(dim,)``
+        vector, as sentence-transformers' ``encode`` does.
+        """
+        single = isinstance(items, SINGLE_VALUES)
+        queries = as_items([items] if single else items, is_query=True, instruction=instruction)
+        vectors = self.embed(queries, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
+        return vectors[0] if single else vectors
+
+    def encode_candidates(self, items: "Sequence[Item | str] | Item | str", *, batch_size: int | None = None,
                           show_progress_bar: bool | None = None) -> np.ndarray:
-        """Embed candidates (documents), always without an instruction."""
-        candidates = as_items(items, is_query=False)
-        return self.embed(candidates, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
+        """Embed candidates (documents), always without an instruction; one item gives one vector."""
+        single = isinstance(items, SINGLE_VALUES)
+        candidates = as_items([items] if single else items, is_query=False)
+        vectors = self.embed(candidates, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
+        return vectors[0] if single else vectors
 
     def embed(self, items: Sequence[Item], *, batch_size: int | None = None,
               show_progress_bar: bool | None = None, on_error: OnError = "raise") -> EmbedResult:
@@ -151,10 +162,13 @@ class Embedder(ABC):
         for i, item in enumerate(items):
             try:
                 costs[i] = self.check(item)
-            except ItemError as exc:
+            except WHOLE_RUN_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - sizing one item: that item's error
+                error = ItemError.from_exception(item.id, exc).at(index=i)
                 if on_error == "raise":
-                    raise exc.at(index=i) from None
-                errors[i] = exc.at(index=i)
+                    raise error from None
+                errors[i] = error
 
         good = sorted(costs)
         plan = plan_batches([costs[i] for i in good], max_items=batch_size or self.batch_size,
@@ -240,7 +254,8 @@ class Embedder(ABC):
 
     @staticmethod
     def _each_item(items: list[Item], prepare):
-        """``[prepare(item) for item in items]``, an :class:`ItemError` located at its item.
+        """``[prepare(item) for item in items]``; whatever one item raises (a PIL plug-in error,
+        resize arithmetic, ...) becomes its :class:`ItemError`, located at the item.
 
         Backends call this from :meth:`_embed_batch` so the caller knows which item to drop.
         """
@@ -248,8 +263,10 @@ class Embedder(ABC):
         for i, item in enumerate(items):
             try:
                 prepared.append(prepare(item))
-            except ItemError as exc:
-                raise exc.at(index=i) from None
+            except WHOLE_RUN_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - preparing one item: that item's error
+                raise ItemError.from_exception(item.id, exc).at(index=i) from None
         return prepared
 
     def _run_batch(self, items: list[Item]) -> np.ndarray:

@@ -144,16 +144,11 @@ def _resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
     if len(parts) >= 3 and not str(checkpoint).startswith((".", "/", "~")):
         from huggingface_hub import hf_hub_download
 
-        from ..registry import ModelNotAvailable
+        from ..registry import ModelNotAvailable, from_hub
 
         repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
         try:
-            try:
-                return Path(hf_hub_download(repo, filename, local_files_only=True))
-            except Exception:
-                if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-                    raise
-                return Path(hf_hub_download(repo, filename))
+            return from_hub(hf_hub_download, repo, filename)
         except Exception as exc:  # noqa: BLE001
             raise ModelNotAvailable(
                 f"UniIR checkpoint {checkpoint} is not on this machine and could not be downloaded "
