@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
@@ -190,10 +191,43 @@ class Embedder(ABC):
 
     def _run_batch(self, items: list[Item]) -> np.ndarray:
         with torch.inference_mode():
-            out = self._embed_batch(items)
-            out = torch.as_tensor(out).float()
-            out = torch.nn.functional.normalize(out, p=2, dim=-1)
-        return out.cpu().numpy()
+            return self._normalised(items).cpu().numpy()
+
+    def _normalised(self, items: list[Item]) -> torch.Tensor:
+        out = torch.as_tensor(self._embed_batch(items)).float()
+        return torch.nn.functional.normalize(out, p=2, dim=-1)
+
+    def training_forward(self, items: list[Item]) -> torch.Tensor:
+        """L2-normalised float32 vectors ``(len(items), dim)``, with gradients.
+
+        The very computation :meth:`embed` runs (same processing, same pooling), so a model
+        fine-tuned through it embeds exactly as it was trained; under ``torch.no_grad()`` it
+        gives the same vectors without a graph. Bad items raise :class:`ItemError`.
+        """
+        return self._normalised(items)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim})"
+
+
+class Trainable(ABC):
+    """What fine-tuning (:mod:`umr.train`) needs from a family besides
+    :meth:`Embedder.training_forward`: the network to update and a way to save it."""
+
+    #: peft ``target_modules`` for LoRA by default (a regex matched against full module names)
+    lora_targets: str
+    #: module-name prefixes that train fully by default beside LoRA (MM-Embed: its projector)
+    train_modules: tuple[str, ...] = ()
+
+    @abstractmethod
+    def trainable_module(self) -> torch.nn.Module:
+        """The network whose parameters fine-tuning updates; :meth:`training_forward` runs it.
+
+        Training changes it in place (LoRA layers are injected into it, then merged back)."""
+
+    @abstractmethod
+    def save_pretrained(self, folder: "str | Path") -> None:
+        """Write the weights into ``folder`` so that ``load_model(folder)`` embeds as this model does.
+
+        ``folder`` already holds the base model's other files (config, tokenizer, processor).
+        """

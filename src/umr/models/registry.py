@@ -96,10 +96,8 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     """
     key = str(model)
     spec = REGISTRY.get(key)
-    family = spec.family if spec else None
-    source = spec.resolve_source() if spec else key
-    folder = _local_folder(source, shown_as=key)
-    family = family or detect_family(folder)
+    folder = model_folder(key)
+    family = spec.family if spec else detect_family(folder)
     merged = {**(spec.defaults if spec else {}), **options}
     if dtype is not None:
         merged["dtype"] = dtype
@@ -107,6 +105,13 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
         embedder = _family_class(family).from_pretrained(folder, device=device, **merged)
     embedder.name = key
     return embedder
+
+
+def model_folder(model: str | os.PathLike) -> Path:
+    """The local folder :func:`load_model` reads for a short name, hub id or folder."""
+    key = str(model)
+    spec = REGISTRY.get(key)
+    return _local_folder(spec.resolve_source() if spec else key, shown_as=key)
 
 
 @contextlib.contextmanager

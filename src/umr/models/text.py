@@ -13,12 +13,14 @@ from pathlib import Path
 import torch
 
 from ..types import Item, ItemError
-from .base import Embedder, resolve_dtype
+from .base import Embedder, Trainable, resolve_dtype
 
 
-class TextEmbedder(Embedder):
+class TextEmbedder(Embedder, Trainable):
     batch_size = 32  # measured on CPU: 32 beats 64 (less padding per batch), see benchmarks/embed_throughput.py
     cost_budget = 32 * 256  # padded tokens per forward pass
+    #: LoRA on the attention projections of BERT-, RoBERTa- and MPNet-style encoders
+    lora_targets = r".*\.(query|key|value|q|k|v|q_proj|k_proj|v_proj)"
 
     def __init__(self, model, *, name: str | None = None):
         self.model = model
@@ -52,6 +54,18 @@ class TextEmbedder(Embedder):
         return len(ids)
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
+        # the forward SentenceTransformer.encode runs, without its inference_mode, so that
+        # fine-tuning (training_forward) computes exactly what embedding computes
+        from sentence_transformers.util import batch_to_device
+
         texts = [self.text_of(item) for item in items]
-        return self.model.encode(texts, batch_size=len(texts), convert_to_tensor=True,
-                                 normalize_embeddings=True, show_progress_bar=False)
+        features = batch_to_device(self.model.preprocess(texts), self.model.device)
+        return self.model(features)["sentence_embedding"]
+
+    # -- training (umr.train) ----------------------------------------------------------------------
+
+    def trainable_module(self) -> torch.nn.Module:
+        return self.model
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        self.model.save(str(folder))

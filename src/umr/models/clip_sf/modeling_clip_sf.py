@@ -25,7 +25,7 @@ import torch
 
 from ...images import image_size, load_image
 from ...types import Item, ItemError
-from ..base import Embedder, resolve_dtype
+from ..base import Embedder, Trainable, resolve_dtype
 from ..registry import ModelNotAvailable
 from .processing_clip_sf import ImageTransform, item_text
 
@@ -209,11 +209,13 @@ def load_uniir_state(path: Path, *, trust_checkpoint: bool = False) -> dict[str,
 # the embedder
 
 
-class ClipSfEmbedder(Embedder):
+class ClipSfEmbedder(Embedder, Trainable):
     """Dual-encoder embedder: text, image, or their sum (score fusion)."""
 
     batch_size = 64
     cost_budget = None
+    #: LoRA on the attention projections of both towers
+    lora_targets = r".*\.(q_proj|k_proj|v_proj|out_proj)"
 
     def __init__(self, model, tokenizer, transform: ImageTransform, *, kind: str, name: str = "clip-sf",
                  max_length: int = 77, uniir_text: bool = True):
@@ -290,6 +292,19 @@ class ClipSfEmbedder(Embedder):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    # -- training (umr.train) ----------------------------------------------------------------
+
+    def trainable_module(self) -> torch.nn.Module:
+        return self.model
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """A UniIR ``.pth`` when loaded from one (so the folder keeps UniIR's preprocessing), else
+        Hugging Face weights."""
+        if self.transform.crop_rounding == "round":
+            torch.save({"model": hf_to_uniir(self.model.state_dict())}, str(Path(folder) / "clip_sf.pth"))
+        else:
+            self.model.save_pretrained(str(folder))
 
     # -- towers ---------------------------------------------------------------------------
 
