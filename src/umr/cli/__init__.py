@@ -15,7 +15,6 @@ from ..types import ItemError
 
 #: sub-command modules, in the order ``umr --help`` lists them
 COMMANDS = ["embed", "eval", "models", "index", "search", "train", "mine"]
-COMMANDS = ["embed", "eval", "models", "index", "search", "train", "mine"]
 
 
 class UsageError(RuntimeError):
