@@ -15,6 +15,8 @@ import lookup
 from umr.train.mine import (MineSettings, Ranked, errors_path, mine_file, model_fingerprint, provenance_path,
                             select_negatives)
 
+lookup.install()  # the model "lookup-test", for the command-line tests
+
 # query "q-t2i" (target: image; positive: the image "pos"), its ranking of the pool:
 T2I_RANKING = [("f1", "image,text"), ("pos", "image"), ("t1", "text"), ("i2", "image"), ("i3", "image"),
                ("t2", "text"), ("i4", "image"), ("f2", "image,text"), ("i5", "image"), ("t3", "text")]
@@ -257,3 +259,17 @@ def test_a_positive_given_by_id_only_is_filled_in_from_the_pool_and_sets_the_tar
     assert t2i["positive"] == {"id": "pos", "text": None, "image": str((fixture / "img" / "pos.png").resolve())}
     assert t2i["target_modality"] == "image"
     assert [(n["id"], n["kind"]) for n in t2i["negatives"]] == [("f1", "wrong_modality"), ("i3", "same_modality")]
+
+
+@pytest.mark.parametrize("name", ["mmembed_stage1.yaml", "mmembed_continual.yaml", "gme.yaml"])
+def test_example_configs_load_as_train_configs_with_the_published_settings(name):
+    from pathlib import Path
+
+    from umr.train import TrainConfig
+
+    config = TrainConfig.from_yaml(Path(__file__).parents[2] / "examples" / name)
+    published = {"mmembed_stage1.yaml": dict(lora_r=8, lora_alpha=64, lr=1e-4, epochs=2),
+                 "mmembed_continual.yaml": dict(lora_r=8, lora_alpha=64, lr=2e-5, max_steps=4500),
+                 "gme.yaml": dict(lora_r=8, lr=1e-4, temperature=0.03, hard_negatives=8)}[name]
+    assert {key: getattr(config, key) for key in published} == published
+    assert not config.full and config.data
