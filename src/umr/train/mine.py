@@ -103,7 +103,7 @@ def select_negatives(ranking: Sequence[Ranked], positives: set[str], target: str
 class MiningQuery:
     """One training example to mine for: its query, its positive(s) and target modality."""
 
-    key: str  # names the example in errors: "line 12" or an M-BEIR qid
+    key: str  # names the example in errors: its query id
     query: Item
     #: the example as it will be written (query, positive, source, other fields), negatives refilled
     example: dict[str, Any]
@@ -111,7 +111,6 @@ class MiningQuery:
     #: (text, absolute image path) of a positive without an id, matched against the pool's contents
     positive_content: tuple[str | None, str | None] | None = None
     target_modality: str | None = None
-    line: int | None = None
     #: the pool id whose text and image become the written positive (M-BEIR gives ids only)
     positive_from_pool: str | None = None
 
@@ -136,147 +135,68 @@ class MineSummary:
 # -- reading training queries ----------------------------------------------------------------------
 
 
-def _abs_image(base: Path, value: Any) -> str | None:
-    from ..data.files import resolve_path
-
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError("image must be a path string or null")
-    path = resolve_path(base, value)
-    return os.path.abspath(path) if path is not None else None
+def _abs(image: Any) -> str | None:
+    return os.path.abspath(image) if isinstance(image, (str, Path)) else None
 
 
-def _side(record: Any, name: str, base: Path) -> dict[str, Any]:
-    """A query / positive object with its image made absolute; ValueError names what is wrong."""
-    if not isinstance(record, dict):
-        raise ValueError(f"{name!r} must be an object with text and/or image")
-    text, instruction = record.get("text"), record.get("instruction")
-    for field_name, value in (("text", text), ("instruction", instruction)):
-        if value is not None and not isinstance(value, str):
-            raise ValueError(f"{name}.{field_name} must be a string or null")
-    try:
-        image = _abs_image(base, record.get("image"))
-    except TypeError as exc:
-        raise ValueError(f"{name}.{exc}") from None
-    if not text and image is None:
-        raise ValueError(f"{name!r} has neither text nor image")
-    return {**record, "text": text, "image": image}
+def read_training_queries(path: str | os.PathLike, settings: MineSettings) -> Iterator[MiningQuery | ItemError]:
+    """The examples of a training JSONL, read as ``umr train`` reads them (bad lines are errors)."""
+    from .data import read_examples_jsonl
+
+    examples, errors = read_examples_jsonl(path)
+    yield from errors
+    for number, example in enumerate(examples, start=1):
+        q, pos = example.query, example.positive
+        instruction = q.instruction or settings.instruction
+        qid = q.id if q.id is not None else f"example-{number}"
+        query = {"id": q.id, "text": q.text, "image": _abs(q.image), "instruction": instruction}
+        positive = {"id": pos.id, "text": pos.text, "image": _abs(pos.image)}
+        yield MiningQuery(
+            key=qid, query=Item.query(text=q.text, image=q.image, instruction=instruction, id=qid),
+            example={"query": {k: v for k, v in query.items() if v is not None or k != "id"},
+                     "positive": {k: v for k, v in positive.items() if v is not None or k != "id"},
+                     "source": example.source},
+            positive_ids={pos.id} if pos.id is not None else set(),
+            positive_content=None if pos.id is not None else _content_key(pos.text, pos.image),
+            target_modality=settings.target_modality or pos.modality.value)
 
 
-def read_training_queries(path: str | os.PathLike, settings: MineSettings, *,
-                          modality_of: Callable[[str], str | None] = lambda _id: None
-                          ) -> Iterator[MiningQuery | ItemError]:
-    """The examples of a training JSONL (``query``, ``positive``, ``negatives``, ``source``).
+def read_mbeir_queries(root: str | os.PathLike, settings: MineSettings, *, split: str = "train",
+                       tasks: Iterable[str] | None = None, seed: int = 0) -> Iterator[MiningQuery | ItemError]:
+    """M-BEIR training queries as :class:`~umr.data.mbeir.MBEIR` reads them (UniIR's instructions,
+    the task's candidate modality as target, every qrels positive excluded); a task that cannot
+    be read is one error, the others go on."""
+    from ..data.mbeir import MBEIR
 
-    A positive given only by ``id`` is a pool candidate: its text and image are filled in from the
-    pool and ``modality_of(id)`` gives its modality.
-    """
-    path = Path(path)
-    base = path.parent
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-                if not isinstance(record, dict):
-                    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-                query = _side(record.get("query"), "query", base)
-                positive = record.get("positive")
-                by_id = (isinstance(positive, dict) and positive.get("id") is not None
-                         and positive.get("text") is None and positive.get("image") is None)
-                if not by_id:
-                    positive = _side(positive, "positive", base)
-            except json.JSONDecodeError as exc:
-                yield ItemError(None, f"invalid JSON ({exc.msg} at column {exc.colno})", line=line_no)
-                continue
-            except ValueError as exc:
-                yield ItemError(None, str(exc), line=line_no)
-                continue
-            instruction = query.get("instruction") or settings.instruction
-            query["instruction"] = instruction
-            qid = str(query.get("id", f"line-{line_no}"))
-            pos_id = None if positive.get("id") is None else str(positive["id"])
-            if by_id:
-                target = settings.target_modality or modality_of(pos_id)
-                if target is None:
-                    yield ItemError(qid, f"positive {pos_id!r} has no text or image and is not in the pool",
-                                    line=line_no)
-                    continue
-            else:
-                target = settings.target_modality or Item.candidate(text=positive["text"],
-                                                                    image=positive["image"]).modality.value
-            yield MiningQuery(
-                key=f"line {line_no}", line=line_no,
-                query=Item.query(text=query["text"], image=query["image"], instruction=instruction, id=qid),
-                example={**record, "query": query, "positive": positive},
-                positive_ids={pos_id} if pos_id is not None else set(),
-                positive_content=None if pos_id is not None else (positive["text"], positive["image"]),
-                target_modality=target, positive_from_pool=pos_id if by_id else None)
-
-
-def read_mbeir_queries(root: str | os.PathLike, settings: MineSettings, *, modality_of: Callable[[str], str | None],
-                       split: str = "train", tasks: Iterable[str] | None = None,
-                       seed: int = 0) -> Iterator[MiningQuery | ItemError]:
-    """M-BEIR training queries (``query/{split}/mbeir_*_{split}.jsonl``) with UniIR's instructions.
-
-    ``modality_of(did)`` gives a pool candidate's modality, which picks the instruction as UniIR
-    does (dataset id, query modality, the first positive's modality).
-    """
-    from ..data.files import read_jsonl_records
-    from ..data.mbeir import MBEIR, MBEIR_TASKS, pick_instruction
-
-    root = Path(root)
     bench = MBEIR(root, split=split)
     names = list(tasks) if tasks else bench.task_names
     unknown = [n for n in names if n not in bench.query_files]
     if unknown:
         raise ValueError(f"no M-BEIR {split} task {unknown[0]!r}; have: {', '.join(bench.task_names)}")
-    instructions = bench.instructions() if settings.instruction is None else {}
-    if settings.instruction is None and not instructions:
-        raise ValueError(f"{root}/instructions/query_instructions.tsv is missing: "
-                         "pass --instruction TEXT to give every query one")
+    policy = "none" if settings.instruction is not None else "random"
     for name in names:
-        dataset, task_num = name.rsplit("_task", 1)
-        query_mod, cand_mod = MBEIR_TASKS.get(int(task_num), (None, None))
-        target = settings.target_modality or cand_mod
         try:
-            records = list(read_jsonl_records(bench.query_files[name]))
-        except ValueError as exc:
-            yield ItemError(name, str(exc))
-            continue
-        for line_no, record in enumerate(records, start=1):
             try:
-                qid = str(record["qid"])
-                qmod = Modality.parse(record.get("query_modality") or query_mod or "text")
-                text = record.get("query_txt") if qmod in (Modality.TEXT, Modality.FUSED) else None
-                image = (_abs_image(root, record.get("query_img_path"))
-                         if qmod in (Modality.IMAGE, Modality.FUSED) else None)
-                positives = [str(d) for d in record.get("pos_cand_list") or []]
-            except (KeyError, TypeError, ValueError) as exc:
-                yield ItemError(record.get("qid") if isinstance(record, dict) else None,
-                                f"{name}: not an M-BEIR query ({exc})", line=line_no)
-                continue
+                bench.local_pool_path(name)
+                pool = "local"
+            except FileNotFoundError:
+                pool = "global"
+            task = bench.task(name, pool=pool, instruction_policy=policy, seed=seed)
+        except (FileNotFoundError, KeyError, ValueError) as exc:
+            yield ItemError(name, f"M-BEIR task cannot be read: {exc}")
+            continue
+        target = settings.target_modality or task.target_modality.value
+        for q in task.queries:
+            positives = [d for d, grade in task.qrels.get(q.id, {}).items() if grade > 0]
             if not positives:
-                yield ItemError(qid, f"{name}: no pos_cand_list", line=line_no)
+                yield ItemError(q.id, f"{name}: the query has no positive")
                 continue
-            first_mod = modality_of(positives[0]) or cand_mod or "text"
-            instruction = settings.instruction
-            if instruction is None:
-                prompts = (instructions.get((qid.split(":")[0], str(qmod), first_mod))
-                           or instructions.get((dataset, str(qmod), first_mod)))
-                if not prompts:
-                    yield ItemError(qid, f"{name}: no query instruction for ({qid.split(':')[0]}, {qmod}, "
-                                         f"{first_mod}) in query_instructions.tsv", line=line_no)
-                    continue
-                instruction = pick_instruction(prompts, qid=qid, policy="random", seed=seed)
-            query = {"text": text, "image": image, "instruction": instruction, "id": qid}
-            example = {"query": query, "positive": None, "source": name}
+            instruction = settings.instruction or q.instruction
+            query = {"id": q.id, "text": q.text, "image": _abs(q.image), "instruction": instruction}
             yield MiningQuery(
-                key=qid, query=Item.query(text=text, image=image, instruction=instruction, id=qid),
-                example=example, positive_ids=set(positives), line=line_no,
-                target_modality=target or first_mod, positive_from_pool=positives[0])
+                key=q.id, query=Item.query(text=q.text, image=q.image, instruction=instruction, id=q.id),
+                example={"query": query, "positive": None, "source": name}, positive_ids=set(positives),
+                target_modality=target, positive_from_pool=positives[0])
 
 
 # -- the pool --------------------------------------------------------------------------------------
@@ -317,7 +237,7 @@ def open_pool_index(model, pool: str | os.PathLike, folder: str | os.PathLike, *
 
 
 def _content_key(text: str | None, image: Any) -> tuple[str | None, str | None]:
-    return (text or None, os.path.abspath(image) if isinstance(image, (str, Path)) else None)
+    return (text or None, _abs(image))
 
 
 def scan_pool(pool: str | os.PathLike, *, ids: set[str], keys: set[tuple] = frozenset(), image_root=None
@@ -343,8 +263,7 @@ def scan_pool(pool: str | os.PathLike, *, ids: set[str], keys: set[tuple] = froz
 
 
 def _candidate_json(item: Item) -> dict[str, Any]:
-    image = os.path.abspath(item.image) if isinstance(item.image, (str, Path)) else None
-    return {"id": item.id, "text": item.text, "image": image}
+    return {"id": item.id, "text": item.text, "image": _abs(item.image)}
 
 
 # -- mining ----------------------------------------------------------------------------------------
@@ -366,7 +285,7 @@ def mine(model, queries: Iterable[MiningQuery | ItemError], index, pool: str | o
     summary = MineSummary()
     mined: list[tuple[MiningQuery, list[tuple[Ranked, str]]]] = []
 
-    def fail(key: str | None, reason: str, line: int | None) -> None:
+    def fail(key: str | None, reason: str, line: int | None = None) -> None:
         summary.errors.append({"example": key, "line": line, "error": reason})
 
     examples = []
@@ -393,11 +312,11 @@ def mine(model, queries: Iterable[MiningQuery | ItemError], index, pool: str | o
                 represented.append(index.represent(q.query))
                 positions.append(j)
             except (ItemError, Unrepresentable) as exc:  # this example only; the rest goes on
-                fail(q.key, exc.reason, q.line)
+                fail(q.key, exc.reason)
         result = model.embed(represented, batch_size=batch_size, show_progress_bar=False, on_error="skip")
         for err in result.errors:
             q = chunk[positions[err.index]]
-            fail(q.key, f"query cannot be embedded: {err.reason}", q.line)
+            fail(q.key, f"query cannot be embedded: {err.reason}")
         if len(result.indices):
             hits = index.search_vectors(result.vectors, k=settings.top_k)
             for row, j in zip(hits, result.indices):
@@ -421,7 +340,7 @@ def mine(model, queries: Iterable[MiningQuery | ItemError], index, pool: str | o
             if q.positive_from_pool is not None:
                 item = contents.get(q.positive_from_pool)
                 if item is None:
-                    fail(q.key, f"positive {q.positive_from_pool!r} is not in the pool", q.line)
+                    fail(q.key, f"positive {q.positive_from_pool!r} is not in the pool")
                     continue
                 example["positive"] = _candidate_json(item)
             if not q.positive_ids & indexed:
@@ -499,15 +418,10 @@ def mine_file(model, *, pool: str | os.PathLike, output: str | os.PathLike, sett
                                               image_root=image_root, batch_size=batch_size,
                                               model_options=model_options, progress=bar.update)
     with index:
-        def modality_of(did: str) -> str | None:
-            record = index.get([did])[0]
-            return record["modality"] if record else None
-
         if data is not None:
-            queries = list(read_training_queries(data, settings, modality_of=modality_of))
+            queries = list(read_training_queries(data, settings))
         else:
-            queries = list(read_mbeir_queries(mbeir, settings, modality_of=modality_of, split=split,
-                                              tasks=tasks, seed=seed))
+            queries = list(read_mbeir_queries(mbeir, settings, split=split, tasks=tasks, seed=seed))
         provenance = {
             "model": {"name": str(model.name), "dim": int(model.dim), "options": dict(model_options or {}),
                       "fingerprint": fingerprint},
