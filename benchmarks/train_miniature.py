@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     from umr.models.clip_sf import write_tiny_clip
 
     torch.set_num_threads(2)
-    steps = args.steps or (80 if args.quick else 200)
+    steps = args.steps or (60 if args.quick else 120)
     queries_per_task = 1 if args.quick else 2
     started, cpu_started = time.monotonic(), time.process_time()
     work = args.work or Path(tempfile.mkdtemp(prefix="umr-miniature-"))

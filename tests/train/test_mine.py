@@ -248,6 +248,19 @@ def test_cli_refuses_bad_settings_in_one_line(fixture, capsys):
     assert code == 2 and "skip must be" in capsys.readouterr().err
 
 
+def test_every_pool_copy_of_a_positive_given_by_content_is_excluded(fixture, monkeypatch):
+    with (fixture / "pool.jsonl").open("a") as handle:
+        handle.write(json.dumps({"id": "t2-copy", "text": "the text of t2", "image": None}) + "\n")
+    monkeypatch.setitem(lookup.AXES, "t2-copy", len(lookup.AXES))
+    monkeypatch.setitem(lookup.QUERY_WEIGHTS["q-t2t"], "t2-copy", 9.5)  # rank 2, just below "t2"
+    out = fixture / "mined.jsonl"
+    mine_file(lookup.LookupEmbedder(), data=fixture / "train.jsonl", pool=fixture / "pool.jsonl", output=out,
+              settings=MineSettings(**SETTINGS), show_progress=False)
+    t2t = _read(out)[1]
+    assert [(n["id"], n["rank"]) for n in t2t["negatives"]][:2] == [("i2", 3), ("f1", 5)]
+    assert not {"t2", "t2-copy"} & {n["id"] for n in t2t["negatives"]}
+
+
 @pytest.mark.parametrize("name", ["mmembed_stage1.yaml", "mmembed_continual.yaml", "gme.yaml"])
 def test_example_configs_load_as_train_configs_with_the_published_settings(name):
     from pathlib import Path

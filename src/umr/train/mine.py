@@ -241,12 +241,13 @@ def _content_key(text: str | None, image: Any) -> tuple[str | None, str | None]:
 
 
 def scan_pool(pool: str | os.PathLike, *, ids: set[str], keys: set[tuple] = frozenset(), image_root=None
-              ) -> tuple[dict[str, Item], dict[tuple, str]]:
-    """One pass over the pool: the items of ``ids``, and the id of each content key in ``keys``."""
+              ) -> tuple[dict[str, Item], dict[tuple, set[str]]]:
+    """One pass over the pool: the items of ``ids``, and the ids holding each content key in ``keys``
+    (all of them: a duplicate of a positive is a positive too)."""
     from ..data.corpus import read_corpus
 
     by_id: dict[str, Item] = {}
-    by_key: dict[tuple, str] = {}
+    by_key: dict[tuple, set[str]] = {}
     for entry in read_corpus(pool, image_root=image_root):
         if isinstance(entry, ItemError) or not (entry.id in ids or keys):
             continue
@@ -257,8 +258,8 @@ def scan_pool(pool: str | os.PathLike, *, ids: set[str], keys: set[tuple] = froz
         if entry.id in ids:
             by_id[entry.id] = item
         key = _content_key(item.text, item.image)
-        if key in keys and key not in by_key:
-            by_key[key] = entry.id
+        if key in keys:
+            by_key.setdefault(key, set()).add(entry.id)
     return by_id, by_key
 
 
@@ -297,12 +298,12 @@ def mine(model, queries: Iterable[MiningQuery | ItemError], index, pool: str | o
         else:
             examples.append(q)
     keys = {q.positive_content for q in examples if q.positive_content is not None}
-    by_key: dict[tuple, str] = {}
+    by_key: dict[tuple, set[str]] = {}
     if keys:  # positives given by content only: find their ids in the pool
         _, by_key = scan_pool(pool, ids=set(), keys=keys, image_root=image_root)
     for q in examples:
         if q.positive_content is not None and q.positive_content in by_key:
-            q.positive_ids.add(by_key[q.positive_content])
+            q.positive_ids |= by_key[q.positive_content]
 
     for start in range(0, len(examples), chunk_size):
         chunk = examples[start:start + chunk_size]
