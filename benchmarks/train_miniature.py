@@ -32,7 +32,7 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -220,18 +220,24 @@ def train_run(init: Path, data: list[Path], output: Path, *, steps: int, hard_ne
     config = TrainConfig(model=str(init), data=[str(p) for p in data], output=str(output), max_steps=steps,
                          lr=args.lr, batch_size=args.batch_size, temperature=args.temperature, full=True,
                          hard_negatives=hard_negatives, seed=args.seed, progress=False)
+    record = output / "training.json"
+    if record.is_file() and json.loads(record.read_text())["config"] == config.to_dict():
+        return output  # trained with these settings by an earlier run in the same --work folder
     return Path(train(config))
 
 
 def mine_run(model_dir: Path, train_dir: Path, out_dir: Path, *, plain: bool, args) -> list[Path]:
     import umr
-    from umr.train.mine import MineSettings, mine_file
+    from umr.train.mine import MineSettings, mine_file, provenance_path
 
     model = umr.load_model(str(model_dir))
     settings = MineSettings(top_k=args.top_k, skip=args.skip, plain=plain)
     outputs = []
     for task in INSTRUCTIONS:
         output = out_dir / f"{task}.{'plain' if plain else 'aware'}.jsonl"
+        if output.is_file() and json.loads(provenance_path(output).read_text())["settings"] == asdict(settings):
+            outputs.append(output)  # mined by an earlier run in the same --work folder (same model folder)
+            continue
         mine_file(model, data=train_dir / f"{task}.jsonl", pool=train_dir / "pool.jsonl", output=output,
                   settings=settings, index_dir=out_dir / "pool-index", show_progress=False)
         outputs.append(output)
@@ -258,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--skip", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", type=Path, default=None, help="keep the data and models here")
+    parser.add_argument("--no-plain", action="store_true", help="skip run (c), plain ANCE negatives")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep the data and models here; a rerun reuses what was trained or mined with the "
+                             "same settings")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -303,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     random_model = train_run(init, train_files, work / "random", steps=steps, hard_negatives=0, args=args)
     timings["train random"] = time.monotonic() - t0
     record("random", random_model)
-    runs = [("aware", False)] + ([] if args.quick else [("plain", True)])
+    runs = [("aware", False)] + ([] if args.quick or args.no_plain else [("plain", True)])
     for name, plain in runs:
         t0 = time.monotonic()
         mined = mine_run(random_model, train_dir, work / f"mined-{name}", plain=plain, args=args)
