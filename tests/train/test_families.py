@@ -61,6 +61,7 @@ def test_text_lora(tiny_text_dir, tmp_path):
     assert (tmp_path / "out" / "metrics.csv").is_file() and (tmp_path / "out" / "loss.png").is_file()
 
 
+@pytest.mark.slow
 def test_text_full_trains_every_layer(tiny_text_dir, tmp_path):
     trainer, loaded = _train_and_compare(tiny_text_dir, text_examples(tmp_path / "d" / "train.jsonl"),
                                          tmp_path / "out", full=True)

@@ -5,6 +5,9 @@ A backend supplies two hooks — ``_cost`` (a cheap size estimate of one item) a
 ``encode_queries`` / ``encode_candidates`` / ``embed``, mixed-modality batches, cost-budget
 batching sorted by cost with the input order restored, progress bars, L2 normalisation
 and per-item error handling.
+
+Fine-tuning (:mod:`umr.train`) uses :meth:`Embedder.training_forward` (the same computation
+with gradients) and the :class:`Trainable` contract (the network to update, how to save it).
 """
 
 from __future__ import annotations
@@ -117,8 +120,7 @@ class Embedder(ABC):
         costs: dict[int, int] = {}
         for i, item in enumerate(items):
             try:
-                item.modality  # noqa: B018 - raises for an item with neither text nor image
-                costs[i] = int(self._cost(item))
+                costs[i] = self.check(item)
             except ItemError as exc:
                 if on_error == "raise":
                     raise exc.at(index=i) from None
@@ -155,6 +157,12 @@ class Embedder(ABC):
         indices = np.flatnonzero(done)
         return EmbedResult(vectors=vectors[indices], indices=indices,
                            errors=[errors[i] for i in sorted(errors)])
+
+    def check(self, item: Item) -> int:
+        """The item's cost estimate, or :class:`ItemError` if this model cannot embed it: the
+        cheap checks (no forward pass) :meth:`embed` runs first; training vets its data with it."""
+        item.modality  # noqa: B018 - raises for an item with neither text nor image
+        return int(self._cost(item))
 
     # -- what backends implement -----------------------------------------------------------
 

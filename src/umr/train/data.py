@@ -46,6 +46,9 @@ class Example:
     positive: Item
     negatives: list[Item] = field(default_factory=list)
     source: str = ""
+    #: where it was read (``file:line``), for error messages
+    where: str = ""
+    line: int | None = None
 
 
 @dataclass
@@ -154,7 +157,9 @@ def read_examples_jsonl(path: str | Path) -> tuple[list[Example], list[ItemError
             record = None
             try:
                 record = json.loads(raw)
-                examples.append(parse_example(record, base=path.parent))
+                example = parse_example(record, base=path.parent)
+                example.where, example.line = f"{path}:{line_no}", line_no
+                examples.append(example)
             except (ValueError, ItemError) as exc:  # JSONDecodeError is a ValueError
                 reason = exc.reason if isinstance(exc, ItemError) else str(exc)
                 item_id = record.get("id") if isinstance(record, dict) else None
@@ -199,7 +204,7 @@ def read_mbeir_train(root: str | Path, *, tasks: list[str] | None = None,
                         image_size(c.image, item_id=c.id)
                 query.modality  # noqa: B018 - raises for a query with neither text nor image
                 examples.append(Example(query=query, positive=candidates[0], negatives=candidates[1:],
-                                        source=name))
+                                        source=name, where=f"{mbeir.query_files[name]}:{line_no}", line=line_no))
             except (ValueError, ItemError) as exc:
                 reason = exc.reason if isinstance(exc, ItemError) else str(exc)
                 errors.append(ItemError(query.id, f"{mbeir.query_files[name].name}: {reason}", line=line_no))

@@ -42,7 +42,7 @@ def backward_step(embedder: Embedder, groups: tuple[list[Item], list[Item], list
         vectors = [_embed(embedder, items, autocast) for items in groups]
         loss, value = loss_fn(*vectors)
         (loss * scale).backward()
-        return float(value)
+        return float(value.detach())
     if chunk < 1:
         raise ValueError(f"grad_cache_chunk must be at least 1, got {chunk}")
     with torch.no_grad():
@@ -57,4 +57,4 @@ def backward_step(embedder: Embedder, groups: tuple[list[Item], list[Item], list
             part = _embed(embedder, items[s: s + chunk], autocast)
             # d(loss)/d(params) = sum over rows of d(loss)/d(row) . d(row)/d(params)
             (part * vectors.grad[s: s + chunk]).sum().backward()
-    return float(value)
+    return float(value.detach())

@@ -5,9 +5,11 @@ on each process (their union, the global micro-batch, shares one softmax). Modul
 eval mode (dropout off): the training forward is then exactly the embedding forward, and
 GradCache's second pass recomputes the first exactly.
 
-Distributed runs (``accelerate launch`` / ``torchrun``: the ``WORLD_SIZE`` / ``RANK``
-environment) start a process group (gloo on CPU, nccl on GPU); each process takes its slice
-of every global micro-batch, and gradients are averaged with ``all_reduce`` after backward.
+Distributed runs (``accelerate launch --multi_gpu`` or ``torchrun``: the ``WORLD_SIZE`` /
+``RANK`` / ``LOCAL_RANK`` environment) join a process group (gloo on CPU, nccl on GPU); each
+process takes its slice of every global micro-batch, and gradients are averaged with
+``all_reduce`` after backward (the model is not wrapped in DDP: families call their own
+sub-modules, which a DDP wrapper would not see).
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ import torch
 import torch.distributed as dist
 
 from ..models.base import Embedder, Trainable
-from ..types import Item
+from ..types import Item, ItemError
 from . import checkpoint, lora
 from .config import TrainConfig
-from .data import BatchPlan, Example, load_source, sample_negatives
+from .data import BatchPlan, Example, Loaded, load_source, sample_negatives
 from .grad_cache import backward_step
 from .loss import Temperature, distributed_info_nce, world
 from .provenance import folder_fingerprint, source_fingerprint
@@ -40,6 +42,11 @@ from .provenance import folder_fingerprint, source_fingerprint
 _WEIGHTS = (".safetensors", ".bin", ".pth", ".pt", ".safetensors.index.json", ".bin.index.json")
 #: what a umr training run writes; not copied when continuing from a trained model
 RUN_FILES = {"checkpoints", "tensorboard", "training.json", "metrics.csv", "loss.png", "errors.jsonl", "adapter"}
+
+
+#: settings a resumed run may change (how long, how often to save or log, where to run)
+RESUMABLE_CHANGES = {"resume", "max_steps", "epochs", "progress", "save_every", "keep_checkpoints", "log_every",
+                     "device", "eval_data", "eval_every", "eval_benchmark"}
 
 
 class TrainingError(RuntimeError):
@@ -54,24 +61,44 @@ class Position:
     index: int = 0
 
 
-def init_distributed(device: str) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+def init_distributed(device: str) -> str:
+    """Join the process group a launcher set up (if any); returns this process's device
+    (``cuda`` becomes ``cuda:LOCAL_RANK``, one GPU per process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device == "cuda" and "LOCAL_RANK" in os.environ:
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return device
 
 
-def load_examples(config: TrainConfig, rank: int) -> tuple[list[Example], list[int], list[float], list]:
-    """All sources' examples laid out one source after another, each source's count and weight,
-    and the bad examples (reported on rank 0 with file and line)."""
+def load_examples(config: TrainConfig) -> list[Loaded]:
+    """Every source's examples and bad examples (the data alone: before any model loads)."""
+    return [load_source(source) for source in config.data]
+
+
+def usable_examples(loaded: list[Loaded], embedder: Embedder, rank: int
+                    ) -> tuple[list[Example], list[int], list[float], list[ItemError]]:
+    """The examples ``embedder`` can embed, laid out one source after another, each source's
+    count and weight, and the bad examples (reported on rank 0 with file and line)."""
     examples, sizes, weights, errors = [], [], [], []
-    for source in config.data:
-        loaded = load_source(source)
-        if not loaded.examples:
-            raise TrainingError(f"{source.path}: no usable training example"
-                                + (f" ({len(loaded.errors)} bad, first: {loaded.errors[0]})" if loaded.errors else ""))
-        examples.extend(loaded.examples)
-        sizes.append(len(loaded.examples))
-        weights.append(float(source.weight))
-        errors.extend(loaded.errors)
+    for part in loaded:
+        kept = []
+        errors.extend(part.errors)
+        for example in part.examples:
+            try:
+                for item in (example.query, example.positive, *example.negatives):
+                    embedder.check(item)
+                kept.append(example)
+            except ItemError as exc:
+                errors.append(ItemError(exc.item_id, f"{example.where}: {exc.reason}", line=example.line))
+        if not kept:
+            first = f" ({len(errors)} bad, first: {errors[0]})" if errors else ""
+            raise TrainingError(f"{part.source.path}: no usable training example{first}")
+        examples.extend(kept)
+        sizes.append(len(kept))
+        weights.append(float(part.source.weight))
     if errors and rank == 0:
         print(f"umr train: skipped {len(errors)} bad example(s); first: {errors[0]}", file=sys.stderr)
     return examples, sizes, weights, errors
@@ -114,14 +141,22 @@ class Trainer:
         from ..models.registry import load_model, model_folder
 
         self.config = config
-        init_distributed(config.device)
+        self.device = init_distributed(config.device)
         self.rank, self.world_size = world()
         self.output = Path(config.output)
+        loaded = load_examples(config)  # first: a bad path fails before a large model loads
         torch.manual_seed(config.seed)
         self.base_folder = model_folder(config.model)
-        self.embedder: Embedder = load_model(config.model, device=config.device, **config.model_options)
+        self.embedder: Embedder = load_model(config.model, device=self.device, **config.model_options)
         if not isinstance(self.embedder, Trainable):
             raise TrainingError(f"{type(self.embedder).__name__} cannot be fine-tuned (no training contract)")
+        self.examples, sizes, weights, self.errors = usable_examples(loaded, self.embedder, self.rank)
+        self.plan = BatchPlan(sizes, weights, global_batch=config.batch_size * self.world_size, seed=config.seed,
+                              batching=config.batching, keep_short=self.world_size == 1)
+        self.micro_per_epoch = len(self.plan.epoch(0))
+        if self.micro_per_epoch == 0:
+            raise TrainingError(f"fewer examples than one global batch ({config.batch_size} x {self.world_size} "
+                                f"processes): lower --batch-size")
         self.module = self.embedder.trainable_module()
         self.module.eval()
         self.lora_config = None
@@ -140,13 +175,6 @@ class Trainer:
         optimised = self.params + ([self.temperature.log_inverse] if config.learn_temperature else [])
         self.optimizer = torch.optim.AdamW(optimised, lr=config.lr, weight_decay=config.weight_decay)
 
-        self.examples, sizes, weights, self.errors = load_examples(config, self.rank)
-        self.plan = BatchPlan(sizes, weights, global_batch=config.batch_size * self.world_size, seed=config.seed,
-                              batching=config.batching, keep_short=self.world_size == 1)
-        self.micro_per_epoch = len(self.plan.epoch(0))
-        if self.micro_per_epoch == 0:
-            raise TrainingError(f"fewer examples than one global batch ({config.batch_size} x {self.world_size} "
-                                f"processes): lower --batch-size")
         per_epoch = max(1, self.micro_per_epoch // config.grad_accum)
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))
         warmup = config.warmup
@@ -226,6 +254,11 @@ class Trainer:
         state = checkpoint.load_latest(self.output / "checkpoints")
         if state is None:
             return False
+        before, now = state["config"], self.config.to_dict()
+        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+        if changed:
+            raise TrainingError(f"--resume: the checkpoint in {self.output} was trained with other "
+                                f"{', '.join(changed)}; resume with the same settings (or a new --output)")
         named = dict(self.module.named_parameters())
         missing = set(state["trainable"]) - set(named)
         if missing:
@@ -276,7 +309,8 @@ class Trainer:
                 logger.write(row)
             bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.1f}")
             bar.update(1)
-            if config.eval_data and config.eval_every and self.step % config.eval_every == 0:
+            if (config.eval_data and config.eval_every and self.step % config.eval_every == 0
+                    and self.step < self.total_steps):  # the last step's evaluation is the final one
                 logger.write_eval(self.step, self.evaluate())
             if config.save_every and self.step % config.save_every == 0 and self.step < self.total_steps:
                 self.save_checkpoint()
