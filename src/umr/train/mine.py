@@ -105,7 +105,7 @@ class MiningQuery:
 
     key: str  # names the example in errors: its query id
     query: Item
-    #: the example as it will be written (query, positive, source, other fields), negatives refilled
+    #: the example as it will be written (query, positive, source), its negatives filled in by mining
     example: dict[str, Any]
     positive_ids: set[str] = field(default_factory=set)
     #: (text, absolute image path) of a positive without an id, matched against the pool's contents
