@@ -162,6 +162,10 @@ def test_pool_index_is_reused_and_another_model_state_is_refused(fixture, monkey
                 settings=MineSettings(plain=True, **SETTINGS), show_progress=False)
     mine_file(lookup.LookupEmbedder(), **args)
     first = out.read_text()
+    t2i, t2t = _read(out)
+    assert [(n["id"], n["rank"], n["kind"]) for n in t2i["negatives"]] == [
+        ("i3", 5, "plain"), ("t2", 6, "plain"), ("i4", 7, "plain"), ("f2", 8, "plain")]
+    assert [n["id"] for n in t2t["negatives"]] == ["t1", "i4", "pos", "f2"]  # ranks 5-8 of q-t2t
     mine_file(lookup.LookupEmbedder(), **args)  # the index exists: nothing re-embedded, same output
     assert out.read_text() == first
     monkeypatch.setattr(lookup.LookupEmbedder, "shift", 0.5)
