@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     generator = load_generator(args.generator, device=args.device, dtype=args.dtype, decoding=decoding)
     retriever = load_model_from_args(args, args.retriever, options={})
     scorer_model = retriever if args.image_scorer is None else load_model_from_args(args, args.image_scorer, options={})
-    sources = [OwnImages()]
+    sources = [OwnImages(config.cache_folder / "own-images")]
     if args.image_collection:
         sources.append(ImageCollection(args.image_collection, scorer_model, config.cache_folder / "image-collection"))
     summary = synthesize(config, generator=generator, retriever=retriever, scorer=ClipScorer(scorer_model),

@@ -10,6 +10,7 @@ as ``umr index``), or any text-to-image pipeline (:class:`TextToImage`).
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +40,31 @@ class ImageSource(Protocol):
 
 
 class OwnImages:
-    """The passage's own image (an image with a caption, a page), if it has one on disk."""
+    """The passage's own image (an image with a caption, a PDF page). An image held in memory (a
+    rendered page) is saved under ``folder`` by content, so the training JSONL can name a file."""
 
     name = "own"
 
+    def __init__(self, folder: str | os.PathLike | None = None):
+        self.folder = Path(folder) if folder is not None else None
+
     def candidates(self, entity: str, passage: Item) -> list[Candidate]:
-        if isinstance(passage.image, (str, os.PathLike)):
-            return [Candidate(str(passage.image), "own")]
-        return []
+        image = passage.image
+        if isinstance(image, (str, os.PathLike)):
+            return [Candidate(str(image), "own")]
+        if image is None or self.folder is None:
+            return []
+        if isinstance(image, bytes):
+            image = Image.open(io.BytesIO(image))
+        data = io.BytesIO()
+        image.convert("RGB").save(data, format="PNG")
+        path = self.folder / f"{hashlib.sha256(data.getvalue()).hexdigest()[:24]}.png"
+        if not path.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data.getvalue())
+            os.replace(tmp, path)
+        return [Candidate(str(path), "own")]
 
 
 class ImageCollection:

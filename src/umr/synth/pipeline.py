@@ -134,6 +134,8 @@ class _Work:
 
     pid: str
     passage: Item
+    #: the corpus reader's content fingerprint of the passage
+    fingerprint: str = ""
     query: str = ""
     answer: str = ""
     rank: int | None = None
@@ -205,7 +207,7 @@ class _Run:
             if not (item.text or "").strip():
                 self.summary.count("read", "no text")
                 continue
-            work.append(_Work(entry.id, item))
+            work.append(_Work(entry.id, item, entry.fingerprint))
         self.summary.count("read", "kept", len(work))
         self._all = work
         return work
@@ -357,8 +359,8 @@ class _Run:
         """Every passage embedded by the retriever, in an index under the cache folder (resumable)."""
         from ..index import Index
 
-        passages = self._passages
-        corpus = content_key(*(f"{p.id}\x1e{p.text}\x1e{p.image}" for p in passages))
+        passages = [Item.candidate(text=w.passage.text, image=w.passage.image, id=w.pid) for w in self._all]
+        corpus = content_key(*(f"{w.pid}\x1e{w.fingerprint}" for w in self._all))
         folder = self.config.cache_folder / f"retriever-{content_key(_model_key(self.retriever), corpus)[:16]}"
         if Index.exists(folder):
             index = Index.open(folder, model=self.retriever, writable=True)
@@ -369,10 +371,6 @@ class _Run:
             self.report("consistency", failure.get("id", "?"),
                         f"passage not embedded: {failure.get('error') or failure.get('reason')}")
         return index, corpus
-
-    @property
-    def _passages(self) -> list[Item]:
-        return [Item.candidate(text=w.passage.text, image=w.passage.image, id=w.pid) for w in self._all]
 
     def dedup(self, work: list[_Work]) -> list[_Work]:
         seen: set[frozenset] = set()
