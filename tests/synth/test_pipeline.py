@@ -179,3 +179,40 @@ def test_a_bad_image_and_a_failing_generation_are_reported_and_skipped(tiny_gene
     assert not sources & {"lantern.png", "broken.png"}
     lines = (tmp_path / "o.jsonl.errors.jsonl").read_text().splitlines()
     assert {json.loads(line)["id"] for line in lines} == set(reasons)
+
+
+def test_text_to_image_and_collection_sources_give_second_images(tiny_generator_dir, tiny_clip, corpus, tmp_path):
+    from PIL import Image
+
+    from umr.synth import ImageCollection, TextToImage
+
+    drawn = []
+
+    def draw(prompt):
+        drawn.append(prompt)
+        return Image.new("RGB", (32, 32), (len(prompt) * 7 % 255, 90, 160))
+
+    collection = tmp_path / "collection"
+    collection.mkdir()
+    Image.new("RGB", (40, 40), (10, 220, 90)).save(collection / "green.png")
+    config = SynthConfig(source=str(corpus), output=str(tmp_path / "o.jsonl"), progress=False, image_threshold=-1.0)
+
+    def sources():
+        return [OwnImages(), TextToImage(draw, tmp_path / "drawn"),
+                ImageCollection(collection, tiny_clip, tmp_path / "collection-index", top=1)]
+
+    summary = synthesize(config, generator=scripted_generator(tiny_generator_dir), retriever=tiny_clip,
+                         scorer=ClipScorer(tiny_clip), image_sources=sources())
+    assert sorted(drawn) == sorted(f"a photo of {s}" for s in
+                                   ("heron", "maple", "kettle", "lantern", "anchor", "violin", "tulip", "about"))
+    records = read(tmp_path / "o.jsonl")
+    assert summary.examples["it2it"] == 8  # the note now has a drawn and a collection image too
+    origins = {r["provenance"]["image_origin"] for r in records}
+    assert origins <= {"own", "generated", "collection"} and len(origins) > 1
+    for r in records:
+        if r["kind"] == "it2it":
+            assert r["query"]["image"] != r["positive"]["image"]
+    drawn.clear()
+    synthesize(config, generator=scripted_generator(tiny_generator_dir), retriever=tiny_clip,
+               scorer=ClipScorer(tiny_clip), image_sources=sources())
+    assert drawn == []  # drawn images are kept by content key
