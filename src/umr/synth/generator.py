@@ -21,9 +21,10 @@ Chat = list[dict[str, str]]
 
 @runtime_checkable
 class Generator(Protocol):
-    """Writes one reply per chat. ``name`` identifies the model in caches and provenance."""
+    """Writes one reply per chat. ``name`` and ``decoding`` identify its replies in caches and provenance."""
 
     name: str
+    decoding: "Decoding"
 
     def generate(self, chats: Sequence[Chat], *, seed: int) -> list[str]: ...
 

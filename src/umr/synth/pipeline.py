@@ -252,8 +252,7 @@ class _Run:
 
     def replies(self, stage: str, requests: list[tuple[str, Chat]]) -> dict[str, str]:
         """The generator's reply to each request, from the cache or generated in seeded batches."""
-        decoding = getattr(self.generator, "decoding", None)
-        settings = decoding.key() if decoding is not None else ""
+        settings = self.generator.decoding.key()
         keys = [content_key(stage, self.generator.name, settings, json.dumps(chat, ensure_ascii=False))
                 for _, chat in requests]
         cached = self.cache.get_many(keys)
