@@ -58,6 +58,17 @@ class CountingGenerator:
         return self.inner.generate(chats, seed=seed)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tiny models' matrices are too small for threads: on shared cores they only spin (13x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_generator_dir(tmp_path_factory) -> Path:
     return write_tiny_generator(tmp_path_factory.mktemp("generator"))

@@ -20,6 +20,8 @@ from .test_pipeline import run
 
 SCRIPT = textwrap.dedent("""
     import sys, time
+    import torch
+    torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
     from umr import load_model
     from synth.conftest import CountingGenerator, scripted_generator
@@ -27,7 +29,7 @@ SCRIPT = textwrap.dedent("""
 
     class Slow(CountingGenerator):
         def generate(self, chats, *, seed):
-            time.sleep(0.5)
+            time.sleep(1.0)
             return super().generate(chats, seed=seed)
 
     clip = load_model({clip!r})
