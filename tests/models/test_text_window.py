@@ -57,3 +57,13 @@ def test_text_model_window_is_max_seq_length_less_cls_and_sep():
     for k in (1, 9, 40):
         text = _prefix_of(model, TEXT, k)
         assert len(model.tokenizer(text)["input_ids"]) == k + 2
+
+
+def test_light_text_path_spans_the_whole_text_like_sentence_transformers():
+    """The light BERT path truncates what it embeds, never the spans passages are cut from
+    (a 20k-character file used to give 2 passages, the second cut silently)."""
+    text = " ".join(f"word{i} alpha" for i in range(3000))
+    light = umr.load_model("minilm")
+    library = umr.load_model("minilm", backend="sentence-transformers")
+    assert light.token_spans(text) == library.token_spans(text)
+    assert light.token_spans(text)[-1][1] == len(text)

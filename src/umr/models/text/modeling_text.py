@@ -123,9 +123,14 @@ class LightBertBackend:
     """:class:`~umr.models.text.bert.BertSentenceEncoder` with its ``tokenizers`` tokenizer."""
 
     def __init__(self, folder: Path, *, device: str = "cpu"):
+        from tokenizers import Tokenizer
+
         from .bert import BertSentenceEncoder
 
         self.encoder, self.tokenizer = BertSentenceEncoder.from_folder(folder, device=device)
+        # spans are of the whole text (passages are cut from them); the forward's tokenizer truncates
+        self.span_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+        self.span_tokenizer.no_truncation()
         self.dim = self.encoder.dim
         self.max_seq_length = self.encoder.max_seq_length
         self.device = torch.device(device)
@@ -148,7 +153,7 @@ class LightBertBackend:
         return self.tokenizer.num_special_tokens_to_add(False)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        offsets = self.tokenizer.encode(text, add_special_tokens=False).offsets
+        offsets = self.span_tokenizer.encode(text, add_special_tokens=False).offsets
         return [(int(a), int(b)) for a, b in offsets if b > a]
 
 
@@ -243,7 +248,7 @@ class TextEmbedder(Embedder, Trainable):
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
         texts = self._each_item(items, self._text_of)
         prompts = [self.prompt_of(item) for item in items]
-        out = torch.empty(len(items), self.dim)
+        out = torch.empty(len(items), self.backend.dim)  # the full width: a Matryoshka cut comes later
         for prompt in dict.fromkeys(prompts):  # one forward per prompt (queries and documents may mix)
             rows = [i for i, p in enumerate(prompts) if p == prompt]
             out[rows] = self.backend.encode([texts[i] for i in rows], prompt).float().cpu()
