@@ -9,6 +9,19 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _umr_cache(tmp_path_factory):
+    """umr's own caches (weights digests) live in a temporary folder, never the user's home."""
+    import os
+
+    from umr.models.identity import weights_digests
+
+    os.environ["UMR_CACHE"] = str(tmp_path_factory.mktemp("umr-cache"))
+    weights_digests.cache_clear()
+    yield
+    weights_digests.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_gme_dir(tmp_path_factory) -> Path:
     """A tiny random GME (Qwen2-VL) checkpoint laid out like the real one; loads with ``umr.load_model``."""

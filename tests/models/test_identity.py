@@ -8,7 +8,7 @@ import pytest
 import umr
 from umr.models.base import Embedder
 from umr.models.clip_sf import write_tiny_clip
-from umr.models.identity import EDGE_BYTES, SMALL_FILE_BYTES, files_fingerprint, identify
+from umr.models.identity import SMALL_FILE_BYTES, files_fingerprint, identify
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +35,12 @@ def test_spellings_and_copies_share_a_key_other_weights_and_options_do_not(tiny_
     assert a.identity.options["dtype"] == "float32"
 
 
-def test_large_files_are_fingerprinted_by_size_and_ends(tmp_path):
+def test_large_files_are_fingerprinted_by_their_bytes_docs_ignored(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     weights = folder / "model.safetensors"
-    blob = np.random.default_rng(0).integers(0, 255, SMALL_FILE_BYTES + EDGE_BYTES * 3, dtype=np.uint8)
+    blob = np.random.default_rng(0).integers(0, 255, SMALL_FILE_BYTES + 3 * 2**20, dtype=np.uint8)
     weights.write_bytes(blob.tobytes())
     (folder / "README.md").write_text("docs do not change vectors")
     first = files_fingerprint(folder)
@@ -76,3 +76,28 @@ def test_a_hub_snapshot_is_recorded_as_hub_id_and_revision(tmp_path):
     assert ident.source == "acme/embed-small" and "device" not in ident.options
     assert ident.options == {"prompts": {"query": "q: "}}
     assert type(ident).from_dict(ident.to_dict()) == ident
+
+
+def test_a_large_weights_file_changed_in_place_changes_the_fingerprint(tmp_path, monkeypatch):
+    """Weights are hashed whole (once per version, remembered by stat signature): one tensor's
+    bytes changed mid-file, same size and modification time, is another model."""
+    import os
+
+    from umr.models import identity
+
+    monkeypatch.setenv("UMR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(identity, "SMALL_FILE_BYTES", 1024)
+    identity.weights_digests.cache_clear()
+    folder = tmp_path / "m"
+    folder.mkdir()
+    weights = folder / "model.safetensors"
+    weights.write_bytes(bytes(range(256)) * 64)  # 16 KiB: "large" here
+    before = identity.files_fingerprint(folder)
+    assert identity.files_fingerprint(folder) == before  # remembered, same answer
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[8000] ^= 0xFF  # the middle, far from both ends
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert identity.files_fingerprint(folder) != before
+    identity.weights_digests.cache_clear()

@@ -7,15 +7,16 @@ from (the resolved absolute folder, or the hub id and snapshot revision), its fa
 fingerprint of its files and every option that changes its vectors; :meth:`ModelIdentity.key`
 is what caches and indexes compare.
 
-The files fingerprint is cheap enough to take on every load: every file's relative name and
-size, the full bytes of small files (configs, tokenizers), and for large files (weights) the
-first and last :data:`EDGE_BYTES` — a safetensors header names every tensor and its offsets,
-and any retrained or fine-tuned copy differs in the tensor bytes at both ends. Reading a
-few megabytes per open instead of hashing gigabytes is the trade.
+The files fingerprint covers every file's relative name and the digest of its bytes. Small
+files (configs, tokenizers) are hashed on every load; large ones (weights) are hashed whole
+once per version and remembered by stat signature (:func:`weights_digests`), so a re-load of
+unchanged weights costs a ``stat`` while weights changed in place — even one tensor, even with
+the modification time set back — give another fingerprint.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -23,10 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: files up to this size are hashed whole
+from ..fingerprint import FileDigests, file_digest
+
+#: files up to this size are hashed on every load; larger ones once per version (stat signature)
 SMALL_FILE_BYTES = 16 << 20
-#: larger files: this many bytes from each end are hashed, with the size
-EDGE_BYTES = 1 << 20
 #: files that never change what a model computes (docs, code umr does not run, VCS and caches)
 _IGNORED_SUFFIXES = {".md", ".py", ".pyc", ".lock"}
 _IGNORED_DIRS = {"__pycache__", ".git", ".cache", ".huggingface"}
@@ -145,17 +146,29 @@ def _model_files(root: Path) -> list[Path]:
 
 
 def _file_signature(path: Path) -> str:
+    """``size:digest`` of the file's bytes. A large file (weights) is hashed whole once per
+    version and remembered by its stat signature (size, mtime, ctime, inode) in
+    :func:`weights_digests`, so a tensor changed in place is noticed and a re-load costs a stat."""
     size = path.stat().st_size
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        if size <= SMALL_FILE_BYTES:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                h.update(block)
-        else:
-            h.update(handle.read(EDGE_BYTES))
-            handle.seek(size - EDGE_BYTES)
-            h.update(handle.read(EDGE_BYTES))
-    return f"{size}:{h.hexdigest()}"
+    if size <= SMALL_FILE_BYTES:
+        return f"{size}:{file_digest(path)}"
+    digests = weights_digests()
+    digest = file_digest(path, digests=digests)
+    if digests is not None:
+        digests.save()
+    return f"{size}:{digest}"
+
+
+@functools.lru_cache(maxsize=1)
+def weights_digests() -> "FileDigests | None":
+    """The digest memo for model files: ``$UMR_CACHE`` or ``~/.cache/umr``, ``weights-digests.sqlite``
+    (None where it cannot be opened: then each process hashes large files once, in memory)."""
+    root = Path(os.environ.get("UMR_CACHE") or Path.home() / ".cache" / "umr")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return FileDigests(root / "weights-digests.sqlite")
+    except Exception:  # noqa: BLE001 - a read-only or broken cache only costs re-hashing
+        return None
 
 
 def _option_value(value: Any) -> Any:
