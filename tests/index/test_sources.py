@@ -256,3 +256,18 @@ def test_a_rerun_over_unchanged_files_reads_none_of_them(tmp_path, monkeypatch, 
     (corpus / "3.txt").write_text("note number 3, edited")
     assert _index(corpus, tmp_path / "ix", model="pixel-test") == 0
     assert "updated 1, unchanged 5" in capsys.readouterr().out and len(reads) == 1
+
+
+def test_two_jsonl_files_of_one_name_without_ids_both_stay(tmp_path, capsys):
+    """Lines without an id are ``<file name>/line-N``; a second source of that file name gets
+    its folder in front, decided once, so neither source's ids ever change."""
+    for name in ("k1", "k2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "items.jsonl").write_text(json.dumps({"text": f"hello from {name}"}) + "\n")
+    index = tmp_path / "ix"
+    for name in ("k1", "k2", "k1", "k2"):
+        assert _index(tmp_path / name / "items.jsonl", index) == 0
+    out = capsys.readouterr().out
+    assert "errors 0" in out.splitlines()[-1] and out.count("unchanged 1") == 2
+    with Index.open(index) as opened:
+        assert sorted(opened.ids()) == ["items.jsonl/line-1", "k2/items.jsonl/line-1"]

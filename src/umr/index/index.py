@@ -14,7 +14,7 @@ other options) is refused with a message naming both.
 Item ids: a folder's items are ``<prefix>/<path in the folder>``, the prefix being the folder's
 name unless ``id_prefix`` says otherwise (``""``: no prefix); a JSONL or M-BEIR pool's explicit
 ids are used as they are (``<prefix>/<id>`` with ``id_prefix``), its lines without an id are
-``<file name>/line-N``. An id already indexed from another source is a reported collision,
+``<file name>/line-N`` (``<folder>/<file name>/line-N`` when another source has that file name). An id already indexed from another source is a reported collision,
 never a silent replacement; ``prune`` only deletes items of the source being indexed.
 """
 
@@ -500,7 +500,11 @@ class Index:
         errors_path.parent.mkdir(parents=True, exist_ok=True)
         skipped_path = self.folder / SKIPPED_FILE
         skip_cache = _read_skip_cache(skipped_path)
-        entries = (_prefixed(entry, prefix, Path(source).name)
+        line_ids = dict(self.config.get("line_ids") or {})
+        if source_key not in line_ids:  # decided once per source, so its ids never change
+            line_ids[source_key] = _line_id_base(source_key, line_ids)
+            self.store.set_config({**self.config, "line_ids": line_ids})
+        entries = (_prefixed(entry, prefix, line_ids[source_key])
                    for entry in read_corpus(source, image_root=image_root, digests=self.digests,
                                             chunker=chunker, report=summary.read))
         with open(errors_path, "w", encoding="utf-8") as err_handle, \
@@ -780,6 +784,16 @@ class _DirectEntry:
     def load(self) -> Item:
         item = self.item
         return Item(text=item.text, image=item.image, id=self.id, metadata=dict(item.metadata))
+
+
+def _line_id_base(source_key: str, taken: dict[str, str]) -> str:
+    """What ids of a JSONL's lines without an id start with: the file's name, or its folder and
+    name when another source already uses that (two folders' ``items.jsonl``), else its path."""
+    path = Path(source_key)
+    for base in (path.name, f"{path.parent.name}/{path.name}", path.as_posix().lstrip("/")):
+        if base not in taken.values():
+            return base
+    return path.as_posix()
 
 
 def _prefixed(entry, prefix: str, source_name: str):
