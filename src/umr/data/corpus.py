@@ -287,8 +287,8 @@ def _passage_entries(item_id: str, fingerprint: str, text: str, path: str | None
                      explicit_id: bool = True) -> Iterator[Entry]:
     """One entry for a text that fits the window (its own id); else ``ID#chunk=N`` per passage
     (N from 1), each recording ``chunk``, ``chunks`` and the passage's character ``offset``."""
-    passages = chunker.split(text)
-    if len(passages) == 1:
+    passages = chunker.split(text) if text else []  # a blank text is one item (reported as no text)
+    if len(passages) <= 1:
         yield Entry(item_id, fingerprint, lambda: Item.candidate(text=text, id=item_id), path, kind, meta,
                     explicit_id=explicit_id)
         return
