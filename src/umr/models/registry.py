@@ -106,7 +106,7 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     spec = REGISTRY.get(key)
     family = spec.family if spec else None
     source = spec.resolve_source() if spec else key
-    folder = _local_folder(source, shown_as=key)
+    folder = local_folder(source, shown_as=key)
     family = family or detect_family(folder)
     merged = {**(spec.defaults if spec else {}), **options}
     dim = merged.pop("dim", None)
@@ -165,7 +165,7 @@ def _family_class(family: str) -> type[Embedder]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def _local_folder(source: str, *, shown_as: str) -> Path:
+def local_folder(source: str, *, shown_as: str) -> Path:
     """A local folder for ``source``: the folder itself, or the hub cache's snapshot."""
     path = Path(source).expanduser()
     if path.is_dir():
