@@ -87,6 +87,7 @@ def write_tiny_qwen2vl_instruct(folder: str | Path, *, seed: int = 0, vocab_size
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=32768,
                          rms_norm_eps=1e-6, initializer_range=0.1, tie_word_embeddings=True,
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [1, 1, 2]}),
         vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
                            spatial_merge_size=2, temporal_patch_size=2, in_channels=3, initializer_range=0.1),
