@@ -14,7 +14,7 @@ from ..models.registry import ModelNotAvailable
 from ..types import ItemError
 
 #: sub-command modules, in the order ``umr --help`` lists them
-COMMANDS = ["embed", "eval", "models", "index", "search"]
+COMMANDS = ["embed", "eval", "models", "index", "search", "rerank"]
 
 
 class UsageError(RuntimeError):
@@ -71,12 +71,18 @@ def load_model_from_args(args: argparse.Namespace, name: str | None = None, opti
     from ..models.registry import load_model
 
     options = model_options(args) if options is None else options
+    return call_loader(load_model, name or args.model, device=args.device, dtype=args.dtype, **options)
+
+
+def call_loader(loader, name: str, **options):
+    """``loader(name, **options)`` with a bad option value or an option the family does not take
+    reported as a :class:`UsageError` naming the command-line flag."""
     try:
-        return load_model(name or args.model, device=args.device, dtype=args.dtype, **options)
+        return loader(name, **options)
     except ValueError as exc:  # a bad option value (e.g. --min-image-tokens above --max-image-tokens)
         raise UsageError(str(exc)) from None
     except TypeError as exc:  # an option this family does not take (e.g. --max-length for a text model)
         if "unexpected keyword argument" not in str(exc):
             raise
         option = str(exc).split("'")[-2] if str(exc).count("'") >= 2 else str(exc)
-        raise UsageError(f"model {name or args.model!r} does not take --{option.replace('_', '-')}") from None
+        raise UsageError(f"model {name!r} does not take --{option.replace('_', '-')}") from None

@@ -61,9 +61,9 @@ class Reranking:
     errors: list[ItemError] = field(default_factory=list)
 
 
-def as_item(value: Any, *, is_query: bool) -> Item:
+def as_item(value: Any, *, is_query: bool, index: int = 0) -> Item:
     """An :class:`~umr.types.Item` from an item, a string, an image, or an index ``Result``
-    (whose file path is its image unless it is a text result)."""
+    (whose file path is its image unless it is a text result); ``index`` is the id of one without."""
     from ..index.index import Result
     from ..types import as_items
 
@@ -72,7 +72,11 @@ def as_item(value: Any, *, is_query: bool) -> Item:
         image = value.path if modality in (Modality.IMAGE, Modality.FUSED) else None
         text = value.text if modality in (Modality.TEXT, Modality.FUSED) else None
         return Item(text=text, image=image, is_query=is_query, id=value.id)
-    return as_items([value], is_query=is_query)[0]
+    item = as_items([value], is_query=is_query)[0]
+    own_id = (isinstance(value, Item) and value.id is not None) or (isinstance(value, dict) and "id" in value)
+    if not own_id:
+        item.id = str(index)
+    return item
 
 
 class Reranker(ABC):
@@ -99,10 +103,10 @@ class Reranker(ABC):
 
     @staticmethod
     def make_pairs(queries, candidates, *, task: str | None = None) -> list[Pair]:
-        candidates = [as_item(c, is_query=False) for c in candidates]
+        candidates = [as_item(c, is_query=False, index=i) for i, c in enumerate(candidates)]
         if isinstance(queries, (Item, str)):
             queries = [queries] * len(candidates)
-        queries = [as_item(q, is_query=True) for q in queries]
+        queries = [as_item(q, is_query=True, index=i) for i, q in enumerate(queries)]
         if len(queries) != len(candidates):
             raise ValueError(f"{len(queries)} queries for {len(candidates)} candidates: give one query per "
                              f"candidate, or one query for all")
