@@ -66,8 +66,6 @@ def load_reranker_from_args(args, name: str, *, family: str | None = None, optio
         if not args.prompts.is_file():
             raise UsageError(f"no such prompts file: {args.prompts}")
         options["prompts"] = args.prompts
-    if getattr(args, "instruction", None) is not None and "instruction" not in options:
-        options["instruction"] = args.instruction
     return call_loader(load_reranker, name, family=family, device=args.device,
                        dtype=getattr(args, "dtype", None), **options)
 
@@ -121,6 +119,8 @@ def run(args) -> int:
                 raise parsed
             errors.append(parsed)
         else:
+            if parsed.query.instruction is None:
+                parsed.query.instruction = args.instruction
             pairs.append(parsed)
             lines.append(line_no)
 
