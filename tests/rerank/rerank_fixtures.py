@@ -22,7 +22,7 @@ class ConceptReranker(Reranker):
         self.batches = []
 
     def _concept(self, item):
-        found = re.search(r"c(\d\d)", f"{item.text} {item.image}")
+        found = re.search(r"c(?:oncept )?(\d\d)", f"{item.text} {item.image}")
         return found.group(1) if found else None
 
     def _cost(self, pair: Pair) -> int:

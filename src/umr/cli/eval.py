@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import UsageError, add_model_options, load_model_from_args, model_options
+from . import UsageError, add_model_options, call_loader, load_model_from_args, model_options
+from .rerank import add_rerank_flags
 
 
 def add_parser(sub) -> None:
@@ -42,6 +43,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--depth", type=int, default=100, help="candidates kept per query (default 100)")
     parser.add_argument("--output", type=Path, help="output folder (cache, runs, reports)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_rerank_flags(parser)
     parser.set_defaults(run=run)
 
 
@@ -56,15 +58,25 @@ def run(args) -> int:
         raise UsageError(f"no such data folder: {args.data}")
     if args.depth < 1:
         raise UsageError("--depth must be at least 1")
+    if args.rerank and args.rerank_k < 1:
+        raise UsageError("--rerank-k must be at least 1")
 
     from ..eval import EvalConfig, Evaluator
+    from ..rerank import load_reranker
 
     tasks = _load_tasks(args)
-    model = _LazyModel(args)  # loaded on first use: a finished evaluation re-reports without loading
+    # loaded on first use: a finished evaluation re-reports without loading
+    model = _LazyModel(str(args.model), lambda: load_model_from_args(args))
+    reranker = None
+    if args.rerank:  # the reranker's own defaults: the embedder's image and length options are not its
+        reranker = _LazyModel(str(args.rerank), lambda: call_loader(
+            load_reranker, args.rerank, family=args.rerank_family, device=args.device, dtype=args.dtype))
     config = EvalConfig(depth=args.depth, batch_size=args.batch_size, show_progress=not args.no_progress
                         and sys.stderr.isatty())
     evaluator = Evaluator(model, output=args.output, config=config, model_key=model_key(args),
-                          log=lambda message: print(f"umr eval: {message}", file=sys.stderr))
+                          log=lambda message: print(f"umr eval: {message}", file=sys.stderr),
+                          reranker=reranker, rerank_k=args.rerank_k,
+                          reranker_key=f"{args.rerank}[dtype={args.dtype}]" if args.dtype else args.rerank)
     try:
         evaluator.check(tasks)  # an unknown headline metric or an id TREC cannot hold: before any work
     except ValueError as exc:
@@ -73,7 +85,8 @@ def run(args) -> int:
     for pool, avg in scores["averages"].items():
         print(f"umr eval: {scores['model']} {args.benchmark} [{pool}] {avg['n_tasks']} task(s): "
               f"mean headline {100 * avg['main_score']:.2f}, NDCG@10 {100 * avg['ndcg@10']:.2f}, "
-              f"modality bias {100 * avg['modality_bias']:.1f}%")
+              f"modality bias {100 * avg['modality_bias']:.1f}%"
+              + (f"; reranked headline {100 * avg['rerank_main_score']:.2f}" if "rerank_main_score" in avg else ""))
     print(f"umr eval: wrote {args.output / 'scores.json'}, {args.output / 'results.md'}, "
           f"{args.output / 'report.html'} and runs under {args.output / 'runs'}")
     return 0
@@ -92,18 +105,19 @@ def model_key(args) -> str:
 
 
 class _LazyModel:
-    """The model named on the command line, loaded the first time something needs it."""
+    """A model (embedder or reranker) named on the command line, loaded by ``load`` the first time
+    something needs it."""
 
-    def __init__(self, args):
-        self._args = args
+    def __init__(self, name: str, load):
+        self._load = load
         self._model = None
-        self.name = str(args.model)
+        self.name = name
 
     def __getattr__(self, attr):
         if attr.startswith("_"):
             raise AttributeError(attr)
         if self._model is None:
-            self._model = load_model_from_args(self._args)
+            self._model = self._load()
         return getattr(self._model, attr)
 
 

@@ -61,6 +61,14 @@ class Reranking:
     errors: list[ItemError] = field(default_factory=list)
 
 
+def reranked_order(scores: np.ndarray, head: int) -> list[int]:
+    """Positions of a ranking after reranking its first ``head`` entries: those scored (not NaN) by
+    score, ties in retrieval order; then the head's unscored ones in retrieval order; then the rest."""
+    scored = [i for i in range(head) if not np.isnan(scores[i])]
+    ranked = sorted(scored, key=lambda i: -float(scores[i]))  # a stable sort: ties keep their order
+    return ranked + [i for i in range(head) if np.isnan(scores[i])] + list(range(head, len(scores)))
+
+
 def as_item(value: Any, *, is_query: bool, index: int = 0) -> Item:
     """An :class:`~umr.types.Item` from an item, a string, an image, or an index ``Result``
     (whose file path is its image unless it is a text result); ``index`` is the id of one without."""
@@ -174,10 +182,7 @@ class Reranker(ABC):
                                   on_error="skip")
         scores = np.full(len(results), np.nan, dtype=np.float32)
         scores[scored.indices] = scored.scores
-        ranked = sorted(scored.indices.tolist(), key=lambda i: -float(scores[i]))  # stable: ties keep order
-        failed = [e.index for e in scored.errors]
-        order = ranked + failed + list(range(len(head), len(results)))
-        return Reranking(order=order, scores=scores, errors=scored.errors)
+        return Reranking(order=reranked_order(scores, len(head)), scores=scores, errors=scored.errors)
 
     def rerank(self, query: Item | str, results: Sequence[Any], k: int = 10, *, task: str | None = None,
                batch_size: int | None = None, show_progress_bar: bool | None = False) -> list:
