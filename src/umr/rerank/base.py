@@ -94,6 +94,9 @@ class Reranker(ABC):
     """
 
     name: str
+    #: the family that loaded it (``qwen3-vl-reranker``, ``zero-shot``, ``cross-encoder``), set by
+    #: ``load_reranker``; None when built by hand
+    family: str | None = None
     #: at most this many pairs in one forward pass
     batch_size: int = 8
     #: at most this much padded cost (``pairs x largest cost``) per forward pass; None = no limit
