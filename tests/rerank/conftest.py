@@ -27,6 +27,13 @@ def tiny_qwen2vl_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory):
+    from umr.rerank.tiny import write_tiny_llava_next
+
+    return write_tiny_llava_next(tmp_path_factory.mktemp("rr") / "tiny-llava-next")
+
+
+@pytest.fixture(scope="session")
 def images(tmp_path_factory):
     """Image files of a few sizes and modes: name -> path."""
     root = tmp_path_factory.mktemp("rr-images")

@@ -22,6 +22,11 @@ def qwen3vl(tiny_reranker_dir):
     return load_reranker(tiny_reranker_dir, family="zero-shot")
 
 
+@pytest.fixture(scope="module")
+def llava(tiny_llava_dir):
+    return load_reranker(tiny_llava_dir)
+
+
 def _independent(reranker, query: Item, doc: Item, question: str) -> float:
     """Softmax over the True/False logits of the last position, from one unbatched forward pass."""
     from PIL import Image
@@ -53,7 +58,8 @@ def _items(images):
     return queries, docs
 
 
-@pytest.mark.parametrize("which", ["qwen2vl", "qwen3vl"])
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["qwen2vl", "qwen3vl", "llava"])
 def test_score_is_the_softmax_over_the_answer_tokens(request, which, images):
     reranker = request.getfixturevalue(which)
     queries, docs = _items(images)

@@ -131,3 +131,67 @@ def write_tiny_cross_encoder(folder: str | Path, *, seed: int = 0) -> Path:
     tokenizer.save_pretrained(folder)
     CrossEncoder(str(folder), max_length=128).save(str(folder))
     return folder
+
+
+#: LLaVA-NeXT (Mistral)'s chat template in its essentials: ``[INST] <image>\n... [/INST]``
+LLAVA_NEXT_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' %}{{- '[INST] ' }}"
+    "{%- for part in message.content %}"
+    "{%- if part.type == 'image' %}{{- '<image>\\n' }}{%- elif part.type == 'text' %}{{- part.text }}{%- endif %}"
+    "{%- endfor %}{{- ' [/INST]' }}"
+    "{%- else %}{%- for part in message.content %}{{- part.text }}{%- endfor %}{{- '</s>' }}{%- endif %}"
+    "{%- endfor %}"
+)
+
+
+def write_tiny_llava_next(folder: str | Path, *, seed: int = 0, vocab_size: int = 512) -> Path:
+    """A tiny random LLaVA-NeXT (CLIP vision tower + Mistral decoder, any-resolution tiles of 28 px)."""
+    import torch
+    from tokenizers import AddedToken
+    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, MistralConfig
+
+    from ..models.gme.tiny import build_tokenizer
+    from ..models.registry import quiet_transformers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(seed, vocab_size, extra_texts=[w for w in ANSWER_WORDS for _ in range(50)])
+    specials = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    ids = {t: tokenizer.token_to_id(t) for t in specials}
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "pad_token": "<pad>", "image_token": "<image>", "model_max_length": 32768, "padding_side": "left",
+        "clean_up_tokenization_spaces": False}, indent=2))
+    (folder / "chat_template.jinja").write_text(LLAVA_NEXT_CHAT_TEMPLATE)
+    pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56]]
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                       image_size=28, patch_size=14, projection_dim=32),
+        text_config=MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=4096,
+                                  bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+                                  sliding_window=None),
+        image_token_index=ids["<image>"], image_grid_pinpoints=pinpoints, vision_feature_layer=-2,
+        vision_feature_select_strategy="default", tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    with torch.no_grad():  # the image-newline vector starts empty: give it values
+        model.model.image_newline.normal_(0.0, 0.5)
+    with quiet_transformers():
+        model.save_pretrained(folder, safe_serialization=True)
+    generation = folder / "generation_config.json"
+    if generation.exists():
+        generation.unlink()
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "LlavaNextImageProcessor", "processor_class": "LlavaNextProcessor",
+        "size": {"shortest_edge": 28}, "crop_size": {"height": 28, "width": 28}, "image_grid_pinpoints": pinpoints,
+        "do_resize": True, "do_center_crop": True, "do_rescale": True, "do_normalize": True, "do_pad": True,
+        "do_convert_rgb": True, "resample": 3, "rescale_factor": 1 / 255,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}, indent=2))
+    (folder / "processor_config.json").write_text(json.dumps({
+        "processor_class": "LlavaNextProcessor", "patch_size": 14, "vision_feature_select_strategy": "default",
+        "num_additional_image_tokens": 1, "image_token": "<image>"}, indent=2))
+    return folder
