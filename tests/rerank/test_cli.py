@@ -56,3 +56,19 @@ def test_an_option_the_family_lacks_is_a_usage_error(tmp_path, tiny_reranker_dir
                  str(tmp_path / "pairs.jsonl"), "--output", str(tmp_path / "s.npy"),
                  "--max-image-tokens", "4"]) == 2
     assert "does not take --max-image-tokens" in capsys.readouterr().err
+
+
+def test_zero_shot_prompts_file_and_task_field(tmp_path, tiny_qwen2vl_dir, capsys):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"mytask": "Is it a bicycle? True or False"}))
+    _write(tmp_path / "pairs.jsonl", [{"id": "a", "query": {"text": "a bicycle"}, "document": {"text": "a bike"},
+                                       "task": "mytask"}])
+    out = tmp_path / "s.npy"
+    base = ["rerank", "--model", str(tiny_qwen2vl_dir), "--input", str(tmp_path / "pairs.jsonl"), "--output", str(out)]
+    assert main(base + ["--prompts", str(prompts), "--no-progress"]) == 0
+    expected = load_reranker(tiny_qwen2vl_dir, prompts={"mytask": "Is it a bicycle? True or False"}).score(
+        "a bicycle", ["a bike"], task="mytask")
+    assert abs(np.load(out)[0] - expected[0]) <= 1e-6
+    prompts.write_text(json.dumps({"mytask": 3}))
+    assert main(base + ["--prompts", str(prompts)]) == 2
+    assert "question strings" in capsys.readouterr().err

@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import UsageError, add_model_options, call_loader, load_model_from_args, model_options
-from .rerank import add_rerank_flags
+from . import UsageError, add_model_options, load_model_from_args, model_options
+from .rerank import add_rerank_flags, check_rerank_flags, load_rerank_flag
 
 
 def add_parser(sub) -> None:
@@ -58,25 +58,20 @@ def run(args) -> int:
         raise UsageError(f"no such data folder: {args.data}")
     if args.depth < 1:
         raise UsageError("--depth must be at least 1")
-    if args.rerank and args.rerank_k < 1:
-        raise UsageError("--rerank-k must be at least 1")
+    check_rerank_flags(args)
 
     from ..eval import EvalConfig, Evaluator
-    from ..rerank import load_reranker
 
     tasks = _load_tasks(args)
     # loaded on first use: a finished evaluation re-reports without loading
     model = _LazyModel(str(args.model), lambda: load_model_from_args(args))
-    reranker = None
-    if args.rerank:  # the reranker's own defaults: the embedder's image and length options are not its
-        reranker = _LazyModel(str(args.rerank), lambda: call_loader(
-            load_reranker, args.rerank, family=args.rerank_family, device=args.device, dtype=args.dtype))
+    reranker = _LazyModel(str(args.rerank), lambda: load_rerank_flag(args)) if args.rerank else None
     config = EvalConfig(depth=args.depth, batch_size=args.batch_size, show_progress=not args.no_progress
                         and sys.stderr.isatty())
     evaluator = Evaluator(model, output=args.output, config=config, model_key=model_key(args),
                           log=lambda message: print(f"umr eval: {message}", file=sys.stderr),
                           reranker=reranker, rerank_k=args.rerank_k,
-                          reranker_key=f"{args.rerank}[dtype={args.dtype}]" if args.dtype else args.rerank)
+                          reranker_key=rerank_key(args))
     try:
         evaluator.check(tasks)  # an unknown headline metric or an id TREC cannot hold: before any work
     except ValueError as exc:
@@ -102,6 +97,19 @@ def model_key(args) -> str:
     options = {"dtype": getattr(args, "dtype", None), **model_options(args)}
     shown = ",".join(f"{k}={v}" for k, v in sorted(options.items()) if v is not None)
     return f"{args.model}[{shown}]" if shown else str(args.model)
+
+
+def rerank_key(args) -> str | None:
+    """The ``--rerank`` model with the options that change its scores (dtype, prompts file content)."""
+    if not args.rerank:
+        return None
+    options = {"dtype": args.dtype}
+    if args.rerank_prompts is not None and args.rerank_prompts.is_file():
+        import hashlib
+
+        options["prompts"] = hashlib.sha1(args.rerank_prompts.read_bytes()).hexdigest()[:12]
+    shown = ",".join(f"{k}={v}" for k, v in sorted(options.items()) if v is not None)
+    return f"{args.rerank}[{shown}]" if shown else str(args.rerank)
 
 
 class _LazyModel:

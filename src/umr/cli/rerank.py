@@ -46,28 +46,46 @@ def add_parser(sub) -> None:
 
 
 def add_rerank_flags(parser) -> None:
-    """``--rerank MODEL [--rerank-k N] [--rerank-family F]``: rerank a ranking's head (search, eval)."""
+    """``--rerank MODEL [--rerank-k N] [--rerank-family F] [--rerank-prompts FILE]``: rerank a
+    ranking's head (search, eval); load it with :func:`load_rerank_flag`."""
     parser.add_argument("--rerank", default=None, metavar="MODEL",
                         help="rerank the top results with this reranker (short name, hub id or folder)")
     parser.add_argument("--rerank-k", type=int, default=10, help="how many top results to rerank (default 10)")
     parser.add_argument("--rerank-family", choices=FAMILY_CHOICES, default=None,
                         help="the reranker's family, when its folder does not say")
+    parser.add_argument("--rerank-prompts", type=Path, default=None,
+                        help="zero-shot rerankers: JSON of task name or 'qmod->cmod' -> True/False question")
 
 
-def load_reranker_from_args(args, name: str, *, family: str | None = None, options: dict | None = None):
-    """Load the reranker ``name`` with the command line's options (those it has)."""
+def load_reranker_from_args(args, name: str, *, family: str | None = None, prompts: Path | None = None,
+                            options: dict | None = None):
+    """Load the reranker ``name`` with ``options``, a ``prompts`` file, device and dtype."""
     from ..rerank import load_reranker
 
     options = dict(options or {})
-    for key in ("min_image_tokens", "max_image_tokens", "max_length"):
-        if getattr(args, key, None) is not None:
-            options[key] = getattr(args, key)
-    if getattr(args, "prompts", None) is not None:
-        if not args.prompts.is_file():
-            raise UsageError(f"no such prompts file: {args.prompts}")
-        options["prompts"] = args.prompts
-    return call_loader(load_reranker, name, family=family, device=args.device,
-                       dtype=getattr(args, "dtype", None), **options)
+    if prompts is not None:
+        if not prompts.is_file():
+            raise UsageError(f"no such prompts file: {prompts}")
+        options["prompts"] = prompts
+    return call_loader(load_reranker, name, family=family, device=args.device, dtype=getattr(args, "dtype", None),
+                       **options)
+
+
+def check_rerank_flags(args) -> None:
+    """Refuse a bad ``--rerank-k`` or a missing ``--rerank-prompts`` file before any work."""
+    if args.rerank and args.rerank_k < 1:
+        raise UsageError(f"--rerank-k must be at least 1, not {args.rerank_k}")
+    if args.rerank and args.rerank_prompts is not None and not args.rerank_prompts.is_file():
+        raise UsageError(f"no such prompts file: {args.rerank_prompts}")
+
+
+def load_rerank_flag(args):
+    """The reranker of ``--rerank`` (None without it), with its own defaults: the embedder's image
+    and length options are not the reranker's."""
+    if not args.rerank:
+        return None
+    check_rerank_flags(args)
+    return load_reranker_from_args(args, args.rerank, family=args.rerank_family, prompts=args.rerank_prompts)
 
 
 def read_pairs_jsonl(path: Path):
@@ -124,7 +142,9 @@ def run(args) -> int:
             pairs.append(parsed)
             lines.append(line_no)
 
-    reranker = load_reranker_from_args(args, args.model, family=args.family)
+    options = {key: getattr(args, key) for key in ("min_image_tokens", "max_image_tokens", "max_length")
+               if getattr(args, key) is not None}
+    reranker = load_reranker_from_args(args, args.model, family=args.family, prompts=args.prompts, options=options)
     try:
         result = reranker.score_pairs(pairs, batch_size=args.batch_size, show_progress_bar=not args.no_progress,
                                       on_error="raise" if args.on_error == "stop" else "skip")

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from . import UsageError
-from .rerank import add_rerank_flags, load_reranker_from_args
+from .rerank import add_rerank_flags, load_rerank_flag
 
 
 def add_parser(sub) -> None:
@@ -111,9 +111,7 @@ def run(args) -> int:
                          if "k must" in str(exc) or "ef_search" in str(exc) else str(exc)) from None
     if args.image is not None and not args.image.is_file():
         raise UsageError(f"no such image: {args.image}")
-    if args.rerank_k < 1:
-        raise UsageError(f"--rerank-k must be at least 1, not {args.rerank_k}")
-    reranker = load_reranker_from_args(args, args.rerank, family=args.rerank_family) if args.rerank else None
+    reranker = load_rerank_flag(args)
     modality = None
     if args.modality:
         modality = [m for m in args.modality.replace("+", ";").split(";") if m]

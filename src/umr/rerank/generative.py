@@ -92,6 +92,9 @@ class GenerativeReranker(Reranker):
         folder = Path(path)
         if isinstance(prompts, (str, Path)):
             prompts = json.loads(Path(prompts).read_text(encoding="utf-8"))
+        if prompts is not None and not (isinstance(prompts, dict)
+                                        and all(isinstance(v, str) for v in prompts.values())):
+            raise ValueError("prompts must map task names or 'qmod->cmod' keys to question strings")
         if max_length is not None and int(max_length) < 1:
             raise ValueError(f"max_length must be at least 1, got {max_length}")
         torch_dtype = resolve_dtype(dtype, default=torch.bfloat16 if str(device).startswith("cuda")
@@ -191,7 +194,8 @@ def set_image_bounds(image_processor, min_image_tokens: int | None, max_image_to
     patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
     size = getattr(image_processor, "size", None)
     if not (patch and merge and size is not None and size.get("shortest_edge")):
-        raise TypeError("got an unexpected keyword argument 'max_image_tokens'")  # this processor has no bounds
+        given = "min_image_tokens" if max_image_tokens is None else "max_image_tokens"
+        raise TypeError(f"got an unexpected keyword argument '{given}'")  # this processor has no bounds
     factor = (patch * merge) ** 2
     low = int(min_image_tokens) * factor if min_image_tokens is not None else size["shortest_edge"]
     high = int(max_image_tokens) * factor if max_image_tokens is not None else size["longest_edge"]
