@@ -60,3 +60,30 @@ def test_task_json_sets_category_instruction_and_name(tmp_path):
         load_beir(tmp_path / "all", tasks=["missing"])
     with pytest.raises(FileNotFoundError):
         load_beir(tmp_path / "nothing-here")
+
+
+def test_readers_do_not_import_the_evaluator():
+    """Layers run one way: ``umr.data`` (readers) never imports ``umr.eval``."""
+    import ast
+
+    import umr.data
+
+    folder = Path(umr.data.__file__).parent
+    offenders = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                target = ("." * node.level) + (node.module or "")
+                if target.startswith("..eval") or target.startswith("umr.eval"):
+                    offenders.append(f"{path.name}: from {target}")
+            elif isinstance(node, ast.Import):
+                offenders += [f"{path.name}: import {a.name}" for a in node.names if a.name.startswith("umr.eval")]
+    assert offenders == []
+    # the published spellings still work and name the same objects
+    from umr.data.qrels import read_qrels
+    from umr.data.tasks import RetrievalTask
+    from umr.eval import RetrievalTask as EvalTask
+    from umr.eval.tasks import RetrievalTask as OldTask
+    from umr.eval.trec import read_qrels as old_read_qrels
+
+    assert RetrievalTask is EvalTask is OldTask and read_qrels is old_read_qrels

@@ -77,44 +77,51 @@ def test_freed_candidate_list_id_reuse_does_not_serve_previous_vectors():
 
 # 2. model options (dtype, image token bounds) key the cache and the finished tasks -----------------
 
-def test_cli_rerun_with_other_model_options_is_not_skipped(tmp_path, monkeypatch, capsys):
+def test_cli_rerun_with_other_model_options_is_refused_not_overwritten(tmp_path, monkeypatch, capsys):
+    """An output folder belongs to one model with its options: another run into it would overwrite
+    the first one's results (it used to), so it is refused, naming both; each gets its own folder."""
     import umr.cli.eval as cli_eval
 
     loaded = []
 
     def fake_load(args):
         loaded.append((args.dtype, args.min_image_tokens, args.max_image_tokens))
-        return WordEmbedder(str(args.model))
+        return WordEmbedder(str(args.model), sign=-1.0 if args.dtype else 1.0)
 
     monkeypatch.setattr(cli_eval, "load_model_from_args", fake_load)
     out = tmp_path / "out"
-    base = ["eval", "--model", "words", "--benchmark", "beir", "--data", str(STDLIB_DOCS),
-            "--output", str(out), "--no-progress"]
 
-    def run(*extra):
-        assert main(base + list(extra)) == 0
-        return capsys.readouterr().err
+    def run(output, *extra):
+        code = main(["eval", "--model", "words", "--benchmark", "beir", "--data", str(STDLIB_DOCS),
+                     "--output", str(output), "--no-progress", *extra])
+        return code, capsys.readouterr().err
 
-    assert "already done" not in run()
-    assert "already done, skipped" in run()  # same options: resumes
-    assert "already done" not in run("--dtype", "bfloat16")
-    assert "already done" not in run("--max-image-tokens", "256")
-    assert "already done" not in run("--min-image-tokens", "4", "--max-image-tokens", "256")
-    assert "already done, skipped" in run("--min-image-tokens", "4", "--max-image-tokens", "256")
-    assert loaded == [(None, None, None), ("bfloat16", None, None), (None, None, 256), (None, 4, 256)]
-    assert len([p for p in (out / "cache").iterdir() if p.is_dir()]) == 4
-    # back to earlier options: scored again (tasks/ holds the last run) from that model's cached vectors
-    assert "already done" not in run("--max-image-tokens", "256")
-    assert len(loaded) == 4
+    assert "already done" not in run(out)[1]
+    assert "already done, skipped" in run(out)[1]  # same options: resumes
+    first = (out / "scores.json").read_text()
+    for extra in (("--dtype", "bfloat16"), ("--max-image-tokens", "256"),
+                  ("--min-image-tokens", "4", "--max-image-tokens", "256")):
+        code, err = run(out, *extra)
+        assert code == 2 and "holds the results of model 'words', not 'words[" in err and "own output folder" in err
+    assert (out / "scores.json").read_text() == first and loaded == [(None, None, None)]
+    code, err = run(tmp_path / "bf16", "--dtype", "bfloat16")
+    assert code == 0 and "already done" not in err and loaded[-1] == ("bfloat16", None, None)
+    assert json.loads((tmp_path / "bf16/scores.json").read_text())["model_key"] == "words[dtype=bfloat16]"
+    # a folder written before folders recorded their model is refused to another model too
+    (out / "model.json").unlink()
+    code, err = run(out, "--model", "other")
+    assert code == 2 and "holds the results of model 'words'" in err
 
 
 def test_model_key_separates_cache_folders_and_results(tmp_path):
     task = load_beir_task(STDLIB_DOCS)
-    a = Evaluator(WordEmbedder("m"), output=tmp_path)
+    a = Evaluator(WordEmbedder("m"), output=tmp_path / "a")
     a.evaluate_task(task)
     b_model = WordEmbedder("m", sign=-1.0)  # the same name loaded with other options
-    b = Evaluator(b_model, output=tmp_path, model_key="m[dtype=bfloat16]")
-    assert b.store.dir != a.store.dir
+    with pytest.raises(ValueError, match=r"holds the results of model 'm', not 'm\[dtype=bfloat16\]'"):
+        Evaluator(b_model, output=tmp_path / "a", model_key="m[dtype=bfloat16]")
+    b = Evaluator(b_model, output=tmp_path / "b", model_key="m[dtype=bfloat16]")
+    assert b.store.dir.name != a.store.dir.name
     outcome = b.evaluate_task(task)
     assert b_model.calls > 0 and outcome.run  # embedded and scored again, not "already done"
 
@@ -187,7 +194,7 @@ def test_torn_errors_line_is_ignored_and_next_append_starts_a_fresh_line(tmp_pat
     assert lines[1] == '{"fp": "abc", "id": "c", "err'
     assert [json.loads(line)["id"] for i, line in enumerate(lines) if i != 1] == ["b", "c"]
     reopened = EmbeddingStore(tmp_path, model.name)
-    assert len(reopened._errors) == 2
+    assert len(reopened.errors) == 2
 
 
 # 6. TREC ids cannot contain whitespace --------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_resume_after_interruption_embeds_only_what_is_missing(mbeir_dir, oracle
             return super()._embed_batch(items)
 
     tasks = tasks_for(mbeir_dir, pools=("global",))
-    config = EvalConfig(chunk_size=8, batch_size=4)
+    config = EvalConfig(commit_every=8, batch_size=4)
     flaky = Flaky()
     with pytest.raises(Interrupted):
         Evaluator(flaky, output=tmp_path / "out", config=config).evaluate(tasks, benchmark="mbeir")

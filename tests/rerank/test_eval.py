@@ -92,7 +92,7 @@ def test_reranked_scores_beside_the_retrievers(mbeir, tmp_path):
 
 def test_a_rerun_after_an_interruption_scores_only_the_missing_pairs(mbeir, tmp_path):
     out = tmp_path / "out"
-    config = EvalConfig(chunk_size=4)
+    config = EvalConfig(commit_every=4)
     first = Interrupted(after=5)  # 2 pairs a batch, shards of 4 pairs: 2 shards written, then stopped
     with pytest.raises(KeyboardInterrupt):
         Evaluator(ShiftedEmbedder(), output=out, config=config, reranker=first, rerank_k=10).evaluate(_tasks(mbeir))

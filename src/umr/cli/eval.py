@@ -4,8 +4,9 @@
     umr eval --model gme-2b --benchmark mbeir --data M-BEIR --tasks cirr_task7 --pool both --output out/gme
     umr eval compare out/minilm out/other
 
-Embeddings are cached under OUTPUT/cache and finished tasks under OUTPUT/tasks, so running the
-same command again after an interruption resumes where it stopped.
+Embeddings are cached under OUTPUT/cache (committed every 256 items or 30 s) and finished tasks
+under OUTPUT/tasks, so running the same command again after an interruption resumes where it
+stopped. OUTPUT belongs to one model with its options; another model needs its own folder.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the instruction pick (default 0)")
     parser.add_argument("--depth", type=int, default=100, help="candidates kept per query (default 100)")
     parser.add_argument("--output", type=Path, help="output folder (cache, runs, reports)")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="embed again every item that failed before (items whose file changed since "
+                             "are always retried)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_rerank_flags(parser)
     parser.set_defaults(run=run)
@@ -61,6 +65,7 @@ def run(args) -> int:
     check_rerank_flags(args)
 
     from ..eval import EvalConfig, Evaluator
+    from ..eval.runner import dropped_note, failure_note
 
     tasks = _load_tasks(args)
     # loaded on first use: a finished evaluation re-reports without loading
@@ -68,35 +73,47 @@ def run(args) -> int:
     reranker = _LazyModel(str(args.rerank), lambda: load_rerank_flag(args)) if args.rerank else None
     config = EvalConfig(depth=args.depth, batch_size=args.batch_size, show_progress=not args.no_progress
                         and sys.stderr.isatty())
-    evaluator = Evaluator(model, output=args.output, config=config, model_key=model_key(args),
-                          log=lambda message: print(f"umr eval: {message}", file=sys.stderr),
-                          reranker=reranker, rerank_k=args.rerank_k,
-                          reranker_key=rerank_key(args))
     try:
+        evaluator = Evaluator(model, output=args.output, config=config, model_key=model_key(args, model),
+                              retry_errors=args.retry_errors,
+                              log=lambda message: print(f"umr eval: {message}", file=sys.stderr),
+                              reranker=reranker, rerank_k=args.rerank_k, reranker_key=rerank_key(args))
         evaluator.check(tasks)  # an unknown headline metric or an id TREC cannot hold: before any work
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     scores = evaluator.evaluate(tasks, benchmark=args.benchmark)
     for pool, avg in scores["averages"].items():
-        print(f"umr eval: {scores['model']} {args.benchmark} [{pool}] {avg['n_tasks']} task(s): "
-              f"mean headline {100 * avg['main_score']:.2f}, NDCG@10 {100 * avg['ndcg@10']:.2f}, "
-              f"modality bias {100 * avg['modality_bias']:.1f}%"
-              + (f"; reranked headline {100 * avg['rerank_main_score']:.2f}" if "rerank_main_score" in avg else ""))
+        failed = f", {avg['n_failed_tasks']} with failures (marked ⚠ in results.md)" if avg["n_failed_tasks"] else ""
+        print(f"umr eval: {scores['model']} {args.benchmark} [{pool}] {avg['n_tasks']} task(s){failed}: "
+              f"mean headline {_pct(avg['main_score'])}, NDCG@10 {_pct(avg['ndcg@10'])}, "
+              f"modality bias {_pct(avg['modality_bias'], 1, '%')}"
+              + (f"; reranked headline {_pct(avg['rerank_main_score'])}" if "rerank_main_score" in avg else ""))
+    for result in scores["tasks"]:
+        for note, mark in ((failure_note(result), "⚠ failed:"), (dropped_note(result), "note:")):
+            if note:
+                print(f"umr eval: {mark} {result['pool']}/{result['task']}: {note}")
     print(f"umr eval: wrote {args.output / 'scores.json'}, {args.output / 'results.md'}, "
           f"{args.output / 'report.html'} and runs under {args.output / 'runs'}")
     return 0
 
 
-def model_key(args) -> str:
-    """The model with the options that change its vectors, e.g. ``gme-2b[dtype=bfloat16,max_image_tokens=256]``.
+def _pct(value: float | None, digits: int = 2, unit: str = "") -> str:
+    return "n/a" if value is None else f"{100 * value:.{digits}f}{unit}"
 
-    It keys the embedding cache and the finished tasks: rerunning into the same ``--output`` with
-    another ``--dtype`` or image token bound embeds and scores again instead of reusing results.
-    (``--device`` and ``--batch-size`` are left out: they do not choose what is computed.)
+
+def model_key(args, model=None) -> str:
+    """The model named on the command line with the options that change its vectors, e.g.
+    ``gme-2b[dtype=bfloat16,max_image_tokens=256]`` (:func:`umr.eval.cache.model_key` decides).
+
+    It keys the embedding cache and the finished tasks, and owns the output folder: rerunning
+    into the same ``--output`` with another ``--dtype`` or image token bound is refused rather
+    than overwriting. (``--device`` and ``--batch-size`` are left out: they do not choose what is
+    computed.)
     """
-    options = {"dtype": getattr(args, "dtype", None), **model_options(args)}
-    shown = ",".join(f"{k}={v}" for k, v in sorted(options.items()) if v is not None)
-    return f"{args.model}[{shown}]" if shown else str(args.model)
+    from ..eval.cache import model_key as key_of
+
+    return key_of(model if model is not None else _LazyModel(str(args.model), lambda: load_model_from_args(args)),
+                  {"dtype": getattr(args, "dtype", None), **model_options(args)})
 
 
 def rerank_key(args) -> str | None:
@@ -152,6 +169,9 @@ def _compare(values: list[str]) -> int:
         raise UsageError("usage: umr eval compare A B (output folders or scores.json files)")
     from ..eval.report import compare, load_scores
 
-    a, b = load_scores(values[1]), load_scores(values[2])
-    print(compare(a, b))
+    try:
+        a, b = load_scores(values[1]), load_scores(values[2])
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(compare(a, b, names=(values[1], values[2])))
     return 0

@@ -6,13 +6,18 @@ A task folder holds::
     queries.jsonl    {"_id", "text"?, "image"?, "instruction"?}
     qrels/test.tsv   query-id <TAB> corpus-id <TAB> score      (a header line; graded scores)
     task.json        optional: {"name", "category": "T→VD", "instruction", "main_metric",
-                                "hit_k", "target_modality"}
+                                "hit_k", "target_modality", "ignore_identical_ids"}
 
 ``image`` is a path relative to the task folder (or absolute). As BEIR's sentence-transformers
 wrapper does, a candidate's text is ``title + " " + text`` (stripped) when it has a title. The
 category (UMRB's T→T, I→I, T→I, T→VD, I→T, T→IT, IT→T, IT→I, IT→IT) comes from ``task.json`` or
 else from the modalities of the queries and of the judged candidates. The headline metric is
 NDCG@10 unless ``task.json`` says otherwise.
+
+Scored as BEIR scores: means over the queries that were run and have judgements (a qrels line
+for a query absent from ``queries.jsonl`` is dropped, not a zero), and a result whose id equals
+the query's id is dropped before scoring (BEIR's ``ignore_identical_ids``, on by default as in
+BEIR's ``EvaluateRetrieval``; ``"ignore_identical_ids": false`` in task.json keeps them).
 """
 
 from __future__ import annotations
@@ -22,12 +27,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from ..eval.tasks import RetrievalTask, category_of, parse_category, target_of_category
-from ..eval.trec import read_qrels
-from .files import read_jsonl_records, resolve_path
 from ..types import Item, Modality
-
-
+from .files import read_jsonl_records, resolve_path
+from .qrels import read_qrels
+from .tasks import RetrievalTask, category_of, parse_category, target_of_category
 
 
 def is_beir_task(folder: str | Path) -> bool:
@@ -42,8 +45,8 @@ def candidate_text(record: dict) -> str | None:
 
 
 def load_beir_task(folder: str | Path, *, split: str = "test", name: str | None = None,
-                   instruction: str | None = None) -> RetrievalTask:
-    """One BEIR-style task folder; ``instruction`` overrides task.json's query instruction."""
+                   instruction: str | None = None, ignore_identical_ids: bool | None = None) -> RetrievalTask:
+    """One BEIR-style task folder; ``instruction`` and ``ignore_identical_ids`` override task.json's."""
     folder = Path(folder)
     if not is_beir_task(folder):
         raise FileNotFoundError(f"{folder}: not a BEIR-style task (needs corpus.jsonl and queries.jsonl)")
@@ -81,6 +84,8 @@ def load_beir_task(folder: str | Path, *, split: str = "test", name: str | None 
         name=name or meta.get("name") or folder.name, queries=queries, candidates=candidates, qrels=qrels,
         category=category, target_modality=target, dataset=meta.get("dataset", folder.name), pool="corpus",
         hit_k=int(meta.get("hit_k", 5)), main_metric=meta.get("main_metric", "ndcg@10"), run_tag="0",
+        average="run", ignore_identical_ids=bool(meta.get("ignore_identical_ids", True)
+                                                 if ignore_identical_ids is None else ignore_identical_ids),
         metadata={"folder": str(folder), "split": split},
     )
 

@@ -1,4 +1,4 @@
-"""M-BEIR as UniIR distributes it, read into :class:`~umr.eval.tasks.RetrievalTask` objects.
+"""M-BEIR as UniIR distributes it, read into :class:`~umr.data.tasks.RetrievalTask` objects.
 
 Layout under the data folder (``DIR``)::
 
@@ -20,7 +20,9 @@ depends only on the seed and its qid: reproducible, and independent of task orde
 
 Qrels come from the qrels file when present (lines with relevance > 0, as UniIR's ``load_qrel``),
 else from each query's ``pos_cand_list``. Recall@k's k is UniIR's: 10 for Fashion200K and
-FashionIQ, 5 for everything else.
+FashionIQ, 5 for everything else. Means are UniIR's: over every query of the query file (one
+without a positive, or that could not be embedded, scores 0); qrels lines for queries the file
+does not hold are ignored, and no result is dropped for sharing the query's id.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ import re
 from pathlib import Path
 from typing import Iterable, Literal
 
-from ..eval.tasks import RetrievalTask, category_of
 from .files import read_jsonl_records, resolve_path
+from .qrels import read_qrels
+from .tasks import RetrievalTask, category_of
 from ..types import Item, Modality
 
 #: M-BEIR's task ids: (query modality, candidate modality)
@@ -186,8 +189,6 @@ class MBEIR:
         qrels_path = self.root / "qrels" / self.split / f"mbeir_{name}_{self.split}_qrels.txt"
         task_tag = str(task_num)
         if qrels_path.is_file():
-            from ..eval.trec import read_qrels
-
             raw, task_ids = read_qrels(qrels_path)
             qrels = {q: {d: r for d, r in judged.items() if r > 0} for q, judged in raw.items()}
             qrels = {q: j for q, j in qrels.items() if j}
@@ -206,7 +207,7 @@ class MBEIR:
             name=name, queries=queries, candidates=candidates, qrels=qrels,
             category=category_of(query_modality, target), target_modality=Modality.parse(target),
             dataset=DISPLAY_NAMES.get(dataset, dataset), pool=pool,
-            hit_k=10 if dataset.lower() in RECALL_AT_10 else 5, run_tag=task_tag,
+            hit_k=10 if dataset.lower() in RECALL_AT_10 else 5, run_tag=task_tag, average="queries",
             metadata={"task_id": task_num, "split": self.split, "instruction_policy": instruction_policy,
                       "seed": seed, "pool_file": str(pool_path.relative_to(self.root))},
         )

@@ -15,9 +15,11 @@ MAP, like every metric here, is computed on the run as it is written: the evalua
 top ``depth`` candidates per query (100 by default), exactly what trec_eval would score from the
 run file.
 
-Averages are over every query in the qrels (a query the run does not answer scores 0, like
-``trec_eval -c``); ``average="run"`` averages over the queries both the run and the qrels hold, like
-plain ``trec_eval`` / ``pytrec_eval``.
+:func:`evaluate_run` scores every query of the qrels it is given (one the run does not answer
+scores 0, like ``trec_eval -c``); which queries those are is the caller's choice, and the
+evaluator makes it per benchmark (:func:`umr.eval.runner.scored_queries`: BEIR's queries run with
+judgements, or UniIR's every query). :func:`mean_metrics` with ``average="run"`` averages over
+the queries both the run and the qrels hold, like plain ``trec_eval`` / ``pytrec_eval``.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ def modality_bias(rankings: Mapping[str, Sequence[str]], modalities: Mapping[str
 
     ``bias`` is the share of all top-``k`` results (over every query) whose modality differs from
     the task's ``target`` modality; ``shares`` breaks the top-``k`` results down by modality.
+    With no results at all there is nothing to measure: ``bias`` is ``None``.
     """
     counts: dict[str, int] = {}
     total = 0
@@ -129,7 +132,7 @@ def modality_bias(rankings: Mapping[str, Sequence[str]], modalities: Mapping[str
             counts[modality] = counts.get(modality, 0) + 1
             total += 1
     if total == 0:
-        return {"bias": 0.0, "k": k, "target": target, "shares": {}}
+        return {"bias": None, "k": k, "target": target, "shares": {}}
     off = total - counts.get(target, 0)
     return {"bias": off / total, "k": k, "target": target,
             "shares": {m: c / total for m, c in sorted(counts.items())}}

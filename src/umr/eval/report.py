@@ -6,6 +6,9 @@
 * UMRB (GME layout): one row per category grouped as single-, cross- and fused-modal, then every
   task with its headline metric.
 * The modality-bias table: the share of top-k results whose modality is not the task's target.
+* Failures: a task in which queries or candidates could not be embedded is marked ⚠ and listed
+  with its counts and first reasons; a metric with no basis (nothing scored, no results) is
+  ``n/a``, a task a pool does not have is ``–``.
 
 The HTML report is one file: its charts are matplotlib PNGs embedded as base64.
 """
@@ -19,11 +22,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .tasks import CATEGORIES, UMRB_GROUPS
+from ..data.tasks import CATEGORIES, UMRB_GROUPS
+from .runner import dropped_note, failure_note
+
+_MISSING = object()  # a task or category the pool does not have, as opposed to a value with no basis
+FAILED = "⚠"
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.2f}"
+def _pct(value: Any) -> str:
+    if value is _MISSING:
+        return "–"
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def _get(mapping: dict, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(mapping, dict) or key not in mapping:
+            return _MISSING
+        mapping = mapping[key]
+    return mapping
 
 
 def _metric_label(name: str) -> str:
@@ -85,6 +102,8 @@ def markdown_report(scores: dict[str, Any]) -> str:
         r = first(name)
         task_no = r.get("metadata", {}).get("task_id")
         label = f"{task_no}. {name}" if task_no is not None else name
+        if any(failure_note(table[(name, p)]) for p in pools if (name, p) in table):
+            label += f" {FAILED}"
         rows.append([label, r["category"], r["dataset"], _metric_label(r["main_metric"])]
                     + [_pct(table[(name, p)]["main_score"]) if (name, p) in table else "–" for p in pools]
                     + ([rerank_cell(name, p) for p in pools] if reranked else []))
@@ -104,16 +123,16 @@ def markdown_report(scores: dict[str, Any]) -> str:
                 continue
             n = scores["averages"][present[0]]["by_category"][cat]["n_tasks"]
             rows.append([group, cat, str(n)]
-                        + [_pct(scores["averages"][p]["by_category"].get(cat, {}).get("main_score")) for p in pools]
-                        + [_pct(scores["averages"][p]["by_category"].get(cat, {}).get("ndcg@10")) for p in pools])
+                        + [_pct(_get(scores["averages"][p]["by_category"], cat, "main_score")) for p in pools]
+                        + [_pct(_get(scores["averages"][p]["by_category"], cat, "ndcg@10")) for p in pools])
         present = [p for p in pools if group in scores["averages"][p]["by_group"]]
         if present:
             rows.append([f"**{group}**", "", str(scores["averages"][present[0]]["by_group"][group]["n_tasks"])]
-                        + [f"**{_pct(scores['averages'][p]['by_group'].get(group, {}).get('main_score'))}**" for p in pools]
-                        + [f"**{_pct(scores['averages'][p]['by_group'].get(group, {}).get('ndcg@10'))}**" for p in pools])
+                        + [f"**{_pct(_get(scores['averages'][p]['by_group'], group, 'main_score'))}**" for p in pools]
+                        + [f"**{_pct(_get(scores['averages'][p]['by_group'], group, 'ndcg@10'))}**" for p in pools])
     others = sorted({r["category"] for r in scores["tasks"]} - set(CATEGORIES))
     for cat in others:
-        rows.append(["other", cat, ""] + [_pct(scores["averages"][p]["by_category"].get(cat, {}).get("main_score"))
+        rows.append(["other", cat, ""] + [_pct(_get(scores["averages"][p]["by_category"], cat, "main_score"))
                                           for p in pools] + ["" for _ in pools])
     out += [_table(header, rows), ""]
 
@@ -121,16 +140,20 @@ def markdown_report(scores: dict[str, Any]) -> str:
     for pool in pools:
         out += [f"## All metrics — {pool} pool", ""]
         header = ["Task", "R@1", "R@5", "R@10", "R@20", "R@50", "NDCG@10", "MRR@10", "MAP",
-                  "Recall@10", "Recall@100", "Queries"]
+                  "Recall@10", "Recall@100", "Queries scored"]
         rows = []
         for name in names:
             r = table.get((name, pool))
             if r is None:
                 continue
             m = r["metrics"]
-            rows.append([name] + [_pct(m.get(f"hit@{k}")) for k in (1, 5, 10, 20, 50)]
-                        + [_pct(m.get("ndcg@10")), _pct(m.get("mrr@10")), _pct(m.get("map")),
-                           _pct(m.get("recall@10")), _pct(m.get("recall@100")), str(r["n_queries"])])
+            scored = r.get("n_scored_queries", r["n_queries"])
+
+            def cell(key, m=m):  # nothing scored: every metric is without basis
+                return _pct(_get(m, key)) if m else "n/a"
+            rows.append([name] + [cell(f"hit@{k}") for k in (1, 5, 10, 20, 50)]
+                        + [cell("ndcg@10"), cell("mrr@10"), cell("map"), cell("recall@10"), cell("recall@100"),
+                           f"{scored} of {r['n_queries']}" if scored != r["n_queries"] else str(scored)])
         out += [_table(header, rows), ""]
 
     out += ["## Modality bias", "",
@@ -143,6 +166,21 @@ def markdown_report(scores: dict[str, Any]) -> str:
         rows.append([name, r["target_modality"], str(r["modality_bias"]["k"])]
                     + [_pct(table[(name, p)]["modality_bias"]["bias"]) if (name, p) in table else "–" for p in pools])
     out += [_table(header, rows), ""]
+
+    flagged = [r for r in scores["tasks"] if failure_note(r) or dropped_note(r)]
+    if flagged:
+        out += ["## Failures and dropped queries", "",
+                f"{FAILED} marks a task in which items could not be embedded: its failed candidates cannot "
+                "be found, and its failed queries count as 0 (M-BEIR, as UniIR) or are left out of the "
+                "mean (BEIR-style tasks, as BEIR). Queries are also dropped from BEIR-style means when "
+                "the qrels judge a query that the queries file does not hold.", ""]
+        rows = [[f"{r['task']} {FAILED}" if failure_note(r) else r["task"], r["pool"],
+                 f"{r['failures']['queries']} of {r['n_queries']}" if failure_note(r) else "0",
+                 f"{r['failures']['candidates']} of {r['n_candidates']}" if failure_note(r) else "0",
+                 dropped_note(r) or "–",
+                 "; ".join(f"{f['id']}: {f['error']}" for f in r["failures"]["first"]).replace("|", "/") or "–"]
+                for r in flagged]
+        out += [_table(["Task", "Pool", "Failed queries", "Failed candidates", "Scored", "First reasons"], rows), ""]
     return "\n".join(out)
 
 
@@ -170,8 +208,9 @@ def charts(scores: dict[str, Any]) -> dict[str, str]:
     height = max(2.5, 0.35 * len(names) * max(len(pools), 1) + 1)
 
     for key, title, value in (
-        ("headline", "Headline score per task (%)", lambda r: 100 * r["main_score"]),
-        ("bias", "Modality bias: top-k results of the wrong modality (%)", lambda r: 100 * r["modality_bias"]["bias"]),
+        ("headline", "Headline score per task (%)", lambda r: 100 * (r["main_score"] or 0)),
+        ("bias", "Modality bias: top-k results of the wrong modality (%)",
+         lambda r: 100 * (r["modality_bias"]["bias"] or 0)),
     ):
         fig, ax = plt.subplots(figsize=(8, height))
         for j, pool in enumerate(pools):
@@ -194,7 +233,7 @@ def charts(scores: dict[str, Any]) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(cats) + 2), 3.2))
         for j, pool in enumerate(pools):
             xs = [i + j * width for i in range(len(cats))]
-            ys = [100 * scores["averages"][pool]["by_category"].get(c, {}).get("main_score", 0) for c in cats]
+            ys = [100 * (scores["averages"][pool]["by_category"].get(c, {}).get("main_score") or 0) for c in cats]
             bars = ax.bar(xs, ys, width=width, label=pool)
             ax.bar_label(bars, fmt="%.1f", fontsize=7)
         ax.set_xticks([i + width * (len(pools) - 1) / 2 for i in range(len(cats))])
@@ -282,31 +321,51 @@ def load_scores(path: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def compare(a: dict[str, Any], b: dict[str, Any], *, metrics: tuple[str, ...] = ("main", "ndcg@10")) -> str:
-    """A Markdown table of per-task deltas (B − A) on the headline metric and NDCG@10."""
+def compare(a: dict[str, Any], b: dict[str, Any], *, metrics: tuple[str, ...] = ("main", "ndcg@10"),
+            names: tuple[str, str] | None = None) -> str:
+    """A Markdown table of per-task deltas (B − A) on the headline metric and NDCG@10.
+
+    Every task of either side appears once (A's order, then B's new ones), each metric once per
+    task (NDCG@10 is not repeated when it is the headline); a task found on one side only is
+    listed as such and left out of the mean Δ. ``names`` labels the sides (e.g. their folders);
+    each label is followed by the side's model.
+    """
     ta = {(r["task"], r["pool"]): r for r in a["tasks"]}
     tb = {(r["task"], r["pool"]): r for r in b["tasks"]}
-    keys = [k for k in ta if k in tb] + [k for k in tb if k not in ta]
-    header = ["Task", "Pool", "Metric", f"A ({a['model']})", f"B ({b['model']})", "Δ (B−A)"]
+    keys = list(ta) + [k for k in tb if k not in ta]
+    label_a, label_b = (f"{names[0]} ({a['model']})", f"{names[1]} ({b['model']})") if names else \
+        (a["model"], b["model"])
+    header = ["Task", "Pool", "Metric", f"A: {label_a}", f"B: {label_b}", "Δ (B−A)"]
     rows = []
     sums: dict[str, list[float]] = {}
 
     def value(r, metric):
         if r is None:
-            return None
-        return r["main_score"] if metric == "main" else r["metrics"].get(metric)
+            return _MISSING
+        return r["main_score"] if metric == "main" else _get(r["metrics"], metric)
 
     for key in keys:
         ra, rb = ta.get(key), tb.get(key)
+        headline = (ra or rb)["main_metric"]
+        shown: list[str] = []
         for metric in metrics:
-            label = _metric_label((ra or rb)["main_metric"]) if metric == "main" else _metric_label(metric)
+            name = headline if metric == "main" else metric
             va, vb = value(ra, metric), value(rb, metric)
-            delta = None if va is None or vb is None else vb - va
+            delta = vb - va if all(isinstance(v, (int, float)) for v in (va, vb)) else None
             if delta is not None:
                 sums.setdefault(metric, []).append(delta)
-            rows.append([key[0], key[1], label, _pct(va), _pct(vb),
-                         "–" if delta is None else f"{100 * delta:+.2f}"])
+            if name in shown:  # the headline is NDCG@10: one row, not two
+                continue
+            shown.append(name)
+            note = "only in A" if rb is None else "only in B" if ra is None else "–"
+            rows.append([key[0], key[1], _metric_label(name), _pct(va), _pct(vb),
+                         note if delta is None else f"{100 * delta:+.2f}"])
     for metric, deltas in sums.items():
         rows.append(["**Mean Δ**", "", "headline" if metric == "main" else _metric_label(metric), "", "",
                      f"**{100 * sum(deltas) / len(deltas):+.2f}**"])
-    return _table(header, rows)
+    out = [_table(header, rows)]
+    for side, mine, other in (("A", ta, tb), ("B", tb, ta)):
+        alone = [f"{task} [{pool}]" for task, pool in mine if (task, pool) not in other]
+        if alone:
+            out.append(f"Only in {side}: {', '.join(alone)}")
+    return "\n\n".join(out)

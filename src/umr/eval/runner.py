@@ -6,7 +6,14 @@
 The output folder holds ``cache/`` (embeddings, reused on the next run), ``runs/<pool>/<task>.trec``
 (TREC run) and ``runs/<pool>/<task>.uniir.trec`` (UniIR's 7-column variant with the task id),
 ``tasks/<pool>/<task>.json`` (one finished task; a rerun skips it), ``scores.json`` (every score),
-``results.md`` (the papers' tables) and ``report.html`` (self-contained, with charts).
+``results.md`` (the papers' tables) and ``report.html`` (self-contained, with charts). It belongs
+to one model (``model.json``): reusing it for another model, or the same one with other options,
+is refused rather than overwriting the first model's results.
+
+Means follow each benchmark's reference (the task's ``average``): BEIR-style tasks average over
+the queries that were run and have judgements, as BEIR, MTEB and trec_eval do (qrels for a query
+the task does not hold, and queries that failed, are dropped and counted); M-BEIR averages over
+every query of the task, as UniIR does (a failed query scores 0).
 """
 
 from __future__ import annotations
@@ -23,10 +30,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..index.exact import search_exact
-from .cache import EmbeddingStore, fingerprint
+from ..data.tasks import UMRB_GROUPS, RetrievalTask
+from .cache import EmbeddingStore, fingerprint, model_key as key_of
 from .metrics import evaluate_run, mean_metrics, modality_bias, trec_order
-from .tasks import RetrievalTask
-from .trec import check_trec_id, run_from_topk, write_run
+from .trec import check_trec_id, drop_identical_ids, run_from_topk, write_run
+
+#: how many failure reasons a task's result keeps (and the summaries show)
+FIRST_REASONS = 3
 
 
 @dataclass
@@ -42,11 +52,15 @@ class EvalConfig:
     #: k of the modality-bias diagnostic; None = the task's headline k (5, or 10 for fashion)
     bias_k: int | None = None
     batch_size: int | None = None
-    chunk_size: int = 4096
+    #: the embedding cache commits every this many items or seconds (as ``umr index`` does), so
+    #: an interruption loses at most that much work
+    commit_every: int = 256
+    commit_seconds: float = 30.0
     show_progress: bool = False
 
     def signature(self) -> str:
-        fields = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "chunk_size", "show_progress")}
+        fields = {k: v for k, v in asdict(self).items()
+                  if k not in ("batch_size", "commit_every", "commit_seconds", "show_progress")}
         return hashlib.sha1(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
@@ -95,6 +109,7 @@ def _task_signature(task: RetrievalTask, model_key: str, config: EvalConfig, poo
     h.update(config.signature().encode())
     h.update(task.pool.encode())
     h.update(headline_metric(task.headline)[0].encode())
+    h.update(f"{task.average}:{task.ignore_identical_ids}".encode())
     for item in task.queries:
         h.update(item.id.encode() + fingerprint(item).encode())
     h.update(pool_digest.encode())
@@ -107,8 +122,11 @@ class Evaluator:
     """Evaluates one model on tasks; with ``output`` it caches, resumes and writes files.
 
     ``model_key`` names the model *with the options that change its vectors* (dtype, image token
-    bounds, ...); it keys the embedding cache and the finished-task signatures, so the same model
-    loaded differently never reuses the other's vectors or results. Default: the model's name.
+    bounds, ...; see :func:`umr.eval.cache.model_key`, the default); it keys the embedding cache
+    and the finished-task signatures, so the same model loaded differently never reuses the
+    other's vectors or results. An ``output`` folder written for another key is refused
+    (``ValueError``). ``retry_errors`` embeds again every item that failed before (an item
+    whose image file changed since it failed is always tried again).
 
     With a ``reranker`` (:class:`~umr.rerank.Reranker`) each query's top ``rerank_k`` candidates
     are reranked too, and every task reports both rankings' scores (``result["rerank"]``); rerank
@@ -120,13 +138,16 @@ class Evaluator:
 
     def __init__(self, model, *, output: str | Path | None = None, config: EvalConfig | None = None,
                  run_name: str | None = None, log: Callable[[str], None] | None = None,
-                 model_key: str | None = None, reranker=None, rerank_k: int = 10,
-                 reranker_key: str | None = None):
+                 model_key: str | None = None, retry_errors: bool = False, reranker=None,
+                 rerank_k: int = 10, reranker_key: str | None = None):
         self.model = model
         self.config = config or EvalConfig()
         self.output = Path(output) if output is not None else None
         self.model_name = str(getattr(model, "name", type(model).__name__))
-        self.model_key = model_key or self.model_name
+        self.model_key = model_key or key_of(model)
+        self.retry_errors = retry_errors
+        if self.output is not None:
+            claim_output(self.output, self.model_name, self.model_key)
         self.run_name = run_name or "umr_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in self.model_name)
         self.log = log or (lambda message: None)
         root = (self.output / "cache") if self.output else None
@@ -135,7 +156,8 @@ class Evaluator:
 
             self._tmp = tempfile.TemporaryDirectory(prefix="umr-eval-")
             root = Path(self._tmp.name)
-        self.store = EmbeddingStore(root, self.model_key, chunk_size=self.config.chunk_size)
+        self.store = EmbeddingStore(root, self.model_key, commit_every=self.config.commit_every,
+                                    commit_seconds=self.config.commit_seconds, retry_errors=retry_errors)
         self.reranker, self.rerank_k = reranker, int(rerank_k)
         self.rerank_store = None
         if reranker is not None:
@@ -145,8 +167,7 @@ class Evaluator:
             if self.rerank_k < 1:
                 raise ValueError(f"rerank_k must be at least 1, not {rerank_k}")
             self.reranker_key = reranker_key or default_key(reranker)
-            self.rerank_store = RerankStore(root / "rerank", self.reranker_key,
-                                            chunk_size=min(self.config.chunk_size, 1024))
+            self.rerank_store = RerankStore(root / "rerank", self.reranker_key, chunk_size=self.config.commit_every)
         # the latest pool's vectors, keyed by its content digest (a list's id() is reused once the
         # list is freed). One is enough: tasks sharing a pool come together, and the embedding
         # cache on disk serves any other order, so memory stays at one pool, not all of them.
@@ -207,7 +228,7 @@ class Evaluator:
         done_file = self._task_file(task)
         if done_file is not None and done_file.is_file():
             previous = json.loads(done_file.read_text(encoding="utf-8"))
-            if previous.get("signature") == signature:
+            if previous.get("signature") == signature and not self._worth_retrying(previous, task):
                 self.log(f"{task.pool}/{task.name}: already done, skipped")
                 return TaskOutcome(previous)
 
@@ -218,13 +239,17 @@ class Evaluator:
         self.timings["embed_s"] += spent
 
         t0 = time.perf_counter()
-        scores, rows = search_exact(qvecs, cvecs, config.depth)
+        # BEIR searches one deeper when it drops the query itself, so that ``depth`` results remain
+        scores, rows = search_exact(qvecs, cvecs, config.depth + int(task.ignore_identical_ids))
         kept_ids = [task.candidates[i].id for i in ckept]
         run = run_from_topk([task.queries[i].id for i in qkept], scores, rows, kept_ids)
+        if task.ignore_identical_ids:
+            run = drop_identical_ids(run, config.depth)
         t_search = time.perf_counter() - t0
         self.timings["search_s"] += t_search
 
         t0 = time.perf_counter()
+        scored, dropped = scored_queries(task, run)
         # the configured metrics, plus the task's hit@k and its headline at its k
         wanted = {name: set(getattr(config, name)) for name in ("k_values", "ndcg_k", "mrr_k", "map_k")}
         wanted["k_values"].add(task.hit_k)
@@ -233,7 +258,8 @@ class Evaluator:
         bias_k = config.bias_k or task.hit_k
 
         def measure(ranked):
-            per_query = evaluate_run(ranked, task.qrels, **{name: tuple(sorted(ks)) for name, ks in wanted.items()},
+            per_query = evaluate_run(ranked, {q: task.qrels.get(q, {}) for q in scored},
+                                     **{name: tuple(sorted(ks)) for name, ks in wanted.items()},
                                      relevance_level=config.relevance_level)
             rankings = {qid: trec_order(scores_) for qid, scores_ in ranked.items()}
             return mean_metrics(per_query), modality_bias(rankings, task.candidate_modalities(),
@@ -243,15 +269,22 @@ class Evaluator:
         t_score = time.perf_counter() - t0
         self.timings["score_s"] += t_score
 
+        reasons = [{"id": task.queries[i].id, "role": "query", "error": why}
+                   for i, why in list(qerrors.items())[:FIRST_REASONS]]
+        reasons += [{"id": task.candidates[i].id, "role": "candidate", "error": why}
+                    for i, why in list(cerrors.items())[:FIRST_REASONS - len(reasons)]]
         result: dict[str, Any] = {
             "task": task.name, "dataset": task.dataset, "pool": task.pool, "category": task.category,
             "group": task.group, "target_modality": str(task.target_modality), "hit_k": task.hit_k,
-            "main_metric": headline, "main_score": metrics.get(headline, 0.0),
+            "main_metric": headline, "main_score": metrics.get(headline),
             "metrics": metrics, "modality_bias": bias,
             "n_queries": len(task.queries), "n_judged_queries": len(task.qrels),
             "n_candidates": len(task.candidates),
+            "average": task.average, "ignore_identical_ids": task.ignore_identical_ids,
+            "n_scored_queries": len(scored), "dropped_queries": dropped,
             "query_errors": {task.queries[i].id: why for i, why in qerrors.items()},
             "candidate_errors": len(cerrors),
+            "failures": {"queries": len(qerrors), "candidates": len(cerrors), "first": reasons},
             "seconds": {"search": t_search, "score": t_score, "total": time.perf_counter() - t_start},
             "signature": signature, "metadata": task.metadata,
         }
@@ -259,7 +292,7 @@ class Evaluator:
         if self.reranker is not None:
             reranked, pair_errors = self._rerank(task, run)
             rr_metrics, rr_bias = measure(reranked)
-            result["rerank"] = {"model": self.reranker_key, "k": self.rerank_k, "main_score": rr_metrics.get(headline, 0.0),
+            result["rerank"] = {"model": self.reranker_key, "k": self.rerank_k, "main_score": rr_metrics.get(headline),
                                 "metrics": rr_metrics, "modality_bias": rr_bias, "pair_errors": pair_errors}
         if self.output is not None:
             t0 = time.perf_counter()
@@ -275,14 +308,19 @@ class Evaluator:
             tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
             tmp.replace(done_file)
             self.timings["write_s"] += time.perf_counter() - t0
-        shown = [(result["main_metric"], result["main_score"])]
-        if result["main_metric"] != "ndcg@10":
-            shown.append(("ndcg@10", metrics.get("ndcg@10", 0.0)))
-        if reranked is not None:
-            shown.append((f"reranked {headline}", result["rerank"]["main_score"]))
-        self.log(f"{task.pool}/{task.name}: " + ", ".join(f"{n} = {100 * v:.2f}" for n, v in shown)
-                 + f", modality bias@{bias_k} = {100 * bias['bias']:.1f}%")
+        self.log(task_line(result))
         return TaskOutcome(result, run)
+
+    def _worth_retrying(self, previous: dict[str, Any], task: RetrievalTask) -> bool:
+        """Whether a finished task with failures is stale: an item it lost would now be embedded
+        again, or has been embedded since (by another task sharing it)."""
+        failures = previous.get("failures") or {}
+        for role, items in (("queries", task.queries), ("candidates", task.candidates)):
+            if failures.get(role):
+                standing, retry = self.store.failure_state(items)
+                if retry or standing != failures[role]:
+                    return True
+        return False
 
     def _rerank(self, task: RetrievalTask, run: dict[str, dict[str, float]]):
         """The run with each query's top ``rerank_k`` reranked (scores: ``n - position``), and the
@@ -325,7 +363,8 @@ class Evaluator:
         t0 = time.perf_counter()
         self.check(tasks)
         results = [self.evaluate_task(task).result for task in tasks]
-        scores = summarize(results, model=self.model_name, benchmark=benchmark, config=self.config)
+        scores = summarize(results, model=self.model_name, benchmark=benchmark, config=self.config,
+                           model_key=self.model_key)
         scores["timings"] = {**self.timings, "total_s": time.perf_counter() - t0}
         if self.output is not None and write_reports:
             from .report import write_reports as _write
@@ -337,56 +376,143 @@ class Evaluator:
         return scores
 
 
+def scored_queries(task: RetrievalTask, run: dict[str, dict[str, float]]) -> tuple[list[str], dict[str, int]]:
+    """The queries a task's means are taken over, and how many were left out, by why.
+
+    ``"run"`` (BEIR, trec_eval): queries that were run and have judgements; ``absent`` counts
+    judged query ids the task does not hold, ``failed`` judged queries that could not be
+    embedded, ``unjudged`` queries run without judgements. ``"queries"`` (UniIR): every query.
+    """
+    qids = [q.id for q in task.queries]
+    if task.average == "queries":
+        return qids, {"absent": 0, "failed": 0, "unjudged": 0}
+    if task.average != "run":
+        raise ValueError(f"task {task.name}: average must be 'run' or 'queries', not {task.average!r}")
+    held = set(qids)
+    scored = [q for q in qids if q in run and q in task.qrels]
+    return scored, {"absent": sum(q not in held for q in task.qrels),
+                    "failed": sum(q not in run and q in task.qrels for q in qids),
+                    "unjudged": sum(q in run and q not in task.qrels for q in qids)}
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{100 * value:.{digits}f}"
+
+
+def task_line(result: dict[str, Any]) -> str:
+    """One line about a finished task: its headline (and NDCG@10), bias, queries scored, failures."""
+    metrics = result["metrics"]
+    shown = [(result["main_metric"], result["main_score"])]
+    if result["main_metric"] != "ndcg@10":
+        shown.append(("ndcg@10", metrics.get("ndcg@10")))
+    bias = result["modality_bias"]
+    line = (f"{result['pool']}/{result['task']}: " + ", ".join(f"{n} = {_pct(v)}" for n, v in shown)
+            + f", modality bias@{bias['k']} = {_pct(bias['bias'], 1)}{'' if bias['bias'] is None else '%'}")
+    if "rerank" in result:
+        line += f", reranked {result['main_metric']} = {_pct(result['rerank']['main_score'])}"
+    note = dropped_note(result)
+    if note:
+        line += f"; {note}"
+    failed = failure_note(result)
+    return line + (f"; FAILED: {failed}" if failed else "")
+
+
+def dropped_note(result: dict[str, Any]) -> str:
+    """``48 of 51 judged queries scored (1 absent from the queries, 2 failed)``, or '' if none dropped."""
+    dropped = result.get("dropped_queries") or {}
+    parts = [f"{n} {why}" for why, n in (("absent from the queries", dropped.get("absent", 0)),
+                                         ("failed", dropped.get("failed", 0)),
+                                         ("without judgements", dropped.get("unjudged", 0))) if n]
+    if not parts:
+        return ""
+    return f"{result.get('n_scored_queries', 0)} queries scored, dropped: " + ", ".join(parts)
+
+
+def failure_note(result: dict[str, Any]) -> str:
+    """``2 of 50 queries, 54 of 195 candidates failed (q7: reason; ...)``, or '' if nothing failed."""
+    failures = result.get("failures") or {}
+    counts = [f"{failures[role]} of {result[total]} {role}" for role, total in
+              (("queries", "n_queries"), ("candidates", "n_candidates")) if failures.get(role)]
+    if not counts:
+        return ""
+    first = "; ".join(f"{r['id']}: {r['error']}" for r in failures.get("first", []))
+    return " and ".join(counts) + " failed" + (f" (first: {first})" if first else "")
+
+
+def claim_output(output: Path, model_name: str, key: str) -> None:
+    """Make ``output`` this model's folder, or refuse it (``ValueError``) if another model's
+    results are there: a second model would overwrite the first one's runs and reports."""
+    owner_file = output / "model.json"
+    scores = output / "scores.json"
+    if owner_file.is_file():
+        owner = json.loads(owner_file.read_text(encoding="utf-8")).get("key")
+    elif scores.is_file():  # written before folders recorded their model: its name is all there is
+        owner = json.loads(scores.read_text(encoding="utf-8")).get("model")
+        owner = None if owner in (None, model_name) else owner
+    else:
+        owner = None
+    if owner is not None and owner != key:
+        raise ValueError(f"{output} holds the results of model {owner!r}, not {key!r}: give this model "
+                         f"its own output folder (e.g. {output.with_name(output.name + '-' + _safe(key))})")
+    if owner_file.is_file():
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    tmp = output / "model.json.tmp"
+    tmp.write_text(json.dumps({"model": model_name, "key": key}), encoding="utf-8")
+    tmp.replace(owner_file)
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text).strip("._") or "model"
+
+
 def summarize(results: list[dict[str, Any]], *, model: str, benchmark: str,
-              config: EvalConfig | None = None) -> dict[str, Any]:
-    """The scores document: every task, plus averages by pool, category and UMRB group."""
-    from .tasks import UMRB_GROUPS
+              config: EvalConfig | None = None, model_key: str | None = None) -> dict[str, Any]:
+    """The scores document: every task, plus averages by pool, category and UMRB group.
+
+    A mean leaves out tasks without a score (``None``: nothing was scored) and is ``None`` when
+    no task has one; ``n_failed_tasks`` counts the tasks in which some item failed.
+    """
+    def block(members: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"main_score": _mean(r["main_score"] for r in members),
+                "ndcg@10": _mean(r["metrics"].get("ndcg@10") for r in members),
+                "n_tasks": len(members)}
 
     averages: dict[str, dict[str, Any]] = {}
     for pool in sorted({r["pool"] for r in results}):
         in_pool = [r for r in results if r["pool"] == pool]
-        by_cat: dict[str, dict[str, float]] = {}
-        for cat in sorted({r["category"] for r in in_pool}):
-            members = [r for r in in_pool if r["category"] == cat]
-            by_cat[cat] = {"main_score": _mean(r["main_score"] for r in members),
-                           "ndcg@10": _mean(r["metrics"].get("ndcg@10", 0.0) for r in members),
-                           "n_tasks": len(members)}
-        by_group = {}
-        for group, cats in UMRB_GROUPS.items():
-            members = [r for r in in_pool if r["category"] in cats]
-            if members:
-                by_group[group] = {"main_score": _mean(r["main_score"] for r in members),
-                                   "ndcg@10": _mean(r["metrics"].get("ndcg@10", 0.0) for r in members),
-                                   "n_tasks": len(members)}
+        by_cat = {cat: block([r for r in in_pool if r["category"] == cat])
+                  for cat in sorted({r["category"] for r in in_pool})}
+        by_group = {group: block(members) for group, cats in UMRB_GROUPS.items()
+                    if (members := [r for r in in_pool if r["category"] in cats])}
+        averages[pool] = {**block(in_pool), "modality_bias": _mean(r["modality_bias"]["bias"] for r in in_pool),
+                          "n_failed_tasks": sum(bool(failure_note(r)) for r in in_pool),
+                          "by_category": by_cat, "by_group": by_group}
         reranked = [r for r in in_pool if "rerank" in r]
-        if reranked:
-            by_cat_rr = {cat: _mean(r["rerank"]["main_score"] for r in reranked if r["category"] == cat)
-                         for cat in by_cat}
-            for cat, value in by_cat_rr.items():
-                by_cat[cat]["rerank_main_score"] = value
-        averages[pool] = {"main_score": _mean(r["main_score"] for r in in_pool),
-                          "ndcg@10": _mean(r["metrics"].get("ndcg@10", 0.0) for r in in_pool),
-                          "modality_bias": _mean(r["modality_bias"]["bias"] for r in in_pool),
-                          "n_tasks": len(in_pool), "by_category": by_cat, "by_group": by_group}
-        if reranked:
+        if reranked:  # the reranked headline beside the retriever's, per pool and category
             averages[pool]["rerank_main_score"] = _mean(r["rerank"]["main_score"] for r in reranked)
-            averages[pool]["rerank_ndcg@10"] = _mean(r["rerank"]["metrics"].get("ndcg@10", 0.0) for r in reranked)
-    return {"model": model, "benchmark": benchmark,
+            averages[pool]["rerank_ndcg@10"] = _mean(r["rerank"]["metrics"].get("ndcg@10") for r in reranked)
+            for cat, block_ in by_cat.items():
+                block_["rerank_main_score"] = _mean(r["rerank"]["main_score"] for r in reranked
+                                                    if r["category"] == cat)
+    return {"model": model, "model_key": model_key or model, "benchmark": benchmark,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": asdict(config) if config else None,
             "tasks": results, "averages": averages}
 
 
-def _mean(values) -> float:
-    values = list(values)
-    return float(sum(values) / len(values)) if values else 0.0
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(sum(values) / len(values)) if values else None
 
 
 def evaluate(model, tasks: Sequence[RetrievalTask], *, output: str | Path | None = None,
              config: EvalConfig | None = None, benchmark: str = "custom",
              log: Callable[[str], None] | None = None, model_key: str | None = None,
-             reranker=None, rerank_k: int = 10) -> dict[str, Any]:
+             retry_errors: bool = False, reranker=None, rerank_k: int = 10) -> dict[str, Any]:
     """Evaluate ``model`` (any :class:`~umr.models.base.Embedder`) on ``tasks``, optionally reranking
-    each query's top ``rerank_k`` with ``reranker``; see the module doc (and :class:`Evaluator`)."""
-    return Evaluator(model, output=output, config=config, log=log, model_key=model_key, reranker=reranker,
+    each query's top ``rerank_k`` with ``reranker``; see the module doc (and :class:`Evaluator` for
+    ``model_key`` and ``retry_errors``)."""
+    return Evaluator(model, output=output, config=config, log=log, model_key=model_key,
+                     retry_errors=retry_errors, reranker=reranker,
                      rerank_k=rerank_k).evaluate(tasks, benchmark=benchmark)

@@ -1,79 +1,8 @@
-"""A retrieval task as the evaluator sees it: queries, a candidate pool, qrels, and its category."""
+"""The benchmark task type, re-exported where it was first published: it lives with the readers
+(:mod:`umr.data.tasks`) so that ``data`` never imports ``eval``."""
 
-from __future__ import annotations
+from ..data.tasks import (CATEGORIES, UMRB_GROUPS, RetrievalTask, category_of, group_of, parse_category,
+                          target_of_category)
 
-from dataclasses import dataclass, field
-from typing import Any
-
-from ..types import Item, Modality
-
-#: UMRB's categories, by group, in the papers' order.
-UMRB_GROUPS: dict[str, list[str]] = {
-    "single-modal": ["T→T", "I→I"],
-    "cross-modal": ["T→I", "T→VD", "I→T"],
-    "fused-modal": ["T→IT", "IT→T", "IT→I", "IT→IT"],
-}
-CATEGORIES = [c for group in UMRB_GROUPS.values() for c in group]
-_SHORT = {Modality.TEXT: "T", Modality.IMAGE: "I", Modality.FUSED: "IT"}
-_LONG = {v: k for k, v in _SHORT.items()}
-
-
-def category_of(query_modality: Modality | str, target_modality: Modality | str) -> str:
-    """``T→I`` style category from a query and a target modality."""
-    return f"{_SHORT[Modality.parse(query_modality)]}→{_SHORT[Modality.parse(target_modality)]}"
-
-
-def parse_category(text: str) -> str:
-    """Accept ``t2i``, ``t->i``, ``T→I``, ``t→vd``; return UMRB's spelling."""
-    key = text.strip().upper().replace("->", "→").replace("2", "→").replace(" ", "")
-    if key not in CATEGORIES and key not in ("I→IT",):
-        raise ValueError(f"unknown category {text!r}: use one of {', '.join(CATEGORIES)}")
-    return key
-
-
-def group_of(category: str) -> str | None:
-    for group, members in UMRB_GROUPS.items():
-        if category in members:
-            return group
-    return None
-
-
-def target_of_category(category: str) -> Modality:
-    right = category.split("→")[1]
-    return Modality.IMAGE if right == "VD" else _LONG[right]
-
-
-@dataclass
-class RetrievalTask:
-    """Queries, the pool they search, and which candidates are relevant to which query.
-
-    ``qrels[qid][did]`` is the graded relevance. ``target_modality`` is the modality a correct
-    answer has (for the modality-bias diagnostic); ``hit_k`` is the k of the headline
-    Recall@k (UniIR's per-dataset choice). ``run_tag`` goes into the 7th column of UniIR-style
-    run files (M-BEIR's task id).
-    """
-
-    name: str
-    queries: list[Item]
-    candidates: list[Item]
-    qrels: dict[str, dict[str, int]]
-    category: str
-    target_modality: Modality
-    dataset: str = ""
-    pool: str = "local"
-    hit_k: int = 5
-    run_tag: str = "0"
-    #: the headline metric; None = ``hit@{hit_k}`` (UniIR's Recall@k)
-    main_metric: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def headline(self) -> str:
-        return self.main_metric or f"hit@{self.hit_k}"
-
-    @property
-    def group(self) -> str | None:
-        return group_of(self.category)
-
-    def candidate_modalities(self) -> dict[str, str]:
-        return {c.id: str(c.modality) for c in self.candidates}
+__all__ = ["CATEGORIES", "UMRB_GROUPS", "RetrievalTask", "category_of", "group_of", "parse_category",
+           "target_of_category"]

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from ..data.qrels import read_qrels
 from .metrics import trec_order
+
+__all__ = ["check_trec_id", "read_qrels", "read_run", "run_from_topk", "write_qrels", "write_run"]
 
 
 def check_trec_id(value: str, what: str = "id") -> str:
@@ -65,39 +68,6 @@ def read_run(path: str | Path) -> dict[str, dict[str, float]]:
     return run
 
 
-def read_qrels(path: str | Path) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
-    """Read qrels: TREC (``qid 0 did rel``), M-BEIR (``qid 0 did rel task_id``) or BEIR TSV.
-
-    BEIR's TSV (``query-id<TAB>corpus-id<TAB>score`` with a header) is recognised by its header.
-    Returns ``(qrels, task_ids)``; ``task_ids`` maps qid to M-BEIR's 5th column when present.
-    """
-    qrels: dict[str, dict[str, int]] = {}
-    task_ids: dict[str, str] = {}
-    with Path(path).open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            parts = line.rstrip("\n").split("\t") if "\t" in line else line.split()
-            parts = [p.strip() for p in parts]
-            if not parts or parts == [""]:
-                continue
-            if line_no == 1 and parts[0].lower() in ("query-id", "query_id", "qid"):
-                continue  # BEIR header
-            if len(parts) == 3:
-                qid, did, rel = parts
-            elif len(parts) in (4, 5):
-                qid, _, did, rel = parts[:4]
-                if len(parts) == 5:
-                    task_ids.setdefault(qid, parts[4])
-            else:
-                raise ValueError(f"{path}:{line_no}: expected 3 (BEIR), 4 (TREC) or 5 (M-BEIR) columns, "
-                                 f"got {len(parts)}")
-            try:
-                grade = int(float(rel))
-            except ValueError:
-                raise ValueError(f"{path}:{line_no}: relevance {rel!r} is not a number") from None
-            qrels.setdefault(qid, {})[did] = grade
-    return qrels, task_ids
-
-
 def write_qrels(path: str | Path, qrels: Mapping[str, Mapping[str, int]]) -> None:
     for qid, judged in qrels.items():
         check_trec_id(qid, "query id")
@@ -121,3 +91,17 @@ def run_from_topk(qids: Sequence[str], scores, rows, doc_ids: Sequence[str],
             continue
         run[qid] = {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0}
     return run
+
+
+def drop_identical_ids(run: Mapping[str, Mapping[str, float]], depth: int) -> dict[str, dict[str, float]]:
+    """The run without results whose document id is the query's own id, cut to ``depth``.
+
+    BEIR's ``ignore_identical_ids``: on ArguAna, Quora and CQADupStack each query is also in the
+    corpus, and finding itself says nothing about a model. The run is searched one deeper, so
+    each query keeps ``depth`` results after its own id is dropped.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for qid, scores in run.items():
+        kept = [doc for doc in trec_order(scores) if doc != qid][:depth]
+        out[qid] = {doc: scores[doc] for doc in kept}
+    return out
