@@ -51,12 +51,14 @@ def _list_special_tokens(folder: Path) -> None:
     path.write_text(json.dumps(config, indent=2))
 
 
-def write_tiny_qwen3vl_reranker(folder: str | Path, *, seed: int = 0) -> Path:
+def write_tiny_qwen3vl_reranker(folder: str | Path, *, seed: int = 0, text: dict | None = None,
+                                vision: dict | None = None) -> Path:
     """A tiny random Qwen3-VL-Reranker checkpoint (name the folder ``...reranker...`` or load it
-    with ``family="qwen3-vl-reranker"``)."""
+    with ``family="qwen3-vl-reranker"``); ``text`` / ``vision`` override the architecture as in
+    :func:`umr.models.qwen3vl.write_tiny_qwen3vl` (e.g. a mid-sized model for benchmarks)."""
     from ..models.qwen3vl.tiny import write_tiny_qwen3vl
 
-    folder = write_tiny_qwen3vl(folder, seed=seed, answer_words=ANSWER_WORDS)
+    folder = write_tiny_qwen3vl(folder, seed=seed, text=text, vision=vision, answer_words=ANSWER_WORDS)
     _list_special_tokens(folder)
     return folder
 
