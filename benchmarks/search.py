@@ -144,7 +144,7 @@ def run_size(n: int, data: str, n_queries: int, work: Path, *, hnsw: bool, m: in
     raw = None  # free the flat copy before the HNSW part (1M x 384 floats)
 
     if hnsw:
-        graph = index.store._load_hnsw(index.store.manifest["hnsw"])
+        graph = index.store.hnsw_graph()
         row["hnsw"] = []
         for ef in ef_values:
             params = faiss.SearchParametersHNSW(efSearch=ef)

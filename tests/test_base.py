@@ -114,3 +114,50 @@ def test_resolve_dtype_names_and_errors():
     assert resolve_dtype(torch.float16) is torch.float16
     with pytest.raises(ValueError, match="dtype must be one of .*not 'int8'"):
         resolve_dtype("int8")
+
+
+class FragileEmbedder(CountingEmbedder):
+    """Its sizing and its per-item preparation raise whatever a PIL plug-in or resize might."""
+
+    def _cost(self, item):
+        if item.text == "zero-size":
+            return 1 // 0
+        if item.text == "out-of-memory":
+            raise MemoryError("cannot allocate")
+        return super()._cost(item)
+
+    def _embed_batch(self, items):
+        def prepare(item):
+            if item.text == "bad-plugin":
+                import struct
+
+                struct.unpack(">I", b"\x00")  # struct.error, as a broken TIFF tag gives
+            if item.text == "bad-exif":
+                raise SyntaxError("not a TIFF file (header b'\\x00' not valid)\nsecond line")
+            return item
+        if any(item.text == "model-bug" for item in items):
+            raise RuntimeError("shape mismatch in layer 3")  # a forward error no item explains
+        return super()._embed_batch(self._each_item(items, prepare))
+
+
+def test_any_exception_while_sizing_or_preparing_an_item_is_that_items_error():
+    model = FragileEmbedder()
+    texts = ["one", "zero-size", "two", "bad-plugin", "three", "bad-exif"]
+    result = model.embed([Item.candidate(t, id=t) for t in texts], on_error="skip")
+    assert result.indices.tolist() == [0, 2, 4]
+    reasons = {e.item_id: e.reason for e in result.errors}
+    assert reasons == {"zero-size": "ZeroDivisionError: integer division or modulo by zero",
+                       "bad-plugin": "struct.error: unpack requires a buffer of 4 bytes",
+                       "bad-exif": "SyntaxError: not a TIFF file (header b'\\x00' not valid)"}
+    np.testing.assert_allclose(result.vectors, model.encode_candidates(["one", "two", "three"]), atol=1e-6)
+    with pytest.raises(ItemError, match="item 'bad-plugin': struct.error: unpack") as info:
+        model.embed([Item.candidate("one", id="one"), Item.candidate("bad-plugin", id="bad-plugin")])
+    assert info.value.index == 1
+
+
+def test_whole_run_errors_still_stop_the_run():
+    model = FragileEmbedder()
+    with pytest.raises(MemoryError):
+        model.embed([Item.candidate("one"), Item.candidate("out-of-memory")], on_error="skip")
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        model.embed([Item.candidate("one"), Item.candidate("model-bug")], on_error="skip")

@@ -43,3 +43,13 @@ def test_item_error_locates_line_and_id():
     err = ItemError("x", "broken").at(line=7, index=2)
     assert str(err) == "line 7, item 'x': broken"
     assert err.to_dict() == {"line": 7, "id": "x", "error": "broken"}
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\n\t "])
+def test_a_blank_text_is_no_text(blank):
+    img = Image.new("RGB", (4, 4))
+    assert Item(text=blank).text is None
+    assert Item(text=blank, image=img).modality is Modality.IMAGE
+    with pytest.raises(ItemError, match="neither text nor image .an empty or blank text is no text"):
+        Item(text=blank, id="e").modality
+    assert Item(text=" padded ").text == " padded "  # real text is kept as given

@@ -25,6 +25,10 @@ MAX_IMAGE_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
+class _EmptyFile(ValueError):
+    """A zero-byte file: worth saying so rather than "not an image"."""
+
+
 def _open(source: ImageSource) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
@@ -36,9 +40,13 @@ def _open(source: ImageSource) -> Image.Image:
             raise FileNotFoundError(f"image file not found: {path}")
         if path.is_dir():
             raise IsADirectoryError(f"image path is a folder: {path}")
+        if path.stat().st_size == 0:
+            raise _EmptyFile(f"empty file (0 bytes): {path}")
         source = path
-    with warnings.catch_warnings():  # sizes up to the hard limit are fine; beyond it PIL raises
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    # sizes up to the hard limit are fine (beyond it PIL raises); PIL's warnings about corrupt
+    # EXIF and the like concern one file and would only clutter a run's output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         return Image.open(source)
 
 
@@ -59,8 +67,10 @@ def load_image(source: ImageSource, *, item_id: str | None = None,
     img = decode_image(source, item_id=item_id, max_pixels=max_pixels)
     try:
         return img.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise ItemError(item_id, f"image cannot be decoded ({_describe(source)}): {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plug-in's conversion may raise anything
+        raise ItemError.from_exception(item_id, exc, context=f"image cannot be decoded ({_describe(source)})") from None
 
 
 def decode_image(source: ImageSource, *, item_id: str | None = None,
@@ -70,10 +80,14 @@ def decode_image(source: ImageSource, *, item_id: str | None = None,
     RGBA on white)."""
     img = _checked_open(source, item_id, max_pixels)
     try:
-        img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
         return _to_8bit(img) if img.mode in _WIDE_MODES else img
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ItemError(item_id, f"image cannot be decoded ({_describe(source)}): {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL plug-ins raise anything on a broken file
+        raise ItemError.from_exception(item_id, exc, context=f"image cannot be decoded ({_describe(source)})") from None
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -98,14 +112,16 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 def _checked_open(source: ImageSource, item_id: str | None, max_pixels: int) -> Image.Image:
     try:
         img = _open(source)
-    except (FileNotFoundError, IsADirectoryError) as exc:
+    except (FileNotFoundError, IsADirectoryError, _EmptyFile) as exc:
         raise ItemError(item_id, str(exc)) from None
     except UnidentifiedImageError:
         raise ItemError(item_id, f"not an image file ({_describe(source)})") from None
     except Image.DecompressionBombError as exc:
         raise ItemError(item_id, f"image too large, refused as a decompression bomb: {exc}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ItemError(item_id, f"image cannot be read ({_describe(source)}): {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL plug-ins raise anything on a broken header
+        raise ItemError.from_exception(item_id, exc, context=f"image cannot be read ({_describe(source)})") from None
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ItemError(item_id, f"image has an empty size {width}x{height} ({_describe(source)})")

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .images import load_image
-from .types import ImageSource
+from .types import ImageSource, ItemError
 
 #: OCR lines below this recognition confidence are dropped as noise
 MIN_SCORE = 0.6
@@ -48,13 +48,8 @@ def _get_engine():
         return _engine
 
 
-def read_text(image: ImageSource, *, item_id: str | None = None, min_score: float = MIN_SCORE) -> str:
-    """The text in ``image``, one line per detected text line, in reading order; "" if none.
-
-    Raises :class:`~umr.types.ItemError` when the image cannot be decoded (it goes through the
-    same safe loader as the models, so decompression bombs are refused before decoding).
-    """
-    img = load_image(image, item_id=item_id)
+def _recognise(engine, img: Image.Image):
+    """RapidOCR's boxes for ``img``, read at a size its recogniser handles well."""
     side = max(img.size)
     if side > MAX_SIDE:
         img = img.copy()
@@ -62,9 +57,28 @@ def read_text(image: ImageSource, *, item_id: str | None = None, min_score: floa
     elif side < MIN_SIDE:
         # the recogniser drops the spaces between small words: read small images enlarged
         factor = min(MIN_SIDE / side, 3.0)
-        img = img.resize((round(img.width * factor), round(img.height * factor)), Image.BICUBIC)
+        img = img.resize((max(1, round(img.width * factor)), max(1, round(img.height * factor))),
+                         Image.BICUBIC)
     array = np.asarray(img)[:, :, ::-1].copy()  # RapidOCR expects OpenCV's BGR order
-    result, _ = _get_engine()(array)
+    result, _ = engine(array)
+    return result
+
+
+def read_text(image: ImageSource, *, item_id: str | None = None, min_score: float = MIN_SCORE) -> str:
+    """The text in ``image``, one line per detected text line, in reading order; "" if none.
+
+    Raises :class:`~umr.types.ItemError` when the image cannot be decoded (it goes through the
+    same safe loader as the models, so decompression bombs are refused before decoding) or the
+    OCR engine fails on it.
+    """
+    img = load_image(image, item_id=item_id)
+    engine = _get_engine()
+    try:
+        result = _recognise(engine, img)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the OCR of one image failing is that image's error
+        raise ItemError.from_exception(item_id, exc, context="OCR failed") from None
     if not result:
         return ""
     boxes = []

@@ -50,6 +50,10 @@ class Item:
     ``instruction`` is the task instruction and only applies to queries; candidates are
     always embedded without one, as GME and MM-Embed do. ``id`` and ``metadata`` travel
     with the item so errors and search results can name it.
+
+    One rule for empty text, in the API, ``umr embed``, ``umr search`` and the index: a text
+    that is empty or only whitespace is *no text* (``text`` becomes None). Beside an image the
+    item is that image; alone the item has no content and is refused as an :class:`ItemError`.
     """
 
     text: str | None = None
@@ -69,6 +73,8 @@ class Item:
             )
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise TypeError(f"item {self.id!r}: instruction must be a string")
+        if self.text is not None and not self.text.strip():
+            self.text = None
 
     @property
     def modality(self) -> Modality:
@@ -78,7 +84,7 @@ class Item:
             return Modality.IMAGE
         if self.text is not None:
             return Modality.TEXT
-        raise ItemError(self.id, "has neither text nor image")
+        raise ItemError(self.id, "has neither text nor image (an empty or blank text is no text)")
 
     @classmethod
     def query(cls, text: str | None = None, image: ImageSource | None = None, *,
@@ -91,6 +97,10 @@ class Item:
         return cls(text=text, image=image, is_query=False, id=id, metadata=metadata)
 
 
+#: what ``encode_*`` take as one item (anything else is a sequence of items)
+SINGLE_VALUES = (Item, str, Image.Image, Path, bytes, dict)
+
+
 def as_items(values: "list[Item | str | Image.Image] | tuple", *, is_query: bool,
              instruction: str | None = None) -> list[Item]:
     """Normalise what users pass to ``encode_*`` (items, strings, PIL images) into items.
@@ -98,6 +108,8 @@ def as_items(values: "list[Item | str | Image.Image] | tuple", *, is_query: bool
     ``instruction`` fills in queries that carry none of their own; it is ignored for
     candidates because candidates are embedded without instructions.
     """
+    if isinstance(values, SINGLE_VALUES):
+        raise TypeError("as_items takes a list of items; wrap a single item in a list")
     items: list[Item] = []
     for i, value in enumerate(values):
         if isinstance(value, Item):
@@ -135,6 +147,19 @@ class ItemError(ValueError):
         where = f"line {line}, " if line is not None else ""
         name = repr(item_id) if item_id is not None else "<no id>"
         super().__init__(f"{where}item {name}: {reason}")
+
+    @classmethod
+    def from_exception(cls, item_id: str | None, exc: BaseException, *, context: str = "") -> "ItemError":
+        """The error of one item that raised ``exc`` (a PIL plug-in, resize arithmetic, OCR...):
+        ``context``, the exception's type and the first line of its message — one bad file reads
+        as one line."""
+        if isinstance(exc, ItemError):
+            return exc
+        kind = type(exc).__name__ if type(exc).__module__ == "builtins" else \
+            f"{type(exc).__module__}.{type(exc).__name__}"  # struct.error, not a bare "error"
+        lines = str(exc).strip().splitlines()
+        message = f"{kind}: {lines[0][:300]}" if lines else kind
+        return cls(item_id, f"{context}: {message}" if context else message)
 
     def to_dict(self) -> dict[str, Any]:
         return {"line": self.line, "id": self.item_id, "error": self.reason}

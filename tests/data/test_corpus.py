@@ -40,7 +40,8 @@ def make_bad_corpus(root: Path) -> Path:
     bomb_png(root / "bomb.png")
     (root / "binary.txt").write_bytes(bytes(range(256)) * 8)
     (root / "empty.txt").write_bytes(b"")
-    (root / "huge.txt").write_bytes(b"word " * (10 * 1024 * 1024 // 5))
+    with open(root / "huge.txt", "wb") as handle:  # sparse: over the size bound without writing it
+        handle.truncate(60_000_000)
     (root / "broken.pdf").write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage")
     (root / "ignored.bin").write_bytes(b"\x00\x01")
     (root / ".hidden.txt").write_text("hidden files are not indexed")

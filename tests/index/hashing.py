@@ -45,7 +45,7 @@ class HashEmbedder(Embedder):
             time.sleep(delay * len(items))
         out = np.zeros((len(items), DIM), np.float32)
         for row, item in enumerate(items):
-            text = item.text if not (item.is_query and item.instruction) else f"{item.instruction} {item.text}"
+            text = (item.text or "") if not (item.is_query and item.instruction) else f"{item.instruction} {item.text}"
             for word in text.lower().split():
                 h = hashlib.blake2b(word.encode(), digest_size=8).digest()
                 out[row, h[0] % DIM] += 1.0 if h[1] & 1 else -1.0

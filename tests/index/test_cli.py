@@ -23,10 +23,12 @@ def test_bad_files_are_reported_and_the_rest_indexed(tmp_path, capsys, monkeypat
     out = capsys.readouterr().out
     assert "added 3, updated 0, unchanged 0, deleted 0, skipped 1, errors 7" in out, out
     assert "red.png" in out and "no usable representation under hash-test" in out
+    assert "ignored 2 file(s) umr does not read: 1 .bin, 1 hidden" in out, out
     errors = [json.loads(line) for line in (index / "errors.jsonl").read_text().splitlines()]
-    by_id = {e["id"]: e for e in errors}
+    by_id = {e["id"]: e for e in errors if e["kind"] != "ignored"}
     assert set(by_id) == {"c/corrupt.jpg", "c/truncated.jpg", "c/bomb.png", "c/binary.txt", "c/empty.txt",
                           "c/huge.txt", "c/broken.pdf", "c/red.png"}  # ids: the folder's name / path
+    assert {e["id"] for e in errors if e["kind"] == "ignored"} == {"c/ignored.bin", "c/.hidden.txt"}
     assert by_id["c/red.png"]["kind"] == "no representation"
     assert "decompression bomb" in by_id["c/bomb.png"]["error"]
     assert "cannot be decoded" in by_id["c/truncated.jpg"]["error"]

@@ -71,8 +71,11 @@ def test_milvus_filter_expression_literals():
     from umr.index.milvus import filter_expression
     from umr.index.store import Filter
 
-    expr = filter_expression(Filter.make(where={"city": ["Zürich", 'a"b\\c'], "n": 3}))
-    assert expr == '(meta["city"] == "Zürich" or meta["city"] == "a\\"b\\\\c") and meta["n"] == 3'
+    expr = filter_expression(Filter.make(where={"city": ["Zürich", 'a"b\\c'], "n": 3, "brand": None}))
+    assert expr == ('(meta["brand"] is null) and '
+                    '(meta["city"] == "Zürich" or json_contains(meta["city"], "Zürich") or '
+                    'meta["city"] == "a\\"b\\\\c" or json_contains(meta["city"], "a\\"b\\\\c")) and '
+                    '(meta["n"] == 3 or json_contains(meta["n"], 3))')
     with pytest.raises(ValueError, match="JSON object"):
         filter_expression(Filter.make(where={"loc": {"city": "Paris"}}))
 
@@ -149,3 +152,77 @@ def test_duplicate_id_after_a_bad_line_is_indexed(tmp_path):
     again = index.index_corpus(corpus)
     assert (again.added, again.unchanged, again.deleted) == (0, 2, 0)
     assert sorted(index.ids()) == ["x", "y"]
+
+
+def _where_items():
+    return [Item.candidate(text="cats a", id="a", tags=["leather", "red"], flag=True, n=1),
+            Item.candidate(text="cats b", id="b", tags="red", flag=1, n=1.0),
+            Item.candidate(text="cats c", id="c", tags=["blue"], brand=None, flag=False),
+            Item.candidate(text="cats d", id="d", flag=0),
+            Item.candidate(text="cats e", id="e", brand="acme", tags=["redder"])]
+
+
+def test_where_lists_null_and_types_on_both_backends(make_index):
+    """tags=red missed ["leather", "red"]; brand=None never matched; true matched 1 (15.10)."""
+    index = make_index()
+    index.add(_where_items())
+
+    def ids(**where):
+        return sorted(r.id for r in index.search("cats", where=where, k=10))
+
+    assert ids(tags="red") == ["a", "b"]             # a list field holding the value, or the value
+    assert ids(tags=["red", "blue"]) == ["a", "b", "c"]
+    assert ids(brand=None) == ["a", "b", "c", "d"]    # null or missing
+    assert ids(brand=[None, "acme"]) == ["a", "b", "c", "d", "e"]
+    assert ids(flag=True) == ["a"]                    # not the number 1
+    assert ids(flag=1) == ["b"]                       # not true
+    assert ids(flag=False) == ["c"]
+    assert ids(flag=0) == ["d"]
+    assert ids(n=1) == ["a", "b"]                     # 1 and 1.0 are one JSON number
+    assert ids(tags="red", flag=1) == ["b"]
+    assert ids(colour="red") == []
+    assert index.store.metadata_fields() >= {"tags", "flag", "n", "brand"}
+    assert "colour" not in index.store.metadata_fields()
+
+
+def test_cli_where_null_lists_and_a_hint_for_an_unknown_field(tmp_path, capsys):
+    index = Index.create(tmp_path / "ix", hashing.HashEmbedder())
+    index.add(_where_items())
+    index.close()
+
+    def run(*where):
+        args = ["search", "--index", str(tmp_path / "ix"), "cats", "--json", "-k", "10"]
+        for w in where:
+            args += ["--where", w]
+        assert main(args) == 0
+        captured = capsys.readouterr()
+        return sorted(r["id"] for r in json.loads(captured.out)), captured.err
+
+    assert run("tags=red") == (["a", "b"], "")
+    assert run("brand=null")[0] == ["a", "b", "c", "d"]
+    assert run("flag=1")[0] == ["b"]
+    assert run("flag=true")[0] == ["a"]
+    got, err = run("colour=red")
+    assert got == [] and "no item has metadata field 'colour'" in err and "tags" in err
+    got, err = run("tags=green")  # a known field with no match: no hint
+    assert got == [] and err == ""
+
+
+def test_search_refuses_k_and_ef_search_below_one(make_index):
+    index = make_index()
+    index.add(_where_items())
+    for k in (0, -3):
+        with pytest.raises(ValueError, match="k must be a positive"):
+            index.search("cats", k=k)
+    with pytest.raises(ValueError, match="ef_search must be a positive"):
+        index.search("cats", k=3, ef_search=0)
+    assert len(index.search("cats", k=3, ef_search=8)) == 3
+
+
+def test_booleans_found_behind_many_equal_numbers(make_index):
+    """Milvus compares true equal to 1: its extra hits are dropped and more are fetched."""
+    index = make_index()
+    index.add([Item.candidate(text=f"cats cats {i}", id=f"one{i}", flag=1) for i in range(40)]
+              + [Item.candidate(text="dogs", id="yes", flag=True)])
+    assert [r.id for r in index.search("cats cats", where={"flag": True}, k=1)] == ["yes"]
+    assert len(index.search("cats cats", where={"flag": 1}, k=50)) == 40

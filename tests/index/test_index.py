@@ -226,6 +226,6 @@ def test_compact_keeps_live_items(tmp_path):
     assert [(r.id, round(r.score, 5)) for r in index.search("otters", k=5)] == before
     index.close()
     reopened = Index.open(tmp_path / "c")
-    assert len(reopened) == 20 and len(reopened.store._state.records) == 20
+    assert len(reopened) == 20 and reopened.store.rows == 20  # the deleted rows are gone
     assert [(r.id, round(r.score, 5)) for r in reopened.search("otters", k=5)] == before
     reopened.close()

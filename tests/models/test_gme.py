@@ -160,7 +160,7 @@ def _check(gme, ref, item: Item):
 
 # -- parity ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", ["A dog running on the beach.", "", "x", "Wikipedia: the 2024 city of rivers, 42!"])
+@pytest.mark.parametrize("text", ["A dog running on the beach.", ".", "x", "Wikipedia: the 2024 city of rivers, 42!"])
 def test_text_candidate_parity(gme, ref, text):
     _check(gme, ref, Item.candidate(text, id="t"))
 

@@ -55,19 +55,41 @@ def images(tmp_path_factory):
 
 # -- the reference -------------------------------------------------------------------------------
 
+def reference_tokenizer(folder):
+    """The tokenizer as ``NVMMEmbedModel.__init__`` sets it up: LLaVA-NeXT's LLaMA tokenizer (which
+    adds ``<s>``) with ``add_eos_token`` from the config; umr's processor is not used."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.add_bos_token = True
+    tokenizer.add_eos_token = json.loads((folder / "config.json").read_text())["add_eos_token"]
+    return tokenizer
+
+
+def reference_instruction_length(tokenizer, prompt, patches):
+    """``calculate_instruction_length``: the head before ``"\nQuery: "`` tokenised by a plain tokenizer
+    call (its specials, no truncation), plus the hard-coded ``576 - 1`` (``patches - 1``) if it holds <image>."""
+    if "\nQuery: " not in prompt:
+        return 0
+    head = prompt.split("\nQuery: ")[0]
+    n = len(tokenizer(head)["input_ids"])
+    return n + (patches - 1 if "<image>" in head else 0)
+
+
 class ReferenceMMEmbed:
     """MM-Embed's reference semantics, one item per call, on transformers' modules."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, max_length=512):
         from safetensors.torch import load_file
-        from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, MistralConfig, MistralModel
+        from transformers import CLIPVisionConfig, CLIPVisionModel, MistralConfig, MistralModel
         from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
         self.config = json.loads((folder / "config.json").read_text())
         nv = self.config["retriever_config"]
         state = load_file(str(folder / "model.safetensors"))
         self.state = state
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.tokenizer = reference_tokenizer(folder)
+        self.max_length = max_length
         pre = json.loads((folder / "preprocessor_config.json").read_text())
         pre = {k: v for k, v in pre.items() if k not in ("image_processor_type", "processor_class")}
         self.image_processor = LlavaNextImageProcessorPil(**pre)
@@ -95,10 +117,9 @@ class ReferenceMMEmbed:
         prompt = template if image is not None else template.replace("<image>\n", "")
         return prompt.replace("<text>", text if text is not None else "")
 
-    def tokenize(self, text):
-        # LlamaTokenizerFast with add_eos_token=True: <s> ... </s>
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return [self.tokenizer.bos_token_id] + ids + [self.tokenizer.eos_token_id]
+    def tokenize(self, prompt):
+        # encode(): the processor's tokenizer call with truncation at max_length
+        return self.tokenizer(prompt, max_length=self.max_length, truncation=True)["input_ids"]
 
     def latent_pool(self, hidden, pool_mask):
         return independent_latent_attention(self.state, self.latent, hidden, pool_mask)
@@ -131,12 +152,7 @@ class ReferenceMMEmbed:
         mask4d = torch.zeros(1, 1, n, n)  # bidirectional: nothing masked for a single item
         hidden = self.llm(inputs_embeds=embeds[None], attention_mask=mask4d).last_hidden_state
         pool_mask = torch.ones(1, n)
-        if "\nQuery: " in prompt:
-            head = prompt.split("\nQuery: ")[0]
-            instruction_length = len(self.tokenize(head))
-            if "<image>" in head:
-                instruction_length += self.patches - 1  # the reference's "576 - 1" (24 x 24 patches at 336/14)
-            pool_mask[:, :instruction_length] = 0
+        pool_mask[:, :reference_instruction_length(self.tokenizer, prompt, self.patches)] = 0
         vec = self.latent_pool(hidden, pool_mask)[0]
         return torch.nn.functional.normalize(vec, dim=-1).numpy()
 
@@ -218,14 +234,14 @@ def test_parity_with_reference(mm, ref, images, make):
     _check(mm, ref, make(images))
 
 
-def test_instruction_is_masked_from_pooling_not_from_attention(mm):
+def test_instruction_is_masked_from_pooling_not_from_attention(mm, tiny_dir):
+    mm_dir = tiny_dir
     instruction = "Retrieve a wikipedia passage."
     with_instr = Item.query("a dog", instruction=instruction)
     proc = mm.processor
     p = proc.process(with_instr)
     inputs, attention, pool = mm.prepare([p])
-    head = proc.tokenize(f"Instruct: {instruction}")  # <s> Instruct: ... </s>
-    n_instr = len(head)
+    n_instr = reference_instruction_length(reference_tokenizer(mm_dir), build_prompt(with_instr), 0)
     assert p.instruction_length == n_instr
     assert attention[0].tolist() == [1] * len(p.input_ids)  # every token is attended to ...
     assert pool[0].tolist() == [0] * n_instr + [1] * (len(p.input_ids) - n_instr)  # ... but not pooled
@@ -255,7 +271,7 @@ def test_literal_pad_token_is_embedded_as_eos_like_the_reference(mm):
     assert np.abs(pad - unk).max() > 1e-3
 
 
-def test_image_inside_the_instruction_head_follows_the_reference_rule(mm, images):
+def test_image_inside_the_instruction_head_follows_the_reference_rule(mm, images, tiny_dir):
     # reference calculate_instruction_length: len(tokenizer(head)) + (576 - 1) when "<image>" is in the
     # head; 576 is the real model's patch count (24 x 24), its image spans 577 positions (+ image-newline),
     # so the rule adds (image positions - 2) = 575 there, and 16 - 1 = 15 for the tiny 56/14 tower
@@ -264,13 +280,15 @@ def test_image_inside_the_instruction_head_follows_the_reference_rule(mm, images
     item = Item.candidate("Question list\nQuery: what is it", images["photo"])
     head = "<image>\nQuestion list"
     assert build_prompt(item).split("\nQuery: ")[0] == head
-    assert p.process(item).instruction_length == len(p.tokenize(head)) + 15
+    tokenizer = reference_tokenizer(tiny_dir)
+    assert p.process(item).instruction_length == len(tokenizer(head)["input_ids"]) + 15 \
+        == reference_instruction_length(tokenizer, build_prompt(item), 16)
     # a real-size processor adds 575
     real = type(p)(p.tokenizer, image_token_id=p.image_token_id, image_tokens=577)
-    assert real.instruction_length(build_prompt(item)) == len(p.tokenize(head)) + 575
+    assert real.instruction_length(build_prompt(item)) == len(tokenizer(head)["input_ids"]) + 575
     # no image in the head (an instructed query): nothing added
     query = Item.query("what is it", images["photo"], instruction="Find it.")
-    assert p.process(query).instruction_length == len(p.tokenize("Instruct: Find it."))
+    assert p.process(query).instruction_length == len(tokenizer("Instruct: Find it.")["input_ids"])
 
 
 def test_instruction_that_fills_the_truncated_sequence_is_refused(tiny_dir):
@@ -289,6 +307,20 @@ def test_instruction_that_fills_the_truncated_sequence_is_refused(tiny_dir):
     tight = umr.load_model(tiny_dir, max_length=n + 1)
     vec = tight.embed([fits]).vectors
     assert not np.isnan(vec).any()
+
+
+@pytest.mark.parametrize("make", [
+    lambda im: Item.candidate("the river city " * 20),
+    lambda im: Item.candidate("the river city " * 20, im["photo"]),
+    lambda im: Item.query("what is the river city " * 10, instruction="Find the passage that answers it."),
+    lambda im: Item.query("what is the river city " * 10, im["tall"], instruction="Find it."),
+], ids=["long-text", "long-fused", "long-query-instr", "long-fused-query-instr"])
+def test_truncation_matches_the_reference(tiny_dir, images, make):
+    item = make(images)
+    short = umr.load_model(tiny_dir, max_length=24)
+    reference = ReferenceMMEmbed(tiny_dir, max_length=24)
+    assert len(reference.tokenize(build_prompt(item))) == 24  # the reference really truncates here
+    _check(short, reference, item)
 
 
 def test_attention_is_bidirectional(mm):

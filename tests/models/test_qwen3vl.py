@@ -338,6 +338,7 @@ def test_truncation_at_the_last_image_token(tiny_qwen3vl_dir, images):
 
 # -- image token bounds ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_image_token_bounds_parity(tiny_qwen3vl_dir, images):
     small = umr.load_model(tiny_qwen3vl_dir, min_image_tokens=8, max_image_tokens=20)
     ref = ReferenceQwen3VL(tiny_qwen3vl_dir, min_pixels=8 * 1024, max_pixels=20 * 1024)
@@ -432,6 +433,7 @@ def _mixed_items(images):
     ]
 
 
+@pytest.mark.slow
 def test_batch_invariance(q3, images):
     items = _mixed_items(images)
     alone = np.stack([q3.embed([item]).vectors[0] for item in items])
@@ -447,14 +449,24 @@ def test_batch_invariance(q3, images):
 
 
 def test_packed_path_equals_transformers_forward(q3, images):
-    """The packed decoder (chosen at load) equals transformers' Qwen3VLModel on padded rows."""
+    """The packed decoder (chosen at load) equals transformers' Qwen3VLModel on padded rows, and the
+    linear patch embedding equals the checkpoint's Conv3d."""
+    from umr.models.qwen3vl.modeling_qwen3vl import _LinearPatchEmbed
+
     assert q3.packed
+    embed = q3.model.visual.patch_embed
+    assert isinstance(embed, _LinearPatchEmbed)
+    patches = torch.randn(7, 3 * 2 * 16 * 16)
+    with torch.no_grad():
+        conv = embed.conv(patches.view(-1, 3, 2, 16, 16)).view(7, -1)
+        assert torch.allclose(embed(patches), conv, atol=1e-5)
     processed = [q3.process(item) for item in _mixed_items(images)]
     packed = torch.nn.functional.normalize(q3.forward(processed, packed=True), dim=-1)
     plain = torch.nn.functional.normalize(q3.forward(processed, packed=False), dim=-1)
     assert float((packed - plain).abs().max()) <= TOL
 
 
+@pytest.mark.slow
 def test_load_time_check_falls_back(tiny_qwen3vl_dir, monkeypatch, images):
     """If the packed path disagreed with transformers, the loader would use transformers' forward."""
     from umr.models.qwen3vl import modeling_qwen3vl

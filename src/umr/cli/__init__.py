@@ -14,22 +14,44 @@ from ..models.registry import ModelNotAvailable
 from ..types import ItemError
 
 #: sub-command modules, in the order ``umr --help`` lists them
-COMMANDS = ["embed", "eval", "models", "index", "search", "rerank"]
+COMMANDS = ["embed", "eval", "models", "index", "search", "train", "rerank"]
 
 
 class UsageError(RuntimeError):
     """A problem with what the user asked for, reported as one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a misuse is one line (``umr embed: error: ...``), exit 2, no usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An ``int`` option that must be at least 1 (a batch size, a token bound, ``-k``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="umr", description="Universal multimodal retrieval.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="umr", description="Universal multimodal retrieval.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a file name that is not UTF-8 holds lone surrogates: print them as escapes, never crash on them
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
@@ -49,13 +71,15 @@ def add_model_options(parser: argparse.ArgumentParser, *, model_required: bool =
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="weights dtype (default: the model's own default)")
-    parser.add_argument("--batch-size", type=int, default=None, help="items per forward pass at most")
-    parser.add_argument("--min-image-tokens", type=int, default=None, help="MLLM models: fewest tokens per image")
-    parser.add_argument("--max-image-tokens", type=int, default=None, help="MLLM models: most tokens per image")
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="items per forward pass at most")
+    parser.add_argument("--min-image-tokens", type=positive_int, default=None,
+                        help="MLLM models: fewest tokens per image")
+    parser.add_argument("--max-image-tokens", type=positive_int, default=None,
+                        help="MLLM models: most tokens per image")
+    parser.add_argument("--max-length", type=positive_int, default=None,
                         help="most tokens per sequence, longer ones cut as the model's reference cuts them "
                              "(families with a text length limit)")
-    parser.add_argument("--dim", type=int, default=None,
+    parser.add_argument("--dim", type=positive_int, default=None,
                         help="keep the first N dimensions of every vector, renormalised (Matryoshka models "
                              "such as qwen3-vl-embedding-*)")
 
@@ -75,14 +99,14 @@ def load_model_from_args(args: argparse.Namespace, name: str | None = None, opti
 
 
 def call_loader(loader, name: str, **options):
-    """``loader(name, **options)`` with a bad option value or an option the family does not take
-    reported as a :class:`UsageError` naming the command-line flag."""
+    """``loader(name, **options)`` (``load_model``, ``load_reranker``), an option the family does not
+    take or a bad option value reported as a :class:`UsageError` with the flags the user typed."""
+    from ..models.registry import UnsupportedOption
+
     try:
         return loader(name, **options)
-    except ValueError as exc:  # a bad option value (e.g. --min-image-tokens above --max-image-tokens)
+    except UnsupportedOption as exc:  # say it with the flags the user typed
+        given = ", ".join("--" + option.replace("_", "-") for option in exc.options)
+        raise UsageError(f"model {exc.model!r} ({exc.family} family) does not take {given}") from None
+    except ValueError as exc:  # a bad option value or device (--device cuda on a CPU-only torch)
         raise UsageError(str(exc)) from None
-    except TypeError as exc:  # an option this family does not take (e.g. --max-length for a text model)
-        if "unexpected keyword argument" not in str(exc):
-            raise
-        option = str(exc).split("'")[-2] if str(exc).count("'") >= 2 else str(exc)
-        raise UsageError(f"model {name!r} does not take --{option.replace('_', '-')}") from None

@@ -103,7 +103,8 @@ def _pct(value: float | None, digits: int = 2, unit: str = "") -> str:
 
 def model_key(args, model=None) -> str:
     """The model named on the command line with the options that change its vectors, e.g.
-    ``gme-2b[dtype=bfloat16,max_image_tokens=256]`` (:func:`umr.eval.cache.model_key` decides).
+    ``gme-2b[dtype=bfloat16,files=…,max_image_tokens=256]`` (:func:`umr.eval.cache.model_key`
+    decides).
 
     It keys the embedding cache and the finished tasks, and owns the output folder: rerunning
     into the same ``--output`` with another ``--dtype`` or image token bound is refused rather
@@ -111,9 +112,17 @@ def model_key(args, model=None) -> str:
     computed.)
     """
     from ..eval.cache import model_key as key_of
+    from ..models.identity import files_fingerprint
+    from ..models.registry import ModelNotAvailable, model_folder
 
-    return key_of(model if model is not None else _LazyModel(str(args.model), lambda: load_model_from_args(args)),
-                  {"dtype": getattr(args, "dtype", None), **model_options(args)})
+    # the files' digest: other weights saved under the same name never share cached vectors
+    try:
+        files = files_fingerprint(model_folder(args.model))[:12]
+    except ModelNotAvailable:  # loading will say why; nothing is cached for it meanwhile
+        files = None
+    lazy = _LazyModel(str(args.model), lambda: load_model_from_args(args))
+    return key_of(model if model is not None else lazy,
+                  {"dtype": getattr(args, "dtype", None), **model_options(args), "files": files})
 
 
 def rerank_key(args) -> str | None:

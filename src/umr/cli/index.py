@@ -16,7 +16,8 @@ from . import UsageError, add_model_options, load_model_from_args, model_options
 
 def add_parser(sub) -> None:
     parser = sub.add_parser("index", help="index a folder, items JSONL or M-BEIR pool (resumable)")
-    parser.add_argument("source", type=Path, help="a folder, an items .jsonl, or an M-BEIR candidate pool .jsonl")
+    parser.add_argument("source", type=Path, nargs="?",
+                        help="a folder, an items .jsonl, or an M-BEIR candidate pool .jsonl (none with --compact: only compact)")
     parser.add_argument("--index", required=True, type=Path, dest="index_dir", help="index folder")
     add_model_options(parser, model_required=False,
                       model_help="short name (see `umr models`), hub id or folder; required for a new index")
@@ -35,16 +36,30 @@ def add_parser(sub) -> None:
                         help="ids are NAME/<id> (default: a folder's name; none for JSONL ids; '' for none)")
     parser.add_argument("--commit-every", type=int, default=256, help="commit after this many items (default 256)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    # long texts and compaction (the corpus part)
+    parser.add_argument("--chunk-tokens", type=int, default=None, metavar="N",
+                        help="split long texts into passages of N model tokens (default: the model's window)")
+    parser.add_argument("--chunk-overlap", type=int, default=None, metavar="M",
+                        help="tokens shared by consecutive passages (default: N/8)")
+    parser.add_argument("--no-chunk", dest="chunk", action="store_false", default=None,
+                        help="never split: a long text is embedded as far as the model reads it (counted as cut)")
+    parser.add_argument("--compact", action="store_true",
+                        help="afterwards, reclaim the space of deleted and replaced items")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
     from tqdm.auto import tqdm
 
+    from ..data.chunking import Chunker, ChunkingError
     from ..data.corpus import count_corpus
     from ..index import Index, IndexStoreError
     from ..index.index import check_device
 
+    if args.source is None:
+        if not args.compact:
+            raise UsageError("say what to index: umr index SOURCE --index DIR (or --compact alone)")
+        return _compact_only(args.index_dir)
     if not args.source.exists():
         raise UsageError(f"no such corpus: {args.source}")
     if not (args.source.is_dir() or args.source.suffix.lower() == ".jsonl"):
@@ -65,12 +80,13 @@ def run(args) -> int:
                 raise UsageError(f"{args.index_dir} is a new index: say which model builds it with --model")
             options = _load_options(args)
             model = load_model_from_args(args, args.model, model_options(args))
+            Chunker(model, tokens=args.chunk_tokens, overlap=args.chunk_overlap)  # refused before creating
             ocr = None if args.ocr == "auto" else args.ocr == "on"
             index = Index.create(args.index_dir, model, backend=args.backend or "faiss", uri=args.uri,
                                  collection=args.collection or "umr", method=args.method or "exact", ocr=ocr,
                                  model_options=options)
             action = "creating"
-    except (IndexStoreError, ValueError) as exc:
+    except (IndexStoreError, ValueError) as exc:  # ChunkingError is a ValueError
         raise UsageError(str(exc)) from None
 
     with index:
@@ -78,6 +94,7 @@ def run(args) -> int:
         how = "pixels" if cfg.get("sees_images") else ("text + OCR of images" if cfg.get("ocr") else "text only")
         print(f"umr index: {action} {args.index_dir} ({index.store.backend}, {cfg.get('method', 'exact')}) "
               f"with {cfg['model']['name']} ({cfg['model']['dim']}-d, embeds {how})", file=sys.stderr)
+        chunking_before = cfg.get("chunking")
         total = count_corpus(args.source)
         show = not args.no_progress
         with tqdm(total=total, unit="item", desc="index", disable=not show, dynamic_ncols=True,
@@ -85,8 +102,10 @@ def run(args) -> int:
             try:
                 summary = index.index_corpus(args.source, image_root=args.image_root,
                                              commit_every=args.commit_every, batch_size=args.batch_size,
-                                             prune=args.prune, progress=bar.update, id_prefix=args.id_prefix)
-            except IndexStoreError as exc:
+                                             prune=args.prune, progress=_advance(bar), id_prefix=args.id_prefix,
+                                             chunk=args.chunk, chunk_tokens=args.chunk_tokens,
+                                             chunk_overlap=args.chunk_overlap)
+            except (IndexStoreError, ChunkingError) as exc:
                 raise UsageError(str(exc)) from None
         errors_path = Path(args.index_dir) / "errors.jsonl"
         print(f"umr index: {summary.line()} in {summary.seconds:.1f}s; the index holds {len(index)} items")
@@ -106,8 +125,15 @@ def run(args) -> int:
                 print(f"    {name}: {entry['error']}")
             if len(summary.errors) > 20:
                 print(f"    ... and {len(summary.errors) - 20} more")
-        if summary.skipped or summary.errors:
+        chunking = index.config.get("chunking") or {}
+        if chunking_before and chunking_before != chunking:
+            print(f"  chunking changed from {_settings(chunking_before)} to {_settings(chunking)}: long texts "
+                  f"are re-split, their old passages replaced")
+        _print_read_report(summary.read, chunking, cfg["model"]["name"])
+        if summary.skipped or summary.errors or summary.read.ignored:
             print(f"  details: {errors_path}")
+        if args.compact:
+            _compact(index)
     return 0
 
 
@@ -186,3 +212,61 @@ def _recorded_source(index) -> str:
 
 def _why(reason: str) -> str:
     return reason.split(": ", 1)[-1]
+
+
+def _advance(bar):
+    """The bar's update; the total (counted per file) grows when long texts turn out to be passages."""
+    def advance(n: int) -> None:
+        bar.update(n)
+        if bar.total is not None and bar.n > bar.total:
+            bar.total = bar.n
+            bar.refresh()
+
+    return advance
+
+
+def _settings(chunking: dict) -> str:
+    if not chunking.get("enabled", True):
+        return "off"
+    return f"{chunking.get('tokens')} tokens, overlap {chunking.get('overlap')}"
+
+
+def _print_read_report(read, chunking: dict, model_name: str) -> None:
+    """What the reader passed over (by extension) and reshaped (passages, texts the model cuts)."""
+    if read.ignored:
+        kinds = sorted(read.ignored_by_kind().items(), key=lambda kv: (-kv[1], kv[0]))
+        print(f"  ignored {len(read.ignored)} file(s) umr does not read: "
+              + ", ".join(f"{n} {kind}" for kind, n in kinds))
+    if read.passages:
+        print(f"  split {read.split_texts} long text(s) into {read.passages} passages of at most "
+              f"{chunking.get('tokens')} tokens (overlap {chunking.get('overlap')})")
+    if read.truncated:
+        shown = ", ".join(read.truncated[:5]) + (f" and {len(read.truncated) - 5} more" if len(read.truncated) > 5 else "")
+        print(f"  {len(read.truncated)} item(s) longer than {model_name} reads were cut to its window: {shown}")
+
+
+def _compact(index) -> None:
+    before = _folder_bytes(index.folder)
+    index.compact()
+    print(f"umr index: compacted {index.folder}: {_size(before)} -> {_size(_folder_bytes(index.folder))} "
+          f"on disk; {len(index)} items")
+
+
+def _compact_only(folder: Path) -> int:
+    from ..index import Index, IndexStoreError
+
+    try:
+        index = Index.open(folder, writable=True)
+    except (IndexStoreError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    with index:
+        _compact(index)
+    return 0
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

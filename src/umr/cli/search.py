@@ -24,9 +24,11 @@ def add_parser(sub) -> None:
                         help="only return candidates of this modality: text, image or image,text "
                              "(several: text+image)")
     parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
-                        help="only candidates whose metadata FIELD equals VALUE (repeatable, all must hold). "
+                        help="only candidates whose metadata FIELD equals VALUE, or is a list holding it "
+                             "(repeatable, all must hold). "
                              "Plain VALUE matches the stored text (folder=2020 matches \"2020\"), and also "
-                             "the number or true/false it spells; '\"...\"' is one JSON string only; "
+                             "the number, true/false or null it spells (null: null or missing; true is not 1); "
+                             "'\"...\"' is one JSON string only; "
                              "'[\"a\", 2]' (a JSON list) any of its values; '{...}' an equal JSON object "
                              "(FAISS indexes only)")
     parser.add_argument("-k", type=int, default=10, help="how many results (default 10)")
@@ -85,8 +87,8 @@ def _spellings(value) -> list:
             parsed = json.loads(value.strip())
         except json.JSONDecodeError:
             return [value]
-        if isinstance(parsed, (bool, int)) or isinstance(parsed, float) and math.isfinite(parsed):
-            return [value, parsed]
+        if parsed is None or isinstance(parsed, (bool, int)) or isinstance(parsed, float) and math.isfinite(parsed):
+            return [value, parsed]  # null also matches a field that is null or missing
         return [value]
     if isinstance(value, (int, float)):
         return [value, json.dumps(value)]
@@ -120,10 +122,11 @@ def run(args) -> int:
     except (IndexStoreError, ValueError) as exc:
         raise UsageError(" ".join(str(exc).split())) from None
     with index:
+        where = _parse_where(args.where)
         try:
             results = index.search(args.text, str(args.image) if args.image else None,
                                    instruction=args.instruction, modality=modality,
-                                   where=_parse_where(args.where), k=args.k,
+                                   where=where, k=args.k,
                                    method="exact" if args.exact else None, ef_search=args.ef_search,
                                    rerank=reranker, rerank_k=args.rerank_k)
         except Unrepresentable:
@@ -131,6 +134,8 @@ def run(args) -> int:
                              f"model that cannot see pixels; add query text or use an MLLM index") from None
         except (ValueError, IndexStoreError) as exc:  # a bad query, or a filter the backend refused
             raise UsageError(" ".join(str(exc).split())) from None
+        if not results and where:
+            _hint_unknown_fields(index.store.metadata_fields(), where)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=1))
         return 0
@@ -145,6 +150,17 @@ def run(args) -> int:
             shown = f"{shown}  \"{snippet}\"" if shown else f"\"{snippet}\""
         print(f"{r.rank:>3}  {r.score:7.4f}  {r.id}  [{r.modality}]  {shown}")
     return 0
+
+
+def _hint_unknown_fields(known: set[str], where: dict) -> None:
+    """A --where field that no item has is most likely a typo: say so, with the fields there are."""
+    import sys
+
+    unknown = [field for field in where if field not in known]
+    if unknown:
+        fields = ", ".join(sorted(known)[:20]) or "none"
+        print(f"umr search: no item has metadata field {', '.join(map(repr, unknown))} "
+              f"(fields: {fields})", file=sys.stderr)
 
 
 def _display_path(path: str) -> str:

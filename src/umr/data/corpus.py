@@ -8,9 +8,14 @@ and raises ``ItemError`` for a bad file.
 Folder rules: images (jpg, jpeg, png, webp, gif, bmp, tif, tiff), text (txt, md), PDF (one item
 per page: the rendered page image together with its text layer). An image with a sidecar
 ``NAME.txt`` (or ``NAME.jpg.txt``) becomes one fused item and the sidecar is not indexed on its
-own. Ids are paths relative to the folder (``report.pdf#page=2`` for PDF pages); the index puts
-the source's prefix in front (:func:`default_id_prefix`). Paths are stored resolved (absolute),
-so results open from any working directory. Fingerprints are :mod:`umr.fingerprint`'s.
+own. Ids are paths relative to the folder (``report.pdf#page=2`` for PDF pages,
+``notes/report.txt#chunk=3`` for the passages of a long text); the index puts the source's
+prefix in front (:func:`default_id_prefix`). Paths are stored resolved (absolute), so results
+open from any working directory. Fingerprints are :mod:`umr.fingerprint`'s. Symlinks to files
+and folders are followed; each folder is read once (a symlink loop is passed over). Hidden
+names, other file types and special files are not read and are listed in :class:`ReadReport`.
+A name that is not valid UTF-8 keeps its bytes: the id shows them as ``\\xNN`` and the stored
+path is a ``file:`` URI (:func:`umr.data.files.fs_path` gives the OS path back).
 """
 
 from __future__ import annotations
@@ -18,18 +23,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..fingerprint import FileDigests, file_digest, item_fingerprint
 from ..types import Item, ItemError, Modality
+from .chunking import Chunker, passage_id
+from .files import display_name, is_url, stored_path, url_refusal
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 TEXT_EXTENSIONS = {".txt", ".md"}
 PDF_EXTENSIONS = {".pdf"}
-#: larger text files are refused (split them): embedders read a few hundred tokens anyway
-MAX_TEXT_BYTES = 1_000_000
+#: larger text files are refused: a text file is held in memory whole to be split into passages
+MAX_TEXT_BYTES = 50_000_000
 #: PDF pages are rendered at this many pixels on the longer side
 PDF_RENDER_SIDE = 1280
 
@@ -53,20 +61,46 @@ class Entry:
         return item
 
 
+@dataclass
+class ReadReport:
+    """What a reader passed over or reshaped, filled in while it reads (for the index summary)."""
+
+    #: ``(name, kind, reason)`` of every file or folder not read; kind is the extension
+    #: (``.html``), ``hidden``, ``link`` (a folder reached again through a symlink) or ``special``
+    ignored: list[tuple[str, str, str]] = field(default_factory=list)
+    #: texts split into passages, and how many passages they gave
+    split_texts: int = 0
+    passages: int = 0
+    #: ids of loaded items whose text is longer than the model's window (the model cuts it)
+    truncated: list[str] = field(default_factory=list)
+
+    def ignore(self, name: str, kind: str, reason: str) -> None:
+        self.ignored.append((name, kind, reason))
+
+    def ignored_by_kind(self) -> Counter:
+        return Counter(kind for _, kind, _ in self.ignored)
+
+
 def read_corpus(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
-                digests: FileDigests | None = None) -> Iterator[Entry | ItemError]:
+                digests: FileDigests | None = None, chunker: Chunker | None = None,
+                report: ReadReport | None = None) -> Iterator[Entry | ItemError]:
     """Entries of a folder, an items JSONL or an M-BEIR pool JSONL (detected from its fields).
 
-    ``digests`` remembers file digests across runs (see :mod:`umr.fingerprint`).
+    ``digests`` remembers file digests across runs (see :mod:`umr.fingerprint`). With a
+    ``chunker`` long texts (text files, text-only JSONL items) become passages and texts the
+    model would cut are listed in ``report.truncated``; M-BEIR pools keep their ids and are
+    never split.
     """
     source = Path(source)
+    report = report if report is not None else ReadReport()
     if source.is_dir():
-        yield from read_folder(source, digests=digests)
+        yield from read_folder(source, digests=digests, chunker=chunker, report=report)
     elif source.is_file() and source.suffix.lower() == ".jsonl":
         if _is_mbeir_pool(source):
-            yield from read_mbeir_pool(source, image_root=image_root, digests=digests)
+            yield from read_mbeir_pool(source, image_root=image_root, digests=digests, chunker=chunker,
+                                       report=report)
         else:
-            yield from read_jsonl(source, digests=digests)
+            yield from read_jsonl(source, digests=digests, chunker=chunker, report=report)
     elif source.is_file():
         raise ValueError(f"{source}: a corpus is a folder or a .jsonl file")
     else:
@@ -82,13 +116,13 @@ def default_id_prefix(source: str | os.PathLike) -> str:
 
 
 def count_corpus(source: str | os.PathLike) -> int | None:
-    """How many items a corpus will yield, cheaply (PDF pages counted), or None if unknown."""
+    """How many items a corpus will yield, cheaply (PDF pages counted, passages not), or None."""
     source = Path(source)
     if source.is_dir():
         total = 0
-        for path, _ in _walk_folder(source):
-            if path.suffix.lower() in PDF_EXTENSIONS:
-                total += _pdf_page_count(path) or 1
+        for found in _walk_folder(source.resolve(), ReadReport()):
+            if not isinstance(found, ItemError) and found[0].suffix.lower() in PDF_EXTENSIONS:
+                total += _pdf_page_count(found[0]) or 1
             else:
                 total += 1
         return total
@@ -101,34 +135,90 @@ def count_corpus(source: str | os.PathLike) -> int | None:
 # -- folders ---------------------------------------------------------------------------------------
 
 
-def _walk_folder(root: Path) -> Iterator[tuple[Path, Path | None]]:
-    """(file, sidecar) pairs of indexable files, sorted; sidecars are folded into their image."""
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        names = sorted(f for f in files if not f.startswith("."))
-        present = set(names)
+def _walk_folder(root: Path, report: ReadReport) -> Iterator[tuple[Path, Path | None] | ItemError]:
+    """(file, sidecar) pairs of indexable files in sorted order, sidecars folded into their image.
+
+    Symlinks are followed, to files and folders alike; each folder is read once, so a link
+    back to a folder already read (a loop) or a second link to one folder is passed over and
+    reported. Hidden names (``.git``, ``.DS_Store``), other extensions and special files
+    (sockets, devices) are reported as ignored; a folder that cannot be listed and a broken
+    symlink are errors.
+    """
+    entered: set[tuple[int, int]] = set()
+
+    def walk(folder: Path) -> Iterator[tuple[Path, Path | None] | ItemError]:
+        rel = _rel(folder, root) or "."
+        try:
+            st = folder.stat()
+            if (st.st_dev, st.st_ino) in entered:
+                report.ignore(rel + "/", "link", "a folder already read (a symlink loop, or a second link to it)")
+                return
+            entered.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                listing = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield ItemError(rel, f"cannot list folder: {exc.strerror or exc}")
+            return
+        files, folders = [], []
+        for entry in listing:
+            name = display_name(entry.name)
+            if entry.name.startswith("."):
+                slash = "/" if entry.is_dir() else ""  # a folder is one entry, its contents unread
+                report.ignore(_rel(Path(entry.path), root) + slash, "hidden", "hidden name (starts with a dot)")
+                continue
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+            except OSError as exc:
+                yield ItemError(_rel(Path(entry.path), root), f"cannot read: {exc.strerror or exc}")
+                continue
+            if is_dir:
+                folders.append(entry.name)
+            elif is_file:
+                files.append(entry.name)
+            elif entry.is_symlink():
+                yield ItemError(_rel(Path(entry.path), root),
+                                f"broken symbolic link (to {display_name(os.readlink(entry.path))})")
+            else:
+                report.ignore(_rel(Path(entry.path), root), "special", f"{name} is not a regular file")
+        present = set(files)
         sidecars = set()
-        for name in names:
+        for name in files:
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                for candidate in (Path(name).stem + ".txt", name + ".txt"):
-                    if candidate in present:
-                        sidecars.add(candidate)
-        for name in names:
+                sidecars.update(c for c in (Path(name).stem + ".txt", name + ".txt") if c in present)
+        for name in files:
             if name in sidecars:
                 continue
-            path = Path(folder) / name
+            path = folder / name
             ext = path.suffix.lower()
             if ext in IMAGE_EXTENSIONS:
-                sidecar = next((Path(folder) / c for c in (path.stem + ".txt", name + ".txt") if c in present), None)
+                sidecar = next((folder / c for c in (path.stem + ".txt", name + ".txt") if c in present), None)
                 yield path, sidecar
             elif ext in TEXT_EXTENSIONS or ext in PDF_EXTENSIONS:
                 yield path, None
+            else:
+                report.ignore(_rel(path, root), ext or "no extension",
+                              "not a file type umr reads (images, .txt, .md, .pdf)")
+        for name in folders:
+            yield from walk(folder / name)
+
+    yield from walk(root)
 
 
-def read_folder(root: str | os.PathLike, *, digests: FileDigests | None = None) -> Iterator[Entry | ItemError]:
+def _rel(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as an id: POSIX separators, names that are not UTF-8 escaped."""
+    return display_name(path.relative_to(root).as_posix()) if path != root else ""
+
+
+def read_folder(root: str | os.PathLike, *, digests: FileDigests | None = None, chunker: Chunker | None = None,
+                report: ReadReport | None = None) -> Iterator[Entry | ItemError]:
     root = Path(root).resolve()
-    for path, sidecar in _walk_folder(root):
-        rel = path.relative_to(root).as_posix()
+    report = report if report is not None else ReadReport()
+    for found in _walk_folder(root, report):
+        if isinstance(found, ItemError):
+            yield found
+            continue
+        path, sidecar = found
+        rel = _rel(path, root)
         ext = path.suffix.lower()
         meta = {"file": rel, "folder": Path(rel).parent.as_posix(), "ext": ext.lstrip(".")}
         try:
@@ -137,15 +227,16 @@ def read_folder(root: str | os.PathLike, *, digests: FileDigests | None = None) 
                 digest = hashlib.blake2b((digest + file_digest(sidecar, digests=digests)).encode(),
                                          digest_size=16).hexdigest()
         except OSError as exc:
-            yield ItemError(rel, f"cannot read file: {exc}")
+            yield ItemError(rel, f"cannot read file: {exc.strerror or exc}")
             continue
+        stored = stored_path(path)
         if ext in IMAGE_EXTENSIONS:
-            yield Entry(rel, digest, _image_loader(path, sidecar, rel), str(path),
+            yield Entry(rel, digest, _image_loader(path, sidecar, rel, chunker, report), stored,
                         "image+caption" if sidecar else "image", meta)
         elif ext in TEXT_EXTENSIONS:
-            yield Entry(rel, digest, _text_loader(path, rel), str(path), "text", meta)
+            yield from _text_entries(path, rel, digest, stored, meta, chunker, report)
         else:
-            yield from _pdf_entries(path, rel, digest, meta)
+            yield from _pdf_entries(path, rel, digest, stored, meta, chunker, report)
 
 
 def read_text_file(path: Path, item_id: str) -> str:
@@ -155,7 +246,8 @@ def read_text_file(path: Path, item_id: str) -> str:
         raise ItemError(item_id, "empty file")
     if size > MAX_TEXT_BYTES:
         raise ItemError(item_id, f"text file too large ({size / 1e6:.1f} MB; the limit is "
-                                 f"{MAX_TEXT_BYTES / 1e6:.0f} MB): split it into passages")
+                                 f"{MAX_TEXT_BYTES / 1e6:.0f} MB, as a text is held in memory whole "
+                                 f"to be split into passages): split it into smaller files")
     data = path.read_bytes()
     if b"\x00" in data:
         raise ItemError(item_id, "binary data, not text (contains NUL bytes)")
@@ -172,11 +264,58 @@ def read_text_file(path: Path, item_id: str) -> str:
     return text
 
 
-def _text_loader(path: Path, item_id: str) -> Callable[[], Item]:
-    return lambda: Item.candidate(text=read_text_file(path, item_id), id=item_id)
+def _text_entries(path: Path, rel: str, digest: str, stored: str, meta: dict[str, Any],
+                  chunker: Chunker | None, report: ReadReport) -> Iterator[Entry]:
+    if chunker is None or not chunker.splits or chunker.fits_bytes(path.stat().st_size):
+        def load() -> Item:  # read when embedded, not on every run
+            text = read_text_file(path, rel)
+            _note_truncation(chunker, report, rel, text)
+            return Item.candidate(text=text, id=rel)
+
+        yield Entry(rel, digest, load, stored, "text", meta)
+        return
+    try:
+        text = read_text_file(path, rel)
+    except ItemError as exc:  # raised on load, so an indexed file that turned bad loses its old version
+        yield Entry(rel, digest, _raiser(exc), stored, "text", meta)
+        return
+    yield from _passage_entries(rel, digest, text, stored, "text", meta, chunker, report)
 
 
-def _image_loader(path: Path, sidecar: Path | None, item_id: str) -> Callable[[], Item]:
+def _passage_entries(item_id: str, fingerprint: str, text: str, path: str | None, kind: str,
+                     meta: dict[str, Any], chunker: Chunker, report: ReadReport, *,
+                     explicit_id: bool = True) -> Iterator[Entry]:
+    """One entry for a text that fits the window (its own id); else ``ID#chunk=N`` per passage
+    (N from 1), each recording ``chunk``, ``chunks`` and the passage's character ``offset``."""
+    passages = chunker.split(text)
+    if len(passages) == 1:
+        yield Entry(item_id, fingerprint, lambda: Item.candidate(text=text, id=item_id), path, kind, meta,
+                    explicit_id=explicit_id)
+        return
+    report.split_texts += 1
+    report.passages += len(passages)
+    for number, passage in enumerate(passages, start=1):
+        pid = passage_id(item_id, number)
+        passage_meta = {**meta, "chunk": number, "chunks": len(passages), "offset": passage.start}
+        yield Entry(pid, item_fingerprint(Item.candidate(text=passage.text)),
+                    (lambda t=passage.text, i=pid: Item.candidate(text=t, id=i)), path, kind, passage_meta,
+                    explicit_id=explicit_id)
+
+
+def _raiser(error: ItemError) -> Callable[[], Item]:
+    def load() -> Item:
+        raise error
+
+    return load
+
+
+def _note_truncation(chunker: Chunker | None, report: ReadReport, item_id: str, text: str | None) -> None:
+    if chunker is not None and chunker.overflows(text):
+        report.truncated.append(item_id)
+
+
+def _image_loader(path: Path, sidecar: Path | None, item_id: str, chunker: Chunker | None,
+                  report: ReadReport) -> Callable[[], Item]:
     def load() -> Item:
         from ..images import image_size
 
@@ -186,7 +325,8 @@ def _image_loader(path: Path, sidecar: Path | None, item_id: str) -> Callable[[]
             try:
                 caption = read_text_file(sidecar, item_id)
             except ItemError as exc:
-                raise ItemError(item_id, f"sidecar {sidecar.name}: {exc.reason}") from None
+                raise ItemError(item_id, f"sidecar {display_name(sidecar.name)}: {exc.reason}") from None
+            _note_truncation(chunker, report, item_id, caption)
         return Item.candidate(text=caption, image=str(path), id=item_id)
 
     return load
@@ -205,7 +345,8 @@ def _pdf_page_count(path: Path) -> int | None:
         return None
 
 
-def _pdf_entries(path: Path, rel: str, digest: str, meta: dict[str, Any]) -> Iterator[Entry | ItemError]:
+def _pdf_entries(path: Path, rel: str, digest: str, stored: str, meta: dict[str, Any],
+                 chunker: Chunker | None, report: ReadReport) -> Iterator[Entry | ItemError]:
     try:
         import pypdfium2 as pdfium
     except ImportError:
@@ -223,11 +364,12 @@ def _pdf_entries(path: Path, rel: str, digest: str, meta: dict[str, Any]) -> Ite
         return
     for number in range(1, pages + 1):
         page_id = f"{rel}#page={number}"
-        yield Entry(page_id, f"{digest}:{number}", _pdf_page_loader(path, number, page_id), str(path),
-                    "pdf page", {**meta, "page": number})
+        yield Entry(page_id, f"{digest}:{number}", _pdf_page_loader(path, number, page_id, chunker, report),
+                    stored, "pdf page", {**meta, "page": number})
 
 
-def _pdf_page_loader(path: Path, number: int, item_id: str) -> Callable[[], Item]:
+def _pdf_page_loader(path: Path, number: int, item_id: str, chunker: Chunker | None,
+                     report: ReadReport) -> Callable[[], Item]:
     def load() -> Item:
         import pypdfium2 as pdfium
 
@@ -243,6 +385,7 @@ def _pdf_page_loader(path: Path, number: int, item_id: str) -> Callable[[], Item
                 doc.close()
         except Exception as exc:  # noqa: BLE001
             raise ItemError(item_id, f"PDF page cannot be rendered: {exc}") from None
+        _note_truncation(chunker, report, item_id, text)
         return Item.candidate(text=text or None, image=image, id=item_id)
 
     return load
@@ -251,11 +394,15 @@ def _pdf_page_loader(path: Path, number: int, item_id: str) -> Callable[[], Item
 # -- JSONL -----------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: str | os.PathLike, *, digests: FileDigests | None = None) -> Iterator[Entry | ItemError]:
+def read_jsonl(path: str | os.PathLike, *, digests: FileDigests | None = None, chunker: Chunker | None = None,
+               report: ReadReport | None = None) -> Iterator[Entry | ItemError]:
     """Items JSONL (the ``umr embed`` fields; other fields become metadata). Ids default to ``line-N``
     (``explicit_id`` False). Image paths are resolved; images are fingerprinted by their bytes.
+    A long text-only item becomes passages (``ID#chunk=N``); text with an image is never split.
     """
     from .items import read_items_jsonl
+
+    report = report if report is not None else ReadReport()
 
     for line_no, parsed in read_items_jsonl(path):
         if isinstance(parsed, ItemError):
@@ -267,11 +414,17 @@ def read_jsonl(path: str | os.PathLike, *, digests: FileDigests | None = None) -
         item.id, item.is_query, item.instruction = item_id, False, None
         image = item.image if isinstance(item.image, str) else None
         kind = "text" if item.image is None else ("image" if item.text is None else "image+caption")
-        yield Entry(item_id, item_fingerprint(item, digests=digests), (lambda it=item: _checked(it)), image,
+        fp = item_fingerprint(item, digests=digests)
+        if item.image is None and chunker is not None and chunker.splits:
+            yield from _passage_entries(item_id, fp, item.text, None, kind, dict(item.metadata), chunker, report,
+                                        explicit_id=explicit)
+            continue
+        yield Entry(item_id, fp, (lambda it=item: _checked(it, chunker, report)), image,
                     kind, dict(item.metadata), explicit_id=explicit)
 
 
-def _checked(item: Item) -> Item:
+def _checked(item: Item, chunker: Chunker | None, report: ReadReport) -> Item:
+    _note_truncation(chunker, report, item.id, item.text)
     if item.image is not None:
         from ..images import image_size
 
@@ -302,13 +455,15 @@ def _mbeir_image_root(pool: Path) -> Path:
 
 
 def read_mbeir_pool(path: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
-                    digests: FileDigests | None = None) -> Iterator[Entry | ItemError]:
+                    digests: FileDigests | None = None, chunker: Chunker | None = None,
+                    report: ReadReport | None = None) -> Iterator[Entry | ItemError]:
     """An M-BEIR candidate pool (``did``, ``txt``, ``img_path``, ``modality``) as a corpus.
 
     ``img_path`` is relative to ``image_root`` (default: the nearest folder above the pool that
     holds ``mbeir_images``). Other fields become metadata.
     """
     path = Path(path).resolve()
+    report = report if report is not None else ReadReport()
     root = (Path(image_root).expanduser().resolve() if image_root is not None else _mbeir_image_root(path))
     with path.open("r", encoding="utf-8", errors="replace") as handle:
         for line_no, raw in enumerate(handle, start=1):
@@ -322,6 +477,9 @@ def read_mbeir_pool(path: str | os.PathLike, *, image_root: str | os.PathLike | 
                 continue
             text = record.get("txt") or None
             image = record.get("img_path") or None
+            if image is not None and is_url(image):
+                yield ItemError(did, url_refusal("img_path", image), line=line_no)
+                continue
             if image is not None:
                 image = str(root / image)
             declared = record.get("modality")
@@ -342,4 +500,4 @@ def read_mbeir_pool(path: str | os.PathLike, *, image_root: str | os.PathLike | 
             item = Item.candidate(text=text, image=image, id=did)
             fp = item_fingerprint(item, digests=digests)
             kind = "text" if image is None else ("image" if text is None else "image+caption")
-            yield Entry(did, fp, (lambda it=item: _checked(it)), image, kind, meta)
+            yield Entry(did, fp, (lambda it=item: _checked(it, chunker, report)), image, kind, meta)

@@ -1,7 +1,8 @@
 """The items JSONL format shared by ``umr embed`` and ``umr index``.
 
 One object per line: ``id``, ``text`` (string or null), ``image`` (a path relative to the
-JSONL file's folder, or absolute, or null; read as an absolute path), ``instruction`` (string or null), ``is_query``
+JSONL file's folder, or absolute, or null; read as an absolute path; a URL is refused, not
+fetched), ``instruction`` (string or null), ``is_query``
 (bool). Other fields are kept as metadata. A bad line yields an :class:`ItemError` naming
 its line and id instead of stopping the read.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..types import Item, ItemError
-from .files import resolve_path
+from .files import display_name, is_storable, is_url, resolve_path, url_refusal
 
 _STRING_FIELDS = ("text", "image", "instruction")
 
@@ -38,6 +39,9 @@ def parse_item_line(raw: str, *, line_no: int, base: Path) -> Item | ItemError:
         return ItemError(None, f"expected a JSON object, got {type(record).__name__}", line=line_no)
     item_id = record.get("id")
     item_id = None if item_id is None else str(item_id)
+    if "\\ud" in raw.lower() and not is_storable(json.dumps(record, ensure_ascii=False)):
+        return ItemError(None if item_id is None else display_name(item_id),
+                         "holds a lone surrogate escape (\\udXXX), which is not valid Unicode", line=line_no)
     for name in _STRING_FIELDS:
         value = record.get(name)
         if value is not None and not isinstance(value, str):
@@ -50,6 +54,8 @@ def parse_item_line(raw: str, *, line_no: int, base: Path) -> Item | ItemError:
     text, image = record.get("text"), record.get("image")
     if text is None and image is None:
         return ItemError(item_id, "has neither text nor image", line=line_no)
+    if image is not None and is_url(image):
+        return ItemError(item_id, url_refusal("image", image), line=line_no)
     image = resolve_path(base, image)
     if image is not None and "://" not in image:
         image = str(Path(image).resolve())

@@ -36,6 +36,7 @@ from .files import read_jsonl_records, resolve_path
 from .qrels import read_qrels
 from .tasks import RetrievalTask, category_of
 from ..types import Item, Modality
+from ..uniir import format_string as format_instruction  # UniIR's prompt clean-up
 
 #: M-BEIR's task ids: (query modality, candidate modality)
 MBEIR_TASKS: dict[int, tuple[str, str]] = {
@@ -53,16 +54,6 @@ DISPLAY_NAMES = {"visualnews": "VisualNews", "mscoco": "MSCOCO", "fashion200k": 
 _QUERY_FILE = re.compile(r"^mbeir_(?P<dataset>.+)_task(?P<task>\d+)_(?P<split>[a-z]+)\.jsonl$")
 
 InstructionPolicy = Literal["random", "first", "none"]
-
-
-def format_instruction(text: str) -> str:
-    """UniIR's prompt clean-up: strip quotes/space, capitalise, end with punctuation."""
-    text = (text or "").replace("\r", "").strip().strip('"')
-    if text:
-        text = text[0].upper() + text[1:]
-        if text[-1] not in ".?!":
-            text += "."
-    return text
 
 
 def read_instructions(path: str | Path) -> dict[tuple[str, str, str], list[str]]:

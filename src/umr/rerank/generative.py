@@ -194,8 +194,8 @@ def set_image_bounds(image_processor, min_image_tokens: int | None, max_image_to
     patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
     size = getattr(image_processor, "size", None)
     if not (patch and merge and size is not None and size.get("shortest_edge")):
-        given = "min_image_tokens" if max_image_tokens is None else "max_image_tokens"
-        raise TypeError(f"got an unexpected keyword argument '{given}'")  # this processor has no bounds
+        raise ValueError(f"{type(image_processor).__name__} has no image-token bounds: --min-image-tokens and "
+                         f"--max-image-tokens apply to Qwen-VL processors")
     factor = (patch * merge) ** 2
     low = int(min_image_tokens) * factor if min_image_tokens is not None else size["shortest_edge"]
     high = int(max_image_tokens) * factor if max_image_tokens is not None else size["longest_edge"]

@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..models.registry import ModelNotAvailable, ModelSpec, local_folder, quiet_transformers
+from ..models.registry import (ModelNotAvailable, ModelSpec, check_device, check_options, local_folder,
+                               quiet_transformers)
 from .base import Reranker
 
 #: family name -> "module:Class"; each class has ``from_pretrained(path, **options)``
@@ -68,6 +69,8 @@ def load_reranker(model: str | os.PathLike, *, family: str | None = None, device
         merged["dtype"] = dtype
     module_name, class_name = FAMILIES[family].split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
+    check_options(cls, merged, model=key, family=family)
+    check_device(device)
     with quiet_transformers():
         reranker = cls.from_pretrained(folder, device=device, **merged)
     reranker.name = key

@@ -25,7 +25,7 @@ import torch
 
 from ...images import image_size, load_image
 from ...types import Item, ItemError
-from ..base import Embedder, resolve_dtype
+from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
 from ..registry import ModelNotAvailable
 from .processing_clip_sf import ImageTransform, item_text
 
@@ -144,16 +144,11 @@ def _resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
     if len(parts) >= 3 and not str(checkpoint).startswith((".", "/", "~")):
         from huggingface_hub import hf_hub_download
 
-        from ..registry import ModelNotAvailable
+        from ..registry import ModelNotAvailable, from_hub
 
         repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
         try:
-            try:
-                return Path(hf_hub_download(repo, filename, local_files_only=True))
-            except Exception:
-                if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-                    raise
-                return Path(hf_hub_download(repo, filename))
+            return from_hub(hf_hub_download, repo, filename)
         except Exception as exc:  # noqa: BLE001
             raise ModelNotAvailable(
                 f"UniIR checkpoint {checkpoint} is not on this machine and could not be downloaded "
@@ -209,11 +204,13 @@ def load_uniir_state(path: Path, *, trust_checkpoint: bool = False) -> dict[str,
 # the embedder
 
 
-class ClipSfEmbedder(Embedder):
+class ClipSfEmbedder(Embedder, Trainable):
     """Dual-encoder embedder: text, image, or their sum (score fusion)."""
 
     batch_size = 64
     cost_budget = None
+    #: LoRA on the attention projections of both towers
+    lora_targets = r".*\.(q_proj|k_proj|v_proj|out_proj)"
 
     def __init__(self, model, tokenizer, transform: ImageTransform, *, kind: str, name: str = "clip-sf",
                  max_length: int = 77, uniir_text: bool = True):
@@ -295,6 +292,19 @@ class ClipSfEmbedder(Embedder):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    # -- training (umr.train) ----------------------------------------------------------------
+
+    def trainable_module(self) -> torch.nn.Module:
+        return self.model
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """A UniIR ``.pth`` when loaded from one (so the folder keeps UniIR's preprocessing), else
+        Hugging Face weights."""
+        if self.transform.crop_rounding == "round":
+            torch.save({"model": hf_to_uniir(self.model.state_dict())}, str(Path(folder) / "clip_sf.pth"))
+        else:
+            self.model.save_pretrained(str(folder))
+
     # -- towers ---------------------------------------------------------------------------
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -327,6 +337,13 @@ class ClipSfEmbedder(Embedder):
         if item.image is not None:
             image_size(item.image, item_id=item.id)  # header only: refuse missing/broken files early
         return 1
+
+    def text_window(self) -> int:
+        """``max_length`` (77 for CLIP) less the start/end tokens and the period UniIR may append."""
+        return self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False) - int(self.uniir_text)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return tokenizer_spans(self.tokenizer, text)
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
         decoded = self._each_item(items, lambda item: None if item.image is None else

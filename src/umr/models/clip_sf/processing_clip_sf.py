@@ -29,19 +29,13 @@ import torch
 from PIL import Image
 
 from ...types import Item
+from ...uniir import format_string as uniir_format
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def uniir_format(text: str | None) -> str:
-    """UniIR's ``format_string``."""
-    s = (text or "").replace("\r", "").strip().strip('"')
-    if s:
-        s = s[0].upper() + s[1:]
-        if s[-1] not in (".", "?", "!"):
-            s = s + "."
-    return s
+#: a short-side resize larger than this (an aspect ratio over ~300 at 224 px) resamples only
+#: the window the centre crop keeps (see :meth:`ImageTransform._resize_crop_window`)
+MAX_RESIZED_PIXELS = 16 * 1024 * 1024
 
 
 def openai_clip_clean(text: str) -> str:
@@ -117,15 +111,32 @@ class ImageTransform:
             short, long = (w, h) if w <= h else (h, w)
             new_short, new_long = self.size, int(self.size * long / short)
             new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+            if self.crop and new_w * new_h > MAX_RESIZED_PIXELS:
+                return self._normalise(self._resize_crop_window(image, new_w, new_h, resample))
             if (new_w, new_h) != (w, h):
                 image = image.resize((new_w, new_h), resample=resample)
         if self.crop:
-            w, h = image.size
-            if self.crop_rounding == "round":
-                top, left = int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
-            else:
-                top, left = (h - self.crop) // 2, (w - self.crop) // 2
+            top, left = self._crop_origin(*image.size)
             image = image.crop((left, top, left + self.crop, top + self.crop))
+        return self._normalise(image)
+
+    def _crop_origin(self, w: int, h: int) -> tuple[int, int]:
+        if self.crop_rounding == "round":
+            return int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
+        return (h - self.crop) // 2, (w - self.crop) // 2
+
+    def _resize_crop_window(self, image: Image.Image, new_w: int, new_h: int, resample) -> Image.Image:
+        """The centre crop of ``image`` resized to ``new_w x new_h``, resampling only that window.
+
+        For a very long, thin image (1 x 5000 resizes to 224 x 1.1M) the full resize would not
+        fit in memory; PIL's ``box`` resamples the crop's source window at the same scale instead.
+        """
+        top, left = self._crop_origin(new_w, new_h)
+        sx, sy = image.width / new_w, image.height / new_h
+        box = (left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy)
+        return image.resize((self.crop, self.crop), resample=resample, box=box)
+
+    def _normalise(self, image: Image.Image) -> torch.Tensor:
         arr = np.asarray(image, dtype=np.float32) / 255.0
         arr = (arr - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ...types import Item
-from ..base import Embedder, resolve_dtype
+from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
 from ..registry import ModelNotAvailable
 from .processing_gme import GmeProcessor, ProcessedItem
 
@@ -30,12 +30,14 @@ from .processing_gme import GmeProcessor, ProcessedItem
 
 
 
-class GmeEmbedder(Embedder):
+class GmeEmbedder(Embedder, Trainable):
     """GME embeddings for text, images and both, in one vector space."""
 
     batch_size = 32
     #: padded tokens (items x longest sequence) per forward pass
     cost_budget = 8192
+    #: LoRA on the LLM's attention and MLP projections, as GME trains
+    lora_targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
     def __init__(self, model, processor: GmeProcessor, *, name: str = "gme", device: str = "cpu"):
         self.model = model
@@ -113,13 +115,32 @@ class GmeEmbedder(Embedder):
         return self.processor.estimate_tokens(item)
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
-        return self.forward(self._each_item(items, self.processor.process))
+        return self.pooled_states(self._each_item(items, self.processor.process))
+
+    # -- training (umr.train) ----------------------------------------------------------------------
+
+    def trainable_module(self) -> torch.nn.Module:
+        return self.model
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        self.model.save_pretrained(str(folder))
+
+    def text_window(self) -> int:
+        """``max_length`` less the candidate prompt's own tokens (system turn, roles, ``<|endoftext|>``)."""
+        return self.processor.max_length - self.processor.estimate_tokens(Item.candidate(text=""))
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return tokenizer_spans(self.processor.tokenizer, text)
 
     # -- the model -------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def forward(self, processed: list[ProcessedItem]) -> torch.Tensor:
         """Last-token hidden states ``(len(processed), dim)`` (not normalised)."""
+        return self.pooled_states(processed)
+
+    def pooled_states(self, processed: list[ProcessedItem]) -> torch.Tensor:
+        """:meth:`forward` with gradients (fine-tuning runs it through ``training_forward``)."""
         lengths = [len(p.input_ids) for p in processed]
         # all sequences back to back: no padding anywhere
         input_ids = torch.tensor([t for p in processed for t in p.input_ids], dtype=torch.long, device=self.device)

@@ -56,14 +56,19 @@ def build_prompt(item: Item, *, with_image: bool | None = None) -> str:
 
 
 def fetch_resize_size(height: int, width: int) -> tuple[int, int]:
-    """(height, width) after the first resize (``qwen_vl_utils.smart_resize``), ratio clamped at 200."""
+    """(height, width) after the first resize (``qwen_vl_utils.smart_resize``), ratio clamped at 200.
+
+    GME's copy floors a side of a very long, thin image (1 x 500,000) to 0 and then divides by
+    it; like ``qwen_vl_utils`` itself, a side is never less than one factor (28) here. Every
+    other geometry gets exactly GME's sizes.
+    """
     factor = FETCH_FACTOR
     h_bar = max(factor, round(height / factor) * factor)
     w_bar = max(factor, round(width / factor) * factor)
     if h_bar * w_bar > FETCH_MAX_PIXELS:
         beta = math.sqrt((height * width) / FETCH_MAX_PIXELS)
-        h_bar = math.floor(height / beta / factor) * factor
-        w_bar = math.floor(width / beta / factor) * factor
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
     elif h_bar * w_bar < FETCH_MIN_PIXELS:
         beta = math.sqrt(FETCH_MIN_PIXELS / (height * width))
         h_bar = math.ceil(height * beta / factor) * factor
@@ -205,7 +210,7 @@ class GmeProcessor:
             width, height = image_size(item.image, item_id=item.id)
             try:
                 tokens += self.num_image_tokens(width, height) + 2  # + <|vision_start|>, <|vision_end|>
-            except ValueError as exc:
+            except (ValueError, ArithmeticError) as exc:
                 raise ItemError(item.id, f"image of {width}x{height} cannot be embedded: {exc}") from None
         return min(tokens, self.max_length)
 
@@ -217,7 +222,7 @@ class GmeProcessor:
             image = load_image(item.image, item_id=item.id)
             try:
                 image = self.resize(image)
-            except ValueError as exc:
+            except (ValueError, ArithmeticError) as exc:
                 raise ItemError(item.id, f"image of {image.width}x{image.height} cannot be embedded: "
                                          f"{exc}") from None
             pixel_values, grid = self.patches(image)

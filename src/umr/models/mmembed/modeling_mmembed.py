@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...types import Item
-from ..base import Embedder, resolve_dtype
+from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
 from ..registry import ModelNotAvailable
 from .processing_mmembed import MMEmbedProcessor, ProcessedItem
 
@@ -548,11 +548,14 @@ def load_mmembed(folder: Path, *, dtype: torch.dtype | None = None, retriever_co
 # the embedder
 
 
-class MMEmbedEmbedder(Embedder):
+class MMEmbedEmbedder(Embedder, Trainable):
     """MM-Embed behind umr's :class:`~umr.models.base.Embedder` interface (4096-d for the real model)."""
 
     batch_size = 8
     cost_budget = 8 * 1024  # padded tokens (incl. 577 per image) per forward pass
+    #: MM-Embed's recipe: LoRA on the LLM, the projector trained fully
+    lora_targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    train_modules = ("multi_modal_projector",)
 
     def __init__(self, model: MMEmbedModel, processor: MMEmbedProcessor, *, name: str = "mm-embed"):
         self.model = model
@@ -603,6 +606,13 @@ class MMEmbedEmbedder(Embedder):
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
         return self.forward(self._each_item(items, self.processor.process))
 
+    def text_window(self) -> int:
+        """``max_length`` less the candidate prompt's own tokens (``<s>``, and ``</s>`` if added)."""
+        return self.processor.max_length - self.processor.estimate_tokens(Item.candidate(text=""))
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return tokenizer_spans(self.processor.tokenizer, text)
+
     def prepare(self, processed: list[ProcessedItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Input embeddings (images spliced in), attention mask and pool mask, right-padded."""
         model, dtype, device = self.model, self.model.dtype, self.device
@@ -638,6 +648,18 @@ class MMEmbedEmbedder(Embedder):
         for i, p in enumerate(processed):
             pool[i, : p.instruction_length] = 0
         return inputs, attention, pool
+
+    # -- training (umr.train) ----------------------------------------------------------------------
+
+    def trainable_module(self) -> torch.nn.Module:
+        return self.model
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """The weights under the released checkpoint's names, as :func:`load_mmembed` reads them."""
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(Path(folder) / "model.safetensors"))
 
     def forward(self, processed: list[ProcessedItem]) -> torch.Tensor:
         inputs, attention, pool = self.prepare(processed)

@@ -9,8 +9,8 @@ vision tower are added to the image tokens' hidden states after the first decode
 sequence is independent of the others (causal attention, right padding), so any mix of text, image
 and fused items shares a batch and each vector equals the item embedded alone.
 
-Speed on CPU: the vision tower runs once per batch on the real images, and the decoder runs on the
-sequences packed back to back (attention per sequence, no padding), computing only the pooled token
+Speed on CPU: the vision tower runs once per batch on the real images (its patch embedding as
+one matmul), and the decoder runs on the sequences packed back to back (attention per sequence, no padding), computing only the pooled token
 in its last layer. At load time a probe batch is embedded both ways; if the packed path differs from
 transformers' own forward on padded rows (e.g. a future decoder change), that forward is used.
 
@@ -63,6 +63,8 @@ class Qwen3VLEmbedder(Embedder):
         self.pad_token_id = int(pad if pad is not None else 0)
         #: decode packed sequences with umr's loop (True) or run transformers' forward on padded rows
         self.packed = packed and _supports_packed(model) and self._packed_matches_transformers()
+        if self.packed:
+            _patch_embed_as_linear(model.visual)
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -112,6 +114,11 @@ class Qwen3VLEmbedder(Embedder):
     @property
     def dtype(self) -> torch.dtype:
         return self.model.language_model.embed_tokens.weight.dtype
+
+    def vector_options(self) -> dict:
+        p = self.processor
+        return {"dtype": str(self.dtype).removeprefix("torch."), "min_image_tokens": p.min_image_tokens,
+                "max_image_tokens": p.max_image_tokens, "max_length": p.max_length}
 
     # -- the Embedder hooks ----------------------------------------------------------------------
 
@@ -215,18 +222,15 @@ class Qwen3VLEmbedder(Embedder):
             q_cos, q_sin = (cos[last], sin[last]) if final else (cos, sin)
             query = query * q_cos + _rotate_half(query) * q_sin
             key = key * cos + _rotate_half(key) * sin
-            groups = query.shape[1] // key.shape[1]
+            grouped = query.shape[1] != key.shape[1]
             outputs = []
             for row, (s, e) in enumerate(spans):
                 k = key[s:e].transpose(0, 1)
                 v = value[s:e].transpose(0, 1)
-                if groups > 1:
-                    k = k.repeat_interleave(groups, dim=0)
-                    v = v.repeat_interleave(groups, dim=0)
                 q = (query[row: row + 1] if final else query[s:e]).transpose(0, 1)
                 # the pooled (last) token sees its whole sequence; otherwise causal
                 out = torch.nn.functional.scaled_dot_product_attention(
-                    q[None], k[None], v[None], is_causal=not final, scale=attn.scaling)
+                    q[None], k[None], v[None], is_causal=not final, scale=attn.scaling, enable_gqa=grouped)
                 outputs.append(out[0].transpose(0, 1).reshape(q.shape[1], -1))
             attended = attn.o_proj(torch.cat(outputs))
             hidden = (hidden[last] if final else hidden) + attended
@@ -256,6 +260,29 @@ class Qwen3VLEmbedder(Embedder):
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class _LinearPatchEmbed(torch.nn.Module):
+    """Qwen3-VL's patch embedding (a Conv3d whose stride is its kernel) as one linear map over the
+    flattened patch: the same weights and dot products, without oneDNN's slow 3-D convolution."""
+
+    def __init__(self, conv: torch.nn.Conv3d):
+        super().__init__()
+        self.conv = conv  # keeps the checkpoint's parameter (shared, not copied)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        weight = self.conv.weight.flatten(1)  # (embed, C * T * P * P), the flattening order of a patch
+        return torch.nn.functional.linear(patches.reshape(-1, weight.shape[1]).to(weight.dtype), weight,
+                                          self.conv.bias)
+
+
+def _patch_embed_as_linear(visual) -> None:
+    """Swap the vision tower's patch embedding for :class:`_LinearPatchEmbed` where it is exactly one."""
+    embed = getattr(visual, "patch_embed", None)
+    conv = getattr(embed, "proj", None)
+    if (isinstance(conv, torch.nn.Conv3d) and tuple(conv.kernel_size) == tuple(conv.stride)
+            and conv.padding == (0, 0, 0) and conv.groups == 1):
+        visual.patch_embed = _LinearPatchEmbed(conv)
 
 
 def _supports_packed(model) -> bool:

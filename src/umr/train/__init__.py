@@ -1,0 +1,15 @@
+"""Contrastive fine-tuning of any umr family as a bi-encoder (``umr train``).
+
+Read top-down: :mod:`.loss` (InfoNCE, the false-negative guard, the distributed gather),
+:mod:`.grad_cache` (one step's backward, whole or cached), :mod:`.data` (examples, sources,
+mixtures, batches), :mod:`.lora` (what trains), :mod:`.checkpoint` (exact resume) and
+:mod:`.trainer` (the loop).
+"""
+
+from .config import TrainConfig
+from .data import BatchPlan, Example, Source, read_examples_jsonl, read_mbeir_train
+from .loss import info_nce
+from .trainer import TrainingError, train
+
+__all__ = ["BatchPlan", "Example", "Source", "TrainConfig", "TrainingError", "info_nce", "read_examples_jsonl",
+           "read_mbeir_train", "train"]

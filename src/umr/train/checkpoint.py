@@ -1,0 +1,84 @@
+"""Resumable checkpoints, written so that a crash never leaves an unloadable one.
+
+A checkpoint is a folder ``checkpoints/step-N`` holding ``state.pt``: the trainable
+parameters (frozen ones equal the base model's), optimizer, scheduler, temperature, the data
+position and every RNG state. It is written under a temporary name, flushed to disk, then
+renamed: a folder named ``step-N`` is always complete, and a SIGKILL loses at most the steps
+since the last one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+PREFIX = "step-"
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save(folder: Path, step: int, state: dict[str, Any], *, keep: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{PREFIX}{step}"
+    temporary = folder / f".tmp-{PREFIX}{step}-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir()
+    with (temporary / "state.pt").open("wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    _fsync_dir(folder)
+    for old in sorted(completed(folder))[:-keep] if keep > 0 else []:
+        shutil.rmtree(folder / f"{PREFIX}{old}", ignore_errors=True)
+    return final
+
+
+def completed(folder: Path) -> list[int]:
+    """Steps of the complete checkpoints in ``folder``, in increasing order."""
+    if not folder.is_dir():
+        return []
+    steps = []
+    for path in folder.iterdir():
+        if path.is_dir() and path.name.startswith(PREFIX) and (path / "state.pt").is_file():
+            try:
+                steps.append(int(path.name[len(PREFIX):]))
+            except ValueError:
+                continue
+    return sorted(steps)
+
+
+def load_latest(folder: Path) -> dict[str, Any] | None:
+    steps = completed(folder)
+    if not steps:
+        return None
+    return torch.load(folder / f"{PREFIX}{steps[-1]}" / "state.pt", map_location="cpu", weights_only=False)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,59 @@
+"""The text-window contract (``text_window``, ``token_spans``) against each family's own tokenisation:
+a candidate text of k spans costs the template plus exactly k tokens, and the window is what is
+left of the model's limit, so a passage of ``text_window()`` spans is never cut."""
+
+from __future__ import annotations
+
+import pytest
+
+import umr
+from umr.types import Item
+
+TEXT = "Tides turn twice a day; 42 boats, café crème and 東京 at 07:15.\nThe harbour lighthouse keeps watch. " * 3
+
+
+def _prefix_of(model, text, k):
+    spans = model.token_spans(text)
+    return text[: spans[k - 1][1]]
+
+
+@pytest.mark.parametrize("family", ["gme", "mmembed"])
+def test_mllm_window_is_its_limit_less_the_candidate_template(family, tmp_path, tiny_gme_dir):
+    if family == "gme":
+        model = umr.load_model(tiny_gme_dir)
+    else:
+        from umr.models.mmembed import write_tiny_mmembed
+
+        model = umr.load_model(write_tiny_mmembed(tmp_path / "mm"))
+    processor = model.processor
+    overhead = processor.max_length - model.text_window()
+    assert 0 < overhead < 40
+    for k in (1, 7, 30):
+        text = _prefix_of(model, TEXT, k)
+        assert len(model.token_spans(text)) == k
+        assert processor.estimate_tokens(Item.candidate(text=text)) == overhead + k
+    # a passage of exactly the window is embedded whole: nothing is cut at max_length
+    processor.max_length = overhead + 30
+    assert model.text_window() == 30
+    fits = _prefix_of(model, TEXT, 30)
+    assert len(processor.process(Item.candidate(text=fits)).input_ids) == processor.max_length
+    assert processor.estimate_tokens(Item.candidate(text=_prefix_of(model, TEXT, 31))) == processor.max_length
+
+
+def test_clip_window_counts_start_end_and_the_uniir_period(tmp_path):
+    from umr.models.clip_sf import write_tiny_clip
+
+    model = umr.load_model(write_tiny_clip(tmp_path / "clip"))
+    assert model.text_window() == model.max_length - 3
+    text = _prefix_of(model, "a red double decker bus on a wet street in the rain at night", model.text_window())
+    ids = model.tokenizer([model.text_of(Item.candidate(text=text))])["input_ids"][0]
+    assert len(ids) <= model.max_length
+
+
+@pytest.mark.slow
+def test_text_model_window_is_max_seq_length_less_cls_and_sep():
+    model = umr.load_model("minilm")
+    assert model.text_window() == 254
+    for k in (1, 9, 40):
+        text = _prefix_of(model, TEXT, k)
+        assert len(model.tokenizer(text)["input_ids"]) == k + 2
