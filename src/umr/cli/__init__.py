@@ -14,7 +14,7 @@ from ..models.registry import ModelNotAvailable
 from ..types import ItemError
 
 #: sub-command modules, in the order ``umr --help`` lists them
-COMMANDS = ["embed", "eval", "models", "index", "search", "train", "mine", "synth"]
+COMMANDS = ["embed", "eval", "models", "index", "search", "train", "mine", "synth", "rerank"]
 
 
 class UsageError(RuntimeError):
@@ -92,11 +92,19 @@ def model_options(args: argparse.Namespace) -> dict:
 
 def load_model_from_args(args: argparse.Namespace, name: str | None = None, options: dict | None = None):
     """Load ``name`` (default ``--model``) with ``options`` (default: those on the command line)."""
-    from ..models.registry import UnsupportedOption, load_model
+    from ..models.registry import load_model
 
     options = model_options(args) if options is None else options
+    return call_loader(load_model, name or args.model, device=args.device, dtype=args.dtype, **options)
+
+
+def call_loader(loader, name: str, **options):
+    """``loader(name, **options)`` (``load_model``, ``load_reranker``), an option the family does not
+    take or a bad option value reported as a :class:`UsageError` with the flags the user typed."""
+    from ..models.registry import UnsupportedOption
+
     try:
-        return load_model(name or args.model, device=args.device, dtype=args.dtype, **options)
+        return loader(name, **options)
     except UnsupportedOption as exc:  # say it with the flags the user typed
         given = ", ".join("--" + option.replace("_", "-") for option in exc.options)
         raise UsageError(f"model {exc.model!r} ({exc.family} family) does not take {given}") from None

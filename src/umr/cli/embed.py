@@ -52,7 +52,7 @@ def run(args) -> int:
     np.save(output, result.vectors.astype(np.float32, copy=False))
     written = [items[i].id for i in result.indices]
     if args.on_error == "skip":
-        _write_errors(output, errors, written)
+        write_errors(output, errors, written)
     print(f"umr embed: wrote {len(written)} vectors of dim {model.dim} to {output}"
           + (f"; {len(errors)} item(s) skipped, see {sidecar(output, '.errors.jsonl')}" if errors else ""))
     return 0
@@ -68,7 +68,8 @@ def sidecar(output: Path, suffix: str) -> Path:
     return output.with_name(output.name[: -len(".npy")] + suffix)
 
 
-def _write_errors(output: Path, errors, written_ids) -> None:
+def write_errors(output: Path, errors, written_ids) -> None:
+    """``OUTPUT.errors.jsonl`` (one line per bad item) and ``OUTPUT.ids.json`` (the rows' ids)."""
     with sidecar(output, ".errors.jsonl").open("w", encoding="utf-8") as handle:
         for err in errors:
             handle.write(json.dumps(err.to_dict()) + "\n")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from . import UsageError, add_model_options, load_model_from_args, model_options
+from .rerank import add_rerank_flags, check_rerank_flags, load_rerank_flag
 
 
 def add_parser(sub) -> None:
@@ -46,6 +47,7 @@ def add_parser(sub) -> None:
                         help="embed again every item that failed before (items whose file changed since "
                              "are always retried)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_rerank_flags(parser)
     parser.set_defaults(run=run)
 
 
@@ -60,18 +62,22 @@ def run(args) -> int:
         raise UsageError(f"no such data folder: {args.data}")
     if args.depth < 1:
         raise UsageError("--depth must be at least 1")
+    check_rerank_flags(args)
 
     from ..eval import EvalConfig, Evaluator
     from ..eval.runner import dropped_note, failure_note
 
     tasks = _load_tasks(args)
-    model = _LazyModel(args)  # loaded on first use: a finished evaluation re-reports without loading
+    # loaded on first use: a finished evaluation re-reports without loading
+    model = _LazyModel(str(args.model), lambda: load_model_from_args(args))
+    reranker = _LazyModel(str(args.rerank), lambda: load_rerank_flag(args)) if args.rerank else None
     config = EvalConfig(depth=args.depth, batch_size=args.batch_size, show_progress=not args.no_progress
                         and sys.stderr.isatty())
     try:
         evaluator = Evaluator(model, output=args.output, config=config, model_key=model_key(args, model),
                               retry_errors=args.retry_errors,
-                              log=lambda message: print(f"umr eval: {message}", file=sys.stderr))
+                              log=lambda message: print(f"umr eval: {message}", file=sys.stderr),
+                              reranker=reranker, rerank_k=args.rerank_k, reranker_key=rerank_key(args))
         evaluator.check(tasks)  # an unknown headline metric or an id TREC cannot hold: before any work
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -80,7 +86,8 @@ def run(args) -> int:
         failed = f", {avg['n_failed_tasks']} with failures (marked ⚠ in results.md)" if avg["n_failed_tasks"] else ""
         print(f"umr eval: {scores['model']} {args.benchmark} [{pool}] {avg['n_tasks']} task(s){failed}: "
               f"mean headline {_pct(avg['main_score'])}, NDCG@10 {_pct(avg['ndcg@10'])}, "
-              f"modality bias {_pct(avg['modality_bias'], 1, '%')}")
+              f"modality bias {_pct(avg['modality_bias'], 1, '%')}"
+              + (f"; reranked headline {_pct(avg['rerank_main_score'])}" if "rerank_main_score" in avg else ""))
     for result in scores["tasks"]:
         for note, mark in ((failure_note(result), "⚠ failed:"), (dropped_note(result), "note:")):
             if note:
@@ -113,23 +120,38 @@ def model_key(args, model=None) -> str:
         files = files_fingerprint(model_folder(args.model))[:12]
     except ModelNotAvailable:  # loading will say why; nothing is cached for it meanwhile
         files = None
-    return key_of(model if model is not None else _LazyModel(args),
+    lazy = _LazyModel(str(args.model), lambda: load_model_from_args(args))
+    return key_of(model if model is not None else lazy,
                   {"dtype": getattr(args, "dtype", None), **model_options(args), "files": files})
 
 
-class _LazyModel:
-    """The model named on the command line, loaded the first time something needs it."""
+def rerank_key(args) -> str | None:
+    """The ``--rerank`` model with the options that change its scores (dtype, prompts file content)."""
+    if not args.rerank:
+        return None
+    options = {"dtype": args.dtype}
+    if args.rerank_prompts is not None and args.rerank_prompts.is_file():
+        import hashlib
 
-    def __init__(self, args):
-        self._args = args
+        options["prompts"] = hashlib.sha1(args.rerank_prompts.read_bytes()).hexdigest()[:12]
+    shown = ",".join(f"{k}={v}" for k, v in sorted(options.items()) if v is not None)
+    return f"{args.rerank}[{shown}]" if shown else str(args.rerank)
+
+
+class _LazyModel:
+    """A model (embedder or reranker) named on the command line, loaded by ``load`` the first time
+    something needs it."""
+
+    def __init__(self, name: str, load):
+        self._load = load
         self._model = None
-        self.name = str(args.model)
+        self.name = name
 
     def __getattr__(self, attr):
         if attr.startswith("_"):
             raise AttributeError(attr)
         if self._model is None:
-            self._model = load_model_from_args(self._args)
+            self._model = self._load()
         return getattr(self._model, attr)
 
 

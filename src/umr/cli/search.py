@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from . import UsageError
+from .rerank import add_rerank_flags, load_rerank_flag
 
 
 def add_parser(sub) -> None:
@@ -39,6 +40,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--ef-search", type=int, default=None, help="HNSW: candidates explored per query")
     parser.add_argument("--exact", action="store_true", help="exact search even if the index is HNSW")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
+    add_rerank_flags(parser)
     parser.set_defaults(run=run)
 
 
@@ -111,6 +113,7 @@ def run(args) -> int:
                          if "k must" in str(exc) or "ef_search" in str(exc) else str(exc)) from None
     if args.image is not None and not args.image.is_file():
         raise UsageError(f"no such image: {args.image}")
+    reranker = load_rerank_flag(args)
     modality = None
     if args.modality:
         modality = [m for m in args.modality.replace("+", ";").split(";") if m]
@@ -124,7 +127,8 @@ def run(args) -> int:
             results = index.search(args.text, str(args.image) if args.image else None,
                                    instruction=args.instruction, modality=modality,
                                    where=where, k=args.k,
-                                   method="exact" if args.exact else None, ef_search=args.ef_search)
+                                   method="exact" if args.exact else None, ef_search=args.ef_search,
+                                   rerank=reranker, rerank_k=args.rerank_k)
         except Unrepresentable:
             raise UsageError(f"the query image has no readable text, and {index.model_name} is a text-only "
                              f"model that cannot see pixels; add query text or use an MLLM index") from None

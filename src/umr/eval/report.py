@@ -85,10 +85,19 @@ def markdown_report(scores: dict[str, Any]) -> str:
     def first(name):
         return next(table[(name, p)] for p in pools if (name, p) in table)
 
-    # headline table in the papers' layout
+    # headline table in the papers' layout; reranked scores beside the retriever's when there are any
+    reranked = next((r["rerank"] for r in scores["tasks"] if "rerank" in r), None)
     out += ["## Headline scores", ""]
-    header = ["Task", "Category", "Dataset", "Metric"] + [p.capitalize() for p in pools]
+    if reranked:
+        out += [f"Reranked: each query's top {reranked['k']} reordered by {reranked['model']}.", ""]
+    header = ["Task", "Category", "Dataset", "Metric"] + [p.capitalize() for p in pools] \
+        + ([f"{p.capitalize()} reranked" for p in pools] if reranked else [])
     rows = []
+
+    def rerank_cell(name, pool):
+        r = table.get((name, pool))
+        return _pct(r["rerank"]["main_score"]) if r is not None and "rerank" in r else "–"
+
     for name in names:
         r = first(name)
         task_no = r.get("metadata", {}).get("task_id")
@@ -96,8 +105,10 @@ def markdown_report(scores: dict[str, Any]) -> str:
         if any(failure_note(table[(name, p)]) for p in pools if (name, p) in table):
             label += f" {FAILED}"
         rows.append([label, r["category"], r["dataset"], _metric_label(r["main_metric"])]
-                    + [_pct(table[(name, p)]["main_score"]) if (name, p) in table else "–" for p in pools])
-    rows.append(["**Average**", "", "", ""] + [f"**{_pct(scores['averages'][p]['main_score'])}**" for p in pools])
+                    + [_pct(table[(name, p)]["main_score"]) if (name, p) in table else "–" for p in pools]
+                    + ([rerank_cell(name, p) for p in pools] if reranked else []))
+    rows.append(["**Average**", "", "", ""] + [f"**{_pct(scores['averages'][p]['main_score'])}**" for p in pools]
+                + ([f"**{_pct(scores['averages'][p].get('rerank_main_score'))}**" for p in pools] if reranked else []))
     out += [_table(header, rows), ""]
 
     # UMRB groups

@@ -127,6 +127,10 @@ class Evaluator:
     other's vectors or results. An ``output`` folder written for another key is refused
     (``ValueError``). ``retry_errors`` embeds again every item that failed before (an item
     whose image file changed since it failed is always tried again).
+
+    With a ``reranker`` (:class:`~umr.rerank.Reranker`) each query's top ``rerank_k`` candidates
+    are reranked too, and every task reports both rankings' scores (``result["rerank"]``); rerank
+    scores are cached under ``cache/rerank`` (keyed by ``reranker_key``) and resumable.
     """
 
     #: how many candidate lists' digests are remembered (each kept alive beside its digest)
@@ -134,7 +138,8 @@ class Evaluator:
 
     def __init__(self, model, *, output: str | Path | None = None, config: EvalConfig | None = None,
                  run_name: str | None = None, log: Callable[[str], None] | None = None,
-                 model_key: str | None = None, retry_errors: bool = False):
+                 model_key: str | None = None, retry_errors: bool = False, reranker=None,
+                 rerank_k: int = 10, reranker_key: str | None = None):
         self.model = model
         self.config = config or EvalConfig()
         self.output = Path(output) if output is not None else None
@@ -153,6 +158,16 @@ class Evaluator:
             root = Path(self._tmp.name)
         self.store = EmbeddingStore(root, self.model_key, commit_every=self.config.commit_every,
                                     commit_seconds=self.config.commit_seconds, retry_errors=retry_errors)
+        self.reranker, self.rerank_k = reranker, int(rerank_k)
+        self.rerank_store = None
+        if reranker is not None:
+            from ..rerank.cache import RerankStore
+            from ..rerank.registry import reranker_key as default_key
+
+            if self.rerank_k < 1:
+                raise ValueError(f"rerank_k must be at least 1, not {rerank_k}")
+            self.reranker_key = reranker_key or default_key(reranker)
+            self.rerank_store = RerankStore(root / "rerank", self.reranker_key, chunk_size=self.config.commit_every)
         # the latest pool's vectors, keyed by its content digest (a list's id() is reused once the
         # list is freed). One is enough: tasks sharing a pool come together, and the embedding
         # cache on disk serves any other order, so memory stays at one pool, not all of them.
@@ -160,6 +175,8 @@ class Evaluator:
         # id(list) -> (the list itself, its digest); holding the list keeps its id from being reused
         self._pools: dict[int, tuple[list, str]] = {}
         self.timings = {"embed_s": 0.0, "search_s": 0.0, "score_s": 0.0, "write_s": 0.0}
+        if reranker is not None:
+            self.timings["rerank_s"] = 0.0
 
     # -- one task ------------------------------------------------------------------------------
 
@@ -206,7 +223,8 @@ class Evaluator:
         config = self.config
         self.check([task])
         headline, metric, metric_k = headline_metric(task.headline)
-        signature = _task_signature(task, self.model_key, config, self._pool_digest(task.candidates))
+        key = self.model_key if self.reranker is None else f"{self.model_key}|rerank={self.reranker_key}@{self.rerank_k}"
+        signature = _task_signature(task, key, config, self._pool_digest(task.candidates))
         done_file = self._task_file(task)
         if done_file is not None and done_file.is_file():
             previous = json.loads(done_file.read_text(encoding="utf-8"))
@@ -237,13 +255,17 @@ class Evaluator:
         wanted["k_values"].add(task.hit_k)
         if metric_k is not None:
             wanted[{"ndcg": "ndcg_k", "mrr": "mrr_k", "map": "map_k"}.get(metric, "k_values")].add(metric_k)
-        per_query = evaluate_run(run, {q: task.qrels.get(q, {}) for q in scored},
-                                 **{name: tuple(sorted(ks)) for name, ks in wanted.items()},
-                                 relevance_level=config.relevance_level)
-        metrics = mean_metrics(per_query)
         bias_k = config.bias_k or task.hit_k
-        rankings = {qid: trec_order(scores_) for qid, scores_ in run.items()}
-        bias = modality_bias(rankings, task.candidate_modalities(), str(task.target_modality), bias_k)
+
+        def measure(ranked):
+            per_query = evaluate_run(ranked, {q: task.qrels.get(q, {}) for q in scored},
+                                     **{name: tuple(sorted(ks)) for name, ks in wanted.items()},
+                                     relevance_level=config.relevance_level)
+            rankings = {qid: trec_order(scores_) for qid, scores_ in ranked.items()}
+            return mean_metrics(per_query), modality_bias(rankings, task.candidate_modalities(),
+                                                          str(task.target_modality), bias_k)
+
+        metrics, bias = measure(run)
         t_score = time.perf_counter() - t0
         self.timings["score_s"] += t_score
 
@@ -266,12 +288,21 @@ class Evaluator:
             "seconds": {"search": t_search, "score": t_score, "total": time.perf_counter() - t_start},
             "signature": signature, "metadata": task.metadata,
         }
+        reranked = None
+        if self.reranker is not None:
+            reranked, pair_errors = self._rerank(task, run)
+            rr_metrics, rr_bias = measure(reranked)
+            result["rerank"] = {"model": self.reranker_key, "k": self.rerank_k, "main_score": rr_metrics.get(headline),
+                                "metrics": rr_metrics, "modality_bias": rr_bias, "pair_errors": pair_errors}
         if self.output is not None:
             t0 = time.perf_counter()
             tags = {q.id: task.run_tag for q in task.queries}
             write_run(self.output / "runs" / task.pool / f"{task.name}.trec", run, run_name=self.run_name)
             write_run(self.output / "runs" / task.pool / f"{task.name}.uniir.trec", run, run_name=self.run_name,
                       task_tags=tags)
+            if reranked is not None:
+                write_run(self.output / "runs" / task.pool / f"{task.name}.rerank.trec", reranked,
+                          run_name=f"{self.run_name}_rerank")
             done_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = done_file.with_name(done_file.name + ".tmp")
             tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -290,6 +321,35 @@ class Evaluator:
                 if retry or standing != failures[role]:
                     return True
         return False
+
+    def _rerank(self, task: RetrievalTask, run: dict[str, dict[str, float]]):
+        """The run with each query's top ``rerank_k`` reranked (scores: ``n - position``), and the
+        pairs that could not be scored (``{query id: {candidate id: reason}}``)."""
+        from ..rerank.base import Pair, reranked_order
+
+        queries = {q.id: q for q in task.queries}
+        candidates = {c.id: c for c in task.candidates}
+        rankings = {qid: trec_order(scores_) for qid, scores_ in run.items()}
+        pairs, where = [], []
+        for qid, ranking in rankings.items():
+            for position, cid in enumerate(ranking[: self.rerank_k]):
+                pairs.append(Pair(queries[qid], candidates[cid], task.name))
+                where.append((qid, position))
+        t0 = time.perf_counter()
+        scores, errors, _ = self.rerank_store.score(self.reranker, pairs, batch_size=self.config.batch_size,
+                                                     show_progress_bar=self.config.show_progress)
+        self.timings["rerank_s"] += time.perf_counter() - t0
+        by_query = {qid: np.full(len(ranking), np.nan, dtype=np.float32) for qid, ranking in rankings.items()}
+        failed: dict[str, dict[str, str]] = {}
+        for j, (qid, position) in enumerate(where):
+            by_query[qid][position] = scores[j]
+            if j in errors:
+                failed.setdefault(qid, {})[rankings[qid][position]] = errors[j]
+        reranked = {}
+        for qid, ranking in rankings.items():
+            order = reranked_order(by_query[qid], min(self.rerank_k, len(ranking)))
+            reranked[qid] = {ranking[i]: float(len(order) - rank) for rank, i in enumerate(order)}
+        return reranked, failed
 
     def _task_file(self, task: RetrievalTask) -> Path | None:
         if self.output is None:
@@ -348,6 +408,8 @@ def task_line(result: dict[str, Any]) -> str:
     bias = result["modality_bias"]
     line = (f"{result['pool']}/{result['task']}: " + ", ".join(f"{n} = {_pct(v)}" for n, v in shown)
             + f", modality bias@{bias['k']} = {_pct(bias['bias'], 1)}{'' if bias['bias'] is None else '%'}")
+    if "rerank" in result:
+        line += f", reranked {result['main_metric']} = {_pct(result['rerank']['main_score'])}"
     note = dropped_note(result)
     if note:
         line += f"; {note}"
@@ -426,6 +488,13 @@ def summarize(results: list[dict[str, Any]], *, model: str, benchmark: str,
         averages[pool] = {**block(in_pool), "modality_bias": _mean(r["modality_bias"]["bias"] for r in in_pool),
                           "n_failed_tasks": sum(bool(failure_note(r)) for r in in_pool),
                           "by_category": by_cat, "by_group": by_group}
+        reranked = [r for r in in_pool if "rerank" in r]
+        if reranked:  # the reranked headline beside the retriever's, per pool and category
+            averages[pool]["rerank_main_score"] = _mean(r["rerank"]["main_score"] for r in reranked)
+            averages[pool]["rerank_ndcg@10"] = _mean(r["rerank"]["metrics"].get("ndcg@10") for r in reranked)
+            for cat, block_ in by_cat.items():
+                block_["rerank_main_score"] = _mean(r["rerank"]["main_score"] for r in reranked
+                                                    if r["category"] == cat)
     return {"model": model, "model_key": model_key or model, "benchmark": benchmark,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": asdict(config) if config else None,
@@ -440,8 +509,10 @@ def _mean(values) -> float | None:
 def evaluate(model, tasks: Sequence[RetrievalTask], *, output: str | Path | None = None,
              config: EvalConfig | None = None, benchmark: str = "custom",
              log: Callable[[str], None] | None = None, model_key: str | None = None,
-             retry_errors: bool = False) -> dict[str, Any]:
-    """Evaluate ``model`` (any :class:`~umr.models.base.Embedder`) on ``tasks``; see the module doc
-    (and :class:`Evaluator` for ``model_key`` and ``retry_errors``)."""
+             retry_errors: bool = False, reranker=None, rerank_k: int = 10) -> dict[str, Any]:
+    """Evaluate ``model`` (any :class:`~umr.models.base.Embedder`) on ``tasks``, optionally reranking
+    each query's top ``rerank_k`` with ``reranker``; see the module doc (and :class:`Evaluator` for
+    ``model_key`` and ``retry_errors``)."""
     return Evaluator(model, output=output, config=config, log=log, model_key=model_key,
-                     retry_errors=retry_errors).evaluate(tasks, benchmark=benchmark)
+                     retry_errors=retry_errors, reranker=reranker,
+                     rerank_k=rerank_k).evaluate(tasks, benchmark=benchmark)

@@ -338,20 +338,32 @@ class Index:
 
     def search(self, text: str | None = None, image=None, *, instruction: str | None = None,
                modality: str | Sequence[str] | None = None, where: dict[str, Any] | None = None,
-               k: int = 10, method: str | None = None, ef_search: int | None = None) -> list[Result]:
+               k: int = 10, method: str | None = None, ef_search: int | None = None,
+               rerank=None, rerank_k: int = 10) -> list[Result]:
         """Ranked results for one query (text, image or both).
 
         ``where`` maps metadata fields to a value (compared as stored, no conversion: 2020 is not
         "2020") or a list of accepted values; see :class:`~umr.index.store.Filter`. An empty or
-        blank query, ``k < 1`` and ``ef_search < 1`` raise ``ValueError``.
+        blank query, ``k < 1`` and ``ef_search < 1`` raise ``ValueError``. ``rerank`` (a
+        :class:`~umr.rerank.Reranker` or a name for :func:`~umr.rerank.load_reranker`) reorders
+        the top ``rerank_k`` results (see :meth:`~umr.rerank.Reranker.rerank`).
         """
         text = query_text(text, image)
         check_search_args(k, ef_search)
         query = Item.query(text=text, image=image, instruction=instruction, id="query")
+        original = Item.query(text=text, image=image, instruction=instruction, id="query")
         query = self.represent(query)
         vector = self.model.embed([query], show_progress_bar=False).vectors
-        return self.search_vectors(vector, k=k, modality=modality, where=where,
-                                   method=method, ef_search=ef_search)[0]
+        depth = max(k, rerank_k) if rerank is not None else k
+        results = self.search_vectors(vector, k=depth, modality=modality, where=where,
+                                      method=method, ef_search=ef_search)[0]
+        if rerank is None:
+            return results
+        if isinstance(rerank, (str, os.PathLike)):
+            from ..rerank import load_reranker
+
+            rerank = load_reranker(rerank)
+        return rerank.rerank(original, results, k=rerank_k)[:k]
 
     def search_vectors(self, queries: np.ndarray, *, k: int = 10,
                        modality: str | Sequence[str] | None = None, where: dict[str, Any] | None = None,

@@ -124,7 +124,7 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     if dtype is not None:
         merged["dtype"] = dtype
     family_class = _family_class(family)
-    _check_options(family_class, merged, model=key, family=family)
+    check_options(family_class, merged, model=key, family=family)
     check_device(device)
     if family == "text":  # quiets transformers itself, only when it imports it (the light path does not)
         embedder = family_class.from_pretrained(folder, device=device, **merged)
@@ -145,10 +145,10 @@ def model_folder(model: str | os.PathLike) -> Path:
     """The local folder :func:`load_model` reads for a short name, hub id or folder."""
     key = str(model)
     spec = REGISTRY.get(key)
-    return _local_folder(spec.resolve_source() if spec else key, shown_as=key)
+    return local_folder(spec.resolve_source() if spec else key, shown_as=key)
 
 
-def _check_options(family_class: type[Embedder], options: dict[str, Any], *, model: str, family: str) -> None:
+def check_options(family_class: type[Embedder], options: dict[str, Any], *, model: str, family: str) -> None:
     """Refuse, before any loading, options that the family's ``from_pretrained`` does not name."""
     params = inspect.signature(family_class.from_pretrained).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -219,7 +219,7 @@ def _family_class(family: str) -> type[Embedder]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def _local_folder(source: str, *, shown_as: str) -> Path:
+def local_folder(source: str, *, shown_as: str) -> Path:
     """A local folder for ``source``: the folder itself, or the hub cache's snapshot."""
     path = Path(source).expanduser()
     if path.is_dir():

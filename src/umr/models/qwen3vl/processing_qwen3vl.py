@@ -1,6 +1,7 @@
 """Qwen3-VL inputs: conversations, ``fetch_image``-style resizing, patches, token ids, truncation.
 
-One module for every Qwen3-VL model umr runs (the embedder here, the Qwen3-VL-Reranker later):
+One module for every Qwen3-VL model umr runs (the embedder here, the Qwen3-VL-Reranker in
+``umr.rerank.qwen3vl``):
 both reference implementations (QwenLM/Qwen3-VL-Embedding) build a chat conversation, render it
 with the checkpoint's chat template and the generation prompt, load each image with
 ``qwen_vl_utils.fetch_image`` (``image_patch_size=16``) and call the Qwen3-VL processor with
@@ -16,6 +17,9 @@ with the checkpoint's chat template and the generation prompt, load each image w
 * truncation as the processor call really truncates (``truncation=True, max_length=N``): the
   tokenizer keeps the first ``N`` tokens, dropping the end of the prompt. The processor then
   refuses a sequence whose image tokens were cut, so such an item is an error here too.
+
+The reranker cuts differently (:func:`truncate_keeping_special`): its reference keeps the closing
+tokens and, above ``max_length``, every special token, cutting only ordinary tokens.
 
 Resizing needs only the image header, so :meth:`Qwen3VLProcessor.count_tokens` gives a sequence's
 exact length cheaply (used to plan batches).
@@ -204,15 +208,16 @@ class Qwen3VLProcessor:
     # -- sequences -------------------------------------------------------------------------------
 
     def encode(self, messages: list[dict[str, Any]], images: Sequence[ImageSource] = (), *,
-               item_id: str | None = None) -> ProcessedInput:
+               item_id: str | None = None, image_ids: Sequence[str | None] | None = None) -> ProcessedInput:
         """Token ids and patches of a conversation whose image entries, in order, show ``images``.
 
         Not truncated (see :meth:`truncate`). Raises :class:`ItemError` for an image that cannot be
-        used, or text that spells a vision special token.
+        used (naming ``image_ids[i]`` when given: a pair's images belong to different items), or
+        text that spells a vision special token.
         """
         patches, grids = [], []
-        for source in images:
-            pixels, grid = self.patches(self.load_image(source, item_id=item_id))
+        for source, owner in zip(images, image_ids or [item_id] * len(images)):
+            pixels, grid = self.patches(self.load_image(source, item_id=owner))
             patches.append(pixels)
             grids.append(grid)
         ids = self.tokenize(self.render(messages))
@@ -228,15 +233,15 @@ class Qwen3VLProcessor:
         return ProcessedInput(expanded, np.concatenate(patches) if patches else None, grids)
 
     def count_tokens(self, messages: list[dict[str, Any]], images: Sequence[ImageSource] = (), *,
-                     item_id: str | None = None) -> int:
+                     item_id: str | None = None, image_ids: Sequence[str | None] | None = None) -> int:
         """The untruncated length of :meth:`encode`'s ids from the image headers alone."""
         tokens = len(self.tokenize(self.render(messages)))
-        for source in images:
-            width, height = image_size(source, item_id=item_id)
+        for source, owner in zip(images, image_ids or [item_id] * len(images)):
+            width, height = image_size(source, item_id=owner)
             try:
                 tokens += self.num_image_tokens(width, height) - 1
             except ValueError as exc:
-                raise ItemError(item_id, f"image of {width}x{height} cannot be embedded: {exc}") from None
+                raise ItemError(owner, f"image of {width}x{height} cannot be embedded: {exc}") from None
         return tokens
 
     def truncate(self, processed: ProcessedInput, *, item_id: str | None = None) -> ProcessedInput:
@@ -256,6 +261,25 @@ class Qwen3VLProcessor:
                 or self.video_token_id in ids):
             raise ItemError(item_id, f"text must not contain the special tokens {VISION_START}, "
                                      f"{IMAGE_PAD} or {VIDEO_PAD}")
+
+
+def truncate_keeping_special(ids: Sequence[int], max_length: int, special_ids: set[int], *,
+                             closing: int = 5) -> list[int]:
+    """Qwen3-VL-Reranker's cut: the last ``closing`` tokens (``<|im_end|>``, the generation prompt)
+    are kept aside; if the rest is longer than ``max_length``, every special token of it is kept
+    (image tokens included) and only the first ``max_length - #special`` ordinary tokens."""
+    head, tail = list(ids[:-closing]), list(ids[-closing:])
+    if len(head) <= max_length:
+        return head + tail
+    budget = max_length - sum(1 for t in head if t in special_ids)
+    kept: list[int] = []
+    for token in head:
+        if token in special_ids:
+            kept.append(token)
+        elif budget > 0:
+            kept.append(token)
+            budget -= 1
+    return kept + tail
 
 
 def read_chat_template(folder: Path, tokenizer) -> str:

@@ -44,9 +44,11 @@ CHAT_TEMPLATE = (
 
 def write_tiny_qwen3vl(folder: str | Path, *, seed: int = 0, text: dict[str, Any] | None = None,
                        vision: dict[str, Any] | None = None, vocab_size: int = 512,
-                       initializer_range: float = 0.1, legacy_layout: bool = True) -> Path:
+                       initializer_range: float = 0.1, legacy_layout: bool = True,
+                       answer_words: tuple[str, ...] = ANSWER_WORDS) -> Path:
     """Write a tiny random Qwen3-VL checkpoint to ``folder`` and return the folder.
 
+    ``answer_words`` are trained into the vocabulary as single tokens (rerankers' answers).
     ``text`` / ``vision`` override the architecture (e.g. a mid-sized model for benchmarks). With
     ``legacy_layout`` config.json is written as the real checkpoints (transformers 4.57) write it:
     ``rope_scaling`` and ``rope_theta`` in the text config, no vision rope entry, ``torch_dtype``.
@@ -59,9 +61,9 @@ def write_tiny_qwen3vl(folder: str | Path, *, seed: int = 0, text: dict[str, Any
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    answers = [word for word in ANSWER_WORDS for _ in range(50)]
+    answers = [word for word in answer_words for _ in range(50)]
     tokenizer = build_tokenizer(seed, vocab_size, extra_texts=answers)
-    missing = [w for w in ANSWER_WORDS if tokenizer.token_to_id(w) is None]
+    missing = [w for w in answer_words if tokenizer.token_to_id(w) is None]
     if missing:
         raise ValueError(f"vocab_size={vocab_size} is too small to hold {missing} as single tokens")
     ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
