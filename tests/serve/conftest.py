@@ -82,6 +82,8 @@ def photo_index(tmp_path_factory, tiny_clip):
         items.append(Item.candidate(image=str(path), id=f"photos/{name}.png", colour=name))
     items.append(Item.candidate(text="a note about red apples", id="notes/apples", colour="red"))
     items.append(Item.candidate(text="the sea is deep and blue", id="notes/sea", colour="blue"))
-    index = Index.create(tmp_path_factory.mktemp("idx") / "index", tiny_clip)
-    index.add(items)
-    return index
+    folder = tmp_path_factory.mktemp("idx") / "index"
+    with Index.create(folder, tiny_clip) as index:
+        index.add(items)
+    # reopened as `umr serve` opens it: its digest store is first used in the server's model thread
+    return Index.open(folder, model=tiny_clip, writable=True)

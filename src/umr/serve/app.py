@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..types import Item, Modality
 from .batcher import MicroBatcher
@@ -362,10 +362,12 @@ def _result_json(result) -> dict[str, Any]:
 
 async def _form_or_json(request: Request, model_cls):
     """A body as ``model_cls``, from JSON or from a multipart form (image as an uploaded file)."""
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    upload = None
+    try:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return model_cls.model_validate_json(await request.body()), None
         form = await request.form(max_files=1, max_fields=32)
         fields: dict[str, Any] = {}
-        upload = None
         for key, value in form.multi_items():
             if hasattr(value, "read"):
                 upload = await value.read()
@@ -377,10 +379,8 @@ async def _form_or_json(request: Request, model_cls):
             elif value != "":
                 fields[key] = value
         return model_cls.model_validate(fields), upload
-    try:
-        return model_cls.model_validate_json(await request.body()), None
-    except ValueError as exc:
-        raise RequestValidationError(getattr(exc, "errors", lambda: [{"loc": ("body",), "msg": str(exc)}])()) from None
+    except ValidationError as exc:  # bad JSON too
+        raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
 
 
 def _search_body(model_cls, description: str) -> dict:
