@@ -47,11 +47,10 @@ def test_page_searches_by_text_and_dropped_image(photo_index, tmp_path):
 
         page.fill("#q", "")
         page.evaluate(DROP, [base64.b64encode(png_bytes((30, 40, 220), (64, 48))).decode(), "blue.png"])
-        page.wait_for_function("[...document.querySelectorAll('.card img')].some(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function("document.querySelector('.card .id').textContent === 'photos/blue.png'")
+        # every photo result shows its thumbnail
+        page.wait_for_function("[...document.querySelectorAll('.card img')].filter(i => i.naturalWidth > 0).length === 3")
         first = page.locator(".card").first
-        assert "photos/blue.png" in first.inner_text()
-        loaded = page.evaluate("[...document.querySelectorAll('.card img')].filter(i => i.naturalWidth > 0).length")
-        assert loaded == 3  # every photo result shows its thumbnail
         assert not page.is_hidden("#chip")
 
         first.focus()
