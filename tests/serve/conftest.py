@@ -69,7 +69,7 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
 
 
 @pytest.fixture(scope="session")
-def photo_index(tmp_path_factory, tiny_clip):
+def built_index(tmp_path_factory, tiny_clip):
     """A tiny-CLIP index of three coloured photos and two texts, the photos on disk."""
     from umr import Item
     from umr.index import Index
@@ -85,5 +85,19 @@ def photo_index(tmp_path_factory, tiny_clip):
     folder = tmp_path_factory.mktemp("idx") / "index"
     with Index.create(folder, tiny_clip) as index:
         index.add(items)
-    # reopened as `umr serve` opens it: its digest store is first used in the server's model thread
-    return Index.open(folder, model=tiny_clip, writable=True)
+    return folder
+
+
+@pytest.fixture
+def photo_index(built_index, tiny_clip, tmp_path):
+    """A copy of the built index for one test, opened as `umr serve` opens it (writable; its digest
+    store is first used in the server's model thread)."""
+    import shutil
+
+    from umr.index import Index
+
+    folder = tmp_path / "index"
+    shutil.copytree(built_index, folder)
+    index = Index.open(folder, model=tiny_clip, writable=True)
+    yield index
+    index.close()  # the app closed it already when it wrote to it; closing again is a no-op

@@ -73,9 +73,5 @@ def run(args) -> int:
                      batching=not args.no_batching, window_ms=args.batch_window_ms)
     print(f"umr serve: {model.name} ({model.dim}-d)" + (f", index {args.index_dir} ({len(index)} items)" if index else "")
           + f" on http://{args.host}:{args.port}/  (API docs at /docs)")
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", server_header=False)
-    finally:
-        if index is not None:
-            index.close()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", server_header=False)  # closes the index
     return 0

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import threading
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -137,10 +138,21 @@ class Server:
 def create_app(model, *, index=None, reranker=None, limits: Limits | None = None,
                security: Security | None = None, batching: bool = True, window_ms: float = 5.0,
                cost_budget: int = 64) -> FastAPI:
-    """The FastAPI app serving ``model`` (and ``index`` / ``reranker`` when given)."""
+    """The FastAPI app serving ``model`` (and ``index`` / ``reranker`` when given).
+
+    The app owns the index from then on: it writes to it from the model's thread and closes it on shutdown.
+    """
     server = Server(model, index, reranker, limits or Limits(), security or Security(), batching, window_ms,
                     cost_budget)
-    app = FastAPI(title="umr", version="0.1.0",
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        if server.index is not None:  # in the thread that wrote to it (its digest store is bound to it)
+            await server.batcher.run(server.index.close)
+        server.batcher.close()
+
+    app = FastAPI(title="umr", version="0.1.0", lifespan=lifespan,
                   description="Universal multimodal retrieval: embeddings, search, reranking.")
     app.state.server = server
     _install_guards(app, server)
@@ -156,10 +168,6 @@ def create_app(model, *, index=None, reranker=None, limits: Limits | None = None
     async def healthz():
         return {"status": "ok"}
 
-    @app.on_event("shutdown")
-    async def close():
-        server.batcher.close()
-
     return app
 
 
@@ -170,6 +178,24 @@ def _error(status: int, message: str) -> JSONResponse:
 
 #: paths served without a token: the page's own static files and the health check
 PUBLIC = ("/", "/healthz", "/favicon.ico")
+
+
+class TokenGuard:
+    """Refuse (401) every call without the bearer token, except the page's files and the health check."""
+
+    def __init__(self, app, security: Security):
+        self.app, self.security = app, security
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.security.token is not None:
+            path = scope.get("path", "")
+            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            if not (path in PUBLIC or path.startswith("/static/")) and not self.security.authorized(header):
+                response = JSONResponse({"error": {"message": "missing or wrong bearer token",
+                                                   "type": "authentication_error", "code": 401}},
+                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -202,8 +228,7 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def _refuse(self, send) -> None:
-        await _error(413, f"request body over the limit of {self.max_bytes:,} bytes")(
-            {"type": "http"}, None, send)
+        await _error(413, f"request body over the limit of {self.max_bytes:,} bytes")({"type": "http"}, None, send)
 
 
 def _install_guards(app: FastAPI, server: Server) -> None:
@@ -214,16 +239,8 @@ def _install_guards(app: FastAPI, server: Server) -> None:
         app.add_middleware(CORSMiddleware, allow_origins=list(security.cors_origins),
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type"])
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        path = request.url.path
-        if not (path in PUBLIC or path.startswith("/static/")) and not security.authorized(
-                request.headers.get("authorization")):
-            return JSONResponse({"error": {"message": "missing or wrong bearer token", "type": "authentication_error",
-                                           "code": 401}}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
-
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(TokenGuard, security=security)
 
     @app.exception_handler(RequestRefused)
     async def refused(request: Request, exc: RequestRefused):
@@ -318,8 +335,8 @@ def _embedding_routes(app: FastAPI, server: Server) -> None:
             value = base64.b64encode(v.tobytes()).decode("ascii") if body.encoding_format == "base64" else v.tolist()
             data.append({"object": "embedding", "index": i, "embedding": value})
         tokens = sum(len(model.token_spans(item.text)) for item in items if item.text)
-        return {"object": "list", "data": data, "model": str(model.name),
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return JSONResponse({"object": "list", "data": data, "model": str(model.name),  # already plain JSON
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     @app.post("/v1/rerank")
     async def rerank(body: RerankRequest):
