@@ -32,6 +32,8 @@ from .security import (Limits, RequestRefused, Security, check_count, check_imag
 log = logging.getLogger("umr.serve")
 STATIC = Path(__file__).parent / "static"
 THUMBNAIL_PX = 384
+#: longest side of a PDF page shown large
+PAGE_PX = 1400
 #: where images added through /v1/items are kept, inside the index folder
 UPLOADS = "uploads"
 
@@ -357,20 +359,28 @@ def _embedding_routes(app: FastAPI, server: Server) -> None:
 # -- search and items ------------------------------------------------------------------------------
 
 def thumbnail_url(record: dict[str, Any]) -> str | None:
+    """Where the page finds the item's picture: image files, and PDF pages (rendered)."""
     path = record.get("path")
-    if not path or Path(path).suffix.lower() not in _image_suffixes():
+    if not path:
+        return None
+    suffix = Path(path).suffix.lower()
+    if suffix not in _image_suffixes() and not (suffix == ".pdf" and isinstance(_page(record), int)):
         return None
     return "/v1/thumbnails/" + quote(record["id"], safe="")
+
+
+def _page(record: dict[str, Any]):
+    return (record.get("meta") or {}).get("page")
 
 
 def _image_suffixes() -> set[str]:
     from PIL import Image
 
-    return set(Image.registered_extensions())
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
 def _result_json(result) -> dict[str, Any]:
-    record = {"id": result.id, "path": result.path}
+    record = {"id": result.id, "path": result.path, "meta": result.meta}
     return {"rank": result.rank, "id": result.id, "score": result.score, "modality": result.modality,
             "text": result.text, "via": result.via, "metadata": result.meta,
             "thumbnail_url": thumbnail_url(record),
@@ -511,12 +521,15 @@ def _index_routes(app: FastAPI, server: Server) -> None:
     @app.get("/v1/thumbnails/{item_id:path}")
     async def thumbnail(item_id: str):
         record = await image_record(item_id)
-        data = await asyncio.to_thread(_thumbnail, record["path"], limits)
+        data = await asyncio.to_thread(_picture, record, limits, THUMBNAIL_PX, "JPEG")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
     @app.get("/v1/originals/{item_id:path}")
     async def original(item_id: str):
         record = await image_record(item_id)
+        if Path(record["path"]).suffix.lower() == ".pdf":  # the page, rendered
+            data = await asyncio.to_thread(_picture, record, limits, PAGE_PX, "PNG")
+            return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
         return FileResponse(record["path"], headers={"Cache-Control": "private, max-age=300"})
 
 
@@ -536,14 +549,33 @@ def _keep_upload(folder: Path, data: bytes) -> str:
     return str(target)
 
 
-def _thumbnail(path: str, limits: Limits) -> bytes:
+def _picture(record: dict[str, Any], limits: Limits, side: int, fmt: str) -> bytes:
+    """The item's image (a PDF page rendered) fitted in ``side`` pixels, encoded as ``fmt``."""
     from ..images import load_image
 
+    path = record["path"]
     try:
-        img = load_image(path, max_pixels=limits.max_image_pixels)
+        img = _pdf_page(path, _page(record), side) if Path(path).suffix.lower() == ".pdf" else \
+            load_image(path, max_pixels=limits.max_image_pixels)
     except ValueError as exc:
         raise RequestRefused(404, f"this item's image cannot be shown: {getattr(exc, 'reason', exc)}") from None
-    img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    img.thumbnail((side, side))
     out = io.BytesIO()
-    img.save(out, format="JPEG", quality=85)
+    img.save(out, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
     return out.getvalue()
+
+
+def _pdf_page(path: str, number: int, side: int):
+    try:
+        import pypdfium2 as pdfium
+    except ImportError:
+        raise ValueError("PDF pages need pypdfium2") from None
+    try:
+        doc = pdfium.PdfDocument(path)
+        try:
+            page = doc[number - 1]
+            return page.render(scale=side / max(*page.get_size(), 1)).to_pil().convert("RGB")
+        finally:
+            doc.close()
+    except Exception as exc:  # noqa: BLE001 - pdfium raises its own error types
+        raise ValueError(f"PDF page cannot be rendered: {exc}") from None
