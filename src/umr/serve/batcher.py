@@ -1,7 +1,8 @@
 """Micro-batching: concurrent requests share one forward pass, and the model never runs on the event loop.
 
-Requests that arrive within a short window are embedded together (up to a cost budget), in one
-worker thread that owns the model, so a slow batch never blocks health checks or other I/O, and
+Requests that queue up while the model is busy are embedded together (up to a cost budget); a
+request that finds the model idle waits a short window for others. The model runs in one
+worker thread that owns it, so a slow batch never blocks health checks or other I/O, and
 32 one-sentence requests cost about one 32-sentence forward pass instead of 32.
 """
 
@@ -61,22 +62,21 @@ class MicroBatcher:
         return self.model.embed(items, show_progress_bar=False, on_error="skip")
 
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             jobs = [await self._queue.get()]
-            cost = jobs[0].cost
-            deadline = loop.time() + self.window
-            while cost < self.cost_budget:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self._queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
-                jobs.append(job)
-                cost += job.cost
+            cost = self._drain(jobs, jobs[0].cost)
+            if len(jobs) == 1 and self.window > 0:  # alone: wait a moment for company
+                await asyncio.sleep(self.window)
+                self._drain(jobs, cost)
             await self._run_jobs(jobs)
+
+    def _drain(self, jobs: list[_Job], cost: int) -> int:
+        """Add what is queued to ``jobs`` (under load: what arrived while the model was busy), within the budget."""
+        while cost < self.cost_budget and not self._queue.empty():
+            job = self._queue.get_nowait()
+            jobs.append(job)
+            cost += job.cost
+        return cost
 
     async def _run_jobs(self, jobs: list[_Job]) -> None:
         items = [item for job in jobs for item in job.items]
