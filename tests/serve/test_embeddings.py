@@ -82,3 +82,21 @@ def test_images_as_chat_messages_and_infinity_modality(tiny_clip):
     want_image = tiny_clip.encode_candidates([Item(image=red)])[0]
     assert np.abs(np.array(fused.json()["data"][0]["embedding"]) - want_fused).max() <= 1e-6
     assert np.abs(np.array(image.json()["data"][0]["embedding"]) - want_image).max() <= 1e-6
+
+
+def test_concurrent_requests_of_mixed_lengths_all_answered(minilm):
+    """Counting tokens for ``usage`` while a batch is tokenised must not disturb its padding."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    texts = [" ".join(["llama"] * (1 + i % 23)) + f" {i}" for i in range(64)]
+    with LiveServer(create_app(minilm)) as live, httpx.Client(timeout=60) as http:
+        def ask(text):
+            r = http.post(live.url + "/v1/embeddings", json={"input": text})
+            return r.status_code, r.json()
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(ask, texts))
+    assert [status for status, _ in answers] == [200] * len(texts)
+    got = np.array([body["data"][0]["embedding"] for _, body in answers], dtype=np.float32)
+    assert np.abs(got - minilm.encode_candidates(texts)).max() <= 1e-5

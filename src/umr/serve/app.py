@@ -308,6 +308,12 @@ def truncate(vectors: np.ndarray, dimensions: int | None, full: int) -> np.ndarr
     return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
 
 
+def count_tokens(model, items: list[Item]) -> int:
+    """Text tokens of the items (``usage``); run in the model's thread, because a fast tokenizer's
+    padding settings are shared state that a concurrent forward pass would see changed."""
+    return sum(len(model.token_spans(item.text)) for item in items if item.text)
+
+
 async def embed_or_refuse(server: Server, items: list[Item]) -> np.ndarray:
     result = await server.batcher.embed(items)
     if result.errors:
@@ -336,7 +342,7 @@ def _embedding_routes(app: FastAPI, server: Server) -> None:
         for i, v in enumerate(vectors.astype("<f4", copy=False)):
             value = base64.b64encode(v.tobytes()).decode("ascii") if body.encoding_format == "base64" else v.tolist()
             data.append({"object": "embedding", "index": i, "embedding": value})
-        tokens = sum(len(model.token_spans(item.text)) for item in items if item.text)
+        tokens = await server.batcher.run(count_tokens, model, items)
         return JSONResponse({"object": "list", "data": data, "model": str(model.name),  # already plain JSON
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
