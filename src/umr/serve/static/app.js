@@ -51,6 +51,7 @@ async function search(event) {
   if ($("instruction").value.trim()) form.append("instruction", $("instruction").value.trim());
   if ($("modality").value) form.append("modality", $("modality").value);
   form.append("k", String(Math.max(1, Math.min(200, parseInt($("k").value, 10) || 24))));
+  if ($("rerank").checked) form.append("rerank", "true");
   if (state.image) form.append("image", state.image, state.image.name || "query.png");
   status("Searching…");
   const started = performance.now();
@@ -193,13 +194,14 @@ $("chip-x").addEventListener("click", clearImage);
 $("search").addEventListener("submit", search);
 $("token").value = token();
 $("token").addEventListener("change", (e) => { sessionStorage.setItem("umr-token", e.target.value.trim()); loadStats(); });
-["modality", "k"].forEach((id) => $(id).addEventListener("change", () => { if (state.results.length) search(); }));
+["modality", "k", "rerank"].forEach((id) => $(id).addEventListener("change", () => { if (state.results.length) search(); }));
 
 async function loadStats() {
   try {
     const res = await api("/v1/stats");
     if (!res.ok) return;
     const s = await res.json();
+    $("rerank-row").hidden = !s.reranker;
     $("stats").textContent = `${s.model.split("/").filter(Boolean).pop()} · ${s.dim}-d` + (s.items !== undefined ? ` · ${s.items.toLocaleString()} items` : " · no index");
   } catch { /* the token prompt is already shown */ }
 }
