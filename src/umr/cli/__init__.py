@@ -14,7 +14,7 @@ from ..models.registry import ModelNotAvailable
 from ..types import ItemError
 
 #: sub-command modules, in the order ``umr --help`` lists them
-COMMANDS = ["embed", "eval", "models", "index", "search", "train", "mine", "synth", "rerank"]
+COMMANDS = ["embed", "eval", "models", "index", "search", "train", "mine", "synth", "rerank", "serve"]
 
 
 class UsageError(RuntimeError):
