@@ -13,8 +13,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[all,test]" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import umr, torch, transformers" && touch "$stamp"
 fi
-# the search page's browser test (tests/serve/test_page.py) drives Debian's headless chromium
-if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+# the search page's browser test (tests/serve/test_page.py) drives Debian's headless chromium;
+# only the test command asks for it (UMR_SETUP_BROWSER=1), the quick start does not need it
+if [ "${UMR_SETUP_BROWSER:-0}" = 1 ] && [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
   { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
     || echo "setup.sh: could not install chromium; the search page's browser test will skip" >&2
 fi

@@ -3,7 +3,7 @@
 # (slow tests included; `bash scripts/test.sh -m "not slow"` for the quick part).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+UMR_SETUP_BROWSER=1 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # pyflakes rules only: undefined names and unused imports are bugs or dead code
 .venv/bin/ruff check --quiet --select F src tests benchmarks samples
