@@ -261,13 +261,14 @@ class Index:
         data = self.config["model"].get("identity")
         return ModelIdentity.from_dict(data) if data else None
 
-    def check_model(self, model, *, allow_dtype: bool = False) -> None:
+    def check_model(self, model, *, allow_dtype: bool = False, recorded_load: bool = False) -> None:
         """Raise :class:`ModelMismatch` unless ``model`` computes the vectors this index holds.
 
         Weights, family, dimension and vector-changing options must match; the location need
         not (``./m``, ``../x/m`` and ``/abs/m`` are one model). ``allow_dtype``: a dtype that
         differs is accepted. An embedder built by hand (no files) is checked by name, dimension
-        and options.
+        and options. ``recorded_load``: ``model`` was loaded from the recorded source, so a
+        mismatch means that model changed (the advice says so).
         """
         recorded = self.recorded_identity
         if isinstance(model, (str, os.PathLike)):
@@ -285,10 +286,12 @@ class Index:
         if diffs:
             hint = " (or search with --dtype to use another dtype on purpose)" \
                 if all(d.startswith("dtype:") for d in diffs) else ""
+            advice = ("the recorded model itself changed since the index was built: restore it, or "
+                      "build a new index" if recorded_load else
+                      f"search it without --model (the recorded model loads), or build a new index{hint}")
             raise ModelMismatch(
                 f"index {self.folder} was built with {recorded.describe()}, not {mine.describe()}: "
-                f"{'; '.join(diffs)} — vectors of different models cannot be compared. Search it "
-                f"without --model (the recorded model loads), or build a new index{hint}")
+                f"{'; '.join(diffs)} — vectors of different models cannot be compared; {advice}")
 
     def _check_legacy(self, model) -> None:
         recorded = self.config["model"]
@@ -316,7 +319,7 @@ class Index:
     def model(self):
         if self._model is None:
             model = self._load()
-            self.check_model(model, allow_dtype=self._dtype is not None)
+            self.check_model(model, allow_dtype=self._dtype is not None, recorded_load=True)
             self._model = model
         return self._model
 
