@@ -29,6 +29,7 @@ from PIL import Image
 
 from ...images import image_size, load_image
 from ...types import Item, ItemError
+from ..qwen_vl_patches import PatchCutter
 
 logger = logging.getLogger(__name__)
 
@@ -132,12 +133,9 @@ class GmeProcessor:
         # the processor's pixel bounds are in units of 28x28 tokens, as GME sets them
         self.min_pixels = self.min_image_tokens * 28 * 28
         self.max_pixels = self.max_image_tokens * 28 * 28
-        # uint8 value -> normalised float32, computed exactly as the processor computes it
-        # (float64 rescale, cast to float32, then float32 (x - mean) / std) so patches match bit for bit
-        mean = np.asarray(image_mean, dtype=np.float32)
-        std = np.asarray(image_std, dtype=np.float32)
-        scaled = (np.arange(256, dtype=np.float64) * rescale_factor).astype(np.float32)
-        self._lut = ((scaled[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)  # (3, 256)
+        self.cut_patches = PatchCutter(patch_size=self.patch_size, merge_size=self.merge_size,
+                                       temporal_patch_size=self.temporal_patch_size, image_mean=image_mean,
+                                       image_std=image_std, rescale_factor=rescale_factor)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, image_token_id: int, min_image_tokens: int = 256,
@@ -184,18 +182,8 @@ class GmeProcessor:
         return image.resize((w2, h2), resample=Image.Resampling.BICUBIC)
 
     def patches(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int]]:
-        """Normalised patches ``(grid_h * grid_w, 3 * T * P * P)`` of an already resized RGB image."""
-        pixels = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
-        height, width, _ = pixels.shape
-        p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
-        gh, gw = height // p, width // p
-        # (gh/m, m, p, gw/m, m, p, C) -> (gh/m, gw/m, m, m, C, p, p): merge groups stay contiguous
-        cells = pixels.reshape(gh // m, m, p, gw // m, m, p, 3).transpose(0, 3, 1, 4, 6, 2, 5)
-        cells = np.ascontiguousarray(cells).reshape(gh * gw, 3, 1, p * p)
-        normed = np.empty((gh * gw, 3, t, p * p), dtype=np.float32)
-        for c in range(3):
-            normed[:, c, :, :] = self._lut[c][cells[:, c]]  # same frame repeated over time
-        return normed.reshape(gh * gw, 3 * t * p * p), (1, gh, gw)
+        """Normalised patches ``(grid_h * grid_w, 3 * T * P * P)`` and the grid of a resized RGB image."""
+        return self.cut_patches(image)
 
     # -- items ----------------------------------------------------------------------------------
 

@@ -1,0 +1,39 @@
+"""Image patches as the Qwen-VL image processors cut them, shared by GME (Qwen2-VL) and Qwen3-VL.
+
+Both cut a resized RGB image into ``patch x patch`` cells grouped by ``merge x merge`` window,
+repeat the single frame over ``temporal_patch_size``, and normalise through the processor's
+arithmetic: a float64 rescale cast to float32, then float32 ``(x - mean) / std``. Done through
+a 256-entry lookup table per channel, the patches equal transformers' bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+
+class PatchCutter:
+    """``cutter(image) -> (patches (grid_h * grid_w, 3 * T * P * P), grid (1, grid_h, grid_w))``."""
+
+    def __init__(self, *, patch_size: int, merge_size: int, temporal_patch_size: int,
+                 image_mean: Sequence[float], image_std: Sequence[float], rescale_factor: float):
+        self.patch_size, self.merge_size, self.temporal_patch_size = patch_size, merge_size, temporal_patch_size
+        mean = np.asarray(image_mean, dtype=np.float32)
+        std = np.asarray(image_std, dtype=np.float32)
+        scaled = (np.arange(256, dtype=np.float64) * rescale_factor).astype(np.float32)
+        self._lut = ((scaled[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)  # (3, 256)
+
+    def __call__(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int]]:
+        pixels = np.asarray(image, dtype=np.uint8)  # (H, W, 3), sides multiples of patch x merge
+        height, width, _ = pixels.shape
+        p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
+        gh, gw = height // p, width // p
+        # (gh/m, m, p, gw/m, m, p, C) -> (gh/m, gw/m, m, m, C, p, p): each merge group contiguous
+        cells = pixels.reshape(gh // m, m, p, gw // m, m, p, 3).transpose(0, 3, 1, 4, 6, 2, 5)
+        cells = np.ascontiguousarray(cells).reshape(gh * gw, 3, 1, p * p)
+        normed = np.empty((gh * gw, 3, t, p * p), dtype=np.float32)
+        for c in range(3):
+            normed[:, c, :, :] = self._lut[c][cells[:, c]]  # one frame repeated over time
+        return normed.reshape(gh * gw, 3 * t * p * p), (1, gh, gw)
