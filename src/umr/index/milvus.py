@@ -11,9 +11,9 @@ on a server a write is durable in its log once the upsert returns, so it is not 
 seals segments and costs seconds there).
 
 On a server, a collection is created with what Lite lacks: an HNSW index with the configured
-``M`` / ``efConstruction`` (``method="hnsw"``), ``modality`` as the partition key (a search
-filtered by modality reads only that modality's partition) and Strong consistency, so a search
-right after a commit sees it (read-your-writes).
+``M`` / ``efConstruction`` (``method="hnsw"``) and Strong consistency, so a search right after a
+commit sees it (read-your-writes). ``modality`` is not a partition key: on Milvus 2.3.5 rows
+upserted into a partition-key collection are missed by searches filtered on that key.
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ _MAX_LIMIT = 16384
 _ID_MARK = "\U0010fffe"
 #: the info key under which a record whose text holds lone surrogates is kept, as ASCII JSON
 _ESCAPED = "umr:escaped"
-#: partitions of a server collection, hashed by modality (text, image, image+text)
-_MODALITY_PARTITIONS = 4
 #: every read of a server sees every commit before it
 _CONSISTENCY = "Strong"
 
@@ -159,7 +157,7 @@ class MilvusStore(VectorStore):
             schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_MAX_ID)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
             server = not _is_local(uri)
-            schema.add_field("modality", DataType.VARCHAR, max_length=16, is_partition_key=server)
+            schema.add_field("modality", DataType.VARCHAR, max_length=16)
             schema.add_field("hash", DataType.VARCHAR, max_length=128)
             schema.add_field("meta", DataType.JSON)
             schema.add_field("info", DataType.JSON)
@@ -171,7 +169,7 @@ class MilvusStore(VectorStore):
                                          "efConstruction": int(config.get("ef_construction", 100))})
             else:
                 params.add_index("vector", index_type="FLAT", metric_type="IP")
-            extra = {"consistency_level": _CONSISTENCY, "num_partitions": _MODALITY_PARTITIONS} if server else {}
+            extra = {"consistency_level": _CONSISTENCY} if server else {}
             client.create_collection(collection, schema=schema, index_params=params,
                                      description=description, **extra)
         manifest = {"format": FORMAT, "backend": "milvus", "uri": uri, "collection": collection,
