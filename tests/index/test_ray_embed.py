@@ -79,3 +79,25 @@ def test_two_ray_workers_index_like_one_process_and_survive_a_dying_worker(tmp_p
         for item_id, vector in want.items():
             np.testing.assert_array_equal(got[item_id], vector)
         assert ray_session.exists()  # armed for "dying": a worker did die
+
+
+@pytest.mark.slow
+def test_umr_index_with_ray_matches_the_single_process_command(tmp_path, ray_session, capsys):
+    from umr.cli import main
+
+    corpus = tmp_path / "notes"
+    corpus.mkdir()
+    for i in range(24):
+        (corpus / f"n{i:02d}.txt").write_text(f"note {i}: {'a heron waits by the pond' if i % 2 else 'otters play in a river'}")
+    common = ["--model", "minilm", "--no-progress", "--commit-every", "8"]
+    assert main(["index", str(corpus), "--index", str(tmp_path / "one"), *common]) == 0
+    assert main(["index", str(corpus), "--index", str(tmp_path / "ray"), *common, "--ray", "--workers", "2"]) == 0
+    assert "added 24, updated 0, unchanged 0" in capsys.readouterr().out
+    # a rerun on Ray finds everything stored
+    assert main(["index", str(corpus), "--index", str(tmp_path / "ray"), "--no-progress", "--ray"]) == 0
+    assert "added 0, updated 0, unchanged 24" in capsys.readouterr().out
+    with Index.open(tmp_path / "one") as one, Index.open(tmp_path / "ray") as ray:
+        assert sorted(one.ids()) == sorted(ray.ids()) and len(ray) == 24
+        for query in ("heron by a pond", "otters in the river", "note 7"):
+            want, got = one.search(query, k=24), ray.search(query, k=24)
+            np.testing.assert_allclose(sorted(h.score for h in got), sorted(h.score for h in want), atol=1e-5)
