@@ -101,3 +101,24 @@ def test_umr_index_with_ray_matches_the_single_process_command(tmp_path, ray_ses
         for query in ("heron by a pond", "otters in the river", "note 7"):
             want, got = one.search(query, k=24), ray.search(query, k=24)
             np.testing.assert_allclose(sorted(h.score for h in got), sorted(h.score for h in want), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_umr_embed_with_ray_writes_the_single_process_matrix(tmp_path, ray_session, capsys):
+    import json
+
+    from umr.cli import main
+
+    items = tmp_path / "items.jsonl"
+    lines = [{"id": f"q{i}", "text": f"question {i} about {'herons' if i % 2 else 'otters'}", "is_query": i % 3 == 0}
+             for i in range(300)]
+    lines[5] = {"id": "bad", "image": str(tmp_path / "missing.png")}
+    items.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    common = ["embed", "--input", str(items), "--model", "minilm", "--no-progress", "--on-error", "skip"]
+    assert main([*common, "--output", str(tmp_path / "one.npy")]) == 0
+    assert main([*common, "--output", str(tmp_path / "ray.npy"), "--ray", "--workers", "2"]) == 0
+    one, ray = np.load(tmp_path / "one.npy"), np.load(tmp_path / "ray.npy")
+    assert one.shape == ray.shape == (299, 384)
+    np.testing.assert_allclose(ray, one, atol=1e-5)
+    assert (tmp_path / "ray.ids.json").read_text() == (tmp_path / "one.ids.json").read_text()
+    assert (tmp_path / "ray.errors.jsonl").read_text() == (tmp_path / "one.errors.jsonl").read_text()

@@ -33,3 +33,20 @@ class LocalEmbedder:
     def map(self, chunks: Iterable[Sequence[Item]], *, batch_size: int | None = None) -> Iterator[EmbedResult]:
         for items in chunks:
             yield self.model.embed(list(items), batch_size=batch_size, show_progress_bar=False, on_error="skip")
+
+
+def embed_in_chunks(embedder: ChunkEmbedder, items: Sequence[Item], *, chunk_size: int = 256,
+                    batch_size: int | None = None) -> EmbedResult:
+    """All of ``items`` through ``embedder`` in chunks, as one result in input order (what
+    ``model.embed(items, on_error="skip")`` returns, positions counted over all items)."""
+    import numpy as np
+
+    starts = range(0, len(items), chunk_size)
+    vectors, indices, errors = [], [], []
+    for start, result in zip(starts, embedder.map((items[s:s + chunk_size] for s in starts), batch_size=batch_size)):
+        vectors.append(np.asarray(result.vectors, np.float32))
+        indices.append(np.asarray(result.indices, np.int64) + start)
+        errors += [err.at(index=err.index + start) for err in result.errors]
+    if not vectors:
+        return EmbedResult(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), [])
+    return EmbedResult(np.concatenate(vectors), np.concatenate(indices), errors)
