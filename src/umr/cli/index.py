@@ -71,8 +71,12 @@ def ray_embedder(args, source: str, options: dict):
         raise UsageError("--ray needs Ray: pip install 'umr[ray]'") from None
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, not {args.workers}")
-    return RayEmbedder(partial(load_model, source, device=args.device, **options), workers=args.workers,
-                       gpus_per_worker=args.gpus_per_worker, address=args.ray_address)
+    try:
+        return RayEmbedder(partial(load_model, source, device=args.device, **options), workers=args.workers,
+                           gpus_per_worker=args.gpus_per_worker, address=args.ray_address)
+    except (ConnectionError, RuntimeError) as exc:  # no cluster at --ray-address, or it refused us
+        reason = " ".join(str(exc).split())[:300]
+        raise UsageError(f"cannot start or reach Ray ({args.ray_address or 'local'}): {reason}") from None
 
 
 def run(args) -> int:
