@@ -1,5 +1,5 @@
-"""What only a Milvus server does (HNSW parameters, modality partitions, consistency after a
-write) and a server killed in the middle of ``umr index``: the rerun loses and duplicates nothing."""
+"""What only a Milvus server does (HNSW parameters, consistency after a write, modality filters
+on it) and a server killed in the middle of ``umr index``: the rerun loses and duplicates nothing."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _collection():
     return f"t{uuid.uuid4().hex}"
 
 
-def test_server_collection_has_hnsw_parameters_modality_partitions_and_strong_reads(tmp_path, milvus_server):
+def test_server_collection_has_hnsw_parameters_strong_reads_and_modality_filters(tmp_path, milvus_server):
     from pymilvus import MilvusClient
 
     name = _collection()
