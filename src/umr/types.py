@@ -161,6 +161,11 @@ class ItemError(ValueError):
         message = f"{kind}: {lines[0][:300]}" if lines else kind
         return cls(item_id, f"{context}: {message}" if context else message)
 
+    def __reduce__(self):
+        """Pickled whole (an exception pickles only its message by default): errors found by
+        worker processes (Ray) come back to the driver as they were."""
+        return (_item_error, (self.item_id, self.reason, self.line, self.index))
+
     def to_dict(self) -> dict[str, Any]:
         return {"line": self.line, "id": self.item_id, "error": self.reason}
 
@@ -169,3 +174,7 @@ class ItemError(ValueError):
         return ItemError(self.item_id, self.reason,
                          line=self.line if line is None else line,
                          index=self.index if index is None else index)
+
+
+def _item_error(item_id, reason, line, index) -> ItemError:
+    return ItemError(item_id, reason, line=line, index=index)

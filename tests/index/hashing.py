@@ -1,7 +1,8 @@
 """A fast deterministic text embedder for index tests, registered as the model ``hash-test``.
 
 Bag of hashed words (64-d). ``UMR_TEST_EMBED_DELAY`` (seconds per item) slows it down so a
-test can kill ``umr index`` in the middle of its work. Run as a script it is the ``umr`` command
+test can kill ``umr index`` in the middle of its work; ``UMR_TEST_DIE_ONCE`` (a file path) kills
+the first process that embeds (a Ray worker dying mid-run). Run as a script it is the ``umr`` command
 with this model registered: ``python tests/index/hashing.py index CORPUS --index DIR --model hash-test``.
 """
 
@@ -43,6 +44,14 @@ class HashEmbedder(Embedder):
         delay = float(os.environ.get("UMR_TEST_EMBED_DELAY", "0") or 0)
         if delay:
             time.sleep(delay * len(items))
+        die_once = os.environ.get("UMR_TEST_DIE_ONCE")  # a marker file: the first process to embed dies
+        if die_once:
+            try:
+                os.close(os.open(die_once, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                os._exit(1)
         out = np.zeros((len(items), DIM), np.float32)
         for row, item in enumerate(items):
             text = (item.text or "") if not (item.is_query and item.instruction) else f"{item.instruction} {item.text}"

@@ -38,7 +38,10 @@ def test_add_search_matches_brute_force(make_index):
     np.testing.assert_allclose([h.score for h in hits], [by_id[h.id] for h in hits], atol=1e-5)
     assert len({h.id for h in hits}) == 20
     top = index.search("cats number7", k=1)[0]
-    assert top.id == "d7" and top.rank == 1 and top.modality == "text" and "number7" in top.text
+    best = {i for i, score in by_id.items() if score >= max(by_id.values()) - 1e-5}
+    assert "d7" in best  # d109's words hash to the same score: a tie either backend may break
+    texts = {it.id: it.text for it in items}
+    assert top.id in best and top.rank == 1 and top.modality == "text" and top.text == texts[top.id]
 
 
 def test_update_delete_and_unchanged(make_index):

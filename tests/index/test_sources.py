@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 import hashing
+from conftest import cli_store_args
 from umr import Item
 from umr.cli import main
 from umr.index import Index
@@ -30,14 +31,15 @@ def _overwrite_keeping_stat(path, colour):
     assert os.stat(path).st_size == st.st_size
 
 
-def test_two_folders_with_the_same_file_name_both_stay(tmp_path, capsys, backend):
+def test_two_folders_with_the_same_file_name_both_stay(tmp_path, capsys, backend, store_options):
     a, b = tmp_path / "A", tmp_path / "B"
     for folder, text in ((a, "red apples in autumn"), (b, "a violin concerto")):
         folder.mkdir()
         (folder / "notes.txt").write_text(text)
     (a / "extra.txt").write_text("winter harbour fog")
     index = tmp_path / "ix"
-    where = ["--backend", "milvus", "--uri", str(tmp_path / "v.db")] if backend == "milvus" else []
+    options = store_options("v")
+    where = cli_store_args(options) if backend != "faiss" else []
     assert _index(a, index, *where) == 0 and _index(b, index) == 0
     assert "added 1, updated 0, unchanged 0" in capsys.readouterr().out.splitlines()[-1]
     with Index.open(index) as ix:
@@ -55,10 +57,10 @@ def test_two_folders_with_the_same_file_name_both_stay(tmp_path, capsys, backend
     assert "unchanged 1, deleted 1" in capsys.readouterr().out
     assert _index(b, index, "--prune") == 0
     assert "unchanged 1, deleted 0" in capsys.readouterr().out
-    if backend == "milvus":  # where the vectors live is fixed: another place is refused, the same accepted
+    if backend != "faiss":  # where the vectors live is fixed: another place is refused, the same accepted
         assert _index(b, index, "--uri", str(tmp_path / "other.db")) == 2
         assert "--uri" in capsys.readouterr().err
-        assert _index(b, index, "--uri", str(tmp_path / "v.db"), "--collection", "umr") == 0
+        assert _index(b, index, "--uri", options["uri"], "--collection", options.get("collection", "umr")) == 0
     with Index.open(index) as ix:
         assert sorted(ix.ids()) == ["A/notes.txt", "B/notes.txt"]
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UsageError, add_model_options, load_model_from_args
+from . import UsageError, add_model_options, load_model_from_args, model_options
+from .index import add_ray_options, ray_embedder
 
 
 def add_parser(sub) -> None:
@@ -19,6 +20,7 @@ def add_parser(sub) -> None:
                         help="stop at the first bad item (default), or skip bad items and write "
                              "OUTPUT.errors.jsonl plus OUTPUT.ids.json naming the rows")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_ray_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -40,8 +42,7 @@ def run(args) -> int:
 
     model = load_model_from_args(args)
     try:
-        result = model.embed(items, batch_size=args.batch_size, show_progress_bar=not args.no_progress,
-                             on_error="raise" if args.on_error == "stop" else "skip")
+        result = _embed(args, model, items)
     except ItemError as exc:  # name the input line of the item that stopped the run
         raise exc.at(line=lines[exc.index]) if exc.index is not None else exc from None
     errors += [err.at(line=lines[err.index]) for err in result.errors]
@@ -56,6 +57,23 @@ def run(args) -> int:
     print(f"umr embed: wrote {len(written)} vectors of dim {model.dim} to {output}"
           + (f"; {len(errors)} item(s) skipped, see {sidecar(output, '.errors.jsonl')}" if errors else ""))
     return 0
+
+
+def _embed(args, model, items):
+    """Here, or with --ray on Ray workers (each loads the model as given here)."""
+    options = {**model_options(args), **({"dtype": args.dtype} if args.dtype is not None else {})}
+    embedder = ray_embedder(args, args.model, options)
+    if embedder is None:
+        return model.embed(items, batch_size=args.batch_size, show_progress_bar=not args.no_progress,
+                           on_error="raise" if args.on_error == "stop" else "skip")
+    from ..index.embedding import embed_in_chunks
+
+    with embedder:
+        result = embed_in_chunks(embedder, items, batch_size=args.batch_size)
+    if result.errors and args.on_error == "stop":
+        raise min(result.errors, key=lambda err: err.index)
+    result.vectors = result.vectors.reshape(-1, model.dim)
+    return result
 
 
 def npy_path(output: Path) -> Path:

@@ -45,7 +45,38 @@ def add_parser(sub) -> None:
                         help="never split: a long text is embedded as far as the model reads it (counted as cut)")
     parser.add_argument("--compact", action="store_true",
                         help="afterwards, reclaim the space of deleted and replaced items")
+    add_ray_options(parser)
     parser.set_defaults(run=run)
+
+
+def add_ray_options(parser) -> None:
+    group = parser.add_argument_group("embedding on Ray (pip install 'umr[ray]')")
+    group.add_argument("--ray", action="store_true", help="embed on a Ray cluster: one model per worker")
+    group.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="auto (a running local cluster) or ray://head:10001 (default: start a local Ray)")
+    group.add_argument("--workers", type=int, default=2, metavar="N", help="Ray workers (default 2)")
+    group.add_argument("--gpus-per-worker", type=float, default=0, metavar="G", help="GPUs per worker (default 0)")
+
+
+def ray_embedder(args, source: str, options: dict):
+    """A RayEmbedder whose workers load ``source`` with ``options`` (None without --ray)."""
+    if not args.ray:
+        return None
+    from functools import partial
+
+    try:
+        from ..index.ray_embed import RayEmbedder
+        from ..models.registry import load_model
+    except ImportError:
+        raise UsageError("--ray needs Ray: pip install 'umr[ray]'") from None
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {args.workers}")
+    try:
+        return RayEmbedder(partial(load_model, source, device=args.device, **options), workers=args.workers,
+                           gpus_per_worker=args.gpus_per_worker, address=args.ray_address)
+    except (ConnectionError, RuntimeError) as exc:  # no cluster at --ray-address, or it refused us
+        reason = " ".join(str(exc).split())[:300]
+        raise UsageError(f"cannot start or reach Ray ({args.ray_address or 'local'}): {reason}") from None
 
 
 def run(args) -> int:
@@ -97,6 +128,7 @@ def run(args) -> int:
         chunking_before = cfg.get("chunking")
         total = count_corpus(args.source)
         show = not args.no_progress
+        embedder = ray_embedder(args, args.model or _recorded_source(index), cfg["model"].get("options") or {})
         with tqdm(total=total, unit="item", desc="index", disable=not show, dynamic_ncols=True,
                   file=sys.stderr, smoothing=0.1) as bar:
             try:
@@ -104,9 +136,12 @@ def run(args) -> int:
                                              commit_every=args.commit_every, batch_size=args.batch_size,
                                              prune=args.prune, progress=_advance(bar), id_prefix=args.id_prefix,
                                              chunk=args.chunk, chunk_tokens=args.chunk_tokens,
-                                             chunk_overlap=args.chunk_overlap)
+                                             chunk_overlap=args.chunk_overlap, embedder=embedder)
             except (IndexStoreError, ChunkingError) as exc:
                 raise UsageError(str(exc)) from None
+            finally:
+                if embedder is not None:
+                    embedder.close()
         errors_path = Path(args.index_dir) / "errors.jsonl"
         print(f"umr index: {summary.line()} in {summary.seconds:.1f}s; the index holds {len(index)} items")
         if note:

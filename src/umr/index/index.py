@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -31,7 +32,9 @@ import numpy as np
 
 from ..fingerprint import FileDigests, item_fingerprint
 from ..types import Item, ItemError, Modality
+from ..models.base import EmbedResult
 from .base import VectorStore, json_line
+from .embedding import ChunkEmbedder, LocalEmbedder
 from .store import MANIFEST, Filter, FlatStore, Hit, IndexStoreError, read_manifest
 
 if TYPE_CHECKING:
@@ -491,14 +494,15 @@ class Index:
                      progress: Callable[[int], None] | None = None,
                      errors_file: str | os.PathLike | None = None, id_prefix: str | None = None,
                      chunk: bool | None = None, chunk_tokens: int | None = None,
-                     chunk_overlap: int | None = None) -> Summary:
+                     chunk_overlap: int | None = None, embedder: "ChunkEmbedder | None" = None) -> Summary:
         """Index a folder / items JSONL / M-BEIR pool; resumable: unchanged items are skipped.
 
         Work is committed every ``commit_every`` items or ``commit_seconds``; a run killed at any
         point and started again does only what is left. Ids follow the module docstring's rule
         (``id_prefix``); with ``prune`` this source's items that are gone from it are deleted.
         Long texts are split into passages (``chunk``, ``chunk_tokens``, ``chunk_overlap``; see
-        :meth:`_chunker`).
+        :meth:`_chunker`). ``embedder`` is where the model runs (default: this process; a
+        :class:`~umr.index.ray_embed.RayEmbedder` for a Ray cluster).
         """
         from ..data.chunking import stale_passages
         from ..data.corpus import ReadReport, read_corpus
@@ -527,7 +531,7 @@ class Index:
             seen = self._run(entries, summary, batch_size=batch_size,
                              commit_every=commit_every, commit_seconds=commit_seconds,
                              progress=progress, err_handle=err_handle, source=source_key,
-                             skip_cache=skip_cache, skip_handle=skip_handle)
+                             skip_cache=skip_cache, skip_handle=skip_handle, embedder=embedder)
             # the reader names what it passed over within the source; the index says it with ids
             summary.read.ignored = [(f"{prefix}/{name}" if prefix else name, kind, reason)
                                     for name, kind, reason in summary.read.ignored]
@@ -576,9 +580,11 @@ class Index:
 
     def _run(self, entries, summary: Summary, *, batch_size=None, commit_every=256,
              commit_seconds=30.0, progress=None, err_handle=None, source=None,
-             skip_cache: dict | None = None, skip_handle=None) -> set[str]:
+             skip_cache: dict | None = None, skip_handle=None,
+             embedder: "ChunkEmbedder | None" = None) -> set[str]:
         """Plan each entry against the stored fingerprints, represent what must be embedded,
-        embed it in chunks, commit every ``commit_every`` items or ``commit_seconds``.
+        embed it in chunks (``embedder``, default this process's model), commit every
+        ``commit_every`` items or ``commit_seconds``.
 
         Returns every id the source holds (what ``prune`` keeps).
         """
@@ -586,20 +592,30 @@ class Index:
                    skip_cache={} if skip_cache is None else skip_cache, skip_handle=skip_handle)
         committer = _Committer(self.store, summary, commit_every=commit_every, commit_seconds=commit_seconds)
         chunk_size = max(1, min(commit_every, (batch_size or getattr(self.model, "batch_size", 32)) * 2))
-        chunk: list[tuple[Any, Item, bool]] = []
-        for entry in entries:
-            planned = run.plan(entry)
-            if planned is None:
-                continue
-            ready = run.represent(*planned)
-            if ready is None:
-                continue
-            chunk.append(ready)
-            if len(chunk) >= chunk_size:
-                committer.add(*run.embed(chunk, batch_size))
-                chunk = []
-        if chunk:
-            committer.add(*run.embed(chunk, batch_size))
+        embedder = embedder or LocalEmbedder(self.model)
+        chunks: deque[list[tuple[Any, Item, bool]]] = deque()
+
+        def ready_chunks():
+            chunk: list[tuple[Any, Item, bool]] = []
+            for entry in entries:
+                planned = run.plan(entry)
+                if planned is None:
+                    continue
+                ready = run.represent(*planned)
+                if ready is None:
+                    continue
+                chunk.append(ready)
+                if len(chunk) >= chunk_size:
+                    chunks.append(chunk)
+                    yield [item for _, item, _ in chunk]
+                    chunk = []
+            if chunk:
+                chunks.append(chunk)
+                yield [item for _, item, _ in chunk]
+
+        # the embedder may read chunks ahead; results come back in order, each for the oldest
+        for result in embedder.map(ready_chunks(), batch_size=batch_size):
+            committer.add(*run.accept(chunks.popleft(), result))
         committer.add([], np.zeros((0, self.store.dim), np.float32), run.dropped_updates())
         committer.flush()
         return run.seen
@@ -706,11 +722,9 @@ class _Run:
         self.taken[entry.id] = entry.path
         return entry, item, old is not None
 
-    def embed(self, chunk, batch_size) -> tuple[list[dict], np.ndarray, list[str]]:
+    def accept(self, chunk, result: EmbedResult) -> tuple[list[dict], np.ndarray, list[str]]:
         """Records and vectors of the chunk's items that embedded, and the ids whose stored
         version must go because their new content cannot be embedded."""
-        result = self.model.embed([item for _, item, _ in chunk], batch_size=batch_size,
-                                  show_progress_bar=False, on_error="skip")
         drop = []
         for err in result.errors:
             entry, _item, is_update = chunk[err.index]

@@ -6,7 +6,14 @@ the URI, the collection and the model; the collection's own description repeats 
 second index folder pointed at the same collection cannot mix models.
 
 Writes are upserts by id, so a run killed half-way and started again leaves every item exactly
-once. Milvus makes its own durability guarantees (Lite flushes its local file).
+once. Milvus makes its own durability guarantees: Lite flushes its local file after each commit;
+on a server a write is durable in its log once the upsert returns, so it is not flushed (a flush
+seals segments and costs seconds there).
+
+On a server, a collection is created with what Lite lacks: an HNSW index with the configured
+``M`` / ``efConstruction`` (``method="hnsw"``) and Strong consistency, so a search right after a
+commit sees it (read-your-writes). ``modality`` is not a partition key: on Milvus 2.3.5 rows
+upserted into a partition-key collection are missed by searches filtered on that key.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ _MAX_LIMIT = 16384
 _ID_MARK = "\U0010fffe"
 #: the info key under which a record whose text holds lone surrogates is kept, as ASCII JSON
 _ESCAPED = "umr:escaped"
+#: every read of a server sees every commit before it
+_CONSISTENCY = "Strong"
 
 
 def _is_local(uri: str) -> bool:
@@ -66,11 +75,12 @@ def _literal(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def filter_expression(filter: Filter | None) -> str:
+def filter_expression(filter: Filter | None, *, null_test: bool = True) -> str:
     """A Milvus boolean expression that every record :meth:`Filter.accepts` passes.
 
     Milvus compares ``true`` equal to ``1``; the store drops such extra hits by applying the
-    filter's own rule to what Milvus returns.
+    filter's own rule to what Milvus returns. Servers before 2.5 have no ``is null``
+    (``null_test=False``): a field whose accepted values include null is then left to that rule.
     """
     if filter is None:
         return ""
@@ -78,6 +88,8 @@ def filter_expression(filter: Filter | None) -> str:
     if filter.modalities is not None:
         parts.append(f"modality in {_literal(list(filter.modalities))}")
     for key, accepted in filter.where:
+        if not null_test and ("null",) in accepted:
+            continue
         field = f"meta[{_literal(key)}]"
         options = []
         for value in map(key_value, accepted):
@@ -115,6 +127,10 @@ class MilvusStore(VectorStore):
         self.client = client
         self.collection = manifest["collection"]
         self.writable = writable
+        self.server = not _is_local(manifest["uri"])
+        self._null_test = _has_null_test(client) if self.server else True
+        #: read options: a server reads at Strong consistency (Lite has one process, no lag)
+        self._read = {"consistency_level": _CONSISTENCY} if self.server else {}
 
     @classmethod
     def create(cls, folder: str | Path, *, dim: int, config: dict[str, Any], uri: str,
@@ -140,20 +156,22 @@ class MilvusStore(VectorStore):
                                                 description=description)
             schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_MAX_ID)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
+            server = not _is_local(uri)
             schema.add_field("modality", DataType.VARCHAR, max_length=16)
             schema.add_field("hash", DataType.VARCHAR, max_length=128)
             schema.add_field("meta", DataType.JSON)
             schema.add_field("info", DataType.JSON)
             params = client.prepare_index_params()
             # Milvus Lite is for small collections and answers exactly; HNSW is for servers
-            if config.get("method") == "hnsw" and not _is_local(uri):
+            if config.get("method") == "hnsw" and server:
                 params.add_index("vector", index_type="HNSW", metric_type="IP",
                                  params={"M": int(config.get("hnsw_m", 32)),
                                          "efConstruction": int(config.get("ef_construction", 100))})
             else:
                 params.add_index("vector", index_type="FLAT", metric_type="IP")
+            extra = {"consistency_level": _CONSISTENCY} if server else {}
             client.create_collection(collection, schema=schema, index_params=params,
-                                     description=description)
+                                     description=description, **extra)
         manifest = {"format": FORMAT, "backend": "milvus", "uri": uri, "collection": collection,
                     "dim": int(dim), "config": config}
         write_bytes_durably(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
@@ -194,7 +212,7 @@ class MilvusStore(VectorStore):
         return int(self.manifest["dim"])
 
     def __len__(self) -> int:
-        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"], **self._read)
         return int(rows[0]["count(*)"])
 
     def _scan(self, fields: list[str], expr: str = "") -> Iterable[dict[str, Any]]:
@@ -207,7 +225,7 @@ class MilvusStore(VectorStore):
                 page_expr.append(f"id > {_literal(last)}")
             page = self.client.query(self.collection, filter=" and ".join(page_expr), limit=_QUERY_PAGE,
                                      output_fields=sorted({"id", *fields}), iterator="True",
-                                     reduce_stop_for_best="True")
+                                     reduce_stop_for_best="True", **self._read)
             if not page:
                 return
             yield from page
@@ -230,7 +248,8 @@ class MilvusStore(VectorStore):
             found[row["id"]] = row["hash"]
         if twice and self.writable:
             self._delete_pks(sorted(twice))
-            self.client.flush(self.collection)
+            if not self.server:
+                self.client.flush(self.collection)
             for pk in twice:
                 found.pop(pk, None)
         return {_id(pk): h for pk, h in found.items()}
@@ -241,7 +260,7 @@ class MilvusStore(VectorStore):
         for start in range(0, len(ids), 1000):
             pks = [_pk(i) for i in ids[start:start + 1000]]
             rows = self.client.query(self.collection, filter=_ids_expression(pks),
-                                     output_fields=["id", "modality", "hash", "meta", "info"])
+                                     output_fields=["id", "modality", "hash", "meta", "info"], **self._read)
             for row in rows:
                 record = _record(row)
                 found[record["id"]] = record
@@ -272,9 +291,9 @@ class MilvusStore(VectorStore):
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = min(int(k), _MAX_LIMIT)
         params: dict[str, Any] = {"metric_type": "IP"}
-        if (method or self.config.get("method")) == "hnsw" and not _is_local(self.manifest["uri"]):
+        if (method or self.config.get("method")) == "hnsw" and self.server:
             params["params"] = {"ef": max(int(ef_search or self.config.get("ef_search", 128)), k)}
-        expression = filter_expression(filter)
+        expression = filter_expression(filter, null_test=self._null_test)
         limit = k
         while True:
             found = self._search(queries, limit, expression, params)
@@ -291,7 +310,7 @@ class MilvusStore(VectorStore):
             results = self.client.search(self.collection, data=[q.tolist() for q in queries],
                                          limit=limit, filter=expression,
                                          output_fields=["modality", "hash", "meta", "info"],
-                                         search_params=params)
+                                         search_params=params, **self._read)
         except Exception as exc:  # noqa: BLE001 - pymilvus raises MilvusException (and others)
             if not expression or type(exc).__name__ != "MilvusException":
                 raise
@@ -327,11 +346,8 @@ class MilvusStore(VectorStore):
         delete_pks = [pk for pk in map(_pk, delete_ids) if pk not in keep]
         if delete_pks:
             self._delete_pks(delete_pks)
-        if rows or delete_pks:
-            try:
-                self.client.flush(self.collection)
-            except Exception:  # noqa: BLE001 - older servers flush on their own
-                pass
+        if (rows or delete_pks) and not self.server:
+            self.client.flush(self.collection)
 
     def _delete_pks(self, pks: Sequence[str]) -> None:
         # by expression: pymilvus's delete(ids=...) does not escape quotes or backslashes in ids
@@ -398,6 +414,12 @@ def _collection_model(client, collection: str) -> dict[str, Any] | None:
         return json.loads(description) if description.startswith("{") else None
     except Exception:  # noqa: BLE001
         return None
+
+
+def _has_null_test(client) -> bool:
+    """Whether the server's expressions have ``is null`` (Milvus 2.5 and later)."""
+    found = re.match(r"v?(\d+)\.(\d+)", str(client.get_server_version()))
+    return found is None or (int(found[1]), int(found[2])) >= (2, 5)
 
 
 def _load(client, collection: str) -> None:

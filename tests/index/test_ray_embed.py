@@ -1,0 +1,124 @@
+"""The embed step on Ray: 2 actors over a small corpus give the single-process index exactly
+(same ids, same vectors), and a worker that dies mid-run is restarted without loss or duplicates."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hashing
+from umr.index import Index
+
+N_ITEMS = 300
+HERE = Path(__file__).parent
+
+
+def _corpus(folder: Path) -> Path:
+    folder.mkdir()
+    for i in range(N_ITEMS):
+        (folder / f"doc{i:03d}.txt").write_text(f"item{i} about {'otters' if i % 3 else 'herons'} and pond {i % 11}")
+    return folder
+
+
+def _vectors(index: Index) -> dict[str, np.ndarray]:
+    """Every stored vector, read back exactly: its scores against the unit vectors."""
+    vectors: dict[str, np.ndarray] = {}
+    basis = np.eye(hashing.DIM, dtype=np.float32)
+    for j, hits in enumerate(index.search_vectors(basis, k=N_ITEMS, method="exact")):
+        for hit in hits:
+            vectors.setdefault(hit.id, np.zeros(hashing.DIM, np.float32))[j] = hit.score
+    return vectors
+
+
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    """A local Ray on 2 CPUs. Its workers import the hash-test model from this folder and die
+    once when the returned marker file is missing (it starts present: disarmed)."""
+    ray = pytest.importorskip("ray")
+    marker = tmp_path_factory.mktemp("ray") / "died"
+    marker.touch()
+    env = {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+           "UMR_TEST_DIE_ONCE": str(marker)}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)  # the local Ray's workers inherit the driver's environment
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
+    yield marker
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_two_ray_workers_index_like_one_process_and_survive_a_dying_worker(tmp_path, ray_session):
+    from umr.index.ray_embed import RayEmbedder
+
+    corpus = _corpus(tmp_path / "corpus")
+    with Index.create(tmp_path / "local", hashing.HashEmbedder()) as local:
+        local.index_corpus(corpus, commit_every=40)
+        want = _vectors(local)
+    assert len(want) == N_ITEMS
+
+    for case in ("ray", "dying"):
+        if case == "dying":  # the first worker to embed exits: Ray restarts it, its chunk runs again
+            ray_session.unlink()
+        with RayEmbedder(hashing.HashEmbedder, workers=2) as embedder, \
+                Index.create(tmp_path / case, hashing.HashEmbedder()) as index:
+            summary = index.index_corpus(corpus, commit_every=40, batch_size=16, embedder=embedder)
+            assert (summary.added, summary.updated, len(summary.errors)) == (N_ITEMS, 0, 0)
+            got = _vectors(index)
+            ids = index.ids()
+        assert len(ids) == len(set(ids)) == N_ITEMS and set(got) == set(want)
+        for item_id, vector in want.items():
+            np.testing.assert_array_equal(got[item_id], vector)
+        assert ray_session.exists()  # armed for "dying": a worker did die
+
+
+@pytest.mark.slow
+def test_umr_index_with_ray_matches_the_single_process_command(tmp_path, ray_session, capsys):
+    from umr.cli import main
+
+    corpus = tmp_path / "notes"
+    corpus.mkdir()
+    for i in range(24):
+        (corpus / f"n{i:02d}.txt").write_text(f"note {i}: {'a heron waits by the pond' if i % 2 else 'otters play in a river'}")
+    common = ["--model", "minilm", "--no-progress", "--commit-every", "8"]
+    assert main(["index", str(corpus), "--index", str(tmp_path / "one"), *common]) == 0
+    assert main(["index", str(corpus), "--index", str(tmp_path / "ray"), *common, "--ray", "--workers", "2"]) == 0
+    assert "added 24, updated 0, unchanged 0" in capsys.readouterr().out
+    # a rerun on Ray finds everything stored
+    assert main(["index", str(corpus), "--index", str(tmp_path / "ray"), "--no-progress", "--ray"]) == 0
+    assert "added 0, updated 0, unchanged 24" in capsys.readouterr().out
+    with Index.open(tmp_path / "one") as one, Index.open(tmp_path / "ray") as ray:
+        assert sorted(one.ids()) == sorted(ray.ids()) and len(ray) == 24
+        for query in ("heron by a pond", "otters in the river", "note 7"):
+            want, got = one.search(query, k=24), ray.search(query, k=24)
+            np.testing.assert_allclose(sorted(h.score for h in got), sorted(h.score for h in want), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_umr_embed_with_ray_writes_the_single_process_matrix(tmp_path, ray_session, capsys):
+    import json
+
+    from umr.cli import main
+
+    items = tmp_path / "items.jsonl"
+    lines = [{"id": f"q{i}", "text": f"question {i} about {'herons' if i % 2 else 'otters'}", "is_query": i % 3 == 0}
+             for i in range(300)]
+    lines[5] = {"id": "bad", "image": str(tmp_path / "missing.png")}
+    items.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    common = ["embed", "--input", str(items), "--model", "minilm", "--no-progress", "--on-error", "skip"]
+    assert main([*common, "--output", str(tmp_path / "one.npy")]) == 0
+    assert main([*common, "--output", str(tmp_path / "ray.npy"), "--ray", "--workers", "2"]) == 0
+    one, ray = np.load(tmp_path / "one.npy"), np.load(tmp_path / "ray.npy")
+    assert one.shape == ray.shape == (299, 384)
+    np.testing.assert_allclose(ray, one, atol=1e-5)
+    assert (tmp_path / "ray.ids.json").read_text() == (tmp_path / "one.ids.json").read_text()
+    assert (tmp_path / "ray.errors.jsonl").read_text() == (tmp_path / "one.errors.jsonl").read_text()
