@@ -93,13 +93,14 @@ def test_image_paths_and_urls_refused_in_every_image_field(client, secret, audit
 
 
 def test_item_ids_never_become_paths(client, photo_index, tmp_path):
-    before = set(tmp_path.parent.parent.rglob("*"))
+    session_root = tmp_path.parent  # this run's temporary folders (not other pytest runs')
+    before = set(session_root.rglob("*"))
     r = client.post("/v1/items", json={"items": [{"id": "../../../evil", "image": data_uri(png_bytes((9, 9, 9)))}]})
     assert r.status_code == 200, r.text
     stored = photo_index.get(["../../../evil"])[0]["path"]
     assert stored.startswith(str(photo_index.folder / "uploads") + "/")
     assert "evil" not in stored
-    written = set(tmp_path.parent.parent.rglob("*")) - before
+    written = set(session_root.rglob("*")) - before
     assert written and all(p.is_relative_to(photo_index.folder) for p in written)  # only inside the index
     assert client.delete("/v1/items/../../../evil").status_code in (200, 404)  # clients normalise the path
     photo_index.delete(["../../../evil"])
