@@ -17,7 +17,7 @@ import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -100,6 +100,32 @@ def tokenizer_spans(tokenizer, text: str) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in encoded["offset_mapping"] if b > a]
 
 
+def run_batches(plan: list[list[int]], good: list[int], run, *, on_error: OnError,
+                errors: dict[int, ItemError], bar) -> Iterator[tuple[list[int], Any]]:
+    """Run each planned batch (``plan`` indexes ``good``, the positions of runnable items):
+    yields ``(positions, run(positions))``. An :class:`ItemError` from ``run`` names its item:
+    it is raised (``on_error="raise"``) or recorded in ``errors`` and the rest of the batch runs
+    again, so one bad item never costs the others. ``bar`` counts items done or dropped."""
+    for batch in plan:
+        positions = [good[j] for j in batch]
+        while positions:
+            try:
+                out = run(positions)
+            except ItemError as exc:
+                if exc.index is None and len(positions) > 1:
+                    raise  # a backend bug: it must say which item failed
+                culprit = positions[exc.index or 0]
+                if on_error == "raise":
+                    raise exc.at(index=culprit) from None
+                errors[culprit] = exc.at(index=culprit)
+                positions = [i for i in positions if i != culprit]
+                bar.update(1)
+                continue
+            bar.update(len(positions))
+            yield positions, out
+            break
+
+
 class Embedder(ABC):
     """Maps items (text, image or both) to L2-normalised float32 vectors.
 
@@ -179,25 +205,12 @@ class Embedder(ABC):
             show_progress_bar = sys.stderr.isatty() and len(good) > (batch_size or self.batch_size)
         with tqdm(total=len(good), disable=not show_progress_bar, desc=f"embed [{self.name}]",
                   unit="item", dynamic_ncols=True) as bar:
-            for batch in plan:
-                positions = [good[j] for j in batch]
-                while positions:
-                    try:
-                        out = self._run_batch([items[i] for i in positions])
-                    except ItemError as exc:
-                        if exc.index is None and len(positions) > 1:
-                            raise  # a backend bug: it must say which item failed
-                        culprit = positions[exc.index or 0]
-                        if on_error == "raise":
-                            raise exc.at(index=culprit) from None
-                        errors[culprit] = exc.at(index=culprit)
-                        positions = [i for i in positions if i != culprit]
-                        bar.update(1)
-                        continue
-                    vectors[positions] = out
-                    done[positions] = True
-                    bar.update(len(positions))
-                    break
+            def run(positions: list[int]) -> np.ndarray:
+                return self._run_batch([items[i] for i in positions])
+
+            for positions, out in run_batches(plan, good, run, on_error=on_error, errors=errors, bar=bar):
+                vectors[positions] = out
+                done[positions] = True
         indices = np.flatnonzero(done)
         return EmbedResult(vectors=vectors[indices], indices=indices,
                            errors=[errors[i] for i in sorted(errors)])

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models.base import plan_batches
+from ..models.base import plan_batches, run_batches
 from ..types import Item, ItemError, Modality
 
 OnError = Literal["raise", "skip"]
@@ -149,26 +149,13 @@ class Reranker(ABC):
             show_progress_bar = sys.stderr.isatty() and len(good) > size
         with tqdm(total=len(good), disable=not show_progress_bar, desc=f"rerank [{self.name}]",
                   unit="pair", dynamic_ncols=True) as bar:
-            for batch in plan:
-                positions = [good[j] for j in batch]
-                while positions:
-                    try:
-                        with torch.inference_mode():
-                            out = self._score_batch([pairs[i] for i in positions])
-                    except ItemError as exc:
-                        if exc.index is None and len(positions) > 1:
-                            raise  # a backend bug: it must say which pair failed
-                        culprit = positions[exc.index or 0]
-                        if on_error == "raise":
-                            raise exc.at(index=culprit) from None
-                        errors[culprit] = exc.at(index=culprit)
-                        positions = [i for i in positions if i != culprit]
-                        bar.update(1)
-                        continue
-                    scores[positions] = torch.as_tensor(out).float().reshape(-1).cpu().numpy()
-                    done[positions] = True
-                    bar.update(len(positions))
-                    break
+            def run(positions: list[int]):
+                with torch.inference_mode():
+                    return self._score_batch([pairs[i] for i in positions])
+
+            for positions, out in run_batches(plan, good, run, on_error=on_error, errors=errors, bar=bar):
+                scores[positions] = torch.as_tensor(out).float().reshape(-1).cpu().numpy()
+                done[positions] = True
         indices = np.flatnonzero(done)
         return ScoreResult(scores=scores[indices], indices=indices, errors=[errors[i] for i in sorted(errors)])
 
