@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..models.base import resolve_dtype
+from ..models.checkpoints import load_checkpoint
 from ..models.qwen3vl.processing_qwen3vl import (DEFAULT_MAX_IMAGE_TOKENS, DEFAULT_MIN_IMAGE_TOKENS,
                                                  ProcessedInput, Qwen3VLProcessor, truncate_keeping_special)
 from ..models.registry import ModelNotAvailable
@@ -89,7 +90,7 @@ class Qwen3VLReranker(Reranker):
         """Load a Qwen3-VL-Reranker folder. Image bounds in merged 32x32 tokens (the reference's 4
         and 1800); ``max_length`` as the reference's (10240); ``instruction`` replaces the default
         for pairs whose query has none."""
-        from transformers import AutoConfig, AutoModelForImageTextToText
+        from transformers import AutoModelForImageTextToText
 
         folder = Path(path)
         torch_dtype = resolve_dtype(dtype, default=torch.bfloat16 if str(device).startswith("cuda")
@@ -105,14 +106,8 @@ class Qwen3VLReranker(Reranker):
         vocab = processor.tokenizer.get_vocab()
         if "yes" not in vocab or "no" not in vocab:
             raise ModelNotAvailable(f"{folder}: the tokenizer has no single 'yes' / 'no' tokens: not a reranker")
-        try:
-            config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-            full = AutoModelForImageTextToText.from_pretrained(
-                str(folder), config=config, dtype=torch_dtype, attn_implementation=attn_implementation,
-                local_files_only=True)
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelNotAvailable(f"{folder}: cannot load the Qwen3-VL weights: {first}") from None
+        _, full = load_checkpoint(AutoModelForImageTextToText, folder, what="a complete Qwen3-VL-Reranker checkpoint",
+                                  dtype=torch_dtype, attn_implementation=attn_implementation)
         head = full.lm_head.weight.detach()
         answer_weight = (head[vocab["yes"]] - head[vocab["no"]]).to(device)
         model = full.model.to(device).eval()

@@ -23,6 +23,7 @@ import torch
 
 from ...types import Item
 from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
+from ..checkpoints import load_checkpoint
 from ..registry import ModelNotAvailable
 from .processing_gme import GmeProcessor, ProcessedItem
 
@@ -69,7 +70,7 @@ class GmeEmbedder(Embedder, Trainable):
         but is opt-in. ``min_image_tokens``/``max_image_tokens`` bound the tokens per image
         (GME's defaults: 256 and 1280).
         """
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoModel
 
         folder = Path(path)
         if not (folder / "config.json").is_file():
@@ -84,19 +85,8 @@ class GmeEmbedder(Embedder, Trainable):
         if not 1 <= min_image_tokens <= max_image_tokens:
             raise ValueError(f"need 1 <= min_image_tokens <= max_image_tokens, got {min_image_tokens} "
                              f"and {max_image_tokens}")
-        try:
-            config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-            model, info = AutoModel.from_pretrained(str(folder), config=config, dtype=torch_dtype,
-                                                    attn_implementation=attn_implementation,
-                                                    local_files_only=True, output_loading_info=True)
-        except OSError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelNotAvailable(f"{folder}: cannot load the GME weights: {first}") from None
-        missing = sorted(info.get("missing_keys") or [])
-        if missing:  # never embed with randomly initialised tensors
-            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-            raise ModelNotAvailable(f"{folder}: the checkpoint lacks {len(missing)} tensor(s) the model needs "
-                                    f"({shown}); is it a complete Qwen2-VL/GME checkpoint?")
+        config, model = load_checkpoint(AutoModel, folder, what="a complete Qwen2-VL/GME checkpoint",
+                                        dtype=torch_dtype, attn_implementation=attn_implementation)
         model.to(device).eval()
         if not hasattr(model, "language_model") or not hasattr(model, "get_image_features"):
             raise ModelNotAvailable(f"{folder}: {type(model).__name__} is not a Qwen2-VL style model")

@@ -29,6 +29,7 @@ from PIL import Image
 
 from ...types import Item
 from ..base import Embedder, resolve_dtype
+from ..checkpoints import load_checkpoint
 from ..registry import ModelNotAvailable
 from .processing_qwen3vl import (DEFAULT_MAX_IMAGE_TOKENS, DEFAULT_MAX_LENGTH, DEFAULT_MIN_IMAGE_TOKENS,
                                  ProcessedInput, Qwen3VLProcessor, normalise_instruction, user_content)
@@ -79,7 +80,7 @@ class Qwen3VLEmbedder(Embedder):
         ``max_image_tokens`` bound the merged 32x32-pixel tokens per image (the reference's 4 and
         1800); ``max_length`` cuts sequences as the reference does (8192).
         """
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoModel
 
         folder = Path(path)
         if not (folder / "config.json").is_file():
@@ -93,19 +94,8 @@ class Qwen3VLEmbedder(Embedder):
             max_image_tokens = max(DEFAULT_MAX_IMAGE_TOKENS, int(min_image_tokens))
         processor = Qwen3VLProcessor.from_pretrained(folder, min_image_tokens=min_image_tokens,
                                                      max_image_tokens=max_image_tokens, max_length=max_length)
-        try:
-            config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-            model, info = AutoModel.from_pretrained(str(folder), config=config, dtype=torch_dtype,
-                                                    attn_implementation=attn_implementation,
-                                                    local_files_only=True, output_loading_info=True)
-        except OSError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelNotAvailable(f"{folder}: cannot load the Qwen3-VL weights: {first}") from None
-        missing = sorted(info.get("missing_keys") or [])
-        if missing:  # never embed with randomly initialised tensors
-            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-            raise ModelNotAvailable(f"{folder}: the checkpoint lacks {len(missing)} tensor(s) the model needs "
-                                    f"({shown}); is it a complete Qwen3-VL checkpoint?")
+        config, model = load_checkpoint(AutoModel, folder, what="a complete Qwen3-VL checkpoint",
+                                        dtype=torch_dtype, attn_implementation=attn_implementation)
         if not all(hasattr(model, a) for a in ("language_model", "visual", "get_image_features", "get_rope_index")):
             raise ModelNotAvailable(f"{folder}: {type(model).__name__} is not a Qwen3-VL model")
         model.to(device).eval()
