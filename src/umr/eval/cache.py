@@ -33,6 +33,7 @@ import numpy as np
 
 from ..fingerprint import item_fingerprint
 from ..models.base import Embedder
+from ..models.identity import model_identity
 from ..types import Item
 
 
@@ -50,8 +51,11 @@ def model_key(model, options: Mapping[str, Any] | None = None) -> str:
     :class:`~umr.eval.runner.Evaluator` both ask it). Options set to ``None`` are left out.
     """
     name = str(getattr(model, "name", None) or type(model).__name__)
-    if isinstance(model, Embedder) and model.identity is not None:  # loaded: its files and options decide
-        options = {"identity": model.identity.key(), **(options or {})}
+    # a loaded model's identity (files and options) decides; one built by hand is known by its name.
+    # (Only a real Embedder is asked: the CLI's lazily loaded model must not load to give its key.)
+    identity = model_identity(model) if isinstance(model, Embedder) else None
+    if identity is not None and identity.files:
+        options = {"identity": identity.key(), **(options or {})}
     shown = ",".join(f"{k}={v}" for k, v in sorted((options or {}).items()) if v is not None)
     return f"{name}[{shown}]" if shown else name
 

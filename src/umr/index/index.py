@@ -33,6 +33,7 @@ import numpy as np
 from ..fingerprint import FileDigests, item_fingerprint
 from ..types import Item, ItemError, Modality
 from ..models.base import EmbedResult
+from ..models.identity import model_identity
 from .base import VectorStore, json_line
 from .embedding import ChunkEmbedder, LocalEmbedder
 from .store import MANIFEST, Filter, FlatStore, Hit, IndexStoreError, read_manifest
@@ -109,16 +110,6 @@ def sees_images(model) -> bool:
     from ..models.text import TextEmbedder
 
     return not isinstance(model, TextEmbedder)
-
-
-def model_identity(model) -> "ModelIdentity":
-    """The identity ``load_model`` attached, or a weak one (name, dimension and options only)
-    for an embedder built by hand."""
-    from ..models.identity import identify
-
-    if getattr(model, "identity", None) is not None:
-        return model.identity
-    return identify(model, None, name=str(model.name), family=type(model).__name__)
 
 
 def model_record(model, options: dict[str, Any] | None = None) -> dict[str, Any]:

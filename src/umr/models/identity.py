@@ -123,6 +123,14 @@ def identify(embedder, folder: str | os.PathLike | None, *, name: str, family: s
                          load_options=_plain(given))
 
 
+def model_identity(model) -> ModelIdentity:
+    """The identity ``load_model`` attached, or a weak one (name, dimension and options only)
+    for an embedder built by hand."""
+    if getattr(model, "identity", None) is not None:
+        return model.identity
+    return identify(model, None, name=str(model.name), family=type(model).__name__)
+
+
 def files_fingerprint(folder: str | os.PathLike) -> str:
     """Digest of a model folder's files: names and sizes, small files whole, large files' ends."""
     root = Path(folder)
