@@ -11,6 +11,7 @@ stopped. OUTPUT belongs to one model with its options; another model needs its o
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def add_parser(sub) -> None:
     parser.add_argument("--retry-errors", action="store_true",
                         help="embed again every item that failed before (items whose file changed since "
                              "are always retried)")
+    parser.add_argument("--dims", type=dimension_list, default=None, metavar="N,N,...",
+                        help="Matryoshka models: score each of these dimensions (e.g. 64,256,1024,2048) from "
+                             "one full-dimension embedding; results under OUTPUT/dim-N, the sweep in "
+                             "OUTPUT/dims.md")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_rerank_flags(parser)
     parser.set_defaults(run=run)
@@ -63,6 +68,8 @@ def run(args) -> int:
     if args.depth < 1:
         raise UsageError("--depth must be at least 1")
     check_rerank_flags(args)
+    if args.dims is not None and args.dim is not None:
+        raise UsageError("--dims sweeps dimensions of the full vectors: leave out --dim")
 
     from ..eval import EvalConfig, Evaluator
     from ..eval.runner import dropped_note, failure_note
@@ -77,11 +84,14 @@ def run(args) -> int:
         evaluator = Evaluator(model, output=args.output, config=config, model_key=model_key(args, model),
                               retry_errors=args.retry_errors,
                               log=lambda message: print(f"umr eval: {message}", file=sys.stderr),
-                              reranker=reranker, rerank_k=args.rerank_k, reranker_key=rerank_key(args))
+                              reranker=reranker, rerank_k=args.rerank_k, reranker_key=rerank_key(args),
+                              dims=args.dims)
         evaluator.check(tasks)  # an unknown headline metric or an id TREC cannot hold: before any work
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     scores = evaluator.evaluate(tasks, benchmark=args.benchmark)
+    if args.dims is not None:
+        return _print_sweep(args, scores)
     for pool, avg in scores["averages"].items():
         failed = f", {avg['n_failed_tasks']} with failures (marked ⚠ in results.md)" if avg["n_failed_tasks"] else ""
         print(f"umr eval: {scores['model']} {args.benchmark} [{pool}] {avg['n_tasks']} task(s){failed}: "
@@ -94,6 +104,31 @@ def run(args) -> int:
                 print(f"umr eval: {mark} {result['pool']}/{result['task']}: {note}")
     print(f"umr eval: wrote {args.output / 'scores.json'}, {args.output / 'results.md'}, "
           f"{args.output / 'report.html'} and runs under {args.output / 'runs'}")
+    return 0
+
+
+def dimension_list(text: str) -> list[int]:
+    """``64,256,1024`` -> ``[64, 256, 1024]``; anything but whole numbers of at least 1 is refused."""
+    dims = []
+    for part in text.split(","):
+        try:
+            dims.append(int(part.strip()))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {part.strip()!r}") from None
+        if dims[-1] < 1:
+            raise argparse.ArgumentTypeError(f"dimensions must be at least 1, got {dims[-1]}")
+    return dims
+
+
+def _print_sweep(args, sweep) -> int:
+    for pool, avg in sweep["averages"].items():
+        shown = ", ".join(f"dim {d} {_pct(avg['main_score'][str(d)])}" for d in sweep["dims"])
+        print(f"umr eval: {sweep['model']} {args.benchmark} [{pool}] mean headline by dimension: {shown}")
+    failed = [f"{r['pool']}/{r['task']}" for r in sweep["tasks"] if r["failed"]]
+    if failed:
+        print(f"umr eval: ⚠ failed items in {', '.join(failed)} (see the dim-N/results.md files)")
+    print(f"umr eval: wrote {args.output / 'dims.md'}, {args.output / 'dims.json'} and one folder per "
+          f"dimension ({', '.join(str(args.output / f'dim-{d}') for d in sweep['dims'])})")
     return 0
 
 

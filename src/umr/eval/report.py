@@ -310,6 +310,23 @@ def write_reports(scores: dict[str, Any], output: str | Path) -> None:
     (output / "report.html").write_text(html_report(scores), encoding="utf-8")
 
 
+def sweep_report(sweep: dict[str, Any]) -> str:
+    """A dimension sweep as Markdown: one row per task (its headline metric), one column per
+    dimension, then each pool's mean headline, NDCG@10 and modality bias at every dimension."""
+    dims = [str(d) for d in sweep["dims"]]
+    header = ["Task", "Pool", "Metric"] + [f"dim {d}" for d in dims]
+    rows = [[r["task"] + (f" {FAILED}" if r["failed"] else ""), r["pool"], _metric_label(r["main_metric"])]
+            + [_pct(r["main_score"].get(d)) for d in dims] for r in sweep["tasks"]]
+    for pool, avg in sweep["averages"].items():
+        for key, label in (("main_score", "headline"), ("ndcg@10", "NDCG@10"), ("modality_bias", "modality bias")):
+            rows.append([f"**Mean** ({label})", pool, ""] + [_pct(avg[key].get(d)) for d in dims])
+    folders = ", ".join(f"`{sweep['folders'][d]}/`" for d in dims)
+    return "\n\n".join([f"# {sweep['model']} on {sweep['benchmark']}: Matryoshka dimensions",
+                         "Every item embedded once at the model's full dimension; each column scores the "
+                         "first N dimensions of those vectors, renormalised.", _table(header, rows),
+                         f"Each dimension's runs and full reports: {folders}."]) + "\n"
+
+
 # -- compare -----------------------------------------------------------------------------------
 
 def load_scores(path: str | Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..index.exact import search_exact
 from ..data.tasks import UMRB_GROUPS, RetrievalTask
+from ..models.matryoshka import renormalised_prefix, sweep_dims
 from .cache import EmbeddingStore, fingerprint, model_key as key_of
 from .metrics import evaluate_run, mean_metrics, modality_bias, trec_order
 from .trec import check_trec_id, drop_identical_ids, run_from_topk, write_run
@@ -131,6 +132,12 @@ class Evaluator:
     With a ``reranker`` (:class:`~umr.rerank.Reranker`) each query's top ``rerank_k`` candidates
     are reranked too, and every task reports both rankings' scores (``result["rerank"]``); rerank
     scores are cached under ``cache/rerank`` (keyed by ``reranker_key``) and resumable.
+
+    With ``dims`` (a Matryoshka model's dimension sweep) every item is embedded once at the
+    model's full dimension (cached as any run's vectors are) and each dimension is scored from
+    the vectors' renormalised prefixes; each writes its runs, tasks and reports under
+    ``OUTPUT/dim-N/`` (apart from each other and from a run without ``dims``), and
+    :meth:`evaluate` returns the sweep (``dims.json``, ``dims.md``: one column per dimension).
     """
 
     #: how many candidate lists' digests are remembered (each kept alive beside its digest)
@@ -139,8 +146,10 @@ class Evaluator:
     def __init__(self, model, *, output: str | Path | None = None, config: EvalConfig | None = None,
                  run_name: str | None = None, log: Callable[[str], None] | None = None,
                  model_key: str | None = None, retry_errors: bool = False, reranker=None,
-                 rerank_k: int = 10, reranker_key: str | None = None):
+                 rerank_k: int = 10, reranker_key: str | None = None, dims: Sequence[int] | None = None):
         self.model = model
+        #: a Matryoshka sweep's dimensions (each scored from the full vectors' prefixes), or None
+        self.dims = sweep_dims(model, dims) if dims is not None else None
         self.config = config or EvalConfig()
         self.output = Path(output) if output is not None else None
         self.model_name = str(getattr(model, "name", type(model).__name__))
@@ -220,23 +229,67 @@ class Evaluator:
         return self._matrices[key]
 
     def evaluate_task(self, task: RetrievalTask) -> TaskOutcome:
-        config = self.config
-        self.check([task])
-        headline, metric, metric_k = headline_metric(task.headline)
-        key = self.model_key if self.reranker is None else f"{self.model_key}|rerank={self.reranker_key}@{self.rerank_k}"
-        signature = _task_signature(task, key, config, self._pool_digest(task.candidates))
-        done_file = self._task_file(task)
-        if done_file is not None and done_file.is_file():
-            previous = json.loads(done_file.read_text(encoding="utf-8"))
-            if previous.get("signature") == signature and not self._worth_retrying(previous, task):
-                self.log(f"{task.pool}/{task.name}: already done, skipped")
-                return TaskOutcome(previous)
+        """One task at the model's dimension (an evaluator with ``dims``: see :meth:`evaluate_dims`)."""
+        if self.dims is not None:
+            raise ValueError("this evaluator sweeps dimensions: use evaluate_dims(task)")
+        return self._evaluate_views(task, [None])[None]
 
-        t_start = time.perf_counter()
-        cvecs, ckept, cerrors = self._candidate_matrix(task.candidates)
-        qvecs, qkept, qerrors, spent = self.store.embed(
-            self.model, task.queries, batch_size=config.batch_size, show_progress_bar=config.show_progress)
-        self.timings["embed_s"] += spent
+    def evaluate_dims(self, task: RetrievalTask) -> dict[int, TaskOutcome]:
+        """One task at every dimension of the sweep, embedded once."""
+        if self.dims is None:
+            raise ValueError("this evaluator has no dims to sweep: use evaluate_task(task)")
+        return self._evaluate_views(task, self.dims)
+
+    def _view_key(self, dim: int | None) -> str:
+        """What a result depends on besides the task: the model (and its dimension in a sweep)."""
+        key = self.model_key if dim is None else f"{self.model_key}|dim={dim}"
+        return key if self.reranker is None else f"{key}|rerank={self.reranker_key}@{self.rerank_k}"
+
+    def _view_folder(self, dim: int | None) -> Path | None:
+        """Where a dimension's runs, tasks and reports go (the output itself without a sweep)."""
+        if self.output is None:
+            return None
+        return self.output if dim is None else self.output / f"dim-{dim}"
+
+    def _evaluate_views(self, task: RetrievalTask, dims: Sequence[int | None]) -> dict[int | None, TaskOutcome]:
+        """The task scored at each of ``dims`` (None: the vectors as they are); what is not finished
+        yet is embedded once, at the model's dimension, and scored from prefixes."""
+        self.check([task])
+        pool_digest = self._pool_digest(task.candidates)
+        outcomes: dict[int | None, TaskOutcome] = {}
+        todo = []
+        for dim in dims:
+            signature = _task_signature(task, self._view_key(dim), self.config, pool_digest)
+            done_file = self._task_file(task, dim)
+            if done_file is not None and done_file.is_file():
+                previous = json.loads(done_file.read_text(encoding="utf-8"))
+                if previous.get("signature") == signature and not self._worth_retrying(previous, task):
+                    self.log(f"{_dim_tag(dim)}{task.pool}/{task.name}: already done, skipped")
+                    outcomes[dim] = TaskOutcome(previous)
+                    continue
+            todo.append((dim, signature, done_file))
+        if todo:
+            t_start = time.perf_counter()
+            cvecs, ckept, cerrors = self._candidate_matrix(task.candidates)
+            qvecs, qkept, qerrors, spent = self.store.embed(
+                self.model, task.queries, batch_size=self.config.batch_size,
+                show_progress_bar=self.config.show_progress)
+            self.timings["embed_s"] += spent
+            for dim, signature, done_file in todo:
+                width = cvecs.shape[1] if dim is None else dim
+                outcomes[dim] = self._score(task, (renormalised_prefix(qvecs, width), qkept, qerrors),
+                                            (renormalised_prefix(cvecs, width), ckept, cerrors),
+                                            dim=dim, signature=signature, done_file=done_file, t_start=t_start)
+        return {dim: outcomes[dim] for dim in dims}
+
+    def _score(self, task: RetrievalTask, queries, candidates, *, dim: int | None, signature: str,
+               done_file: Path | None, t_start: float) -> TaskOutcome:
+        """Search, score and write one task from its embedded queries and candidates, each
+        ``(vectors, kept positions, errors by position)``."""
+        config = self.config
+        headline, metric, metric_k = headline_metric(task.headline)
+        qvecs, qkept, qerrors = queries
+        cvecs, ckept, cerrors = candidates
 
         t0 = time.perf_counter()
         # BEIR searches one deeper when it drops the query itself, so that ``depth`` results remain
@@ -294,15 +347,17 @@ class Evaluator:
             rr_metrics, rr_bias = measure(reranked)
             result["rerank"] = {"model": self.reranker_key, "k": self.rerank_k, "main_score": rr_metrics.get(headline),
                                 "metrics": rr_metrics, "modality_bias": rr_bias, "pair_errors": pair_errors}
+        if dim is not None:
+            result["dim"] = dim
         if self.output is not None:
             t0 = time.perf_counter()
             tags = {q.id: task.run_tag for q in task.queries}
-            write_run(self.output / "runs" / task.pool / f"{task.name}.trec", run, run_name=self.run_name)
-            write_run(self.output / "runs" / task.pool / f"{task.name}.uniir.trec", run, run_name=self.run_name,
-                      task_tags=tags)
+            runs = self._view_folder(dim) / "runs" / task.pool
+            run_name = self.run_name if dim is None else f"{self.run_name}_dim{dim}"
+            write_run(runs / f"{task.name}.trec", run, run_name=run_name)
+            write_run(runs / f"{task.name}.uniir.trec", run, run_name=run_name, task_tags=tags)
             if reranked is not None:
-                write_run(self.output / "runs" / task.pool / f"{task.name}.rerank.trec", reranked,
-                          run_name=f"{self.run_name}_rerank")
+                write_run(runs / f"{task.name}.rerank.trec", reranked, run_name=f"{run_name}_rerank")
             done_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = done_file.with_name(done_file.name + ".tmp")
             tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -351,29 +406,76 @@ class Evaluator:
             reranked[qid] = {ranking[i]: float(len(order) - rank) for rank, i in enumerate(order)}
         return reranked, failed
 
-    def _task_file(self, task: RetrievalTask) -> Path | None:
-        if self.output is None:
-            return None
-        return self.output / "tasks" / task.pool / f"{task.name}.json"
+    def _task_file(self, task: RetrievalTask, dim: int | None = None) -> Path | None:
+        folder = self._view_folder(dim)
+        return None if folder is None else folder / "tasks" / task.pool / f"{task.name}.json"
 
     # -- many tasks ------------------------------------------------------------------------------
 
     def evaluate(self, tasks: Sequence[RetrievalTask], *, benchmark: str = "custom",
                  write_reports: bool = True) -> dict[str, Any]:
+        """Every task; the scores document (written as ``scores.json`` with the reports). With
+        ``dims``: each dimension's document under ``dim-N/``, and the sweep (:func:`sweep_scores`,
+        written as ``dims.json`` and ``dims.md``) is returned."""
         t0 = time.perf_counter()
         self.check(tasks)
-        results = [self.evaluate_task(task).result for task in tasks]
-        scores = summarize(results, model=self.model_name, benchmark=benchmark, config=self.config,
-                           model_key=self.model_key)
-        scores["timings"] = {**self.timings, "total_s": time.perf_counter() - t0}
-        if self.output is not None and write_reports:
-            from .report import write_reports as _write
+        views: list[int | None] = [None] if self.dims is None else list(self.dims)
+        results: dict[int | None, list[dict[str, Any]]] = {dim: [] for dim in views}
+        for task in tasks:
+            for dim, outcome in self._evaluate_views(task, views).items():
+                results[dim].append(outcome.result)
+        by_dim = {}
+        for dim in views:
+            scores = summarize(results[dim], model=self.model_name if dim is None else f"{self.model_name} (dim {dim})",
+                               benchmark=benchmark, config=self.config, model_key=self._view_key(dim))
+            if dim is not None:
+                scores["dim"] = dim
+            scores["timings"] = {**self.timings, "total_s": time.perf_counter() - t0}
+            if self.output is not None and write_reports:
+                from .report import write_reports as _write
 
-            t1 = time.perf_counter()
-            _write(scores, self.output)
-            scores["timings"]["report_s"] = time.perf_counter() - t1
-            (self.output / "scores.json").write_text(json.dumps(scores, indent=1), encoding="utf-8")
-        return scores
+                t1 = time.perf_counter()
+                _write(scores, self._view_folder(dim))
+                scores["timings"]["report_s"] = time.perf_counter() - t1
+                (self._view_folder(dim) / "scores.json").write_text(json.dumps(scores, indent=1), encoding="utf-8")
+            by_dim[dim] = scores
+        if self.dims is None:
+            return by_dim[None]
+        sweep = sweep_scores(by_dim, model=self.model_name, model_key=self.model_key, benchmark=benchmark)
+        sweep["timings"] = {**self.timings, "total_s": time.perf_counter() - t0}
+        if self.output is not None and write_reports:
+            from .report import sweep_report
+
+            (self.output / "dims.md").write_text(sweep_report(sweep), encoding="utf-8")
+            (self.output / "dims.json").write_text(json.dumps(sweep, indent=1), encoding="utf-8")
+        return sweep
+
+
+def _dim_tag(dim: int | None) -> str:
+    return "" if dim is None else f"[dim {dim}] "
+
+
+def sweep_scores(by_dim: dict[int, dict[str, Any]], *, model: str, model_key: str,
+                 benchmark: str) -> dict[str, Any]:
+    """A dimension sweep in one document: per task and per pool mean, the headline and NDCG@10 at
+    each dimension (keys are the dimensions as text), plus where each dimension's own scores are."""
+    dims = sorted(by_dim)
+    tasks: dict[tuple[str, str], dict[str, Any]] = {}
+    for dim in dims:
+        for r in by_dim[dim]["tasks"]:
+            row = tasks.setdefault((r["pool"], r["task"]), {"task": r["task"], "pool": r["pool"],
+                                                             "main_metric": r["main_metric"], "main_score": {},
+                                                             "ndcg@10": {}, "failed": False})
+            row["main_score"][str(dim)] = r["main_score"]
+            row["ndcg@10"][str(dim)] = r["metrics"].get("ndcg@10")
+            row["failed"] = row["failed"] or bool(failure_note(r))
+    averages = {pool: {key: {str(dim): by_dim[dim]["averages"][pool][key] for dim in dims}
+                       for key in ("main_score", "ndcg@10", "modality_bias")}
+                for pool in by_dim[dims[0]]["averages"]}
+    return {"model": model, "model_key": model_key, "benchmark": benchmark, "dims": dims,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "folders": {str(dim): f"dim-{dim}" for dim in dims},
+            "tasks": list(tasks.values()), "averages": averages}
 
 
 def scored_queries(task: RetrievalTask, run: dict[str, dict[str, float]]) -> tuple[list[str], dict[str, int]]:
@@ -406,7 +508,7 @@ def task_line(result: dict[str, Any]) -> str:
     if result["main_metric"] != "ndcg@10":
         shown.append(("ndcg@10", metrics.get("ndcg@10")))
     bias = result["modality_bias"]
-    line = (f"{result['pool']}/{result['task']}: " + ", ".join(f"{n} = {_pct(v)}" for n, v in shown)
+    line = (f"{_dim_tag(result.get('dim'))}{result['pool']}/{result['task']}: " + ", ".join(f"{n} = {_pct(v)}" for n, v in shown)
             + f", modality bias@{bias['k']} = {_pct(bias['bias'], 1)}{'' if bias['bias'] is None else '%'}")
     if "rerank" in result:
         line += f", reranked {result['main_metric']} = {_pct(result['rerank']['main_score'])}"

@@ -140,6 +140,9 @@ class Embedder(ABC):
     cost_budget: int | None = None
     #: what this model is (folder, files, options), set by ``load_model``; None when built by hand
     identity: "ModelIdentity | None" = None
+    #: trained so that the first N dimensions, renormalised, are an embedding too (Matryoshka):
+    #: only such families may be swept over dimensions (``umr eval --dims``)
+    matryoshka: bool = False
 
     # -- what users call -------------------------------------------------------------------
 

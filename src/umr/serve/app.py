@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..models.matryoshka import renormalised_prefix
 from ..types import Item, Modality
 from .batcher import MicroBatcher
 from .security import (Limits, RequestRefused, Security, check_count, check_image_bytes, check_text,
@@ -304,8 +305,7 @@ def truncate(vectors: np.ndarray, dimensions: int | None, full: int) -> np.ndarr
         return vectors
     if dimensions > full:
         raise RequestRefused(400, f"dimensions={dimensions} is more than the model's {full}")
-    cut = vectors[:, :dimensions]
-    return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+    return renormalised_prefix(vectors, dimensions)
 
 
 def count_tokens(model, items: list[Item]) -> int:

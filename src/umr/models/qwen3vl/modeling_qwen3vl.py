@@ -51,6 +51,8 @@ class Qwen3VLEmbedder(Embedder):
     batch_size = 32
     #: padded tokens (items x longest sequence) per forward pass
     cost_budget = 8192
+    #: Qwen3-VL-Embedding is trained with Matryoshka representation learning
+    matryoshka = True
 
     def __init__(self, model, processor: Qwen3VLProcessor, *, name: str = "qwen3vl", device: str = "cpu",
                  packed: bool = True):
