@@ -47,3 +47,29 @@ def bomb_png(tmp_path) -> Path:
     path = tmp_path / "bomb.png"
     path.write_bytes(png_claiming(30000, 30000))
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """A local Ray on 2 CPUs for the session. Its workers import the hash-test model from
+    tests/index and die once when the returned marker file is missing (it starts present:
+    disarmed)."""
+    import os
+
+    ray = pytest.importorskip("ray")
+    marker = tmp_path_factory.mktemp("ray") / "died"
+    marker.touch()
+    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "index"), os.environ.get("PYTHONPATH", "")]),
+           "UMR_TEST_DIE_ONCE": str(marker)}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)  # the local Ray's workers inherit the driver's environment
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
+    yield marker
+    ray.shutdown()

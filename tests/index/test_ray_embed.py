@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ import hashing
 from umr.index import Index
 
 N_ITEMS = 300
-HERE = Path(__file__).parent
 
 
 def _corpus(folder: Path) -> Path:
@@ -31,29 +29,6 @@ def _vectors(index: Index) -> dict[str, np.ndarray]:
         for hit in hits:
             vectors.setdefault(hit.id, np.zeros(hashing.DIM, np.float32))[j] = hit.score
     return vectors
-
-
-@pytest.fixture(scope="module")
-def ray_session(tmp_path_factory):
-    """A local Ray on 2 CPUs. Its workers import the hash-test model from this folder and die
-    once when the returned marker file is missing (it starts present: disarmed)."""
-    ray = pytest.importorskip("ray")
-    marker = tmp_path_factory.mktemp("ray") / "died"
-    marker.touch()
-    env = {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-           "UMR_TEST_DIE_ONCE": str(marker)}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)  # the local Ray's workers inherit the driver's environment
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key)
-            else:
-                os.environ[key] = value
-    yield marker
-    ray.shutdown()
 
 
 @pytest.mark.slow

@@ -90,6 +90,15 @@ def model_options(args: argparse.Namespace) -> dict:
             if getattr(args, k, None) is not None}
 
 
+def load_options(args: argparse.Namespace) -> dict:
+    """Every ``load_model`` option the command line gives, ``--dtype`` included (what an index
+    records, and what Ray workers load with)."""
+    options = model_options(args)
+    if getattr(args, "dtype", None) is not None:
+        options["dtype"] = args.dtype
+    return options
+
+
 def load_model_from_args(args: argparse.Namespace, name: str | None = None, options: dict | None = None):
     """Load ``name`` (default ``--model``) with ``options`` (default: those on the command line)."""
     from ..models.registry import load_model

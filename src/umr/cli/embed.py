@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UsageError, add_model_options, load_model_from_args, model_options
-from .index import add_ray_options, ray_embedder
+from . import UsageError, add_model_options, load_model_from_args
+from .ray_options import add_ray_options, ray_embedder
 
 
 def add_parser(sub) -> None:
@@ -61,8 +61,7 @@ def run(args) -> int:
 
 def _embed(args, model, items):
     """Here, or with --ray on Ray workers (each loads the model as given here)."""
-    options = {**model_options(args), **({"dtype": args.dtype} if args.dtype is not None else {})}
-    embedder = ray_embedder(args, args.model, options)
+    embedder = ray_embedder(args, args.model)
     if embedder is None:
         return model.embed(items, batch_size=args.batch_size, show_progress_bar=not args.no_progress,
                            on_error="raise" if args.on_error == "stop" else "skip")

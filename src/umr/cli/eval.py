@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from . import UsageError, add_model_options, load_model_from_args, model_options
+from .ray_options import add_ray_options, ray_embedder
 from .rerank import add_rerank_flags, check_rerank_flags, load_rerank_flag
 
 
@@ -53,6 +54,7 @@ def add_parser(sub) -> None:
                              "OUTPUT/dims.md")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_rerank_flags(parser)
+    add_ray_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -89,7 +91,13 @@ def run(args) -> int:
         evaluator.check(tasks)  # an unknown headline metric or an id TREC cannot hold: before any work
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    scores = evaluator.evaluate(tasks, benchmark=args.benchmark)
+    # with --ray the workers each load the model; this process loads it only if a sweep must check it
+    evaluator.embedder = ray_embedder(args, str(args.model)) or evaluator.embedder
+    try:
+        scores = evaluator.evaluate(tasks, benchmark=args.benchmark)
+    finally:
+        if args.ray:
+            evaluator.embedder.close()
     if args.dims is not None:
         return _print_sweep(args, scores)
     for pool, avg in scores["averages"].items():

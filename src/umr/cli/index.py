@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import UsageError, add_model_options, load_model_from_args, model_options
+from . import UsageError, add_model_options, load_model_from_args, load_options, model_options
+from .ray_options import add_ray_options, ray_embedder
 
 
 def add_parser(sub) -> None:
@@ -49,36 +50,6 @@ def add_parser(sub) -> None:
     parser.set_defaults(run=run)
 
 
-def add_ray_options(parser) -> None:
-    group = parser.add_argument_group("embedding on Ray (pip install 'umr[ray]')")
-    group.add_argument("--ray", action="store_true", help="embed on a Ray cluster: one model per worker")
-    group.add_argument("--ray-address", default=None, metavar="ADDR",
-                       help="auto (a running local cluster) or ray://head:10001 (default: start a local Ray)")
-    group.add_argument("--workers", type=int, default=2, metavar="N", help="Ray workers (default 2)")
-    group.add_argument("--gpus-per-worker", type=float, default=0, metavar="G", help="GPUs per worker (default 0)")
-
-
-def ray_embedder(args, source: str, options: dict):
-    """A RayEmbedder whose workers load ``source`` with ``options`` (None without --ray)."""
-    if not args.ray:
-        return None
-    from functools import partial
-
-    try:
-        from ..index.ray_embed import RayEmbedder
-        from ..models.registry import load_model
-    except ImportError:
-        raise UsageError("--ray needs Ray: pip install 'umr[ray]'") from None
-    if args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, not {args.workers}")
-    try:
-        return RayEmbedder(partial(load_model, source, device=args.device, **options), workers=args.workers,
-                           gpus_per_worker=args.gpus_per_worker, address=args.ray_address)
-    except (ConnectionError, RuntimeError) as exc:  # no cluster at --ray-address, or it refused us
-        reason = " ".join(str(exc).split())[:300]
-        raise UsageError(f"cannot start or reach Ray ({args.ray_address or 'local'}): {reason}") from None
-
-
 def run(args) -> int:
     from tqdm.auto import tqdm
 
@@ -109,7 +80,7 @@ def run(args) -> int:
         else:
             if args.model is None:
                 raise UsageError(f"{args.index_dir} is a new index: say which model builds it with --model")
-            options = _load_options(args)
+            options = load_options(args)
             model = load_model_from_args(args, args.model, model_options(args))
             Chunker(model, tokens=args.chunk_tokens, overlap=args.chunk_overlap)  # refused before creating
             ocr = None if args.ocr == "auto" else args.ocr == "on"
@@ -172,14 +143,6 @@ def run(args) -> int:
     return 0
 
 
-def _load_options(args) -> dict:
-    """The ``load_model`` options the command line gives (recorded by a new index)."""
-    options = model_options(args)
-    if args.dtype is not None:
-        options["dtype"] = args.dtype
-    return options
-
-
 def _open_existing(args):
     """Open the index at ``--index`` for writing; refuse options that cannot change it.
 
@@ -213,7 +176,7 @@ def _open_existing(args):
         # what the model was really built with: the options given then, and the family's resolved
         # values (so --dtype float32 on a model whose default is float32 is no change)
         effective = {**recorded, **(identity.options if identity is not None else {})}
-        changed = {k: v for k, v in _load_options(args).items() if effective.get(k) != v}
+        changed = {k: v for k, v in load_options(args).items() if effective.get(k) != v}
         if changed:
             shown = ", ".join(f"--{k.replace('_', '-')} {v} (built with {effective.get(k, 'the default')})"
                               for k, v in sorted(changed.items()))

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..fingerprint import item_fingerprint
+from ..index.embedding import ChunkEmbedder, LocalEmbedder
 from ..models.base import Embedder
 from ..models.identity import model_identity
 from ..types import Item
@@ -289,19 +290,25 @@ class EmbeddingStore:
 
     # -- the one entry point -----------------------------------------------------------------
 
-    def embed(self, model, items: Sequence[Item], *, batch_size: int | None = None,
-              show_progress_bar: bool = False) -> tuple[np.ndarray, np.ndarray, dict[int, str], float]:
-        """Vectors for ``items`` (rows in item order for the items that could be embedded).
+    def embed(self, embedder: "ChunkEmbedder | Embedder", items: Sequence[Item], *, batch_size: int | None = None,
+              show_progress_bar: bool = False, name: str | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, dict[int, str], float]:
+        """Vectors for ``items`` (rows in item order for the items that could be embedded), the
+        missing ones embedded by ``embedder`` (an :class:`Embedder` runs here; any
+        :class:`~umr.index.embedding.ChunkEmbedder`, e.g. Ray workers, where it runs them).
 
         Returns ``(vectors, kept_positions, errors_by_position, seconds_spent_embedding)``;
         ``vectors`` is read from the memory map (a view when the rows are contiguous).
         """
+        if isinstance(embedder, Embedder):
+            name, embedder = name or embedder.name, LocalEmbedder(embedder)
         fps = [fingerprint(item) for item in items]
         with self._locked():
-            return self._embed(model, items, fps, batch_size=batch_size, show_progress_bar=show_progress_bar)
+            return self._embed(embedder, items, fps, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                               name=name or "")
 
-    def _embed(self, model, items: Sequence[Item], fps: list[str], *, batch_size: int | None,
-               show_progress_bar: bool) -> tuple[np.ndarray, np.ndarray, dict[int, str], float]:
+    def _embed(self, embedder: "ChunkEmbedder", items: Sequence[Item], fps: list[str], *, batch_size: int | None,
+               show_progress_bar: bool, name: str) -> tuple[np.ndarray, np.ndarray, dict[int, str], float]:
         from tqdm.auto import tqdm
 
         rows = self._rows(fps)
@@ -312,7 +319,7 @@ class EmbeddingStore:
         positions = list(todo.values())
         self._tried.update(todo)
         spent = 0.0
-        step = max(1, min(self.commit_every, 4 * (batch_size or getattr(model, "batch_size", 32))))
+        step = max(1, min(self.commit_every, 4 * (batch_size or 32)))
         pending_fps: list[str] = []
         pending_vectors: list[np.ndarray] = []
         last_commit = time.monotonic()
@@ -323,13 +330,13 @@ class EmbeddingStore:
                 self._append(pending_fps, np.concatenate(pending_vectors))
             pending_fps, pending_vectors, last_commit = [], [], time.monotonic()
 
-        with tqdm(total=len(positions), disable=not show_progress_bar, desc=f"embed [{getattr(model, 'name', '')}]",
+        chunks = [positions[start:start + step] for start in range(0, len(positions), step)]
+        results = embedder.map(([items[i] for i in chunk] for chunk in chunks), batch_size=batch_size)
+        with tqdm(total=len(positions), disable=not show_progress_bar, desc=f"embed [{name}]",
                   unit="item", dynamic_ncols=True) as bar:
-            for start in range(0, len(positions), step):
-                chunk = positions[start:start + step]
+            for chunk in chunks:
                 t0 = time.perf_counter()
-                result = model.embed([items[i] for i in chunk], batch_size=batch_size,
-                                     show_progress_bar=False, on_error="skip")
+                result = next(results)  # in chunk order, whether embedded here or on workers
                 spent += time.perf_counter() - t0
                 if result.errors:
                     records = []
@@ -351,7 +358,7 @@ class EmbeddingStore:
         kept = np.flatnonzero(rows >= 0)
         errors = {i: reason for i in np.flatnonzero(rows < 0).tolist()
                   if (reason := self.errors.get(fps[i], (None,))[0]) is not None}
-        dim = self.dim if self.dim is not None else int(getattr(model, "dim", 0))
+        dim = self.dim or 0  # nothing ever embedded: no width to give the empty matrix
         if not len(kept):
             return np.zeros((0, dim), np.float32), kept, errors, spent
         chosen = rows[kept]

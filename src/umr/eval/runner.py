@@ -31,6 +31,7 @@ import numpy as np
 
 from ..index.exact import search_exact
 from ..data.tasks import UMRB_GROUPS, RetrievalTask
+from ..index.embedding import ChunkEmbedder, LocalEmbedder
 from ..models.matryoshka import renormalised_prefix, sweep_dims
 from .cache import EmbeddingStore, fingerprint, model_key as key_of
 from .metrics import evaluate_run, mean_metrics, modality_bias, trec_order
@@ -138,6 +139,8 @@ class Evaluator:
     the vectors' renormalised prefixes; each writes its runs, tasks and reports under
     ``OUTPUT/dim-N/`` (apart from each other and from a run without ``dims``), and
     :meth:`evaluate` returns the sweep (``dims.json``, ``dims.md``: one column per dimension).
+    ``embedder`` (a :class:`~umr.index.embedding.ChunkEmbedder`, e.g. a
+    :class:`~umr.index.ray_embed.RayEmbedder`) runs the model elsewhere; default: this process.
     """
 
     #: how many candidate lists' digests are remembered (each kept alive beside its digest)
@@ -146,8 +149,11 @@ class Evaluator:
     def __init__(self, model, *, output: str | Path | None = None, config: EvalConfig | None = None,
                  run_name: str | None = None, log: Callable[[str], None] | None = None,
                  model_key: str | None = None, retry_errors: bool = False, reranker=None,
-                 rerank_k: int = 10, reranker_key: str | None = None, dims: Sequence[int] | None = None):
+                 rerank_k: int = 10, reranker_key: str | None = None, dims: Sequence[int] | None = None,
+                 embedder: ChunkEmbedder | None = None):
         self.model = model
+        #: where the model runs (this process, or Ray workers): chunks of items in, vectors out
+        self.embedder = embedder if embedder is not None else LocalEmbedder(model)
         #: a Matryoshka sweep's dimensions (each scored from the full vectors' prefixes), or None
         self.dims = sweep_dims(model, dims) if dims is not None else None
         self.config = config or EvalConfig()
@@ -222,8 +228,8 @@ class Evaluator:
         key = self._pool_digest(candidates)
         if key not in self._matrices:
             vectors, kept, errors, spent = self.store.embed(
-                self.model, candidates, batch_size=self.config.batch_size,
-                show_progress_bar=self.config.show_progress)
+                self.embedder, candidates, batch_size=self.config.batch_size,
+                show_progress_bar=self.config.show_progress, name=self.model_name)
             self.timings["embed_s"] += spent
             self._matrices = {key: (vectors, kept, errors)}
         return self._matrices[key]
@@ -272,8 +278,8 @@ class Evaluator:
             t_start = time.perf_counter()
             cvecs, ckept, cerrors = self._candidate_matrix(task.candidates)
             qvecs, qkept, qerrors, spent = self.store.embed(
-                self.model, task.queries, batch_size=self.config.batch_size,
-                show_progress_bar=self.config.show_progress)
+                self.embedder, task.queries, batch_size=self.config.batch_size,
+                show_progress_bar=self.config.show_progress, name=self.model_name)
             self.timings["embed_s"] += spent
             for dim, signature, done_file in todo:
                 width = cvecs.shape[1] if dim is None else dim
