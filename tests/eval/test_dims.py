@@ -12,7 +12,7 @@ import pytest
 import umr
 from umr.cli import main
 from umr.data.mbeir import load_mbeir
-from umr.eval import Evaluator
+from umr.eval import Evaluator, evaluate
 from umr.eval.cache import fingerprint
 from umr.eval.trec import read_run
 from umr.models.matryoshka import renormalised_prefix, sweep_dims
@@ -113,7 +113,7 @@ def test_what_a_sweep_refuses(q3, oracle, mbeir_dir):
     with pytest.raises(ValueError, match=r"dimension\(s\) 33, 64 out of range.*32-dimensional"):
         sweep_dims(q3, [8, 33, 64])
     with pytest.raises(ValueError, match="not a Matryoshka model"):
-        Evaluator(oracle, dims=[4])
+        evaluate(oracle, load_mbeir(mbeir_dir), dims=[4])
     with pytest.raises(ValueError, match="whole numbers, not 2.5"):
         sweep_dims(q3, [8, 2.5])
     with pytest.raises(ValueError, match="at least one"):

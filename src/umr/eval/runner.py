@@ -8,7 +8,8 @@ The output folder holds ``cache/`` (embeddings, reused on the next run), ``runs/
 ``tasks/<pool>/<task>.json`` (one finished task; a rerun skips it), ``scores.json`` (every score),
 ``results.md`` (the papers' tables) and ``report.html`` (self-contained, with charts). It belongs
 to one model (``model.json``): reusing it for another model, or the same one with other options,
-is refused rather than overwriting the first model's results.
+is refused rather than overwriting the first model's results. A Matryoshka sweep (``dims``) writes
+each dimension's runs, tasks and reports under ``dim-N/`` and the sweep in ``dims.json`` / ``dims.md``.
 
 Means follow each benchmark's reference (the task's ``average``): BEIR-style tasks average over
 the queries that were run and have judgements, as BEIR, MTEB and trec_eval do (qrels for a query
@@ -617,10 +618,11 @@ def _mean(values) -> float | None:
 def evaluate(model, tasks: Sequence[RetrievalTask], *, output: str | Path | None = None,
              config: EvalConfig | None = None, benchmark: str = "custom",
              log: Callable[[str], None] | None = None, model_key: str | None = None,
-             retry_errors: bool = False, reranker=None, rerank_k: int = 10) -> dict[str, Any]:
+             retry_errors: bool = False, reranker=None, rerank_k: int = 10,
+             dims: Sequence[int] | None = None) -> dict[str, Any]:
     """Evaluate ``model`` (any :class:`~umr.models.base.Embedder`) on ``tasks``, optionally reranking
-    each query's top ``rerank_k`` with ``reranker``; see the module doc (and :class:`Evaluator` for
-    ``model_key`` and ``retry_errors``)."""
+    each query's top ``rerank_k`` with ``reranker`` or sweeping Matryoshka ``dims``; see the module
+    doc (and :class:`Evaluator` for ``model_key``, ``retry_errors`` and ``dims``)."""
     return Evaluator(model, output=output, config=config, log=log, model_key=model_key,
-                     retry_errors=retry_errors, reranker=reranker,
-                     rerank_k=rerank_k).evaluate(tasks, benchmark=benchmark)
+                     retry_errors=retry_errors, reranker=reranker, rerank_k=rerank_k,
+                     dims=dims).evaluate(tasks, benchmark=benchmark)
