@@ -186,21 +186,13 @@ BENCHMARKS: tuple[Benchmark, ...] = (
 
 
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on: CPU model and flags that matter, cores, versions."""
-    import platform
+    """What the numbers were measured on: :func:`benchmarks.machine.machine` (CPU, cores, threads,
+    bf16 matrix units, versions)."""
+    if str(HERE) not in sys.path:  # imported from elsewhere (the tests): machine.py sits beside this file
+        sys.path.insert(0, str(HERE))
+    from machine import machine as describe
 
-    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "cpus": os.cpu_count()}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    info["cpu"] = fields.get("model name")
-    info["isa"] = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
-    return info
+    return describe()
 
 
 def run_benchmark(bench: Benchmark, *, quick: bool, results: Path = RESULTS) -> dict[str, Any]:

@@ -83,7 +83,7 @@ def test_run_all_collects_every_result_and_reports_the_failures(run_all, tmp_pat
     assert changed["headlines"][0]["passed"] is True
 
     assert doc["failed"] == ["broken", "silent"] and doc["targets_missed"] == []
-    assert doc["quick"] is True and doc["machine"]["cpus"] == os.cpu_count()
+    assert doc["quick"] is True and doc["machine"]["cpus"] == os.cpu_count() and "amx_bf16" in doc["machine"]
     assert json.loads((results / "all.quick.json").read_text())["benchmarks"] == doc["benchmarks"]
     assert not (results / "all.json").exists()
 
