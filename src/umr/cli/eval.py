@@ -2,6 +2,8 @@
 
     umr eval --model minilm --benchmark beir --data tests/fixtures/eval/beir --output out/minilm
     umr eval --model gme-2b --benchmark mbeir --data M-BEIR --tasks cirr_task7 --pool both --output out/gme
+    umr eval --model qwen3-vl-embedding-2b --benchmark mbeir --data M-BEIR --dims 64,256,1024,2048 --output out/q3
+    umr eval --model gme-2b --benchmark mbeir --data M-BEIR --ray --workers 4 --gpus-per-worker 1 --output out/gme
     umr eval compare out/minilm out/other
 
 Embeddings are cached under OUTPUT/cache (committed every 256 items or 30 s) and finished tasks

@@ -283,9 +283,8 @@ class Evaluator:
                 show_progress_bar=self.config.show_progress, name=self.model_name)
             self.timings["embed_s"] += spent
             for dim, signature, done_file in todo:
-                width = cvecs.shape[1] if dim is None else dim
-                outcomes[dim] = self._score(task, (renormalised_prefix(qvecs, width), qkept, qerrors),
-                                            (renormalised_prefix(cvecs, width), ckept, cerrors),
+                outcomes[dim] = self._score(task, (_at_dim(qvecs, dim), qkept, qerrors),
+                                            (_at_dim(cvecs, dim), ckept, cerrors),
                                             dim=dim, signature=signature, done_file=done_file, t_start=t_start)
         return {dim: outcomes[dim] for dim in dims}
 
@@ -456,6 +455,11 @@ class Evaluator:
             (self.output / "dims.md").write_text(sweep_report(sweep), encoding="utf-8")
             (self.output / "dims.json").write_text(json.dumps(sweep, indent=1), encoding="utf-8")
         return sweep
+
+
+def _at_dim(vectors: np.ndarray, dim: int | None) -> np.ndarray:
+    """The vectors as a sweep's dimension sees them (None: as they are)."""
+    return vectors if dim is None else renormalised_prefix(vectors, dim)
 
 
 def _dim_tag(dim: int | None) -> str:
