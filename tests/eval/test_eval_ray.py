@@ -67,9 +67,16 @@ def test_evaluator_on_ray_workers_equals_one_process_and_survives_a_dying_worker
 
 
 @pytest.mark.slow
-def test_umr_eval_with_ray_matches_the_single_process_command(tmp_path, ray_session, capsys):
+def test_umr_eval_with_ray_matches_the_single_process_command(tmp_path, ray_session, capsys, monkeypatch):
+    from umr.cli import eval as cli_eval
+
     common = ["eval", "--model", "minilm", "--benchmark", "beir", "--data", str(STDLIB_DOCS), "--no-progress"]
     assert main([*common, "--output", str(tmp_path / "one")]) == 0
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the driver loaded the model: with --ray only the workers do")
+
+    monkeypatch.setattr(cli_eval, "load_model_from_args", not_here)
     assert main([*common, "--output", str(tmp_path / "ray"), "--ray", "--workers", "2"]) == 0
     capsys.readouterr()
     one, ray = (json.loads((tmp_path / side / "scores.json").read_text())["tasks"][0] for side in ("one", "ray"))
