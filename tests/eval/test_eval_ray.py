@@ -90,6 +90,10 @@ def test_umr_eval_with_ray_matches_the_single_process_command(tmp_path, ray_sess
     for qid, ranked in run_one.items():
         assert set(run_ray[qid]) == set(ranked)
         np.testing.assert_allclose([run_ray[qid][d] for d in ranked], list(ranked.values()), atol=1e-5)
-    # finished: a rerun on Ray re-reports without embedding
+    # finished: a rerun on Ray re-reports without embedding, or starting any worker
+    def no_workers(*args, **kwargs):
+        raise AssertionError("Ray workers were started with nothing left to embed")
+
+    monkeypatch.setattr("umr.index.ray_embed.RayEmbedder", no_workers)
     assert main([*common, "--output", str(tmp_path / "ray"), "--ray"]) == 0
     assert "already done, skipped" in capsys.readouterr().err

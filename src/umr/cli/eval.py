@@ -93,8 +93,8 @@ def run(args) -> int:
         evaluator.check(tasks)  # an unknown headline metric or an id TREC cannot hold: before any work
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    # with --ray the workers each load the model; this process loads it only if a sweep must check it
-    evaluator.embedder = ray_embedder(args, str(args.model)) or evaluator.embedder
+    if args.ray:  # the workers each load the model; this process loads it only if a sweep must check it
+        evaluator.embedder = _RayOnFirstUse(lambda: ray_embedder(args, str(args.model)))
     try:
         scores = evaluator.evaluate(tasks, benchmark=args.benchmark)
     finally:
@@ -181,6 +181,24 @@ def rerank_key(args) -> str | None:
         options["prompts"] = hashlib.sha1(args.rerank_prompts.read_bytes()).hexdigest()[:12]
     shown = ",".join(f"{k}={v}" for k, v in sorted(options.items()) if v is not None)
     return f"{args.rerank}[{shown}]" if shown else str(args.rerank)
+
+
+class _RayOnFirstUse:
+    """The ``--ray`` workers (a :class:`~umr.index.embedding.ChunkEmbedder`), started when the
+    first chunk is asked for: a finished evaluation re-reports without starting a cluster."""
+
+    def __init__(self, start):
+        self._start = start
+        self._embedder = None
+
+    def map(self, chunks, *, batch_size=None):
+        if self._embedder is None:
+            self._embedder = self._start()
+        yield from self._embedder.map(chunks, batch_size=batch_size)
+
+    def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
 
 
 class _LazyModel:
