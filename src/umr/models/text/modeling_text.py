@@ -159,8 +159,9 @@ class LightBertBackend:
         full = [prompt + text for text in texts]
         ids = [self._ids.pop(t, None) for t in full]
         missing = [i for i, found in enumerate(ids) if found is None]
-        for i, encoding in zip(missing, self.tokenizer.encode_batch([full[i] for i in missing])):
-            ids[i] = encoding.ids
+        if missing:  # texts encoded without a cost estimate first (training_forward)
+            for i, encoding in zip(missing, self.tokenizer.encode_batch([full[i] for i in missing])):
+                ids[i] = encoding.ids
         lengths = torch.tensor([len(row) for row in ids])
         packed = torch.tensor([token for row in ids for token in row], dtype=torch.long)
         with _one_thread_if(self.device.type == "cpu" and len(packed) <= SMALL_BATCH_TOKENS):
