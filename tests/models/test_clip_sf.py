@@ -520,3 +520,17 @@ def test_checkpoint_false_ignores_a_pth_in_the_folder(uniir_dir):
     assert torch.equal(plain.model.visual_projection.weight, base.visual_projection.weight)
     spec = {s.name: s for s in umr.list_models()}
     assert spec["clip-vit-l14"].defaults == {"checkpoint": False}
+
+
+@pytest.mark.parametrize("folder", ["clip_dir", "siglip_dir"])
+def test_bf16_stays_within_cosine_0999_of_float32(folder, images, request):
+    """CLIP-SF's bf16 path (opt-in: measured on tiny random towers only, not the real checkpoints)."""
+    path = request.getfixturevalue(folder)
+    items = [Item.candidate("a red square on a field"), Item.candidate(image=str(images["photo"])),
+             Item.candidate("two dogs", image=str(images["tall"])),
+             Item.query("what is shown?", image=str(images["odd"]))]
+    exact = umr.load_model(path).embed(items).vectors
+    model = umr.load_model(path, dtype="bfloat16")
+    fast = model.embed(items).vectors
+    assert model.dtype is torch.bfloat16 and model.identity.options["dtype"] == "bfloat16"
+    assert 0.999 <= float((exact * fast).sum(1).min()) and np.abs(exact - fast).max() > 0

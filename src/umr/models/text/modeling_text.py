@@ -67,6 +67,8 @@ class TextBackend(Protocol):
 
     dim: int
     max_seq_length: int
+    #: the dtype the network computes in (part of the vectors' identity)
+    dtype: torch.dtype
 
     def count_tokens(self, text: str, prompt: str) -> int:
         """Tokens of ``prompt + text`` after truncation (the forward cost)."""
@@ -88,6 +90,7 @@ class SentenceTransformersBackend:
         self.model = model
         self.dim = int(model.get_embedding_dimension())
         self.max_seq_length = int(model.max_seq_length)
+        self.dtype = next(model.parameters()).dtype
 
     @classmethod
     def load(cls, folder: Path, *, device: str = "cpu", dtype: str | None = None) -> "SentenceTransformersBackend":
@@ -120,34 +123,49 @@ class SentenceTransformersBackend:
 
 
 class LightBertBackend:
-    """:class:`~umr.models.text.bert.BertSentenceEncoder` with its ``tokenizers`` tokenizer."""
+    """:class:`~umr.models.text.bert.BertSentenceEncoder` with its ``tokenizers`` tokenizer.
 
-    def __init__(self, folder: Path, *, device: str = "cpu"):
+    Texts are tokenised once: :meth:`count_tokens` (the cost estimate ``embed`` runs over every
+    item first) keeps the ids it made, and :meth:`encode` takes them back instead of tokenising
+    again.
+    """
+
+    #: at most this many texts' ids wait between their cost estimate and their forward
+    TOKEN_MEMO = 1 << 16
+
+    def __init__(self, folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
         from tokenizers import Tokenizer
 
         from .bert import BertSentenceEncoder
 
-        self.encoder, self.tokenizer = BertSentenceEncoder.from_folder(folder, device=device)
+        self.encoder, self.tokenizer = BertSentenceEncoder.from_folder(folder, device=device, dtype=dtype)
         # spans are of the whole text (passages are cut from them); the forward's tokenizer truncates
         self.span_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
         self.span_tokenizer.no_truncation()
         self.dim = self.encoder.dim
         self.max_seq_length = self.encoder.max_seq_length
+        self.dtype = dtype
         self.device = torch.device(device)
+        self._ids: dict[str, list[int]] = {}
 
     def count_tokens(self, text: str, prompt: str) -> int:
-        return len(self.tokenizer.encode(prompt + text).ids)
+        ids = self.tokenizer.encode(prompt + text).ids
+        if len(self._ids) >= self.TOKEN_MEMO:  # costed but never encoded (a failed run): drop the oldest
+            del self._ids[next(iter(self._ids))]
+        self._ids[prompt + text] = ids
+        return len(ids)
 
     def encode(self, texts: list[str], prompt: str) -> torch.Tensor:
-        encodings = self.tokenizer.encode_batch([prompt + text for text in texts])
-        width = max(len(e.ids) for e in encodings)
-        ids = torch.full((len(texts), width), self.encoder.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(texts), width), dtype=torch.long)
-        for row, encoding in enumerate(encodings):
-            ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids)
-            mask[row, : len(encoding.ids)] = 1
-        with _one_thread_if(self.device.type == "cpu" and ids.numel() <= SMALL_BATCH_TOKENS):
-            return self.encoder(ids.to(self.device), mask.to(self.device))
+        full = [prompt + text for text in texts]
+        ids = [self._ids.pop(t, None) for t in full]
+        missing = [i for i, found in enumerate(ids) if found is None]
+        if missing:  # texts encoded without a cost estimate first (training_forward)
+            for i, encoding in zip(missing, self.tokenizer.encode_batch([full[i] for i in missing])):
+                ids[i] = encoding.ids
+        lengths = torch.tensor([len(row) for row in ids])
+        packed = torch.tensor([token for row in ids for token in row], dtype=torch.long)
+        with _one_thread_if(self.device.type == "cpu" and len(packed) <= SMALL_BATCH_TOKENS):
+            return self.encoder(packed.to(self.device), lengths.to(self.device))
 
     def special_tokens(self) -> int:
         return self.tokenizer.num_special_tokens_to_add(False)
@@ -157,10 +175,19 @@ class LightBertBackend:
         return [(int(a), int(b)) for a, b in offsets if b > a]
 
 
-#: a CPU forward of at most this many padded tokens (a query or two) runs on one thread: its
+#: a CPU forward of at most this many tokens (a query or two) runs on one thread: its
 #: matmuls are too small to split, and on a busy machine waiting for a second thread cost a
 #: one-query search ~1 s against 0.04 s (measured with benchmarks/startup.py's machine load)
 SMALL_BATCH_TOKENS = 64
+
+
+def light_default_dtype(device: str) -> torch.dtype:
+    """bfloat16 on a CPU that multiplies bf16 matrices natively (AMX / AVX512-BF16), where it is
+    faster and keeps every benchmark vector within cosine 0.999 of float32
+    (``benchmarks/text_speed.py``); float32 elsewhere, where bf16 is emulated and far slower."""
+    from ..cpu import native_bf16_matmul
+
+    return torch.bfloat16 if str(device) == "cpu" and native_bf16_matmul() else torch.float32
 
 
 @contextlib.contextmanager
@@ -192,7 +219,7 @@ class TextEmbedder(Embedder, Trainable):
         self.folder, self.device, self.dtype = folder, device, dtype
 
     def vector_options(self) -> dict:
-        return {"dtype": str(resolve_dtype(self.dtype)).removeprefix("torch."),
+        return {"dtype": str(self.backend.dtype).removeprefix("torch."),
                 "max_length": int(self.backend.max_seq_length),
                 "prompts": {"query": self.prompts.query, "document": self.prompts.document}}
 
@@ -208,20 +235,22 @@ class TextEmbedder(Embedder, Trainable):
                         backend: Backend = "auto") -> "TextEmbedder":
         """Load a sentence-transformers folder.
 
-        ``backend="auto"`` runs BERT + pooling folders in float32 on the light path and
-        everything else with sentence-transformers; ``"light"`` insists on the former.
+        ``backend="auto"`` runs BERT + pooling folders on the light path and everything else
+        with sentence-transformers; ``"light"`` insists on the former. The light path's default
+        dtype is :func:`light_default_dtype`; ``dtype="float32"`` forces exact vectors.
         """
         from .bert import supports
 
         folder = Path(path)
-        light = supports(folder) and resolve_dtype(dtype) is torch.float32
-        if backend == "light" and not light:
-            raise ValueError(f"{folder}: the light text path runs BERT + mean/CLS/max pooling folders in "
-                             f"float32 only; use backend='sentence-transformers'")
         if backend not in ("auto", "light", "sentence-transformers"):
             raise ValueError(f"backend must be auto, light or sentence-transformers, not {backend!r}")
+        light_dtype = resolve_dtype(dtype, default=light_default_dtype(device))
+        light = supports(folder) and light_dtype in (torch.float32, torch.bfloat16)
+        if backend == "light" and not light:
+            raise ValueError(f"{folder}: the light text path runs BERT + mean/CLS/max pooling folders in "
+                             f"float32 or bfloat16 only; use backend='sentence-transformers'")
         if light and backend != "sentence-transformers":
-            runner: TextBackend = LightBertBackend(folder, device=device)
+            runner: TextBackend = LightBertBackend(folder, device=device, dtype=light_dtype)
         else:
             runner = SentenceTransformersBackend.load(folder, device=device, dtype=dtype)
         return cls(runner, prompts=TextPrompts.from_folder(folder), name=folder.name, folder=folder,

@@ -1,0 +1,174 @@
+"""The CPU speed of umr's text path, every candidate side by side in one run (issue 14).
+
+On the benchmark sentences of ``embed_throughput.py`` (mixed lengths), with all-MiniLM-L6-v2
+(``umr.load_model("minilm")``), each row embeds the same texts and reports items/s, the ratio
+to the baseline and the worst cosine of its vectors to the baseline's:
+
+* ``st_fp32``  sentence-transformers ``encode`` with its float32 defaults (the baseline);
+* ``st_bf16``  the same with bf16 weights;
+* ``st_int8``  the same after ``torch.ao.quantization.quantize_dynamic`` (int8 linear layers);
+* ``umr_fp32`` / ``umr_bf16``  umr's light path (packed, fused QKV, tokenised once);
+* ``umr_compiled``  umr's light path with its encoder under ``torch.compile(dynamic=True)``, timed
+  after one warm-up pass over all the texts (``compile_seconds``) has compiled every shape;
+* ``onnxruntime``  not written: exporting to ONNX needs the ``onnx`` package and ST's
+  ``backend="onnx"`` needs ``optimum``; neither is installed here, and the row says so.
+
+umr rows also report MFU: FLOPs counted by torch on umr's real (unpadded) tokens, over the
+seconds taken, over this run's best ``torch.matmul`` rate in the same dtype at the model's own
+GEMM shape (tokens per forward x hidden x intermediate). Prints a table and writes
+``benchmarks/results/text_speed.json``.
+
+    flock /tmp/umr-bench.lock env PYTHONPATH=src HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/text_speed.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import umr
+from embed_throughput import sentences
+from machine import counted_flops, gemm_peak, machine, mfu
+from umr.models.base import plan_batches
+from umr.models.cpu import native_bf16_matmul
+from umr.types import Item
+
+RESULTS = Path(__file__).resolve().parent / "results" / "text_speed.json"
+
+
+def time_rows(runs: dict, repeats: int) -> dict[str, tuple[float, np.ndarray]]:
+    """Best-of-``repeats`` wall time and output of each run, the rows interleaved in every repeat
+    so that a busy machine slows all of them alike."""
+    best = {name: (float("inf"), None) for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            out = run()
+            seconds = time.perf_counter() - start
+            if seconds < best[name][0]:
+                best[name] = (seconds, out)
+    return best
+
+
+def worst_cosine(vectors: np.ndarray, reference: np.ndarray) -> float:
+    a = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    b = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    return float((a * b).sum(1).min())
+
+
+def sentence_transformers_runs(texts: list[str]) -> dict:
+    """The sentence-transformers baselines (``st_fp32``'s vectors are the reference)."""
+    from sentence_transformers import SentenceTransformer
+
+    source = str(umr.models.registry.REGISTRY["minilm"].resolve_source())
+    variants = {"st_fp32": lambda m: m, "st_bf16": lambda m: m.to(torch.bfloat16),
+                "st_int8": lambda m: torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)}
+    runs = {}
+    for name, convert in variants.items():
+        model = convert(SentenceTransformer(source, device="cpu"))
+        model.encode(texts[:8])
+        runs[name] = {"run": lambda m=model: m.encode(texts, normalize_embeddings=True, batch_size=32,
+                                                      show_progress_bar=False, convert_to_numpy=True)}
+    return runs
+
+
+def umr_runs(texts: list[str], *, compile_too: bool) -> dict:
+    runs = {}
+    for name, dtype in (("umr_fp32", "float32"), ("umr_bf16", "bfloat16")):
+        model = umr.load_model("minilm", dtype=dtype)
+        model.encode_candidates(texts[:8])
+        runs[name] = {"run": lambda m=model: m.encode_candidates(texts, show_progress_bar=False), "model": model,
+                      "dtype": getattr(torch, dtype)}
+    if compile_too:
+        model = umr.load_model("minilm", dtype="float32")
+        eager = model.backend.encoder
+        try:
+            model.backend.encoder = torch.compile(eager, dynamic=True)
+            start = time.perf_counter()
+            model.encode_candidates(texts, show_progress_bar=False)  # compiles every batch shape once
+            runs["umr_compiled"] = {"run": lambda: model.encode_candidates(texts, show_progress_bar=False),
+                                    "model": model, "dtype": torch.float32, "eager": eager,
+                                    "compile_seconds": time.perf_counter() - start}
+        except Exception as exc:  # noqa: BLE001 - a compiler failure is this row's result
+            model.backend.encoder = eager
+            runs["umr_compiled"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    return runs
+
+
+def utilisation(model, texts: list[str], seconds: float, dtype: torch.dtype, peaks: dict) -> dict:
+    """MFU of one umr row: counted FLOPs of the same call, and the same-dtype GEMM peak at the
+    model's shape (its mean tokens per forward x hidden x intermediate), measured now."""
+    flops = counted_flops(lambda: model.encode_candidates(texts, show_progress_bar=False))
+    costs = [model._cost(Item.candidate(t)) for t in texts]
+    plan = plan_batches(costs, max_items=model.batch_size, budget=model.cost_budget)
+    tokens_per_forward = round(sum(costs) / len(plan))
+    hidden = model.backend.encoder.dim
+    shape = (tokens_per_forward, hidden, 4 * hidden)
+    if (dtype, shape) not in peaks:
+        peaks[(dtype, shape)] = gemm_peak(dtype, *shape, seconds=1.0)
+    peak = peaks[(dtype, shape)]
+    return {"flops": flops, "achieved_gflops": flops / seconds / 1e9, "peak_gflops": peak / 1e9,
+            "peak_shape": list(shape), "mfu": mfu(flops, seconds, peak)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="300 sentences, one repeat")
+    parser.add_argument("--items", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile row")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    n = args.items or (300 if args.quick else 2000)
+    repeats = args.repeats or (1 if args.quick else 2)
+    texts = sentences(n, random.Random(1), 3, 120)
+
+    runs = sentence_transformers_runs(texts)
+    runs.update(umr_runs(texts, compile_too=not args.no_compile))
+    if importlib.util.find_spec("onnx") is None:
+        runs["onnxruntime"] = {"error": "not measurable here: exporting to ONNX needs the onnx package "
+                                        "(and ST's backend='onnx' needs optimum); neither is installed"}
+    timed = time_rows({name: run["run"] for name, run in runs.items() if "run" in run}, repeats)
+    base_seconds, reference = timed["st_fp32"]
+    peaks: dict = {}
+    rows = {}
+    for name, run in runs.items():
+        if "error" in run:
+            rows[name] = {"error": run["error"]}
+            continue
+        seconds, vectors = timed[name]
+        rows[name] = {"items_per_s": n / seconds, "ratio": base_seconds / seconds,
+                      "worst_cosine": worst_cosine(vectors, reference),
+                      **({"compile_seconds": run["compile_seconds"]} if "compile_seconds" in run else {})}
+        if "model" in run:
+            if "eager" in run:  # FLOPs are counted on the eager encoder: the same computation
+                run["model"].backend.encoder = run["eager"]
+            rows[name].update(utilisation(run["model"], texts, seconds, run["dtype"], peaks))
+
+    print(f"{'row':<14} {'items/s':>9} {'x st_fp32':>9} {'worst cos':>10} {'GFLOP/s':>8} {'peak':>7} {'MFU':>6}")
+    for name, row in rows.items():
+        if "error" in row:
+            print(f"{name:<14} {row['error']}")
+            continue
+        util = (f"{row['achieved_gflops']:>8.1f} {row['peak_gflops']:>7.1f} {row['mfu']:>6.1%}"
+                if "mfu" in row else "")
+        print(f"{name:<14} {row['items_per_s']:>9.1f} {row['ratio']:>8.2f}x {row['worst_cosine']:>10.6f} {util}")
+    tokens = sum(len(t) for t in texts)
+    meta = {**machine(), "native_bf16_matmul": native_bf16_matmul(),
+            "light_default_dtype": str(umr.load_model("minilm").backend.dtype).removeprefix("torch."),
+            "items": n, "characters": tokens, "repeats": repeats, "quick": args.quick,
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"meta": meta, **rows}, indent=2))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
