@@ -497,9 +497,9 @@ def test_load_folder_without_weights(tmp_path, tiny_gme_dir):
 
 def test_fast_decoder_and_patch_embed_match_transformers(tiny_gme_dir, gme, images):
     """The hand-written last decoder layer and matmul patch embedding equal transformers' modules."""
-    from umr.models.gme.modeling_gme import _PatchEmbedAsMatmul
+    from umr.models.qwen_vl_fast import LinearPatchEmbed
 
-    assert gme._fast_decoder and isinstance(gme.model.visual.patch_embed.proj, _PatchEmbedAsMatmul)
+    assert gme._fast_decoder and isinstance(gme.model.visual.patch_embed.proj, LinearPatchEmbed)
     plain = umr.load_model(tiny_gme_dir)
     plain._fast_decoder = False
     items = _mixed_items(images)

@@ -451,14 +451,14 @@ def test_batch_invariance(q3, images):
 def test_packed_path_equals_transformers_forward(q3, images):
     """The packed decoder (chosen at load) equals transformers' Qwen3VLModel on padded rows, and the
     linear patch embedding equals the checkpoint's Conv3d."""
-    from umr.models.qwen3vl.modeling_qwen3vl import _LinearPatchEmbed
+    from umr.models.qwen_vl_fast import LinearPatchEmbed
 
     assert q3.packed
-    embed = q3.model.visual.patch_embed
-    assert isinstance(embed, _LinearPatchEmbed)
-    patches = torch.randn(7, 3 * 2 * 16 * 16)
+    embed = q3.model.visual.patch_embed.proj
+    assert isinstance(embed, LinearPatchEmbed)
+    patches = torch.randn(7, 3, 2, 16, 16)
     with torch.no_grad():
-        conv = embed.conv(patches.view(-1, 3, 2, 16, 16)).view(7, -1)
+        conv = torch.nn.functional.conv3d(patches, embed.weight, embed.bias, stride=(2, 16, 16))
         assert torch.allclose(embed(patches), conv, atol=1e-5)
     processed = [q3.process(item) for item in _mixed_items(images)]
     packed = torch.nn.functional.normalize(q3.forward(processed, packed=True), dim=-1)
@@ -469,9 +469,9 @@ def test_packed_path_equals_transformers_forward(q3, images):
 @pytest.mark.slow
 def test_load_time_check_falls_back(tiny_qwen3vl_dir, monkeypatch, images):
     """If the packed path disagreed with transformers, the loader would use transformers' forward."""
-    from umr.models.qwen3vl import modeling_qwen3vl
+    from umr.models import qwen_vl_fast
 
-    monkeypatch.setattr(modeling_qwen3vl, "_rotate_half", lambda x: x)  # a broken packed path
+    monkeypatch.setattr(qwen_vl_fast, "rotate", lambda x, cos, sin: x)  # a broken fast path
     model = umr.load_model(tiny_qwen3vl_dir)
     assert not model.packed
     monkeypatch.undo()

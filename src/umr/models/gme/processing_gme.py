@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from PIL import Image
 
 from ...images import image_size, load_image
 from ...types import Item, ItemError
-from ..qwen_vl_patches import PatchCutter
+from ..qwen_vl_patches import PatchCutter, smart_resize
 
 logger = logging.getLogger(__name__)
 
@@ -56,50 +55,16 @@ def build_prompt(item: Item, *, with_image: bool | None = None) -> str:
             f"<|im_start|>assistant\n<|endoftext|>")
 
 
-def fetch_resize_size(height: int, width: int) -> tuple[int, int]:
+def fetch_resize_size(height: int, width: int, on_clamp=None) -> tuple[int, int]:
     """(height, width) after the first resize (``qwen_vl_utils.smart_resize``), ratio clamped at 200.
 
     GME's copy floors a side of a very long, thin image (1 x 500,000) to 0 and then divides by
     it; like ``qwen_vl_utils`` itself, a side is never less than one factor (28) here. Every
-    other geometry gets exactly GME's sizes.
+    other geometry gets exactly GME's sizes. ``on_clamp`` hears the ratio of a clamped image.
     """
-    factor = FETCH_FACTOR
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > FETCH_MAX_PIXELS:
-        beta = math.sqrt((height * width) / FETCH_MAX_PIXELS)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < FETCH_MIN_PIXELS:
-        beta = math.sqrt(FETCH_MIN_PIXELS / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    if max(h_bar, w_bar) / min(h_bar, w_bar) > FETCH_MAX_RATIO:
-        logger.warning("image aspect ratio %.1f is over %d; clamped as qwen_vl_utils does",
-                       max(h_bar, w_bar) / min(h_bar, w_bar), FETCH_MAX_RATIO)
-        if h_bar > w_bar:
-            h_bar = w_bar * FETCH_MAX_RATIO
-        else:
-            w_bar = h_bar * FETCH_MAX_RATIO
-    return h_bar, w_bar
-
-
-def processor_resize_size(height: int, width: int, *, factor: int, min_pixels: int,
-                          max_pixels: int) -> tuple[int, int]:
-    """(height, width) after the Qwen2-VL image processor's ``smart_resize``."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} is over 200")
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
+    return smart_resize(height, width, factor=FETCH_FACTOR, min_pixels=FETCH_MIN_PIXELS,
+                        max_pixels=FETCH_MAX_PIXELS, extreme_ratio="clamp", on_clamp=on_clamp,
+                        max_ratio=FETCH_MAX_RATIO)
 
 
 @dataclass
@@ -133,6 +98,8 @@ class GmeProcessor:
         # the processor's pixel bounds are in units of 28x28 tokens, as GME sets them
         self.min_pixels = self.min_image_tokens * 28 * 28
         self.max_pixels = self.max_image_tokens * 28 * 28
+        #: aspect ratio of each image size clamped since the last warning (one warning per call)
+        self._clamped: dict[tuple[int, int], float] = {}
         self.cut_patches = PatchCutter(patch_size=self.patch_size, merge_size=self.merge_size,
                                        temporal_patch_size=self.temporal_patch_size, image_mean=image_mean,
                                        image_std=image_std, rescale_factor=rescale_factor)
@@ -159,9 +126,22 @@ class GmeProcessor:
 
     def final_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) the model sees for an image of ``width x height`` pixels."""
-        h1, w1 = fetch_resize_size(height, width)
-        return processor_resize_size(h1, w1, factor=self.factor, min_pixels=self.min_pixels,
-                                     max_pixels=self.max_pixels)
+        def note(ratio: float) -> None:
+            self._clamped[(width, height)] = ratio
+
+        return self._processor_size(*fetch_resize_size(height, width, note))
+
+    def _processor_size(self, height: int, width: int) -> tuple[int, int]:
+        """The Qwen2-VL image processor's own resize, after ``fetch_image``'s."""
+        return smart_resize(height, width, factor=self.factor, min_pixels=self.min_pixels,
+                            max_pixels=self.max_pixels)
+
+    def warn_clamped(self) -> None:
+        """One warning for the images clamped since the last call (not one per image and pass)."""
+        if self._clamped:
+            logger.warning("images of %d size(s) with an aspect ratio over %d (up to %.1f) clamped as "
+                           "qwen_vl_utils does", len(self._clamped), FETCH_MAX_RATIO, max(self._clamped.values()))
+            self._clamped.clear()
 
     def image_grid(self, width: int, height: int) -> tuple[int, int, int]:
         """The ``(t, h, w)`` patch grid of an image of ``width x height`` pixels."""
@@ -174,12 +154,9 @@ class GmeProcessor:
 
     def resize(self, image: Image.Image) -> Image.Image:
         """Both resizes on an RGB image: PIL's default filter, then bicubic."""
-        width, height = image.size
-        h1, w1 = fetch_resize_size(height, width)
-        image = image.resize((w1, h1))
-        h2, w2 = processor_resize_size(h1, w1, factor=self.factor, min_pixels=self.min_pixels,
-                                       max_pixels=self.max_pixels)
-        return image.resize((w2, h2), resample=Image.Resampling.BICUBIC)
+        h1, w1 = fetch_resize_size(image.height, image.width)
+        h2, w2 = self.final_size(image.width, image.height)
+        return image.resize((w1, h1)).resize((w2, h2), resample=Image.Resampling.BICUBIC)
 
     def patches(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int]]:
         """Normalised patches ``(grid_h * grid_w, 3 * T * P * P)`` and the grid of a resized RGB image."""

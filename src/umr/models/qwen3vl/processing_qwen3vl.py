@@ -28,7 +28,6 @@ exact length cheaply (used to plan batches).
 from __future__ import annotations
 
 import json
-import math
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from PIL import Image
 
 from ...images import decode_image, image_size
 from ...types import ImageSource, Item, ItemError
-from ..qwen_vl_patches import PatchCutter
+from ..qwen_vl_patches import PatchCutter, smart_resize
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
@@ -50,23 +49,6 @@ MAX_RATIO = 200
 DEFAULT_MIN_IMAGE_TOKENS = 4
 DEFAULT_MAX_IMAGE_TOKENS = 1800
 DEFAULT_MAX_LENGTH = 8192
-
-
-def smart_resize(height: int, width: int, *, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """(height, width) after ``qwen_vl_utils.smart_resize``: multiples of ``factor``, area in bounds."""
-    if max(height, width) / min(height, width) > MAX_RATIO:
-        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} is over {MAX_RATIO}")
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = math.floor(height / beta / factor) * factor
-        w_bar = math.floor(width / beta / factor) * factor
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -173,7 +155,7 @@ class Qwen3VLProcessor:
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) the model sees for an image of ``width x height`` pixels."""
         return smart_resize(height, width, factor=self.factor, min_pixels=self.min_pixels,
-                            max_pixels=self.max_pixels)
+                            max_pixels=self.max_pixels, floor_at_factor=False, max_ratio=MAX_RATIO)
 
     def num_image_tokens(self, width: int, height: int) -> int:
         """Merged (32x32-pixel) tokens of an image of ``width x height`` pixels."""
