@@ -1,23 +1,31 @@
 """Embedding throughput: umr's paths against the plain loops they replace, in one run.
 
-(a) GME: ``umr`` (cost-sorted mixed batches, per-item processing) against a per-batch loop
-    written the way GME's reference code is (message strings -> ``fetch_image`` -> transformers'
-    Qwen2-VL processor with right padding -> embed tokens, vision tower, text decoder with
-    ``position_ids=None`` -> last token), on the same randomly initialised mid-sized Qwen2-VL,
-    the same items and the same batch size. Reports items/s, the ratio and max|delta| between
-    the two outputs.
-(b) Qwen3-VL-Embedding: ``umr`` (packed decoder, vision once per batch) against a per-batch loop
-    written the way ``Qwen3VLEmbedder`` is (conversations -> chat template -> ``fetch_image`` with
-    factor 32 -> transformers' Qwen3-VL processor with ``do_resize=False``, right padding ->
-    ``Qwen3VLModel(**inputs)`` -> last attended token), on a random mid-sized Qwen3-VL.
-(c) Text: ``umr.load_model("minilm")`` against sentence-transformers' ``encode`` on the same
+(a) GME: ``umr`` (cost-sorted mixed batches, items prepared ahead in a worker thread, fast vision
+    tower, packed decoder) against a per-batch loop written the way GME's reference code is
+    (message strings -> ``fetch_image`` -> transformers' Qwen2-VL processor with right padding ->
+    embed tokens, vision tower, text decoder with ``position_ids=None`` -> last token), on the same
+    randomly initialised mid-sized Qwen2-VL, the same items and the same batch size.
+(b) Qwen3-VL-Embedding: the same against a per-batch loop written the way ``Qwen3VLEmbedder`` is
+    (conversations -> chat template -> ``fetch_image`` with factor 32 -> transformers' Qwen3-VL
+    processor with ``do_resize=False``, right padding -> ``Qwen3VLModel(**inputs)`` -> last
+    attended token), on a random mid-sized Qwen3-VL.
+    Rows ``gme``/``qwen3vl`` are umr in float32 (max|delta| to the reference, and the effect of
+    prefetching: ``prefetch_speedup`` against preparing inline), ``gme_bf16``/``qwen3vl_bf16`` umr
+    in bfloat16 (the worst cosine to the float32 reference); the reference always runs in float32,
+    the user's default baseline.
+(c) MM-Embed: umr in bfloat16 against umr in float32 (worst cosine, speed).
+(d) Text: ``umr.load_model("minilm")`` against sentence-transformers' ``encode`` on the same
     sentences (mixed lengths).
 
-Ratios are measured here, never asserted in tests. Prints a table and writes
-``benchmarks/results/embed_throughput.json``.
+MFU is each run's FLOPs (counted once with ``FlopCounterMode`` on the real, unpadded shapes)
+per second over the best ``torch.matmul`` rate measured in the same run at the same dtype and
+at the model's own decoder GEMM shape (tokens per batch x hidden x intermediate), see
+``benchmarks/machine.py``. Ratios are measured here, never asserted in tests. Prints a table and
+writes ``benchmarks/results/embed_throughput.json``.
 
-    python benchmarks/embed_throughput.py            # full run (a few minutes on 2 cores)
-    python benchmarks/embed_throughput.py --quick    # smoke run
+    python benchmarks/embed_throughput.py                 # full run (several minutes on 2 cores)
+    python benchmarks/embed_throughput.py --quick         # smoke run
+    python benchmarks/embed_throughput.py --only gme      # one family's rows, the others kept
 """
 
 from __future__ import annotations
@@ -25,8 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import random
 import tempfile
 import time
@@ -38,6 +44,7 @@ import torch
 from PIL import Image
 
 import umr
+from machine import counted_flops, gemm_peak, machine, mfu  # benchmarks/machine.py
 from umr.models.gme.tiny import write_tiny_gme
 from umr.models.qwen3vl import write_tiny_qwen3vl
 from umr.types import Item
@@ -204,31 +211,6 @@ class Qwen3ReferenceLoop:
                           for i in range(0, len(items), batch_size)]).numpy()
 
 
-def bench_qwen3vl(n: int, batch_size: int, repeats: int, workdir: Path) -> dict:
-    folder = write_tiny_qwen3vl(workdir / "qwen3vl-mid", seed=0, text=MID_Q3_TEXT, vision=MID_Q3_VISION)
-    items = gme_items(workdir / "q3-images", n, random.Random(0))
-    from transformers import AutoModel
-
-    from umr.models.registry import quiet_transformers
-
-    model = umr.load_model(folder)
-    with quiet_transformers():
-        plain = AutoModel.from_pretrained(str(folder), dtype=model.dtype, attn_implementation="sdpa").eval()
-    reference = Qwen3ReferenceLoop(folder, plain)
-    warm = items[:3]
-    reference.run(warm, batch_size)
-    model.embed(warm, batch_size=batch_size)
-    t_ref, ref_vectors, t_umr, result = timed_pair(lambda: reference.run(items, batch_size),
-                                                   lambda: model.embed(items, batch_size=batch_size).vectors,
-                                                   repeats)
-    n_params = sum(p.numel() for p in model.model.parameters())
-    return {"model": f"random Qwen3-VL: text {MID_Q3_TEXT}, vision {MID_Q3_VISION} ({n_params / 1e6:.1f}M params)",
-            "dtype": "float32", "items": n, "batch_size": batch_size, "packed": model.packed,
-            "mix": "1/3 text, 1/3 image (224-640 px), 1/3 fused; half queries with an instruction",
-            "reference_items_per_s": n / t_ref, "umr_items_per_s": n / t_umr, "ratio": t_ref / t_umr,
-            "max_abs_delta": float(np.abs(result - ref_vectors).max())}
-
-
 def gme_items(folder: Path, n: int, rng: random.Random) -> list[Item]:
     folder.mkdir(parents=True, exist_ok=True)
     items = []
@@ -250,42 +232,128 @@ def gme_items(folder: Path, n: int, rng: random.Random) -> list[Item]:
     return items
 
 
-def timed_pair(baseline, ours, repeats: int):
-    """Best-of-``repeats`` wall times of both, interleaved so a busy machine hurts both alike."""
-    best = [float("inf"), float("inf")]
-    outs = [None, None]
+def timed_group(runs: dict, repeats: int) -> tuple[dict[str, float], dict]:
+    """Best-of-``repeats`` wall time of each run, interleaved so a busy machine hurts all alike."""
+    best = {name: float("inf") for name in runs}
+    outs = {}
     for _ in range(repeats):
-        for k, fn in enumerate((baseline, ours)):
+        for name, fn in runs.items():
             start = time.perf_counter()
-            outs[k] = fn()
-            best[k] = min(best[k], time.perf_counter() - start)
-    return best[0], outs[0], best[1], outs[1]
+            outs[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best, outs
 
 
-def bench_gme(n: int, batch_size: int, repeats: int, workdir: Path, dtype: str | None) -> dict:
-    folder = write_tiny_gme(workdir / "gme-mid", seed=0, text=MID_TEXT, vision=MID_VISION)
-    items = gme_items(workdir / "images", n, random.Random(0))
+def gemm_shape(model, items: list[Item], batch_size: int) -> tuple[int, int, int]:
+    """The decoder's main GEMM at this run's shapes: (tokens per batch, hidden, intermediate)."""
+    from umr.models.base import plan_batches
+
+    costs = [model.check(item) for item in items]
+    batches = plan_batches(costs, max_items=batch_size, budget=model.cost_budget)
+    text = model.model.config.text_config
+    return round(sum(costs) / len(batches)), int(text.hidden_size), int(text.intermediate_size)
+
+
+def mfu_of(fn, seconds: float, peak: float) -> float:
+    """Model FLOPs utilisation of ``fn`` (its FLOPs counted once, outside the timed runs)."""
+    return mfu(counted_flops(fn), seconds, peak)
+
+
+#: the two Qwen-VL families: tiny-checkpoint writer, mid-sized shapes, reference loop
+VL_FAMILIES = {
+    "gme": (write_tiny_gme, MID_TEXT, MID_VISION, ReferenceLoop, "Qwen2-VL"),
+    "qwen3vl": (write_tiny_qwen3vl, MID_Q3_TEXT, MID_Q3_VISION, Qwen3ReferenceLoop, "Qwen3-VL"),
+}
+
+
+def bench_vl(family: str, n: int, batch_size: int, repeats: int, workdir: Path) -> dict[str, dict]:
+    """The family's reference-style loop (float32, the user's default baseline) against umr in
+    float32 (with and without prefetching) and in bfloat16, all timed in the same run."""
     from transformers import AutoModel
 
-    model = umr.load_model(folder, dtype=dtype)
-    # the reference loop runs transformers' own modules, loaded separately (same weights)
     from umr.models.registry import quiet_transformers
 
+    write, text, vision, Loop, arch = VL_FAMILIES[family]
+    folder = write(workdir / f"{family}-mid", seed=0, text=text, vision=vision)
+    items = gme_items(workdir / f"{family}-images", n, random.Random(0))
+    models = {dtype: umr.load_model(folder, dtype=dtype) for dtype in ("float32", "bfloat16")}
     with quiet_transformers():  # its load report lists the unused lm_head
-        plain = AutoModel.from_pretrained(str(folder), dtype=model.dtype, attn_implementation="sdpa").eval()
-    reference = ReferenceLoop(folder, plain)
+        plain = AutoModel.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="sdpa").eval()
+    reference = Loop(folder, plain)
     warm = items[:3]
     reference.run(warm, batch_size)
-    model.embed(warm, batch_size=batch_size)
-    t_ref, ref_vectors, t_umr, result = timed_pair(lambda: reference.run(items, batch_size),
-                                                   lambda: model.embed(items, batch_size=batch_size).vectors,
-                                                   repeats)
-    n_params = sum(p.numel() for p in model.model.parameters())
-    return {"model": f"random Qwen2-VL: text {MID_TEXT}, vision {MID_VISION} ({n_params / 1e6:.1f}M params)",
-            "dtype": dtype or "float32", "items": n, "batch_size": batch_size,
-            "mix": "1/3 text, 1/3 image (224-640 px), 1/3 fused; half queries with an instruction",
-            "reference_items_per_s": n / t_ref, "umr_items_per_s": n / t_umr, "ratio": t_ref / t_umr,
-            "max_abs_delta": float(np.abs(result - ref_vectors).max())}
+    for model in models.values():
+        model.embed(warm, batch_size=batch_size)
+
+    def inline() -> np.ndarray:
+        fp32 = models["float32"]
+        fp32.prefetch_workers = 0
+        try:
+            return fp32.embed(items, batch_size=batch_size).vectors
+        finally:
+            fp32.prefetch_workers = type(fp32).prefetch_workers
+
+    runs = {"reference": lambda: reference.run(items, batch_size), "umr_inline": inline}
+    runs.update({dtype: (lambda m=model: m.embed(items, batch_size=batch_size).vectors)
+                 for dtype, model in models.items()})
+    seconds, outs = timed_group(runs, repeats)
+    shape = gemm_shape(models["float32"], items, batch_size)
+    peaks = {dtype: gemm_peak(getattr(torch, dtype), *shape) for dtype in models}
+    n_params = sum(p.numel() for p in models["float32"].model.parameters())
+    common = {"model": f"random {arch}: text {text}, vision {vision} ({n_params / 1e6:.1f}M params)",
+              "items": n, "batch_size": batch_size,
+              "mix": "1/3 text, 1/3 image (224-640 px), 1/3 fused; half queries with an instruction",
+              "reference_dtype": "float32", "reference_items_per_s": n / seconds["reference"],
+              "gemm_shape_mkn": list(shape)}
+    rows = {}
+    for dtype, model in models.items():
+        row = {**common, "dtype": dtype, "umr_items_per_s": n / seconds[dtype],
+               "ratio": seconds["reference"] / seconds[dtype], "gemm_peak_flops": peaks[dtype],
+               "mfu": mfu_of(lambda m=model: m.embed(items, batch_size=batch_size), seconds[dtype], peaks[dtype])}
+        if dtype == "float32":
+            row.update(max_abs_delta=float(np.abs(outs[dtype] - outs["reference"]).max()),
+                       reference_mfu=mfu_of(lambda: reference.run(items, batch_size), seconds["reference"],
+                                            peaks[dtype]),
+                       inline_items_per_s=n / seconds["umr_inline"],
+                       prefetch_speedup=seconds["umr_inline"] / seconds[dtype])
+            if family == "qwen3vl":
+                row["packed"] = model.packed
+        else:
+            row["worst_cosine_to_float32"] = float((outs[dtype] * outs["reference"]).sum(axis=1).min())
+        rows[family if dtype == "float32" else f"{family}_bf16"] = row
+    return rows
+
+
+MID_MM_TEXT = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                   num_key_value_heads=2)
+MID_MM_VISION = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                     image_size=112, patch_size=14, projection_dim=256)
+
+
+def bench_mmembed(n: int, batch_size: int, repeats: int, workdir: Path) -> dict[str, dict]:
+    """MM-Embed (no reference loop here): umr in bfloat16 against umr in float32, same run."""
+    from umr.models.mmembed.tiny import write_tiny_mmembed
+
+    folder = write_tiny_mmembed(workdir / "mmembed-mid", seed=0, text=MID_MM_TEXT, vision=MID_MM_VISION)
+    items = gme_items(workdir / "mm-images", n, random.Random(0))
+    models = {dtype: umr.load_model(folder, dtype=dtype) for dtype in ("float32", "bfloat16")}
+    for model in models.values():
+        model.embed(items[:3], batch_size=batch_size)
+    seconds, outs = timed_group({dtype: (lambda m=model: m.embed(items, batch_size=batch_size).vectors)
+                                 for dtype, model in models.items()}, repeats)
+    costs = [models["float32"].check(item) for item in items]
+    shape = (min(sum(costs), batch_size * max(costs)), MID_MM_TEXT["hidden_size"], MID_MM_TEXT["intermediate_size"])
+    peaks = {dtype: gemm_peak(getattr(torch, dtype), *shape) for dtype in models}
+    row = {"model": f"random MM-Embed: text {MID_MM_TEXT}, vision {MID_MM_VISION}", "items": n,
+           "batch_size": batch_size, "dtype": "bfloat16", "baseline": "umr float32",
+           "reference_items_per_s": n / seconds["float32"], "umr_items_per_s": n / seconds["bfloat16"],
+           "ratio": seconds["float32"] / seconds["bfloat16"], "gemm_shape_mkn": list(shape),
+           "worst_cosine_to_float32": float((outs["bfloat16"] * outs["float32"]).sum(axis=1).min()),
+           "float32_mfu": mfu_of(lambda: models["float32"].embed(items, batch_size=batch_size),
+                                 seconds["float32"], peaks["float32"]),
+           "mfu": mfu_of(lambda: models["bfloat16"].embed(items, batch_size=batch_size),
+                         seconds["bfloat16"], peaks["bfloat16"])}
+    return {"mmembed_bf16": row}
 
 
 def bench_minilm(n: int, repeats: int) -> dict:
@@ -296,9 +364,10 @@ def bench_minilm(n: int, repeats: int) -> dict:
     st = SentenceTransformer(str(umr.models.registry.REGISTRY["minilm"].resolve_source()), device="cpu")
     st.encode(texts[:8])
     model.encode_candidates(texts[:8])
-    t_st, st_vectors, t_umr, vectors = timed_pair(
-        lambda: st.encode(texts, normalize_embeddings=True, show_progress_bar=False),
-        lambda: model.encode_candidates(texts, show_progress_bar=False), repeats)
+    seconds, outs = timed_group({
+        "st": lambda: st.encode(texts, normalize_embeddings=True, show_progress_bar=False),
+        "umr": lambda: model.encode_candidates(texts, show_progress_bar=False)}, repeats)
+    t_st, st_vectors, t_umr, vectors = seconds["st"], outs["st"], seconds["umr"], outs["umr"]
     return {"model": "all-MiniLM-L6-v2", "items": n, "st_batch_size": 32,
             "sentence_transformers_items_per_s": n / t_st, "umr_items_per_s": n / t_umr,
             "ratio": t_st / t_umr, "max_abs_delta": float(np.abs(vectors - st_vectors).max())}
@@ -311,9 +380,8 @@ def main() -> None:
     parser.add_argument("--gme-items", type=int, default=None)
     parser.add_argument("--text-items", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32, help="items per batch for both paths (GME's default: 32)")
-    parser.add_argument("--bf16", action="store_true", help="also time umr's GME path in bfloat16")
-    parser.add_argument("--only", choices=["gme", "qwen3vl", "minilm"], default=None,
-                        help="run one row and update it in the results file, keeping the others")
+    parser.add_argument("--only", choices=["gme", "qwen3vl", "mmembed", "minilm"], default=None,
+                        help="run one family's rows and update them in the results file, keeping the others")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.threads:
@@ -322,25 +390,26 @@ def main() -> None:
     text_n = args.text_items or (200 if args.quick else 3000)
     repeats = 1 if args.quick else 2
 
-    wanted = {args.only} if args.only else {"gme", "qwen3vl", "minilm"}
+    wanted = {args.only} if args.only else {"gme", "qwen3vl", "mmembed", "minilm"}
     rows = {}
     with tempfile.TemporaryDirectory(prefix="umr-bench-") as tmp:
-        if "gme" in wanted:
-            rows["gme"] = bench_gme(gme_n, args.batch_size, repeats, Path(tmp), None)
-            if args.bf16:
-                rows["gme_bf16"] = bench_gme(gme_n, args.batch_size, repeats, Path(tmp) / "bf16", "bfloat16")
-        if "qwen3vl" in wanted:
-            rows["qwen3vl"] = bench_qwen3vl(gme_n, args.batch_size, repeats, Path(tmp) / "q3")
+        for family in VL_FAMILIES:
+            if family in wanted:
+                rows.update(bench_vl(family, gme_n, args.batch_size, repeats, Path(tmp)))
+        if "mmembed" in wanted:
+            rows.update(bench_mmembed(gme_n, args.batch_size, repeats, Path(tmp)))
     if "minilm" in wanted:
         rows["minilm"] = bench_minilm(text_n, repeats)
 
-    print(f"{'benchmark':<10} {'items':>6} {'baseline it/s':>14} {'umr it/s':>10} {'ratio':>7} {'max|d|':>9}")
+    print(f"{'benchmark':<13} {'items':>5} {'baseline it/s':>13} {'umr it/s':>9} {'ratio':>7} "
+          f"{'max|d| / cos':>12} {'MFU':>6}")
     for name, row in rows.items():
         base = row.get("reference_items_per_s", row.get("sentence_transformers_items_per_s"))
-        print(f"{name:<10} {row['items']:>6} {base:>14.2f} {row['umr_items_per_s']:>10.2f} "
-              f"{row['ratio']:>6.2f}x {row['max_abs_delta']:>9.1e}")
-    meta = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "quick": args.quick, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        check = f"{row['max_abs_delta']:.1e}" if "max_abs_delta" in row else f"{row['worst_cosine_to_float32']:.5f}"
+        share = f"{row['mfu']:.1%}" if "mfu" in row else "-"
+        print(f"{name:<13} {row['items']:>5} {base:>13.2f} {row['umr_items_per_s']:>9.2f} "
+              f"{row['ratio']:>6.2f}x {check:>12} {share:>6}")
+    meta = {**machine(), "quick": args.quick, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     kept = {}
     if args.only and args.output.is_file():  # one row re-run: the others stay as measured
