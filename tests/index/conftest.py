@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import hashing  # noqa: E402,F401 - registers the hash-test model
-from milvus_server import MilvusServerProcess  # noqa: E402
+from milvus_server import MilvusServerProcess, can_isolate  # noqa: E402
 
 HASHING_CLI = str(Path(__file__).parent / "hashing.py")
 
@@ -22,20 +22,22 @@ def _milvus_available() -> bool:
 
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
-    """One Milvus standalone server (the ``milvus`` package) for the session, on loopback, its
-    data in a temporary folder; started on first use (about 10 s)."""
+    """One Milvus standalone server (the ``milvus`` package) for the session, reachable on loopback
+    only (see milvus_server.py), its data in a temporary folder; started on first use (about 10 s)."""
     try:
         import milvus  # noqa: F401
         import pymilvus  # noqa: F401
     except ImportError:
         pytest.skip("the milvus server package is not installed (pip install milvus==2.3.5)")
+    if reason := can_isolate():
+        pytest.skip(f"the Milvus server {reason}")
     server = MilvusServerProcess(tmp_path_factory.mktemp("milvus-server"))
     try:
         server.start()
     except Exception as exc:  # noqa: BLE001 - any start-up failure is a skip with its reason
         pytest.skip(f"the Milvus server did not start: {type(exc).__name__}: {exc} (log: {server.log})")
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture(params=["faiss", "milvus", "milvus-server"])
