@@ -18,6 +18,7 @@ image header alone (:meth:`GmeProcessor.num_tokens`) to plan batches.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ FETCH_FACTOR = 28
 FETCH_MIN_PIXELS = 4 * 28 * 28
 FETCH_MAX_PIXELS = 16384 * 28 * 28
 FETCH_MAX_RATIO = 200
+
+#: prompts whose token ids are kept between the cost estimate and processing (an embed call's worth)
+PROMPTS_REMEMBERED = 8192
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -98,6 +102,8 @@ class GmeProcessor:
         # the processor's pixel bounds are in units of 28x28 tokens, as GME sets them
         self.min_pixels = self.min_image_tokens * 28 * 28
         self.max_pixels = self.max_image_tokens * 28 * 28
+        #: token ids of a prompt, remembered: the cost estimate tokenises, process() reuses them
+        self.prompt_ids = functools.lru_cache(maxsize=PROMPTS_REMEMBERED)(self._prompt_ids)
         #: aspect ratio of each image size clamped since the last warning (one warning per call)
         self._clamped: dict[tuple[int, int], float] = {}
         self.cut_patches = PatchCutter(patch_size=self.patch_size, merge_size=self.merge_size,
@@ -170,11 +176,11 @@ class GmeProcessor:
         Exact, so cost-budget batches hold what they promise: a character-based guess undercounts
         digits (one token each in Qwen2) and CJK text several times over.
         """
-        tokens = len(self.tokenize([build_prompt(item, with_image=False)])[0])
+        tokens = len(self.prompt_ids(build_prompt(item)))  # the ids process() reuses
         if item.image is not None:
             width, height = image_size(item.image, item_id=item.id)
             try:
-                tokens += self.num_image_tokens(width, height) + 2  # + <|vision_start|>, <|vision_end|>
+                tokens += self.num_image_tokens(width, height) - 1  # the one <|image_pad|> expanded
             except (ValueError, ArithmeticError) as exc:
                 raise ItemError(item.id, f"image of {width}x{height} cannot be embedded: {exc}") from None
         return min(tokens, self.max_length)
@@ -192,7 +198,7 @@ class GmeProcessor:
                                          f"{exc}") from None
             pixel_values, grid = self.patches(image)
             n_image_tokens = grid[1] * grid[2] // (self.merge_size ** 2)
-        ids = self.tokenize([build_prompt(item)])[0]
+        ids = list(self.prompt_ids(build_prompt(item)))
         pads = [i for i, tok in enumerate(ids) if tok == self.image_token_id]
         if len(pads) != (1 if item.image is not None else 0):
             raise ItemError(item.id, f"text must not contain the special token {IMAGE_PAD}")
@@ -203,6 +209,9 @@ class GmeProcessor:
                 raise ItemError(item.id, f"the image needs {n_image_tokens} tokens, more than fit in "
                                          f"max_length={self.max_length}; lower max_image_tokens")
         return ProcessedItem(input_ids=ids[: self.max_length], pixel_values=pixel_values, grid_thw=grid)
+
+    def _prompt_ids(self, prompt: str) -> tuple[int, ...]:
+        return tuple(self.tokenize([prompt])[0])
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=True, padding=False, truncation=False)["input_ids"]

@@ -27,6 +27,7 @@ exact length cheaply (used to plan batches).
 
 from __future__ import annotations
 
+import functools
 import json
 import unicodedata
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ MAX_RATIO = 200
 DEFAULT_MIN_IMAGE_TOKENS = 4
 DEFAULT_MAX_IMAGE_TOKENS = 1800
 DEFAULT_MAX_LENGTH = 8192
+#: conversations whose token ids are kept between the cost estimate and encoding (an embed call's worth)
+PROMPTS_REMEMBERED = 8192
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -119,6 +122,7 @@ class Qwen3VLProcessor:
         self.factor = self.patch_size * self.merge_size
         self.min_pixels = self.min_image_tokens * self.factor ** 2
         self.max_pixels = self.max_image_tokens * self.factor ** 2
+        self._rendered_ids = functools.lru_cache(maxsize=PROMPTS_REMEMBERED)(self._ids_of_json)
         self.cut_patches = PatchCutter(patch_size=self.patch_size, merge_size=self.merge_size,
                                        temporal_patch_size=self.temporal_patch_size, image_mean=image_mean,
                                        image_std=image_std, rescale_factor=rescale_factor)
@@ -146,6 +150,14 @@ class Qwen3VLProcessor:
         """The conversation through the checkpoint's chat template, with the generation prompt."""
         return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
                                                   add_generation_prompt=True)
+
+    def conversation_ids(self, messages: list[dict[str, Any]]) -> tuple[int, ...]:
+        """Token ids of a rendered conversation, remembered (keyed by its JSON): the cost estimate
+        tokenises once and :meth:`encode` reuses the ids."""
+        return self._rendered_ids(json.dumps(messages, sort_keys=True, ensure_ascii=False))
+
+    def _ids_of_json(self, messages_json: str) -> tuple[int, ...]:
+        return tuple(self.tokenize(self.render(json.loads(messages_json))))
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer([text], padding=False, truncation=False)["input_ids"][0]
@@ -190,7 +202,7 @@ class Qwen3VLProcessor:
             pixels, grid = self.patches(self.load_image(source, item_id=owner))
             patches.append(pixels)
             grids.append(grid)
-        ids = self.tokenize(self.render(messages))
+        ids = list(self.conversation_ids(messages))
         self._check_vision_tokens(ids, len(grids), item_id)
         expanded: list[int] = []
         grid_iter = iter(grids)
@@ -205,7 +217,7 @@ class Qwen3VLProcessor:
     def count_tokens(self, messages: list[dict[str, Any]], images: Sequence[ImageSource] = (), *,
                      item_id: str | None = None, image_ids: Sequence[str | None] | None = None) -> int:
         """The untruncated length of :meth:`encode`'s ids from the image headers alone."""
-        tokens = len(self.tokenize(self.render(messages)))
+        tokens = len(self.conversation_ids(messages))
         for source, owner in zip(images, image_ids or [item_id] * len(images)):
             width, height = image_size(source, item_id=owner)
             try:
