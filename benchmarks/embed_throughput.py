@@ -72,39 +72,45 @@ def sentences(n: int, rng: random.Random, lo: int = 3, hi: int = 60) -> list[str
 
 # -- the reference-style loop -------------------------------------------------------------------
 
-def _fetch_image(path):
+def _fetch_image(path, factor=28, min_pixels=4 * 28 * 28, max_pixels=16384 * 28 * 28):
+    """``qwen_vl_utils.fetch_image`` as the references call it (GME: factor 28; Qwen3-VL: 32)."""
     image = Image.open(path).convert("RGB")
     height, width = image.height, image.width
-    factor, lo, hi = 28, 4 * 28 * 28, 16384 * 28 * 28
     h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
-    if h * w > hi:
-        beta = math.sqrt(height * width / hi)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
         h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
-    elif h * w < lo:
-        beta = math.sqrt(lo / (height * width))
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
         h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
     return image.resize((w, h))
+
+
+def image_only_processor(processor_class, folder: Path, image_processor, **options):
+    """``processor_class`` (a transformers Qwen-VL processor) without its video processor, with
+    the folder's tokenizer padding on the right, as the references batch."""
+    from transformers import AutoTokenizer
+
+    class ImageOnlyProcessor(processor_class):
+        @classmethod
+        def get_attributes(cls):
+            return ["image_processor", "tokenizer"]
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.padding_side = "right"
+    return ImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, **options)
 
 
 class ReferenceLoop:
     """GME's reference ``embed`` per batch of consecutive items (any modality mix)."""
 
     def __init__(self, folder: Path, model, *, min_image_tokens=256, max_image_tokens=1280, max_length=1800):
-        from transformers import AutoTokenizer
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
         from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
 
-        class ImageOnlyProcessor(Qwen2VLProcessor):
-            @classmethod
-            def get_attributes(cls):
-                return ["image_processor", "tokenizer"]
-
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        tokenizer.padding_side = "right"
-        self.processor = ImageOnlyProcessor(
-            image_processor=Qwen2VLImageProcessorPil(min_pixels=min_image_tokens * 784,
-                                                     max_pixels=max_image_tokens * 784),
-            tokenizer=tokenizer)
+        self.processor = image_only_processor(
+            Qwen2VLProcessor, folder, Qwen2VLImageProcessorPil(min_pixels=min_image_tokens * 784,
+                                                               max_pixels=max_image_tokens * 784))
         self.model = model  # Qwen2VLModel: .visual and .language_model
         self.max_length = max_length
 
@@ -145,39 +151,17 @@ MID_Q3_VISION = dict(depth=4, hidden_size=256, intermediate_size=1024, num_heads
                      deepstack_visual_indexes=[0, 1])
 
 
-def _fetch_image_qwen3(path, min_pixels=4 * 32 * 32, max_pixels=1800 * 32 * 32):
-    image = Image.open(path)
-    image = image.convert("RGB")
-    height, width, factor = image.height, image.width, 32
-    h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
-    elif h * w < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
-    return image.resize((w, h))
-
-
 class Qwen3ReferenceLoop:
     """``Qwen3VLEmbedder.process`` per batch of consecutive items (any modality mix)."""
 
     def __init__(self, folder: Path, model, max_length: int = 8192):
-        from transformers import AutoTokenizer
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
         from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
-        class ImageOnlyProcessor(Qwen3VLProcessor):
-            @classmethod
-            def get_attributes(cls):
-                return ["image_processor", "tokenizer"]
-
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        tokenizer.padding_side = "right"
-        self.processor = ImageOnlyProcessor(
-            image_processor=Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, image_mean=[0.5] * 3,
-                                                     image_std=[0.5] * 3),
-            tokenizer=tokenizer, chat_template=(folder / "chat_template.jinja").read_text())
+        self.processor = image_only_processor(
+            Qwen3VLProcessor, folder, Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, image_mean=[0.5] * 3,
+                                                               image_std=[0.5] * 3),
+            chat_template=(folder / "chat_template.jinja").read_text())
         self.model = model  # Qwen3VLModel
         self.max_length = max_length
 
@@ -190,7 +174,7 @@ class Qwen3ReferenceLoop:
             content = []
             if item.image is not None:
                 content.append({"type": "image", "image": item.image})
-                images.append(_fetch_image_qwen3(item.image))
+                images.append(_fetch_image(item.image, 32, 4 * 32 * 32, 1800 * 32 * 32))
             if item.text is not None:
                 content.append({"type": "text", "text": item.text})
             conversations.append([

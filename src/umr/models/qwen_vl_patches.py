@@ -8,11 +8,26 @@ a 256-entry lookup table per channel, the patches equal transformers' bit for bi
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Callable, Literal, Sequence
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from PIL import Image
+
+
+#: the image settings a Qwen-VL ``preprocessor_config.json`` carries that :class:`PatchCutter` takes
+PATCH_SETTINGS = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "rescale_factor")
+
+
+def read_patch_settings(folder: Path) -> dict[str, Any]:
+    """The :data:`PATCH_SETTINGS` a checkpoint folder's ``preprocessor_config.json`` sets (none without one)."""
+    config_file = folder / "preprocessor_config.json"
+    if not config_file.is_file():
+        return {}
+    config = json.loads(config_file.read_text())
+    return {key: config[key] for key in PATCH_SETTINGS if config.get(key) is not None}
 
 
 class PatchCutter:

@@ -19,7 +19,6 @@ image header alone (:meth:`GmeProcessor.num_tokens`) to plan batches.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from PIL import Image
 
 from ...images import image_size, load_image
 from ...types import Item, ItemError
-from ..qwen_vl_patches import PatchCutter, smart_resize
+from ..qwen_vl_patches import PatchCutter, read_patch_settings, smart_resize
 
 logger = logging.getLogger(__name__)
 
@@ -117,16 +116,8 @@ class GmeProcessor:
 
         folder = Path(folder)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        options = {}
-        config_file = folder / "preprocessor_config.json"
-        if config_file.is_file():
-            config = json.loads(config_file.read_text())
-            for key in ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std",
-                        "rescale_factor"):
-                if config.get(key) is not None:
-                    options[key] = config[key]
         return cls(tokenizer, image_token_id=image_token_id, min_image_tokens=min_image_tokens,
-                   max_image_tokens=max_image_tokens, max_length=max_length, **options)
+                   max_image_tokens=max_image_tokens, max_length=max_length, **read_patch_settings(folder))
 
     # -- images -------------------------------------------------------------------------------
 

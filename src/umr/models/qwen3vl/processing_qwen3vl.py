@@ -39,7 +39,7 @@ from PIL import Image
 
 from ...images import decode_image, image_size
 from ...types import ImageSource, Item, ItemError
-from ..qwen_vl_patches import PatchCutter, smart_resize
+from ..qwen_vl_patches import PatchCutter, read_patch_settings, smart_resize
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
@@ -135,14 +135,7 @@ class Qwen3VLProcessor:
         folder = Path(folder)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         template = read_chat_template(folder, tokenizer)
-        config_file = folder / "preprocessor_config.json"
-        if config_file.is_file():
-            config = json.loads(config_file.read_text())
-            for key in ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std",
-                        "rescale_factor"):
-                if config.get(key) is not None:
-                    options.setdefault(key, config[key])
-        return cls(tokenizer, template, **options)
+        return cls(tokenizer, template, **{**read_patch_settings(folder), **options})
 
     # -- text ------------------------------------------------------------------------------------
 
