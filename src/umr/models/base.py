@@ -306,12 +306,12 @@ class Embedder(ABC):
 
     def _loader(self, items: Sequence[Item], batches: list[list[int]]):
         """A :class:`~umr.models.prefetch.PrefetchingLoader` for a family that prepares items ahead."""
-        from .prefetch import Prefetching, PrefetchingLoader
+        from .prefetch import Prefetching, PrefetchingLoader, resolved_workers
 
-        if not isinstance(self, Prefetching) or self.prefetch_workers < 1 or not batches:
+        workers = resolved_workers(self.prefetch_workers) if isinstance(self, Prefetching) else 0
+        if workers < 1 or not batches:
             return None
-        return PrefetchingLoader(items, batches, self.prepare, workers=self.prefetch_workers,
-                                 ahead=self.prefetch_ahead)
+        return PrefetchingLoader(items, batches, self.prepare, workers=workers, ahead=self.prefetch_ahead)
 
     def training_forward(self, items: list[Item]) -> torch.Tensor:
         """L2-normalised float32 vectors ``(len(items), dim)``, with gradients.

@@ -10,6 +10,7 @@ raised when its batch asks for it, exactly as if it had been prepared inline.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Sequence
@@ -22,8 +23,10 @@ from ..types import Item, ItemError
 class Prefetching(ABC):
     """An embedder whose per-item preparation can run ahead of its forward pass."""
 
-    #: worker threads preparing items ahead (0: prepare inline, batch by batch)
-    prefetch_workers: int = 1
+    #: worker threads preparing items ahead (0: prepare inline, batch by batch); None: one when the
+    #: CPU has a core beyond PyTorch's threads, else 0 (on 2 cores fully used by PyTorch, a worker
+    #: thread slowed GME's benchmark to 0.79x: it takes cycles from the forward pass)
+    prefetch_workers: int | None = None
     #: batches prepared ahead of the one running
     prefetch_ahead: int = 2
 
@@ -34,6 +37,13 @@ class Prefetching(ABC):
     @abstractmethod
     def embed_prepared(self, prepared: list[Any]) -> torch.Tensor:
         """Raw vectors ``(len(prepared), dim)`` of prepared items (the forward pass)."""
+
+
+def resolved_workers(workers: int | None) -> int:
+    """:attr:`Prefetching.prefetch_workers` with None resolved for this machine."""
+    if workers is not None:
+        return int(workers)
+    return 1 if (os.cpu_count() or 1) > torch.get_num_threads() else 0
 
 
 class PrefetchingLoader:
