@@ -30,6 +30,17 @@ def tiny_gme_dir(tmp_path_factory) -> Path:
     return write_tiny_gme(tmp_path_factory.mktemp("tiny-gme") / "tiny-gme", seed=0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _float32_defaults():
+    """Families default to float32 in tests on every CPU: where the CPU multiplies bf16 natively
+    they would default to bfloat16 (umr.models.cpu), and parity tests pin float32 numbers."""
+    from umr.models import cpu
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "native_bf16_matmul", lambda: False)
+        yield
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 

@@ -497,9 +497,9 @@ def test_load_folder_without_weights(tmp_path, tiny_gme_dir):
 
 def test_fast_decoder_and_patch_embed_match_transformers(tiny_gme_dir, gme, images):
     """The hand-written last decoder layer and matmul patch embedding equal transformers' modules."""
-    from umr.models.gme.modeling_gme import _PatchEmbedAsMatmul
+    from umr.models.qwen_vl_fast import LinearPatchEmbed
 
-    assert gme._fast_decoder and isinstance(gme.model.visual.patch_embed.proj, _PatchEmbedAsMatmul)
+    assert gme._fast_decoder and isinstance(gme.model.visual.patch_embed.proj, LinearPatchEmbed)
     plain = umr.load_model(tiny_gme_dir)
     plain._fast_decoder = False
     items = _mixed_items(images)
@@ -563,3 +563,19 @@ def test_cost_estimate_is_the_real_sequence_length(tiny_gme_dir, tmp_path):
              Item(text="hello", is_query=True, instruction="Find it.")]
     for item in items:
         assert model._cost(item) == len(model.processor.process(item).input_ids)
+
+
+def test_each_prompt_is_tokenised_once_per_call(tiny_gme_dir, images, monkeypatch):
+    """The cost estimate's ids are the ones the forward pass uses: exact lengths, one tokeniser call per prompt."""
+    model = umr.load_model(tiny_gme_dir)
+    items = _mixed_items(images)
+    calls = []
+    tokenize = model.processor.tokenize
+    monkeypatch.setattr(model.processor, "tokenize", lambda texts: calls.append(texts) or tokenize(texts))
+    costs = [model.check(item) for item in items]
+    assert costs == [len(model.processor.process(item).input_ids) for item in items]
+    model.embed(items, batch_size=4)
+    from umr.models.gme.processing_gme import build_prompt
+
+    distinct = {build_prompt(item) for item in items}  # image-only candidates share one
+    assert len(calls) == len({prompt for texts in calls for prompt in texts}) == len(distinct)

@@ -49,6 +49,19 @@ def test_extreme_geometries_embed_like_their_moderate_neighbours(model, image_zo
     assert vectors.shape == (3, model.dim) and np.isfinite(vectors).all()
 
 
+def test_gme_warns_once_per_call_for_clamped_aspect_ratios(tiny_gme_dir, image_zoo, caplog):
+    """Two clamped images, each sized and then processed: one warning for the whole call."""
+    import umr
+
+    model = umr.load_model(tiny_gme_dir)
+    folder, _ = image_zoo
+    items = [Item(image=folder / name) for name in ("row-1x600000.png", "column-600000x1.png", "one-pixel.png")]
+    with caplog.at_level("WARNING", logger="umr.models.gme.processing_gme"):
+        model.encode_candidates(items)
+    clamped = [r for r in caplog.records if "clamped" in r.getMessage()]
+    assert len(clamped) == 1 and "2 size(s)" in clamped[0].getMessage()
+
+
 def test_indexing_the_zoo_folder_loses_nothing(model, image_zoo, tmp_path):
     folder, expected = image_zoo
     with Index.create(tmp_path / "ix", model) as index:

@@ -224,7 +224,7 @@ def test_instruction_rules(q3):
 
 def test_image_tokens_get_3d_positions(q3, images):
     """The rope index gives image tokens (t, h, w) positions and resumes text after max(h, w)."""
-    p = q3.process(Item.candidate("after", image=images["photo"]))
+    p = q3.prepare(Item.candidate("after", image=images["photo"]))
     positions = q3._rope_positions(p)[:, 0]
     pads = [i for i, t in enumerate(p.input_ids) if t == q3.image_token_id]
     _, gh, gw = p.grids[0]
@@ -237,7 +237,7 @@ def test_image_tokens_get_3d_positions(q3, images):
 def test_deepstack_matters(q3, images):
     """Without the DeepStack features the image vector changes (so parity does test them)."""
     item = Item.candidate(image=images["photo"])
-    p = q3.process(item)
+    p = q3.prepare(item)
     lm = q3.model.language_model
     ids = torch.tensor([p.input_ids])
     with torch.inference_mode():
@@ -305,7 +305,7 @@ def ref_short(tiny_qwen3vl_dir):
 
 def test_truncated_text_parity(short, ref_short, images):
     long_text = " ".join(random.Random(3).choice("the of a dog cat image photo 2024".split()) for _ in range(200))
-    ids = short.process(Item.candidate(long_text)).input_ids
+    ids = short.prepare(Item.candidate(long_text)).input_ids
     assert len(ids) == 40  # cut at max_length: the end of the prompt is gone, as in the reference
     _check(short, ref_short, Item.candidate(long_text, id="long"))
     _check(short, ref_short, Item.query(long_text, instruction="Find it", id="long-q"))
@@ -326,13 +326,13 @@ def test_truncation_at_the_last_image_token(tiny_qwen3vl_dir, images):
     """A sequence cut right after its last image token pools that token (DeepStack in the last layer)."""
     model = umr.load_model(tiny_qwen3vl_dir)
     item = Item.candidate("some words after the image", image=images["one"])
-    p = model.process(item)
+    p = model.prepare(item)
     end = max(i for i, t in enumerate(p.input_ids) if t == model.image_token_id) + 1
     cut = umr.load_model(tiny_qwen3vl_dir, max_length=end)
     ref = ReferenceQwen3VL(tiny_qwen3vl_dir, max_length=end)
-    assert cut.process(item).input_ids[-1] == cut.image_token_id
+    assert cut.prepare(item).input_ids[-1] == cut.image_token_id
     _check(cut, ref, item)
-    processed = [cut.process(item)]
+    processed = [cut.prepare(item)]
     assert np.abs(cut.forward(processed, packed=True).numpy() - cut.forward(processed, packed=False).numpy()).max() < 1e-5
 
 
@@ -346,7 +346,7 @@ def test_image_token_bounds_parity(tiny_qwen3vl_dir, images):
         with Image.open(images[name]) as img:
             n = small.processor.num_image_tokens(*img.size)
         assert 8 <= n <= 20, (name, n)
-        p = small.process(Item.candidate(image=images[name]))
+        p = small.prepare(Item.candidate(image=images[name]))
         assert p.input_ids.count(small.image_token_id) == n
         _check(small, ref, Item.candidate("a caption", image=images[name], id=name))
 
@@ -451,16 +451,16 @@ def test_batch_invariance(q3, images):
 def test_packed_path_equals_transformers_forward(q3, images):
     """The packed decoder (chosen at load) equals transformers' Qwen3VLModel on padded rows, and the
     linear patch embedding equals the checkpoint's Conv3d."""
-    from umr.models.qwen3vl.modeling_qwen3vl import _LinearPatchEmbed
+    from umr.models.qwen_vl_fast import LinearPatchEmbed
 
     assert q3.packed
-    embed = q3.model.visual.patch_embed
-    assert isinstance(embed, _LinearPatchEmbed)
-    patches = torch.randn(7, 3 * 2 * 16 * 16)
+    embed = q3.model.visual.patch_embed.proj
+    assert isinstance(embed, LinearPatchEmbed)
+    patches = torch.randn(7, 3, 2, 16, 16)
     with torch.no_grad():
-        conv = embed.conv(patches.view(-1, 3, 2, 16, 16)).view(7, -1)
+        conv = torch.nn.functional.conv3d(patches, embed.weight, embed.bias, stride=(2, 16, 16))
         assert torch.allclose(embed(patches), conv, atol=1e-5)
-    processed = [q3.process(item) for item in _mixed_items(images)]
+    processed = [q3.prepare(item) for item in _mixed_items(images)]
     packed = torch.nn.functional.normalize(q3.forward(processed, packed=True), dim=-1)
     plain = torch.nn.functional.normalize(q3.forward(processed, packed=False), dim=-1)
     assert float((packed - plain).abs().max()) <= TOL
@@ -469,9 +469,9 @@ def test_packed_path_equals_transformers_forward(q3, images):
 @pytest.mark.slow
 def test_load_time_check_falls_back(tiny_qwen3vl_dir, monkeypatch, images):
     """If the packed path disagreed with transformers, the loader would use transformers' forward."""
-    from umr.models.qwen3vl import modeling_qwen3vl
+    from umr.models import qwen_vl_fast
 
-    monkeypatch.setattr(modeling_qwen3vl, "_rotate_half", lambda x: x)  # a broken packed path
+    monkeypatch.setattr(qwen_vl_fast, "rotate", lambda x, cos, sin: x)  # a broken fast path
     model = umr.load_model(tiny_qwen3vl_dir)
     assert not model.packed
     monkeypatch.undo()
@@ -482,7 +482,7 @@ def test_load_time_check_falls_back(tiny_qwen3vl_dir, monkeypatch, images):
 
 def test_cost_is_the_real_sequence_length(q3, images):
     for item in _mixed_items(images):
-        assert q3._cost(item) == len(q3.process(item).input_ids), item.id
+        assert q3._cost(item) == len(q3.prepare(item).input_ids), item.id
 
 
 def test_vectors_normalised_and_dim(q3, images):

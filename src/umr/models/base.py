@@ -206,14 +206,25 @@ class Embedder(ABC):
         done = np.zeros(len(items), dtype=bool)
         if show_progress_bar is None:
             show_progress_bar = sys.stderr.isatty() and len(good) > (batch_size or self.batch_size)
+        loader = self._loader(items, [[good[j] for j in batch] for batch in plan])
         with tqdm(total=len(good), disable=not show_progress_bar, desc=f"embed [{self.name}]",
                   unit="item", dynamic_ncols=True) as bar:
             def run(positions: list[int]) -> np.ndarray:
+                if loader is not None:
+                    prepared = loader.take(positions)
+                    with torch.inference_mode():
+                        return self._normalise(self.embed_prepared(prepared)).cpu().numpy()
                 return self._run_batch([items[i] for i in positions])
 
-            for positions, out in run_batches(plan, good, run, on_error=on_error, errors=errors, bar=bar):
-                vectors[positions] = out
-                done[positions] = True
+            try:
+                for positions, out in run_batches(plan, good, run, on_error=on_error, errors=errors, bar=bar):
+                    vectors[positions] = out
+                    done[positions] = True
+                    if loader is not None:
+                        loader.release(positions)
+            finally:
+                if loader is not None:
+                    loader.close()
         indices = np.flatnonzero(done)
         return EmbedResult(vectors=vectors[indices], indices=indices,
                            errors=[errors[i] for i in sorted(errors)])
@@ -290,8 +301,20 @@ class Embedder(ABC):
             return self._normalised(items).cpu().numpy()
 
     def _normalised(self, items: list[Item]) -> torch.Tensor:
-        out = torch.as_tensor(self._embed_batch(items)).float()[:, : self.dim]  # a Matryoshka prefix when truncated
+        return self._normalise(self._embed_batch(items))
+
+    def _normalise(self, raw: torch.Tensor | np.ndarray) -> torch.Tensor:
+        out = torch.as_tensor(raw).float()[:, : self.dim]  # a Matryoshka prefix when truncated
         return torch.nn.functional.normalize(out, p=2, dim=-1)
+
+    def _loader(self, items: Sequence[Item], batches: list[list[int]]):
+        """A :class:`~umr.models.prefetch.PrefetchingLoader` for a family that prepares items ahead."""
+        from .prefetch import Prefetching, PrefetchingLoader, resolved_workers
+
+        workers = resolved_workers(self.prefetch_workers) if isinstance(self, Prefetching) else 0
+        if workers < 1 or not batches:
+            return None
+        return PrefetchingLoader(items, batches, self.prepare, workers=workers, ahead=self.prefetch_ahead)
 
     def training_forward(self, items: list[Item]) -> torch.Tensor:
         """L2-normalised float32 vectors ``(len(items), dim)``, with gradients.

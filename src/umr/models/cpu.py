@@ -1,24 +1,35 @@
-"""What this CPU does natively: bfloat16 matmuls are a win only with AMX or AVX512-BF16."""
+"""What this CPU computes fast, for choosing a family's default dtype.
+
+bfloat16 matmuls are several times faster than float32 only where the CPU multiplies bf16
+natively (AMX tiles or AVX512-BF16); elsewhere PyTorch emulates them and bf16 is slower than
+float32, so families keep float32 there.
+"""
 
 from __future__ import annotations
 
 import functools
 
+import torch
 
-@functools.lru_cache(maxsize=1)
+_NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.lru_cache(maxsize=None)
 def native_bf16_matmul() -> bool:
-    """Whether the CPU multiplies bfloat16 matrices in hardware (AMX-BF16 or AVX512-BF16).
-
-    Elsewhere torch emulates bf16 and a bf16 matmul is many times slower than float32, so
-    bf16 must never be a default there.
-    """
+    """True when this CPU has native bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
     try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return any(flag in line.split() for flag in _NATIVE_BF16_FLAGS)
     except OSError:
-        flags = []
-    if "amx_bf16" in flags or "avx512_bf16" in flags:
-        return True
-    import torch
+        pass
+    probes = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(probe() for probe in probes if probe is not None)
 
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+def cpu_default_dtype(*, bf16_close: bool) -> torch.dtype:
+    """A family's dtype on this CPU when the caller names none: bfloat16 only if the family's
+    vectors stay within cosine 0.999 of float32 (``bf16_close``, measured by
+    ``benchmarks/embed_throughput.py``) and the CPU multiplies bf16 natively, else float32."""
+    return torch.bfloat16 if bf16_close and native_bf16_matmul() else torch.float32

@@ -1,4 +1,4 @@
-"""Image patches as the Qwen-VL image processors cut them, shared by GME (Qwen2-VL) and Qwen3-VL.
+"""Image sizes and patches as the Qwen-VL image processors compute them, shared by GME (Qwen2-VL) and Qwen3-VL.
 
 Both cut a resized RGB image into ``patch x patch`` cells grouped by ``merge x merge`` window,
 repeat the single frame over ``temporal_patch_size``, and normalise through the processor's
@@ -8,10 +8,26 @@ a 256-entry lookup table per channel, the patches equal transformers' bit for bi
 
 from __future__ import annotations
 
-from typing import Sequence
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from PIL import Image
+
+
+#: the image settings a Qwen-VL ``preprocessor_config.json`` carries that :class:`PatchCutter` takes
+PATCH_SETTINGS = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "rescale_factor")
+
+
+def read_patch_settings(folder: Path) -> dict[str, Any]:
+    """The :data:`PATCH_SETTINGS` a checkpoint folder's ``preprocessor_config.json`` sets (none without one)."""
+    config_file = folder / "preprocessor_config.json"
+    if not config_file.is_file():
+        return {}
+    config = json.loads(config_file.read_text())
+    return {key: config[key] for key in PATCH_SETTINGS if config.get(key) is not None}
 
 
 class PatchCutter:
@@ -37,3 +53,37 @@ class PatchCutter:
         for c in range(3):
             normed[:, c, :, :] = self._lut[c][cells[:, c]]  # one frame repeated over time
         return normed.reshape(gh * gw, 3 * t * p * p), (1, gh, gw)
+
+
+def smart_resize(height: int, width: int, *, factor: int, min_pixels: int, max_pixels: int,
+                 extreme_ratio: Literal["refuse", "clamp"] = "refuse", floor_at_factor: bool = True,
+                 on_clamp: Callable[[float], None] | None = None, max_ratio: int = 200) -> tuple[int, int]:
+    """(height, width) as the Qwen-VL resizes compute it: multiples of ``factor``, area in bounds.
+
+    The variants differ only in what they do past ``max_ratio``: the image processors and
+    ``qwen_vl_utils.smart_resize`` refuse the image (``ValueError``, checked on the input), GME's
+    ``fetch_image`` copy clamps the long side of the resized image (``on_clamp`` hears the ratio).
+    ``floor_at_factor`` keeps a side shrunk to fit ``max_pixels`` at least one ``factor`` (the
+    image processors do; ``qwen_vl_utils`` floors it to 0 for a tiny ``max_pixels``).
+    """
+    if extreme_ratio == "refuse" and max(height, width) / min(height, width) > max_ratio:
+        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} is over {max_ratio}")
+    floor = factor if floor_at_factor else 0
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(floor, math.floor(height / beta / factor) * factor)
+        w_bar = max(floor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    if extreme_ratio == "clamp" and max(h_bar, w_bar) / min(h_bar, w_bar) > max_ratio:
+        if on_clamp is not None:
+            on_clamp(max(h_bar, w_bar) / min(h_bar, w_bar))
+        if h_bar > w_bar:
+            h_bar = w_bar * max_ratio
+        else:
+            w_bar = h_bar * max_ratio
+    return h_bar, w_bar

@@ -169,12 +169,12 @@ class GenerativeReranker(Reranker):
         size = getattr(image_processor, "size", None) or {}
         if not (patch and merge and size.get("shortest_edge") and size.get("longest_edge")):
             return _TOKENS_PER_IMAGE
-        from ..models.qwen3vl.processing_qwen3vl import smart_resize
+        from ..models.qwen_vl_patches import smart_resize
 
         factor = patch * merge
         try:
             h, w = smart_resize(height, width, factor=factor, min_pixels=size["shortest_edge"],
-                                max_pixels=size["longest_edge"])
+                                max_pixels=size["longest_edge"], floor_at_factor=False)
         except ValueError as exc:
             raise ItemError(item.id, f"image of {width}x{height} cannot be used: {exc}") from None
         return (h // factor) * (w // factor)

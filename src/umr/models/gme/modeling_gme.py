@@ -8,10 +8,11 @@ transformers versions it was written for). That makes every row of a batch indep
 others, so text-only, image-only and fused items share batches freely and each vector equals
 the item embedded alone.
 
-Only the vision tower and the text decoder are loaded (no ``lm_head``). Speed on CPU comes
-from running the vision tower once per batch on real images only (its patch embedding as one
-matmul), and packing the sequences of a batch back to back in the decoder (attention per sequence, no padding
-at all), computing only the pooled token in its last layer.
+Only the vision tower and the text decoder are loaded (no ``lm_head``). Speed on CPU
+(:mod:`umr.models.qwen_vl_fast`) comes from running the vision tower once per batch on real images
+only (patch embedding as one matmul, attention image by image without copies), and packing the
+sequences of a batch back to back in the decoder (attention per sequence, no padding at all),
+computing only the pooled token in its last layer.
 """
 
 from __future__ import annotations
@@ -24,19 +25,21 @@ import torch
 from ...types import Item
 from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
 from ..checkpoints import load_checkpoint
+from ..cpu import cpu_default_dtype
+from ..prefetch import Prefetching
+from ..qwen_vl_fast import decode_packed, speed_up_vision, supports_packed
 from ..registry import ModelNotAvailable
 from .processing_gme import GmeProcessor, ProcessedItem
 
 
-
-
-
-class GmeEmbedder(Embedder, Trainable):
+class GmeEmbedder(Embedder, Prefetching, Trainable):
     """GME embeddings for text, images and both, in one vector space."""
 
     batch_size = 32
     #: padded tokens (items x longest sequence) per forward pass
     cost_budget = 8192
+    #: bfloat16 vectors within cosine 0.999 of float32 on the benchmark items? (worst 0.9976: no, opt-in)
+    bf16_close = False
     #: LoRA on the LLM's attention and MLP projections, as GME trains
     lora_targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -50,7 +53,7 @@ class GmeEmbedder(Embedder, Trainable):
         self.dim = int(text_config.hidden_size)
         self.image_token_id = int(config.image_token_id)
         self._fast_decoder = _supports_fast_decoder(model)
-        _speed_up_patch_embed(model)
+        speed_up_vision(model.visual)
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -66,16 +69,19 @@ class GmeEmbedder(Embedder, Trainable):
                         max_length: int = 1800, attn_implementation: str = "sdpa") -> "GmeEmbedder":
         """Load a GME checkpoint folder (Qwen2-VL or Qwen2.5-VL) for embedding.
 
-        ``dtype`` defaults to ``float32``; ``bfloat16`` is much faster on CPUs with AMX/AVX512-BF16
-        but is opt-in. ``min_image_tokens``/``max_image_tokens`` bound the tokens per image
-        (GME's defaults: 256 and 1280).
+        ``dtype``: float32 unless given, but on a CPU with native bf16 matmuls (AMX/AVX512-BF16)
+        bfloat16 where it keeps vectors close to float32 (:attr:`bf16_close`, see
+        :func:`umr.models.cpu.cpu_default_dtype`).
+        ``min_image_tokens``/``max_image_tokens`` bound the tokens per image (GME's defaults: 256
+        and 1280).
         """
         from transformers import AutoModel
 
         folder = Path(path)
         if not (folder / "config.json").is_file():
             raise ModelNotAvailable(f"{folder}: no config.json, not a GME checkpoint folder")
-        torch_dtype = resolve_dtype(dtype)
+        torch_dtype = resolve_dtype(dtype, default=cpu_default_dtype(bf16_close=cls.bf16_close)
+                                    if str(device) == "cpu" else torch.float32)
         # a bound left unset follows the one given (max 64 alone means 64 at most, fewer allowed)
         if min_image_tokens is None:
             min_image_tokens = 256 if max_image_tokens is None else min(256, int(max_image_tokens))
@@ -101,11 +107,24 @@ class GmeEmbedder(Embedder, Trainable):
 
     # -- the Embedder hooks ----------------------------------------------------------------------
 
+    def embed(self, items, **options):
+        """:meth:`Embedder.embed`, then one warning for the images whose aspect ratio was clamped."""
+        try:
+            return super().embed(items, **options)
+        finally:
+            self.processor.warn_clamped()
+
     def _cost(self, item: Item) -> int:
         return self.processor.estimate_tokens(item)
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
-        return self.pooled_states(self._each_item(items, self.processor.process))
+        return self.pooled_states(self._each_item(items, self.prepare))
+
+    def prepare(self, item: Item) -> ProcessedItem:
+        return self.processor.process(item)
+
+    def embed_prepared(self, prepared: list[ProcessedItem]) -> torch.Tensor:
+        return self.forward(prepared)
 
     # -- training (umr.train) ----------------------------------------------------------------------
 
@@ -163,97 +182,11 @@ class GmeEmbedder(Embedder, Trainable):
         return hidden[torch.arange(batch, device=embeds.device), last]
 
     def _decode_packed(self, embeds: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """The decoder on sequences packed back to back, returning each one's last-token state.
-
-        Uses the decoder's own modules (norms, projections, MLPs, rotary tables); attention runs
-        per sequence with SDPA's causal kernel, so no token attends across sequences or to padding,
-        and every sequence has positions ``0..n-1``. The last layer only computes the pooled
-        token (its keys and values still cover the whole sequence).
-        """
-        lm = self.model.language_model
-        device = embeds.device
-        spans, start = [], 0
-        for n in lengths:
-            spans.append((start, start + n))
-            start += n
-        total = start
-        last = torch.tensor([e - 1 for _, e in spans], device=device)
-        positions = torch.cat([torch.arange(n, device=device) for n in lengths])
-        cos, sin = lm.rotary_emb(embeds[None], positions.view(1, 1, -1).expand(3, 1, -1))
-        cos, sin = cos[0][:, None, :], sin[0][:, None, :]  # (T, 1, head_dim): broadcast over heads
-        hidden = embeds
-        n_layers = len(lm.layers)
-        for index, layer in enumerate(lm.layers):
-            attn = layer.self_attn
-            head_dim = attn.head_dim
-            final = index == n_layers - 1
-            normed = layer.input_layernorm(hidden)
-            query = attn.q_proj(normed[last] if final else normed)
-            query = query.view(query.shape[0], -1, head_dim)
-            key = attn.k_proj(normed).view(total, -1, head_dim)
-            value = attn.v_proj(normed).view(total, -1, head_dim)
-            q_cos, q_sin = (cos[last], sin[last]) if final else (cos, sin)
-            query = query * q_cos + _rotate_half(query) * q_sin
-            key = key * cos + _rotate_half(key) * sin
-            groups = query.shape[1] // key.shape[1]
-            outputs = []
-            for row, (s, e) in enumerate(spans):
-                k = key[s:e].transpose(0, 1)
-                v = value[s:e].transpose(0, 1)
-                if groups > 1:
-                    k = k.repeat_interleave(groups, dim=0)
-                    v = v.repeat_interleave(groups, dim=0)
-                q = (query[row: row + 1] if final else query[s:e]).transpose(0, 1)
-                # the pooled (last) token sees its whole sequence; otherwise causal
-                out = torch.nn.functional.scaled_dot_product_attention(
-                    q[None], k[None], v[None], is_causal=not final, scale=attn.scaling)
-                outputs.append(out[0].transpose(0, 1).reshape(q.shape[1], -1))
-            attended = attn.o_proj(torch.cat(outputs))
-            hidden = (hidden[last] if final else hidden) + attended
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return lm.norm(hidden)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-class _PatchEmbedAsMatmul(torch.nn.Module):
-    """Qwen2-VL's patch embedding (a Conv3d whose stride equals its kernel) as one matmul.
-
-    Same weights and the same dot products; oneDNN's 3-D convolution is several times slower
-    on CPU than a plain GEMM for this shape.
-    """
-
-    def __init__(self, conv: torch.nn.Conv3d):
-        super().__init__()
-        self.weight = conv.weight  # shared: (embed, C, T, P, P)
-        self.bias = conv.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, C, T, P, P)
-        out = torch.nn.functional.linear(x.reshape(x.shape[0], -1), self.weight.reshape(self.weight.shape[0], -1),
-                                         self.bias)
-        return out.view(x.shape[0], -1, 1, 1, 1)
+        """The packed decoder (:func:`~umr.models.qwen_vl_fast.decode_packed`), positions ``0..n-1``
+        on all three M-RoPE sections of every sequence."""
+        positions = torch.cat([torch.arange(n, device=embeds.device) for n in lengths])
+        return decode_packed(self.model.language_model, embeds, lengths, positions.view(1, 1, -1).expand(3, 1, -1))
 
 
 def _supports_fast_decoder(model) -> bool:
-    """The hand-written last layer covers Qwen2-style decoders without sliding windows."""
-    lm = model.language_model
-    config = lm.config
-    if getattr(config, "use_sliding_window", False) or getattr(config, "sliding_window", None):
-        return False
-    layer = lm.layers[-1]
-    attn = getattr(layer, "self_attn", None)
-    needed = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")
-    return (attn is not None and all(hasattr(attn, n) for n in needed) and hasattr(layer, "mlp")
-            and hasattr(layer, "input_layernorm") and hasattr(layer, "post_attention_layernorm")
-            and hasattr(lm, "rotary_emb") and hasattr(lm, "norm"))
-
-
-def _speed_up_patch_embed(model) -> None:
-    embed = getattr(getattr(model, "visual", None), "patch_embed", None)
-    conv = getattr(embed, "proj", None)
-    if isinstance(conv, torch.nn.Conv3d) and tuple(conv.kernel_size) == tuple(conv.stride) \
-            and conv.padding == (0, 0, 0) and conv.groups == 1:
-        embed.proj = _PatchEmbedAsMatmul(conv)
+    return supports_packed(model.language_model, qk_norm=False)

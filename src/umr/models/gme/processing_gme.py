@@ -18,9 +18,8 @@ image header alone (:meth:`GmeProcessor.num_tokens`) to plan batches.
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from PIL import Image
 
 from ...images import image_size, load_image
 from ...types import Item, ItemError
-from ..qwen_vl_patches import PatchCutter
+from ..qwen_vl_patches import PatchCutter, read_patch_settings, smart_resize
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +41,9 @@ FETCH_FACTOR = 28
 FETCH_MIN_PIXELS = 4 * 28 * 28
 FETCH_MAX_PIXELS = 16384 * 28 * 28
 FETCH_MAX_RATIO = 200
+
+#: prompts whose token ids are kept between the cost estimate and processing (an embed call's worth)
+PROMPTS_REMEMBERED = 8192
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -56,50 +58,16 @@ def build_prompt(item: Item, *, with_image: bool | None = None) -> str:
             f"<|im_start|>assistant\n<|endoftext|>")
 
 
-def fetch_resize_size(height: int, width: int) -> tuple[int, int]:
+def fetch_resize_size(height: int, width: int, on_clamp=None) -> tuple[int, int]:
     """(height, width) after the first resize (``qwen_vl_utils.smart_resize``), ratio clamped at 200.
 
     GME's copy floors a side of a very long, thin image (1 x 500,000) to 0 and then divides by
     it; like ``qwen_vl_utils`` itself, a side is never less than one factor (28) here. Every
-    other geometry gets exactly GME's sizes.
+    other geometry gets exactly GME's sizes. ``on_clamp`` hears the ratio of a clamped image.
     """
-    factor = FETCH_FACTOR
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > FETCH_MAX_PIXELS:
-        beta = math.sqrt((height * width) / FETCH_MAX_PIXELS)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < FETCH_MIN_PIXELS:
-        beta = math.sqrt(FETCH_MIN_PIXELS / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    if max(h_bar, w_bar) / min(h_bar, w_bar) > FETCH_MAX_RATIO:
-        logger.warning("image aspect ratio %.1f is over %d; clamped as qwen_vl_utils does",
-                       max(h_bar, w_bar) / min(h_bar, w_bar), FETCH_MAX_RATIO)
-        if h_bar > w_bar:
-            h_bar = w_bar * FETCH_MAX_RATIO
-        else:
-            w_bar = h_bar * FETCH_MAX_RATIO
-    return h_bar, w_bar
-
-
-def processor_resize_size(height: int, width: int, *, factor: int, min_pixels: int,
-                          max_pixels: int) -> tuple[int, int]:
-    """(height, width) after the Qwen2-VL image processor's ``smart_resize``."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} is over 200")
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
+    return smart_resize(height, width, factor=FETCH_FACTOR, min_pixels=FETCH_MIN_PIXELS,
+                        max_pixels=FETCH_MAX_PIXELS, extreme_ratio="clamp", on_clamp=on_clamp,
+                        max_ratio=FETCH_MAX_RATIO)
 
 
 @dataclass
@@ -133,6 +101,10 @@ class GmeProcessor:
         # the processor's pixel bounds are in units of 28x28 tokens, as GME sets them
         self.min_pixels = self.min_image_tokens * 28 * 28
         self.max_pixels = self.max_image_tokens * 28 * 28
+        #: token ids of a prompt, remembered: the cost estimate tokenises, process() reuses them
+        self.prompt_ids = functools.lru_cache(maxsize=PROMPTS_REMEMBERED)(self._prompt_ids)
+        #: aspect ratio of each image size clamped since the last warning (one warning per call)
+        self._clamped: dict[tuple[int, int], float] = {}
         self.cut_patches = PatchCutter(patch_size=self.patch_size, merge_size=self.merge_size,
                                        temporal_patch_size=self.temporal_patch_size, image_mean=image_mean,
                                        image_std=image_std, rescale_factor=rescale_factor)
@@ -144,24 +116,29 @@ class GmeProcessor:
 
         folder = Path(folder)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        options = {}
-        config_file = folder / "preprocessor_config.json"
-        if config_file.is_file():
-            config = json.loads(config_file.read_text())
-            for key in ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std",
-                        "rescale_factor"):
-                if config.get(key) is not None:
-                    options[key] = config[key]
         return cls(tokenizer, image_token_id=image_token_id, min_image_tokens=min_image_tokens,
-                   max_image_tokens=max_image_tokens, max_length=max_length, **options)
+                   max_image_tokens=max_image_tokens, max_length=max_length, **read_patch_settings(folder))
 
     # -- images -------------------------------------------------------------------------------
 
     def final_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) the model sees for an image of ``width x height`` pixels."""
-        h1, w1 = fetch_resize_size(height, width)
-        return processor_resize_size(h1, w1, factor=self.factor, min_pixels=self.min_pixels,
-                                     max_pixels=self.max_pixels)
+        def note(ratio: float) -> None:
+            self._clamped[(width, height)] = ratio
+
+        return self._processor_size(*fetch_resize_size(height, width, note))
+
+    def _processor_size(self, height: int, width: int) -> tuple[int, int]:
+        """The Qwen2-VL image processor's own resize, after ``fetch_image``'s."""
+        return smart_resize(height, width, factor=self.factor, min_pixels=self.min_pixels,
+                            max_pixels=self.max_pixels)
+
+    def warn_clamped(self) -> None:
+        """One warning for the images clamped since the last call (not one per image and pass)."""
+        if self._clamped:
+            logger.warning("images of %d size(s) with an aspect ratio over %d (up to %.1f) clamped as "
+                           "qwen_vl_utils does", len(self._clamped), FETCH_MAX_RATIO, max(self._clamped.values()))
+            self._clamped.clear()
 
     def image_grid(self, width: int, height: int) -> tuple[int, int, int]:
         """The ``(t, h, w)`` patch grid of an image of ``width x height`` pixels."""
@@ -174,12 +151,9 @@ class GmeProcessor:
 
     def resize(self, image: Image.Image) -> Image.Image:
         """Both resizes on an RGB image: PIL's default filter, then bicubic."""
-        width, height = image.size
-        h1, w1 = fetch_resize_size(height, width)
-        image = image.resize((w1, h1))
-        h2, w2 = processor_resize_size(h1, w1, factor=self.factor, min_pixels=self.min_pixels,
-                                       max_pixels=self.max_pixels)
-        return image.resize((w2, h2), resample=Image.Resampling.BICUBIC)
+        h1, w1 = fetch_resize_size(image.height, image.width)
+        h2, w2 = self.final_size(image.width, image.height)
+        return image.resize((w1, h1)).resize((w2, h2), resample=Image.Resampling.BICUBIC)
 
     def patches(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int]]:
         """Normalised patches ``(grid_h * grid_w, 3 * T * P * P)`` and the grid of a resized RGB image."""
@@ -193,11 +167,11 @@ class GmeProcessor:
         Exact, so cost-budget batches hold what they promise: a character-based guess undercounts
         digits (one token each in Qwen2) and CJK text several times over.
         """
-        tokens = len(self.tokenize([build_prompt(item, with_image=False)])[0])
+        tokens = len(self.prompt_ids(build_prompt(item)))  # the ids process() reuses
         if item.image is not None:
             width, height = image_size(item.image, item_id=item.id)
             try:
-                tokens += self.num_image_tokens(width, height) + 2  # + <|vision_start|>, <|vision_end|>
+                tokens += self.num_image_tokens(width, height) - 1  # the one <|image_pad|> expanded
             except (ValueError, ArithmeticError) as exc:
                 raise ItemError(item.id, f"image of {width}x{height} cannot be embedded: {exc}") from None
         return min(tokens, self.max_length)
@@ -215,7 +189,7 @@ class GmeProcessor:
                                          f"{exc}") from None
             pixel_values, grid = self.patches(image)
             n_image_tokens = grid[1] * grid[2] // (self.merge_size ** 2)
-        ids = self.tokenize([build_prompt(item)])[0]
+        ids = list(self.prompt_ids(build_prompt(item)))
         pads = [i for i, tok in enumerate(ids) if tok == self.image_token_id]
         if len(pads) != (1 if item.image is not None else 0):
             raise ItemError(item.id, f"text must not contain the special token {IMAGE_PAD}")
@@ -226,6 +200,9 @@ class GmeProcessor:
                 raise ItemError(item.id, f"the image needs {n_image_tokens} tokens, more than fit in "
                                          f"max_length={self.max_length}; lower max_image_tokens")
         return ProcessedItem(input_ids=ids[: self.max_length], pixel_values=pixel_values, grid_thw=grid)
+
+    def _prompt_ids(self, prompt: str) -> tuple[int, ...]:
+        return tuple(self.tokenize([prompt])[0])
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=True, padding=False, truncation=False)["input_ids"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..tiny_corpus import synthetic_sentences
 
@@ -53,6 +53,44 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 512, extra_texts: Sequence[
     return tokenizer
 
 
+def write_tokenizer_files(folder: Path, tokenizer, *, model_max_length: int, **settings: Any) -> dict[str, int]:
+    """``tokenizer.json`` and a Qwen2 ``tokenizer_config.json`` (plus ``settings``) in ``folder``;
+    returns the ids of :data:`SPECIAL_TOKENS`."""
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "Qwen2Tokenizer",
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "bos_token": None,
+        "model_max_length": model_max_length,
+        **settings,
+        "clean_up_tokenization_spaces": False,
+        "errors": "replace",
+        "split_special_tokens": False,
+    }, indent=2))
+    return {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+
+
+def save_jittered(model, folder: Path, *, seed: int, jitter: Callable[[str, Any, Any], None]) -> None:
+    """Save a freshly initialised model after ``jitter(name, parameter, generator)`` has moved the
+    parameters initialisation leaves uninformative (norm weights all 1, ...), without the
+    generation config (an embedding checkpoint has none)."""
+    import torch
+
+    from ..registry import quiet_transformers
+
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(seed + 1)
+        for name, param in model.named_parameters():
+            jitter(name, param, generator)
+    with quiet_transformers():  # no "Writing model shards" bar
+        model.save_pretrained(folder, safe_serialization=True)
+    generation = folder / "generation_config.json"
+    if generation.exists():
+        generation.unlink()
+
+
 def write_tiny_gme(folder: str | Path, *, seed: int = 0, text: dict[str, Any] | None = None,
                    vision: dict[str, Any] | None = None, vocab_size: int = 512,
                    initializer_range: float = 0.1, legacy_layout: bool = True) -> Path:
@@ -70,20 +108,8 @@ def write_tiny_gme(folder: str | Path, *, seed: int = 0, text: dict[str, Any] | 
     folder.mkdir(parents=True, exist_ok=True)
 
     tokenizer = build_tokenizer(seed, vocab_size)
-    ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
-    tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "Qwen2Tokenizer",
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": None,
-        "bos_token": None,
-        "model_max_length": 32768,
-        "padding_side": "left",  # as Qwen2-VL ships it; GME pads on the right regardless
-        "clean_up_tokenization_spaces": False,
-        "errors": "replace",
-        "split_special_tokens": False,
-    }, indent=2))
+    # padding_side as Qwen2-VL ships it; GME pads on the right regardless
+    ids = write_tokenizer_files(folder, tokenizer, model_max_length=32768, padding_side="left")
 
     t = {**TINY_TEXT, **(text or {})}
     v = {**TINY_VISION, **(vision or {})}
@@ -124,15 +150,12 @@ def write_tiny_gme(folder: str | Path, *, seed: int = 0, text: dict[str, Any] | 
     config = Qwen2VLConfig(**json.loads(json.dumps(flat)))
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
-    with torch.no_grad():  # RMS/LayerNorm weights start at 1: jitter them so they matter
-        gen = torch.Generator().manual_seed(seed + 1)
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight") or ".norm" in name or "ln_q" in name:
-                param.add_(0.1 * torch.randn(param.shape, generator=gen))
-    from ..registry import quiet_transformers
 
-    with quiet_transformers():  # no "Writing model shards" bar
-        model.save_pretrained(folder, safe_serialization=True)
+    def jitter(name, param, generator):  # RMS/LayerNorm weights start at 1: jitter them so they matter
+        if name.endswith("norm.weight") or ".norm" in name or "ln_q" in name:
+            param.add_(0.1 * torch.randn(param.shape, generator=generator))
+
+    save_jittered(model, folder, seed=seed, jitter=jitter)
 
     if legacy_layout:
         (folder / "config.json").write_text(json.dumps(flat, indent=2))
@@ -148,9 +171,6 @@ def write_tiny_gme(folder: str | Path, *, seed: int = 0, text: dict[str, Any] | 
         if "lm_head.weight" not in renamed:
             renamed["lm_head.weight"] = renamed["model.embed_tokens.weight"].clone()
         save_file(dict(sorted(renamed.items())), str(weights), metadata={"format": "pt"})
-        gen_cfg = folder / "generation_config.json"
-        if gen_cfg.exists():
-            gen_cfg.unlink()
 
     (folder / "preprocessor_config.json").write_text(json.dumps({
         "min_pixels": 3136,

@@ -27,8 +27,8 @@ exact length cheaply (used to plan batches).
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ from PIL import Image
 
 from ...images import decode_image, image_size
 from ...types import ImageSource, Item, ItemError
-from ..qwen_vl_patches import PatchCutter
+from ..qwen_vl_patches import PatchCutter, read_patch_settings, smart_resize
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
@@ -50,23 +50,8 @@ MAX_RATIO = 200
 DEFAULT_MIN_IMAGE_TOKENS = 4
 DEFAULT_MAX_IMAGE_TOKENS = 1800
 DEFAULT_MAX_LENGTH = 8192
-
-
-def smart_resize(height: int, width: int, *, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """(height, width) after ``qwen_vl_utils.smart_resize``: multiples of ``factor``, area in bounds."""
-    if max(height, width) / min(height, width) > MAX_RATIO:
-        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} is over {MAX_RATIO}")
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = math.floor(height / beta / factor) * factor
-        w_bar = math.floor(width / beta / factor) * factor
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
+#: conversations whose token ids are kept between the cost estimate and encoding (an embed call's worth)
+PROMPTS_REMEMBERED = 8192
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -137,6 +122,7 @@ class Qwen3VLProcessor:
         self.factor = self.patch_size * self.merge_size
         self.min_pixels = self.min_image_tokens * self.factor ** 2
         self.max_pixels = self.max_image_tokens * self.factor ** 2
+        self._rendered_ids = functools.lru_cache(maxsize=PROMPTS_REMEMBERED)(self._ids_of_json)
         self.cut_patches = PatchCutter(patch_size=self.patch_size, merge_size=self.merge_size,
                                        temporal_patch_size=self.temporal_patch_size, image_mean=image_mean,
                                        image_std=image_std, rescale_factor=rescale_factor)
@@ -149,14 +135,7 @@ class Qwen3VLProcessor:
         folder = Path(folder)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         template = read_chat_template(folder, tokenizer)
-        config_file = folder / "preprocessor_config.json"
-        if config_file.is_file():
-            config = json.loads(config_file.read_text())
-            for key in ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std",
-                        "rescale_factor"):
-                if config.get(key) is not None:
-                    options.setdefault(key, config[key])
-        return cls(tokenizer, template, **options)
+        return cls(tokenizer, template, **{**read_patch_settings(folder), **options})
 
     # -- text ------------------------------------------------------------------------------------
 
@@ -164,6 +143,14 @@ class Qwen3VLProcessor:
         """The conversation through the checkpoint's chat template, with the generation prompt."""
         return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
                                                   add_generation_prompt=True)
+
+    def conversation_ids(self, messages: list[dict[str, Any]]) -> tuple[int, ...]:
+        """Token ids of a rendered conversation, remembered (keyed by its JSON): the cost estimate
+        tokenises once and :meth:`encode` reuses the ids."""
+        return self._rendered_ids(json.dumps(messages, sort_keys=True, ensure_ascii=False))
+
+    def _ids_of_json(self, messages_json: str) -> tuple[int, ...]:
+        return tuple(self.tokenize(self.render(json.loads(messages_json))))
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer([text], padding=False, truncation=False)["input_ids"][0]
@@ -173,7 +160,7 @@ class Qwen3VLProcessor:
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) the model sees for an image of ``width x height`` pixels."""
         return smart_resize(height, width, factor=self.factor, min_pixels=self.min_pixels,
-                            max_pixels=self.max_pixels)
+                            max_pixels=self.max_pixels, floor_at_factor=False, max_ratio=MAX_RATIO)
 
     def num_image_tokens(self, width: int, height: int) -> int:
         """Merged (32x32-pixel) tokens of an image of ``width x height`` pixels."""
@@ -208,7 +195,7 @@ class Qwen3VLProcessor:
             pixels, grid = self.patches(self.load_image(source, item_id=owner))
             patches.append(pixels)
             grids.append(grid)
-        ids = self.tokenize(self.render(messages))
+        ids = list(self.conversation_ids(messages))
         self._check_vision_tokens(ids, len(grids), item_id)
         expanded: list[int] = []
         grid_iter = iter(grids)
@@ -223,7 +210,7 @@ class Qwen3VLProcessor:
     def count_tokens(self, messages: list[dict[str, Any]], images: Sequence[ImageSource] = (), *,
                      item_id: str | None = None, image_ids: Sequence[str | None] | None = None) -> int:
         """The untruncated length of :meth:`encode`'s ids from the image headers alone."""
-        tokens = len(self.tokenize(self.render(messages)))
+        tokens = len(self.conversation_ids(messages))
         for source, owner in zip(images, image_ids or [item_id] * len(images)):
             width, height = image_size(source, item_id=owner)
             try:

@@ -56,8 +56,7 @@ def write_tiny_qwen3vl(folder: str | Path, *, seed: int = 0, text: dict[str, Any
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    from ..gme.tiny import SPECIAL_TOKENS, build_tokenizer
-    from ..registry import quiet_transformers
+    from ..gme.tiny import build_tokenizer, save_jittered, write_tokenizer_files
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,19 +65,7 @@ def write_tiny_qwen3vl(folder: str | Path, *, seed: int = 0, text: dict[str, Any
     missing = [w for w in answer_words if tokenizer.token_to_id(w) is None]
     if missing:
         raise ValueError(f"vocab_size={vocab_size} is too small to hold {missing} as single tokens")
-    ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
-    tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "Qwen2Tokenizer",
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": None,
-        "bos_token": None,
-        "model_max_length": 262144,
-        "clean_up_tokenization_spaces": False,
-        "errors": "replace",
-        "split_special_tokens": False,
-    }, indent=2))
+    ids = write_tokenizer_files(folder, tokenizer, model_max_length=262144)
     (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
 
     t = {**TINY_TEXT, **(text or {})}
@@ -100,20 +87,16 @@ def write_tiny_qwen3vl(folder: str | Path, *, seed: int = 0, text: dict[str, Any
         tie_word_embeddings=True)
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(config).eval()
-    with torch.no_grad():  # RMS/LayerNorm weights start at 1 and the position table small: jitter them
-        gen = torch.Generator().manual_seed(seed + 1)
-        for name, param in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                param.add_(0.1 * torch.randn(param.shape, generator=gen))
-            elif name.endswith("pos_embed.weight"):
-                param.normal_(0.0, 0.5, generator=gen)
-    with quiet_transformers():
-        model.save_pretrained(folder, safe_serialization=True)
+
+    def jitter(name, param, generator):  # RMS/LayerNorm weights start at 1 and the position table small
+        if "norm" in name and name.endswith("weight"):
+            param.add_(0.1 * torch.randn(param.shape, generator=generator))
+        elif name.endswith("pos_embed.weight"):
+            param.normal_(0.0, 0.5, generator=generator)
+
+    save_jittered(model, folder, seed=seed, jitter=jitter)
     if legacy_layout:
         _write_legacy_config(folder / "config.json")
-    generation = folder / "generation_config.json"
-    if generation.exists():
-        generation.unlink()
     (folder / "preprocessor_config.json").write_text(json.dumps({
         "size": {"shortest_edge": 65536, "longest_edge": 16777216},
         "patch_size": 16,
