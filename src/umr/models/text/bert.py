@@ -113,21 +113,34 @@ class BertSentenceEncoder(nn.Module):
         tokenizer.enable_truncation(max_seq_length)
         return encoder.eval(), tokenizer
 
-    def _attention(self, x: torch.Tensor, bias: torch.Tensor, prefix: str) -> torch.Tensor:
-        b, n, h = x.shape
+    def _attention(self, x: torch.Tensor, bias: torch.Tensor, prefix: str, shape: tuple[int, int],
+                   rows: torch.Tensor | None) -> torch.Tensor:
+        """Self-attention of ``x``, the real tokens only ``(T, h)`` when ``rows`` (their places in
+        the padded ``(b * n)`` layout) is given, else the padded ``(b, n, h)``."""
+        (b, n), h = shape, x.shape[-1]
         w = self.weights
 
+        def padded(t: torch.Tensor) -> torch.Tensor:
+            if rows is not None:
+                t = t.new_zeros(b * n, h).index_copy_(0, rows, t)
+            return t.view(b, n, self.heads, h // self.heads).transpose(1, 2)
+
         def heads(name: str) -> torch.Tensor:
-            return _linear(x, w, prefix + name).view(b, n, self.heads, h // self.heads).transpose(1, 2)
+            return padded(_linear(x, w, prefix + name))
         context = nn.functional.scaled_dot_product_attention(
             heads("attention.self.query"), heads("attention.self.key"), heads("attention.self.value"),
-            attn_mask=bias)
-        out = _linear(context.transpose(1, 2).reshape(b, n, h), w, prefix + "attention.output.dense")
+            attn_mask=bias).transpose(1, 2).reshape(b * n, h)
+        context = context.view(b, n, h) if rows is None else context.index_select(0, rows)
+        out = _linear(context, w, prefix + "attention.output.dense")
         return _layer_norm(out + x, w, prefix + "attention.output.LayerNorm", self.eps)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled vectors of a padded batch. Every layer but attention runs on the real tokens
+        only: a batch pads to its longest text (the server's micro-batches of 6- to 30-word
+        sentences were ~40% padding). Attention pads them back, masked keys left at zero."""
         w = self.weights
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        b, n = input_ids.shape
+        positions = torch.arange(n, device=input_ids.device)
         x = nn.functional.embedding(input_ids, w["embeddings.word_embeddings.weight"]) \
             + w["embeddings.position_embeddings.weight"][positions][None] \
             + w["embeddings.token_type_embeddings.weight"][0]
@@ -135,11 +148,16 @@ class BertSentenceEncoder(nn.Module):
         mask = attention_mask.bool()
         bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device)
         bias = bias.masked_fill(~mask, torch.finfo(x.dtype).min)[:, None, None, :]
+        rows = None if bool(mask.all()) else mask.flatten().nonzero().squeeze(1)
+        if rows is not None:
+            x = x.reshape(b * n, -1).index_select(0, rows)
         for i in range(self.layers):
             prefix = f"encoder.layer.{i}."
-            x = self._attention(x, bias, prefix)
+            x = self._attention(x, bias, prefix, (b, n), rows)
             hidden = nn.functional.gelu(_linear(x, w, prefix + "intermediate.dense"))
             x = _layer_norm(_linear(hidden, w, prefix + "output.dense") + x, w, prefix + "output.LayerNorm", self.eps)
+        if rows is not None:
+            x = x.new_zeros(b * n, x.shape[-1]).index_copy_(0, rows, x).view(b, n, -1)
         if self.pooling == "cls":
             pooled = x[:, 0]
         elif self.pooling == "max":
