@@ -96,7 +96,8 @@ def test_no_reranker_no_index(minilm):
         assert c.post("/v1/search", json={"text": "a"}).status_code == 404
         stats = c.get("/v1/stats").json()
         assert stats == {"model": "minilm", "dim": 384, "reranker": None, "batching": True,
-                         "batcher": {"enabled": True, "embed_calls": 0, "items": 0, "model_seconds": 0.0}}
+                         "batcher": {"enabled": True, "embed_calls": 0, "items": 0, "model_seconds": 0.0,
+                                     "model_cpu_seconds": 0.0}}
         assert c.get("/docs").status_code == 200 and "/v1/embeddings" in c.get("/openapi.json").json()["paths"]
 
 

@@ -63,6 +63,8 @@ class MicroBatcher:
         self.embed_calls = 0
         self.items = 0
         self.model_seconds = 0.0
+        #: of which CPU in the model thread (with torch on one thread, all of the model's work)
+        self.model_cpu_seconds = 0.0
 
     async def run(self, fn: Callable[..., T], *args) -> T:
         """Run ``fn(*args)`` in the model's thread (anything else that uses the model, e.g. an index add)."""
@@ -108,7 +110,7 @@ class MicroBatcher:
     def _embed_jobs(self, requests: list[list[Item]]) -> tuple[int, list[Embedded]]:
         """In the model thread: embed the first requests that fill one forward pass (at least one)
         as one ``embed`` call; how many were taken, and their answers."""
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         costs: list[int] = []
         taken = 0
         for items in requests:
@@ -125,6 +127,7 @@ class MicroBatcher:
         self.embed_calls += 1
         self.items += len(batch)
         self.model_seconds += time.perf_counter() - started
+        self.model_cpu_seconds += time.thread_time() - cpu
         return taken, answers
 
     def _cost(self, item: Item) -> int:
@@ -136,7 +139,7 @@ class MicroBatcher:
 
     def stats(self) -> dict:
         return {"enabled": self.enabled, "embed_calls": self.embed_calls, "items": self.items,
-                "model_seconds": round(self.model_seconds, 3)}
+                "model_seconds": round(self.model_seconds, 3), "model_cpu_seconds": round(self.model_cpu_seconds, 3)}
 
     def close(self) -> None:
         if self._worker is not None:
