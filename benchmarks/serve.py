@@ -207,6 +207,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="umr-serve-bench-")
     models = {"tiny-gme": str(write_tiny_gme(Path(tmp) / "tiny-gme")), "minilm": "minilm"}
     models = {label: name for label, name in models.items() if label in (args.model or models)}
+    load_at_start = os.getloadavg()[0]
     rows = []
     runs = [(label, name, batching) for label, name in models.items() for batching in (True, False)]
     for label, name, batching in runs + [("null", "null", True)]:  # last: the HTTP side's own ceiling
@@ -234,7 +235,7 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"clients": args.clients, "seconds": seconds, "quick": args.quick,
                                    "cpus": os.cpu_count(), "platform": platform.platform(),
-                                   "load_average_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                                   "load_average": {"start": load_at_start, "end": os.getloadavg()[0]},
                                    "runs": rows, "throughput_ratio_on_vs_off": ratios}, indent=1) + "\n")
     print(f"wrote {RESULTS}")
 

@@ -151,9 +151,9 @@ def server_torch_threads() -> int:
     """Torch threads for a CPU server: every core but one, which is left to the event loop
     (HTTP parsing, JSON) so that it never fights the model's threads for a core.
 
-    On 2 cores that is 1: measured with one other busy process, a 2-thread forward of the tiny
-    GME took 136 ms against 3.4 ms on one thread (its threads wait for a core the other holds),
-    and the event loop is such a process to the model.
+    On 2 cores that is 1: on a busy 2-core machine a 2-thread forward of one sentence through the
+    tiny GME took 175-530 ms against 5-6 ms on one thread (its threads wait for a core another
+    process holds), and the event loop is such a process to the model.
     """
     import os
 
