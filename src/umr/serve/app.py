@@ -345,7 +345,7 @@ def _embedding_routes(app: FastAPI, server: Server) -> None:
         embedded = await embed_or_refuse(server, items)
         vectors = truncate(embedded.result.vectors, body.dimensions, model.dim)
         data = []
-        for i, v in enumerate(vectors.astype("<f4", copy=False)):
+        for i, v in enumerate(np.ascontiguousarray(vectors, dtype="<f4")):  # as orjson writes arrays
             value = base64.b64encode(v.tobytes()).decode("ascii") if body.encoding_format == "base64" else v
             data.append({"object": "embedding", "index": i, "embedding": value})
         return json_response({"object": "list", "data": data, "model": str(model.name),

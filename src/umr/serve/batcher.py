@@ -111,14 +111,15 @@ class MicroBatcher:
         """In the model thread: embed the first requests that fill one forward pass (at least one)
         as one ``embed`` call; how many were taken, and their answers."""
         started, cpu = time.perf_counter(), time.thread_time()
-        costs: list[int] = []
-        taken = 0
-        for items in requests:
-            more = [self._cost(item) for item in items]
-            if taken and not self.model.fits_one_pass(costs + more):
-                break
-            costs += more
-            taken += 1
+        taken = 1
+        if len(requests) > 1:  # one request needs no costing: embed plans its passes itself
+            costs = [self._cost(item) for item in requests[0]]
+            for items in requests[1:]:
+                more = [self._cost(item) for item in items]
+                if not self.model.fits_one_pass(costs + more):
+                    break
+                costs += more
+                taken += 1
         sizes = [len(items) for items in requests[:taken]]
         batch = [item for items in requests[:taken] for item in items]
         result = self.model.embed(batch, show_progress_bar=False, on_error="skip")
