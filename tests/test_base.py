@@ -44,6 +44,19 @@ def test_plan_batches_sorts_by_cost_and_respects_budget():
         assert len(batch) == 1 or len(batch) * max(costs[i] for i in batch) <= 60
 
 
+def test_fits_one_pass_is_the_rule_embed_batches_by():
+    """The server's micro-batcher fills a pass with it: it must agree with embed's own plan."""
+    model = CountingEmbedder()  # 4 items a pass, padded cost (items x costliest) within 40
+    assert model.fits_one_pass([10, 10, 10, 10]) and not model.fits_one_pass([10, 10, 10, 11])
+    assert not model.fits_one_pass([1] * 5) and model.fits_one_pass([]) and model.fits_one_pass([500])
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        costs = rng.integers(1, 30, rng.integers(1, 12)).tolist()
+        plan = plan_batches(costs, max_items=model.batch_size, budget=model.cost_budget)
+        assert (len(plan) == 1) == model.fits_one_pass(costs)
+        assert all(model.fits_one_pass([costs[i] for i in batch]) for batch in plan)
+
+
 def test_plan_batches_gives_an_oversized_item_its_own_batch():
     assert plan_batches([100, 1, 1], max_items=8, budget=10) == [[0], [1, 2]]
 

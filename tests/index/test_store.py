@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -167,3 +168,52 @@ def test_a_graph_file_with_its_own_vectors_still_opens(tmp_path):
     _, want = old.search(queries, 5, params=faiss.SearchParametersHNSW(efSearch=64))
     got = reopened.search(queries, 5, ef_search=64)
     assert [[h.id for h in row] for row in got] == [[f"r{i}" for i in row] for row in want]
+
+
+def test_modality_counts_follow_adds_overwrites_deletes_and_reopening(make_index, tmp_path):
+    """/v1/stats reads these counts on every page load: the store keeps them, no scan per call."""
+    from PIL import Image
+
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"p{i}.png"
+        Image.new("RGB", (8, 8), (40 * i, 90, 200)).save(path)
+        paths.append(str(path))
+    index = make_index(hashing.PixelHashEmbedder())
+    assert index.modality_counts() == {}
+    index.add([Item.candidate(text=f"note {i}", id=f"t{i}") for i in range(4)]
+              + [Item.candidate(image=p, id=f"i{n}") for n, p in enumerate(paths)])
+    assert index.modality_counts() == {"text": 4, "image": 3}
+    # an overwrite that changes the modality moves the item from one count to the other
+    index.add([Item.candidate(image=paths[0], text="now a captioned picture", id="t0"),
+               Item.candidate(text="a caption instead", id="i2")])
+    assert index.modality_counts() == {"text": 4, "image": 2, "image,text": 1}
+    assert index.delete(["t1", "i0", "missing"]) == 2
+    assert index.modality_counts() == {"text": 3, "image": 1, "image,text": 1}
+    index.add([Item.candidate(text="note 3", id="t3")])  # unchanged: no commit, same counts
+    assert index.modality_counts() == {"text": 3, "image": 1, "image,text": 1}
+    want = {"text": 3, "image": 1, "image,text": 1}
+    assert sum(want.values()) == len(index)
+    from umr.index import Index
+
+    folder = index.folder
+    index.close()
+    with Index.open(folder, model=hashing.PixelHashEmbedder()) as reopened:
+        assert reopened.modality_counts() == want
+        assert dict(Counter(r["modality"] for r in reopened.get(reopened.ids()))) == want
+
+
+def test_flat_store_counts_a_commit_made_after_the_first_count(tmp_path):
+    """Counts built on first use stay current through later commits, deletes and a compaction."""
+    dim = 4
+    store = FlatStore.create(tmp_path / "s", dim=dim, config={"model": {"name": "r", "dim": dim}})
+    records = [{"id": f"r{i}", "hash": "h", "modality": "text" if i % 2 else "image", "meta": {}} for i in range(6)]
+    store.commit(records, np.ones((6, dim), np.float32))
+    assert store.modality_counts() == {"text": 3, "image": 3}
+    store.commit([{**records[0], "modality": "text"}], np.ones((1, dim), np.float32), delete_ids=["r1", "r2"])
+    assert store.modality_counts() == {"text": 3, "image": 1}
+    store.compact()
+    assert store.modality_counts() == {"text": 3, "image": 1}
+    store.delete(["r0", "r3", "r4", "r5"])
+    assert store.modality_counts() == {}
+    store.close()

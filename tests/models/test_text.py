@@ -215,3 +215,18 @@ def test_prompts_left_out_of_pooling_use_sentence_transformers(tmp_path):
     assert isinstance(model.backend, SentenceTransformersBackend)
     reference = SentenceTransformer(str(folder), device="cpu")
     assert np.abs(model.encode_queries(QUERIES) - reference.encode_query(QUERIES, normalize_embeddings=True)).max() <= 1e-6
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
+def test_light_path_batch_of_mixed_lengths_equals_each_text_alone(minilm, pooling, monkeypatch):
+    """The light path runs all but attention on the real tokens only (no padding rows): a batch of
+    very different lengths must give each text the vector it gets alone, in every pooling mode."""
+    texts = ["llamas", "a much longer sentence about what llamas eat in the mountains of Peru every day",
+             "grass", "hay and grass and water, mostly"]
+    encoder = minilm.backend.encoder
+    monkeypatch.setattr(encoder, "pooling", pooling)
+    alone = np.vstack([minilm.encode_candidates([t]) for t in texts])
+    together = minilm.encode_candidates(texts, batch_size=len(texts))
+    assert np.abs(together - alone).max() <= 1e-6
+    ids = minilm.backend.tokenizer.encode_batch(texts)
+    assert len({len(e.ids) for e in ids}) == len(texts)  # padding was really there to leave out

@@ -7,9 +7,11 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from starlette.testclient import TestClient
 
 from umr import Item
+from umr.models.base import Embedder
 from umr.serve import MicroBatcher, create_app
 
 from .conftest import data_uri, png_bytes
@@ -92,12 +94,15 @@ def test_no_reranker_no_index(minilm):
     with TestClient(create_app(minilm)) as c:
         assert c.post("/v1/rerank", json={"query": "a", "documents": ["b"]}).status_code == 404
         assert c.post("/v1/search", json={"text": "a"}).status_code == 404
-        assert c.get("/v1/stats").json() == {"model": "minilm", "dim": 384, "reranker": None, "batching": True}
+        stats = c.get("/v1/stats").json()
+        assert stats == {"model": "minilm", "dim": 384, "reranker": None, "batching": True,
+                         "batcher": {"enabled": True, "embed_calls": 0, "items": 0, "model_seconds": 0.0,
+                                     "model_cpu_seconds": 0.0}}
         assert c.get("/docs").status_code == 200 and "/v1/embeddings" in c.get("/openapi.json").json()["paths"]
 
 
 class Counting:
-    """A model wrapper that counts forward calls and can be held inside one."""
+    """A model wrapper that counts embed calls and can be held inside one."""
 
     def __init__(self, model):
         self.model, self.calls, self.sizes = model, 0, []
@@ -113,14 +118,14 @@ class Counting:
         self.release.wait(30)
         return self.model.embed(items, **kw)
 
-    def token_spans(self, text):
-        return self.model.token_spans(text)
+    def __getattr__(self, name):  # the rest of the model's contract (check, fits_one_pass, ...)
+        return getattr(self.model, name)
 
 
 def test_concurrent_requests_share_forward_passes(minilm):
     texts = [f"sentence number {i} about llamas" for i in range(12)]
     counting = Counting(minilm)
-    batcher = MicroBatcher(counting, window_ms=200, cost_budget=64)
+    batcher = MicroBatcher(counting, window_ms=200)
 
     async def go():
         return await asyncio.gather(*[batcher.embed([Item(text=t, id="0")]) for t in texts])
@@ -128,14 +133,52 @@ def test_concurrent_requests_share_forward_passes(minilm):
     batcher.close()
     assert counting.calls < len(texts) and sum(counting.sizes) == len(texts)
     alone = minilm.encode_candidates(texts)
-    assert np.abs(np.vstack([r.vectors for r in results]) - alone).max() <= 1e-6
+    assert np.abs(np.vstack([r.result.vectors for r in results]) - alone).max() <= 1e-6
+    assert [r.tokens for r in results] == [len(minilm.token_spans(t)) for t in texts]
+    assert batcher.stats()["items"] == len(texts) and batcher.stats()["embed_calls"] == counting.calls
     bad = MicroBatcher(minilm, window_ms=50)
 
     async def mixed():
         return await asyncio.gather(bad.embed([Item(text="fine", id="0")]), bad.embed([Item(id="x")]))
     ok, failed = asyncio.run(mixed())
     bad.close()
-    assert len(ok.vectors) == 1 and not ok.errors and failed.errors[0].index == 0  # one bad item spoils nothing else
+    assert len(ok.result.vectors) == 1 and not ok.result.errors and failed.result.errors[0].index == 0
+    # one bad item spoils nothing else
+
+
+class FourAPass(Embedder):
+    """Four items a forward pass, padded cost (items x longest text in words) within 12."""
+
+    name, dim, batch_size, cost_budget = "four", 4, 4, 12
+
+    def _cost(self, item):
+        return len(item.text.split())
+
+    def _embed_batch(self, items):
+        return torch.tensor([[len(item.text), 1.0, 0.0, 0.0] for item in items])
+
+
+def test_requests_queued_behind_a_busy_model_fill_its_passes():
+    """While the model is busy the next batch accumulates; it reaches the model as one embed
+    call per forward pass, filled by the model's own cost contract (FIFO, never past a pass)."""
+    counting = Counting(FourAPass())
+    counting.release.clear()
+    batcher = MicroBatcher(counting, window_ms=0)
+    texts = ["w"] * 6 + ["a b c d e f g"] + ["x y"] * 3  # the 7-word text makes a pass of its own
+
+    async def go():
+        first = asyncio.ensure_future(batcher.embed([Item(text="first", id="0")]))
+        while not counting.entered.is_set():
+            await asyncio.sleep(0.005)
+        rest = [asyncio.ensure_future(batcher.embed([Item(text=t, id="0")])) for t in texts]
+        await asyncio.sleep(0.05)
+        counting.release.set()
+        return await asyncio.gather(first, *rest)
+    answers = asyncio.run(go())
+    batcher.close()
+    assert counting.sizes == [1, 4, 2, 1, 3]
+    want = counting.model.encode_candidates(["first", *texts])
+    assert np.abs(np.vstack([a.result.vectors for a in answers]) - want).max() <= 1e-6
 
 
 def test_a_slow_request_never_blocks_health_checks(minilm):

@@ -162,9 +162,9 @@ def test_no_start_beyond_loopback_without_token(capsys):
 
 
 def test_errors_carry_no_stack_trace(client, photo_index, monkeypatch):
-    def broken(ids):
+    def broken():
         raise RuntimeError("secret internals /home/user/.cache")
-    monkeypatch.setattr(photo_index, "get", broken)
+    monkeypatch.setattr(photo_index, "modality_counts", broken)
     r = client.get("/v1/stats")
     assert r.status_code == 500
     assert "Traceback" not in r.text and "secret internals" not in r.text

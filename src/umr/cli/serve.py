@@ -29,8 +29,11 @@ def add_parser(sub) -> None:
     parser.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default 16 MB)")
     parser.add_argument("--max-items", type=int, default=128, help="most inputs per request (default 128)")
     parser.add_argument("--no-batching", action="store_true", help="run requests one at a time")
-    parser.add_argument("--batch-window-ms", type=float, default=5.0,
-                        help="how long a request waits for others to share its forward pass (default 5)")
+    parser.add_argument("--batch-window-ms", type=float, default=2.0,
+                        help="how long a request that finds the model idle waits for others to share its "
+                             "forward pass (default 2)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the model (default: all cores but one, left to HTTP)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     parser.set_defaults(run=run)
@@ -38,11 +41,14 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..serve import Limits, Security, check_bind, create_app
+    from ..serve.batcher import server_torch_threads
 
     try:
         check_bind(args.host, args.token)  # before anything slow: refuse at once
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, not {args.threads}")
     if args.index_dir is None and args.model is None:
         raise UsageError("give --index DIR, --model MODEL, or both")
     import uvicorn
@@ -70,7 +76,8 @@ def run(args) -> int:
     security = Security(token=args.token, image_hosts=frozenset(h.lower() for h in args.image_host),
                         cors_origins=tuple(args.cors_origin))
     app = create_app(model, index=index, reranker=reranker, limits=limits, security=security,
-                     batching=not args.no_batching, window_ms=args.batch_window_ms)
+                     batching=not args.no_batching, window_ms=args.batch_window_ms,
+                     torch_threads=args.threads or server_torch_threads())
     print(f"umr serve: {model.name} ({model.dim}-d)" + (f", index {args.index_dir} ({len(index)} items)" if index else "")
           + f" on http://{args.host}:{args.port}/  (API docs at /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", server_header=False)  # closes the index

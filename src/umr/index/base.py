@@ -157,6 +157,10 @@ class VectorStore(Protocol):
     def metadata_fields(self) -> set[str]:
         """The metadata fields that stored items have (to tell a user a ``where`` field is unknown)."""
 
+    def modality_counts(self) -> dict[str, int]:
+        """Live items per modality (``text``, ``image``, ``image,text``), without reading every
+        record per call: ``umr serve``'s /v1/stats asks on every page load."""
+
     def check_id(self, item_id: str) -> str | None:
         """Why this store cannot hold an item with this id, or None if it can."""
 

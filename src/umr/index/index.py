@@ -333,6 +333,10 @@ class Index:
     def get(self, ids: Iterable[str]) -> list[dict[str, Any] | None]:
         return self.store.get(ids)
 
+    def modality_counts(self) -> dict[str, int]:
+        """Live items per modality, kept by the store (no scan per call)."""
+        return self.store.modality_counts()
+
     def search(self, text: str | None = None, image=None, *, instruction: str | None = None,
                modality: str | Sequence[str] | None = None, where: dict[str, Any] | None = None,
                k: int = 10, method: str | None = None, ef_search: int | None = None,

@@ -31,7 +31,7 @@ import os
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +276,8 @@ class FlatStore(VectorStore):
         self._masks: OrderedDict[Filter | None, np.ndarray] = OrderedDict()
         self._subsets: OrderedDict[Filter | None, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._fields: set[str] | None = None
+        #: live items per modality, counted on first use and kept current by every commit
+        self._modalities: Counter[str] | None = None
         self._superseded: list[str] = []
         self._mutex = threading.Lock()  # lazily built structures and caches
         self._rw = _ReadWriteLock()  # searches vs. in-memory changes of a commit
@@ -388,6 +390,20 @@ class FlatStore(VectorStore):
         with self._mutex:
             self._fields = fields
         return set(fields)
+
+    def modality_counts(self) -> dict[str, int]:
+        with self._mutex:
+            if self._modalities is not None:
+                return {m: n for m, n in self._modalities.items() if n}
+
+        def read():
+            with self._rw.read():  # no commit between counting and keeping the count
+                counts = Counter(json.loads(line).get("modality") or "" for _, line in self._state.live_lines())
+                with self._mutex:
+                    self._modalities = counts
+                    return {m: n for m, n in counts.items() if n}
+
+        return self._reading(read)
 
     def check_id(self, item_id: str) -> str | None:
         return None  # any text is stored exactly (JSON escapes what UTF-8 cannot hold)
@@ -614,6 +630,7 @@ class FlatStore(VectorStore):
                 self._flat = None
                 self._hnsw = None
                 self._fields = None
+                self._modalities = None
                 self._reset_caches()
             return read()
 
@@ -639,6 +656,11 @@ class FlatStore(VectorStore):
         """Update the in-memory snapshot after a commit, without re-reading files."""
         state, keys = self._state, self._keys()
         state.manifest = manifest
+        if self._modalities is not None:  # the dropped rows' lines are still on disk: read only those
+            dropped = [r.get("modality") or "" for r in state.records_at(drop).values()]
+            with self._mutex:
+                self._modalities.subtract(dropped)
+                self._modalities.update(r.get("modality") or "" for r in records)
         if drop:
             deleted = state.deleted.view()
             for row in drop:

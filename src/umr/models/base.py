@@ -73,15 +73,19 @@ def plan_batches(costs: Sequence[int], *, max_items: int, budget: int | None) ->
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
-        if current:
-            padded = (len(current) + 1) * costs[current[0]]
-            if len(current) >= max_items or (budget is not None and padded > budget):
-                batches.append(current)
-                current = []
+        if current and not fits_one_pass(len(current) + 1, costs[current[0]], max_items=max_items, budget=budget):
+            batches.append(current)
+            current = []
         current.append(i)
     if current:
         batches.append(current)
     return batches
+
+
+def fits_one_pass(count: int, largest_cost: int, *, max_items: int, budget: int | None) -> bool:
+    """Whether ``count`` items, the costliest costing ``largest_cost``, make one forward pass:
+    at most ``max_items`` of them and a padded size (``count * largest_cost``) within ``budget``."""
+    return count <= max_items and (budget is None or count * largest_cost <= budget)
 
 
 def word_spans(text: str) -> list[tuple[int, int]]:
@@ -234,6 +238,12 @@ class Embedder(ABC):
         cheap checks (no forward pass) :meth:`embed` runs first; training vets its data with it."""
         item.modality  # noqa: B018 - raises for an item with neither text nor image
         return int(self._cost(item))
+
+    def fits_one_pass(self, costs: Sequence[int]) -> bool:
+        """Whether items of these :meth:`check` costs are one forward pass of :meth:`embed`
+        (``batch_size`` and ``cost_budget``): how the server's micro-batcher fills a pass."""
+        return len(costs) <= 1 or fits_one_pass(len(costs), max(costs), max_items=self.batch_size,
+                                                budget=self.cost_budget)
 
     # -- what backends implement -----------------------------------------------------------
 

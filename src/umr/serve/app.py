@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..models.matryoshka import renormalised_prefix
 from ..types import Item, Modality
-from .batcher import MicroBatcher
+from .batcher import Embedded, MicroBatcher
 from .security import (Limits, RequestRefused, Security, check_count, check_image_bytes, check_text,
                        image_from_url)
 
@@ -116,12 +116,12 @@ class Server:
     limits: Limits = field(default_factory=Limits)
     security: Security = field(default_factory=Security)
     batching: bool = True
-    window_ms: float = 5.0
-    cost_budget: int = 64
+    window_ms: float = 2.0
+    torch_threads: int | None = None
 
     def __post_init__(self) -> None:
-        self.batcher = MicroBatcher(self.model, window_ms=self.window_ms, cost_budget=self.cost_budget,
-                                    enabled=self.batching)
+        self.batcher = MicroBatcher(self.model, window_ms=self.window_ms, enabled=self.batching,
+                                    torch_threads=self.torch_threads)
         #: index reads and writes take turns (the FAISS store is not safe to write while read)
         self.index_lock = threading.Lock()
 
@@ -139,14 +139,16 @@ class Server:
 
 
 def create_app(model, *, index=None, reranker=None, limits: Limits | None = None,
-               security: Security | None = None, batching: bool = True, window_ms: float = 5.0,
-               cost_budget: int = 64) -> FastAPI:
+               security: Security | None = None, batching: bool = True, window_ms: float = 2.0,
+               torch_threads: int | None = None) -> FastAPI:
     """The FastAPI app serving ``model`` (and ``index`` / ``reranker`` when given).
 
     The app owns the index from then on: it writes to it from the model's thread and closes it on shutdown.
+    ``torch_threads`` sets torch's intra-op threads for the model thread (None: as they are;
+    ``umr serve`` passes :func:`~umr.serve.batcher.server_torch_threads`).
     """
     server = Server(model, index, reranker, limits or Limits(), security or Security(), batching, window_ms,
-                    cost_budget)
+                    torch_threads)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -308,18 +310,21 @@ def truncate(vectors: np.ndarray, dimensions: int | None, full: int) -> np.ndarr
     return renormalised_prefix(vectors, dimensions)
 
 
-def count_tokens(model, items: list[Item]) -> int:
-    """Text tokens of the items (``usage``); run in the model's thread, because a fast tokenizer's
-    padding settings are shared state that a concurrent forward pass would see changed."""
-    return sum(len(model.token_spans(item.text)) for item in items if item.text)
-
-
-async def embed_or_refuse(server: Server, items: list[Item]) -> np.ndarray:
-    result = await server.batcher.embed(items)
-    if result.errors:
-        err = result.errors[0]
+async def embed_or_refuse(server: Server, items: list[Item]) -> Embedded:
+    embedded = await server.batcher.embed(items)
+    if embedded.result.errors:
+        err = embedded.result.errors[0]
         raise RequestRefused(422, f"input {err.index}: {err.reason}")
-    return result.vectors
+    return embedded
+
+
+def json_response(payload: dict[str, Any]) -> Response:
+    """``payload`` as JSON, numpy arrays included: float32 vectors are written as the shortest
+    decimals that read back to the same float32 (about half the bytes of float64 repr, and
+    ~25x faster than ``json.dumps`` of lists: 11 us against 290 us for one 384-d vector)."""
+    import orjson
+
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 def _embedding_routes(app: FastAPI, server: Server) -> None:
@@ -337,14 +342,14 @@ def _embedding_routes(app: FastAPI, server: Server) -> None:
     async def embeddings(body: EmbeddingRequest):
         check_model_name(body.model)
         items = embedding_items(body, limits, security)
-        vectors = truncate(await embed_or_refuse(server, items), body.dimensions, model.dim)
+        embedded = await embed_or_refuse(server, items)
+        vectors = truncate(embedded.result.vectors, body.dimensions, model.dim)
         data = []
-        for i, v in enumerate(vectors.astype("<f4", copy=False)):
-            value = base64.b64encode(v.tobytes()).decode("ascii") if body.encoding_format == "base64" else v.tolist()
+        for i, v in enumerate(np.ascontiguousarray(vectors, dtype="<f4")):  # as orjson writes arrays
+            value = base64.b64encode(v.tobytes()).decode("ascii") if body.encoding_format == "base64" else v
             data.append({"object": "embedding", "index": i, "embedding": value})
-        tokens = await server.batcher.run(count_tokens, model, items)
-        return JSONResponse({"object": "list", "data": data, "model": str(model.name),  # already plain JSON
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return json_response({"object": "list", "data": data, "model": str(model.name),
+                              "usage": {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens}})
 
     @app.post("/v1/rerank")
     async def rerank(body: RerankRequest):
@@ -454,7 +459,7 @@ def _index_routes(app: FastAPI, server: Server) -> None:
         except Unrepresentable:
             raise RequestRefused(422, f"the query image has no readable text and {index.model_name} cannot see "
                                       f"pixels: add query text") from None
-        vector = await embed_or_refuse(server, [query])
+        vector = (await embed_or_refuse(server, [query])).result.vectors
         k = body.k * 3 if body.rerank and server.reranker is not None else body.k
         try:
             results = (await server.in_index(lambda: index.search_vectors(vector, k=k, modality=modality,
@@ -502,17 +507,13 @@ def _index_routes(app: FastAPI, server: Server) -> None:
 
     @app.get("/v1/stats")
     async def stats():
-        from collections import Counter
-
         model = server.model
         out = {"model": str(model.name), "dim": int(model.dim), "reranker": getattr(server.reranker, "name", None),
-               "batching": server.batching}
+               "batching": server.batching, "batcher": server.batcher.stats()}
         if server.index is not None:
-            def count():
-                records = server.index.get(server.index.ids())
-                return len(records), Counter(r.get("modality") or "" for r in records if r)
-            n, modalities = await server.in_index(count)
-            out.update(items=n, modalities=dict(modalities), index_model=server.index.model_name)
+            index = server.index
+            n, modalities = await server.in_index(lambda: (len(index), index.modality_counts()))
+            out.update(items=n, modalities=modalities, index_model=index.model_name)
         return out
 
     async def image_record(item_id: str) -> dict[str, Any]:
