@@ -79,7 +79,8 @@ def _count(uri, collection) -> int:
 
     client = MilvusClient(uri)
     try:
-        if not client.has_collection(collection):
+        # created but not yet indexed by `umr index`: nothing can be stored in it yet
+        if not client.has_collection(collection) or not client.list_indexes(collection):
             return 0
         client.load_collection(collection)  # a restarted server has released it
         rows = client.query(collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
