@@ -124,6 +124,13 @@ BENCHMARKS: tuple[Benchmark, ...] = (
          Headline("Qwen3-VL vs reference loop", at("qwen3vl", "ratio"), 1.5),
          Headline("minilm vs sentence-transformers", at("minilm", "ratio"), 3.0))),
     Benchmark(
+        "text_speed", "minilm's text path side by side: umr float32/bf16, torch.compile, int8, ONNX Runtime, with MFU",
+        "sentence-transformers encode with its float32 defaults, same sentences, same run",
+        ("text_speed.json", "text_speed.json"),
+        (Headline("umr float32 vs sentence-transformers", at("umr_fp32", "ratio"), 3.0),
+         Headline("umr float32 MFU", at("umr_fp32", "mfu"), unit=""),
+         Headline("umr bf16 worst cosine", at("umr_bf16", "worst_cosine"), 0.999, unit=""))),
+    Benchmark(
         "search", "queries/s of the embedded index: exact vs raw FAISS, HNSW recall and speed",
         "raw FAISS (IndexFlatIP, and the same HNSW graph searched directly) on the same vectors",
         ("search.json", "search.quick.json"),

@@ -131,6 +131,10 @@ def test_index_built_in_float32_refuses_a_bf16_model(monkeypatch, tmp_path):
             index.check_model(umr.load_model("minilm"))
 
 
+#: taken at import, before the session fixture pins the detector to False (tests/conftest.py)
+REAL_DETECTOR = cpu.native_bf16_matmul
+
+
 @pytest.mark.parametrize("flags, expected", [("fpu sse avx2 fma", False), ("fpu avx512f avx512_bf16", True),
                                              ("fpu amx_tile amx_bf16", True)])
 def test_native_bf16_detection_reads_the_cpu_flags(monkeypatch, tmp_path, flags, expected):
@@ -141,4 +145,4 @@ def test_native_bf16_detection_reads_the_cpu_flags(monkeypatch, tmp_path, flags,
                         raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    assert cpu.native_bf16_matmul.__wrapped__() is expected
+    assert REAL_DETECTOR.__wrapped__() is expected
