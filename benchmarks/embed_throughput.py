@@ -238,9 +238,9 @@ def gemm_shape(model, items: list[Item], batch_size: int) -> tuple[int, int, int
     return round(sum(costs) / len(batches)), int(text.hidden_size), int(text.intermediate_size)
 
 
-def mfu_of(fn, seconds: float, peak: float) -> float:
+def mfu_of(fn, seconds: float, peak: float, *models: torch.nn.Module) -> float:
     """Model FLOPs utilisation of ``fn`` (its FLOPs counted once, outside the timed runs)."""
-    return mfu(counted_flops(fn), seconds, peak)
+    return mfu(counted_flops(fn, *models), seconds, peak)
 
 
 #: the two Qwen-VL families: tiny-checkpoint writer, mid-sized shapes, reference loop
@@ -295,7 +295,7 @@ def bench_vl(family: str, n: int, batch_size: int, repeats: int, workdir: Path) 
               "reference_dtype": "float32", "reference_items_per_s": n / seconds["reference"],
               "gemm_shape_mkn": list(shape)}
     # the same work in either dtype: FLOPs counted once, on the float32 path
-    flops = counted_flops(lambda: models["float32"].embed(items, batch_size=batch_size))
+    flops = counted_flops(lambda: models["float32"].embed(items, batch_size=batch_size), models["float32"].model)
     rows = {}
     for dtype, model in models.items():
         row = {**common, "dtype": dtype, "umr_items_per_s": n / seconds[dtype],
@@ -304,7 +304,7 @@ def bench_vl(family: str, n: int, batch_size: int, repeats: int, workdir: Path) 
         if dtype == "float32":
             row.update(max_abs_delta=float(np.abs(outs[dtype] - outs["reference"]).max()),
                        reference_mfu=mfu_of(lambda: reference.run(items, batch_size), seconds["reference"],
-                                            peaks[dtype]),
+                                            peaks[dtype], plain),
                        prefetch_workers_default=default_workers,
                        other_prefetch_items_per_s=n / seconds["other_prefetch"],
                        # prefetching (one worker) against preparing inline, whichever is the default
@@ -343,7 +343,8 @@ def bench_mmembed(n: int, batch_size: int, repeats: int, workdir: Path) -> dict[
            "reference_items_per_s": n / seconds["float32"], "umr_items_per_s": n / seconds["bfloat16"],
            "ratio": seconds["float32"] / seconds["bfloat16"], "gemm_shape_mkn": list(shape),
            "worst_cosine_to_float32": float((outs["bfloat16"] * outs["float32"]).sum(axis=1).min())}
-    flops = counted_flops(lambda: models["float32"].embed(items, batch_size=batch_size))  # either dtype's work
+    # either dtype's work
+    flops = counted_flops(lambda: models["float32"].embed(items, batch_size=batch_size), models["float32"].model)
     row.update(flops=flops, float32_mfu=mfu(flops, seconds["float32"], peaks["float32"]),
                mfu=mfu(flops, seconds["bfloat16"], peaks["bfloat16"]))
     return {"mmembed_bf16": row}
