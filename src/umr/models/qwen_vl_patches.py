@@ -55,6 +55,35 @@ class PatchCutter:
         return normed.reshape(gh * gw, 3 * t * p * p), (1, gh, gw)
 
 
+class QwenVLImageSettings:
+    """What GME's and Qwen3-VL's processors share: image token bounds checked once, the
+    patch layout, pixel bounds and the :class:`PatchCutter`. ``pixels_per_token_side`` is the
+    side of the square a token's pixel bound counts (GME's own 28, whatever its patch size;
+    by default the resize factor, ``patch_size * merge_size``, as Qwen3-VL counts)."""
+
+    def __init__(self, *, min_image_tokens: int, max_image_tokens: int, max_length: int, patch_size: int,
+                 merge_size: int, temporal_patch_size: int, image_mean: Sequence[float],
+                 image_std: Sequence[float], rescale_factor: float, pixels_per_token_side: int | None = None):
+        if not 1 <= int(min_image_tokens) <= int(max_image_tokens):
+            raise ValueError(f"need 1 <= min_image_tokens <= max_image_tokens, got {min_image_tokens} "
+                             f"and {max_image_tokens}")
+        if int(max_length) < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        self.min_image_tokens = int(min_image_tokens)
+        self.max_image_tokens = int(max_image_tokens)
+        self.max_length = int(max_length)
+        self.patch_size = int(patch_size)
+        self.merge_size = int(merge_size)
+        self.temporal_patch_size = int(temporal_patch_size)
+        self.factor = self.patch_size * self.merge_size
+        side = pixels_per_token_side or self.factor
+        self.min_pixels = self.min_image_tokens * side * side
+        self.max_pixels = self.max_image_tokens * side * side
+        self.cut_patches = PatchCutter(patch_size=self.patch_size, merge_size=self.merge_size,
+                                       temporal_patch_size=self.temporal_patch_size, image_mean=image_mean,
+                                       image_std=image_std, rescale_factor=rescale_factor)
+
+
 def smart_resize(height: int, width: int, *, factor: int, min_pixels: int, max_pixels: int,
                  extreme_ratio: Literal["refuse", "clamp"] = "refuse", floor_at_factor: bool = True,
                  on_clamp: Callable[[float], None] | None = None, max_ratio: int = 200) -> tuple[int, int]:

@@ -28,7 +28,7 @@ from PIL import Image
 
 from ...images import image_size, load_image
 from ...types import Item, ItemError
-from ..qwen_vl_patches import PatchCutter, read_patch_settings, smart_resize
+from ..qwen_vl_patches import QwenVLImageSettings, read_patch_settings, smart_resize
 
 logger = logging.getLogger(__name__)
 
@@ -79,35 +79,24 @@ class ProcessedItem:
     grid_thw: tuple[int, int, int] | None = None
 
 
-class GmeProcessor:
+class GmeProcessor(QwenVLImageSettings):
     """Turns :class:`~umr.types.Item` objects into GME model inputs, one item at a time."""
 
     def __init__(self, tokenizer, *, image_token_id: int, min_image_tokens: int = 256,
                  max_image_tokens: int = 1280, max_length: int = 1800, patch_size: int = 14,
                  merge_size: int = 2, temporal_patch_size: int = 2,
                  image_mean=CLIP_MEAN, image_std=CLIP_STD, rescale_factor: float = 1 / 255):
-        if min_image_tokens < 1 or max_image_tokens < min_image_tokens:
-            raise ValueError(f"need 1 <= min_image_tokens <= max_image_tokens, got "
-                             f"{min_image_tokens} and {max_image_tokens}")
+        # the pixel bounds are in units of 28x28 tokens, as GME sets them
+        super().__init__(min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
+                         max_length=max_length, patch_size=patch_size, merge_size=merge_size,
+                         temporal_patch_size=temporal_patch_size, image_mean=image_mean, image_std=image_std,
+                         rescale_factor=rescale_factor, pixels_per_token_side=28)
         self.tokenizer = tokenizer
         self.image_token_id = int(image_token_id)
-        self.min_image_tokens = int(min_image_tokens)
-        self.max_image_tokens = int(max_image_tokens)
-        self.max_length = int(max_length)
-        self.patch_size = int(patch_size)
-        self.merge_size = int(merge_size)
-        self.temporal_patch_size = int(temporal_patch_size)
-        self.factor = self.patch_size * self.merge_size
-        # the processor's pixel bounds are in units of 28x28 tokens, as GME sets them
-        self.min_pixels = self.min_image_tokens * 28 * 28
-        self.max_pixels = self.max_image_tokens * 28 * 28
         #: token ids of a prompt, remembered: the cost estimate tokenises, process() reuses them
         self.prompt_ids = functools.lru_cache(maxsize=PROMPTS_REMEMBERED)(self._prompt_ids)
         #: aspect ratio of each image size clamped since the last warning (one warning per call)
         self._clamped: dict[tuple[int, int], float] = {}
-        self.cut_patches = PatchCutter(patch_size=self.patch_size, merge_size=self.merge_size,
-                                       temporal_patch_size=self.temporal_patch_size, image_mean=image_mean,
-                                       image_std=image_std, rescale_factor=rescale_factor)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, image_token_id: int, min_image_tokens: int = 256,

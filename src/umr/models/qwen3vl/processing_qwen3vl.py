@@ -39,7 +39,7 @@ from PIL import Image
 
 from ...images import decode_image, image_size
 from ...types import ImageSource, Item, ItemError
-from ..qwen_vl_patches import PatchCutter, read_patch_settings, smart_resize
+from ..qwen_vl_patches import QwenVLImageSettings, read_patch_settings, smart_resize
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
@@ -95,7 +95,7 @@ class ProcessedInput:
     grids: list[tuple[int, int, int]] = field(default_factory=list)
 
 
-class Qwen3VLProcessor:
+class Qwen3VLProcessor(QwenVLImageSettings):
     """Qwen3-VL conversations and images to model inputs, one sequence at a time."""
 
     def __init__(self, tokenizer, chat_template: str, *, min_image_tokens: int = DEFAULT_MIN_IMAGE_TOKENS,
@@ -103,29 +103,16 @@ class Qwen3VLProcessor:
                  patch_size: int = 16, merge_size: int = 2, temporal_patch_size: int = 2,
                  image_mean: Sequence[float] = (0.5, 0.5, 0.5), image_std: Sequence[float] = (0.5, 0.5, 0.5),
                  rescale_factor: float = 1 / 255):
-        if not 1 <= int(min_image_tokens) <= int(max_image_tokens):
-            raise ValueError(f"need 1 <= min_image_tokens <= max_image_tokens, got {min_image_tokens} "
-                             f"and {max_image_tokens}")
-        if int(max_length) < 1:
-            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        super().__init__(min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
+                         max_length=max_length, patch_size=patch_size, merge_size=merge_size,
+                         temporal_patch_size=temporal_patch_size, image_mean=image_mean, image_std=image_std,
+                         rescale_factor=rescale_factor)
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
         self.vision_start_id = tokenizer.convert_tokens_to_ids(VISION_START)
         self.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
-        self.min_image_tokens = int(min_image_tokens)
-        self.max_image_tokens = int(max_image_tokens)
-        self.max_length = int(max_length)
-        self.patch_size = int(patch_size)
-        self.merge_size = int(merge_size)
-        self.temporal_patch_size = int(temporal_patch_size)
-        self.factor = self.patch_size * self.merge_size
-        self.min_pixels = self.min_image_tokens * self.factor ** 2
-        self.max_pixels = self.max_image_tokens * self.factor ** 2
         self._rendered_ids = functools.lru_cache(maxsize=PROMPTS_REMEMBERED)(self._ids_of_json)
-        self.cut_patches = PatchCutter(patch_size=self.patch_size, merge_size=self.merge_size,
-                                       temporal_patch_size=self.temporal_patch_size, image_mean=image_mean,
-                                       image_std=image_std, rescale_factor=rescale_factor)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, **options: Any) -> "Qwen3VLProcessor":
