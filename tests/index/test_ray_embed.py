@@ -97,3 +97,64 @@ def test_umr_embed_with_ray_writes_the_single_process_matrix(tmp_path, ray_sessi
     np.testing.assert_allclose(ray, one, atol=1e-5)
     assert (tmp_path / "ray.ids.json").read_text() == (tmp_path / "one.ids.json").read_text()
     assert (tmp_path / "ray.errors.jsonl").read_text() == (tmp_path / "one.errors.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_a_killed_ray_driver_resumes_with_every_item_exactly_once(tmp_path, ray_session, capsys):
+    """``umr index --ray`` SIGKILLed after its first commits, then run again on the same cluster,
+    ends like an uninterrupted single-process run: what the killed run stored is kept as it is,
+    the rest is added, nothing twice."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    from umr.cli import main
+
+    corpus = tmp_path / "notes"
+    corpus.mkdir()
+    for i in range(N_ITEMS):
+        (corpus / f"n{i:03d}.txt").write_text(f"note {i}: {'a heron waits by pond' if i % 2 else 'otters in river'} {i % 13}")
+    common = ["--model", "minilm", "--no-progress", "--commit-every", "10"]
+    assert main(["index", str(corpus), "--index", str(tmp_path / "one"), *common]) == 0
+
+    index = tmp_path / "ray"
+    address = ray.get_runtime_context().gcs_address  # the session's cluster: the driver joins it
+    ray_args = ["--ray", "--workers", "2", "--ray-address", address]
+    log = tmp_path / "driver.log"
+    with log.open("wb") as sink:  # a file, not a pipe nobody reads while it runs
+        driver = subprocess.Popen([sys.executable, "-m", "umr", "index", str(corpus), "--index", str(index), *common,
+                                   *ray_args, "--batch-size", "4"],
+                                  env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=sink, stderr=subprocess.STDOUT)
+    def committed() -> int:  # rows of the index's manifest, read as the driver writes it
+        try:
+            return sum(segment["rows"] for segment in json.loads((index / "manifest.json").read_text())["segments"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    deadline = time.monotonic() + 240
+    while driver.poll() is None and committed() < 30 and time.monotonic() < deadline:
+        time.sleep(0.02)  # a few commits landed, most of the corpus is still to do
+    assert driver.poll() is None, log.read_text()[-2000:]
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    with Index.open(index) as partial:
+        stored = len(partial)
+        kept = {hit.id: hit.score for hit in partial.search("heron by a pond", k=stored)}
+    assert 30 <= stored < N_ITEMS, stored
+
+    capsys.readouterr()
+    assert main(["index", str(corpus), "--index", str(index), "--no-progress", *ray_args]) == 0
+    assert f"added {N_ITEMS - stored}, updated 0, unchanged {stored}" in capsys.readouterr().out
+    with Index.open(tmp_path / "one") as one, Index.open(index) as resumed:
+        ids = resumed.ids()
+        assert len(ids) == len(set(ids)) == len(resumed) == N_ITEMS and sorted(ids) == sorted(one.ids())
+        for query in ("heron by a pond", "otters in the river", "note 7"):
+            want, got = one.search(query, k=N_ITEMS), resumed.search(query, k=N_ITEMS)
+            np.testing.assert_allclose(sorted(h.score for h in got), sorted(h.score for h in want), atol=1e-5)
+        again = {hit.id: hit.score for hit in resumed.search("heron by a pond", k=N_ITEMS)}
+    assert all(abs(again[item_id] - score) < 1e-6 for item_id, score in kept.items())
