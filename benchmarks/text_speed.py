@@ -10,8 +10,11 @@ to the baseline and the worst cosine of its vectors to the baseline's:
 * ``umr_fp32`` / ``umr_bf16``  umr's light path (packed, fused QKV, tokenised once);
 * ``umr_compiled``  umr's light path with its encoder under ``torch.compile(dynamic=True)``, timed
   after one warm-up pass over all the texts (``compile_seconds``) has compiled every shape;
-* ``onnxruntime``  not written: exporting to ONNX needs the ``onnx`` package and ST's
-  ``backend="onnx"`` needs ``optimum``; neither is installed here, and the row says so.
+* ``onnxruntime``  ST's BERT exported to ONNX (``torch.onnx.export``, dynamic batch and length),
+  run by ONNX Runtime with all its graph optimisations, batched, padded and pooled as ST does;
+* ``onnxruntime_fused``  the same graph after ONNX Runtime's BERT optimiser (fused attention,
+  LayerNorm and GELU), what ST's ``backend="onnx"`` with optimum's O2-O3 levels amounts to.
+  Both need the ``bench`` extra (``onnx``, ``onnxruntime``); without it the rows say so.
 
 umr rows also report MFU: FLOPs counted by torch on umr's real (unpadded) tokens, over the
 seconds taken, over this run's best ``torch.matmul`` rate in the same dtype at the model's own
@@ -27,6 +30,7 @@ import argparse
 import importlib.util
 import json
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,6 +80,57 @@ def sentence_transformers_runs(texts: list[str]) -> dict:
         model.encode(texts[:8])
         runs[name] = {"run": lambda m=model: m.encode(texts, normalize_embeddings=True, batch_size=32,
                                                       show_progress_bar=False, convert_to_numpy=True)}
+    return runs
+
+
+def onnx_runs(texts: list[str], workdir: Path) -> dict:
+    """ST's model through ONNX Runtime, plain and with the BERT optimiser's fusions."""
+    import onnxruntime
+    from onnxruntime.transformers.optimizer import optimize_model
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(umr.models.registry.REGISTRY["minilm"].resolve_source()), device="cpu")
+    bert, tokenizer, max_length = st[0].auto_model.eval(), st.tokenizer, st.max_seq_length
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    sample = tokenizer(["a short one", "and a somewhat longer sentence"], padding=True, return_tensors="pt")
+    plain = workdir / "minilm.onnx"
+    axes = {"batch": 0, "tokens": 1}
+    torch.onnx.export(LastHidden(), (sample["input_ids"], sample["attention_mask"]), str(plain),
+                      input_names=["input_ids", "attention_mask"], output_names=["hidden"],
+                      dynamic_axes={name: {v: k for k, v in axes.items()} for name in ("input_ids", "attention_mask", "hidden")},
+                      opset_version=17, dynamo=False)
+    fused = workdir / "minilm-fused.onnx"
+    optimize_model(str(plain), model_type="bert", num_heads=bert.config.num_attention_heads,
+                   hidden_size=bert.config.hidden_size).save_model_to_file(str(fused))
+    order = np.argsort([-len(t) for t in texts], kind="stable")  # ST's length sort
+
+    def encode(session) -> np.ndarray:
+        out = np.zeros((len(texts), bert.config.hidden_size), np.float32)
+        for start in range(0, len(texts), 32):
+            rows = order[start:start + 32]
+            batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="np")
+            mask = batch["attention_mask"].astype(np.int64)
+            hidden = session.run(None, {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": mask})[0]
+            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+            out[rows] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+        return out
+
+    runs = {}
+    for name, path in (("onnxruntime", plain), ("onnxruntime_fused", fused)):
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        runs[name] = {"run": lambda s=session: encode(s)}
     return runs
 
 
@@ -132,9 +187,14 @@ def main() -> None:
 
     runs = sentence_transformers_runs(texts)
     runs.update(umr_runs(texts, compile_too=not args.no_compile))
-    if importlib.util.find_spec("onnx") is None:
-        runs["onnxruntime"] = {"error": "not measurable here: exporting to ONNX needs the onnx package "
-                                        "(and ST's backend='onnx' needs optimum); neither is installed"}
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+        runs["onnxruntime"] = {"error": "not measured: needs the bench extra (pip install -e '.[bench]': onnx, "
+                                        "onnxruntime)"}
+    else:
+        try:
+            runs.update(onnx_runs(texts, Path(tempfile.mkdtemp(prefix="umr-onnx-"))))
+        except Exception as exc:  # noqa: BLE001 - an export failure is this row's result
+            runs["onnxruntime"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     timed = time_rows({name: run["run"] for name, run in runs.items() if "run" in run}, repeats)
     base_seconds, reference = timed["st_fp32"]
     peaks: dict = {}
@@ -152,14 +212,14 @@ def main() -> None:
                 run["model"].backend.encoder = run["eager"]
             rows[name].update(utilisation(run["model"], texts, seconds, run["dtype"], peaks))
 
-    print(f"{'row':<14} {'items/s':>9} {'x st_fp32':>9} {'worst cos':>10} {'GFLOP/s':>8} {'peak':>7} {'MFU':>6}")
+    print(f"{'row':<18} {'items/s':>9} {'x st_fp32':>9} {'worst cos':>10} {'GFLOP/s':>8} {'peak':>7} {'MFU':>6}")
     for name, row in rows.items():
         if "error" in row:
-            print(f"{name:<14} {row['error']}")
+            print(f"{name:<18} {row['error']}")
             continue
         util = (f"{row['achieved_gflops']:>8.1f} {row['peak_gflops']:>7.1f} {row['mfu']:>6.1%}"
                 if "mfu" in row else "")
-        print(f"{name:<14} {row['items_per_s']:>9.1f} {row['ratio']:>8.2f}x {row['worst_cosine']:>10.6f} {util}")
+        print(f"{name:<18} {row['items_per_s']:>9.1f} {row['ratio']:>8.2f}x {row['worst_cosine']:>10.6f} {util}")
     tokens = sum(len(t) for t in texts)
     meta = {**machine(), "native_bf16_matmul": native_bf16_matmul(),
             "light_default_dtype": str(umr.load_model("minilm").backend.dtype).removeprefix("torch."),
