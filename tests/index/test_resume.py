@@ -182,7 +182,7 @@ def _ref_extra(extra, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_resume_faiss(tmp_path):
-    progress = _kill_loop(tmp_path, (), "faiss", kills_wanted=12, seed=11)
+    progress = _kill_loop(tmp_path, (), "faiss", kills_wanted=8, seed=11)
     print("items in the index at each kill:", progress)
 
 
@@ -190,7 +190,7 @@ def test_sigkill_resume_faiss(tmp_path):
 def test_sigkill_resume_milvus_lite(tmp_path):
     pytest.importorskip("milvus_lite")
     extra = ("--backend", "milvus", "--uri", str(tmp_path / "index.db"))
-    progress = _kill_loop(tmp_path, extra, "milvus", kills_wanted=10, seed=12)
+    progress = _kill_loop(tmp_path, extra, "milvus", kills_wanted=6, seed=12)
     print("items in the index at each kill:", progress)
 
 
