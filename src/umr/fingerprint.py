@@ -40,6 +40,8 @@ def item_fingerprint(item: Item, *, digests: "FileDigests | None" = None, extra:
     """
     parts = ["q" if item.is_query else "c", item.text, image_key(item.image, digests=digests),
              item.instruction if item.is_query else None, list(extra)]
+    if item.error is not None:  # two records failed for different reasons are not one item
+        parts.append(item.error)
     payload = json.dumps(parts).encode("ascii")  # ASCII escapes: lone surrogates hash too
     return hashlib.blake2b(payload, digest_size=DIGEST_SIZE).hexdigest()
 

@@ -54,6 +54,11 @@ class Item:
     One rule for empty text, in the API, ``umr embed``, ``umr search`` and the index: a text
     that is empty or only whitespace is *no text* (``text`` becomes None). Beside an image the
     item is that image; alone the item has no content and is refused as an :class:`ItemError`.
+
+    ``error`` is a reader's verdict on a record that cannot be an item (a field of the wrong type,
+    no id, a line that is not JSON): benchmark readers keep such a record in its place as a
+    failed item (:meth:`failed`) rather than stopping, so it is counted and named with the items
+    that cannot be embedded. :attr:`problem` says why an item cannot be embedded, whichever it is.
     """
 
     text: str | None = None
@@ -62,6 +67,7 @@ class Item:
     is_query: bool = False
     id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
 
     def __post_init__(self) -> None:
         if self.text is not None and not isinstance(self.text, str):
@@ -75,16 +81,34 @@ class Item:
             raise TypeError(f"item {self.id!r}: instruction must be a string")
         if self.text is not None and not self.text.strip():
             self.text = None
+        if self.error is not None and (self.text is not None or self.image is not None):
+            raise ValueError(f"item {self.id!r}: a failed item holds no text or image")
+
+    @property
+    def problem(self) -> str | None:
+        """Why this item cannot be embedded (its record's error, or no content), else None."""
+        if self.error is not None:
+            return self.error
+        if self.text is None and self.image is None:
+            return "has neither text nor image (an empty or blank text is no text)"
+        return None
 
     @property
     def modality(self) -> Modality:
+        """TEXT, IMAGE or FUSED; an :class:`ItemError` naming the item for one with a :attr:`problem`."""
         if self.text is not None and self.image is not None:
             return Modality.FUSED
         if self.image is not None:
             return Modality.IMAGE
         if self.text is not None:
             return Modality.TEXT
-        raise ItemError(self.id, "has neither text nor image (an empty or blank text is no text)")
+        raise ItemError(self.id, self.problem)
+
+    @classmethod
+    def failed(cls, id: str | None, error: str, *, is_query: bool = False) -> "Item":
+        """A record that could not be read, kept in its place: every consumer reports it as this
+        item's error (``error``), as it reports an item that cannot be embedded."""
+        return cls(is_query=is_query, id=id, error=error)
 
     @classmethod
     def query(cls, text: str | None = None, image: ImageSource | None = None, *,
@@ -115,7 +139,7 @@ def as_items(values: "list[Item | str | Image.Image] | tuple", *, is_query: bool
         if isinstance(value, Item):
             item = Item(text=value.text, image=value.image, instruction=value.instruction,
                         is_query=is_query, id=value.id if value.id is not None else str(i),
-                        metadata=value.metadata)
+                        metadata=value.metadata, error=value.error)
         elif isinstance(value, str):
             item = Item(text=value, is_query=is_query, id=str(i))
         elif isinstance(value, (Image.Image, Path, bytes)):

@@ -90,39 +90,32 @@ def load_rerank_flag(args):
 
 def read_pairs_jsonl(path: Path):
     """Yield ``(line_number, Pair or ItemError)`` for every non-blank line."""
+    from ..data.files import jsonl_records
     from ..data.items import parse_item_line
     from ..rerank.base import Pair
     from ..types import ItemError
 
     base = path.parent.resolve()
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
+    for line_no, record in jsonl_records(path):
+        if isinstance(record, ItemError):
+            yield line_no, record
+            continue
+        pair_id = None if record.get("id") is None else str(record["id"])
+        sides = []
+        for role in ("query", "document"):
+            side = record.get(role)
+            if not isinstance(side, dict):
+                sides.append(ItemError(pair_id, f"field {role!r} must be an object with text and/or image",
+                                       line=line_no))
                 continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                yield line_no, ItemError(None, f"invalid JSON ({exc.msg} at column {exc.colno})", line=line_no)
-                continue
-            if not isinstance(record, dict):
-                yield line_no, ItemError(None, f"expected a JSON object, got {type(record).__name__}", line=line_no)
-                continue
-            pair_id = None if record.get("id") is None else str(record["id"])
-            sides = []
-            for role in ("query", "document"):
-                side = record.get(role)
-                if not isinstance(side, dict):
-                    sides.append(ItemError(pair_id, f"field {role!r} must be an object with text and/or image",
-                                           line=line_no))
-                    continue
-                fields = {"id": pair_id, "text": side.get("text"), "image": side.get("image"),
-                          "is_query": role == "query"}
-                if role == "query":
-                    fields["instruction"] = record.get("instruction")
-                sides.append(parse_item_line(json.dumps(fields), line_no=line_no, base=base))
-            bad = [s for s in sides if isinstance(s, ItemError)]
-            task = record.get("task")
-            yield line_no, bad[0] if bad else Pair(sides[0], sides[1], None if task is None else str(task))
+            fields = {"id": pair_id, "text": side.get("text"), "image": side.get("image"),
+                      "is_query": role == "query"}
+            if role == "query":
+                fields["instruction"] = record.get("instruction")
+            sides.append(parse_item_line(json.dumps(fields), line_no=line_no, base=base))
+        bad = [s for s in sides if isinstance(s, ItemError)]
+        task = record.get("task")
+        yield line_no, bad[0] if bad else Pair(sides[0], sides[1], None if task is None else str(task))
 
 
 def run(args) -> int:

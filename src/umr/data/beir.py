@@ -9,7 +9,10 @@ A task folder holds::
                                 "hit_k", "target_modality", "ignore_identical_ids"}
 
 ``image`` is a path relative to the task folder (or absolute). As BEIR's sentence-transformers
-wrapper does, a candidate's text is ``title + " " + text`` (stripped) when it has a title. The
+wrapper does, a candidate's text is ``title + " " + text`` (stripped) when it has a title. A bad
+record (empty title and text and no image, a field of the wrong type, no ``_id``, a line that is
+not JSON) is kept as a failed item (:meth:`~umr.types.Item.failed`), which the evaluator counts
+and names; a record without an id is named ``corpus.jsonl:LINE``. The
 category (UMRB's T→T, I→I, T→I, T→VD, I→T, T→IT, IT→T, IT→I, IT→IT) comes from ``task.json`` or
 else from the modalities of the queries and of the judged candidates. The headline metric is
 NDCG@10 unless ``task.json`` says otherwise.
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..types import Item, Modality
-from .files import read_jsonl_records, resolve_path
+from .files import image_field, jsonl_records, read_item, record_id, string_field
 from .qrels import read_qrels
 from .tasks import RetrievalTask, category_of, parse_category, target_of_category
 
@@ -38,10 +41,23 @@ def is_beir_task(folder: str | Path) -> bool:
     return (folder / "corpus.jsonl").is_file() and (folder / "queries.jsonl").is_file()
 
 
-def candidate_text(record: dict) -> str | None:
-    title, text = record.get("title") or "", record.get("text") or ""
+def candidate_text(record: dict, item_id: str | None = None) -> str | None:
+    """``title + " " + text`` (stripped) as BEIR joins them, or the text alone without a title;
+    an :class:`~umr.types.ItemError` for a title or text that is not a string."""
+    title, text = string_field(record, "title", item_id) or "", string_field(record, "text", item_id) or ""
     joined = (title + " " + text).strip() if title else text
     return joined or None
+
+
+def _candidate(record: dict, folder: Path) -> Item:
+    did = record_id(record, "_id")
+    return Item.candidate(text=candidate_text(record, did), image=image_field(record, "image", did, folder), id=did)
+
+
+def _query(record: dict, folder: Path, instruction: str | None) -> Item:
+    qid = record_id(record, "_id")
+    return Item.query(text=string_field(record, "text", qid), image=image_field(record, "image", qid, folder),
+                      instruction=string_field(record, "instruction", qid) or instruction, id=qid)
 
 
 def load_beir_task(folder: str | Path, *, split: str = "test", name: str | None = None,
@@ -56,29 +72,26 @@ def load_beir_task(folder: str | Path, *, split: str = "test", name: str | None 
         raise FileNotFoundError(f"{folder}: no qrels/{split}.tsv")
     qrels, _ = read_qrels(qrels_path)
 
-    candidates = []
-    for record in read_jsonl_records(folder / "corpus.jsonl"):
-        text, image = candidate_text(record), resolve_path(folder, record.get("image"))
-        candidates.append(Item.candidate(text=text if text or image else "", image=image, id=str(record["_id"])))
+    candidates = [read_item(lambda r: _candidate(r, folder), record, where="corpus.jsonl", line=line, is_query=False)
+                  for line, record in jsonl_records(folder / "corpus.jsonl")]
     instruction = instruction if instruction is not None else meta.get("instruction")
     queries = []
     wanted = set(qrels)
-    for record in read_jsonl_records(folder / "queries.jsonl"):
-        qid = str(record["_id"])
-        if qid not in wanted:
-            continue  # BEIR evaluates the queries of the split's qrels only
-        queries.append(Item.query(text=record.get("text") or None, image=resolve_path(folder, record.get("image")),
-                                  instruction=record.get("instruction") or instruction, id=qid))
+    for line, record in jsonl_records(folder / "queries.jsonl"):
+        query = read_item(lambda r: _query(r, folder, instruction), record, where="queries.jsonl", line=line,
+                          is_query=True)
+        # BEIR runs the split's judged queries; a record too broken to have an id is kept (and fails)
+        if query.id in wanted or query.id == f"queries.jsonl:{line}":
+            queries.append(query)
 
     if meta.get("category"):
         category = parse_category(meta["category"])
         target = Modality.parse(meta.get("target_modality") or target_of_category(category))
-    else:
-        by_id = {c.id: c for c in candidates}
-        judged = Counter(str(by_id[d].modality) for j in qrels.values() for d, r in j.items()
-                         if r > 0 and d in by_id)
+    else:  # from the items that have a modality (failed ones have none)
+        modalities = {c.id: str(c.modality) for c in candidates if c.problem is None}
+        judged = Counter(modalities[d] for j in qrels.values() for d, r in j.items() if r > 0 and d in modalities)
         target = Modality.parse(meta.get("target_modality") or (judged.most_common(1)[0][0] if judged else "text"))
-        qmods = Counter(str(q.modality) for q in queries)
+        qmods = Counter(str(q.modality) for q in queries if q.problem is None)
         category = category_of(qmods.most_common(1)[0][0] if qmods else "text", target)
     return RetrievalTask(
         name=name or meta.get("name") or folder.name, queries=queries, candidates=candidates, qrels=qrels,

@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterator
 from ..fingerprint import FileDigests, file_digest, item_fingerprint
 from ..types import Item, ItemError, Modality
 from .chunking import Chunker, passage_id
-from .files import display_name, is_url, stored_path, url_refusal
+from .files import display_name, is_url, jsonl_records, stored_path, url_refusal
+from .mbeir import parse_candidate
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 TEXT_EXTENSIONS = {".txt", ".md"}
@@ -465,39 +466,19 @@ def read_mbeir_pool(path: str | os.PathLike, *, image_root: str | os.PathLike | 
     path = Path(path).resolve()
     report = report if report is not None else ReadReport()
     root = (Path(image_root).expanduser().resolve() if image_root is not None else _mbeir_image_root(path))
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-                did = str(record["did"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                yield ItemError(None, f"not an M-BEIR candidate ({type(exc).__name__}: {exc})", line=line_no)
-                continue
-            text = record.get("txt") or None
-            image = record.get("img_path") or None
-            if image is not None and is_url(image):
-                yield ItemError(did, url_refusal("img_path", image), line=line_no)
-                continue
-            if image is not None:
-                image = str(root / image)
-            declared = record.get("modality")
-            try:
-                if declared is not None:
-                    declared = Modality.parse(declared).value
-            except ValueError as exc:
-                yield ItemError(did, str(exc), line=line_no)
-                continue
-            if declared == "text":
-                image = None
-            elif declared == "image":
-                text = None
-            if text is None and image is None:
-                yield ItemError(did, "has neither text nor image", line=line_no)
-                continue
-            meta = {k: v for k, v in record.items() if k not in ("did", "txt", "img_path")}
-            item = Item.candidate(text=text, image=image, id=did)
-            fp = item_fingerprint(item, digests=digests)
-            kind = "text" if image is None else ("image" if text is None else "image+caption")
-            yield Entry(did, fp, (lambda it=item: _checked(it, chunker, report)), image, kind, meta)
+    for line_no, record in jsonl_records(path):
+        try:
+            if isinstance(record, ItemError):
+                raise record
+            item = parse_candidate(record, root)
+        except ItemError as exc:
+            yield exc.at(line=line_no)
+            continue
+        did, image = item.id, item.image
+        if item.problem is not None:
+            yield ItemError(did, item.problem, line=line_no)
+            continue
+        meta = {k: v for k, v in record.items() if k not in ("did", "txt", "img_path")}
+        fp = item_fingerprint(item, digests=digests)
+        kind = "text" if image is None else ("image" if item.text is None else "image+caption")
+        yield Entry(did, fp, (lambda it=item: _checked(it, chunker, report)), image, kind, meta)

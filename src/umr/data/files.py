@@ -1,5 +1,11 @@
-"""Small file helpers every reader shares: JSONL records, paths relative to a data folder, URLs,
-and file names that are not valid UTF-8 (stored losslessly, shown readably)."""
+"""Small file helpers every reader shares: JSONL records and their fields, paths relative to a
+data folder, URLs, and file names that are not valid UTF-8 (stored losslessly, shown readably).
+
+A bad record (a line that is not a JSON object, a field of the wrong type, no id) is that
+record's :class:`~umr.types.ItemError`, never the end of the read: the helpers below say what
+is wrong with one record, and each reader decides what becomes of it (an index error, a failed
+benchmark item).
+"""
 
 from __future__ import annotations
 
@@ -8,18 +14,76 @@ import os
 import re
 import urllib.parse
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from ..types import Item, ItemError
+
+
+def parse_json_record(raw: str, *, line: int) -> dict | ItemError:
+    """One JSONL line as a JSON object, or the :class:`ItemError` of a line that is not one."""
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return ItemError(None, f"invalid JSON ({exc.msg} at column {exc.colno})", line=line)
+    if not isinstance(record, dict):
+        return ItemError(None, f"expected a JSON object, got {type(record).__name__}", line=line)
+    return record
+
+
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict | ItemError]]:
+    """``(line number, record or its ItemError)`` for every non-blank line of a JSONL file."""
+    with Path(path).open(encoding="utf-8", errors="replace") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if line.strip():
+                yield line_no, parse_json_record(line, line=line_no)
 
 
 def read_jsonl_records(path: Path) -> Iterator[dict]:
     """The JSON objects of a JSONL file; a broken line raises ``ValueError`` naming file and line."""
-    with Path(path).open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
+    for line_no, record in jsonl_records(path):
+        if isinstance(record, ItemError):
+            raise ValueError(f"{path}:{line_no}: {record.reason}")
+        yield record
+
+
+def record_id(record: dict, field: str) -> str:
+    """The record's id (a string or a number, as text); an :class:`ItemError` when it has none."""
+    value = record.get(field)
+    if value is None or value == "":
+        raise ItemError(None, f"has no {field!r} (its id)")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ItemError(None, f"field {field!r} (its id) must be a string or a number, got {type(value).__name__}")
+    return str(value)
+
+
+def string_field(record: dict, field: str, item_id: str | None) -> str | None:
+    """A field that is text or absent: its value, or an :class:`ItemError` of the wrong type."""
+    value = record.get(field)
+    if value is not None and not isinstance(value, str):
+        raise ItemError(item_id, f"field {field!r} must be a string or null, got {type(value).__name__}")
+    return value
+
+
+def image_field(record: dict, field: str, item_id: str | None, root: Path) -> str | None:
+    """An image path field resolved under ``root`` (None when absent or empty); an
+    :class:`ItemError` for a value that is not text, or a URL (files are never fetched)."""
+    value = string_field(record, field, item_id)
+    if value and is_url(value):
+        raise ItemError(item_id, url_refusal(field, value))
+    return resolve_path(root, value)
+
+
+def read_item(parse: Callable[[dict], Item], record: dict | ItemError, *, where: str, line: int,
+              is_query: bool) -> Item:
+    """``parse(record)``, or for a bad record a failed item in its place (:meth:`Item.failed`),
+    named by the record's id or, without one, ``where:line`` (``corpus.jsonl:7``)."""
+    try:
+        if isinstance(record, ItemError):
+            raise record
+        return parse(record)
+    except ItemError as exc:
+        return Item.failed(exc.item_id if exc.item_id is not None else f"{where}:{line}", exc.reason,
+                           is_query=is_query)
 
 
 def resolve_path(root: Path, value: str | None) -> str | None:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ..types import Item, ItemError
-from .files import display_name, is_storable, is_url, resolve_path, url_refusal
+from .files import (display_name, is_storable, is_url, parse_json_record, resolve_path, string_field,
+                    url_refusal)
 
 _STRING_FIELDS = ("text", "image", "instruction")
 
@@ -31,22 +32,19 @@ def read_items_jsonl(path: str | Path) -> Iterator[tuple[int, Item | ItemError]]
 
 
 def parse_item_line(raw: str, *, line_no: int, base: Path) -> Item | ItemError:
-    try:
-        record = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return ItemError(None, f"invalid JSON ({exc.msg} at column {exc.colno})", line=line_no)
-    if not isinstance(record, dict):
-        return ItemError(None, f"expected a JSON object, got {type(record).__name__}", line=line_no)
+    record = parse_json_record(raw, line=line_no)
+    if isinstance(record, ItemError):
+        return record
     item_id = record.get("id")
     item_id = None if item_id is None else str(item_id)
     if "\\ud" in raw.lower() and not is_storable(json.dumps(record, ensure_ascii=False)):
         return ItemError(None if item_id is None else display_name(item_id),
                          "holds a lone surrogate escape (\\udXXX), which is not valid Unicode", line=line_no)
-    for name in _STRING_FIELDS:
-        value = record.get(name)
-        if value is not None and not isinstance(value, str):
-            return ItemError(item_id, f"field {name!r} must be a string or null, got "
-                                      f"{type(value).__name__}", line=line_no)
+    try:
+        for name in _STRING_FIELDS:
+            string_field(record, name, item_id)
+    except ItemError as exc:
+        return exc.at(line=line_no)
     is_query = record.get("is_query", False)
     if not isinstance(is_query, bool):
         return ItemError(item_id, f"field 'is_query' must be true or false, got {type(is_query).__name__}",

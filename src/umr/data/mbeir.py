@@ -23,6 +23,11 @@ else from each query's ``pos_cand_list``. Recall@k's k is UniIR's: 10 for Fashio
 FashionIQ, 5 for everything else. Means are UniIR's: over every query of the query file (one
 without a positive, or that could not be embedded, scores 0); qrels lines for queries the file
 does not hold are ignored, and no result is dropped for sharing the query's id.
+
+A bad record in a pool or a query file (no text and no image for its modality, a field of the
+wrong type, an unknown modality, no ``did``/``qid``, a line that is not JSON) is kept as a failed
+item (:meth:`~umr.types.Item.failed`): counted and named by the evaluator, and a failed query
+scores 0 like any other. A record without an id is named ``FILE:LINE``.
 """
 
 from __future__ import annotations
@@ -32,10 +37,10 @@ import re
 from pathlib import Path
 from typing import Iterable, Literal
 
-from .files import read_jsonl_records, resolve_path
+from .files import image_field, jsonl_records, read_item, record_id, string_field
 from .qrels import read_qrels
 from .tasks import RetrievalTask, category_of
-from ..types import Item, Modality
+from ..types import Item, ItemError, Modality
 from ..uniir import format_string as format_instruction  # UniIR's prompt clean-up
 
 #: M-BEIR's task ids: (query modality, candidate modality)
@@ -82,17 +87,45 @@ def pick_instruction(prompts: list[str], *, qid: str, policy: InstructionPolicy,
 
 
 
+def _modality(record: dict, field: str, item_id: str, default: str) -> Modality:
+    value = record.get(field)
+    if value is None or value == "":
+        return Modality.parse(default)
+    if not isinstance(value, str):
+        raise ItemError(item_id, f"field {field!r} must be a modality (text, image or image,text), "
+                                 f"got {type(value).__name__}")
+    try:
+        return Modality.parse(value)
+    except ValueError as exc:
+        raise ItemError(item_id, f"field {field!r}: {exc}") from None
+
+
+def _content(record: dict, modality: Modality, text_field: str, image_field_: str, item_id: str,
+             root: Path) -> tuple[str | None, str | None]:
+    """The text and image the record's modality keeps (a stray caption of an image is dropped,
+    unread: only the fields kept must have the right type)."""
+    text = string_field(record, text_field, item_id) if modality in (Modality.TEXT, Modality.FUSED) else None
+    image = image_field(record, image_field_, item_id, root) if modality in (Modality.IMAGE, Modality.FUSED) else None
+    return text, image
+
+
+def parse_candidate(record: dict, root: Path) -> Item:
+    """One pool record (``did``, ``txt``, ``img_path``, ``modality``) as a candidate: what its
+    ``modality`` names is kept (without one, whatever it has); ``img_path`` is under ``root``.
+    An :class:`ItemError` for a bad field; a record with nothing of its modality is an item
+    without content (its :attr:`~umr.types.Item.problem` says so)."""
+    did = record_id(record, "did")
+    present = ",".join(name for name, field in (("image", "img_path"), ("text", "txt")) if record.get(field))
+    modality = _modality(record, "modality", did, present or "text")
+    text, image = _content(record, modality, "txt", "img_path", did, root)
+    return Item.candidate(text=text, image=image, id=did)
+
+
 def read_pool(path: str | Path, root: str | Path) -> list[Item]:
-    """Candidates of an M-BEIR pool file; text/image kept according to the ``modality`` field."""
-    root = Path(root)
-    items = []
-    for record in read_jsonl_records(Path(path)):
-        modality = Modality.parse(record.get("modality") or ("image" if record.get("img_path") else "text"))
-        text = record.get("txt") if modality in (Modality.TEXT, Modality.FUSED) else None
-        image = resolve_path(root, record.get("img_path")) if modality in (Modality.IMAGE, Modality.FUSED) else None
-        items.append(Item.candidate(text=text if text is not None or image is not None else "",
-                                    image=image, id=str(record["did"])))
-    return items
+    """Candidates of an M-BEIR pool file, a bad record kept as a failed item in its place."""
+    path, root = Path(path), Path(root)
+    return [read_item(lambda r: parse_candidate(r, root), record, where=path.name, line=line, is_query=False)
+            for line, record in jsonl_records(path)]
 
 
 class MBEIR:
@@ -149,7 +182,7 @@ class MBEIR:
         if not pool_path.is_file():
             raise FileNotFoundError(f"no {pool} candidate pool: {pool_path}")
         candidates = self.pool(pool_path)
-        cand_modality = {c.id: str(c.modality) for c in candidates}
+        cand_modality = {c.id: str(c.modality) for c in candidates if c.problem is None}
         query_mod, target = MBEIR_TASKS.get(task_num, (None, None))
         instructions = self.instructions() if instruction_policy != "none" else {}
         if instruction_policy != "none" and not (self.root / "instructions" / "query_instructions.tsv").is_file():
@@ -158,12 +191,17 @@ class MBEIR:
 
         queries: list[Item] = []
         pos_qrels: dict[str, dict[str, int]] = {}
-        for record in read_jsonl_records(self.query_files[name]):
-            qid = str(record["qid"])
-            qmod = Modality.parse(record.get("query_modality") or query_mod or "text")
-            text = record.get("query_txt") if qmod in (Modality.TEXT, Modality.FUSED) else None
-            image = resolve_path(self.root, record.get("query_img_path")) if qmod in (Modality.IMAGE, Modality.FUSED) else None
-            positives = [str(d) for d in record.get("pos_cand_list") or []]
+        query_file = self.query_files[name]
+
+        def parse_query(record: dict) -> Item:
+            qid = record_id(record, "qid")
+            qmod = _modality(record, "query_modality", qid, query_mod or "text")
+            text, image = _content(record, qmod, "query_txt", "query_img_path", qid, self.root)
+            listed = record.get("pos_cand_list")
+            if listed is not None and not isinstance(listed, list):
+                raise ItemError(qid, f"field 'pos_cand_list' must be a list of candidate ids, "
+                                     f"got {type(listed).__name__}")
+            positives = [str(d) for d in listed or []]
             pos_qrels[qid] = {d: 1 for d in positives}
             cmod = cand_modality.get(positives[0]) if positives else None
             cmod = cmod or target or "text"
@@ -175,7 +213,10 @@ class MBEIR:
                     raise KeyError(f"{name}: no query instruction for (dataset {key_id}, {qmod}, {cmod}) "
                                    "in instructions/query_instructions.tsv")
                 instruction = pick_instruction(prompts, qid=qid, policy=instruction_policy, seed=seed)
-            queries.append(Item.query(text=text, image=image, instruction=instruction, id=qid))
+            return Item.query(text=text, image=image, instruction=instruction, id=qid)
+
+        for line, record in jsonl_records(query_file):
+            queries.append(read_item(parse_query, record, where=query_file.name, line=line, is_query=True))
 
         qrels_path = self.root / "qrels" / self.split / f"mbeir_{name}_{self.split}_qrels.txt"
         task_tag = str(task_num)
@@ -192,8 +233,9 @@ class MBEIR:
             qrels.setdefault(q.id, {})
 
         if target is None:
-            target = queries and cand_modality.get(next(iter(qrels[queries[0].id]), ""), "text") or "text"
-        query_modality = query_mod or (str(queries[0].modality) if queries else "text")
+            target = readable and cand_modality.get(next(iter(qrels[readable[0].id]), ""), "text") or "text"
+        readable = [q for q in queries if q.problem is None]
+        query_modality = query_mod or (str(readable[0].modality) if readable else "text")
         return RetrievalTask(
             name=name, queries=queries, candidates=candidates, qrels=qrels,
             category=category_of(query_modality, target), target_modality=Modality.parse(target),

@@ -86,4 +86,5 @@ class RetrievalTask:
         return group_of(self.category)
 
     def candidate_modalities(self) -> dict[str, str]:
-        return {c.id: str(c.modality) for c in self.candidates}
+        """Each candidate's modality; failed candidates (no content, a bad record) have none."""
+        return {c.id: str(c.modality) for c in self.candidates if c.problem is None}

@@ -81,7 +81,8 @@ def _pool_digest(candidates) -> str:
     for cand in candidates:
         image = cand.image
         image_key = image if isinstance(image, str) else type(image) if image is None else fingerprint(cand)
-        h.update(f"{cand.id}\x00{cand.text}\x00{image_key}\x01".encode("utf-8", "replace"))
+        failed = "" if cand.error is None else f"\x00{cand.error}"  # why a bad record failed is content too
+        h.update(f"{cand.id}\x00{cand.text}\x00{image_key}{failed}\x01".encode("utf-8", "replace"))
     return h.hexdigest()
 
 

@@ -425,13 +425,16 @@ class Index:
         """Embed and upsert candidates (each needs an id); returns what happened to each.
 
         An item whose content (text, image bytes or pixels) is unchanged since it was stored is
-        reported ``unchanged`` and not embedded again; ids are taken as given (an upsert).
+        reported ``unchanged`` and not embedded again; ids are taken as given (an upsert). An item
+        without content (or a failed one) is reported in the summary's errors; the rest are added.
         """
         entries = []
         for item in items:
             if item.id is None:
                 raise ValueError("items added to an index need ids")
-            entries.append(_DirectEntry.of(item, self.digests))
+            problem = item.problem
+            entries.append(ItemError(str(item.id), problem) if problem is not None
+                           else _DirectEntry.of(item, self.digests))
         summary = Summary()
         self._run(entries, summary, batch_size=batch_size, commit_every=10**9)
         self.digests.save()

@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import threading
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..models.matryoshka import renormalised_prefix
-from ..types import Item, Modality
+from ..types import Item, ItemError, Modality
 from .batcher import Embedded, MicroBatcher
 from .security import (Limits, RequestRefused, Security, check_count, check_image_bytes, check_text,
                        image_from_url)
@@ -264,26 +264,51 @@ def _install_guards(app: FastAPI, server: Server) -> None:
 
 # -- embeddings ----------------------------------------------------------------------------------
 
+@contextmanager
+def naming(where: str):
+    """A refusal while one input of a request is read names that input (``input 2: ...``): as
+    OpenAI's API does, one bad input refuses the whole request, saying which one it is."""
+    try:
+        yield
+    except RequestRefused as exc:
+        raise RequestRefused(exc.status, f"{where}: {exc}") from None
+
+
+def check_items(items: list[Item], names: list[str]) -> None:
+    """400 naming the first item that cannot be embedded as it is (no text and no image)."""
+    for item, name in zip(items, names):
+        if item.problem is not None:
+            raise RequestRefused(400, f"{name}: {item.problem}")
+
+
 def embedding_items(body: EmbeddingRequest, limits: Limits, security: Security) -> list[Item]:
-    """The request's inputs as items: strings, images (infinity), or chat messages (vLLM)."""
+    """The request's inputs as items: strings, images (infinity), or chat messages (vLLM); a bad
+    one (empty, not an image, too large) refuses the request, naming it (``input 2``)."""
     is_query = body.input_type in ("query", "search_query")
     instruction = check_text(body.instruction, limits, "instruction") if is_query else None
+    items = []
     if body.messages is not None:
         if body.input is not None:
             raise RequestRefused(400, "give either input or messages, not both")
         check_count(len(body.messages), limits, "messages")
-        return [_message_item(m, limits, security, is_query, instruction, i) for i, m in enumerate(body.messages)]
+        for i, message in enumerate(body.messages):
+            with naming(f"message {i}"):
+                items.append(_message_item(message, limits, security, is_query, instruction, i))
+        check_items(items, [f"message {i}" for i in range(len(items))])
+        return items
     inputs = [body.input] if isinstance(body.input, str) else (body.input or [])
     if any(not isinstance(v, str) for v in inputs):
         raise RequestRefused(400, "token-id inputs are not supported: send strings")
     check_count(len(inputs), limits)
-    items = []
     for i, value in enumerate(inputs):
-        if body.modality == "image":
-            items.append(Item(image=image_from_url(value, limits, security), is_query=is_query,
-                              instruction=instruction, id=str(i)))
-        else:
-            items.append(Item(text=check_text(value, limits), is_query=is_query, instruction=instruction, id=str(i)))
+        with naming(f"input {i}"):
+            if body.modality == "image":
+                items.append(Item(image=image_from_url(value, limits, security), is_query=is_query,
+                                  instruction=instruction, id=str(i)))
+            else:
+                items.append(Item(text=check_text(value, limits), is_query=is_query, instruction=instruction,
+                                  id=str(i)))
+    check_items(items, [f"input {i}" for i in range(len(items))])
     return items
 
 
@@ -293,11 +318,9 @@ def _message_item(message: Message, limits: Limits, security: Security, is_query
     texts = [p.text for p in parts if p.type == "text" and p.text]
     images = [p.image_url.url for p in parts if p.type == "image_url" and p.image_url is not None]
     if len(images) > 1:
-        raise RequestRefused(400, f"message {i}: at most one image per item")
+        raise RequestRefused(400, "at most one image per item")
     text = check_text("\n".join(texts), limits) if texts else None
     image = image_from_url(images[0], limits, security) if images else None
-    if text is None and image is None:
-        raise RequestRefused(400, f"message {i} has neither text nor an image")
     return Item(text=text, image=image, is_query=is_query, instruction=instruction, id=str(i))
 
 
@@ -310,11 +333,13 @@ def truncate(vectors: np.ndarray, dimensions: int | None, full: int) -> np.ndarr
     return renormalised_prefix(vectors, dimensions)
 
 
-async def embed_or_refuse(server: Server, items: list[Item]) -> Embedded:
+async def embed_or_refuse(server: Server, items: list[Item], names: list[str]) -> Embedded:
+    """The items' vectors, or 400 naming the first one the model could not embed (``names[i]``
+    labels item ``i``): nothing of a request is embedded unless all of it is."""
     embedded = await server.batcher.embed(items)
     if embedded.result.errors:
         err = embedded.result.errors[0]
-        raise RequestRefused(422, f"input {err.index}: {err.reason}")
+        raise RequestRefused(400, f"{names[err.index]}: {err.reason}")
     return embedded
 
 
@@ -342,7 +367,8 @@ def _embedding_routes(app: FastAPI, server: Server) -> None:
     async def embeddings(body: EmbeddingRequest):
         check_model_name(body.model)
         items = embedding_items(body, limits, security)
-        embedded = await embed_or_refuse(server, items)
+        embedded = await embed_or_refuse(server, items, [f"{'message' if body.messages is not None else 'input'} {i}"
+                                                         for i in range(len(items))])
         vectors = truncate(embedded.result.vectors, body.dimensions, model.dim)
         data = []
         for i, v in enumerate(np.ascontiguousarray(vectors, dtype="<f4")):  # as orjson writes arrays
@@ -355,12 +381,20 @@ def _embedding_routes(app: FastAPI, server: Server) -> None:
     async def rerank(body: RerankRequest):
         if server.reranker is None:
             raise RequestRefused(404, "no reranker loaded: start the server with --rerank MODEL")
-        check_text(body.query, limits, "query")
+        if not check_text(body.query, limits, "query").strip():
+            raise RequestRefused(400, "query: the query is empty")
         check_count(len(body.documents), limits, "documents")
-        docs = [d if isinstance(d, str) else str(d.get("text", "")) for d in body.documents]
-        for d in docs:
-            check_text(d, limits, "document")
-        scores = await server.batcher.run(server.reranker.score, body.query, docs)
+        docs = []
+        for i, d in enumerate(body.documents):
+            text = d if isinstance(d, str) else d.get("text")
+            if not isinstance(text, str):
+                raise RequestRefused(400, f"documents[{i}]: a document is a string or an object with a string 'text'")
+            with naming(f"documents[{i}]"):
+                docs.append(check_text(text, limits, "document"))
+        try:
+            scores = await server.batcher.run(server.reranker.score, body.query, docs)
+        except ItemError as exc:  # an empty document, or one the reranker cannot read: named, as inputs are
+            raise RequestRefused(400, f"documents[{exc.index}]: {exc.reason}") from None
         order = sorted(range(len(docs)), key=lambda i: -float(scores[i]))[: body.top_n or len(docs)]
         results = [{"index": i, "relevance_score": float(scores[i]),
                     **({"document": {"text": docs[i]}} if body.return_documents else {})} for i in order]
@@ -459,7 +493,7 @@ def _index_routes(app: FastAPI, server: Server) -> None:
         except Unrepresentable:
             raise RequestRefused(422, f"the query image has no readable text and {index.model_name} cannot see "
                                       f"pixels: add query text") from None
-        vector = (await embed_or_refuse(server, [query])).result.vectors
+        vector = (await embed_or_refuse(server, [query], ["the query"])).result.vectors
         k = body.k * 3 if body.rerank and server.reranker is not None else body.k
         try:
             results = (await server.in_index(lambda: index.search_vectors(vector, k=k, modality=modality,
@@ -482,12 +516,17 @@ def _index_routes(app: FastAPI, server: Server) -> None:
         else:
             body, _ = await _form_or_json(request, ItemsRequest)
             check_count(len(body.items), limits, "items")
-            wanted = [(it, image_from_url(it.image, limits, security) if it.image else None) for it in body.items]
+            wanted = []
+            for it in body.items:
+                with naming(f"item {it.id!r}"):
+                    wanted.append((it, image_from_url(it.image, limits, security) if it.image else None))
+        for it, _ in wanted:  # every item is checked before any upload is kept or anything added
+            with naming(f"item {it.id!r}"):
+                check_text(it.text, limits)
+        check_items([Item.candidate(text=it.text, image=image) for it, image in wanted],
+                    [f"item {it.id!r}" for it, _ in wanted])
         items = []
         for it, image in wanted:
-            check_text(it.text, limits)
-            if it.text is None and image is None:
-                raise RequestRefused(400, f"item {it.id!r} has neither text nor an image")
             path = await asyncio.to_thread(_keep_upload, index.folder, image) if image else None
             items.append(Item.candidate(text=it.text, image=path, id=it.id, **it.metadata))
 
