@@ -179,8 +179,8 @@ class _Run:
                           encoding="utf-8")
         return self.summary
 
-    def report(self, stage: str, item_id: str, reason: str) -> None:
-        self.summary.errors.append(ItemError(item_id, f"{stage}: {reason}"))
+    def report(self, stage: str, item_id: str | None, reason: str, *, line: int | None = None) -> None:
+        self.summary.errors.append(ItemError(item_id, f"{stage}: {reason}", line=line))
         self.summary.count(stage, "reported")
 
     def bar(self, total: int, stage: str):
@@ -197,7 +197,7 @@ class _Run:
             if self.config.limit is not None and len(work) >= self.config.limit:
                 break
             if isinstance(entry, ItemError):
-                self.report("read", entry.item_id or "?", entry.reason)
+                self.report("read", entry.item_id, entry.reason, line=entry.line)  # a bad record: by id or line
                 continue
             try:
                 item = entry.load()
