@@ -1,5 +1,7 @@
 """What only a Milvus server does (HNSW parameters, consistency after a write, modality filters
-on it) and a server killed in the middle of ``umr index``: the rerun loses and duplicates nothing."""
+on it) and a server killed in the middle of ``umr index``: the run ends with one line naming the
+server (no traceback), a search against the stopped server likewise, and the rerun loses and
+duplicates nothing."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 
 import hashing
 from conftest import HASHING_CLI
-from umr.index import Index
+from umr.index import Index, StoreUnreachable
 from umr.types import Item
 
 
@@ -74,6 +76,17 @@ def _cmd(corpus, index, uri, collection):
             "--collection", collection]
 
 
+def _one_line_naming(stderr: str, uri: str, command: str) -> str:
+    """The one line a lost server is (besides what the command said before it began), checked."""
+    assert "Traceback" not in stderr and "pymilvus" not in stderr, stderr
+    said = [line for line in stderr.splitlines()
+            if line.strip() and not line.startswith((f"umr {command}: creating", f"umr {command}: updating"))]
+    assert len(said) == 1, stderr
+    assert said[0].startswith(f"umr {command}: error: ") and uri in said[0], said[0]
+    assert "run the same command again" in said[0], said[0]
+    return said[0]
+
+
 def _count(uri, collection) -> int:
     from pymilvus import MilvusClient
 
@@ -111,6 +124,12 @@ def test_server_killed_mid_index_loses_and_duplicates_nothing_after_rerun(tmp_pa
             run.kill()
             out, err = run.communicate()
         assert run.returncode != 0, out  # the run cannot have finished without its server
+        assert "stopped answering" in _one_line_naming(err, milvus_server.uri, "index")
+        # a search against the stopped server: one line too, saying to start it
+        search = subprocess.run([sys.executable, HASHING_CLI, "search", "item12 about otters", "--index", str(index)],
+                                env=env, capture_output=True, text=True, timeout=180)
+        assert search.returncode != 0 and search.stdout == ""
+        assert "cannot connect to Milvus" in _one_line_naming(search.stderr, milvus_server.uri, "search")
     finally:
         if run.poll() is None:
             run.kill()
@@ -133,3 +152,23 @@ def test_server_killed_mid_index_loses_and_duplicates_nothing_after_rerun(tmp_pa
         assert hit.id == "corpus/doc0123.txt"
         np.testing.assert_allclose(hit.score, float(want @ model.encode_queries(["item123 about herons and pond 4"])[0]),
                                    atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_server_lost_after_the_index_is_open_is_one_error_naming_it(tmp_path, milvus_server):
+    index = Index.create(tmp_path / "ix", hashing.HashEmbedder(), backend="milvus", uri=milvus_server.uri,
+                         collection=_collection())
+    try:
+        index.add([Item.candidate(text=f"otters and herons {i}", id=f"d{i}") for i in range(5)])
+        milvus_server.kill()
+        for call in (lambda: index.search("otters", k=3), lambda: index.add([Item.candidate(text="x", id="x")]),
+                     lambda: len(index)):
+            with pytest.raises(StoreUnreachable, match=f"the Milvus server at {milvus_server.uri} stopped "
+                                                       f"answering .*run the same command again"):
+                call()
+    finally:
+        index.close()
+        if milvus_server.server is None:
+            milvus_server.start()
+    with Index.open(tmp_path / "ix") as reopened:  # what was committed is there
+        assert len(reopened) == 5 and reopened.search("otters and herons 3", k=1)[0].id == "d3"

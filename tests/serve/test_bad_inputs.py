@@ -61,3 +61,27 @@ def test_rerank_names_the_empty_document(photo_index, tmp_path):
                  "documents[0]: a document is a string or an object with a string 'text'")
         _refused(client.post("/v1/rerank", json={"query": " ", "documents": ["grass"]}), "query: the query is empty")
         assert client.post("/v1/rerank", json={"query": "llamas", "documents": ["grass"]}).status_code == 200
+
+
+def test_a_lost_index_server_is_a_503_naming_it(tiny_clip):
+    """A Milvus server that stops answering while `umr serve` searches it: 503 with the store's
+    one line (it was a 500 "internal server error")."""
+    from umr.index import StoreUnreachable
+
+    class LostIndex:
+        model_name = "tiny"
+
+        def represent(self, item):
+            return item
+
+        def search_vectors(self, vectors, **options):
+            raise StoreUnreachable("the Milvus server at http://127.0.0.1:1 stopped answering (UNAVAILABLE); "
+                                   "what was committed is kept: run the same command again once the server is back")
+
+        def close(self):
+            pass
+
+    with TestClient(create_app(tiny_clip, index=LostIndex())) as client:
+        response = client.post("/v1/search", json={"text": "a red square"})
+    assert response.status_code == 503
+    assert response.json()["error"]["message"].startswith("the Milvus server at http://127.0.0.1:1 stopped answering")

@@ -6,7 +6,8 @@ crash-safe folder with FAISS exact or HNSW search) or :class:`~umr.index.milvus.
 
 from .exact import search_exact
 from .index import Index, ModelMismatch, Result, SourceConflict, Summary, Unrepresentable
+from .base import StoreUnreachable
 from .store import Filter, FlatStore, IndexStoreError, IndexLocked
 
 __all__ = ["Filter", "FlatStore", "Index", "IndexStoreError", "IndexLocked", "ModelMismatch", "Result",
-           "SourceConflict", "Summary", "Unrepresentable", "search_exact"]
+           "SourceConflict", "StoreUnreachable", "Summary", "Unrepresentable", "search_exact"]

@@ -26,6 +26,12 @@ class IndexLocked(IndexStoreError):
     pass
 
 
+class StoreUnreachable(IndexStoreError):
+    """The store's server cannot be reached, or stopped answering in the middle of the work.
+    What was committed is kept: the same command, run again once the server answers, goes on
+    from there (``umr index`` adds only what is missing)."""
+
+
 @dataclass
 class Hit:
     score: float

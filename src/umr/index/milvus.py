@@ -14,21 +14,29 @@ On a server, a collection is created with what Lite lacks: an HNSW index with th
 ``M`` / ``efConstruction`` (``method="hnsw"``) and Strong consistency, so a search right after a
 commit sees it (read-your-writes). ``modality`` is not a partition key: on Milvus 2.3.5 rows
 upserted into a partition-key collection are missed by searches filtered on that key.
+
+Every call to Milvus goes through :func:`_guarded`: a server that cannot be reached, or stops
+answering mid-run, is one :class:`~umr.index.base.StoreUnreachable` naming the URI and saying to
+run the same command again once it is back (upserts already returned are kept), never
+pymilvus's exception, and pymilvus's own logging of each failed call (a traceback on stderr) is
+silenced.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from ..types import Modality
-from .base import (FORMAT, MANIFEST, Filter, Hit, IndexStoreError, VectorStore, check_search_args,
-                   has_surrogates, key_value, read_manifest, replace_surrogates, write_bytes_durably)
+from .base import (FORMAT, MANIFEST, Filter, Hit, IndexStoreError, StoreUnreachable, VectorStore,
+                   check_search_args, has_surrogates, key_value, read_manifest, replace_surrogates,
+                   write_bytes_durably)
 
 #: the primary key is a VARCHAR of at most this many characters
 _MAX_ID = 1024
@@ -129,9 +137,13 @@ class MilvusStore(VectorStore):
         self.collection = manifest["collection"]
         self.writable = writable
         self.server = not _is_local(manifest["uri"])
-        self._null_test = _has_null_test(client) if self.server else True
+        self._null_test = _has_null_test(client, manifest["uri"]) if self.server else True
         #: read options: a server reads at Strong consistency (Lite has one process, no lag)
         self._read = {"consistency_level": _CONSISTENCY} if self.server else {}
+
+    def _call(self, method: Callable, *args, **kwargs):
+        """``method(*args, **kwargs)`` of the client, guarded (see :func:`_guarded`)."""
+        return _guarded(self.manifest["uri"], method, *args, **kwargs)
 
     @classmethod
     def create(cls, folder: str | Path, *, dim: int, config: dict[str, Any], uri: str,
@@ -145,13 +157,13 @@ class MilvusStore(VectorStore):
         uri = resolve_uri(uri, folder)
         client = _connect(uri)
         description = json.dumps({"umr": FORMAT, "dim": int(dim), "model": config.get("model")})
-        if client.has_collection(collection):
+        if _guarded(uri, client.has_collection, collection):
             existing = _collection_model(client, collection)
             if existing is not None and existing.get("model", {}).get("name") != config.get("model", {}).get("name"):
                 raise IndexStoreError(
                     f"Milvus collection {collection!r} at {uri} holds vectors of model "
                     f"{existing.get('model', {}).get('name')!r}; pick another --collection")
-            _load(client, collection)
+            _load(client, collection, uri)
         else:
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                                 description=description)
@@ -171,8 +183,8 @@ class MilvusStore(VectorStore):
             else:
                 params.add_index("vector", index_type="FLAT", metric_type="IP")
             extra = {"consistency_level": _CONSISTENCY} if server else {}
-            client.create_collection(collection, schema=schema, index_params=params,
-                                     description=description, **extra)
+            _guarded(uri, client.create_collection, collection, schema=schema, index_params=params,
+                     description=description, **extra)
         manifest = {"format": FORMAT, "backend": "milvus", "uri": uri, "collection": collection,
                     "dim": int(dim), "config": config}
         write_bytes_durably(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
@@ -184,10 +196,10 @@ class MilvusStore(VectorStore):
         folder = Path(folder)
         manifest = manifest or read_manifest(folder)
         client = _connect(manifest["uri"])
-        if not client.has_collection(manifest["collection"]):
+        if not _guarded(manifest["uri"], client.has_collection, manifest["collection"]):
             raise IndexStoreError(f"{folder}: Milvus collection {manifest['collection']!r} is missing at "
                               f"{manifest['uri']}")
-        _load(client, manifest["collection"])
+        _load(client, manifest["collection"], manifest["uri"])
         return cls(folder, manifest, client, writable=writable)
 
     def close(self) -> None:
@@ -213,7 +225,7 @@ class MilvusStore(VectorStore):
         return int(self.manifest["dim"])
 
     def __len__(self) -> int:
-        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"], **self._read)
+        rows = self._call(self.client.query, self.collection, filter="", output_fields=["count(*)"], **self._read)
         return int(rows[0]["count(*)"])
 
     def _scan(self, fields: list[str], expr: str = "") -> Iterable[dict[str, Any]]:
@@ -224,9 +236,9 @@ class MilvusStore(VectorStore):
             page_expr = [f"({expr})"] if expr else []
             if last is not None:
                 page_expr.append(f"id > {_literal(last)}")
-            page = self.client.query(self.collection, filter=" and ".join(page_expr), limit=_QUERY_PAGE,
-                                     output_fields=sorted({"id", *fields}), iterator="True",
-                                     reduce_stop_for_best="True", **self._read)
+            page = self._call(self.client.query, self.collection, filter=" and ".join(page_expr),
+                              limit=_QUERY_PAGE, output_fields=sorted({"id", *fields}), iterator="True",
+                              reduce_stop_for_best="True", **self._read)
             if not page:
                 return
             yield from page
@@ -250,7 +262,7 @@ class MilvusStore(VectorStore):
         if twice and self.writable:
             self._delete_pks(sorted(twice))
             if not self.server:
-                self.client.flush(self.collection)
+                self._call(self.client.flush, self.collection)
             for pk in twice:
                 found.pop(pk, None)
         return {_id(pk): h for pk, h in found.items()}
@@ -260,8 +272,8 @@ class MilvusStore(VectorStore):
         found: dict[str, dict] = {}
         for start in range(0, len(ids), 1000):
             pks = [_pk(i) for i in ids[start:start + 1000]]
-            rows = self.client.query(self.collection, filter=_ids_expression(pks),
-                                     output_fields=["id", "modality", "hash", "meta", "info"], **self._read)
+            rows = self._call(self.client.query, self.collection, filter=_ids_expression(pks),
+                              output_fields=["id", "modality", "hash", "meta", "info"], **self._read)
             for row in rows:
                 record = _record(row)
                 found[record["id"]] = record
@@ -281,8 +293,9 @@ class MilvusStore(VectorStore):
         """One ``count(*)`` query per modality (Milvus keeps the counts; nothing is scanned)."""
         counts = {}
         for modality in Modality:
-            rows = self.client.query(self.collection, filter=f"modality == {_literal(modality.value)}",
-                                     output_fields=["count(*)"], **self._read)
+            rows = self._call(self.client.query, self.collection,
+                              filter=f"modality == {_literal(modality.value)}", output_fields=["count(*)"],
+                              **self._read)
             if int(rows[0]["count(*)"]):
                 counts[modality.value] = int(rows[0]["count(*)"])
         return counts
@@ -318,10 +331,11 @@ class MilvusStore(VectorStore):
 
     def _search(self, queries: np.ndarray, limit: int, expression: str, params: dict) -> list[list[Hit]]:
         try:
-            results = self.client.search(self.collection, data=[q.tolist() for q in queries],
-                                         limit=limit, filter=expression,
-                                         output_fields=["modality", "hash", "meta", "info"],
-                                         search_params=params, **self._read)
+            results = self._call(self.client.search, self.collection, data=[q.tolist() for q in queries],
+                                 limit=limit, filter=expression, output_fields=["modality", "hash", "meta", "info"],
+                                 search_params=params, **self._read)
+        except StoreUnreachable:
+            raise
         except Exception as exc:  # noqa: BLE001 - pymilvus raises MilvusException (and others)
             if not expression or type(exc).__name__ != "MilvusException":
                 raise
@@ -352,18 +366,18 @@ class MilvusStore(VectorStore):
                 raise ValueError(f"item {str(record['id'])[:80]!r}: {refused}")
         rows = [_row(record, vector) for record, vector in zip(records, vectors)]
         for start in range(0, len(rows), 500):
-            self.client.upsert(self.collection, rows[start:start + 500])
+            self._call(self.client.upsert, self.collection, rows[start:start + 500])
         keep = {r["id"] for r in rows}
         delete_pks = [pk for pk in map(_pk, delete_ids) if pk not in keep]
         if delete_pks:
             self._delete_pks(delete_pks)
         if (rows or delete_pks) and not self.server:
-            self.client.flush(self.collection)
+            self._call(self.client.flush, self.collection)
 
     def _delete_pks(self, pks: Sequence[str]) -> None:
         # by expression: pymilvus's delete(ids=...) does not escape quotes or backslashes in ids
         for start in range(0, len(pks), 1000):
-            self.client.delete(self.collection, filter=_ids_expression(pks[start:start + 1000]))
+            self._call(self.client.delete, self.collection, filter=_ids_expression(pks[start:start + 1000]))
 
     def delete(self, ids: Iterable[str]) -> int:
         ids = list(ids)
@@ -382,7 +396,9 @@ class MilvusStore(VectorStore):
 
     def compact(self) -> None:
         try:
-            self.client.compact(self.collection)
+            self._call(self.client.compact, self.collection)
+        except StoreUnreachable:
+            raise
         except Exception:  # noqa: BLE001 - Lite may not compact on demand
             pass
 
@@ -427,23 +443,73 @@ def _collection_model(client, collection: str) -> dict[str, Any] | None:
         return None
 
 
-def _has_null_test(client) -> bool:
+def _has_null_test(client, uri: str) -> bool:
     """Whether the server's expressions have ``is null`` (Milvus 2.5 and later)."""
-    found = re.match(r"v?(\d+)\.(\d+)", str(client.get_server_version()))
+    found = re.match(r"v?(\d+)\.(\d+)", str(_guarded(uri, client.get_server_version)))
     return found is None or (int(found[1]), int(found[2])) >= (2, 5)
 
 
-def _load(client, collection: str) -> None:
+def _load(client, collection: str, uri: str) -> None:
     """A collection reopened after a restart (or a crash) is released: load it for queries."""
     try:
-        client.load_collection(collection)
+        _guarded(uri, client.load_collection, collection)
+    except StoreUnreachable:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise IndexStoreError(f"cannot load Milvus collection {collection!r}: {exc}") from None
+
+
+#: gRPC status codes of a server that is down, restarting or not answering
+_LOST_CODES = {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+
+
+def _lost_reason(exc: BaseException) -> str | None:
+    """What says that ``exc`` (from pymilvus or gRPC) means the server cannot be reached or stopped
+    answering, in one line; None for any other error (a bad filter, a missing collection...)."""
+    import grpc
+    from pymilvus.client.types import Status
+    from pymilvus.exceptions import (ConnectError, ConnectionNotExistException, MilvusException,
+                                     MilvusUnavailableException)
+
+    def lost(code) -> bool:
+        return isinstance(code, grpc.StatusCode) and code.name in _LOST_CODES
+
+    if isinstance(exc, grpc.FutureTimeoutError):
+        return "timed out connecting"
+    if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
+        return f"{exc.code().name}: {exc.details()}" if lost(exc.code()) else None
+    if isinstance(exc, (ConnectError, ConnectionNotExistException, MilvusUnavailableException)):
+        return exc.message
+    if isinstance(exc, MilvusException) and (exc.code == Status.CONNECT_FAILED or lost(exc.code)):
+        return exc.message
+    return None
+
+
+def _guarded(uri: str, method: Callable, *args, **kwargs):
+    """``method(*args, **kwargs)`` (a pymilvus client call); a server that cannot be reached or
+    stopped answering is a :class:`StoreUnreachable` naming ``uri`` (other errors pass as they are)."""
+    try:
+        return method(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - only lost-server errors are mapped, the rest re-raised
+        reason = _lost_reason(exc)
+        if reason is None:
+            raise
+        reason = " ".join(str(reason).split())[:300]
+        raise StoreUnreachable(f"the Milvus server at {uri} stopped answering ({reason}); what was committed "
+                               f"is kept: run the same command again once the server is back") from None
+
+
+def _quiet_pymilvus_logs() -> None:
+    """pymilvus logs every failed call with a traceback to stderr, through handlers of its own; the
+    store raises each failure as one :class:`IndexStoreError` instead, so those logs are silenced."""
+    for name in ("pymilvus", "pymilvus.milvus_client"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _connect(uri: str):
     from pymilvus import MilvusClient
 
+    _quiet_pymilvus_logs()
     if _is_local(uri):
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -454,4 +520,6 @@ def _connect(uri: str):
                 f"cannot open Milvus Lite file {uri}: {type(exc).__name__}. Milvus Lite lets one process "
                 f"at a time use a file (is `umr index` running on it?); for concurrent indexing and "
                 f"search use a Milvus server (--uri http://host:19530)") from None
-        raise IndexStoreError(f"cannot connect to Milvus at {uri}: {type(exc).__name__}: {exc}") from None
+        reason = " ".join(str(_lost_reason(exc) or f"{type(exc).__name__}: {exc}").split())[:300]
+        raise StoreUnreachable(f"cannot connect to Milvus at {uri} ({reason}): start the server (or check "
+                               f"--uri), then run the same command again") from None

@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..index.base import StoreUnreachable
 from ..models.matryoshka import renormalised_prefix
 from ..types import Item, ItemError, Modality
 from .batcher import Embedded, MicroBatcher
@@ -250,6 +251,10 @@ def _install_guards(app: FastAPI, server: Server) -> None:
     @app.exception_handler(RequestRefused)
     async def refused(request: Request, exc: RequestRefused):
         return _error(exc.status, str(exc))
+
+    @app.exception_handler(StoreUnreachable)
+    async def unreachable(request: Request, exc: StoreUnreachable):  # a Milvus server gone: say so, not 500
+        return _error(503, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
