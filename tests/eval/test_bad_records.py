@@ -236,3 +236,18 @@ def test_readers_keep_a_failed_record_in_its_place_with_its_reason():
     vectors = OracleEmbedder().embed([Item.candidate(text="concept 01", id="ok"), item], on_error="skip")
     assert vectors.indices.tolist() == [0] and vectors.errors[0].reason == item.error
     assert np.isfinite(vectors.vectors).all()
+
+
+def test_a_task_of_unknown_number_takes_its_modalities_from_the_first_readable_query(tmp_path):
+    root = build_mbeir(tmp_path / "M-BEIR")
+    for old, new in (("query/test/mbeir_mscoco_task0_test.jsonl", "query/test/mbeir_mscoco_task9_test.jsonl"),
+                     ("cand_pool/local/mbeir_mscoco_task0_cand_pool.jsonl",
+                      "cand_pool/local/mbeir_mscoco_task9_cand_pool.jsonl"),
+                     ("qrels/test/mbeir_mscoco_task0_test_qrels.txt", "qrels/test/mbeir_mscoco_task9_test_qrels.txt")):
+        (root / old).rename(root / new)
+    queries = root / "query/test/mbeir_mscoco_task9_test.jsonl"
+    lines = queries.read_text().splitlines()
+    queries.write_text("\n".join(['{"qid": "1:0", "query_txt": 5}'] + lines[1:]) + "\n")
+    task = load_mbeir(root, tasks=["mscoco_task9"], instruction_policy="none")[0]
+    assert task.queries[0].problem == "field 'query_txt' must be a string or null, got int"
+    assert str(task.target_modality) == "image" and task.category == "T→I"

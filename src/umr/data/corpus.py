@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..fingerprint import FileDigests, file_digest, item_fingerprint
-from ..types import Item, ItemError, Modality
+from ..types import Item, ItemError
 from .chunking import Chunker, passage_id
-from .files import display_name, is_url, jsonl_records, stored_path, url_refusal
+from .files import display_name, jsonl_records, stored_path
 from .mbeir import parse_candidate
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}

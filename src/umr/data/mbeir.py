@@ -232,9 +232,9 @@ class MBEIR:
         for q in queries:
             qrels.setdefault(q.id, {})
 
+        readable = [q for q in queries if q.problem is None]  # failed queries have no modality
         if target is None:
             target = readable and cand_modality.get(next(iter(qrels[readable[0].id]), ""), "text") or "text"
-        readable = [q for q in queries if q.problem is None]
         query_modality = query_mod or (str(readable[0].modality) if readable else "text")
         return RetrievalTask(
             name=name, queries=queries, candidates=candidates, qrels=qrels,
