@@ -191,6 +191,9 @@ def test_gme_passages_hold_the_page_image_and_fit_beside_it(tiny_gme_dir, tmp_pa
     out = capsys.readouterr().out
     assert "errors 0" in out and "cut to its window" not in out
     model = umr.load_model(tiny_gme_dir, max_length=300, max_image_tokens=64, min_image_tokens=4)
+    room = model.text_window_beside_image(931, 1280)  # the 612 x 842 pt pages, rendered
+    assert f"of at most {model.text_window()} tokens (overlap {model.text_window() // 8}; beside a page image, " \
+           f"what it leaves: at most {room})" in out
     with Index.open(tmp_path / "ix") as ix:
         records = {r["id"]: r for r in ix.store.records()}
         assert ix.config["chunking"]["tokens"] == model.text_window() > 200
@@ -199,7 +202,7 @@ def test_gme_passages_hold_the_page_image_and_fit_beside_it(tiny_gme_dir, tmp_pa
     assert 2 in {r["meta"]["page"] for r in passages} and all(r["via"] == "pixels+text" for r in passages)
     entries = {e.id: e for e in read_corpus(corpus, chunker=chunker)}
     items = [entries[r["id"].removeprefix("c/")].load() for r in passages]
-    room = model.text_window_beside_image(*items[0].image.size)
+    assert items[0].image.size == (931, 1280)
     assert room == chunker.tokens - model.processor.num_image_tokens(*items[0].image.size) - 2  # + vision start/end
     assert max(len(model.token_spans(i.text)) for i in items) <= room
     processor = model.processor

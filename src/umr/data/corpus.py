@@ -76,6 +76,8 @@ class ReadReport:
     split_texts: int = 0
     split_pages: int = 0
     passages: int = 0
+    #: the smallest passage size a split PDF page got beside its image, where that is below the chunk size
+    page_passage_tokens: int | None = None
     #: ids of loaded items whose text is longer than the model's window (the model cuts it)
     truncated: list[str] = field(default_factory=list)
 
@@ -410,9 +412,13 @@ def _pdf_entries(path: Path, rel: str, digest: str, stored: str, meta: dict[str,
             yield whole
             continue
         text, size = layer
-        yield from _split_entries(whole, text, chunker.beside_image(*size), report, lambda passage, pid: (
+        beside = chunker.beside_image(*size)
+        split = report.split_pages
+        yield from _split_entries(whole, text, beside, report, lambda passage, pid: (
             f"{digest}:{number}:{item_fingerprint(Item.candidate(text=passage.text))}",
             _pdf_passage_loader(rendered, number, pid, passage.text)))
+        if report.split_pages > split and beside.tokens < chunker.tokens:
+            report.page_passage_tokens = min(report.page_passage_tokens or beside.tokens, beside.tokens)
 
 
 def _page_layer(doc, number: int) -> tuple[str, tuple[int, int]] | Exception:
