@@ -193,7 +193,7 @@ def test_gme_passages_hold_the_page_image_and_fit_beside_it(tiny_gme_dir, tmp_pa
     model = umr.load_model(tiny_gme_dir, max_length=300, max_image_tokens=64, min_image_tokens=4)
     room = model.text_window_beside_image(931, 1280)  # the 612 x 842 pt pages, rendered
     assert f"of at most {model.text_window()} tokens (overlap {model.text_window() // 8}; beside a page image, " \
-           f"what it leaves: at most {room})" in out
+           f"what the image leaves: down to {room})" in out
     with Index.open(tmp_path / "ix") as ix:
         records = {r["id"]: r for r in ix.store.records()}
         assert ix.config["chunking"]["tokens"] == model.text_window() > 200

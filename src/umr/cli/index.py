@@ -238,7 +238,7 @@ def _print_read_report(read, chunking: dict, model_name: str) -> None:
     if read.passages:
         what = " and ".join(part for part in (f"{read.split_texts} long text(s)" if read.split_texts else "",
                                               f"{read.split_pages} PDF page(s)" if read.split_pages else "") if part)
-        beside = (f"; beside a page image, what it leaves: at most {read.page_passage_tokens}"
+        beside = (f"; beside a page image, what the image leaves: down to {read.page_passage_tokens}"
                   if read.page_passage_tokens else "")
         print(f"  split {what} into {read.passages} passages of at most {chunking.get('tokens')} tokens "
               f"(overlap {chunking.get('overlap')}{beside})")
