@@ -20,6 +20,8 @@ from umr.eval.trec import read_run
 sys.path.insert(0, str(Path(__file__).parents[1] / "index"))
 import hashing  # noqa: E402 - the hash-test model Ray workers import (tests/index is on their path)
 
+pytestmark = pytest.mark.dtype_sensitive  # the default dtype matters here: CI runs it under both UMR_CPU_BF16 settings
+
 STDLIB_DOCS = Path(__file__).parents[1] / "fixtures" / "eval" / "stdlib-docs"
 
 

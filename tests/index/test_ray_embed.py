@@ -11,6 +11,8 @@ import pytest
 import hashing
 from umr.index import Index
 
+pytestmark = pytest.mark.dtype_sensitive  # the default dtype matters here: CI runs it under both UMR_CPU_BF16 settings
+
 N_ITEMS = 300
 
 
@@ -166,3 +168,26 @@ def test_a_killed_ray_driver_resumes_with_every_item_exactly_once(tmp_path, ray_
             np.testing.assert_allclose(sorted(h.score for h in got), sorted(h.score for h in want), atol=1e-5)
         again = {hit.id: hit.score for hit in resumed.search("heron by a pond", k=N_ITEMS)}
     assert all(abs(again[item_id] - score) < 1e-6 for item_id, score in kept.items())
+
+
+@pytest.mark.slow
+def test_ray_workers_follow_the_drivers_cpu_switch(ray_session, monkeypatch):
+    """The switch set in the driver after the cluster started (as on a cluster started elsewhere,
+    whose workers never had the driver's environment): the workers' model defaults as the
+    driver's does, not as the cluster's environment says."""
+    from functools import partial
+
+    import umr
+    from umr.index.ray_embed import RayEmbedder
+    from umr.models.cpu import bf16_by_default
+
+    items = [umr.Item.candidate(f"note {i}: a heron waits by the pond {i % 5}", id=str(i)) for i in range(12)]
+    inherited = "1" if bf16_by_default() else "0"  # what the session's workers were started with
+    driver = "0" if inherited == "1" else "1"
+    monkeypatch.setenv("UMR_CPU_BF16", driver)
+    want = umr.load_model("minilm").embed(items).vectors
+    with RayEmbedder(partial(umr.load_model, "minilm"), workers=1) as embedder:
+        (result,) = embedder.map([items])
+    np.testing.assert_allclose(result.vectors, want, atol=1e-6)
+    monkeypatch.setenv("UMR_CPU_BF16", inherited)  # the other setting gives other vectors: the check can fail
+    assert np.abs(umr.load_model("minilm").embed(items).vectors - want).max() > 1e-4
