@@ -20,8 +20,6 @@ from umr.eval.trec import read_run
 sys.path.insert(0, str(Path(__file__).parents[1] / "index"))
 import hashing  # noqa: E402 - the hash-test model Ray workers import (tests/index is on their path)
 
-pytestmark = pytest.mark.dtype_sensitive  # the default dtype matters here: CI runs it under both UMR_CPU_BF16 settings
-
 STDLIB_DOCS = Path(__file__).parents[1] / "fixtures" / "eval" / "stdlib-docs"
 
 
@@ -69,6 +67,7 @@ def test_evaluator_on_ray_workers_equals_one_process_and_survives_a_dying_worker
 
 
 @pytest.mark.slow
+@pytest.mark.dtype_sensitive  # minilm in the driver and in the workers: both must default alike
 def test_umr_eval_with_ray_matches_the_single_process_command(tmp_path, ray_session, capsys, monkeypatch):
     from umr.cli import eval as cli_eval
 

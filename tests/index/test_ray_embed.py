@@ -11,8 +11,6 @@ import pytest
 import hashing
 from umr.index import Index
 
-pytestmark = pytest.mark.dtype_sensitive  # the default dtype matters here: CI runs it under both UMR_CPU_BF16 settings
-
 N_ITEMS = 300
 
 
@@ -59,6 +57,7 @@ def test_two_ray_workers_index_like_one_process_and_survive_a_dying_worker(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.dtype_sensitive  # minilm in the driver and in the workers: both must default alike
 def test_umr_index_with_ray_matches_the_single_process_command(tmp_path, ray_session, capsys):
     from umr.cli import main
 
@@ -81,6 +80,7 @@ def test_umr_index_with_ray_matches_the_single_process_command(tmp_path, ray_ses
 
 
 @pytest.mark.slow
+@pytest.mark.dtype_sensitive  # minilm in the driver and in the workers: both must default alike
 def test_umr_embed_with_ray_writes_the_single_process_matrix(tmp_path, ray_session, capsys):
     import json
 
@@ -102,6 +102,7 @@ def test_umr_embed_with_ray_writes_the_single_process_matrix(tmp_path, ray_sessi
 
 
 @pytest.mark.slow
+@pytest.mark.dtype_sensitive  # minilm in the driver and in the workers: both must default alike
 def test_a_killed_ray_driver_resumes_with_every_item_exactly_once(tmp_path, ray_session, capsys):
     """``umr index --ray`` SIGKILLed after its first commits, then run again on the same cluster,
     ends like an uninterrupted single-process run: what the killed run stored is kept as it is,
@@ -171,6 +172,7 @@ def test_a_killed_ray_driver_resumes_with_every_item_exactly_once(tmp_path, ray_
 
 
 @pytest.mark.slow
+@pytest.mark.dtype_sensitive  # minilm in the driver and in the workers: both must default alike
 def test_ray_workers_follow_the_drivers_cpu_switch(ray_session, monkeypatch):
     """The switch set in the driver after the cluster started (as on a cluster started elsewhere,
     whose workers never had the driver's environment): the workers' model defaults as the
