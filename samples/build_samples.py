@@ -119,8 +119,10 @@ def render_lines(lines: list[str], *, width: int = 720, size: int = 30) -> Image
     return img
 
 
-def pdf_with_text(pages: list[list[str]]) -> bytes:
-    """A minimal PDF whose pages carry real text (Helvetica, a standard font): a text layer."""
+def pdf_with_text(pages: list[list[str]], *, font_size: int = 20, leading: int = 26) -> bytes:
+    """A minimal PDF whose pages carry real text (Helvetica, a standard font): a text layer.
+
+    The tests build dense pages with it too (a small ``font_size`` and ``leading``)."""
     objects: list[bytes] = []
 
     def add(body: bytes) -> int:
@@ -131,7 +133,7 @@ def pdf_with_text(pages: list[list[str]]) -> bytes:
     pages_id = add(b"")  # filled in below
     page_ids = []
     for lines in pages:
-        ops = ["BT", "/F1 20 Tf", "60 780 Td", "26 TL"]
+        ops = ["BT", f"/F1 {font_size} Tf", "60 780 Td", f"{leading} TL"]
         for line in lines:
             safe = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
             ops.append(f"({safe}) Tj T*")

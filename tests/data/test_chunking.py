@@ -121,3 +121,18 @@ def test_texts_the_model_cuts_are_counted_when_not_split(tmp_path):
     for entry in entries:
         entry.load()
     assert report.truncated == ["long.txt"] and report.passages == 0
+
+
+def test_pdf_page_passages_join_the_page_fragment_and_go_stale_like_text_passages():
+    from umr.data.chunking import passage_id, stale_passages
+
+    assert passage_id("docs/report.pdf#page=3", 2) == "docs/report.pdf#page=3&chunk=2"
+    assert passage_id("notes/report.txt", 2) == "notes/report.txt#chunk=2"
+    assert passage_id("a#b.txt", 1) == "a#b.txt#chunk=1"  # a '#' in a file name is not a page
+    page = "r.pdf#page=3"
+    stored = [page, f"{page}&chunk=1", f"{page}&chunk=2", f"{page}&chunk=3", "r.pdf#page=4", "x&chunk=2"]
+    # the page now splits into two passages: its whole item and the third passage go
+    assert stale_passages(stored, {f"{page}&chunk=1", f"{page}&chunk=2", "r.pdf#page=4"}) == [page, f"{page}&chunk=3"]
+    # the page now fits whole (or --no-chunk): its passages go; an id that only looks like one stays
+    assert stale_passages(stored, {page, "r.pdf#page=4", "x"}) == [f"{page}&chunk=1", f"{page}&chunk=2",
+                                                                  f"{page}&chunk=3"]

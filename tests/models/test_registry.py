@@ -30,7 +30,7 @@ def test_missing_folder_and_unknown_model_type(tmp_path):
     with pytest.raises(ModelNotAvailable, match="no such folder"):
         umr.load_model(str(tmp_path / "nope"))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert-of-theseus"}))
-    with pytest.raises(ModelNotAvailable, match="'bert-of-theseus' is not one umr can embed"):
+    with pytest.raises(ModelNotAvailable, match="model type 'bert-of-theseus': not one umr implements"):
         detect_family(tmp_path)
 
 

@@ -40,6 +40,38 @@ def test_mllm_window_is_its_limit_less_the_candidate_template(family, tmp_path, 
     assert processor.estimate_tokens(Item.candidate(text=_prefix_of(model, TEXT, 31))) == processor.max_length
 
 
+@pytest.mark.parametrize("family", ["gme", "mmembed"])
+def test_mllm_window_beside_an_image_is_what_the_image_leaves(family, tmp_path, tiny_gme_dir):
+    """A PDF page's passage holds the page image: a text of exactly ``text_window_beside_image``
+    spans is embedded whole beside an image of that size, one span more is cut. GME's image takes
+    its tokens from the window; MM-Embed cuts the prompt before splicing the image in."""
+    from PIL import Image
+
+    if family == "gme":
+        model = umr.load_model(tiny_gme_dir, min_image_tokens=4, max_image_tokens=64)
+        model.processor.max_length = 150
+    else:
+        from umr.models.mmembed import write_tiny_mmembed
+
+        model = umr.load_model(write_tiny_mmembed(tmp_path / "mm"))
+        model.processor.max_length = 60
+    page = Image.new("RGB", (990, 1280), "white")
+    room = model.text_window_beside_image(*page.size)
+    if family == "gme":
+        assert room == model.text_window() - model.processor.num_image_tokens(*page.size) - 2
+    else:
+        assert 0 < model.text_window() - room <= 3  # the <image> tag and its newline
+    long = TEXT * 8
+    fits = Item.candidate(text=_prefix_of(model, long, room), image=page)
+    over = Item.candidate(text=_prefix_of(model, long, room + 1), image=page)
+    processor, limit = model.processor, model.processor.max_length
+    cut = [processor.process(item).input_ids for item in (fits, over)]
+    processor.max_length = 10 ** 6
+    whole = [processor.process(item).input_ids for item in (fits, over)]
+    processor.max_length = limit
+    assert cut[0] == whole[0] and cut[1] != whole[1]
+
+
 def test_clip_window_counts_start_end_and_the_uniir_period(tmp_path):
     from umr.models.clip_sf import write_tiny_clip
 

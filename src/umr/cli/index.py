@@ -235,8 +235,12 @@ def _print_read_report(read, chunking: dict, model_name: str) -> None:
         print(f"  ignored {len(read.ignored)} file(s) umr does not read: "
               + ", ".join(f"{n} {kind}" for kind, n in kinds))
     if read.passages:
-        print(f"  split {read.split_texts} long text(s) into {read.passages} passages of at most "
-              f"{chunking.get('tokens')} tokens (overlap {chunking.get('overlap')})")
+        what = " and ".join(part for part in (f"{read.split_texts} long text(s)" if read.split_texts else "",
+                                              f"{read.split_pages} PDF page(s)" if read.split_pages else "") if part)
+        beside = (f"; beside a page image, what the image leaves: down to {read.page_passage_tokens}"
+                  if read.page_passage_tokens else "")
+        print(f"  split {what} into {read.passages} passages of at most {chunking.get('tokens')} tokens "
+              f"(overlap {chunking.get('overlap')}{beside})")
     if read.truncated:
         shown = ", ".join(read.truncated[:5]) + (f" and {len(read.truncated) - 5} more" if len(read.truncated) > 5 else "")
         print(f"  {len(read.truncated)} item(s) longer than {model_name} reads were cut to its window: {shown}")

@@ -5,12 +5,15 @@ silently drops the rest, so a word that only appears at the end of a long file w
 found. :class:`Chunker` cuts such texts into overlapping passages of at most ``tokens`` tokens,
 preferring to end a passage at a paragraph, line or sentence break near its limit (and never
 inside a word when a space is near), and tells
-which texts would be cut (``overflows``) where splitting is not possible (captions, PDF pages,
-text+image items, ``--no-chunk``).
+which texts would be cut (``overflows``) where splitting is not possible (captions,
+text+image items, ``--no-chunk``). A text embedded with an image (a PDF page's text layer, its
+passages each keeping the page image) is split for the room the model leaves beside that image
+(:meth:`Chunker.beside_image`).
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -24,12 +27,17 @@ BLOCK_CHARS = 65_536
 BREAK_SEARCH = 0.25
 
 
-#: ``ID#chunk=N``: the id of a long text's N-th passage (N from 1)
-_PASSAGE_ID = re.compile(r"^(.*)#chunk=([1-9][0-9]*)$")
+#: the id of a long text's N-th passage (N from 1): ``ID#chunk=N``, or ``FILE.pdf#page=P&chunk=N``
+#: for a PDF page, whose id already holds a fragment (one fragment, ``&``-joined, as in PDF open
+#: parameters)
+_PASSAGE_ID = re.compile(r"^(.*)[#&]chunk=([1-9][0-9]*)$")
+_PAGE_ID = re.compile(r"#page=[1-9][0-9]*$")
+#: a text beside an image gets passages only when at least this many of its tokens fit beside it
+MIN_PASSAGE_TOKENS = 32
 
 
 def passage_id(item_id: str, number: int) -> str:
-    return f"{item_id}#chunk={number}"
+    return f"{item_id}{'&' if _PAGE_ID.search(item_id) else '#'}chunk={number}"
 
 
 def stale_passages(stored: Iterable[str], seen: set[str]) -> list[str]:
@@ -40,7 +48,7 @@ def stale_passages(stored: Iterable[str], seen: set[str]) -> list[str]:
         if item_id in seen:
             continue
         match = _PASSAGE_ID.match(item_id)
-        if match:
+        if match and passage_id(match.group(1), int(match.group(2))) == item_id:
             base = match.group(1)
             if base in seen or passage_id(base, 1) in seen:
                 stale.append(item_id)
@@ -89,6 +97,23 @@ class Chunker:
                              f"({self.tokens} tokens), not {overlap}")
         self.overlap = overlap
         self.enabled = enabled
+
+    def beside_image(self, width: int, height: int) -> "Chunker":
+        """This chunker for texts embedded together with an image of ``width x height`` pixels
+        (a PDF page's passages each keep the page image): the window is what the model reads
+        beside such an image (:meth:`~umr.models.base.Embedder.text_window_beside_image`), a
+        passage at most that long and the overlap at most 1/8 of it. With less room than
+        :data:`MIN_PASSAGE_TOKENS`, texts are not split (and are reported as cut)."""
+        window = self.model.text_window_beside_image(width, height)
+        if window is None or window == self.window:
+            return self
+        fitted = copy.copy(self)
+        fitted.window = max(int(window), 0)
+        if self.tokens is not None and self.tokens > fitted.window:
+            fitted.tokens = fitted.window
+            fitted.overlap = min(self.overlap, fitted.window // 8)
+        fitted.enabled = self.enabled and fitted.window >= MIN_PASSAGE_TOKENS
+        return fitted
 
     @property
     def splits(self) -> bool:

@@ -9,7 +9,8 @@ Folder rules: images (jpg, jpeg, png, webp, gif, bmp, tif, tiff), text (txt, md)
 per page: the rendered page image together with its text layer). An image with a sidecar
 ``NAME.txt`` (or ``NAME.jpg.txt``) becomes one fused item and the sidecar is not indexed on its
 own. Ids are paths relative to the folder (``report.pdf#page=2`` for PDF pages,
-``notes/report.txt#chunk=3`` for the passages of a long text); the index puts the source's
+``notes/report.txt#chunk=3`` for the passages of a long text, ``report.pdf#page=2&chunk=3`` for
+those of a page whose text layer does not fit, each holding the page image); the index puts the source's
 prefix in front (:func:`default_id_prefix`). Paths are stored resolved (absolute), so results
 open from any working directory. Fingerprints are :mod:`umr.fingerprint`'s. Symlinks to files
 and folders are followed; each folder is read once (a symlink loop is passed over). Hidden
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 from ..fingerprint import FileDigests, file_digest, item_fingerprint
 from ..types import Item, ItemError, Modality
-from .chunking import Chunker, passage_id
+from .chunking import Chunker, Passage, passage_id
 from .files import display_name, is_url, stored_path, url_refusal
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -40,6 +42,8 @@ PDF_EXTENSIONS = {".pdf"}
 MAX_TEXT_BYTES = 50_000_000
 #: PDF pages are rendered at this many pixels on the longer side
 PDF_RENDER_SIDE = 1280
+#: the entry kind of a PDF page and of its passages
+PDF_PAGE = "pdf page"
 
 
 @dataclass
@@ -68,14 +72,25 @@ class ReadReport:
     #: ``(name, kind, reason)`` of every file or folder not read; kind is the extension
     #: (``.html``), ``hidden``, ``link`` (a folder reached again through a symlink) or ``special``
     ignored: list[tuple[str, str, str]] = field(default_factory=list)
-    #: texts split into passages, and how many passages they gave
+    #: texts (files, JSONL items) and PDF pages split into passages, and how many passages they gave
     split_texts: int = 0
+    split_pages: int = 0
     passages: int = 0
+    #: the smallest passage size a split PDF page got beside its image, where that is below the chunk size
+    page_passage_tokens: int | None = None
     #: ids of loaded items whose text is longer than the model's window (the model cuts it)
     truncated: list[str] = field(default_factory=list)
 
     def ignore(self, name: str, kind: str, reason: str) -> None:
         self.ignored.append((name, kind, reason))
+
+    def split(self, kind: str, passages: int) -> None:
+        """One text or PDF page (``kind``) became ``passages`` passages."""
+        if kind == PDF_PAGE:
+            self.split_pages += 1
+        else:
+            self.split_texts += 1
+        self.passages += passages
 
     def ignored_by_kind(self) -> Counter:
         return Counter(kind for _, kind, _ in self.ignored)
@@ -87,7 +102,7 @@ def read_corpus(source: str | os.PathLike, *, image_root: str | os.PathLike | No
     """Entries of a folder, an items JSONL or an M-BEIR pool JSONL (detected from its fields).
 
     ``digests`` remembers file digests across runs (see :mod:`umr.fingerprint`). With a
-    ``chunker`` long texts (text files, text-only JSONL items) become passages and texts the
+    ``chunker`` long texts (text files, text-only JSONL items, PDF pages' text layers) become passages and texts the
     model would cut are listed in ``report.truncated``; M-BEIR pools keep their ids and are
     never split.
     """
@@ -285,21 +300,30 @@ def _text_entries(path: Path, rel: str, digest: str, stored: str, meta: dict[str
 def _passage_entries(item_id: str, fingerprint: str, text: str, path: str | None, kind: str,
                      meta: dict[str, Any], chunker: Chunker, report: ReadReport, *,
                      explicit_id: bool = True) -> Iterator[Entry]:
-    """One entry for a text that fits the window (its own id); else ``ID#chunk=N`` per passage
-    (N from 1), each recording ``chunk``, ``chunks`` and the passage's character ``offset``."""
-    passages = chunker.split(text) if text else []  # a blank text is one item (reported as no text)
+    """One entry for a text that fits the window (its own id); else ``ID#chunk=N`` per passage."""
+    whole = Entry(item_id, fingerprint, lambda: Item.candidate(text=text, id=item_id), path, kind, meta,
+                  explicit_id=explicit_id)
+    yield from _split_entries(whole, text, chunker, report, lambda passage, pid: (
+        item_fingerprint(Item.candidate(text=passage.text)), lambda: Item.candidate(text=passage.text, id=pid)))
+
+
+def _split_entries(whole: Entry, text: str | None, chunker: Chunker, report: ReadReport,
+                   part: Callable[[Passage, str], tuple[str, Callable[[], Item]]]) -> Iterator[Entry]:
+    """``whole`` when ``text`` fits one passage (a blank text too: it is reported as no text);
+    else one entry per passage (:func:`~umr.data.chunking.passage_id`, N from 1), each keeping
+    ``whole``'s path, kind and metadata plus ``chunk``, ``chunks`` and the passage's character
+    ``offset``; ``part(passage, id)`` gives its fingerprint and loader."""
+    passages = chunker.split(text) if text else []
     if len(passages) <= 1:
-        yield Entry(item_id, fingerprint, lambda: Item.candidate(text=text, id=item_id), path, kind, meta,
-                    explicit_id=explicit_id)
+        yield whole
         return
-    report.split_texts += 1
-    report.passages += len(passages)
+    report.split(whole.kind, len(passages))
     for number, passage in enumerate(passages, start=1):
-        pid = passage_id(item_id, number)
-        passage_meta = {**meta, "chunk": number, "chunks": len(passages), "offset": passage.start}
-        yield Entry(pid, item_fingerprint(Item.candidate(text=passage.text)),
-                    (lambda t=passage.text, i=pid: Item.candidate(text=t, id=i)), path, kind, passage_meta,
-                    explicit_id=explicit_id)
+        pid = passage_id(whole.id, number)
+        fingerprint, loader = part(passage, pid)
+        yield Entry(pid, fingerprint, loader, whole.path, whole.kind,
+                    {**whole.meta, "chunk": number, "chunks": len(passages), "offset": passage.start},
+                    explicit_id=whole.explicit_id)
 
 
 def _raiser(error: ItemError) -> Callable[[], Item]:
@@ -347,46 +371,123 @@ def _pdf_page_count(path: Path) -> int | None:
 
 def _pdf_entries(path: Path, rel: str, digest: str, stored: str, meta: dict[str, Any],
                  chunker: Chunker | None, report: ReadReport) -> Iterator[Entry | ItemError]:
+    """One entry per page (``FILE#page=P``), or, when its text layer does not fit the room the
+    model leaves beside the page image, one per passage (``FILE#page=P&chunk=N``), each holding
+    the page image and its passage. Splitting reads every page's text on each run (the ids
+    depend on it); without it (``--no-chunk``, no window) nothing is read before loading."""
     try:
         import pypdfium2 as pdfium
     except ImportError:
         yield ItemError(rel, "PDF support needs pypdfium2: pip install 'umr[index]'")
         return
+    splitting = chunker is not None and chunker.splits
     try:
         doc = pdfium.PdfDocument(str(path))
-        pages = len(doc)
-        doc.close()
+        try:  # what splitting needs, read before anything is yielded (the file is not held open)
+            layers = [_page_layer(doc, number) for number in range(1, len(doc) + 1)] if splitting else None
+            pages = len(doc)
+        finally:
+            doc.close()
+    except pdfium.PdfiumError as exc:
+        yield ItemError(rel, "encrypted (a password is needed)" if exc.err_code == pdfium.raw.FPDF_ERR_PASSWORD
+                        else f"broken PDF: {exc}")
+        return
     except Exception as exc:  # noqa: BLE001 - pdfium raises its own error types
         yield ItemError(rel, f"broken PDF: {exc}")
         return
     if pages == 0:
         yield ItemError(rel, "PDF has no pages")
         return
+    rendered = _PdfPages(path)
     for number in range(1, pages + 1):
         page_id = f"{rel}#page={number}"
-        yield Entry(page_id, f"{digest}:{number}", _pdf_page_loader(path, number, page_id, chunker, report),
-                    stored, "pdf page", {**meta, "page": number})
+        whole = Entry(page_id, f"{digest}:{number}", _pdf_page_loader(rendered, number, page_id, chunker, report),
+                      stored, PDF_PAGE, {**meta, "page": number})
+        if layers is None:
+            yield whole
+            continue
+        layer = layers[number - 1]
+        if isinstance(layer, Exception):  # raised on load, so an indexed page that turned bad loses its old version
+            whole.loader = _raiser(ItemError(page_id, f"PDF page cannot be read: {layer}"))
+            yield whole
+            continue
+        text, size = layer
+        beside = chunker.beside_image(*size)
+        split = report.split_pages
+        yield from _split_entries(whole, text, beside, report, lambda passage, pid: (
+            f"{digest}:{number}:{item_fingerprint(Item.candidate(text=passage.text))}",
+            _pdf_passage_loader(rendered, number, pid, passage.text)))
+        if report.split_pages > split and beside.tokens < chunker.tokens:
+            report.page_passage_tokens = min(report.page_passage_tokens or beside.tokens, beside.tokens)
 
 
-def _pdf_page_loader(path: Path, number: int, item_id: str, chunker: Chunker | None,
-                     report: ReadReport) -> Callable[[], Item]:
-    def load() -> Item:
+def _page_layer(doc, number: int) -> tuple[str, tuple[int, int]] | Exception:
+    """Page ``number``'s text layer and rendered size, or what pdfium raised reading it."""
+    try:
+        page = doc[number - 1]
+        return _page_text(page), _page_pixels(page)
+    except Exception as exc:  # noqa: BLE001 - one bad page is that page's error
+        return exc
+
+
+def _page_text(page) -> str:
+    """A pdfium page's text layer, line breaks normalised, stripped."""
+    return page.get_textpage().get_text_range().replace("\r\n", "\n").strip()
+
+
+def _page_pixels(page) -> tuple[int, int]:
+    """``(width, height)`` of the page as :class:`_PdfPages` renders it (pdfium rounds each side up)."""
+    width, height = page.get_size()
+    scale = _render_scale(width, height)
+    return math.ceil(width * scale), math.ceil(height * scale)
+
+
+def _render_scale(width: float, height: float) -> float:
+    return PDF_RENDER_SIDE / max(width, height, 1)
+
+
+class _PdfPages:
+    """One PDF's pages as rendered images and text layers, the last page kept: a page's passages,
+    loaded one after another, render it once and share the image."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._last: tuple[int, Any, str] | None = None
+
+    def read(self, number: int, item_id: str) -> tuple[Any, str]:
+        """``(image, text)`` of page ``number`` (from 1); ``ItemError`` when pdfium cannot render it."""
+        if self._last is not None and self._last[0] == number:
+            return self._last[1], self._last[2]
         import pypdfium2 as pdfium
 
         try:
-            doc = pdfium.PdfDocument(str(path))
+            doc = pdfium.PdfDocument(str(self.path))
             try:
                 page = doc[number - 1]
-                width, height = page.get_size()
-                scale = PDF_RENDER_SIDE / max(width, height, 1)
-                image = page.render(scale=scale).to_pil().convert("RGB")
-                text = page.get_textpage().get_text_range().replace("\r\n", "\n").strip()
+                image = page.render(scale=_render_scale(*page.get_size())).to_pil().convert("RGB")
+                text = _page_text(page)
             finally:
                 doc.close()
         except Exception as exc:  # noqa: BLE001
             raise ItemError(item_id, f"PDF page cannot be rendered: {exc}") from None
-        _note_truncation(chunker, report, item_id, text)
+        self._last = (number, image, text)
+        return image, text
+
+
+def _pdf_page_loader(pages: _PdfPages, number: int, item_id: str, chunker: Chunker | None,
+                     report: ReadReport) -> Callable[[], Item]:
+    def load() -> Item:
+        image, text = pages.read(number, item_id)
+        _note_truncation(chunker.beside_image(*image.size) if chunker is not None else None, report, item_id, text)
         return Item.candidate(text=text or None, image=image, id=item_id)
+
+    return load
+
+
+def _pdf_passage_loader(pages: _PdfPages, number: int, item_id: str, text: str) -> Callable[[], Item]:
+    def load() -> Item:
+        image, _ = pages.read(number, item_id)
+        return Item.candidate(text=text, image=image, id=item_id)
 
     return load
 

@@ -283,6 +283,16 @@ class Embedder(ABC):
         """
         return None
 
+    def text_window_beside_image(self, width: int, height: int) -> int | None:
+        """How many tokens of a candidate's text one vector reads when the candidate also holds an
+        image of ``width x height`` pixels: the room a PDF page's passages get beside the page.
+
+        Families that read text and image in one sequence subtract what the image takes (GME);
+        the default, :meth:`text_window`, is for families whose text does not share its window
+        with the image (CLIP's own text tower; text models, which never see the image).
+        """
+        return self.text_window()
+
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         """``(start, end)`` character offsets in ``text`` of the tokens the model makes of it
         (no special tokens), in order; passages are cut between tokens and counted in them.

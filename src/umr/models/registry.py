@@ -64,11 +64,39 @@ FAMILIES: dict[str, str] = {
     "qwen3vl": "umr.models.qwen3vl:Qwen3VLEmbedder",
 }
 
-#: config.json ``model_type`` -> family, for loading a folder or hub id by its contents.
+#: A checkpoint's declared architecture (config.json ``architectures``) -> the family that embeds
+#: it: the one table family detection reads. A checkpoint of any other architecture is refused
+#: by name, never loaded as a related family (ColQwen2.5 declares ``model_type: qwen2_5_vl``
+#: like a Qwen2.5-VL GME, but is a multi-vector ColPali model). Supporting an architecture is
+#: one line here (and, for one listed in :data:`NOT_IMPLEMENTED`, removing it there).
+ARCHITECTURES: dict[str, str] = {
+    "Qwen2VLForConditionalGeneration": "gme",  # GME-2B/7B as released
+    "Qwen2VLModel": "gme",  # a GME fine-tuned by umr train (saved without the language-model head)
+    "Qwen2_5_VLForConditionalGeneration": "gme",  # the GME recipe on Qwen2.5-VL
+    "Qwen2_5_VLModel": "gme",
+    "Qwen3VLForConditionalGeneration": "qwen3vl",  # Qwen3-VL-Embedding-2B/8B
+    "Qwen3VLModel": "qwen3vl",
+    "NVMMEmbedModel": "mm-embed",  # nvidia/MM-Embed (model_type llava_next, custom code)
+    "CLIPModel": "clip-sf",
+    "SiglipModel": "clip-sf",
+}
+
+#: architectures umr knows of but does not implement, with what they are: named in the refusal
+NOT_IMPLEMENTED: dict[str, str] = {
+    "ColQwen2_5": "ColPali family, multi-vector",
+    "ColQwen2": "ColPali family, multi-vector",
+    "ColQwen2ForRetrieval": "ColPali family, multi-vector",
+    "ColPali": "ColPali family, multi-vector",
+    "ColPaliForRetrieval": "ColPali family, multi-vector",
+    "ColIdefics3": "ColPali family, multi-vector",
+    "LlavaNextForConditionalGeneration": "a generative LLaVA-NeXT (umr reranks with it), not MM-Embed",
+}
+
+#: config.json ``model_type`` -> family, for a config that declares no ``architectures`` at all
 MODEL_TYPES: dict[str, str] = {
     "qwen2_vl": "gme",
     "qwen2_5_vl": "gme",
-    "llava_next": "mm-embed",  # nvidia/MM-Embed's config (NVMMEmbedModel on LlavaNextConfig)
+    "llava_next": "mm-embed",
     "clip": "clip-sf",
     "siglip": "clip-sf",
     "qwen3_vl": "qwen3vl",
@@ -197,21 +225,121 @@ def quiet_transformers():
 
 
 def detect_family(folder: Path) -> str:
-    """Which family loads this folder: a multimodal ``model_type`` in config.json first (GME
-    repositories also ship sentence-transformers files), then a sentence-transformers folder."""
-    config_file = folder / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    model_type = config.get("model_type", "")
-    if model_type in MODEL_TYPES:
-        return MODEL_TYPES[model_type]
-    if (folder / "modules.json").is_file():
+    """Which family loads this folder, from what the checkpoint declares: its ``architectures``
+    (:data:`ARCHITECTURES`; GME repositories also ship sentence-transformers files, so this comes
+    first), else a sentence-transformers folder. An adapter, an architecture umr does not
+    implement and a sentence-transformers folder of another kind are refused in one line."""
+    refuse_adapter(folder)
+    config = read_config(folder)
+    declared = declared_architectures(config)
+    for architecture in declared:
+        if architecture in ARCHITECTURES:
+            return ARCHITECTURES[architecture]
+    if not declared and config.get("model_type") in MODEL_TYPES:
+        return MODEL_TYPES[config["model_type"]]
+    if (folder / "modules.json").is_file() and not any(a in NOT_IMPLEMENTED for a in declared):
+        _check_sentence_transformers(folder)
         return "text"
-    if config_file.is_file():
-        raise ModelNotAvailable(
-            f"{folder}: model type {model_type!r} is not one umr can embed with "
-            f"(known: {', '.join(sorted(MODEL_TYPES))}, or a sentence-transformers folder)"
-        )
+    if config:
+        raise ModelNotAvailable(f"{folder}: {declaration(config)}: not one umr implements, so it is not "
+                                f"loaded as another family; umr embeds {_known()}, or a sentence-transformers folder")
     raise ModelNotAvailable(f"{folder}: no config.json or modules.json: not a model folder")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """``config.json`` of a model folder ({} when there is none; a broken one is a one-line error)."""
+    file = folder / "config.json"
+    if not file.is_file():
+        return {}
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailable(f"{folder}: config.json cannot be read ({exc})") from None
+    if not isinstance(config, dict):
+        raise ModelNotAvailable(f"{folder}: config.json is not a JSON object")
+    return config
+
+
+def refuse_adapter(folder: Path) -> None:
+    """A PEFT adapter folder (``adapter_config.json``) is refused, naming its base and the base's
+    architecture where a local copy tells it: its weights are deltas that mean nothing without
+    the base, and loading a config beside them would silently drop the adapter."""
+    file = folder / "adapter_config.json"
+    if not file.is_file():
+        return
+    try:
+        adapter = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        adapter = {}
+    base = str(adapter.get("base_model_name_or_path") or "an unnamed base")
+    kind = str(adapter.get("peft_type") or "PEFT")
+    base_config = read_config(folder) or _local_base_config(base)
+    on = f"{base} ({declaration(base_config)})" if base_config else base
+    raise ModelNotAvailable(f"{folder}: a {kind} adapter (adapter_config.json) on {on}, not a complete "
+                            f"checkpoint; umr loads complete checkpoints: merge the adapter into its base "
+                            f"(peft's merge_and_unload) and pass the merged folder if umr implements its architecture")
+
+
+def _local_base_config(base: str) -> dict[str, Any]:
+    """The config of an adapter's base when it is on this machine (a folder or the hub cache); never downloads."""
+    path = Path(base).expanduser()
+    if path.is_dir():
+        return read_config(path)
+    if base.count("/") != 1:
+        return {}
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(base, "config.json")
+    return read_config(Path(cached).parent) if isinstance(cached, str) else {}
+
+
+def declared_architectures(config: dict[str, Any]) -> list[str]:
+    """The class names a config declares in ``architectures`` (anything else there is ignored)."""
+    declared = config.get("architectures")
+    return [a for a in declared if isinstance(a, str)] if isinstance(declared, list) else []
+
+
+def declaration(config: dict[str, Any]) -> str:
+    """What a config declares, for messages: ``architecture ColQwen2_5 (ColPali family, multi-vector)``."""
+    declared = declared_architectures(config)
+    if not declared:
+        return f"model type {config.get('model_type')!r}"
+    named = [f"{a} ({NOT_IMPLEMENTED[a]})" if a in NOT_IMPLEMENTED else a for a in declared]
+    return ("architecture " if len(named) == 1 else "architectures ") + ", ".join(named)
+
+
+def _known() -> str:
+    by_family: dict[str, list[str]] = {}
+    for architecture, family in ARCHITECTURES.items():
+        by_family.setdefault(family, []).append(architecture)
+    return "; ".join(f"{family}: {', '.join(names)}" for family, names in by_family.items())
+
+
+#: ``config_sentence_transformers.json`` model types of sentence-transformers folders that are not embedders
+_ST_OTHER_KINDS = {"CrossEncoder": "a reranker (umr rerank --model, umr search --rerank)",
+                   "SparseEncoder": "it makes sparse vectors"}
+
+
+def _check_sentence_transformers(folder: Path) -> None:
+    """A sentence-transformers folder the text family embeds: a SentenceTransformer of the
+    library's own modules (not a cross-encoder, a sparse encoder, or custom/third-party modules
+    such as PyLate's multi-vector ColBERT head)."""
+    st_config_file = folder / "config_sentence_transformers.json"
+    try:
+        st_config = json.loads(st_config_file.read_text(encoding="utf-8")) if st_config_file.is_file() else {}
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        types = [str(m["type"]) for m in modules]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelNotAvailable(f"{folder}: modules.json cannot be read as sentence-transformers modules "
+                                f"({type(exc).__name__}: {exc})") from None
+    kind = st_config.get("model_type") if isinstance(st_config, dict) else None
+    if kind in _ST_OTHER_KINDS:
+        raise ModelNotAvailable(f"{folder}: a sentence-transformers {kind}, {_ST_OTHER_KINDS[kind]}, not an embedder")
+    foreign = [t for t in types if not t.startswith("sentence_transformers.")
+               or t.startswith("sentence_transformers.sparse_encoder.")]
+    if foreign:
+        raise ModelNotAvailable(f"{folder}: sentence-transformers module(s) {', '.join(foreign)} are not "
+                                f"the library's own, and umr does not implement them")
 
 
 def _family_class(family: str) -> type[Embedder]:

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..models.registry import (ModelNotAvailable, ModelSpec, check_device, check_options, local_folder,
-                               quiet_transformers)
+from ..models.registry import (ModelNotAvailable, ModelSpec, check_device, check_options, declaration,
+                               declared_architectures, local_folder, quiet_transformers, read_config, refuse_adapter)
 from .base import Reranker
 
 #: family name -> "module:Class"; each class has ``from_pretrained(path, **options)``
@@ -61,6 +61,7 @@ def load_reranker(model: str | os.PathLike, *, family: str | None = None, device
     spec = RERANKERS.get(key)
     source = spec.resolve_source() if spec else key
     folder = local_folder(source, shown_as=key)
+    refuse_adapter(folder)
     family = family or (spec.family if spec else detect_family(folder, name=source))
     if family not in FAMILIES:
         raise ValueError(f"unknown reranker family {family!r}: use one of {', '.join(FAMILIES)}")
@@ -79,19 +80,18 @@ def load_reranker(model: str | os.PathLike, *, family: str | None = None, device
 
 
 def detect_family(folder: Path, *, name: str | None = None) -> str:
-    """Which family reranks with this folder (see the module doc)."""
-    config_file = folder / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    architectures = config.get("architectures") or []
+    """Which family reranks with this folder (see the module doc), from its declared architecture."""
+    config = read_config(folder)
+    architectures = declared_architectures(config)
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         return "cross-encoder"
     if config.get("model_type") == "qwen3_vl" and "reranker" in f"{name or ''} {folder.name}".lower():
         return "qwen3-vl-reranker"
     if any(a.endswith(("ForConditionalGeneration", "ForCausalLM", "ForImageTextToText")) for a in architectures):
         return "zero-shot"
-    if config_file.is_file():
-        raise ModelNotAvailable(f"{folder}: {', '.join(architectures) or config.get('model_type')!s} is neither a "
-                                f"cross-encoder nor a generative model umr can rerank with")
+    if config:
+        raise ModelNotAvailable(f"{folder}: {declaration(config)} is neither a cross-encoder nor a generative "
+                                f"model umr can rerank with")
     raise ModelNotAvailable(f"{folder}: no config.json: not a model folder")
 
 

@@ -29,7 +29,7 @@ from ..cpu import cpu_default_dtype
 from ..prefetch import Prefetching
 from ..qwen_vl_fast import decode_packed, speed_up_vision, supports_packed
 from ..registry import ModelNotAvailable
-from .processing_gme import GmeProcessor, ProcessedItem
+from .processing_gme import GmeProcessor, ProcessedItem, build_prompt
 
 
 class GmeEmbedder(Embedder, Prefetching, Trainable):
@@ -137,6 +137,13 @@ class GmeEmbedder(Embedder, Prefetching, Trainable):
     def text_window(self) -> int:
         """``max_length`` less the candidate prompt's own tokens (system turn, roles, ``<|endoftext|>``)."""
         return self.processor.max_length - self.processor.estimate_tokens(Item.candidate(text=""))
+
+    def text_window_beside_image(self, width: int, height: int) -> int:
+        """:meth:`text_window` less what the image adds to the sequence (its merged patches and the
+        vision markers): GME cuts the whole sequence, image tokens included, at ``max_length``."""
+        p, empty = self.processor, Item.candidate(text="")
+        markers = len(p.prompt_ids(build_prompt(empty, with_image=True))) - len(p.prompt_ids(build_prompt(empty)))
+        return self.text_window() - markers - (p.num_image_tokens(width, height) - 1)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         return tokenizer_spans(self.processor.tokenizer, text)

@@ -34,7 +34,7 @@ from ...types import Item
 from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
 from ..cpu import cpu_default_dtype
 from ..registry import ModelNotAvailable
-from .processing_mmembed import MMEmbedProcessor, ProcessedItem
+from .processing_mmembed import MMEmbedProcessor, ProcessedItem, build_prompt
 
 
 # --------------------------------------------------------------------------------------
@@ -614,6 +614,13 @@ class MMEmbedEmbedder(Embedder, Trainable):
     def text_window(self) -> int:
         """``max_length`` less the candidate prompt's own tokens (``<s>``, and ``</s>`` if added)."""
         return self.processor.max_length - self.processor.estimate_tokens(Item.candidate(text=""))
+
+    def text_window_beside_image(self, width: int, height: int) -> int:
+        """:meth:`text_window` less the ``<image>`` tag and its newline only: MM-Embed cuts the
+        prompt's token ids at ``max_length`` before the image's features are spliced in, so the
+        image's own positions take none of the text's room."""
+        p = self.processor
+        return p.max_length - len(p.tokenize(build_prompt(Item.candidate(text=""), with_image=True)))
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         return tokenizer_spans(self.processor.tokenizer, text)

@@ -45,8 +45,9 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def build_prompt(item: Item) -> str:
-    """The reference's prompt for an item (see the module docstring)."""
+def build_prompt(item: Item, *, with_image: bool | None = None) -> str:
+    """The reference's prompt for an item (see the module docstring); ``with_image`` overrides
+    whether it holds the ``<image>`` tag (default: whether the item has an image)."""
     if item.is_query:
         if item.instruction is not None:
             template = f"Instruct: {item.instruction}{INSTRUCTION_SEPARATOR}{IMAGE_TAG}\n<text>"
@@ -54,7 +55,7 @@ def build_prompt(item: Item) -> str:
             template = f"{QUERY_PREFIX}{IMAGE_TAG}\n<text>"
     else:
         template = f"{IMAGE_TAG}\n<text>"
-    if item.image is None:
+    if not (item.image is not None if with_image is None else with_image):
         template = template.replace(f"{IMAGE_TAG}\n", "")
     return template.replace("<text>", item.text or "")
 
