@@ -76,4 +76,5 @@ def test_default_dtype_follows_the_switch_and_only_a_chosen_dtype_enters_the_ide
     assert exact.identity.key() == plain.identity.key()
     assert chosen.identity.differences(exact.identity) == ["dtype: 'bfloat16' vs 'float32'"]
     # GME (not bf16-close) in bfloat16 is another model, chosen or not
-    assert "dtype: 'float32' vs 'bfloat16'" in gme.identity.differences(umr.load_model(tiny_gme_dir, dtype="bfloat16").identity)
+    gme_bf16 = umr.load_model(tiny_gme_dir, dtype="bfloat16")
+    assert "dtype: 'float32' vs 'bfloat16'" in gme.identity.differences(gme_bf16.identity)
