@@ -41,7 +41,7 @@ import umr
 from embed_throughput import sentences
 from machine import counted_flops, gemm_peak, machine, mfu
 from umr.models.base import plan_batches
-from umr.models.cpu import native_bf16_matmul
+from umr.models.cpu import cpu_bf16_setting, native_bf16_matmul
 from umr.types import Item
 
 RESULTS = Path(__file__).resolve().parent / "results" / "text_speed.json"
@@ -229,7 +229,7 @@ def main() -> None:
                 if "mfu" in row else "")
         print(f"{name:<18} {row['items_per_s']:>9.1f} {row['ratio']:>8.2f}x {row['worst_cosine']:>10.6f} {util}")
     tokens = sum(len(t) for t in texts)
-    meta = {**machine(), "native_bf16_matmul": native_bf16_matmul(),
+    meta = {**machine(), "native_bf16_matmul": native_bf16_matmul(), "UMR_CPU_BF16": cpu_bf16_setting(),
             "light_default_dtype": str(umr.load_model("minilm").backend.dtype).removeprefix("torch."),
             "items": n, "characters": tokens, "repeats": repeats, "quick": args.quick,
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
 
 import pytest
 
+# Families default to float32 in tests on every CPU unless the run says otherwise: where the CPU
+# multiplies bf16 natively they would default to bfloat16 (umr.models.cpu). Set in the
+# environment, before anything loads, so that subprocesses and Ray workers make the same choice;
+# CI runs the `dtype_sensitive` tests a second time under UMR_CPU_BF16=1 (scripts/test.sh).
+os.environ.setdefault("UMR_CPU_BF16", "0")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _umr_cache(tmp_path_factory):
     """umr's own caches (weights digests) live in a temporary folder, never the user's home."""
-    import os
-
     from umr.models.identity import weights_digests
 
     os.environ["UMR_CACHE"] = str(tmp_path_factory.mktemp("umr-cache"))
@@ -28,17 +33,6 @@ def tiny_gme_dir(tmp_path_factory) -> Path:
     from umr.models.gme.tiny import write_tiny_gme
 
     return write_tiny_gme(tmp_path_factory.mktemp("tiny-gme") / "tiny-gme", seed=0)
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _float32_defaults():
-    """Families default to float32 in tests on every CPU: where the CPU multiplies bf16 natively
-    they would default to bfloat16 (umr.models.cpu), and parity tests pin float32 numbers."""
-    from umr.models import cpu
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cpu, "native_bf16_matmul", lambda: False)
-        yield
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -65,8 +59,6 @@ def ray_session(tmp_path_factory):
     """A local Ray on 2 CPUs for the session. Its workers import the hash-test model from
     tests/index and die once when the returned marker file is missing (it starts present:
     disarmed)."""
-    import os
-
     ray = pytest.importorskip("ray")
     marker = tmp_path_factory.mktemp("ray") / "died"
     marker.touch()

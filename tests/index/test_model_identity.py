@@ -9,6 +9,8 @@ from umr.cli import main
 from umr.index import Index, ModelMismatch
 from umr.models.clip_sf import write_tiny_clip
 
+pytestmark = pytest.mark.dtype_sensitive  # the default dtype matters here: CI runs it under both UMR_CPU_BF16 settings
+
 
 def test_built_with_a_relative_model_path_searched_from_another_folder(tmp_path, capsys, monkeypatch):
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"

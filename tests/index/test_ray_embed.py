@@ -57,6 +57,7 @@ def test_two_ray_workers_index_like_one_process_and_survive_a_dying_worker(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.dtype_sensitive  # minilm in the driver and in the workers: both must default alike
 def test_umr_index_with_ray_matches_the_single_process_command(tmp_path, ray_session, capsys):
     from umr.cli import main
 
@@ -79,6 +80,7 @@ def test_umr_index_with_ray_matches_the_single_process_command(tmp_path, ray_ses
 
 
 @pytest.mark.slow
+@pytest.mark.dtype_sensitive  # minilm in the driver and in the workers: both must default alike
 def test_umr_embed_with_ray_writes_the_single_process_matrix(tmp_path, ray_session, capsys):
     import json
 
@@ -99,7 +101,9 @@ def test_umr_embed_with_ray_writes_the_single_process_matrix(tmp_path, ray_sessi
     assert (tmp_path / "ray.errors.jsonl").read_text() == (tmp_path / "one.errors.jsonl").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # not dtype_sensitive, though it passes under UMR_CPU_BF16=1: this test and the
+# other heavy minilm Ray test (eval CLI / killed driver) would add ~130 CPU-s of emulated bf16 to the
+# second pass of scripts/test.sh (~90 CPU-s without them); the cheaper ones check the same agreement
 def test_a_killed_ray_driver_resumes_with_every_item_exactly_once(tmp_path, ray_session, capsys):
     """``umr index --ray`` SIGKILLed after its first commits, then run again on the same cluster,
     ends like an uninterrupted single-process run: what the killed run stored is kept as it is,
@@ -166,3 +170,27 @@ def test_a_killed_ray_driver_resumes_with_every_item_exactly_once(tmp_path, ray_
             np.testing.assert_allclose(sorted(h.score for h in got), sorted(h.score for h in want), atol=1e-5)
         again = {hit.id: hit.score for hit in resumed.search("heron by a pond", k=N_ITEMS)}
     assert all(abs(again[item_id] - score) < 1e-6 for item_id, score in kept.items())
+
+
+@pytest.mark.slow
+@pytest.mark.dtype_sensitive  # minilm in the driver and in the workers: both must default alike
+def test_ray_workers_follow_the_drivers_cpu_switch(ray_session, monkeypatch):
+    """The switch set in the driver after the cluster started (as on a cluster started elsewhere,
+    whose workers never had the driver's environment): the workers' model defaults as the
+    driver's does, not as the cluster's environment says."""
+    from functools import partial
+
+    import umr
+    from umr.index.ray_embed import RayEmbedder
+    from umr.models.cpu import bf16_by_default
+
+    items = [umr.Item.candidate(f"note {i}: a heron waits by the pond {i % 5}", id=str(i)) for i in range(12)]
+    inherited = "1" if bf16_by_default() else "0"  # what the session's workers were started with
+    driver = "0" if inherited == "1" else "1"
+    monkeypatch.setenv("UMR_CPU_BF16", driver)
+    want = umr.load_model("minilm").embed(items).vectors
+    with RayEmbedder(partial(umr.load_model, "minilm"), workers=1) as embedder:
+        (result,) = embedder.map([items])
+    np.testing.assert_allclose(result.vectors, want, atol=1e-6)
+    monkeypatch.setenv("UMR_CPU_BF16", inherited)  # the other setting gives other vectors: the check can fail
+    assert np.abs(umr.load_model("minilm").embed(items).vectors - want).max() > 1e-4

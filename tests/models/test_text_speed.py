@@ -8,7 +8,6 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 import umr
-from umr.models import cpu
 from umr.models.text import modeling_text
 
 VARIED = [
@@ -105,44 +104,20 @@ def test_texts_are_tokenised_once_for_cost_and_forward(fp32, monkeypatch):
     assert np.abs(again - first).max() <= 1e-6
 
 
-def test_dtype_default_follows_the_cpu_and_is_part_of_the_identity(monkeypatch):
-    monkeypatch.setattr(cpu, "native_bf16_matmul", lambda: False)
+@pytest.mark.dtype_sensitive
+def test_dtype_default_follows_the_switch_and_a_defaulted_dtype_is_not_another_model(monkeypatch):
+    monkeypatch.setenv("UMR_CPU_BF16", "0")
     plain = umr.load_model("minilm")
     assert plain.backend.dtype is torch.float32 and plain.identity.options["dtype"] == "float32"
-    monkeypatch.setattr(cpu, "native_bf16_matmul", lambda: True)
+    monkeypatch.setenv("UMR_CPU_BF16", "1")
     fast = umr.load_model("minilm")
     assert fast.backend.dtype is torch.bfloat16 and fast.identity.options["dtype"] == "bfloat16"
-    assert fast.identity.key() != plain.identity.key()
-    assert "dtype: 'bfloat16' vs 'float32'" in fast.identity.differences(plain.identity)
-    forced = umr.load_model("minilm", dtype="float32")  # float32 asked for: exact, whatever the CPU
+    # within cosine 0.999 of float32: the same model, whichever default a machine has
+    assert fast.identity.key() == plain.identity.key() and fast.identity.differences(plain.identity) == []
+    forced = umr.load_model("minilm", dtype="float32")  # float32 asked for: exact, whatever the switch
     assert forced.backend.dtype is torch.float32 and forced.identity.key() == plain.identity.key()
+    chosen = umr.load_model("minilm", dtype="bfloat16")  # bfloat16 asked for: a choice the identity keeps
+    assert chosen.identity.key() != plain.identity.key()
+    assert chosen.identity.differences(forced.identity) == ["dtype: 'bfloat16' vs 'float32'"]
     library = umr.load_model("minilm", backend="sentence-transformers")
     assert library.identity.options["dtype"] == "float32"  # the library path keeps its float32 default
-
-
-def test_index_built_in_float32_refuses_a_bf16_model(monkeypatch, tmp_path):
-    from umr.index import Index, ModelMismatch
-
-    monkeypatch.setattr(cpu, "native_bf16_matmul", lambda: False)
-    with Index.create(tmp_path / "ix", umr.load_model("minilm")) as index:
-        index.add([umr.Item.candidate("llamas", id="a")])
-        monkeypatch.setattr(cpu, "native_bf16_matmul", lambda: True)
-        with pytest.raises(ModelMismatch, match="dtype: 'float32' vs 'bfloat16'"):
-            index.check_model(umr.load_model("minilm"))
-
-
-#: taken at import, before the session fixture pins the detector to False (tests/conftest.py)
-REAL_DETECTOR = cpu.native_bf16_matmul
-
-
-@pytest.mark.parametrize("flags, expected", [("fpu sse avx2 fma", False), ("fpu avx512f avx512_bf16", True),
-                                             ("fpu amx_tile amx_bf16", True)])
-def test_native_bf16_detection_reads_the_cpu_flags(monkeypatch, tmp_path, flags, expected):
-    info = tmp_path / "cpuinfo"
-    info.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n")
-    real_open = open
-    monkeypatch.setattr(cpu, "open", lambda path, *a, **k: real_open(info if path == "/proc/cpuinfo" else path, *a, **k),
-                        raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    assert REAL_DETECTOR.__wrapped__() is expected

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from ..models.cpu import CpuSwitchError, cpu_bf16_setting
 from ..models.registry import ModelNotAvailable
 from ..types import ItemError
 
@@ -54,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
+        cpu_bf16_setting()  # a bad UMR_CPU_BF16 is one line before any work, not a failure deep in a load
         return int(args.run(args) or 0)
-    except (UsageError, ModelNotAvailable, ItemError, FileNotFoundError) as exc:
+    except (UsageError, ModelNotAvailable, ItemError, FileNotFoundError, CpuSwitchError) as exc:
         print(f"umr {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

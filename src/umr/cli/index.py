@@ -99,7 +99,7 @@ def run(args) -> int:
         chunking_before = cfg.get("chunking")
         total = count_corpus(args.source)
         show = not args.no_progress
-        embedder = ray_embedder(args, args.model or _recorded_source(index), cfg["model"].get("options") or {})
+        embedder = ray_embedder(args, args.model or _recorded_source(index), index.model_load_options())
         with tqdm(total=total, unit="item", desc="index", disable=not show, dynamic_ncols=True,
                   file=sys.stderr, smoothing=0.1) as bar:
             try:
@@ -149,9 +149,8 @@ def _open_existing(args):
     Returns the index and a note for the summary about a change made (a switched search method).
     """
     from ..index import Index
-    from ..models.registry import load_model
 
-    index = Index.open(args.index_dir, writable=True)
+    index = Index.open(args.index_dir, writable=True, device=args.device)
     try:
         cfg, backend = index.config, index.store.backend
         refused = []
@@ -193,7 +192,7 @@ def _open_existing(args):
             index.store.set_config({**cfg, "method": args.method})
             note = f"search method switched from {method} to {args.method} (the stored vectors are kept)"
         try:
-            model = load_model(args.model or _recorded_source(index), device=args.device, **recorded)
+            model = index.load_model(args.model)  # as recorded: its options, and its dtype where it matters
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         index.use_model(model)

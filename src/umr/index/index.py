@@ -212,7 +212,7 @@ class Index:
         if model is not None:
             try:
                 if isinstance(model, (str, os.PathLike)):
-                    model = index._load(str(model))
+                    model = index.load_model(str(model))
                 index.check_model(model, allow_dtype=dtype is not None)
             except BaseException:
                 store.close()
@@ -259,14 +259,15 @@ class Index:
         """Raise :class:`ModelMismatch` unless ``model`` computes the vectors this index holds.
 
         Weights, family, dimension and vector-changing options must match; the location need
-        not (``./m``, ``../x/m`` and ``/abs/m`` are one model). ``allow_dtype``: a dtype that
-        differs is accepted. An embedder built by hand (no files) is checked by name, dimension
-        and options. ``recorded_load``: ``model`` was loaded from the recorded source, so a
-        mismatch means that model changed (the advice says so).
+        not (``./m``, ``../x/m`` and ``/abs/m`` are one model), nor a dtype that either side
+        merely defaulted to in a bf16-close family (see :mod:`umr.models.identity`).
+        ``allow_dtype``: a dtype that differs is accepted. An embedder built by hand (no files)
+        is checked by name, dimension and options. ``recorded_load``: ``model`` was loaded from
+        the recorded source with the recorded options (the advice says what that means).
         """
         recorded = self.recorded_identity
         if isinstance(model, (str, os.PathLike)):
-            model = self._load(str(model))
+            model = self.load_model(str(model))
         if recorded is None:
             return self._check_legacy(model)
         mine = model_identity(model)
@@ -278,14 +279,22 @@ class Index:
         if allow_dtype:
             diffs = [d for d in diffs if not d.startswith("dtype:")]
         if diffs:
-            hint = " (or search with --dtype to use another dtype on purpose)" \
-                if all(d.startswith("dtype:") for d in diffs) else ""
-            advice = ("the recorded model itself changed since the index was built: restore it, or "
-                      "build a new index" if recorded_load else
-                      f"search it without --model (the recorded model loads), or build a new index{hint}")
             raise ModelMismatch(
                 f"index {self.folder} was built with {recorded.describe()}, not {mine.describe()}: "
-                f"{'; '.join(diffs)} — vectors of different models cannot be compared; {advice}")
+                f"{'; '.join(diffs)} — vectors of different models cannot be compared; "
+                f"{self._mismatch_advice(diffs, recorded_load)}")
+
+    @staticmethod
+    def _mismatch_advice(diffs: list[str], recorded_load: bool) -> str:
+        """What to do about a mismatch, claiming only what ``diffs`` shows."""
+        if not recorded_load:
+            hint = " (or search with --dtype to use another dtype on purpose)" \
+                if all(d.startswith("dtype:") for d in diffs) else ""
+            return f"search it without --model (the recorded model loads), or build a new index{hint}"
+        if any(d.startswith("weights/") for d in diffs):
+            return "the recorded model's files changed since the index was built: restore them, or build a new index"
+        return ("the recorded model's files are unchanged, but loaded here with the recorded options it computes "
+                "other vectors (another umr version?): build a new index")
 
     def _check_legacy(self, model) -> None:
         recorded = self.config["model"]
@@ -296,23 +305,38 @@ class Index:
                 f"not {name!r} ({dim}-d): vectors of different models cannot be compared. Search it "
                 f"with --model {recorded['name']} (or no --model), or build a new index for {name!r}")
 
-    def _load(self, name: str | None = None):
-        """Load ``name`` (default: the recorded model, from where it was recorded) with the
-        recorded options, on this index's device and dtype."""
-        from ..models.registry import load_model
+    def model_load_options(self) -> dict[str, Any]:
+        """The ``load_model`` options that give this index's vectors here: the recorded ones, and
+        this index's dtype if one was asked for.
 
+        Without one, the recorded dtype is loaded, unless it merely followed the building
+        machine's default in a bf16-close family: then this machine's default is used
+        (interchangeable vectors, and the fast dtype here). So bfloat16 chosen on purpose, or a
+        GPU's bfloat16 default of a family that is not bf16-close, loads as bfloat16 on any CPU.
+        """
         recorded = self.recorded_identity
         options = dict(self._model_options)
         if self._dtype is not None:
             options["dtype"] = self._dtype
+        elif "dtype" not in options and recorded is not None and not recorded.dtype_follows_machine \
+                and "dtype" in recorded.options:
+            options["dtype"] = recorded.options["dtype"]
+        return options
+
+    def load_model(self, name: str | None = None):
+        """Load ``name`` (default: the recorded model, from where it was recorded) as the index
+        was built (:meth:`model_load_options`), on this index's device."""
+        from ..models.registry import load_model
+
         if name is None:
+            recorded = self.recorded_identity
             name = recorded.source if recorded is not None else self.model_name
-        return load_model(name, device=self._device or "cpu", **options)
+        return load_model(name, device=self._device or "cpu", **self.model_load_options())
 
     @property
     def model(self):
         if self._model is None:
-            model = self._load()
+            model = self.load_model()
             self.check_model(model, allow_dtype=self._dtype is not None, recorded_load=True)
             self._model = model
         return self._model

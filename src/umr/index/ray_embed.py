@@ -13,10 +13,12 @@ next run embeds what is missing.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..models.base import EmbedResult
+from ..models.cpu import cpu_switch_environment
 from ..types import Item
 
 #: chunks queued per actor, so an actor never waits for the driver
@@ -24,9 +26,12 @@ _IN_FLIGHT_PER_WORKER = 2
 
 
 class _ModelActor:
-    """One model, loaded once when the actor starts (and again if Ray restarts it)."""
+    """One model, loaded once when the actor starts (and again if Ray restarts it), under the
+    driver's ``UMR_CPU_BF16`` (``environment``): a cluster's workers do not inherit the driver's
+    environment, and the switch decides the model's default dtype."""
 
-    def __init__(self, factory: Callable[[], Any]):
+    def __init__(self, factory: Callable[[], Any], environment: dict[str, str]):
+        os.environ.update(environment)
         self.model = factory()
 
     def embed(self, items: list[Item], batch_size: int | None) -> EmbedResult:
@@ -52,7 +57,8 @@ class RayEmbedder:
                      ignore_reinit_error=True)
         actor = ray.remote(max_restarts=-1, max_task_retries=-1)(_ModelActor)
         options = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
-        self.actors = [actor.options(**options).remote(factory) for _ in range(workers)]
+        environment = cpu_switch_environment()
+        self.actors = [actor.options(**options).remote(factory, environment) for _ in range(workers)]
 
     def map(self, chunks: Iterable[Sequence[Item]], *, batch_size: int | None = None) -> Iterator[EmbedResult]:
         import ray

@@ -147,6 +147,10 @@ class Embedder(ABC):
     #: trained so that the first N dimensions, renormalised, are an embedding too (Matryoshka):
     #: only such families may be swept over dimensions (``umr eval --dims``)
     matryoshka: bool = False
+    #: its bfloat16 vectors stay within cosine 0.999 of float32 (measured by the benchmarks):
+    #: only such a family defaults to bfloat16 on a CPU (:mod:`umr.models.cpu`), and a dtype it
+    #: merely defaulted to is not part of its identity (:class:`~umr.models.identity.ModelIdentity`)
+    bf16_close: bool = False
 
     # -- what users call -------------------------------------------------------------------
 

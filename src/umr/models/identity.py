@@ -12,6 +12,14 @@ files (configs, tokenizers) are hashed on every load; large ones (weights) are h
 once per version and remembered by stat signature (:func:`weights_digests`), so a re-load of
 unchanged weights costs a ``stat`` while weights changed in place — even one tensor, even with
 the modification time set back — give another fingerprint.
+
+The dtype is the one option that may differ between machines without the user asking: a family
+whose bfloat16 vectors stay within cosine 0.999 of float32 (``bf16_close``) defaults to
+bfloat16 on some CPUs and float32 on others (:mod:`umr.models.cpu`). Such a dtype the model
+merely *defaulted to* does not make another model: indexes and evaluation caches built on one
+machine are used on any other (:attr:`ModelIdentity.dtype_follows_machine`). A dtype chosen
+explicitly (``dtype=`` / ``--dtype``), or any dtype of a family that is not bf16-close, is
+part of the identity.
 """
 
 from __future__ import annotations
@@ -52,13 +60,27 @@ class ModelIdentity:
     options: dict[str, Any] = field(default_factory=dict)
     #: what ``load_model`` was given besides the name (device left out): loads it the same way again
     load_options: dict[str, Any] = field(default_factory=dict)
+    #: the family's bfloat16 vectors stay within cosine 0.999 of float32 (``Embedder.bf16_close``)
+    bf16_close: bool = False
+
+    @property
+    def dtype_follows_machine(self) -> bool:
+        """The dtype was the machine's default (no ``dtype`` was given) for a bf16-close family:
+        another machine's default gives interchangeable vectors, so it does not identify the model."""
+        return self.bf16_close and "dtype" not in self.load_options
 
     def key(self) -> str:
-        """A stable string that is equal exactly when two loads give the same vectors.
+        """A stable string that is equal only when two loads give interchangeable vectors.
 
-        The location is left out: the same files copied elsewhere are the same model.
+        The location is left out: the same files copied elsewhere are the same model. A dtype
+        that followed the machine's default (:attr:`dtype_follows_machine`) is keyed as float32,
+        the reference its bfloat16 vectors are measured against, so such loads share one key on
+        every machine (and keep the key they had before bf16 defaults existed).
         """
-        payload = json.dumps([self.family, self.files, self.dim, _plain(self.options)], sort_keys=True)
+        options = _plain(self.options)
+        if self.dtype_follows_machine and "dtype" in options:
+            options["dtype"] = "float32"
+        payload = json.dumps([self.family, self.files, self.dim, options], sort_keys=True)
         return f"{self.family}-{hashlib.blake2b(payload.encode(), digest_size=10).hexdigest()}"
 
     @property
@@ -76,7 +98,10 @@ class ModelIdentity:
         return f"{shown}, files {self.files[:12]}"
 
     def differences(self, other: "ModelIdentity") -> list[str]:
-        """What differs, each as ``what: this vs other`` (empty when the keys are equal)."""
+        """What differs in the vectors, each as ``what: this vs other`` (empty when the keys are
+        equal). Dtypes differ only where neither side's followed its machine's default
+        (:attr:`dtype_follows_machine`): bfloat16 and float32 vectors of a bf16-close family are
+        interchangeable unless both were chosen."""
         out = []
         if self.family != other.family:
             out.append(f"family: {self.family} vs {other.family}")
@@ -86,7 +111,10 @@ class ModelIdentity:
         if self.dim != other.dim:
             out.append(f"dimension: {self.dim} vs {other.dim}")
         mine, theirs = _plain(self.options), _plain(other.options)
+        interchangeable = self.dtype_follows_machine or other.dtype_follows_machine
         for name in sorted(set(mine) | set(theirs)):
+            if name == "dtype" and interchangeable:
+                continue
             if mine.get(name) != theirs.get(name):
                 out.append(f"{name}: {mine.get(name)!r} vs {theirs.get(name)!r}")
         return out
@@ -108,19 +136,21 @@ def identify(embedder, folder: str | os.PathLike | None, *, name: str, family: s
     Its options are the family's :meth:`~umr.models.base.Embedder.vector_options` over the
     load options that were given; an option naming a local file (a CLIP-SF ``.pth``) is
     recorded with that file's signature, since the file's bytes are what matters.
+    ``load_options`` holds ``dtype`` only when one was chosen (see :attr:`ModelIdentity.dtype_follows_machine`).
     """
     given = {k: v for k, v in (load_options or {}).items() if k != "device"}
     # the dimension is recorded as ``dim`` itself, not as an option
     options = {k: _option_value(v) for k, v in given.items() if k != "dim"}
     options.update(embedder.vector_options())
+    close = bool(embedder.bf16_close)
     if folder is None:
         return ModelIdentity(name=name, family=family, folder="", hub_id=None, revision=None, files="",
-                             dim=int(embedder.dim), options=options, load_options=_plain(given))
+                             dim=int(embedder.dim), options=options, load_options=_plain(given), bf16_close=close)
     resolved = Path(folder).expanduser().resolve()
     hub_id, revision = _hub_snapshot(Path(folder).expanduser().absolute())
     return ModelIdentity(name=name, family=family, folder=str(resolved), hub_id=hub_id, revision=revision,
                          files=files_fingerprint(resolved), dim=int(embedder.dim), options=options,
-                         load_options=_plain(given))
+                         load_options=_plain(given), bf16_close=close)
 
 
 def model_identity(model) -> ModelIdentity:

@@ -31,6 +31,7 @@ import torch
 
 from ...types import Item, ItemError
 from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
+from ..cpu import cpu_default_dtype
 
 Backend = Literal["auto", "light", "sentence-transformers"]
 
@@ -181,15 +182,6 @@ class LightBertBackend:
 SMALL_BATCH_TOKENS = 64
 
 
-def light_default_dtype(device: str) -> torch.dtype:
-    """bfloat16 on a CPU that multiplies bf16 matrices natively (AMX / AVX512-BF16), where it is
-    faster and keeps every benchmark vector within cosine 0.999 of float32
-    (``benchmarks/text_speed.py``); float32 elsewhere, where bf16 is emulated and far slower."""
-    from ..cpu import native_bf16_matmul
-
-    return torch.bfloat16 if str(device) == "cpu" and native_bf16_matmul() else torch.float32
-
-
 @contextlib.contextmanager
 def _one_thread_if(condition: bool):
     threads = torch.get_num_threads()
@@ -208,6 +200,9 @@ class TextEmbedder(Embedder, Trainable):
     cost_budget = 32 * 256  # padded tokens per forward pass
     #: LoRA on the attention projections of BERT-, RoBERTa- and MPNet-style encoders
     lora_targets = r".*\.(query|key|value|q|k|v|q_proj|k_proj|v_proj)"
+    #: the light path's bfloat16 GEMMs keep every benchmark vector within cosine 0.999 of float32
+    #: (worst 0.99993, ``benchmarks/text_speed.py``); the sentence-transformers path stays float32
+    bf16_close = True
 
     def __init__(self, backend: TextBackend, *, prompts: TextPrompts | None = None, name: str | None = None,
                  folder: Path | None = None, device: str = "cpu", dtype: str | None = None):
@@ -237,14 +232,16 @@ class TextEmbedder(Embedder, Trainable):
 
         ``backend="auto"`` runs BERT + pooling folders on the light path and everything else
         with sentence-transformers; ``"light"`` insists on the former. The light path's default
-        dtype is :func:`light_default_dtype`; ``dtype="float32"`` forces exact vectors.
+        dtype is :func:`~umr.models.cpu.cpu_default_dtype` on a CPU (bfloat16 where ``UMR_CPU_BF16``
+        or the CPU's native bf16 says so) and float32 elsewhere; ``dtype="float32"`` forces exact vectors.
         """
         from .bert import supports
 
         folder = Path(path)
         if backend not in ("auto", "light", "sentence-transformers"):
             raise ValueError(f"backend must be auto, light or sentence-transformers, not {backend!r}")
-        light_dtype = resolve_dtype(dtype, default=light_default_dtype(device))
+        light_dtype = resolve_dtype(dtype, default=cpu_default_dtype(bf16_close=cls.bf16_close)
+                                    if str(device) == "cpu" else torch.float32)
         light = supports(folder) and light_dtype in (torch.float32, torch.bfloat16)
         if backend == "light" and not light:
             raise ValueError(f"{folder}: the light text path runs BERT + mean/CLS/max pooling folders in "
