@@ -66,9 +66,8 @@ def test_evaluator_on_ray_workers_equals_one_process_and_survives_a_dying_worker
     assert failed["stdlib-docs"] == 0 and failed["mscoco_task0"] == 10  # its 10 image candidates
 
 
-@pytest.mark.slow  # not dtype_sensitive, though it passes under UMR_CPU_BF16=1: this test and the
-# other heavy minilm Ray test (eval CLI / killed driver) would add ~130 CPU-s of emulated bf16 to the
-# second pass of scripts/test.sh (~90 CPU-s without them); the cheaper ones check the same agreement
+@pytest.mark.slow
+@pytest.mark.dtype_sensitive  # minilm in the driver and in the workers: both must default alike
 def test_umr_eval_with_ray_matches_the_single_process_command(tmp_path, ray_session, capsys, monkeypatch):
     from umr.cli import eval as cli_eval
 

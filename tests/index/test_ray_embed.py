@@ -101,9 +101,8 @@ def test_umr_embed_with_ray_writes_the_single_process_matrix(tmp_path, ray_sessi
     assert (tmp_path / "ray.errors.jsonl").read_text() == (tmp_path / "one.errors.jsonl").read_text()
 
 
-@pytest.mark.slow  # not dtype_sensitive, though it passes under UMR_CPU_BF16=1: this test and the
-# other heavy minilm Ray test (eval CLI / killed driver) would add ~130 CPU-s of emulated bf16 to the
-# second pass of scripts/test.sh (~90 CPU-s without them); the cheaper ones check the same agreement
+@pytest.mark.slow
+@pytest.mark.dtype_sensitive  # minilm in the driver and in the workers: both must default alike
 def test_a_killed_ray_driver_resumes_with_every_item_exactly_once(tmp_path, ray_session, capsys):
     """``umr index --ray`` SIGKILLed after its first commits, then run again on the same cluster,
     ends like an uninterrupted single-process run: what the killed run stored is kept as it is,
