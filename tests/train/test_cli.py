@@ -11,12 +11,10 @@ import torch
 import umr
 from umr.cli import main
 from umr.train import TrainConfig
-from umr.train.grad_cache import backward_step
 from umr.train.lora import enable_checkpointing
-from umr.train.loss import info_nce
 from umr.types import Item
 
-from train_fixtures import text_examples
+from train_fixtures import backward, text_examples
 
 STDLIB_DOCS = Path(__file__).parents[1] / "fixtures" / "eval" / "stdlib-docs"
 
@@ -53,7 +51,7 @@ def test_gradient_checkpointing_keeps_gradients(tiny_text_dir):
     def grads(model):
         module = model.trainable_module()
         module.zero_grad(set_to_none=True)
-        backward_step(model, items, lambda q, p, n: (info_nce(q, p, n),) * 2)
+        backward(model, items)
         return {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
 
     plain = grads(umr.load_model(tiny_text_dir))
