@@ -263,17 +263,3 @@ def test_every_pool_copy_of_a_positive_given_by_content_is_excluded(fixture, mon
     t2t = _read(out)[1]
     assert [(n["id"], n["rank"]) for n in t2t["negatives"]][:2] == [("i2", 3), ("f1", 5)]
     assert not {"t2", "t2-copy"} & {n["id"] for n in t2t["negatives"]}
-
-
-@pytest.mark.parametrize("name", ["mmembed_stage1.yaml", "mmembed_continual.yaml", "gme.yaml"])
-def test_example_configs_load_as_train_configs_with_the_published_settings(name):
-    from pathlib import Path
-
-    from umr.train import TrainConfig
-
-    config = TrainConfig.from_yaml(Path(__file__).parents[2] / "examples" / name)
-    published = {"mmembed_stage1.yaml": dict(lora_r=8, lora_alpha=64, lr=1e-4, epochs=2),
-                 "mmembed_continual.yaml": dict(lora_r=8, lora_alpha=64, lr=2e-5, max_steps=4500),
-                 "gme.yaml": dict(lora_r=8, lr=1e-4, temperature=0.03, hard_negatives=8)}[name]
-    assert {key: getattr(config, key) for key in published} == published
-    assert not config.full and config.data
