@@ -117,3 +117,19 @@ def test_model_options_flags_add_to_the_config_files(tmp_path):
                                       "--dtype", "bfloat16"])
     assert config_from_args(args).model_options == {"min_image_tokens": 4, "max_length": 900,
                                                     "max_image_tokens": 16, "dtype": "bfloat16"}
+
+
+def test_bfloat16_weights_train_float32_parameters_under_one_autocast(tiny_text_dir, tmp_path):
+    from umr.train.trainer import TrainingError, load_options
+
+    data = text_examples(tmp_path / "train.jsonl")
+    settings = dict(model=str(tiny_text_dir), data=[str(data)], output=str(tmp_path / "o"), batch_size=4, progress=False)
+    assert load_options(TrainConfig(**settings, bf16=True)) == {"dtype": "bfloat16"}  # GME: not float32 on a GPU
+    assert load_options(TrainConfig(**settings, bf16=True, full=True)) == {}  # full fine-tuning keeps float32
+    trainer = Trainer(TrainConfig(**settings, model_options={"dtype": "bfloat16"}))  # --dtype bfloat16 without --bf16
+    assert trainer.precision == {"frozen_weights": ["bfloat16"], "trainable_weights": "float32", "autocast": "bfloat16"}
+    assert math.isfinite(trainer.train_step())
+    assert trainer.params and all(p.dtype == torch.float32 for p in trainer.params)
+    assert all(state["exp_avg"].dtype == torch.float32 for state in trainer.optimizer.state.values())
+    with pytest.raises(TrainingError, match="float16"):
+        Trainer(TrainConfig(**settings, model_options={"dtype": "float16"}))

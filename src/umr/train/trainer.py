@@ -370,16 +370,20 @@ class Trainer:
         return distributed_info_nce(vectors, counts, examples=examples, temperature=self.temperature(),
                                     false_negative_margin=self.config.false_negative_margin)
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The run's bf16 autocast, if any (trainable float32 modules meet bf16 activations)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
     @contextlib.contextmanager
     def step_mode(self):
-        """What a training step runs under: LoRA's dropout on, the bf16 autocast (once, around
-        every forward and backward of the step)."""
+        """What a training step runs under: LoRA's dropout on, the autocast (once, around every
+        forward and backward of the step)."""
         if self.lora_config is not None:
             lora.set_dropout(self.module, True)
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
-                    if self.autocast_dtype is not None else contextlib.nullcontext())
         try:
-            with autocast:
+            with self.autocast():
                 yield
         finally:
             if self.lora_config is not None:
@@ -559,7 +563,8 @@ class Trainer:
 
         data = self.config.eval_data
         tasks = load_mbeir(data) if self.config.eval_benchmark == "mbeir" else load_beir(data)
-        results = evaluate(self.embedder, tasks)
+        with self.autocast():
+            results = evaluate(self.embedder, tasks)
         return {f"{r['task']}/{k}": v for r in results["tasks"] for k, v in r["metrics"].items()
                 if isinstance(v, (int, float))}
 
