@@ -48,7 +48,21 @@ def test_learned_temperature_with_the_false_negative_guard_trains_finite(tiny_te
     assert math.isfinite(record["final_temperature"]) and record["final_temperature"] != pytest.approx(0.05)
 
 
-def _poison_step_two(monkeypatch):
+def test_a_learned_temperature_is_held_at_its_bound_and_reported(tiny_text_dir, tmp_path, capsys):
+    # positives identical to their queries: a sharper softmax always lowers the loss, so τ falls
+    rows = [{"query": {"text": q}, "positive": {"text": q}} for q, _ in text_pairs()]
+    data = write_examples(tmp_path / "train.jsonl", rows)
+    out = tmp_path / "out"
+    assert main(["train", "--model", str(tiny_text_dir), "--data", str(data), "--output", str(out),
+                 "--learn-temperature", "--temperature", "0.05", "--min-temperature", "0.049", "--lr", "0.1",
+                 "--max-steps", "3", "--batch-size", "4", "--no-progress"]) == 0
+    assert "the learned temperature reached its lower bound 0.049 at step 1" in capsys.readouterr().err
+    record = json.loads((out / "training.json").read_text())
+    assert record["temperature_at_bound_steps"] == 3 and record["final_temperature"] == pytest.approx(0.049)
+
+
+def _run_poisoned_at_step_two(monkeypatch, tiny_text_dir, out: Path, *flags: str) -> int:
+    """``umr train`` for 3 steps whose step 2 has a NaN loss; returns the exit code."""
     original = Trainer.loss_fn
 
     def poisoned(self, vectors, **options):
@@ -58,14 +72,14 @@ def _poison_step_two(monkeypatch):
         return loss, value
 
     monkeypatch.setattr(Trainer, "loss_fn", poisoned)
+    data = text_examples(out.parent / "train.jsonl")
+    return main(["train", "--model", str(tiny_text_dir), "--data", str(data), "--output", str(out),
+                 "--max-steps", "3", "--batch-size", "4", "--no-progress", *flags])
 
 
 def test_a_non_finite_step_stops_the_run_naming_it(tiny_text_dir, tmp_path, monkeypatch, capsys):
-    _poison_step_two(monkeypatch)
-    data = text_examples(tmp_path / "train.jsonl")
     out = tmp_path / "out"
-    assert main(["train", "--model", str(tiny_text_dir), "--data", str(data), "--output", str(out),
-                 "--max-steps", "3", "--batch-size", "4", "--save-every", "1", "--no-progress"]) == 2
+    assert _run_poisoned_at_step_two(monkeypatch, tiny_text_dir, out, "--save-every", "1") == 2
     error = capsys.readouterr().err
     assert "step 2: the loss is nan" in error and "--on-nonfinite skip" in error
     assert not (out / "model.safetensors").exists() and not (out / "training.json").exists()
@@ -73,11 +87,8 @@ def test_a_non_finite_step_stops_the_run_naming_it(tiny_text_dir, tmp_path, monk
 
 
 def test_a_non_finite_step_is_skipped_and_counted_when_asked(tiny_text_dir, tmp_path, monkeypatch, capsys):
-    _poison_step_two(monkeypatch)
-    data = text_examples(tmp_path / "train.jsonl")
     out = tmp_path / "out"
-    assert main(["train", "--model", str(tiny_text_dir), "--data", str(data), "--output", str(out),
-                 "--max-steps", "3", "--batch-size", "4", "--on-nonfinite", "skip", "--no-progress"]) == 0
+    assert _run_poisoned_at_step_two(monkeypatch, tiny_text_dir, out, "--on-nonfinite", "skip") == 0
     error = capsys.readouterr().err
     assert "step 2 skipped (the loss is nan" in error and "1 step(s) skipped so far" in error
     record = json.loads((out / "training.json").read_text())

@@ -278,6 +278,8 @@ class Trainer:
         #: steps skipped for a non-finite loss or gradient, and those that held τ at its bound
         self.skipped_steps: list[int] = []
         self.bound_steps: list[int] = []
+        #: examples found bad while training (an item that could not be prepared)
+        self.bad_examples: set[int] = set()
         self._epoch: _Epoch | None = None
 
     def _autocast_dtype(self) -> torch.dtype | None:
@@ -306,7 +308,7 @@ class Trainer:
     def _micro_batch(self, plan: list[list[int]], epoch: int, index: int) -> MicroBatch:
         """This process's examples of global micro-batch ``index`` of ``epoch``, and their items."""
         share = self.config.batch_size
-        mine = plan[index][self.rank * share: (self.rank + 1) * share]
+        mine = [i for i in plan[index][self.rank * share: (self.rank + 1) * share] if i not in self.bad_examples]
         chosen = [self.examples[i] for i in mine]
         negatives = [sample_negatives(e, self.config.hard_negatives, seed=self.config.seed, epoch=epoch, index=i)
                      for e, i in zip(chosen, mine)]
@@ -335,6 +337,9 @@ class Trainer:
         """This process's next micro-batch and its prepared items (examples with an item that
         cannot be prepared left out and reported; a micro-batch left empty is passed over)."""
         while True:
+            if len(self.bad_examples) == len(self.examples):
+                raise TrainingError(f"no example could be prepared for the model ({len(self.bad_examples)} bad; "
+                                    f"first: {self.errors[self.startup_errors]})")
             if self.position.index >= self.micro_per_epoch:
                 self.position = Position(self.position.epoch + 1, 0)
             if self._epoch is None or self._epoch.number != self.position.epoch:
@@ -359,6 +364,7 @@ class Trainer:
                 j = batch.example_of(exc.index or 0)
                 error = example_error(self.examples[batch.examples[j]], exc)
                 self.errors.append(error)
+                self.bad_examples.add(batch.examples[j])  # left out of later batches too
                 if self.rank == 0:
                     print(f"umr train: left out a bad example at step {self.step + 1}: {error}", file=sys.stderr)
                 batch = batch.without(j)
@@ -469,7 +475,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": checkpoint.rng_state(self.device), "metrics": self.metrics,
                 "skipped_steps": self.skipped_steps, "bound_steps": self.bound_steps,
-                "errors": self.errors[self.startup_errors:], "config": self.config.to_dict(),
+                "errors": self.errors[self.startup_errors:], "bad_examples": sorted(self.bad_examples),
+                "config": self.config.to_dict(),
             }, keep=self.config.keep_checkpoints)
         collectives.wait_for_all()
 
@@ -500,6 +507,7 @@ class Trainer:
         self.skipped_steps = list(state.get("skipped_steps", []))
         self.bound_steps = list(state.get("bound_steps", []))
         self.errors = self.errors[: self.startup_errors] + list(state.get("errors", []))
+        self.bad_examples = set(state.get("bad_examples", []))
         return True
 
     # -- the run ---------------------------------------------------------------------------------
