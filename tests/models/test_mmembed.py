@@ -240,7 +240,7 @@ def test_instruction_is_masked_from_pooling_not_from_attention(mm, tiny_dir):
     with_instr = Item.query("a dog", instruction=instruction)
     proc = mm.processor
     p = proc.process(with_instr)
-    inputs, attention, pool = mm.prepare([p])
+    inputs, attention, pool = mm.input_embeddings([p])
     n_instr = reference_instruction_length(reference_tokenizer(mm_dir), build_prompt(with_instr), 0)
     assert p.instruction_length == n_instr
     assert attention[0].tolist() == [1] * len(p.input_ids)  # every token is attended to ...

@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 import lookup
-from umr.train.mine import (MineSettings, Ranked, errors_path, mine_file, model_fingerprint, provenance_path,
+from umr.index import ModelMismatch
+from umr.models.identity import model_identity
+from umr.train.mine import (MineSettings, Ranked, errors_path, mine_file, provenance_path,
                             select_negatives)
 
 lookup.install()  # the model "lookup-test", for the command-line tests
@@ -148,7 +150,7 @@ def test_provenance_names_model_pool_data_and_settings(fixture):
     mine_file(model, data=fixture / "train.jsonl", pool=fixture / "pool.jsonl", output=out,
               settings=MineSettings(negatives=1, **SETTINGS), show_progress=False)
     record = json.loads(provenance_path(out).read_text())
-    assert record["model"]["name"] == "lookup-test" and record["model"]["fingerprint"] == model_fingerprint(model)
+    assert record["model"]["name"] == "lookup-test" and record["model"]["identity"] == model_identity(model).key()
     assert record["pool"]["items"] == 10 and record["pool"]["fingerprint"]
     assert record["data"]["path"] == str((fixture / "train.jsonl").resolve())
     assert record["settings"] == {"top_k": 8, "skip": 4, "negatives": 1, "target_modality": None, "plain": False,
@@ -169,7 +171,7 @@ def test_pool_index_is_reused_and_another_model_state_is_refused(fixture, monkey
     mine_file(lookup.LookupEmbedder(), **args)  # the index exists: nothing re-embedded, same output
     assert out.read_text() == first
     monkeypatch.setattr(lookup.LookupEmbedder, "shift", 0.5)
-    with pytest.raises(ValueError, match="another model state"):
+    with pytest.raises(ModelMismatch, match="shift: 0.0 vs 0.5"):  # the index's own model check
         mine_file(lookup.LookupEmbedder(), **args)
 
 
@@ -263,17 +265,3 @@ def test_every_pool_copy_of_a_positive_given_by_content_is_excluded(fixture, mon
     t2t = _read(out)[1]
     assert [(n["id"], n["rank"]) for n in t2t["negatives"]][:2] == [("i2", 3), ("f1", 5)]
     assert not {"t2", "t2-copy"} & {n["id"] for n in t2t["negatives"]}
-
-
-@pytest.mark.parametrize("name", ["mmembed_stage1.yaml", "mmembed_continual.yaml", "gme.yaml"])
-def test_example_configs_load_as_train_configs_with_the_published_settings(name):
-    from pathlib import Path
-
-    from umr.train import TrainConfig
-
-    config = TrainConfig.from_yaml(Path(__file__).parents[2] / "examples" / name)
-    published = {"mmembed_stage1.yaml": dict(lora_r=8, lora_alpha=64, lr=1e-4, epochs=2),
-                 "mmembed_continual.yaml": dict(lora_r=8, lora_alpha=64, lr=2e-5, max_steps=4500),
-                 "gme.yaml": dict(lora_r=8, lr=1e-4, temperature=0.03, hard_negatives=8)}[name]
-    assert {key: getattr(config, key) for key in published} == published
-    assert not config.full and config.data

@@ -32,6 +32,25 @@ def write_tiny_text_model(folder: Path, *, seed: int = 0) -> Path:
     return folder / "model"
 
 
+def backward(embedder, groups, *, chunk=None, temperature=0.05):
+    """One backward pass of InfoNCE over (queries, positives, negatives) through the trainer's
+    step (:func:`umr.train.grad_cache.backward_step`); returns the loss value."""
+    import torch
+
+    from umr.train.grad_cache import backward_step
+    from umr.train.loss import info_nce
+
+    counts = [len(g) for g in groups]
+    prepared = [embedder.prepare_training_item(item) for group in groups for item in group]
+
+    def loss_fn(vectors):
+        loss = info_nce(*vectors.split(counts), temperature=temperature)
+        return loss, loss
+
+    return float(backward_step(embedder.training_forward_prepared, prepared, loss_fn, device=torch.device("cpu"),
+                               chunk=chunk))
+
+
 def write_examples(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

@@ -15,8 +15,12 @@ _FLAGS = {
     "--lr": dict(type=float, help="peak learning rate (default 1e-4)"),
     "--batch-size": dict(type=int, help="examples per process per micro-step (default 32)"),
     "--temperature": dict(type=float, help="InfoNCE temperature (default 0.05)"),
+    "--min-temperature": dict(type=float, help="lower bound of a learned temperature (default 0.01)"),
+    "--on-nonfinite": dict(choices=["stop", "skip"], help="a step with a non-finite loss or gradient: stop the "
+                                                          "run (default) or skip the step with a warning"),
     "--lora-r": dict(type=int, help="LoRA rank (default 8)"),
     "--lora-alpha": dict(type=int, help="LoRA alpha (default 64)"),
+    "--lora-dropout": dict(type=float, help="dropout on LoRA's input during training (default 0)"),
     "--lora-targets": dict(help="LoRA target modules: a regex over module names (default: the family's)"),
     "--train-modules": dict(nargs="+", help="module-name prefixes trained fully beside LoRA (MM-Embed: multi_modal_projector)"),
     "--hard-negatives": dict(type=int, help="hard negatives per example per step, sampled each epoch (default 0)"),
@@ -37,7 +41,7 @@ _SWITCHES = {
     "--full": "full fine-tuning instead of LoRA",
     "--learn-temperature": "learn the temperature (starting from --temperature)",
     "--grad-checkpointing": "recompute activations in backward to save memory",
-    "--bf16": "bfloat16 autocast",
+    "--bf16": "bfloat16 frozen weights and autocast (trainable weights and optimizer state stay float32)",
     "--resume": "continue from the last checkpoint in --output",
     "--save-adapter": "also keep the LoRA adapter in OUTPUT/adapter (the model itself is saved merged)",
 }
@@ -55,6 +59,8 @@ def add_parser(sub) -> None:
     for flag, text in _SWITCHES.items():
         parser.add_argument(flag, action="store_true", default=None, help=text)
     parser.add_argument("--max-image-tokens", type=int, default=None, help="MLLM models: most tokens per image")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="dtype the base model loads in (default: the family's; bfloat16 under --bf16)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=run)
 
@@ -65,8 +71,10 @@ def config_from_args(args: argparse.Namespace):
     names = [f.lstrip("-").replace("-", "_") for f in [*_FLAGS, *_SWITCHES]]
     overrides = {name: getattr(args, name) for name in names}
     overrides.update(model=args.model, data=args.data, output=args.output)
-    if args.max_image_tokens is not None:
-        overrides["model_options"] = {"max_image_tokens": args.max_image_tokens}
+    model_options = {name: value for name, value in (("max_image_tokens", args.max_image_tokens),
+                                                     ("dtype", args.dtype)) if value is not None}
+    if model_options:  # added to a --config file's model_options, not replacing them
+        overrides["model_options"] = model_options
     if args.no_progress:
         overrides["progress"] = False
     try:

@@ -347,7 +347,23 @@ class Embedder(ABC):
         fine-tuned through it embeds exactly as it was trained; under ``torch.no_grad()`` it
         gives the same vectors without a graph. Bad items raise :class:`ItemError`.
         """
-        return self._normalised(items)
+        return self.training_forward_prepared(self._each_item(items, self.prepare_training_item))
+
+    def prepare_training_item(self, item: Item) -> Any:
+        """One item made ready for :meth:`training_forward_prepared`, with no model work: what
+        training prepares ahead (the prefetching loader) and keeps between GradCache's two
+        passes. A :class:`~umr.models.prefetch.Prefetching` family's ``prepare`` (decoding,
+        resizing, tokens); for the others the item itself (their forward prepares it)."""
+        from .prefetch import Prefetching
+
+        return self.prepare(item) if isinstance(self, Prefetching) else item
+
+    def training_forward_prepared(self, prepared: list[Any]) -> torch.Tensor:
+        """:meth:`training_forward` of items made ready by :meth:`prepare_training_item`."""
+        from .prefetch import Prefetching
+
+        raw = self.embed_prepared(prepared) if isinstance(self, Prefetching) else self._embed_batch(prepared)
+        return self._normalise(raw)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim})"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -36,7 +36,8 @@ class Prefetching(ABC):
 
     @abstractmethod
     def embed_prepared(self, prepared: list[Any]) -> torch.Tensor:
-        """Raw vectors ``(len(prepared), dim)`` of prepared items (the forward pass)."""
+        """Raw vectors ``(len(prepared), dim)`` of prepared items (the forward pass); with
+        gradients outside inference mode (fine-tuning trains through it)."""
 
 
 def resolved_workers(workers: int | None) -> int:
@@ -50,18 +51,22 @@ class PrefetchingLoader:
     """``prepare(items[i])`` for the positions of ``batches``, run in ``workers`` threads, at most
     ``ahead`` batches beyond the last one asked for."""
 
-    def __init__(self, items: Sequence[Item], batches: list[list[int]], prepare: Callable[[Item], Any], *,
-                 workers: int, ahead: int):
+    def __init__(self, items: "Sequence[Item] | Mapping[int, Item]", batches: Sequence[Sequence[int]],
+                 prepare: Callable[[Item], Any], *, workers: int, ahead: int):
+        # ``items`` and ``batches`` are only indexed, batch by batch as they are submitted: they
+        # may be lazy views (training's stream of micro-batches)
         self._items, self._batches, self._prepare = items, batches, prepare
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="umr-prefetch")
         self._futures: dict[int, Future] = {}
-        self._batch_of = {i: b for b, batch in enumerate(batches) for i in batch}
+        self._batch_of: dict[int, int] = {}
         self._submitted = 0
         self._ahead = ahead
 
     def take(self, positions: list[int]) -> list[Any]:
         """The prepared items at ``positions`` (one batch, or what is left of it), in order; the
         first that failed raises its :class:`ItemError`, located at its index in ``positions``."""
+        while positions[0] not in self._batch_of and self._submitted < len(self._batches):
+            self._submit_through(self._submitted)  # a batch beyond those submitted: submit up to it
         self._submit_through(self._batch_of[positions[0]] + self._ahead)
         prepared = []
         for index, i in enumerate(positions):
@@ -79,6 +84,7 @@ class PrefetchingLoader:
         """Forget the prepared items of a finished batch (their arrays can be freed)."""
         for i in positions:
             self._futures.pop(i, None)
+            self._batch_of.pop(i, None)
 
     def close(self) -> None:
         """Cancel what has not started and wait for what has."""
@@ -89,5 +95,6 @@ class PrefetchingLoader:
     def _submit_through(self, last_batch: int) -> None:
         while self._submitted <= min(last_batch, len(self._batches) - 1):
             for i in self._batches[self._submitted]:
+                self._batch_of[i] = self._submitted
                 self._futures[i] = self._pool.submit(self._prepare, self._items[i])
             self._submitted += 1

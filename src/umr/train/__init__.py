@@ -1,8 +1,9 @@
 """Contrastive fine-tuning of any umr family as a bi-encoder (``umr train``).
 
-Read top-down: :mod:`.loss` (InfoNCE, the false-negative guard, the distributed gather),
-:mod:`.grad_cache` (one step's backward, whole or cached), :mod:`.data` (examples, sources,
-mixtures, batches), :mod:`.lora` (what trains), :mod:`.checkpoint` (exact resume) and
+Read top-down: :mod:`.collectives` (every collective, on the process's device; the bucketed
+gradient reducer), :mod:`.loss` (InfoNCE, the masks, the distributed gather), :mod:`.grad_cache`
+(one step's backward, whole or cached), :mod:`.data` (examples, sources, mixtures, batches),
+:mod:`.lora` (what trains, peft adapters), :mod:`.checkpoint` (exact resume) and
 :mod:`.trainer` (the loop).
 """
 

@@ -1,7 +1,7 @@
 """Every setting of a training run, with the command line's names (``--lora-r`` is ``lora_r``).
 
 A YAML config takes the same names; command-line flags override it
-(``TrainConfig.from_yaml(path, **overrides)``).
+(``TrainConfig.from_yaml(path, **overrides)``), ``model_options`` key by key.
 """
 
 from __future__ import annotations
@@ -29,12 +29,16 @@ class TrainConfig:
     weight_decay: float = 0.0
     #: examples per process per micro-step (the global batch is this x processes x grad_accum)
     batch_size: int = 32
+    #: InfoNCE temperature τ: used as given, or the start of a learned one
     temperature: float = 0.05
     learn_temperature: bool = False
+    #: a learned τ is held at or above this (CLIP's bound on its logit scale 1/τ: 100)
+    min_temperature: float = 0.01
     #: full fine-tuning instead of LoRA
     full: bool = False
     lora_r: int = 8
     lora_alpha: int = 64
+    #: dropout on LoRA's input during training steps (the model's own dropout stays off)
     lora_dropout: float = 0.0
     #: peft target_modules: a regex over module names or a list of name suffixes (default: the family's)
     lora_targets: Any = None
@@ -46,7 +50,11 @@ class TrainConfig:
     grad_cache_chunk: int | None = None
     grad_accum: int = 1
     grad_checkpointing: bool = False
+    #: frozen weights in bfloat16 (LoRA; full fine-tuning keeps float32 weights) and the step under
+    #: bf16 autocast; trainable weights and optimizer state stay float32
     bf16: bool = False
+    #: a step whose loss or gradient is not finite: "stop" the run naming the step, or "skip" it
+    on_nonfinite: Literal["stop", "skip"] = "stop"
     #: warm-up steps (an int) or a fraction of all steps (a float < 1)
     warmup: float = 0.0
     schedule: Literal["linear", "cosine", "constant"] = "linear"
@@ -64,7 +72,7 @@ class TrainConfig:
     #: also keep the LoRA adapter (``OUTPUT/adapter``) beside the merged model
     save_adapter: bool = False
     device: str = "cpu"
-    #: loader options for the base model (e.g. max_image_tokens)
+    #: loader options for the base model (e.g. max_image_tokens, dtype)
     model_options: dict[str, Any] = field(default_factory=dict)
     #: evaluate on this BEIR-style or M-BEIR folder every ``eval_every`` steps and at the end
     eval_data: str | None = None
@@ -80,7 +88,8 @@ class TrainConfig:
         checks = [(self.batch_size >= 1, "batch_size must be at least 1"),
                   (self.grad_accum >= 1, "grad_accum must be at least 1"),
                   (self.lr > 0, "lr must be positive"),
-                  (self.temperature > 0, "temperature must be positive"),
+                  (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"),
+                  (self.on_nonfinite in ("stop", "skip"), "on_nonfinite must be stop or skip"),
                   (self.hard_negatives >= 0, "hard_negatives must be 0 or more"),
                   (self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1"),
                   (self.epochs > 0, "epochs must be positive"),
@@ -109,7 +118,10 @@ class TrainConfig:
         if "data" in values:  # relative data paths are relative to the config file
             values["data"] = [_relative_source(d, base) for d in
                               (values["data"] if isinstance(values["data"], list) else [values["data"]])]
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "model_options" in overrides:  # a flag (--max-image-tokens, --dtype) adds to the file's options
+            values["model_options"] = {**(values.get("model_options") or {}), **overrides.pop("model_options")}
+        values.update(overrides)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

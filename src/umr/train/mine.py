@@ -19,7 +19,6 @@ millions of candidates work as ``umr index`` does.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -28,15 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import numpy as np
-
+from ..models.identity import model_identity
 from ..types import Item, ItemError, Modality
 
 KINDS = ("wrong_modality", "same_modality", "plain")
-#: the file beside the pool index that records which model state embedded it
-MODEL_STAMP = "mining-model.json"
-#: texts whose vectors identify a model's weights (a retrained checkpoint at the same path differs)
-_PROBES = ("a red square on a white background", "what is the capital of france?", "0 1 2 3 4 5 6 7 8 9")
 
 
 @dataclass
@@ -202,36 +196,21 @@ def read_mbeir_queries(root: str | os.PathLike, settings: MineSettings, *, split
 # -- the pool --------------------------------------------------------------------------------------
 
 
-def model_fingerprint(model) -> str:
-    """A short hash of the model's vectors for fixed probe texts: equal weights, equal fingerprint."""
-    vectors = model.encode_candidates(list(_PROBES), show_progress_bar=False)
-    rounded = np.round(np.asarray(vectors, np.float64), 4) + 0.0  # + 0.0: no negative zeros
-    digest = hashlib.blake2b(rounded.tobytes(), digest_size=12)
-    digest.update(f"{model.name}:{model.dim}".encode())
-    return digest.hexdigest()
-
-
-def open_pool_index(model, pool: str | os.PathLike, folder: str | os.PathLike, *, fingerprint: str,
-                    method: str = "exact", image_root=None, batch_size: int | None = None,
-                    model_options: dict | None = None, progress: Callable[[int], None] | None = None):
+def open_pool_index(model, pool: str | os.PathLike, folder: str | os.PathLike, *, method: str = "exact",
+                    image_root=None, batch_size: int | None = None, model_options: dict | None = None,
+                    progress: Callable[[int], None] | None = None):
     """The pool embedded by ``model`` in ``folder``: created, or brought up to date (resumable).
 
-    An index embedded by another state of the model (same name, other weights) is refused.
+    An index embedded by another model, or another state of it (other weights at the same path,
+    other vector options), is refused by the index's own model check (:class:`~umr.index.ModelMismatch`).
     """
     from ..index import Index
 
     folder = Path(folder)
-    stamp = folder / MODEL_STAMP
     if Index.exists(folder):
-        recorded = json.loads(stamp.read_text(encoding="utf-8")).get("fingerprint") if stamp.is_file() else None
-        if recorded != fingerprint:
-            raise ValueError(f"{folder} was embedded by another model state (fingerprint {recorded}, this "
-                             f"model {fingerprint}): delete it or pass another --index")
         index = Index.open(folder, model=model, writable=True)
     else:
         index = Index.create(folder, model, method=method, model_options=model_options)
-        stamp.write_text(json.dumps({"model": str(model.name), "fingerprint": fingerprint}) + "\n",
-                         encoding="utf-8")
     summary = index.index_corpus(pool, image_root=image_root, batch_size=batch_size, progress=progress)
     return index, summary
 
@@ -412,10 +391,9 @@ def mine_file(model, *, pool: str | os.PathLike, output: str | os.PathLike, sett
         raise ValueError("give exactly one of data (a training JSONL) and mbeir (an M-BEIR folder)")
     output = Path(output)
     index_dir = Path(index_dir) if index_dir is not None else output.with_suffix(".index")
-    fingerprint = model_fingerprint(model)
     bar_options = dict(unit="item", dynamic_ncols=True, file=sys.stderr, disable=not show_progress)
     with tqdm(total=count_corpus(pool), desc="embed pool", **bar_options) as bar:
-        index, pool_summary = open_pool_index(model, pool, index_dir, fingerprint=fingerprint, method=method,
+        index, pool_summary = open_pool_index(model, pool, index_dir, method=method,
                                               image_root=image_root, batch_size=batch_size,
                                               model_options=model_options, progress=bar.update)
     with index:
@@ -425,7 +403,7 @@ def mine_file(model, *, pool: str | os.PathLike, output: str | os.PathLike, sett
             queries = list(read_mbeir_queries(mbeir, settings, split=split, tasks=tasks, seed=seed))
         provenance = {
             "model": {"name": str(model.name), "dim": int(model.dim), "options": dict(model_options or {}),
-                      "fingerprint": fingerprint},
+                      "identity": model_identity(model).key()},
             "pool": {"path": str(Path(pool).resolve()), "fingerprint": file_fingerprint(pool),
                      "index": str(index_dir.resolve()), "items": len(index),
                      "skipped": len(pool_summary.skipped), "errors": len(pool_summary.errors)},

@@ -1,42 +1,59 @@
 """The training loop: ``train(config) -> output folder``.
 
 One optimizer step = ``grad_accum`` micro-batches; a micro-batch is ``batch_size`` examples
-on each process (their union, the global micro-batch, shares one softmax). Modules stay in
-eval mode (dropout off): the training forward is then exactly the embedding forward, and
-GradCache's second pass recomputes the first exactly.
+on each process (their union, the global micro-batch, shares one softmax). The family's own
+modules stay in eval mode (their dropout off): the training forward is exactly the embedding
+forward. LoRA's dropout (``lora_dropout``) is the one dropout on, during training steps only,
+with GradCache replaying each chunk's random state so both passes draw the same masks.
+
+Items are prepared (decoded, resized, tokenised) by the family's prefetching loader ahead of the
+micro-batch that needs them, once: GradCache's second pass reuses them. An example with an
+item that cannot be prepared is left out of its batch and reported with its file and line.
+
+Precision: trainable weights and the optimizer state are float32 always. Under ``bf16`` the
+frozen weights load in bfloat16 (LoRA runs; full fine-tuning keeps float32 weights) and the
+whole step runs under one bf16 autocast; frozen weights that are bfloat16 anyway (``dtype`` in
+``model_options``, MM-Embed on a GPU) turn that autocast on; float16 weights are refused.
+
+Numerics: a step whose loss or gradient is not finite stops the run with the step named
+(``on_nonfinite="stop"``) or is skipped with a counted warning (``"skip"``); a learned
+temperature is held at ``min_temperature`` and the first step that reaches it is reported.
 
 Distributed runs (``accelerate launch --multi_gpu`` or ``torchrun``: the ``WORLD_SIZE`` /
 ``RANK`` / ``LOCAL_RANK`` environment) join a process group (gloo on CPU, nccl on GPU); each
-process takes its slice of every global micro-batch, and gradients are averaged with
-``all_reduce`` after backward (the model is not wrapped in DDP: families call their own
-sub-modules, which a DDP wrapper would not see).
+process takes its slice of every global micro-batch, and gradients are averaged in buckets
+while the last backward pass runs (:class:`~umr.train.collectives.GradientReducer`; the model
+is not wrapped in DDP: families call their own sub-modules, which a DDP wrapper would not see).
+Every process evaluates; rank 0 writes, the others wait at a barrier with no short timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import math
 import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 
 from ..models.base import Embedder, Trainable
 from ..models.identity import files_fingerprint
+from ..models.prefetch import Prefetching, PrefetchingLoader, resolved_workers
 from ..types import Item, ItemError
-from . import checkpoint, lora
+from . import checkpoint, collectives, lora
+from .collectives import GradientReducer, world
 from .config import TrainConfig
 from .data import BatchPlan, Example, Loaded, load_source, sample_negatives
 from .grad_cache import backward_step
-from .loss import Temperature, distributed_info_nce, world
+from .loss import Temperature, distributed_info_nce
 from .provenance import source_fingerprint
 
 #: files of a base model folder that are not copied into the output (the trained weights replace them)
@@ -47,11 +64,15 @@ RUN_FILES = {"checkpoints", "tensorboard", "training.json", "metrics.csv", "loss
 
 #: settings a resumed run may change (how long, how often to save or log, where to run)
 RESUMABLE_CHANGES = {"resume", "max_steps", "epochs", "progress", "save_every", "keep_checkpoints", "log_every",
-                     "save_adapter", "device", "eval_data", "eval_every", "eval_benchmark"}
+                     "save_adapter", "device", "eval_data", "eval_every", "eval_benchmark", "on_nonfinite"}
 
 
 class TrainingError(RuntimeError):
     """A run that cannot start or continue (no usable examples, a family that cannot train, ...)."""
+
+
+class NonFiniteError(TrainingError):
+    """A step's loss or gradient was not finite (``on_nonfinite="stop"``)."""
 
 
 @dataclass
@@ -62,21 +83,14 @@ class Position:
     index: int = 0
 
 
-def init_distributed(device: str) -> str:
-    """Join the process group a launcher set up (if any); returns this process's device
-    (``cuda`` becomes ``cuda:LOCAL_RANK``, one GPU per process)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if device == "cuda" and "LOCAL_RANK" in os.environ:
-            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return device
-
-
 def load_examples(config: TrainConfig) -> list[Loaded]:
     """Every source's examples and bad examples (the data alone: before any model loads)."""
     return [load_source(source) for source in config.data]
+
+
+def example_error(example: Example, exc: ItemError) -> ItemError:
+    """``exc`` (one of the example's items) as the example's error, with its file and line."""
+    return ItemError(exc.item_id, f"{example.where}: {exc.reason}", line=example.line)
 
 
 def usable_examples(loaded: list[Loaded], embedder: Embedder, rank: int
@@ -93,7 +107,7 @@ def usable_examples(loaded: list[Loaded], embedder: Embedder, rank: int
                     embedder.check(item)
                 kept.append(example)
             except ItemError as exc:
-                errors.append(ItemError(exc.item_id, f"{example.where}: {exc.reason}", line=example.line))
+                errors.append(example_error(example, exc))
         if not kept:
             first = f" ({len(errors)} bad, first: {errors[0]})" if errors else ""
             raise TrainingError(f"{part.source.path}: no usable training example{first}")
@@ -117,41 +131,114 @@ def schedule_factor(step: int, *, total: int, warmup: int, kind: str) -> float:
     return 1.0 - progress
 
 
-def _autocast(config: TrainConfig):
-    if not config.bf16:
-        return contextlib.nullcontext
-    device_type = "cuda" if config.device.startswith("cuda") else "cpu"
-    return lambda: torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+def load_options(config: TrainConfig) -> dict[str, Any]:
+    """What the base model is loaded with: ``model_options``, and under ``bf16`` (LoRA or
+    trained modules, not full fine-tuning) bfloat16 frozen weights unless a dtype is given."""
+    options = dict(config.model_options)
+    if config.bf16 and not config.full:
+        options.setdefault("dtype", "bfloat16")
+    return options
 
 
-def _average_gradients(params: list[torch.nn.Parameter]) -> None:
-    _, size = world()
-    if size == 1:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-        p.grad /= size
+@dataclass
+class MicroBatch:
+    """This process's share of a global micro-batch: its examples (indices into the trainer's
+    examples) and their items as one list, queries, then positives, then each example's hard
+    negatives (tevatron's layout: one forward, split by :attr:`counts`). ``positions`` number
+    the items for the prefetching loader."""
+
+    examples: list[int]
+    negatives: list[list[Item]]
+    items: list[Item]
+    positions: list[int] = field(default_factory=list)
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        n = len(self.examples)
+        return n, n, len(self.items) - 2 * n
+
+    def example_of(self, k: int) -> int:
+        """Which of :attr:`examples` item ``k`` belongs to."""
+        n = len(self.examples)
+        if k < 2 * n:
+            return k % n
+        k -= 2 * n
+        for j, negatives in enumerate(self.negatives):
+            if k < len(negatives):
+                return j
+            k -= len(negatives)
+        raise IndexError(k)
+
+    def without(self, j: int) -> "MicroBatch":
+        """The batch with example ``j`` (all its items) left out."""
+        keep = [k for k in range(len(self.items)) if self.example_of(k) != j]
+        return replace(self, examples=self.examples[:j] + self.examples[j + 1:],
+                       negatives=self.negatives[:j] + self.negatives[j + 1:],
+                       items=[self.items[k] for k in keep], positions=[self.positions[k] for k in keep])
+
+
+class EpochStream:
+    """This process's micro-batches of one epoch from micro-batch ``start`` on, made when first
+    asked for: a lazy sequence of the micro-batches' item positions, with :attr:`items` by
+    position, as :class:`~umr.models.prefetch.PrefetchingLoader` reads them (it asks a few
+    micro-batches ahead of the one running)."""
+
+    def __init__(self, make: Callable[[int], MicroBatch], *, start: int, stop: int):
+        self._make, self.start, self.stop = make, start, stop
+        self.items: dict[int, Item] = {}
+        self._batches: dict[int, MicroBatch] = {}
+        self._next_position = 0
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, k: int) -> list[int]:
+        return self.micro_batch(self.start + k).positions
+
+    def micro_batch(self, index: int) -> MicroBatch:
+        """Micro-batch ``index`` of the epoch, its items numbered."""
+        if index not in self._batches:
+            batch = self._make(index)
+            batch.positions = list(range(self._next_position, self._next_position + len(batch.items)))
+            self._next_position += len(batch.items)
+            self.items.update(zip(batch.positions, batch.items))
+            self._batches[index] = batch
+        return self._batches[index]
+
+    def forget(self, index: int) -> None:
+        for position in self._batches.pop(index).positions:
+            self.items.pop(position, None)
+
+
+@dataclass
+class _Epoch:
+    number: int
+    stream: EpochStream
+    loader: PrefetchingLoader | None
 
 
 class Trainer:
     """Holds a run's state; :func:`train` is the entry point."""
 
     def __init__(self, config: TrainConfig):
-        from ..models.registry import load_model, model_folder
+        from ..models.registry import check_device, load_model, model_folder
 
         self.config = config
-        self.device = init_distributed(config.device)
+        check_device(config.device)  # one clear line for cuda on a CPU-only machine, before any CUDA call
+        self.device = collectives.join(config.device)
         self.rank, self.world_size = world()
         self.output = Path(config.output)
-        loaded = load_examples(config)  # first: a bad path fails before a large model loads
+        # first: a bad path or setting fails before a large model loads
+        self.temperature = Temperature(config.temperature, learn=config.learn_temperature,
+                                       minimum=config.min_temperature).to(self.device)
+        loaded = load_examples(config)
         torch.manual_seed(config.seed)
         self.base_folder = model_folder(config.model)
-        self.embedder: Embedder = load_model(config.model, device=self.device, **config.model_options)
+        self.embedder: Embedder = load_model(config.model, device=str(self.device), **load_options(config))
         if not isinstance(self.embedder, Trainable):
             raise TrainingError(f"{type(self.embedder).__name__} cannot be fine-tuned (no training contract)")
         self.examples, sizes, weights, self.errors = usable_examples(loaded, self.embedder, self.rank)
+        self.startup_errors = len(self.errors)
         self.plan = BatchPlan(sizes, weights, global_batch=config.batch_size * self.world_size, seed=config.seed,
                               batching=config.batching, keep_short=self.world_size == 1)
         self.micro_per_epoch = len(self.plan.epoch(0))
@@ -165,16 +252,19 @@ class Trainer:
             targets = config.lora_targets if config.lora_targets is not None else self.embedder.lora_targets
             self.lora_config = lora.add_lora(self.module, r=config.lora_r, alpha=config.lora_alpha,
                                              targets=targets, dropout=config.lora_dropout)
-        train_modules = (list(config.train_modules) if config.train_modules is not None
-                         else list(self.embedder.train_modules))
-        self.trainable_count = lora.select_trainable(self.module, full=config.full, train_modules=train_modules)
+            lora.set_dropout(self.module, False)  # on during training steps only (step_mode)
+        self.train_modules = (list(config.train_modules) if config.train_modules is not None
+                              else list(self.embedder.train_modules))
+        self.trainable_count = lora.select_trainable(self.module, full=config.full, train_modules=self.train_modules)
         if config.grad_checkpointing:
             lora.enable_checkpointing(self.module)
-        self.temperature = Temperature(config.temperature, learn=config.learn_temperature)
         self.trainable_names = [n for n, p in self.module.named_parameters() if p.requires_grad]
         self.params = [p for p in self.module.parameters() if p.requires_grad]
+        lora.keep_float32(self.params)
+        self.autocast_dtype = self._autocast_dtype()
         optimised = self.params + ([self.temperature.log_inverse] if config.learn_temperature else [])
         self.optimizer = torch.optim.AdamW(optimised, lr=config.lr, weight_decay=config.weight_decay)
+        self.reducer = GradientReducer(optimised)
 
         per_epoch = max(1, self.micro_per_epoch // config.grad_accum)
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))
@@ -185,71 +275,210 @@ class Trainer:
         self.step = 0
         self.position = Position()
         self.metrics: list[dict[str, Any]] = []
-        self._epoch_batches: tuple[int, list[list[int]]] | None = None
+        #: steps skipped for a non-finite loss or gradient, and those that held τ at its bound
+        self.skipped_steps: list[int] = []
+        self.bound_steps: list[int] = []
+        #: examples found bad while training (an item that could not be prepared)
+        self.bad_examples: set[int] = set()
+        self._epoch: _Epoch | None = None
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """bfloat16 under ``bf16`` or when frozen weights are bfloat16 anyway; refuses float16."""
+        frozen = {p.dtype for p in self.module.parameters() if not p.requires_grad and p.is_floating_point()}
+        if torch.float16 in frozen:
+            raise TrainingError("the model's weights are float16, which trains unstably without loss scaling: "
+                                "load it in bfloat16 (--bf16) or float32 (--dtype float32)")
+        if not self.config.bf16 and torch.bfloat16 in frozen:
+            if self.rank == 0:
+                print("umr train: the frozen weights are bfloat16: the step runs under bf16 autocast (as with "
+                      "--bf16); trainable weights and the optimizer state stay float32", file=sys.stderr)
+            return torch.bfloat16
+        return torch.bfloat16 if self.config.bf16 else None
+
+    @property
+    def precision(self) -> dict[str, Any]:
+        """The dtypes the run computes in (recorded in training.json)."""
+        frozen = sorted({str(p.dtype).removeprefix("torch.") for p in self.module.parameters()
+                         if not p.requires_grad and p.is_floating_point()})
+        return {"frozen_weights": frozen, "trainable_weights": "float32",
+                "autocast": str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else None}
 
     # -- data ------------------------------------------------------------------------------------
 
-    def next_micro_batch(self) -> tuple[list[Item], list[Item], list[Item]]:
-        """This process's (queries, positives, hard negatives) of the next global micro-batch."""
-        if self.position.index >= self.micro_per_epoch:
-            self.position = Position(self.position.epoch + 1, 0)
-        epoch = self.position.epoch
-        if self._epoch_batches is None or self._epoch_batches[0] != epoch:
-            self._epoch_batches = (epoch, self.plan.epoch(epoch))
-        batch = self._epoch_batches[1][self.position.index]
-        self.position.index += 1
+    def _micro_batch(self, plan: list[list[int]], epoch: int, index: int) -> MicroBatch:
+        """This process's examples of global micro-batch ``index`` of ``epoch``, and their items."""
         share = self.config.batch_size
-        mine = batch[self.rank * share: (self.rank + 1) * share]
-        queries, positives, negatives = [], [], []
-        for i in mine:
-            example = self.examples[i]
-            queries.append(example.query)
-            positives.append(example.positive)
-            negatives.extend(sample_negatives(example, self.config.hard_negatives, seed=self.config.seed,
-                                              epoch=epoch, index=i))
-        return queries, positives, negatives
+        mine = [i for i in plan[index][self.rank * share: (self.rank + 1) * share] if i not in self.bad_examples]
+        chosen = [self.examples[i] for i in mine]
+        negatives = [sample_negatives(e, self.config.hard_negatives, seed=self.config.seed, epoch=epoch, index=i)
+                     for e, i in zip(chosen, mine)]
+        items = [e.query for e in chosen] + [e.positive for e in chosen] + [n for group in negatives for n in group]
+        return MicroBatch(examples=list(mine), negatives=negatives, items=items)
+
+    def _prepare(self, item: Item) -> Any:
+        self.embedder.check(item)
+        return self.embedder.prepare_training_item(item)
+
+    def _open_epoch(self, epoch: int, start: int) -> _Epoch:
+        if self._epoch is not None and self._epoch.loader is not None:
+            self._epoch.loader.close()
+        plan = self.plan.epoch(epoch)
+        stream = EpochStream(functools.partial(self._micro_batch, plan, epoch), start=start, stop=len(plan))
+        workers = 0
+        if isinstance(self.embedder, Prefetching):
+            workers = resolved_workers(self.embedder.prefetch_workers)
+            if self.device.type == "cuda":  # the CPU idles while the accelerator runs the forward
+                workers = max(1, workers)
+        loader = (PrefetchingLoader(stream.items, stream, self._prepare, workers=workers,
+                                    ahead=self.embedder.prefetch_ahead) if workers else None)
+        return _Epoch(epoch, stream, loader)
+
+    def next_micro_batch(self) -> tuple[MicroBatch, list[Any]]:
+        """This process's next micro-batch and its prepared items (examples with an item that
+        cannot be prepared left out and reported; a micro-batch left empty is passed over)."""
+        while True:
+            if len(self.bad_examples) == len(self.examples):
+                raise TrainingError(f"no example could be prepared for the model ({len(self.bad_examples)} bad; "
+                                    f"first: {self.errors[self.startup_errors]})")
+            if self.position.index >= self.micro_per_epoch:
+                self.position = Position(self.position.epoch + 1, 0)
+            if self._epoch is None or self._epoch.number != self.position.epoch:
+                self._epoch = self._open_epoch(self.position.epoch, self.position.index)
+            index = self.position.index
+            self.position.index += 1
+            batch = self._epoch.stream.micro_batch(index)
+            batch, prepared = self._take(batch)
+            if self._epoch.loader is not None:
+                self._epoch.loader.release(self._epoch.stream.micro_batch(index).positions)
+            self._epoch.stream.forget(index)
+            if batch.examples:
+                return batch, prepared
+
+    def _take(self, batch: MicroBatch) -> tuple[MicroBatch, list[Any]]:
+        loader = self._epoch.loader
+        while batch.examples:
+            try:
+                return batch, (loader.take(batch.positions) if loader is not None
+                               else Embedder._each_item(batch.items, self._prepare))
+            except ItemError as exc:
+                j = batch.example_of(exc.index or 0)
+                error = example_error(self.examples[batch.examples[j]], exc)
+                self.errors.append(error)
+                self.bad_examples.add(batch.examples[j])  # left out of later batches too
+                if self.rank == 0:
+                    print(f"umr train: left out a bad example at step {self.step + 1}: {error}", file=sys.stderr)
+                batch = batch.without(j)
+        return batch, []
 
     # -- one optimizer step -------------------------------------------------------------------------
 
-    def loss_fn(self, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor):
-        return distributed_info_nce(q, p, n, temperature=self.temperature(),
+    def loss_fn(self, vectors: torch.Tensor, *, counts: tuple[int, int, int], examples: list[int]):
+        return distributed_info_nce(vectors, counts, examples=examples, temperature=self.temperature(),
                                     false_negative_margin=self.config.false_negative_margin)
 
-    def train_step(self) -> float:
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The run's bf16 autocast, if any (trainable float32 modules meet bf16 activations)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @contextlib.contextmanager
+    def step_mode(self):
+        """What a training step runs under: LoRA's dropout on, the autocast (once, around every
+        forward and backward of the step)."""
+        if self.lora_config is not None:
+            lora.set_dropout(self.module, True)
+        try:
+            with self.autocast():
+                yield
+        finally:
+            if self.lora_config is not None:
+                lora.set_dropout(self.module, False)
+
+    def accumulate_gradients(self) -> torch.Tensor:
+        """Backward of the step's micro-batches, gradients averaged over processes; returns the
+        step's loss (a tensor on the device: reading it waits for the device)."""
         config = self.config
-        total = 0.0
-        for _ in range(config.grad_accum):
-            groups = self.next_micro_batch()
-            total += backward_step(self.embedder, groups, self.loss_fn, chunk=config.grad_cache_chunk,
-                                   scale=1.0 / config.grad_accum, autocast=_autocast(config))
-        _average_gradients(self.params)
-        if config.learn_temperature:
-            _average_gradients([self.temperature.log_inverse])
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.temperature.zero_grad(set_to_none=True)
-        self.step += 1
+        total = torch.zeros((), device=self.device)
+        with self.step_mode():
+            for m in range(config.grad_accum):
+                batch, prepared = self.next_micro_batch()
+                loss_fn = functools.partial(self.loss_fn, counts=batch.counts, examples=batch.examples)
+                total = total + backward_step(
+                    self.embedder.training_forward_prepared, prepared, loss_fn, device=self.device,
+                    chunk=config.grad_cache_chunk, scale=1.0 / config.grad_accum,
+                    before_last_backward=self.reducer.arm if m == config.grad_accum - 1 else None)
+        self.reducer.finish()
         return total / config.grad_accum
+
+    def apply_update(self, loss: torch.Tensor) -> float:
+        """Check the step, clip, update; returns the loss value. A non-finite loss or gradient
+        stops the run (:class:`NonFiniteError`) or skips the update (``on_nonfinite="skip"``)."""
+        config = self.config
+        step = self.step + 1
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        checks = [loss.float(), norm.float().to(self.device)]
+        if config.learn_temperature and self.temperature.log_inverse.grad is not None:
+            checks.append(self.temperature.log_inverse.grad.float())
+        value, norm_value, *temperature_grad = torch.stack(checks).tolist()  # the step's one wait
+        bad = [f"{what} is {number}" for what, number in
+               (("the loss", value), ("the gradient norm", norm_value),
+                ("the temperature's gradient", temperature_grad[0] if temperature_grad else 0.0))
+               if not math.isfinite(number)]
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            if config.on_nonfinite != "skip":
+                raise NonFiniteError(
+                    f"step {step}: {', '.join(bad)}; stopped before updating the weights with it (the last "
+                    f"checkpoint in {self.output / 'checkpoints'} is intact). Lower --lr, check the data, or pass "
+                    f"--on-nonfinite skip to skip such steps")
+            self.skipped_steps.append(step)
+            if self.rank == 0:
+                print(f"umr train: step {step} skipped ({', '.join(bad)}); {len(self.skipped_steps)} step(s) "
+                      f"skipped so far", file=sys.stderr)
+        else:
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grads_with_norm_(self.params, config.max_grad_norm, norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if config.learn_temperature and self.temperature.keep_in_bounds():
+                if not self.bound_steps and self.rank == 0:
+                    print(f"umr train: the learned temperature reached its lower bound {config.min_temperature} "
+                          f"at step {step}; it is held there (min_temperature)", file=sys.stderr)
+                self.bound_steps.append(step)
+        self.scheduler.step()
+        self.step = step
+        return value
+
+    def train_step(self) -> float:
+        return self.apply_update(self.accumulate_gradients())
 
     # -- checkpoints ---------------------------------------------------------------------------------
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.module.named_parameters() if p.requires_grad}
 
+    def check_weights(self) -> None:
+        """Refuse to write weights that are not finite (whatever made them so)."""
+        bad = [name for name, p in zip(self.trainable_names, self.params) if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NonFiniteError(f"after step {self.step}, {len(bad)} trainable tensor(s) are not finite "
+                                 f"(first: {bad[0]}); nothing was written. Lower --lr or check the data")
+
     def save_checkpoint(self) -> None:
+        self.check_weights()  # on every process: the same weights, the same verdict
         if self.rank == 0:
             checkpoint.save(self.output / "checkpoints", self.step, {
                 "step": self.step, "epoch": self.position.epoch, "index": self.position.index,
                 "trainable": self.trainable_state(), "temperature": self.temperature.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": checkpoint.rng_state(), "metrics": self.metrics,
+                "rng": checkpoint.rng_state(self.device), "metrics": self.metrics,
+                "skipped_steps": self.skipped_steps, "bound_steps": self.bound_steps,
+                "errors": self.errors[self.startup_errors:], "bad_examples": sorted(self.bad_examples),
                 "config": self.config.to_dict(),
             }, keep=self.config.keep_checkpoints)
-        if self.world_size > 1:
-            dist.barrier()
+        collectives.wait_for_all()
 
     def restore(self) -> bool:
         state = checkpoint.load_latest(self.output / "checkpoints")
@@ -271,10 +500,14 @@ class Trainer:
         self.temperature.load_state_dict(state["temperature"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"])
+        checkpoint.set_rng_state(state["rng"], self.device)
         self.step = int(state["step"])
         self.position = Position(int(state["epoch"]), int(state["index"]))
         self.metrics = list(state["metrics"])
+        self.skipped_steps = list(state.get("skipped_steps", []))
+        self.bound_steps = list(state.get("bound_steps", []))
+        self.errors = self.errors[: self.startup_errors] + list(state.get("errors", []))
+        self.bad_examples = set(state.get("bad_examples", []))
         return True
 
     # -- the run ---------------------------------------------------------------------------------
@@ -298,24 +531,29 @@ class Trainer:
                    disable=not config.progress or self.rank != 0)
         started = time.perf_counter()
         done_here = 0
-        while self.step < self.total_steps:
-            lr = self.scheduler.get_last_lr()[0]
-            loss = self.train_step()
-            done_here += 1
-            rate = done_here * examples_per_step / max(1e-9, time.perf_counter() - started)
-            row = {"step": self.step, "epoch": self.position.epoch, "loss": loss, "lr": lr,
-                   "temperature": self.temperature.value, "examples_per_s": rate}
-            self.metrics.append(row)
-            if self.step % max(1, config.log_every) == 0 or self.step == self.total_steps:
-                logger.write(row)
-            bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.1f}")
-            bar.update(1)
-            if (config.eval_data and config.eval_every and self.step % config.eval_every == 0
-                    and self.step < self.total_steps):  # the last step's evaluation is the final one
-                logger.write_eval(self.step, self.evaluate())
-            if config.save_every and self.step % config.save_every == 0 and self.step < self.total_steps:
-                self.save_checkpoint()
-        bar.close()
+        try:
+            while self.step < self.total_steps:
+                lr = self.scheduler.get_last_lr()[0]
+                loss = self.train_step()
+                done_here += 1
+                rate = done_here * examples_per_step / max(1e-9, time.perf_counter() - started)
+                row = {"step": self.step, "epoch": self.position.epoch, "loss": loss, "lr": lr,
+                       "temperature": self.temperature.value, "examples_per_s": rate}
+                self.metrics.append(row)
+                if self.step % max(1, config.log_every) == 0 or self.step == self.total_steps:
+                    logger.write(row)
+                bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.1f}")
+                bar.update(1)
+                if (config.eval_data and config.eval_every and self.step % config.eval_every == 0
+                        and self.step < self.total_steps):  # the last step's evaluation is the final one
+                    logger.write_eval(self.step, self.evaluate())
+                if config.save_every and self.step % config.save_every == 0 and self.step < self.total_steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if self._epoch is not None and self._epoch.loader is not None:
+                self._epoch.loader.close()
+            self.reducer.close()
         self.save_checkpoint()
         final_eval = self.evaluate() if config.eval_data else None
         if final_eval is not None:
@@ -323,26 +561,29 @@ class Trainer:
         if self.rank == 0:
             self.save_model(final_eval)
             logger.close(plot=True)
-        if self.world_size > 1:
-            dist.barrier()
+        collectives.wait_for_all()
         return self.output
 
     def evaluate(self) -> dict[str, float]:
-        """Headline metrics of the current model on ``eval_data`` (rank 0 only; others get {})."""
-        if self.rank != 0:
-            return {}
+        """Headline metrics of the current model on ``eval_data``. Every process evaluates (the
+        same model, the same numbers), so none waits in a collective past NCCL's timeout."""
         from ..eval import evaluate, load_beir, load_mbeir
 
         data = self.config.eval_data
         tasks = load_mbeir(data) if self.config.eval_benchmark == "mbeir" else load_beir(data)
-        results = evaluate(self.embedder, tasks)
+        with self.autocast():
+            results = evaluate(self.embedder, tasks)
         return {f"{r['task']}/{k}": v for r in results["tasks"] for k, v in r["metrics"].items()
                 if isinstance(v, (int, float))}
 
     def save_model(self, final_eval: dict[str, float] | None) -> None:
-        """The trained model (LoRA merged) in ``output``, loadable by ``umr.load_model``."""
+        """The trained model (LoRA merged) in ``output``, loadable by ``umr.load_model``; with
+        ``save_adapter``, the LoRA adapter (and trained modules) as peft's files in ``output/adapter``."""
+        self.check_weights()
+        adapter_base = None
         if self.lora_config is not None and self.config.save_adapter:
-            lora.save_adapter(self.module, self.lora_config, self.output / "adapter", base_model=str(self.base_folder))
+            adapter_base = lora.save_adapter(self.module, self.lora_config, self.output / "adapter",
+                                             base_model=str(self.base_folder), train_modules=self.train_modules)
         if self.lora_config is not None:
             lora.merge(self.module)
         from ..models.registry import quiet_transformers
@@ -357,11 +598,14 @@ class Trainer:
                       "tasks": s.tasks, "fingerprint": source_fingerprint(Path(s.path))} for s in self.config.data],
             "examples": len(self.examples), "skipped_examples": len(self.errors),
             "config": self.config.to_dict(), "processes": self.world_size,
-            "trainable_parameters": self.trainable_count,
+            "trainable_parameters": self.trainable_count, "precision": self.precision,
             "steps": self.step, "epochs_seen": self.position.epoch + 1,
+            "skipped_steps": self.skipped_steps,
             "final_loss": self.metrics[-1]["loss"] if self.metrics else None,
             "final_temperature": self.temperature.value,
+            "temperature_at_bound_steps": len(self.bound_steps),
             "final_eval": final_eval,
+            "adapter": None if adapter_base is None else {"folder": "adapter", "base_module": adapter_base or "."},
             "tensorboard": "tensorboard/" if _has_tensorboard() else "not installed (pip install tensorboard)",
         }
         write_json_atomic(self.output / "training.json", record)

@@ -26,6 +26,7 @@ import torch
 from ...images import image_size, load_image
 from ...types import Item, ItemError
 from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
+from ..prefetch import Prefetching
 from ..registry import ModelNotAvailable
 from .processing_clip_sf import ImageTransform, item_text
 
@@ -204,7 +205,7 @@ def load_uniir_state(path: Path, *, trust_checkpoint: bool = False) -> dict[str,
 # the embedder
 
 
-class ClipSfEmbedder(Embedder, Trainable):
+class ClipSfEmbedder(Embedder, Prefetching, Trainable):
     """Dual-encoder embedder: text, image, or their sum (score fusion)."""
 
     batch_size = 64
@@ -346,13 +347,19 @@ class ClipSfEmbedder(Embedder, Trainable):
         return tokenizer_spans(self.tokenizer, text)
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
-        decoded = self._each_item(items, lambda item: None if item.image is None else
-                                  self.transform(load_image(item.image, item_id=item.id)))
-        image_rows = [i for i, pixel in enumerate(decoded) if pixel is not None]
-        pixels = [decoded[i] for i in image_rows]
-        texts = [self.text_of(item) for item in items]
+        return self.embed_prepared(self._each_item(items, self.prepare))
+
+    def prepare(self, item: Item) -> tuple[torch.Tensor | None, str]:
+        """The item's preprocessed pixels (None without an image) and its (formatted) text."""
+        pixels = None if item.image is None else self.transform(load_image(item.image, item_id=item.id))
+        return pixels, self.text_of(item)
+
+    def embed_prepared(self, prepared: list[tuple[torch.Tensor | None, str]]) -> torch.Tensor:
+        image_rows = [i for i, (pixel, _) in enumerate(prepared) if pixel is not None]
+        pixels = [prepared[i][0] for i in image_rows]
+        texts = [text for _, text in prepared]
         text_rows = [i for i, t in enumerate(texts) if t]
-        out = torch.zeros(len(items), self.dim, dtype=torch.float32, device=self.device)
+        out = torch.zeros(len(prepared), self.dim, dtype=torch.float32, device=self.device)
         if text_rows:
             out[text_rows] += self.encode_texts([texts[i] for i in text_rows]).float()
         if image_rows:

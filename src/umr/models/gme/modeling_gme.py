@@ -124,7 +124,7 @@ class GmeEmbedder(Embedder, Prefetching, Trainable):
         return self.processor.process(item)
 
     def embed_prepared(self, prepared: list[ProcessedItem]) -> torch.Tensor:
-        return self.forward(prepared)
+        return self.pooled_states(prepared)  # embed() runs it in inference mode, training with gradients
 
     # -- training (umr.train) ----------------------------------------------------------------------
 
@@ -156,7 +156,7 @@ class GmeEmbedder(Embedder, Prefetching, Trainable):
         return self.pooled_states(processed)
 
     def pooled_states(self, processed: list[ProcessedItem]) -> torch.Tensor:
-        """:meth:`forward` with gradients (fine-tuning runs it through ``training_forward``)."""
+        """:meth:`forward` with gradients (fine-tuning runs it through ``embed_prepared``)."""
         lengths = [len(p.input_ids) for p in processed]
         # all sequences back to back: no padding anywhere
         input_ids = torch.tensor([t for p in processed for t in p.input_ids], dtype=torch.long, device=self.device)

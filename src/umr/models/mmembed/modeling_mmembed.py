@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from ...types import Item
 from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
+from ..prefetch import Prefetching
 from ..cpu import cpu_default_dtype
 from ..registry import ModelNotAvailable
 from .processing_mmembed import MMEmbedProcessor, ProcessedItem, build_prompt
@@ -549,7 +550,7 @@ def load_mmembed(folder: Path, *, dtype: torch.dtype | None = None, retriever_co
 # the embedder
 
 
-class MMEmbedEmbedder(Embedder, Trainable):
+class MMEmbedEmbedder(Embedder, Prefetching, Trainable):
     """MM-Embed behind umr's :class:`~umr.models.base.Embedder` interface (4096-d for the real model)."""
 
     batch_size = 8
@@ -609,7 +610,13 @@ class MMEmbedEmbedder(Embedder, Trainable):
         return self.processor.estimate_tokens(item)
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
-        return self.forward(self._each_item(items, self.processor.process))
+        return self.forward(self._each_item(items, self.prepare))
+
+    def prepare(self, item: Item) -> ProcessedItem:
+        return self.processor.process(item)
+
+    def embed_prepared(self, prepared: list[ProcessedItem]) -> torch.Tensor:
+        return self.forward(prepared)
 
     def text_window(self) -> int:
         """``max_length`` less the candidate prompt's own tokens (``<s>``, and ``</s>`` if added)."""
@@ -625,7 +632,7 @@ class MMEmbedEmbedder(Embedder, Trainable):
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         return tokenizer_spans(self.processor.tokenizer, text)
 
-    def prepare(self, processed: list[ProcessedItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def input_embeddings(self, processed: list[ProcessedItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Input embeddings (images spliced in), attention mask and pool mask, right-padded."""
         model, dtype, device = self.model, self.model.dtype, self.device
         with_image = [p for p in processed if p.pixel_values is not None]
@@ -674,5 +681,5 @@ class MMEmbedEmbedder(Embedder, Trainable):
         save_file(state, str(Path(folder) / "model.safetensors"))
 
     def forward(self, processed: list[ProcessedItem]) -> torch.Tensor:
-        inputs, attention, pool = self.prepare(processed)
+        inputs, attention, pool = self.input_embeddings(processed)
         return self.model.encode(inputs, attention, pool).float()
