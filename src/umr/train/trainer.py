@@ -169,7 +169,7 @@ class Trainer:
                          else list(self.embedder.train_modules))
         self.trainable_count = lora.select_trainable(self.module, full=config.full, train_modules=train_modules)
         if config.grad_checkpointing:
-            lora.enable_checkpointing(self.module)
+            self.embedder.enable_gradient_checkpointing()
         self.temperature = Temperature(config.temperature, learn=config.learn_temperature)
         self.trainable_names = [n for n, p in self.module.named_parameters() if p.requires_grad]
         self.params = [p for p in self.module.parameters() if p.requires_grad]
