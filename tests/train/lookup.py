@@ -30,6 +30,9 @@ class LookupEmbedder(Embedder):
     def from_pretrained(cls, path, **_options):
         return cls()
 
+    def vector_options(self) -> dict:
+        return {"shift": self.shift}  # what identifies this hand-built model's vectors
+
     def _cost(self, item: Item) -> int:
         if item.image is not None:
             from umr.images import image_size

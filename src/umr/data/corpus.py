@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 from ..fingerprint import FileDigests, file_digest, item_fingerprint
 from ..types import Item, ItemError, Modality
 from .chunking import Chunker, passage_id
-from .files import display_name, is_url, stored_path, url_refusal
+from .files import display_name, is_url, require_strings, stored_path, url_refusal
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 TEXT_EXTENSIONS = {".txt", ".md"}
@@ -474,6 +474,11 @@ def read_mbeir_pool(path: str | os.PathLike, *, image_root: str | os.PathLike | 
                 did = str(record["did"])
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 yield ItemError(None, f"not an M-BEIR candidate ({type(exc).__name__}: {exc})", line=line_no)
+                continue
+            try:
+                require_strings(record, "txt", "img_path", "modality")
+            except ValueError as exc:
+                yield ItemError(did, str(exc), line=line_no)
                 continue
             text = record.get("txt") or None
             image = record.get("img_path") or None

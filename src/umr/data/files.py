@@ -22,6 +22,15 @@ def read_jsonl_records(path: Path) -> Iterator[dict]:
                     raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
 
 
+def require_strings(record: dict, *names: str, where: str = "") -> None:
+    """``ValueError`` for the first field of ``names`` whose value is neither a string nor null
+    (a number for a text, a list for a path: a record's own error, not a crash later)."""
+    for name in names:
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"field {where + name!r} must be a string or null, got {type(value).__name__}")
+
+
 def resolve_path(root: Path, value: str | None) -> str | None:
     """``value`` as a path: absolute as given, relative under ``root``; None for empty values.
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..types import Item, ItemError
-from .files import display_name, is_storable, is_url, resolve_path, url_refusal
+from .files import display_name, is_storable, is_url, require_strings, resolve_path, url_refusal
 
 _STRING_FIELDS = ("text", "image", "instruction")
 
@@ -42,11 +42,10 @@ def parse_item_line(raw: str, *, line_no: int, base: Path) -> Item | ItemError:
     if "\\ud" in raw.lower() and not is_storable(json.dumps(record, ensure_ascii=False)):
         return ItemError(None if item_id is None else display_name(item_id),
                          "holds a lone surrogate escape (\\udXXX), which is not valid Unicode", line=line_no)
-    for name in _STRING_FIELDS:
-        value = record.get(name)
-        if value is not None and not isinstance(value, str):
-            return ItemError(item_id, f"field {name!r} must be a string or null, got "
-                                      f"{type(value).__name__}", line=line_no)
+    try:
+        require_strings(record, *_STRING_FIELDS)
+    except ValueError as exc:
+        return ItemError(item_id, str(exc), line=line_no)
     is_query = record.get("is_query", False)
     if not isinstance(is_query, bool):
         return ItemError(item_id, f"field 'is_query' must be true or false, got {type(is_query).__name__}",

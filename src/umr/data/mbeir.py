@@ -30,9 +30,9 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
-from .files import read_jsonl_records, resolve_path
+from .files import read_jsonl_records, require_strings, resolve_path
 from .qrels import read_qrels
 from .tasks import RetrievalTask, category_of
 from ..types import Item, Modality
@@ -72,6 +72,16 @@ def read_instructions(path: str | Path) -> dict[tuple[str, str, str], list[str]]
     return table
 
 
+def candidate_ids(record: dict, field: str) -> list[str]:
+    """A query record's ``pos_cand_list`` / ``neg_cand_list`` as id strings (absent: none)."""
+    value = record.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(d, (str, int)) for d in value):
+        raise ValueError(f"{field!r} must be a list of candidate ids")
+    return [str(d) for d in value]
+
+
 def pick_instruction(prompts: list[str], *, qid: str, policy: InstructionPolicy, seed: int) -> str | None:
     if policy == "none" or not prompts:
         return None
@@ -82,17 +92,22 @@ def pick_instruction(prompts: list[str], *, qid: str, policy: InstructionPolicy,
 
 
 
+def pool_item(record: Any, root: str | Path) -> Item:
+    """One candidate record of an M-BEIR pool file (text/image kept according to its
+    ``modality``); a record that is not one raises ``ValueError`` saying why."""
+    if not isinstance(record, dict) or not isinstance(record.get("did"), (str, int)):
+        raise ValueError("a pool record needs a 'did' (string or number)")
+    require_strings(record, "txt", "img_path", "modality")
+    modality = Modality.parse(record.get("modality") or ("image" if record.get("img_path") else "text"))
+    text = record.get("txt") if modality in (Modality.TEXT, Modality.FUSED) else None
+    image = resolve_path(Path(root), record.get("img_path")) if modality in (Modality.IMAGE, Modality.FUSED) else None
+    return Item.candidate(text=text if text is not None or image is not None else "", image=image,
+                          id=str(record["did"]))
+
+
 def read_pool(path: str | Path, root: str | Path) -> list[Item]:
-    """Candidates of an M-BEIR pool file; text/image kept according to the ``modality`` field."""
-    root = Path(root)
-    items = []
-    for record in read_jsonl_records(Path(path)):
-        modality = Modality.parse(record.get("modality") or ("image" if record.get("img_path") else "text"))
-        text = record.get("txt") if modality in (Modality.TEXT, Modality.FUSED) else None
-        image = resolve_path(root, record.get("img_path")) if modality in (Modality.IMAGE, Modality.FUSED) else None
-        items.append(Item.candidate(text=text if text is not None or image is not None else "",
-                                    image=image, id=str(record["did"])))
-    return items
+    """Candidates of an M-BEIR pool file (:func:`pool_item` of each record)."""
+    return [pool_item(record, root) for record in read_jsonl_records(Path(path))]
 
 
 class MBEIR:
@@ -139,6 +154,38 @@ class MBEIR:
             self._instructions = read_instructions(path) if path.is_file() else {}
         return self._instructions
 
+    def require_instructions(self) -> None:
+        if not (self.root / "instructions" / "query_instructions.tsv").is_file():
+            raise FileNotFoundError(f"{self.root}/instructions/query_instructions.tsv is missing "
+                                    "(use instruction_policy='none' to embed queries bare)")
+
+    def query_item(self, name: str, record: Any, *, candidate_modality: str | None,
+                   instruction_policy: InstructionPolicy = "random", seed: int = 0) -> Item:
+        """One query record of task ``name``: text and image as its ``query_modality`` says, and
+        UniIR's instruction for (dataset, query modality, ``candidate_modality`` — its first
+        positive's, else the task's). A record that is not one raises ``ValueError`` saying why,
+        one with no instruction in the table ``KeyError``."""
+        if not isinstance(record, dict) or not isinstance(record.get("qid"), (str, int)):
+            raise ValueError("a query record needs a 'qid' (string or number)")
+        require_strings(record, "query_txt", "query_img_path", "query_modality")
+        qid = str(record["qid"])
+        dataset, task_id = name.rsplit("_task", 1)
+        query_mod, target = MBEIR_TASKS.get(int(task_id), (None, None))
+        qmod = Modality.parse(record.get("query_modality") or query_mod or "text")
+        text = record.get("query_txt") if qmod in (Modality.TEXT, Modality.FUSED) else None
+        image = resolve_path(self.root, record.get("query_img_path")) if qmod in (Modality.IMAGE, Modality.FUSED) else None
+        cmod = candidate_modality or target or "text"
+        instruction = None
+        if instruction_policy != "none":
+            key_id = qid.split(":")[0]
+            table = self.instructions()
+            prompts = table.get((key_id, str(qmod), cmod)) or table.get((dataset, str(qmod), cmod))
+            if not prompts:
+                raise KeyError(f"{name}: no query instruction for (dataset {key_id}, {qmod}, {cmod}) "
+                               "in instructions/query_instructions.tsv")
+            instruction = pick_instruction(prompts, qid=qid, policy=instruction_policy, seed=seed)
+        return Item.query(text=text, image=image, instruction=instruction, id=qid)
+
     def task(self, name: str, *, pool: Literal["local", "global"] = "local",
              instruction_policy: InstructionPolicy = "random", seed: int = 0) -> RetrievalTask:
         if name not in self.query_files:
@@ -151,31 +198,17 @@ class MBEIR:
         candidates = self.pool(pool_path)
         cand_modality = {c.id: str(c.modality) for c in candidates}
         query_mod, target = MBEIR_TASKS.get(task_num, (None, None))
-        instructions = self.instructions() if instruction_policy != "none" else {}
-        if instruction_policy != "none" and not (self.root / "instructions" / "query_instructions.tsv").is_file():
-            raise FileNotFoundError(f"{self.root}/instructions/query_instructions.tsv is missing "
-                                    "(use instruction_policy='none' to embed queries bare)")
+        if instruction_policy != "none":
+            self.require_instructions()
 
         queries: list[Item] = []
         pos_qrels: dict[str, dict[str, int]] = {}
         for record in read_jsonl_records(self.query_files[name]):
-            qid = str(record["qid"])
-            qmod = Modality.parse(record.get("query_modality") or query_mod or "text")
-            text = record.get("query_txt") if qmod in (Modality.TEXT, Modality.FUSED) else None
-            image = resolve_path(self.root, record.get("query_img_path")) if qmod in (Modality.IMAGE, Modality.FUSED) else None
-            positives = [str(d) for d in record.get("pos_cand_list") or []]
-            pos_qrels[qid] = {d: 1 for d in positives}
-            cmod = cand_modality.get(positives[0]) if positives else None
-            cmod = cmod or target or "text"
-            instruction = None
-            if instruction_policy != "none":
-                key_id = qid.split(":")[0]
-                prompts = instructions.get((key_id, str(qmod), cmod)) or instructions.get((dataset, str(qmod), cmod))
-                if not prompts:
-                    raise KeyError(f"{name}: no query instruction for (dataset {key_id}, {qmod}, {cmod}) "
-                                   "in instructions/query_instructions.tsv")
-                instruction = pick_instruction(prompts, qid=qid, policy=instruction_policy, seed=seed)
-            queries.append(Item.query(text=text, image=image, instruction=instruction, id=qid))
+            positives = candidate_ids(record, "pos_cand_list")
+            query = self.query_item(name, record, candidate_modality=cand_modality.get(positives[0]) if positives
+                                    else None, instruction_policy=instruction_policy, seed=seed)
+            pos_qrels[query.id] = {d: 1 for d in positives}
+            queries.append(query)
 
         qrels_path = self.root / "qrels" / self.split / f"mbeir_{name}_{self.split}_qrels.txt"
         task_tag = str(task_num)

@@ -19,7 +19,6 @@ millions of candidates work as ``umr index`` does.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -28,15 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import numpy as np
 
 from ..types import Item, ItemError, Modality
 
 KINDS = ("wrong_modality", "same_modality", "plain")
-#: the file beside the pool index that records which model state embedded it
-MODEL_STAMP = "mining-model.json"
-#: texts whose vectors identify a model's weights (a retrained checkpoint at the same path differs)
-_PROBES = ("a red square on a white background", "what is the capital of france?", "0 1 2 3 4 5 6 7 8 9")
 
 
 @dataclass
@@ -141,9 +135,9 @@ def _abs(image: Any) -> str | None:
 
 def read_training_queries(path: str | os.PathLike, settings: MineSettings) -> Iterator[MiningQuery | ItemError]:
     """The examples of a training JSONL, read as ``umr train`` reads them (bad lines are errors)."""
-    from .data import read_examples_jsonl
+    from .data import JsonlExamples
 
-    examples, errors = read_examples_jsonl(path)
+    examples, errors = JsonlExamples(path).read_all()
     yield from errors
     for number, example in enumerate(examples, start=1):
         q, pos = example.query, example.positive
@@ -163,75 +157,45 @@ def read_training_queries(path: str | os.PathLike, settings: MineSettings) -> It
 
 def read_mbeir_queries(root: str | os.PathLike, settings: MineSettings, *, split: str = "train",
                        tasks: Iterable[str] | None = None, seed: int = 0) -> Iterator[MiningQuery | ItemError]:
-    """M-BEIR training queries as :class:`~umr.data.mbeir.MBEIR` reads them (UniIR's instructions,
-    the task's candidate modality as target, every qrels positive excluded); a task that cannot
-    be read is one error, the others go on."""
-    from ..data.mbeir import MBEIR
+    """M-BEIR training queries as ``umr train`` reads them (:class:`~umr.train.data.MBEIRExamples`:
+    UniIR's instructions, or ``settings.instruction``), the task's candidate modality as target,
+    every ``pos_cand_list`` positive excluded; a bad query is its error, the others go on."""
+    from .data import MBEIRExamples
 
-    bench = MBEIR(root, split=split)
-    names = list(tasks) if tasks else bench.task_names
-    unknown = [n for n in names if n not in bench.query_files]
-    if unknown:
-        raise ValueError(f"no M-BEIR {split} task {unknown[0]!r}; have: {', '.join(bench.task_names)}")
-    policy = "none" if settings.instruction is not None else "random"
-    for name in names:
+    reader = MBEIRExamples(root, tasks=tasks, split=split, instruction=settings.instruction, seed=seed)
+    for index in range(len(reader)):
         try:
-            try:
-                bench.local_pool_path(name)
-                pool = "local"
-            except FileNotFoundError:
-                pool = "global"
-            task = bench.task(name, pool=pool, instruction_policy=policy, seed=seed)
-        except (FileNotFoundError, KeyError, ValueError) as exc:
-            yield ItemError(name, f"M-BEIR task cannot be read: {exc}")
+            found = reader.query(index)
+        except ItemError as exc:
+            yield exc
             continue
-        target = settings.target_modality or task.target_modality.value
-        for q in task.queries:
-            positives = [d for d, grade in task.qrels.get(q.id, {}).items() if grade > 0]
-            if not positives:
-                yield ItemError(q.id, f"{name}: the query has no positive")
-                continue
-            instruction = settings.instruction or q.instruction
-            query = {"id": q.id, "text": q.text, "image": _abs(q.image), "instruction": instruction}
-            yield MiningQuery(
-                key=q.id, query=Item.query(text=q.text, image=q.image, instruction=instruction, id=q.id),
-                example={"query": query, "positive": None, "source": name}, positive_ids=set(positives),
-                target_modality=target, positive_from_pool=positives[0])
+        q = found.query
+        query = {"id": q.id, "text": q.text, "image": _abs(q.image), "instruction": q.instruction}
+        yield MiningQuery(
+            key=q.id, query=q, example={"query": query, "positive": None, "source": found.task},
+            positive_ids=set(found.positives), target_modality=settings.target_modality or found.target_modality,
+            positive_from_pool=found.positives[0])
 
 
 # -- the pool --------------------------------------------------------------------------------------
 
 
-def model_fingerprint(model) -> str:
-    """A short hash of the model's vectors for fixed probe texts: equal weights, equal fingerprint."""
-    vectors = model.encode_candidates(list(_PROBES), show_progress_bar=False)
-    rounded = np.round(np.asarray(vectors, np.float64), 4) + 0.0  # + 0.0: no negative zeros
-    digest = hashlib.blake2b(rounded.tobytes(), digest_size=12)
-    digest.update(f"{model.name}:{model.dim}".encode())
-    return digest.hexdigest()
-
-
-def open_pool_index(model, pool: str | os.PathLike, folder: str | os.PathLike, *, fingerprint: str,
-                    method: str = "exact", image_root=None, batch_size: int | None = None,
-                    model_options: dict | None = None, progress: Callable[[int], None] | None = None):
+def open_pool_index(model, pool: str | os.PathLike, folder: str | os.PathLike, *, method: str = "exact",
+                    image_root=None, batch_size: int | None = None, model_options: dict | None = None,
+                    progress: Callable[[int], None] | None = None):
     """The pool embedded by ``model`` in ``folder``: created, or brought up to date (resumable).
 
-    An index embedded by another state of the model (same name, other weights) is refused.
+    An index embedded by another model — other weights at the same path included — is refused
+    (:class:`~umr.index.index.ModelMismatch`): the index checks the model's identity
+    (:mod:`umr.models.identity`) as it does for ``umr search``.
     """
     from ..index import Index
 
     folder = Path(folder)
-    stamp = folder / MODEL_STAMP
     if Index.exists(folder):
-        recorded = json.loads(stamp.read_text(encoding="utf-8")).get("fingerprint") if stamp.is_file() else None
-        if recorded != fingerprint:
-            raise ValueError(f"{folder} was embedded by another model state (fingerprint {recorded}, this "
-                             f"model {fingerprint}): delete it or pass another --index")
         index = Index.open(folder, model=model, writable=True)
     else:
         index = Index.create(folder, model, method=method, model_options=model_options)
-        stamp.write_text(json.dumps({"model": str(model.name), "fingerprint": fingerprint}) + "\n",
-                         encoding="utf-8")
     summary = index.index_corpus(pool, image_root=image_root, batch_size=batch_size, progress=progress)
     return index, summary
 
@@ -407,17 +371,17 @@ def mine_file(model, *, pool: str | os.PathLike, output: str | os.PathLike, sett
     from tqdm.auto import tqdm
 
     from ..data.corpus import count_corpus
+    from ..models.identity import model_identity
 
     if (data is None) == (mbeir is None):
         raise ValueError("give exactly one of data (a training JSONL) and mbeir (an M-BEIR folder)")
     output = Path(output)
     index_dir = Path(index_dir) if index_dir is not None else output.with_suffix(".index")
-    fingerprint = model_fingerprint(model)
     bar_options = dict(unit="item", dynamic_ncols=True, file=sys.stderr, disable=not show_progress)
     with tqdm(total=count_corpus(pool), desc="embed pool", **bar_options) as bar:
-        index, pool_summary = open_pool_index(model, pool, index_dir, fingerprint=fingerprint, method=method,
-                                              image_root=image_root, batch_size=batch_size,
-                                              model_options=model_options, progress=bar.update)
+        index, pool_summary = open_pool_index(model, pool, index_dir, method=method, image_root=image_root,
+                                              batch_size=batch_size, model_options=model_options,
+                                              progress=bar.update)
     with index:
         if data is not None:
             queries = list(read_training_queries(data, settings))
@@ -425,7 +389,7 @@ def mine_file(model, *, pool: str | os.PathLike, output: str | os.PathLike, sett
             queries = list(read_mbeir_queries(mbeir, settings, split=split, tasks=tasks, seed=seed))
         provenance = {
             "model": {"name": str(model.name), "dim": int(model.dim), "options": dict(model_options or {}),
-                      "fingerprint": fingerprint},
+                      "identity": model_identity(model).to_dict()},
             "pool": {"path": str(Path(pool).resolve()), "fingerprint": file_fingerprint(pool),
                      "index": str(index_dir.resolve()), "items": len(index),
                      "skipped": len(pool_summary.skipped), "errors": len(pool_summary.errors)},

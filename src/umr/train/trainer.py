@@ -31,10 +31,10 @@ import torch.distributed as dist
 
 from ..models.base import Embedder, Trainable
 from ..models.identity import files_fingerprint
-from ..types import Item, ItemError
+from ..types import Item
 from . import checkpoint, lora
 from .config import TrainConfig
-from .data import BatchPlan, Example, Loaded, load_source, sample_negatives
+from .data import BatchPlan, TrainingData, sample_negatives
 from .grad_cache import backward_step
 from .loss import Temperature, distributed_info_nce, world
 from .provenance import source_fingerprint
@@ -72,37 +72,6 @@ def init_distributed(device: str) -> str:
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return device
-
-
-def load_examples(config: TrainConfig) -> list[Loaded]:
-    """Every source's examples and bad examples (the data alone: before any model loads)."""
-    return [load_source(source) for source in config.data]
-
-
-def usable_examples(loaded: list[Loaded], embedder: Embedder, rank: int
-                    ) -> tuple[list[Example], list[int], list[float], list[ItemError]]:
-    """The examples ``embedder`` can embed, laid out one source after another, each source's
-    count and weight, and the bad examples (reported on rank 0 with file and line)."""
-    examples, sizes, weights, errors = [], [], [], []
-    for part in loaded:
-        kept = []
-        errors.extend(part.errors)
-        for example in part.examples:
-            try:
-                for item in (example.query, example.positive, *example.negatives):
-                    embedder.check(item)
-                kept.append(example)
-            except ItemError as exc:
-                errors.append(ItemError(exc.item_id, f"{example.where}: {exc.reason}", line=example.line))
-        if not kept:
-            first = f" ({len(errors)} bad, first: {errors[0]})" if errors else ""
-            raise TrainingError(f"{part.source.path}: no usable training example{first}")
-        examples.extend(kept)
-        sizes.append(len(kept))
-        weights.append(float(part.source.weight))
-    if errors and rank == 0:
-        print(f"umr train: skipped {len(errors)} bad example(s); first: {errors[0]}", file=sys.stderr)
-    return examples, sizes, weights, errors
 
 
 def schedule_factor(step: int, *, total: int, warmup: int, kind: str) -> float:
@@ -145,15 +114,16 @@ class Trainer:
         self.device = init_distributed(config.device)
         self.rank, self.world_size = world()
         self.output = Path(config.output)
-        loaded = load_examples(config)  # first: a bad path fails before a large model loads
+        # first (counting only: examples are checked when drawn): a bad path fails before a large model loads
+        self.data = TrainingData(config.data)
         torch.manual_seed(config.seed)
         self.base_folder = model_folder(config.model)
         self.embedder: Embedder = load_model(config.model, device=self.device, **config.model_options)
         if not isinstance(self.embedder, Trainable):
             raise TrainingError(f"{type(self.embedder).__name__} cannot be fine-tuned (no training contract)")
-        self.examples, sizes, weights, self.errors = usable_examples(loaded, self.embedder, self.rank)
-        self.plan = BatchPlan(sizes, weights, global_batch=config.batch_size * self.world_size, seed=config.seed,
-                              batching=config.batching, keep_short=self.world_size == 1)
+        self.data.check = self.embedder.check
+        self.plan = BatchPlan(self.data.sizes, self.data.weights, global_batch=config.batch_size * self.world_size,
+                              seed=config.seed, batching=config.batching, keep_short=self.world_size == 1)
         self.micro_per_epoch = len(self.plan.epoch(0))
         if self.micro_per_epoch == 0:
             raise TrainingError(f"fewer examples than one global batch ({config.batch_size} x {self.world_size} "
@@ -198,11 +168,8 @@ class Trainer:
             self._epoch_batches = (epoch, self.plan.epoch(epoch))
         batch = self._epoch_batches[1][self.position.index]
         self.position.index += 1
-        share = self.config.batch_size
-        mine = batch[self.rank * share: (self.rank + 1) * share]
         queries, positives, negatives = [], [], []
-        for i in mine:
-            example = self.examples[i]
+        for i, example in self.data.draw(batch, rank=self.rank, world=self.world_size):
             queries.append(example.query)
             positives.append(example.positive)
             negatives.extend(sample_negatives(example, self.config.hard_negatives, seed=self.config.seed,
@@ -245,7 +212,7 @@ class Trainer:
                 "step": self.step, "epoch": self.position.epoch, "index": self.position.index,
                 "trainable": self.trainable_state(), "temperature": self.temperature.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": checkpoint.rng_state(), "metrics": self.metrics,
+                "rng": checkpoint.rng_state(), "metrics": self.metrics, "data_errors": self.data.error_state(),
                 "config": self.config.to_dict(),
             }, keep=self.config.keep_checkpoints)
         if self.world_size > 1:
@@ -275,6 +242,7 @@ class Trainer:
         self.step = int(state["step"])
         self.position = Position(int(state["epoch"]), int(state["index"]))
         self.metrics = list(state["metrics"])
+        self.data.restore_errors(state.get("data_errors", []))
         return True
 
     # -- the run ---------------------------------------------------------------------------------
@@ -355,7 +323,7 @@ class Trainer:
                            "fingerprint": files_fingerprint(self.base_folder)},
             "data": [{"path": s.path, "name": s.label, "weight": s.weight, "instruction": s.instruction,
                       "tasks": s.tasks, "fingerprint": source_fingerprint(Path(s.path))} for s in self.config.data],
-            "examples": len(self.examples), "skipped_examples": len(self.errors),
+            "examples": len(self.data), "skipped_examples": len(self.data.errors),
             "config": self.config.to_dict(), "processes": self.world_size,
             "trainable_parameters": self.trainable_count,
             "steps": self.step, "epochs_seen": self.position.epoch + 1,
@@ -365,9 +333,9 @@ class Trainer:
             "tensorboard": "tensorboard/" if _has_tensorboard() else "not installed (pip install tensorboard)",
         }
         write_json_atomic(self.output / "training.json", record)
-        if self.errors:
+        if self.data.errors:
             with (self.output / "errors.jsonl").open("w", encoding="utf-8") as handle:
-                for error in self.errors:
+                for error in self.data.errors:
                     handle.write(json.dumps(error.to_dict()) + "\n")
 
 
