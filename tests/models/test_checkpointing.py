@@ -9,11 +9,7 @@ counts below were 1 per step and the memory ratio ~1.0.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -99,53 +95,25 @@ def test_mmembed_bidirectional_mistral_and_clip_tower_recompute_with_equal_gradi
 
 # -- memory -----------------------------------------------------------------------------------------
 
-#: one training step in a fresh process: the step's own peak resident memory (ru_maxrss after the
-#: step less before it; the units cancel in the ratio)
-STEP = """
-import json, random, resource, sys
-import umr
-from umr.train.loss import info_nce
-from umr.types import Item
 
-folder, checkpointing, items, words = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4])
-model = umr.load_model(folder)
-for p in model.trainable_module().parameters():
-    p.requires_grad_(True)
-if checkpointing:
-    model.enable_gradient_checkpointing()
-vocab = "the a red blue cat dog house tree river mountain city car bird sun moon star".split()
-rng = random.Random(0)
-text = lambda: " ".join(rng.choice(vocab) for _ in range(words))
-queries = [Item.query(text()) for _ in range(items)]
-candidates = [Item.candidate(text()) for _ in range(items)]
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-info_nce(model.training_forward(queries), model.training_forward(candidates)).backward()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"step_peak": after - before, "process_peak": after, "tokens": model.check(queries[0])}))
-"""
+def _train_costs():
+    """benchmarks/train_costs.py: its activation-heavy GME and its fresh-process step measurement."""
+    import importlib.util
+    from pathlib import Path
 
-
-def activation_heavy_gme(folder):
-    """A GME whose step is mostly activations: a wide MLP (4096) over a narrow residual stream,
-    four layers, a few thousand tokens a step (the weights are ~6 MB)."""
-    from umr.models.gme.tiny import write_tiny_gme
-
-    return write_tiny_gme(folder, text=dict(hidden_size=32, intermediate_size=4096, num_hidden_layers=4))
-
-
-def step_memory(folder, *, checkpointing: bool, items: int = 6, words: int = 150) -> dict:
-    done = subprocess.run([sys.executable, "-c", STEP, str(folder), str(int(checkpointing)), str(items), str(words)],
-                          capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"),
-                          check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    path = Path(__file__).parents[2] / "benchmarks" / "train_costs.py"
+    spec = importlib.util.spec_from_file_location("train_costs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.slow
 def test_checkpointing_cuts_the_peak_memory_of_a_gme_training_step(tmp_path):
-    folder = activation_heavy_gme(tmp_path / "gme")
-    plain = step_memory(folder, checkpointing=False)
-    checked = step_memory(folder, checkpointing=True)
-    assert plain["tokens"] > 200
+    costs = _train_costs()
+    folder = costs.activation_heavy_gme(tmp_path / "gme")
+    plain = costs.step_memory(folder, checkpointing=False)
+    checked = costs.step_memory(folder, checkpointing=True)
+    assert plain["tokens_per_item"] > 200
     # four layers: about one layer's activations are held at a time (measured ~0.27; the bar is 0.75)
     assert checked["step_peak"] <= 0.75 * plain["step_peak"], (checked, plain)
