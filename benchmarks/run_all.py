@@ -185,6 +185,16 @@ BENCHMARKS: tuple[Benchmark, ...] = (
          Headline("errors", lambda doc: sum(r.get("errors", 0) for r in doc["runs"]) if "runs" in doc else None,
                   0, at_least=False, unit=""))),
     Benchmark(
+        "train_costs", "a GME training step's peak memory with --grad-checkpointing; training start-up vs data size",
+        "the same step without the flag; Trainer() on 1,000 examples (same run)",
+        ("train_costs.json", "train_costs.quick.json"),
+        (Headline("step peak memory, checkpointed / plain", at("checkpointing", "memory_ratio"), 0.75,
+                  at_least=False),
+         Headline("step time, checkpointed / plain", at("checkpointing", "time_ratio")),
+         Headline("start-up, 100k / 1k examples", at("startup", "ratio"), 1.5, at_least=False),
+         Headline("checking all examples up front (before)", at("startup", "check_everything_up_front_s"),
+                  unit=" s"))),
+    Benchmark(
         "train_miniature", "tiny CLIP-SF trained with mined vs random negatives: modality bias and R@5",
         "random in-batch negatives from the same init",
         ("train_miniature.json", "train_miniature_quick.json"),

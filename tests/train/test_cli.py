@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 import umr
 from umr.cli import main
 from umr.train import TrainConfig
-from umr.train.lora import enable_checkpointing
 from umr.types import Item
 
 from train_fixtures import backward, text_examples
@@ -58,7 +57,7 @@ def test_gradient_checkpointing_keeps_gradients(tiny_text_dir):
 
     plain = grads(umr.load_model(tiny_text_dir))
     checkpointed_model = umr.load_model(tiny_text_dir)
-    assert enable_checkpointing(checkpointed_model.trainable_module()) == 2  # the two BERT layers
+    assert checkpointed_model.enable_gradient_checkpointing() == 2  # the two BERT layers
     checkpointed = grads(checkpointed_model)
     assert plain.keys() == checkpointed.keys()
     assert max(float((plain[n] - checkpointed[n]).abs().max()) for n in plain) <= 1e-6

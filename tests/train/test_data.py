@@ -1,4 +1,5 @@
-"""Training data: the generic JSONL, M-BEIR training files, mixtures and batch plans."""
+"""Training data: the generic JSONL, M-BEIR training files, mixtures and batch plans; bad records
+found when a batch draws them (file, line, reason), reported once, their places taken by good ones."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from umr.train.data import BatchPlan, Source, load_source, read_examples_jsonl, read_mbeir_train, sample_negatives
+from umr.train.data import (BatchPlan, MBEIRExamples, NoUsableExamples, TrainingData, read_examples_jsonl,
+                            read_mbeir_train, sample_negatives)
+from umr.types import ItemError
 
-from train_fixtures import write_examples
+from train_fixtures import mbeir_with_bad_records, write_examples, write_jsonl
 
 
 def test_generic_jsonl_with_images_negatives_and_bad_lines(tmp_path):
@@ -47,31 +50,25 @@ def test_source_instruction_fills_queries_without_one(tmp_path):
     path = write_examples(tmp_path / "t.jsonl", [
         {"query": {"text": "a"}, "positive": {"text": "b"}},
         {"query": {"text": "c", "instruction": "own"}, "positive": {"text": "d"}}])
-    loaded = load_source(Source.parse({"path": str(path), "instruction": "Given a question, find the answer.",
-                                       "name": "qa", "weight": 2}))
-    assert [e.query.instruction for e in loaded.examples] == ["Given a question, find the answer.", "own"]
-    assert {e.source for e in loaded.examples} == {"qa"}
-    with pytest.raises(ValueError, match="path"):
-        Source.parse({"weight": 1})
-
-
-def _write_jsonl(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = TrainingData([{"path": str(path), "instruction": "Given a question, find the answer.",
+                          "name": "qa", "weight": 2}])
+    examples = [example for _, example in data.draw([0, 1])]
+    assert [e.query.instruction for e in examples] == ["Given a question, find the answer.", "own"]
+    assert {e.source for e in examples} == {"qa"} and data.weights == [2.0]
 
 
 def test_mbeir_training_files(tmp_path):
     root = tmp_path / "M-BEIR"
     (root / "mbeir_images").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(root / "mbeir_images" / "a.jpg")
-    _write_jsonl(root / "query/train/mbeir_mscoco_task0_train.jsonl", [
+    write_jsonl(root / "query/train/mbeir_mscoco_task0_train.jsonl", [
         {"qid": "9:1", "query_txt": "a dog", "query_img_path": None, "query_modality": "text",
          "pos_cand_list": ["9:10"], "neg_cand_list": ["9:11", "9:12"], "task_id": 0},
         {"qid": "9:2", "query_txt": "a cat", "query_img_path": None, "query_modality": "text",
          "pos_cand_list": ["9:99"], "neg_cand_list": [], "task_id": 0},
         {"qid": "9:3", "query_txt": "a bird", "query_img_path": None, "query_modality": "text",
          "pos_cand_list": ["9:11"], "neg_cand_list": [], "task_id": 0}])
-    _write_jsonl(root / "cand_pool/global/mbeir_union_train_cand_pool.jsonl", [
+    write_jsonl(root / "cand_pool/global/mbeir_union_train_cand_pool.jsonl", [
         {"did": f"9:{d}", "txt": None, "img_path": "mbeir_images/a.jpg", "modality": "image"} for d in (10, 11, 12)])
     (root / "instructions").mkdir()
     (root / "instructions/query_instructions.tsv").write_text(
@@ -113,17 +110,149 @@ def test_hard_negatives_are_sampled_per_epoch_and_seeded(tmp_path):
 
 
 def test_examples_the_model_cannot_embed_are_skipped_with_file_and_line(tiny_text_dir, tmp_path):
-    from umr.train import TrainConfig
-    from umr.train.trainer import Trainer
+    import umr
 
     Image.new("RGB", (8, 8)).save(tmp_path / "red.png")
     path = write_examples(tmp_path / "t.jsonl", [
         {"query": {"text": "a"}, "positive": {"text": "b"}},
         {"query": {"text": "c"}, "positive": {"image": "red.png", "id": "img"}},
         {"query": {"text": "e"}, "positive": {"text": "f"}}])
-    trainer = Trainer(TrainConfig(model=str(tiny_text_dir), data=[str(path)], output=str(tmp_path / "o"),
-                                  batch_size=2, progress=False))
-    assert [e.query.text for e in trainer.examples] == ["a", "e"]
-    (error,) = trainer.errors
+    data = TrainingData([str(path)], check=umr.load_model(tiny_text_dir).check)
+    assert [(i, e.query.text) for i, e in data.draw([0, 1])] == [(0, "a"), (2, "e")]  # 1 bad: 2 takes its place
+    (error,) = data.errors
     assert error.line == 2 and error.item_id == "img" and f"{path}:2" in error.reason
     assert "cannot embed an image" in error.reason
+
+
+# -- lazy validation: bad records as they really come --------------------------------------------------
+
+GOOD = [{"query": {"text": f"question {i}"}, "positive": {"text": f"answer {i}", "id": f"d{i}"}} for i in range(6)]
+#: (line, record as written, what the error must say); each is a mistake seen in real files
+BAD = [
+    ('{"query": {"text": "unterminated"}, "positive": {"text": "x"}', "Expecting"),
+    (json.dumps({"query": {"text": "  "}, "positive": {"text": "x"}}), "query has neither text nor image"),
+    (json.dumps({"query": {"text": "q", "image": None}, "positive": {"text": "", "image": ""}}),
+     "positive has neither text nor image"),
+    (json.dumps({"query": {"text": "q"}, "positive": {"image": "img/gone.jpg"}}), "gone.jpg"),
+    (json.dumps({"query": {"text": 42}, "positive": {"text": "x"}}), "query: field 'text' must be a string or null, got int"),
+    (json.dumps({"query": {"text": "q"}, "positive": {"image": ["a.png"]}}), "positive: field 'image' must be a string"),
+    (json.dumps({"query": {"text": "q", "id": {"n": 1}}, "positive": {"text": "x"}}), "query: field 'id' (its id) must be a string or a number"),
+    (json.dumps({"query": {"text": "q"}, "positive": {"text": "x"}, "negatives": "n1"}), "'negatives' must be a list"),
+    (json.dumps({"query": {"text": "q"}, "positive": {"text": "x"}, "negatives": [None]}), "negatives[0] must be an object"),
+    (json.dumps({"query": {"text": "q"}, "positive": {"text": "x"}, "source": 7}), "'source' must be a string"),
+    (json.dumps(["query", "positive"]), "expected a JSON object, got list"),
+    (json.dumps({"query": {"text": "q"}}), "no 'positive'"),
+]
+
+
+def _mixed_file(tmp_path):
+    """Good and bad examples interleaved: good on odd lines 1, 3, ...; bad ones between them."""
+    lines, expected = [], {}
+    bad = iter(BAD)
+    for good in GOOD:
+        lines.append(json.dumps(good))
+        for _ in range(2):
+            record, says = next(bad)
+            lines.append(record)
+            expected[len(lines)] = says
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path, expected
+
+
+def test_start_up_parses_nothing_and_counts_every_line(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text("{not json\n\n" * 500)  # blank lines are not examples
+    data = TrainingData([str(path)])
+    assert len(data) == 500 and data.sizes == [500] and data.errors == []  # nothing read yet
+
+
+def test_each_bad_record_is_its_error_with_file_line_and_reason_and_good_ones_take_its_place(tmp_path):
+    path, expected = _mixed_file(tmp_path)
+    data = TrainingData([str(path)])
+    batch = [1, 2, 3, 4]  # example indices: 0 and 3 are good, 1 and 2 bad (lines 2 and 3)
+    drawn = data.draw(batch)
+    assert len(drawn) == 4 and len({i for i, _ in drawn}) == 4
+    assert [i for i, _ in drawn][2] == 3 and all(e.query.text.startswith("question") for _, e in drawn)
+    # the two drawn, and any passed over while looking for good ones to take their places
+    assert {2, 3} <= {e.line for e in data.errors} <= expected.keys()
+    # a fresh run over the same data draws the same replacements (resume is exact)
+    assert [i for i, _ in TrainingData([str(path)]).draw(batch)] == [i for i, _ in drawn]
+    # every bad record, once, with its file, line and reason
+    every = data.draw(list(range(len(data))))
+    assert sorted(e.line for e in data.errors) == sorted(expected)
+    for error in data.errors:
+        assert error.reason.startswith(f"{path}:{error.line}: ") and expected[error.line] in error.reason, error
+    assert len(every) == len(GOOD)  # the good ones, each once (no good one left to stand in for the bad)
+    data.draw(list(range(len(data))))
+    assert len(data.errors) == len(BAD)  # reported once however often drawn
+
+
+def test_processes_draw_disjoint_equal_shares_around_bad_examples(tmp_path):
+    path, _ = _mixed_file(tmp_path)
+    batch = [0, 1, 2, 3, 4, 5]  # two good (0, 3), four bad
+    shares = [TrainingData([str(path)]).draw(batch, rank=rank, world=2) for rank in range(2)]
+    assert [len(s) for s in shares] == [3, 3]
+    indices = [i for share in shares for i, _ in share]
+    assert len(set(indices)) == 6  # no example twice in the global batch
+
+
+def test_a_source_with_no_usable_example_stops_the_run_saying_why(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps({"query": {"text": "q"}, "positive": {"image": f"missing{i}.png"}}) + "\n"
+                            for i in range(5)))
+    data = TrainingData([str(path)])
+    with pytest.raises(NoUsableExamples, match=r"no usable training example \(5 bad; first: .*missing"):
+        data.draw([0, 1])
+
+
+def test_errors_found_before_a_checkpoint_are_kept_once_after_resume(tmp_path):
+    path, _ = _mixed_file(tmp_path)
+    first = TrainingData([str(path)])
+    first.draw([1, 2])
+    state = first.error_state()
+    resumed = TrainingData([str(path)])
+    resumed.restore_errors(state)
+    resumed.draw([1, 2, 4])  # 1 and 2 found again: not listed twice
+    assert [e.reason for e in resumed.errors][: len(state)] == [e["error"] for e in state]
+    assert len(resumed.errors) == len({e.reason for e in resumed.errors})
+
+
+def test_training_reports_bad_examples_in_errors_jsonl_and_finishes(tiny_text_dir, tmp_path):
+    from umr.train import TrainConfig, train
+
+    path, expected = _mixed_file(tmp_path)
+    out = train(TrainConfig(model=str(tiny_text_dir), data=[str(path)], output=str(tmp_path / "out"), batch_size=4,
+                            max_steps=3, progress=False))
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert errors and all(e["error"].startswith(f"{path}:{e['line']}: ") for e in errors)
+    assert all(expected[e["line"]] in e["error"] for e in errors)
+    record = json.loads((out / "training.json").read_text())
+    assert record["steps"] == 3 and record["skipped_examples"] == len(errors)
+
+
+# -- M-BEIR: the one reader of train and mine --------------------------------------------------------
+
+
+def test_mbeir_bad_records_are_errors_with_file_line_and_reason(tmp_path):
+    root = tmp_path / "M-BEIR"
+    expected = mbeir_with_bad_records(root)
+    examples, errors = read_mbeir_train(root)
+    assert [e.query.id for e in examples] == ["9:1", "9:14"]
+    assert examples[0].negatives[0].id == "9:11" and examples[0].query.instruction == "Find a picture and its caption."
+    query_file = root / "query/train/mbeir_mscoco_task2_train.jsonl"
+    assert {e.line: e for e in errors}.keys() == expected.keys()
+    for error in errors:
+        assert error.reason.startswith(f"{query_file}:{error.line}: ") and expected[error.line] in error.reason, error
+
+
+def test_mbeir_source_instruction_replaces_uniir_s(tmp_path):
+    root = tmp_path / "M-BEIR"
+    mbeir_with_bad_records(root)
+    (root / "instructions/query_instructions.tsv").unlink()  # not needed with an instruction of one's own
+    reader = MBEIRExamples(root, instruction="Retrieve it.")
+    assert reader.read(0).query.instruction == "Retrieve it."
+    with pytest.raises(ItemError, match="no positive"):
+        reader.read(4)
+    with pytest.raises(FileNotFoundError, match="query_instructions.tsv"):
+        MBEIRExamples(root)

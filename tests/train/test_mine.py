@@ -175,6 +175,32 @@ def test_pool_index_is_reused_and_another_model_state_is_refused(fixture, monkey
         mine_file(lookup.LookupEmbedder(), **args)
 
 
+def test_a_model_retrained_at_the_same_path_is_refused_by_its_identity(tiny_text_dir, tmp_path):
+    """The pool index checks the model's identity (files, options) as ``umr search`` does: new
+    weights written where the old ones were are another model."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    import umr
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_text_dir, folder)
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": f"passage number {i}"}) + "\n"
+                                                 for i in range(6)))
+    (tmp_path / "train.jsonl").write_text(json.dumps({"query": {"text": "number two"},
+                                                      "positive": {"id": "d2", "text": "passage number 2"}}) + "\n")
+    args = dict(data=tmp_path / "train.jsonl", pool=tmp_path / "pool.jsonl", output=tmp_path / "mined.jsonl",
+                settings=MineSettings(top_k=4, skip=1), show_progress=False)
+    assert mine_file(umr.load_model(folder), **args).examples == 1
+    assert mine_file(umr.load_model(folder), **args).examples == 1  # same weights: the index is reused
+    weights = load_file(str(folder / "model.safetensors"))
+    name = next(iter(weights))
+    save_file({**weights, name: weights[name] + 0.01}, str(folder / "model.safetensors"))  # "retrained"
+    with pytest.raises(ModelMismatch, match="weights/config files"):
+        mine_file(umr.load_model(folder), **args)
+
+
 def test_bad_examples_are_reported_and_the_rest_is_mined(fixture):
     lines = (fixture / "train.jsonl").read_text().splitlines()
     bad = ['{"query": ', json.dumps({"query": {"text": "no positive"}}),
@@ -229,6 +255,21 @@ def test_mbeir_training_queries_target_the_task_modality_and_get_uniir_instructi
     assert [(n["id"], n["kind"]) for n in example["negatives"]] == [
         ("9:f1", "wrong_modality"), ("9:t1", "wrong_modality"), ("9:i3", "same_modality"),
         ("9:t2", "wrong_modality"), ("9:i4", "same_modality"), ("9:f2", "wrong_modality")]
+
+
+def test_mbeir_bad_query_records_are_mining_errors_and_the_rest_is_mined(tmp_path):
+    from train_fixtures import mbeir_with_bad_records
+
+    root = tmp_path / "M-BEIR"
+    expected = mbeir_with_bad_records(root)
+    expected = {line: says for line, says in expected.items() if line not in (7, 8, 9)}  # bad negatives: replaced
+    out = tmp_path / "mined.jsonl"
+    summary = mine_file(lookup.LookupEmbedder(), mbeir=root, pool=root / "cand_pool/global/mbeir_union_train_cand_pool.jsonl",
+                        output=out, settings=MineSettings(top_k=3, skip=0), show_progress=False)
+    assert [e["query"]["id"] for e in _read(out)] == ["9:1", "9:7", "9:8", "9:9", "9:14"]
+    errors = _read(errors_path(out))
+    assert {e["line"]: e for e in errors}.keys() == expected.keys() and summary.examples == 5
+    assert all(expected[e["line"]] in e["error"] for e in errors)
 
 
 def test_cli_mine_writes_the_same_file_as_python(fixture, capsys):

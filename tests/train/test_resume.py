@@ -16,9 +16,8 @@ from safetensors.torch import load_file
 
 from umr.train import TrainConfig, TrainingError, train
 from umr.train import checkpoint
-from umr.train.trainer import Trainer
 
-from train_fixtures import text_examples
+from train_fixtures import StopTraining, stopped_after, text_examples
 
 SRC = str(Path(__file__).parents[2] / "src")
 
@@ -39,26 +38,13 @@ def _assert_same(a: Path, b: Path):
     assert worst <= 1e-6, worst
 
 
-class _Stop(Exception):
-    pass
-
-
 @pytest.mark.slow
-def test_stop_and_resume_equals_uninterrupted(tiny_text_dir, tmp_path, monkeypatch):
+def test_stop_and_resume_equals_uninterrupted(tiny_text_dir, tmp_path):
     data = text_examples(tmp_path / "train.jsonl")
     train(TrainConfig(**_settings(tiny_text_dir, data, tmp_path / "whole", max_steps=5, save_every=2)))
 
-    original = Trainer.train_step
-
-    def stop_after_three(self):
-        if self.step == 3:
-            raise _Stop
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_step", stop_after_three)
-    with pytest.raises(_Stop):
+    with stopped_after(3), pytest.raises(StopTraining):
         train(TrainConfig(**_settings(tiny_text_dir, data, tmp_path / "cut", max_steps=5, save_every=2)))
-    monkeypatch.setattr(Trainer, "train_step", original)
     assert checkpoint.completed(tmp_path / "cut" / "checkpoints") == [2]
     # without --resume a run never overwrites checkpoints; with other settings it refuses to resume
     with pytest.raises(TrainingError, match="--resume"):

@@ -3,6 +3,7 @@ training JSONL writers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -51,6 +52,29 @@ def backward(embedder, groups, *, chunk=None, temperature=0.05):
                                chunk=chunk))
 
 
+class StopTraining(Exception):
+    """Raised by :func:`stopped_after` in place of a training step: a run cut short."""
+
+
+@contextlib.contextmanager
+def stopped_after(step: int):
+    """Runs started inside stop (:class:`StopTraining`) once ``step`` steps are done."""
+    from umr.train.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def cut(self):
+        if self.step == step:
+            raise StopTraining
+        return original(self)
+
+    Trainer.train_step = cut
+    try:
+        yield
+    finally:
+        Trainer.train_step = original
+
+
 def write_examples(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -97,3 +121,48 @@ def multimodal_examples(path: Path) -> Path:
         rows.append({"query": {"image": f"images/{file}", "instruction": "Describe the colour."},
                      "positive": {"text": f"a plain {name} picture"}, "source": "i2t"})
     return write_examples(path, rows)
+
+
+def write_jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def mbeir_with_bad_records(root: Path) -> dict[int, str]:
+    """An M-BEIR folder (one task, a global pool) whose query file mixes good and bad records;
+    returns the bad lines and what their errors must say. Lines 7-9 are bad only for training
+    (their hard negatives: mining replaces them)."""
+    (root / "mbeir_images").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "mbeir_images" / "a.jpg")
+    pool = [{"did": f"9:{d}", "txt": f"caption {d}", "img_path": "mbeir_images/a.jpg", "modality": "image,text"}
+            for d in (10, 11, 12)]
+    pool += [{"txt": "no did", "modality": "text"},  # skipped: names no candidate
+             {"did": "9:13", "txt": 13, "modality": "text"},  # a number for a text
+             {"did": "9:14", "txt": None, "img_path": "mbeir_images/gone.jpg", "modality": "image"}]
+    write_jsonl(root / "cand_pool/global/mbeir_union_train_cand_pool.jsonl", pool)
+    good = {"query_txt": "a dog", "query_img_path": None, "query_modality": "text", "pos_cand_list": ["9:10"],
+            "neg_cand_list": ["9:11"]}
+    rows = [  # (record, what its error says; None: good)
+        ({"qid": "9:1", **good}, None),
+        ({**good}, "has no 'qid'"),
+        ({"qid": "9:3", **good, "query_txt": 7}, "field 'query_txt' must be a string or null, got int"),
+        ({"qid": "9:4", **good, "pos_cand_list": "9:10"}, "'pos_cand_list' must be a list of candidate ids"),
+        ({"qid": "9:5", **good, "pos_cand_list": []}, "no positive"),
+        ({"qid": "9:6", **good, "pos_cand_list": ["9:99"]}, "positive 9:99 is not in the pool"),
+        ({"qid": "9:7", **good, "neg_cand_list": ["9:11", "9:98"]}, "negative 9:98 is not in the pool"),
+        ({"qid": "9:8", **good, "neg_cand_list": ["9:13"]}, "negative 9:13: its pool record is bad"),
+        ({"qid": "9:9", **good, "neg_cand_list": ["9:14"]}, "gone.jpg"),
+        ({"qid": "9:10", **good, "query_txt": ""}, "neither text nor image"),
+        ({"qid": "9:11", **good, "query_modality": "image", "query_img_path": "mbeir_images/none.jpg"}, "none.jpg"),
+        ({"qid": "9:12", **good, "query_modality": "audio"}, "unknown modality 'audio'"),
+        ({"qid": "9:13", **good, "query_modality": "image,text", "query_img_path": "mbeir_images/a.jpg"},
+         "no query instruction for (dataset 9, image,text, image,text)"),
+        ({"qid": "9:14", **good, "neg_cand_list": [], "query_txt": "a cat"}, None),
+    ]
+    write_jsonl(root / "query/train/mbeir_mscoco_task2_train.jsonl", [r for r, _ in rows])
+    (root / "instructions").mkdir()
+    (root / "instructions/query_instructions.tsv").write_text(
+        "query_modality\tcand_modality\tdataset_name\tdataset_id\tprompt_1\n"
+        "text\timage,text\tMSCOCO\t9\tfind a picture and its caption\n"
+        "image\timage,text\tMSCOCO\t9\tfind a similar picture and its caption\n")
+    return {line: says for line, (_, says) in enumerate(rows, start=1) if says}

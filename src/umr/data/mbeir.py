@@ -77,6 +77,21 @@ def read_instructions(path: str | Path) -> dict[tuple[str, str, str], list[str]]
     return table
 
 
+def candidate_ids(record: dict, field: str, item_id: str | None) -> list[str]:
+    """A query record's ``pos_cand_list`` / ``neg_cand_list`` as id strings (absent: none); an
+    :class:`ItemError` for a value that is not a list of ids."""
+    value = record.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ItemError(item_id, f"field {field!r} must be a list of candidate ids, got {type(value).__name__}")
+    for did in value:
+        if isinstance(did, bool) or not isinstance(did, (str, int, float)):  # ids as record_id takes them
+            raise ItemError(item_id, f"field {field!r} must be a list of candidate ids, holds a "
+                                     f"{type(did).__name__}")
+    return [str(did) for did in value]
+
+
 def pick_instruction(prompts: list[str], *, qid: str, policy: InstructionPolicy, seed: int) -> str | None:
     if policy == "none" or not prompts:
         return None
@@ -172,6 +187,34 @@ class MBEIR:
             self._instructions = read_instructions(path) if path.is_file() else {}
         return self._instructions
 
+    def require_instructions(self) -> None:
+        if not (self.root / "instructions" / "query_instructions.tsv").is_file():
+            raise FileNotFoundError(f"{self.root}/instructions/query_instructions.tsv is missing "
+                                    "(use instruction_policy='none' to embed queries bare)")
+
+    def query_item(self, name: str, record: dict, *, candidate_modality: str | None,
+                   instruction_policy: InstructionPolicy = "random", seed: int = 0) -> Item:
+        """One query record of task ``name``: text and image as its ``query_modality`` says, and
+        UniIR's instruction for (dataset, query modality, ``candidate_modality`` — its first
+        positive's, else the task's). An :class:`ItemError` for a bad field; ``KeyError`` when the
+        instruction table has no instruction for it (the table is wrong, not the record)."""
+        qid = record_id(record, "qid")
+        dataset, task_id = name.rsplit("_task", 1)
+        query_mod, target = MBEIR_TASKS.get(int(task_id), (None, None))
+        qmod = _modality(record, "query_modality", qid, query_mod or "text")
+        text, image = _content(record, qmod, "query_txt", "query_img_path", qid, self.root)
+        cmod = candidate_modality or target or "text"
+        instruction = None
+        if instruction_policy != "none":
+            key_id = qid.split(":")[0]
+            table = self.instructions()
+            prompts = table.get((key_id, str(qmod), cmod)) or table.get((dataset, str(qmod), cmod))
+            if not prompts:
+                raise KeyError(f"{name}: no query instruction for (dataset {key_id}, {qmod}, {cmod}) "
+                               "in instructions/query_instructions.tsv")
+            instruction = pick_instruction(prompts, qid=qid, policy=instruction_policy, seed=seed)
+        return Item.query(text=text, image=image, instruction=instruction, id=qid)
+
     def task(self, name: str, *, pool: Literal["local", "global"] = "local",
              instruction_policy: InstructionPolicy = "random", seed: int = 0) -> RetrievalTask:
         if name not in self.query_files:
@@ -184,10 +227,8 @@ class MBEIR:
         candidates = self.pool(pool_path)
         cand_modality = {c.id: str(c.modality) for c in candidates if c.problem is None}
         query_mod, target = MBEIR_TASKS.get(task_num, (None, None))
-        instructions = self.instructions() if instruction_policy != "none" else {}
-        if instruction_policy != "none" and not (self.root / "instructions" / "query_instructions.tsv").is_file():
-            raise FileNotFoundError(f"{self.root}/instructions/query_instructions.tsv is missing "
-                                    "(use instruction_policy='none' to embed queries bare)")
+        if instruction_policy != "none":
+            self.require_instructions()
 
         queries: list[Item] = []
         pos_qrels: dict[str, dict[str, int]] = {}
@@ -195,25 +236,11 @@ class MBEIR:
 
         def parse_query(record: dict) -> Item:
             qid = record_id(record, "qid")
-            qmod = _modality(record, "query_modality", qid, query_mod or "text")
-            text, image = _content(record, qmod, "query_txt", "query_img_path", qid, self.root)
-            listed = record.get("pos_cand_list")
-            if listed is not None and not isinstance(listed, list):
-                raise ItemError(qid, f"field 'pos_cand_list' must be a list of candidate ids, "
-                                     f"got {type(listed).__name__}")
-            positives = [str(d) for d in listed or []]
+            positives = candidate_ids(record, "pos_cand_list", qid)
+            query = self.query_item(name, record, candidate_modality=cand_modality.get(positives[0]) if positives
+                                    else None, instruction_policy=instruction_policy, seed=seed)
             pos_qrels[qid] = {d: 1 for d in positives}
-            cmod = cand_modality.get(positives[0]) if positives else None
-            cmod = cmod or target or "text"
-            instruction = None
-            if instruction_policy != "none":
-                key_id = qid.split(":")[0]
-                prompts = instructions.get((key_id, str(qmod), cmod)) or instructions.get((dataset, str(qmod), cmod))
-                if not prompts:
-                    raise KeyError(f"{name}: no query instruction for (dataset {key_id}, {qmod}, {cmod}) "
-                                   "in instructions/query_instructions.tsv")
-                instruction = pick_instruction(prompts, qid=qid, policy=instruction_policy, seed=seed)
-            return Item.query(text=text, image=image, instruction=instruction, id=qid)
+            return query
 
         for line, record in jsonl_records(query_file):
             queries.append(read_item(parse_query, record, where=query_file.name, line=line, is_query=True))

@@ -384,6 +384,15 @@ class Trainable(ABC):
 
         Training changes it in place (LoRA layers are injected into it, then merged back)."""
 
+    def enable_gradient_checkpointing(self) -> int:
+        """Recompute each repeated block's activations in backward instead of keeping them
+        (``--grad-checkpointing``); returns how many blocks are wrapped. The default wraps the
+        blocks of :meth:`trainable_module` (:func:`~umr.models.checkpointing.checkpoint_blocks`);
+        a family whose fast path calls a block's parts directly checkpoints those itself too."""
+        from .checkpointing import checkpoint_blocks
+
+        return checkpoint_blocks(self.trainable_module())
+
     @abstractmethod
     def save_pretrained(self, folder: "str | Path") -> None:
         """Write the weights into ``folder`` so that ``load_model(folder)`` embeds as this model does.

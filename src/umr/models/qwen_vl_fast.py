@@ -6,14 +6,17 @@
   its extra temporaries. Same weights, same dot products (outputs within float rounding).
 * :func:`decode_packed`: the text decoder on a batch's sequences packed back to back (attention
   per sequence, no padding), only the pooled (last) token of each computed in the last layer,
-  with optional DeepStack features (Qwen3-VL) added after the first layers.
+  with optional DeepStack features (Qwen3-VL) added after the first layers; in training it can
+  checkpoint each layer (the layers' parts are called directly, so only it can).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
+import torch.utils.checkpoint
 from torch.nn import functional as F
 
 
@@ -129,7 +132,8 @@ def supports_packed(lm: torch.nn.Module, *, qk_norm: bool) -> bool:
 
 
 def decode_packed(lm: torch.nn.Module, embeds: torch.Tensor, lengths: list[int], positions: torch.Tensor, *,
-                  visual: torch.Tensor | None = None, deepstack: list[torch.Tensor] = ()) -> torch.Tensor:
+                  visual: torch.Tensor | None = None, deepstack: list[torch.Tensor] = (),
+                  checkpoint: bool = False) -> torch.Tensor:
     """The decoder ``lm`` on sequences packed back to back; each sequence's last-token state.
 
     ``embeds`` ``(T, H)`` holds the sequences of ``lengths`` in order, ``positions`` ``(3, 1, T)``
@@ -138,45 +142,63 @@ def decode_packed(lm: torch.nn.Module, embeds: torch.Tensor, lengths: list[int],
     no token attends across sequences or to padding. ``deepstack[i]`` (rows: the tokens where
     ``visual`` is set, in order) is added after layer ``i``. The last layer computes only the
     pooled tokens (their keys and values still cover the whole sequence).
+
+    ``checkpoint``: when gradients are on, each layer keeps only its input and recomputes its
+    activations in backward (``torch.utils.checkpoint``, non-reentrant): the layers' parts are
+    called here, not through ``layer.forward``, so wrapping that forward would save nothing.
     """
     device = embeds.device
     bounds = [0]
     for n in lengths:
         bounds.append(bounds[-1] + n)
     spans = list(zip(bounds[:-1], bounds[1:]))
-    total = bounds[-1]
     last = torch.tensor(bounds[1:], device=device) - 1
     cos, sin = lm.rotary_emb(embeds[None], positions)
     cos, sin = cos[0][:, None, :], sin[0][:, None, :]  # (T, 1, head_dim): broadcast over heads
-    if deepstack:
-        visual_rank = torch.cumsum(visual.long(), 0) - 1  # row of each image token in the DeepStack features
+    # row of each image token in the DeepStack features
+    visual_rank = torch.cumsum(visual.long(), 0) - 1 if deepstack else None
+    recompute = checkpoint and torch.is_grad_enabled()
     hidden = embeds
     n_layers = len(lm.layers)
     for index, layer in enumerate(lm.layers):
-        attn = layer.self_attn
-        head_dim = attn.head_dim
-        final = index == n_layers - 1
-        normed = layer.input_layernorm(hidden)
-        query = attn.q_proj(normed[last] if final else normed)
-        query = query.view(query.shape[0], -1, head_dim)
-        key = attn.k_proj(normed).view(total, -1, head_dim)
-        if hasattr(attn, "q_norm"):
-            query, key = attn.q_norm(query), attn.k_norm(key)
-        value = attn.v_proj(normed).view(total, -1, head_dim)
-        query = rotate(query, cos[last], sin[last]) if final else rotate(query, cos, sin)
-        key = rotate(key, cos, sin)
-        grouped = query.shape[1] != key.shape[1]
-        out = query.new_empty(query.shape)
-        for row, (s, e) in enumerate(spans):
-            k, v = key[s:e].transpose(0, 1)[None], value[s:e].transpose(0, 1)[None]
-            rows = slice(row, row + 1) if final else slice(s, e)
-            # the pooled (last) token sees its whole sequence; otherwise causal
-            out[rows] = F.scaled_dot_product_attention(query[rows].transpose(0, 1)[None], k, v, is_causal=not final,
-                                                       scale=attn.scaling, enable_gqa=grouped)[0].transpose(0, 1)
-        hidden = (hidden[last] if final else hidden) + attn.o_proj(out.flatten(1))
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        if index < len(deepstack):
-            rows = visual[last] if final else visual
-            ranks = visual_rank[last][rows] if final else visual_rank[rows]
-            hidden[rows] = hidden[rows] + deepstack[index][ranks]
+        run = functools.partial(_packed_layer, layer, spans=spans, pooled=last if index == n_layers - 1 else None,
+                                visual=visual, visual_rank=visual_rank,
+                                deepstack=deepstack[index] if index < len(deepstack) else None)
+        hidden = (torch.utils.checkpoint.checkpoint(run, hidden, cos, sin, use_reentrant=False) if recompute
+                  else run(hidden, cos, sin))
     return lm.norm(hidden)
+
+
+def _packed_layer(layer: torch.nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
+                  spans: list[tuple[int, int]], pooled: torch.Tensor | None, visual: torch.Tensor | None,
+                  visual_rank: torch.Tensor | None, deepstack: torch.Tensor | None) -> torch.Tensor:
+    """One decoder layer of :func:`decode_packed`; with ``pooled`` (the last layer: each
+    sequence's last row) only those rows are computed and returned."""
+    attn = layer.self_attn
+    head_dim = attn.head_dim
+    total = hidden.shape[0]
+    final = pooled is not None
+    normed = layer.input_layernorm(hidden)
+    query = attn.q_proj(normed[pooled] if final else normed)
+    query = query.view(query.shape[0], -1, head_dim)
+    key = attn.k_proj(normed).view(total, -1, head_dim)
+    if hasattr(attn, "q_norm"):
+        query, key = attn.q_norm(query), attn.k_norm(key)
+    value = attn.v_proj(normed).view(total, -1, head_dim)
+    query = rotate(query, cos[pooled], sin[pooled]) if final else rotate(query, cos, sin)
+    key = rotate(key, cos, sin)
+    grouped = query.shape[1] != key.shape[1]
+    out = query.new_empty(query.shape)
+    for row, (s, e) in enumerate(spans):
+        k, v = key[s:e].transpose(0, 1)[None], value[s:e].transpose(0, 1)[None]
+        rows = slice(row, row + 1) if final else slice(s, e)
+        # the pooled (last) token sees its whole sequence; otherwise causal
+        out[rows] = F.scaled_dot_product_attention(query[rows].transpose(0, 1)[None], k, v, is_causal=not final,
+                                                   scale=attn.scaling, enable_gqa=grouped)[0].transpose(0, 1)
+    hidden = (hidden[pooled] if final else hidden) + attn.o_proj(out.flatten(1))
+    hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    if deepstack is not None:
+        rows = visual[pooled] if final else visual
+        ranks = visual_rank[pooled][rows] if final else visual_rank[rows]
+        hidden[rows] = hidden[rows] + deepstack[ranks]
+    return hidden

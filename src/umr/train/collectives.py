@@ -145,7 +145,9 @@ def all_gather(outputs: list[torch.Tensor], tensor: torch.Tensor) -> None:
 
 
 def all_gather_object(value: Any) -> list[Any]:
-    """Every process's picklable ``value`` (counts, ids), in rank order."""
+    """Every process's picklable ``value`` (counts, ids), in rank order (``[value]`` alone)."""
+    if world()[1] == 1:
+        return [value]
     return _state.backend.all_gather_object(value)
 
 

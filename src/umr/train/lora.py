@@ -10,14 +10,12 @@ family's transformers model.
 from __future__ import annotations
 
 import copy
-import functools
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 
 def add_lora(module: nn.Module, *, r: int, alpha: int, targets: Any, dropout: float = 0.0) -> Any:
@@ -134,26 +132,3 @@ def save_adapter(module: nn.Module, config: Any, folder: Path, *, base_model: st
     save_file(state, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     settings.save_pretrained(str(folder))
     return base_name
-
-
-def enable_checkpointing(module: nn.Module) -> int:
-    """Recompute the activations of each repeated block in backward instead of storing them.
-
-    Wraps the ``forward`` of every member of a ``ModuleList`` of identical blocks (transformer
-    layers of the LLM, the vision tower, the text encoder); returns how many were wrapped.
-    Families whose fast path calls a block's parts directly (GME's packed decoder) checkpoint
-    the blocks they do call.
-    """
-    wrapped = 0
-    for child in module.modules():
-        if isinstance(child, nn.ModuleList) and len(child) > 1 and len({type(m) for m in child}) == 1:
-            for block in child:
-                block.forward = functools.partial(_checkpointed, block.forward)
-                wrapped += 1
-    return wrapped
-
-
-def _checkpointed(forward, *args, **kwargs):
-    if not torch.is_grad_enabled():
-        return forward(*args, **kwargs)
-    return checkpoint(forward, *args, use_reentrant=False, **kwargs)

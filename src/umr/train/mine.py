@@ -135,9 +135,9 @@ def _abs(image: Any) -> str | None:
 
 def read_training_queries(path: str | os.PathLike, settings: MineSettings) -> Iterator[MiningQuery | ItemError]:
     """The examples of a training JSONL, read as ``umr train`` reads them (bad lines are errors)."""
-    from .data import read_examples_jsonl
+    from .data import JsonlExamples
 
-    examples, errors = read_examples_jsonl(path)
+    examples, errors = JsonlExamples(path).read_all()
     yield from errors
     for number, example in enumerate(examples, start=1):
         q, pos = example.query, example.positive
@@ -157,40 +157,24 @@ def read_training_queries(path: str | os.PathLike, settings: MineSettings) -> It
 
 def read_mbeir_queries(root: str | os.PathLike, settings: MineSettings, *, split: str = "train",
                        tasks: Iterable[str] | None = None, seed: int = 0) -> Iterator[MiningQuery | ItemError]:
-    """M-BEIR training queries as :class:`~umr.data.mbeir.MBEIR` reads them (UniIR's instructions,
-    the task's candidate modality as target, every qrels positive excluded); a task that cannot
-    be read is one error, the others go on."""
-    from ..data.mbeir import MBEIR
+    """M-BEIR training queries as ``umr train`` reads them (:class:`~umr.train.data.MBEIRExamples`:
+    UniIR's instructions, or ``settings.instruction``), the task's candidate modality as target,
+    every ``pos_cand_list`` positive excluded; a bad query is its error, the others go on."""
+    from .data import MBEIRExamples
 
-    bench = MBEIR(root, split=split)
-    names = list(tasks) if tasks else bench.task_names
-    unknown = [n for n in names if n not in bench.query_files]
-    if unknown:
-        raise ValueError(f"no M-BEIR {split} task {unknown[0]!r}; have: {', '.join(bench.task_names)}")
-    policy = "none" if settings.instruction is not None else "random"
-    for name in names:
+    reader = MBEIRExamples(root, tasks=tasks, split=split, instruction=settings.instruction, seed=seed)
+    for index in range(len(reader)):
         try:
-            try:
-                bench.local_pool_path(name)
-                pool = "local"
-            except FileNotFoundError:
-                pool = "global"
-            task = bench.task(name, pool=pool, instruction_policy=policy, seed=seed)
-        except (FileNotFoundError, KeyError, ValueError) as exc:
-            yield ItemError(name, f"M-BEIR task cannot be read: {exc}")
+            found = reader.query(index)
+        except ItemError as exc:
+            yield exc
             continue
-        target = settings.target_modality or task.target_modality.value
-        for q in task.queries:
-            positives = [d for d, grade in task.qrels.get(q.id, {}).items() if grade > 0]
-            if not positives:
-                yield ItemError(q.id, f"{name}: the query has no positive")
-                continue
-            instruction = settings.instruction or q.instruction
-            query = {"id": q.id, "text": q.text, "image": _abs(q.image), "instruction": instruction}
-            yield MiningQuery(
-                key=q.id, query=Item.query(text=q.text, image=q.image, instruction=instruction, id=q.id),
-                example={"query": query, "positive": None, "source": name}, positive_ids=set(positives),
-                target_modality=target, positive_from_pool=positives[0])
+        q = found.query
+        query = {"id": q.id, "text": q.text, "image": _abs(q.image), "instruction": q.instruction}
+        yield MiningQuery(
+            key=q.id, query=q, example={"query": query, "positive": None, "source": found.task},
+            positive_ids=set(found.positives), target_modality=settings.target_modality or found.target_modality,
+            positive_from_pool=found.positives[0])
 
 
 # -- the pool --------------------------------------------------------------------------------------

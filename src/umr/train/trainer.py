@@ -6,9 +6,12 @@ modules stay in eval mode (their dropout off): the training forward is exactly t
 forward. LoRA's dropout (``lora_dropout``) is the one dropout on, during training steps only,
 with GradCache replaying each chunk's random state so both passes draw the same masks.
 
-Items are prepared (decoded, resized, tokenised) by the family's prefetching loader ahead of the
-micro-batch that needs them, once: GradCache's second pass reuses them. An example with an
-item that cannot be prepared is left out of its batch and reported with its file and line.
+Examples are read and checked when a micro-batch draws them (:class:`~umr.train.data.TrainingData`:
+start-up only counts them); their items are prepared (decoded, resized, tokenised) by the family's
+prefetching loader ahead of the micro-batch that needs them, once: GradCache's second pass reuses
+them. A bad example, found when drawn (its place goes to another) or when one of its items fails
+to prepare (it is left out of that micro-batch), is reported once with its file, line and reason,
+never drawn again, listed in ``errors.jsonl`` and kept in checkpoints, so a resumed run skips it too.
 
 Precision: trainable weights and the optimizer state are float32 always. Under ``bf16`` the
 frozen weights load in bfloat16 (LoRA runs; full fine-tuning keeps float32 weights) and the
@@ -51,7 +54,7 @@ from ..types import Item, ItemError
 from . import checkpoint, collectives, lora
 from .collectives import GradientReducer, world
 from .config import TrainConfig
-from .data import BatchPlan, Example, Loaded, load_source, sample_negatives
+from .data import BatchPlan, Example, TrainingData, example_error, sample_negatives
 from .grad_cache import backward_step
 from .loss import Temperature, distributed_info_nce
 from .provenance import source_fingerprint
@@ -83,42 +86,6 @@ class Position:
     index: int = 0
 
 
-def load_examples(config: TrainConfig) -> list[Loaded]:
-    """Every source's examples and bad examples (the data alone: before any model loads)."""
-    return [load_source(source) for source in config.data]
-
-
-def example_error(example: Example, exc: ItemError) -> ItemError:
-    """``exc`` (one of the example's items) as the example's error, with its file and line."""
-    return ItemError(exc.item_id, f"{example.where}: {exc.reason}", line=example.line)
-
-
-def usable_examples(loaded: list[Loaded], embedder: Embedder, rank: int
-                    ) -> tuple[list[Example], list[int], list[float], list[ItemError]]:
-    """The examples ``embedder`` can embed, laid out one source after another, each source's
-    count and weight, and the bad examples (reported on rank 0 with file and line)."""
-    examples, sizes, weights, errors = [], [], [], []
-    for part in loaded:
-        kept = []
-        errors.extend(part.errors)
-        for example in part.examples:
-            try:
-                for item in (example.query, example.positive, *example.negatives):
-                    embedder.check(item)
-                kept.append(example)
-            except ItemError as exc:
-                errors.append(example_error(example, exc))
-        if not kept:
-            first = f" ({len(errors)} bad, first: {errors[0]})" if errors else ""
-            raise TrainingError(f"{part.source.path}: no usable training example{first}")
-        examples.extend(kept)
-        sizes.append(len(kept))
-        weights.append(float(part.source.weight))
-    if errors and rank == 0:
-        print(f"umr train: skipped {len(errors)} bad example(s); first: {errors[0]}", file=sys.stderr)
-    return examples, sizes, weights, errors
-
-
 def schedule_factor(step: int, *, total: int, warmup: int, kind: str) -> float:
     """Learning-rate multiplier after ``step`` optimizer steps: linear warm-up, then decay."""
     if warmup and step < warmup:
@@ -142,12 +109,13 @@ def load_options(config: TrainConfig) -> dict[str, Any]:
 
 @dataclass
 class MicroBatch:
-    """This process's share of a global micro-batch: its examples (indices into the trainer's
-    examples) and their items as one list, queries, then positives, then each example's hard
-    negatives (tevatron's layout: one forward, split by :attr:`counts`). ``positions`` number
-    the items for the prefetching loader."""
+    """This process's share of a global micro-batch: its examples (indices into the training
+    data, and the examples drawn) and their items as one list, queries, then positives, then each
+    example's hard negatives (tevatron's layout: one forward, split by :attr:`counts`).
+    ``positions`` number the items for the prefetching loader."""
 
     examples: list[int]
+    drawn: list[Example]
     negatives: list[list[Item]]
     items: list[Item]
     positions: list[int] = field(default_factory=list)
@@ -173,7 +141,7 @@ class MicroBatch:
         """The batch with example ``j`` (all its items) left out."""
         keep = [k for k in range(len(self.items)) if self.example_of(k) != j]
         return replace(self, examples=self.examples[:j] + self.examples[j + 1:],
-                       negatives=self.negatives[:j] + self.negatives[j + 1:],
+                       drawn=self.drawn[:j] + self.drawn[j + 1:], negatives=self.negatives[:j] + self.negatives[j + 1:],
                        items=[self.items[k] for k in keep], positions=[self.positions[k] for k in keep])
 
 
@@ -231,16 +199,15 @@ class Trainer:
         # first: a bad path or setting fails before a large model loads
         self.temperature = Temperature(config.temperature, learn=config.learn_temperature,
                                        minimum=config.min_temperature).to(self.device)
-        loaded = load_examples(config)
+        self.data = TrainingData(config.data)  # counting only: examples are checked when drawn
         torch.manual_seed(config.seed)
         self.base_folder = model_folder(config.model)
         self.embedder: Embedder = load_model(config.model, device=str(self.device), **load_options(config))
         if not isinstance(self.embedder, Trainable):
             raise TrainingError(f"{type(self.embedder).__name__} cannot be fine-tuned (no training contract)")
-        self.examples, sizes, weights, self.errors = usable_examples(loaded, self.embedder, self.rank)
-        self.startup_errors = len(self.errors)
-        self.plan = BatchPlan(sizes, weights, global_batch=config.batch_size * self.world_size, seed=config.seed,
-                              batching=config.batching, keep_short=self.world_size == 1)
+        self.data.check = self.embedder.check
+        self.plan = BatchPlan(self.data.sizes, self.data.weights, global_batch=config.batch_size * self.world_size,
+                              seed=config.seed, batching=config.batching, keep_short=self.world_size == 1)
         self.micro_per_epoch = len(self.plan.epoch(0))
         if self.micro_per_epoch == 0:
             raise TrainingError(f"fewer examples than one global batch ({config.batch_size} x {self.world_size} "
@@ -257,7 +224,7 @@ class Trainer:
                               else list(self.embedder.train_modules))
         self.trainable_count = lora.select_trainable(self.module, full=config.full, train_modules=self.train_modules)
         if config.grad_checkpointing:
-            lora.enable_checkpointing(self.module)
+            self.embedder.enable_gradient_checkpointing()
         self.trainable_names = [n for n, p in self.module.named_parameters() if p.requires_grad]
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         lora.keep_float32(self.params)
@@ -278,8 +245,6 @@ class Trainer:
         #: steps skipped for a non-finite loss or gradient, and those that held τ at its bound
         self.skipped_steps: list[int] = []
         self.bound_steps: list[int] = []
-        #: examples found bad while training (an item that could not be prepared)
-        self.bad_examples: set[int] = set()
         self._epoch: _Epoch | None = None
 
     def _autocast_dtype(self) -> torch.dtype | None:
@@ -307,13 +272,12 @@ class Trainer:
 
     def _micro_batch(self, plan: list[list[int]], epoch: int, index: int) -> MicroBatch:
         """This process's examples of global micro-batch ``index`` of ``epoch``, and their items."""
-        share = self.config.batch_size
-        mine = [i for i in plan[index][self.rank * share: (self.rank + 1) * share] if i not in self.bad_examples]
-        chosen = [self.examples[i] for i in mine]
+        drawn = self.data.draw(plan[index], rank=self.rank, world=self.world_size)
+        chosen = [e for _, e in drawn]
         negatives = [sample_negatives(e, self.config.hard_negatives, seed=self.config.seed, epoch=epoch, index=i)
-                     for e, i in zip(chosen, mine)]
+                     for i, e in drawn]
         items = [e.query for e in chosen] + [e.positive for e in chosen] + [n for group in negatives for n in group]
-        return MicroBatch(examples=list(mine), negatives=negatives, items=items)
+        return MicroBatch(examples=[i for i, _ in drawn], drawn=chosen, negatives=negatives, items=items)
 
     def _prepare(self, item: Item) -> Any:
         self.embedder.check(item)
@@ -335,11 +299,8 @@ class Trainer:
 
     def next_micro_batch(self) -> tuple[MicroBatch, list[Any]]:
         """This process's next micro-batch and its prepared items (examples with an item that
-        cannot be prepared left out and reported; a micro-batch left empty is passed over)."""
+        cannot be prepared left out and rejected; a micro-batch left empty is passed over)."""
         while True:
-            if len(self.bad_examples) == len(self.examples):
-                raise TrainingError(f"no example could be prepared for the model ({len(self.bad_examples)} bad; "
-                                    f"first: {self.errors[self.startup_errors]})")
             if self.position.index >= self.micro_per_epoch:
                 self.position = Position(self.position.epoch + 1, 0)
             if self._epoch is None or self._epoch.number != self.position.epoch:
@@ -362,11 +323,7 @@ class Trainer:
                                else Embedder._each_item(batch.items, self._prepare))
             except ItemError as exc:
                 j = batch.example_of(exc.index or 0)
-                error = example_error(self.examples[batch.examples[j]], exc)
-                self.errors.append(error)
-                self.bad_examples.add(batch.examples[j])  # left out of later batches too
-                if self.rank == 0:
-                    print(f"umr train: left out a bad example at step {self.step + 1}: {error}", file=sys.stderr)
+                self.data.reject(batch.examples[j], example_error(batch.drawn[j], exc))  # out of later draws too
                 batch = batch.without(j)
         return batch, []
 
@@ -468,6 +425,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         self.check_weights()  # on every process: the same weights, the same verdict
+        bad_examples = self.gather_bad_examples()
         if self.rank == 0:
             checkpoint.save(self.output / "checkpoints", self.step, {
                 "step": self.step, "epoch": self.position.epoch, "index": self.position.index,
@@ -475,10 +433,15 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": checkpoint.rng_state(self.device), "metrics": self.metrics,
                 "skipped_steps": self.skipped_steps, "bound_steps": self.bound_steps,
-                "errors": self.errors[self.startup_errors:], "bad_examples": sorted(self.bad_examples),
+                "bad_examples": bad_examples,
                 "config": self.config.to_dict(),
             }, keep=self.config.keep_checkpoints)
         collectives.wait_for_all()
+
+    def gather_bad_examples(self) -> list[list[dict[str, Any]]]:
+        """Every process's bad examples (:meth:`~umr.train.data.TrainingData.error_state`), in
+        rank order: each process draws its own share, so each finds its own (a collective)."""
+        return collectives.all_gather_object(self.data.error_state())
 
     def restore(self) -> bool:
         state = checkpoint.load_latest(self.output / "checkpoints")
@@ -506,8 +469,8 @@ class Trainer:
         self.metrics = list(state["metrics"])
         self.skipped_steps = list(state.get("skipped_steps", []))
         self.bound_steps = list(state.get("bound_steps", []))
-        self.errors = self.errors[: self.startup_errors] + list(state.get("errors", []))
-        self.bad_examples = set(state.get("bad_examples", []))
+        found = state["bad_examples"]  # each process's own; all of them when resumed on another number
+        self.data.restore_errors(found[self.rank] if len(found) == self.world_size else [e for f in found for e in f])
         return True
 
     # -- the run ---------------------------------------------------------------------------------
@@ -558,8 +521,9 @@ class Trainer:
         final_eval = self.evaluate() if config.eval_data else None
         if final_eval is not None:
             logger.write_eval(self.step, final_eval)
+        bad_examples = self.gather_bad_examples()
         if self.rank == 0:
-            self.save_model(final_eval)
+            self.save_model(final_eval, bad_examples)
             logger.close(plot=True)
         collectives.wait_for_all()
         return self.output
@@ -576,9 +540,14 @@ class Trainer:
         return {f"{r['task']}/{k}": v for r in results["tasks"] for k, v in r["metrics"].items()
                 if isinstance(v, (int, float))}
 
-    def save_model(self, final_eval: dict[str, float] | None) -> None:
+    def save_model(self, final_eval: dict[str, float] | None, bad_examples: list[list[dict[str, Any]]]) -> None:
         """The trained model (LoRA merged) in ``output``, loadable by ``umr.load_model``; with
-        ``save_adapter``, the LoRA adapter (and trained modules) as peft's files in ``output/adapter``."""
+        ``save_adapter``, the LoRA adapter (and trained modules) as peft's files in ``output/adapter``;
+        every process's ``bad_examples`` (:meth:`gather_bad_examples`) in ``errors.jsonl``, each once."""
+        errors: dict[int, dict[str, Any]] = {}
+        for found in bad_examples:
+            for entry in found:
+                errors.setdefault(entry["index"], {k: v for k, v in entry.items() if k != "index"})
         self.check_weights()
         adapter_base = None
         if self.lora_config is not None and self.config.save_adapter:
@@ -596,7 +565,7 @@ class Trainer:
                            "fingerprint": files_fingerprint(self.base_folder)},
             "data": [{"path": s.path, "name": s.label, "weight": s.weight, "instruction": s.instruction,
                       "tasks": s.tasks, "fingerprint": source_fingerprint(Path(s.path))} for s in self.config.data],
-            "examples": len(self.examples), "skipped_examples": len(self.errors),
+            "examples": len(self.data), "skipped_examples": len(errors),
             "config": self.config.to_dict(), "processes": self.world_size,
             "trainable_parameters": self.trainable_count, "precision": self.precision,
             "steps": self.step, "epochs_seen": self.position.epoch + 1,
@@ -609,10 +578,10 @@ class Trainer:
             "tensorboard": "tensorboard/" if _has_tensorboard() else "not installed (pip install tensorboard)",
         }
         write_json_atomic(self.output / "training.json", record)
-        if self.errors:
+        if errors:
             with (self.output / "errors.jsonl").open("w", encoding="utf-8") as handle:
-                for error in self.errors:
-                    handle.write(json.dumps(error.to_dict()) + "\n")
+                for error in errors.values():
+                    handle.write(json.dumps(error) + "\n")
 
 
 def copy_model_files(source: Path, target: Path) -> None:

@@ -53,6 +53,8 @@ class GmeEmbedder(Embedder, Prefetching, Trainable):
         self.dim = int(text_config.hidden_size)
         self.image_token_id = int(config.image_token_id)
         self._fast_decoder = _supports_fast_decoder(model)
+        #: the packed decoder recomputes each layer in backward (``enable_gradient_checkpointing``)
+        self.checkpoint_decoder = False
         speed_up_vision(model.visual)
 
     # -- loading --------------------------------------------------------------------------------
@@ -131,6 +133,12 @@ class GmeEmbedder(Embedder, Prefetching, Trainable):
     def trainable_module(self) -> torch.nn.Module:
         return self.model
 
+    def enable_gradient_checkpointing(self) -> int:
+        """The vision blocks and transformers' decoder layers (the padded path) by their forward,
+        and the packed decoder, which calls the layers' parts itself, layer by layer."""
+        self.checkpoint_decoder = True
+        return super().enable_gradient_checkpointing()
+
     def save_pretrained(self, folder: str | Path) -> None:
         self.model.save_pretrained(str(folder))
 
@@ -192,7 +200,8 @@ class GmeEmbedder(Embedder, Prefetching, Trainable):
         """The packed decoder (:func:`~umr.models.qwen_vl_fast.decode_packed`), positions ``0..n-1``
         on all three M-RoPE sections of every sequence."""
         positions = torch.cat([torch.arange(n, device=embeds.device) for n in lengths])
-        return decode_packed(self.model.language_model, embeds, lengths, positions.view(1, 1, -1).expand(3, 1, -1))
+        return decode_packed(self.model.language_model, embeds, lengths, positions.view(1, 1, -1).expand(3, 1, -1),
+                             checkpoint=self.checkpoint_decoder)
 
 
 def _supports_fast_decoder(model) -> bool:
