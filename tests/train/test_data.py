@@ -206,6 +206,22 @@ def test_a_source_with_no_usable_example_stops_the_run_saying_why(tmp_path):
         data.draw([0, 1])
 
 
+def test_an_example_rejected_after_it_was_drawn_is_never_drawn_again(tmp_path):
+    """The trainer rejects an example whose item fails to prepare (found after the draw)."""
+    path = write_examples(tmp_path / "t.jsonl", GOOD[:4])
+    data = TrainingData([str(path)])
+    assert [i for i, _ in data.draw([0, 1, 2])] == [0, 1, 2]
+    broken = ItemError("d1", f"{path}:2: image cannot be decoded", line=2)
+    data.reject(1, broken)
+    data.reject(1, broken)  # found again (a micro-batch prepared ahead): still one error
+    drawn = [i for i, _ in data.draw([0, 1, 2])]
+    assert 1 not in drawn and len(drawn) == 3 and data.errors == [broken]
+    for index in (0, 2, 3):
+        data.reject(index, ItemError(None, f"{path}:{index + 1}: image cannot be decoded", line=index + 1))
+    with pytest.raises(NoUsableExamples, match=r"4 bad; first: .*:2: image cannot be decoded"):
+        data.draw([0, 1])
+
+
 def test_errors_found_before_a_checkpoint_are_kept_once_after_resume(tmp_path):
     path, _ = _mixed_file(tmp_path)
     first = TrainingData([str(path)])

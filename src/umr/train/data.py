@@ -23,7 +23,10 @@ can embed) when a batch draws it. A bad one — invalid JSON, wrong field types,
 image, a missing image file, an id not in the pool — becomes an :class:`~umr.types.ItemError`
 naming its file, line and reason, reported once; its place in the batch goes to another example
 of its source (chosen deterministically, never one already in the batch), so batches keep their
-size on every process and a resumed run draws exactly what an uninterrupted one does.
+size on every process and a resumed run draws exactly what an uninterrupted one does. The
+trainer rejects an example whose item fails later, when it is prepared (an image that is
+readable up to its header only): :meth:`TrainingData.reject` excludes it from later draws the
+same way, and the bad examples travel in checkpoints.
 
 **Batches.** :class:`BatchPlan` draws each epoch's examples from the sources in proportion to
 their weights (a source drawn more than its size repeats in a fresh order), then either keeps
