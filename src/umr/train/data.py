@@ -208,7 +208,7 @@ def _item(record: Any, *, base: Path, is_query: bool, where: str) -> Item:
     if not isinstance(record, dict):
         raise ValueError(f"{where} must be an object with text and/or image")
     try:
-        item_id = record_id(record, "id") if record.get("id") is not None else None
+        item_id = record_id(record, "id") if record.get("id") not in (None, "") else None  # empty is none
         text = string_field(record, "text", item_id)
         image = image_field(record, "image", item_id, base)
         instruction = string_field(record, "instruction", item_id)
