@@ -68,8 +68,12 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.Arg
 
 
 def _cell(text: str) -> str:
-    """Text fit for one Markdown table cell."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """Plain help text fit for one Markdown table cell: one line, ``|`` escaped, and outside
+    `code spans` the characters Markdown would read as HTML or emphasis (``NAME/<id>``)."""
+    parts = " ".join(str(text).split()).replace("|", "\\|").split("`")
+    for i in range(0, len(parts), 2):  # even parts are outside code spans
+        parts[i] = parts[i].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*")
+    return "`".join(parts)
 
 
 def _help(action: argparse.Action, prog: str) -> str:
@@ -156,17 +160,17 @@ def _table(actions: list[argparse.Action], prog: str) -> list[str]:
 def render_command(name: str, parser: argparse.ArgumentParser, summary: str) -> list[str]:
     lines = [f"## umr {name}", ""]
     if summary:
-        lines += [summary[0].upper() + summary[1:] + ("" if summary.endswith(".") else "."), ""]
+        lines += [_cell(summary[0].upper() + summary[1:] + ("" if summary.endswith(".") else ".")), ""]
     if parser.description and parser.description.strip() != summary.strip():
-        lines += [" ".join(parser.description.split()), ""]
+        lines += [_cell(parser.description), ""]
     lines += ["```text", _synopsis(name, parser), "```", ""]
     for group in parser._action_groups:
         table = _table(group._group_actions, parser.prog)
         if not table:
             continue
         if group.title not in ("options", "optional arguments", "positional arguments"):
-            title = group.title[0].upper() + group.title[1:]
-            lines += [f"**{title}**" + (f": {' '.join(group.description.split())}" if group.description else ""), ""]
+            title = _cell(group.title[0].upper() + group.title[1:])
+            lines += [f"**{title}**" + (f": {_cell(group.description)}" if group.description else ""), ""]
         lines += table
     return lines
 
