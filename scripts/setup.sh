@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install umr with everything the quick start and the tests use.
+# Create .venv (once) and install umr with everything the quick start, the tests and the docs build use.
 # torch is pinned to the CPU build that lies on this machine's disk; other versions download GBs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ stamp=.venv/.umr-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q -e ".[all,test]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install -q -e ".[all,test,docs]" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import umr, torch, transformers" && touch "$stamp"
 fi
 # the search page's browser test (tests/serve/test_page.py) drives Debian's headless chromium;

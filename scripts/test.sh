@@ -6,7 +6,12 @@ cd "$(dirname "$0")/.."
 UMR_SETUP_BROWSER=1 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # pyflakes rules only: undefined names and unused imports are bugs or dead code
-.venv/bin/ruff check --quiet --select F src tests benchmarks samples
+.venv/bin/ruff check --quiet --select F src tests benchmarks samples scripts docs
+# the docs site, as a reader gets it: every page, link, anchor and API reference must resolve
+# (offline: no plugin fetches anything); built into a temporary folder, never committed
+site=$(mktemp -d)
+trap 'rm -rf "$site"' EXIT
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$site"
 
 # Every server the tests start (Milvus, Ray, the HTTP API, the search page) must be reachable on
 # loopback only. Ray's gRPC servers bind every interface and have no option not to, so where this
