@@ -47,7 +47,7 @@ import umr
 from machine import counted_flops, gemm_peak, machine, mfu  # benchmarks/machine.py
 from umr.models.gme.tiny import write_tiny_gme
 from umr.models.qwen3vl import write_tiny_qwen3vl
-from umr.types import Item
+from umr.core.items import Item
 
 RESULTS = Path(__file__).resolve().parent / "results" / "embed_throughput.json"
 

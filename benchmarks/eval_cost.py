@@ -45,7 +45,7 @@ def sentence(rng: random.Random) -> str:
 
 def build_task(n_queries: int, n_candidates: int, seed: int = 0):
     from umr.eval.tasks import RetrievalTask
-    from umr.types import Item, Modality
+    from umr.core.items import Item, Modality
 
     rng = random.Random(seed)
     candidates = [Item.candidate(sentence(rng), id=f"d{i}") for i in range(n_candidates)]

@@ -52,7 +52,7 @@ class RandomEmbedder(Embedder):
 
 def make_task(n: int, half: bool, name: str):
     from umr.data.tasks import RetrievalTask
-    from umr.types import Item, Modality
+    from umr.core.items import Item, Modality
 
     pool = [Item.candidate(text=f"t{i}", id=f"d{i}") for i in range(n)]
     if half:

@@ -31,7 +31,7 @@ from PIL import Image
 from umr.rerank import load_reranker
 from umr.rerank.base import Pair
 from umr.rerank.tiny import write_tiny_qwen3vl_reranker
-from umr.types import Item
+from umr.core.items import Item
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rerank_throughput.json"
 MID_TEXT = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,

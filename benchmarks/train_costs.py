@@ -44,7 +44,7 @@ STEP = """
 import json, random, resource, sys, time
 import umr
 from umr.train.loss import info_nce
-from umr.types import Item
+from umr.core.items import Item
 
 folder, checkpointing, items, words = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4])
 model = umr.load_model(folder)

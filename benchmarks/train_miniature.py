@@ -173,7 +173,7 @@ def write_split(folder: Path, split: list[Concept], *, queries_per_task: int, se
 def eval_tasks(folder: Path, queries: dict[str, list[dict]]):
     """The held-out split as ``umr.eval`` tasks, all searching the one mixed-modality pool."""
     from umr.eval import RetrievalTask, category_of
-    from umr.types import Item, Modality
+    from umr.core.items import Item, Modality
 
     def resolve(value):
         return None if value is None else str(folder / value)

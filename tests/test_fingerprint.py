@@ -1,13 +1,13 @@
-"""umr.fingerprint: one hash of what determines a vector, with a stat-keyed memory of file digests."""
+"""umr.core.fingerprint: one hash of what determines a vector, with a stat-keyed memory of file digests."""
 
 import os
 
 from PIL import Image
 
-import umr.fingerprint as fpm
+import umr.core.fingerprint as fpm
 from umr.eval.cache import fingerprint as cache_fingerprint
-from umr.fingerprint import FileDigests, file_digest, item_fingerprint
-from umr.types import Item
+from umr.core.fingerprint import FileDigests, file_digest, item_fingerprint
+from umr.core.items import Item
 
 
 def _bmp(path, colour):

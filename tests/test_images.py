@@ -1,4 +1,4 @@
-"""umr.images: safe decoding, header-only sizes, and one clear reason for every bad image."""
+"""umr.core.images: safe decoding, header-only sizes, and one clear reason for every bad image."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from umr.images import MAX_IMAGE_PIXELS, image_size, load_image
-from umr.types import ItemError
+from umr.core.images import MAX_IMAGE_PIXELS, image_size, load_image
+from umr.core.items import ItemError
 
 
 def _png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:

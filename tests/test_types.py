@@ -2,7 +2,7 @@ import pytest
 from PIL import Image
 
 from umr import Item, ItemError, Modality
-from umr.types import as_items
+from umr.core.items import as_items
 
 
 def test_modality_follows_content_and_mbeir_spelling():

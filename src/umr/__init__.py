@@ -13,7 +13,7 @@ True
 
 from .index import Index
 from .models import EmbedResult, Embedder, ModelNotAvailable, list_models, load_model
-from .types import Item, ItemError, Modality
+from .core.items import Item, ItemError, Modality
 
 __all__ = ["EmbedResult", "Embedder", "Index", "Item", "ItemError", "Modality", "ModelNotAvailable",
            "list_models", "load_model"]

@@ -12,8 +12,8 @@ import threading
 import numpy as np
 from PIL import Image
 
-from .images import load_image
-from .types import ImageSource, ItemError
+from .core.images import load_image
+from .core.items import ImageSource, ItemError
 
 #: OCR lines below this recognition confidence are dropped as noise
 MIN_SCORE = 0.6
@@ -67,7 +67,7 @@ def _recognise(engine, img: Image.Image):
 def read_text(image: ImageSource, *, item_id: str | None = None, min_score: float = MIN_SCORE) -> str:
     """The text in ``image``, one line per detected text line, in reading order; "" if none.
 
-    Raises :class:`~umr.types.ItemError` when the image cannot be decoded (it goes through the
+    Raises :class:`~umr.core.items.ItemError` when the image cannot be decoded (it goes through the
     same safe loader as the models, so decompression bombs are refused before decoding) or the
     OCR engine fails on it.
     """

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from umr.data.beir import load_beir, load_beir_task
-from umr.types import Modality
+from umr.core.items import Modality
 
 
 def make_task(folder: Path, corpus, queries, qrels, meta=None) -> Path:

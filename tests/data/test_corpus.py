@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from umr.data.corpus import count_corpus, read_corpus
-from umr.types import ItemError
+from umr.core.items import ItemError
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "corpus"
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from umr.data.mbeir import MBEIR, format_instruction, load_mbeir, pick_instruction, read_instructions
-from umr.types import Modality
+from umr.core.items import Modality
 
 
 def write_jsonl(path: Path, rows) -> None:

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from umr.models.base import Embedder
-from umr.types import Item, ItemError
+from umr.core.items import Item, ItemError
 
 N_CONCEPTS = 30
 # task -> (dataset id, concepts, query modality, candidate modality)

@@ -17,7 +17,7 @@ from umr.cli import main
 from umr.data.beir import load_beir_task
 from umr.data.mbeir import load_mbeir
 from umr.eval import evaluate
-from umr.types import Item
+from umr.core.items import Item
 
 from .conftest import OracleEmbedder, build_mbeir
 from .test_eval_hardening import Words, cli_eval, write_beir
@@ -201,7 +201,7 @@ def test_bad_records_of_mbeir_pools_and_query_files_fail_and_a_failed_query_scor
 
         def _cost(self, item: Item) -> int:
             if item.image is not None:
-                from umr.images import load_image
+                from umr.core.images import load_image
 
                 load_image(item.image, item_id=item.id)
             return 1
@@ -227,7 +227,7 @@ def test_readers_keep_a_failed_record_in_its_place_with_its_reason():
     assert Item.candidate(text="a").problem is None
     with pytest.raises(ValueError, match="holds no text"):
         Item(text="a", error="bad")
-    from umr.fingerprint import item_fingerprint
+    from umr.core.fingerprint import item_fingerprint
 
     one, other = Item.failed("a", "reason one"), Item.failed("a", "reason two")
     assert item_fingerprint(one) != item_fingerprint(other) != item_fingerprint(Item.candidate(text=None))

@@ -16,7 +16,7 @@ from umr.eval import Evaluator, evaluate
 from umr.eval.cache import fingerprint
 from umr.eval.trec import read_run
 from umr.models.matryoshka import renormalised_prefix, sweep_dims
-from umr.types import Item
+from umr.core.items import Item
 
 DIMS = [4, 16, 32]  # the tiny Qwen3-VL is 32-dimensional
 

@@ -19,7 +19,7 @@ from umr.eval import EvalConfig, Evaluator, evaluate
 from umr.eval.cache import EmbeddingStore
 from umr.eval.trec import read_run
 from umr.models.base import Embedder
-from umr.types import Item, ItemError
+from umr.core.items import Item, ItemError
 
 STDLIB_DOCS = Path(__file__).parents[1] / "fixtures" / "eval" / "stdlib-docs"
 pytrec_eval = pytest.importorskip("pytrec_eval")
@@ -375,7 +375,7 @@ def test_the_evaluator_holds_one_pool_not_the_whole_cache(tmp_path):
     import tracemalloc
 
     from umr.data.tasks import RetrievalTask
-    from umr.types import Modality
+    from umr.core.items import Modality
 
     n = 20_000
     pool = [Item.candidate(text=f"t{i}", id=f"d{i}") for i in range(n)]
@@ -413,7 +413,7 @@ def test_the_evaluator_holds_one_pool_not_the_whole_cache(tmp_path):
 
 def test_compare_lists_the_union_of_tasks_once_with_sides_named(tmp_path, capsys):
     from umr.data.tasks import RetrievalTask
-    from umr.types import Modality
+    from umr.core.items import Modality
 
     def task(name):
         cands = [Item.candidate(text=f"{name} x{j}", id=f"{name}-d{j}") for j in range(3)]
@@ -464,7 +464,7 @@ def test_retry_errors_retries_each_item_once_per_run_and_refreshes_every_task(tm
     """Two tasks share a candidate that failed: one retry serves both, and the second task's
     finished result (which counted the failure) is scored again, not served stale."""
     from umr.data.tasks import RetrievalTask
-    from umr.types import Modality
+    from umr.core.items import Modality
 
     def task(name):
         cands = [Item.candidate(text="flaky doc", id="shared"), Item.candidate(text=f"{name} doc", id=f"{name}-d")]

@@ -19,7 +19,7 @@ from umr.eval.metrics import evaluate_run, mean_metrics
 from umr.eval.tasks import RetrievalTask
 from umr.eval.trec import read_run, write_qrels, write_run
 from umr.models.base import Embedder
-from umr.types import Item, ItemError, Modality
+from umr.core.items import Item, ItemError, Modality
 
 STDLIB_DOCS = Path(__file__).parents[1] / "fixtures" / "eval" / "stdlib-docs"
 

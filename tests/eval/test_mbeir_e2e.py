@@ -136,7 +136,7 @@ def test_instructions_are_picked_like_uniir_and_seeded(mbeir_dir):
 
 
 def test_items_a_model_cannot_embed_are_reported_not_fatal(mbeir_dir, oracle, tmp_path):
-    from umr.types import ItemError
+    from umr.core.items import ItemError
 
     class TextOnly(type(oracle)):
         name = "text-only"
@@ -159,7 +159,7 @@ def test_in_memory_images_are_cached_by_content(oracle):
     from PIL import Image
 
     from umr.eval.cache import fingerprint
-    from umr.types import Item
+    from umr.core.items import Item
 
     a = Item.candidate(text="concept 01", image=Image.new("RGB", (2, 2), "red"))
     b = Item.candidate(text="concept 01", image=Image.new("RGB", (2, 2), "red"))

@@ -17,7 +17,7 @@ import numpy as np
 
 from umr.models.base import Embedder
 from umr.models.registry import FAMILIES, REGISTRY, ModelSpec, register
-from umr.types import Item, ItemError
+from umr.core.items import Item, ItemError
 
 NAME = "hash-test"
 DIM = 64
@@ -72,13 +72,13 @@ class PixelHashEmbedder(HashEmbedder):
 
     def _cost(self, item: Item) -> int:
         if item.image is not None:
-            from umr.images import load_image
+            from umr.core.images import load_image
 
             load_image(item.image, item_id=item.id)  # decodes: corrupt images fail here
         return len(item.text or "") // 4 + 1
 
     def _embed_batch(self, items: list[Item]):
-        from umr.images import load_image
+        from umr.core.images import load_image
 
         text_items = [Item(text=it.text or "", id=it.id) for it in items]
         out = super()._embed_batch(text_items)

@@ -70,7 +70,7 @@ def test_skipped_files_are_counted_by_extension_and_listed(tmp_path, capsys):
 
 def test_symlinks_are_followed_once_and_loops_are_safe(tmp_path):
     from umr.data.corpus import ReadReport, read_corpus
-    from umr.types import ItemError
+    from umr.core.items import ItemError
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -94,7 +94,7 @@ def test_symlinks_are_followed_once_and_loops_are_safe(tmp_path):
 
 def test_a_jsonl_image_url_is_refused_as_a_url(tmp_path):
     from umr.data.corpus import read_corpus
-    from umr.types import ItemError
+    from umr.core.items import ItemError
 
     lines = [{"id": "web", "image": "https://example.com/cat.jpg", "text": "a cat"},
              {"id": "local", "image": "file:///tmp/cat.jpg"},

@@ -10,7 +10,7 @@ import pytest
 import hashing
 from umr.cli import main
 from umr.index import Index
-from umr.types import Item
+from umr.core.items import Item
 
 
 def _rare_store(tmp_path, n=20_000, every=400, dim=32):

@@ -7,7 +7,7 @@ import pytest
 
 import hashing
 from umr.index import Index, ModelMismatch
-from umr.types import Item
+from umr.core.items import Item
 
 
 def _items(n, prefix="d"):

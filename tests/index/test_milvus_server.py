@@ -17,7 +17,7 @@ import pytest
 import hashing
 from conftest import HASHING_CLI
 from umr.index import Index, StoreUnreachable
-from umr.types import Item
+from umr.core.items import Item
 
 
 def _collection():

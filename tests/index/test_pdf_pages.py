@@ -17,7 +17,7 @@ from umr.data.chunking import Chunker
 from umr.data.corpus import ReadReport, read_corpus
 from umr.index import Index
 from umr.models.base import Embedder
-from umr.types import ItemError
+from umr.core.items import ItemError
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "pdf"

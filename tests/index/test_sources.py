@@ -241,7 +241,7 @@ def test_index_search_refuses_bad_queries(tmp_path):
 
 
 def test_a_rerun_over_unchanged_files_reads_none_of_them(tmp_path, monkeypatch, capsys):
-    import umr.fingerprint as fpm
+    import umr.core.fingerprint as fpm
 
     corpus = tmp_path / "c"
     corpus.mkdir()

@@ -12,7 +12,7 @@ import pytest
 import hashing
 from umr.index import FlatStore, Index
 from umr.index.base import VectorStore, json_line
-from umr.types import Item
+from umr.core.items import Item
 
 #: what os.fsdecode makes of the Latin-1 name b"caf\xe9.txt"
 LATIN1 = os.fsdecode(b"caf\xe9.txt")

@@ -17,7 +17,7 @@ from PIL import Image
 
 import umr
 from umr.train.loss import info_nce
-from umr.types import Item
+from umr.core.items import Item
 
 #: the repeated blocks whose MLP runs once per forward: LLM layers, Qwen-VL vision blocks, CLIP layers
 BLOCK_MLP = re.compile(r".*(layers|blocks)\.\d+\.mlp")

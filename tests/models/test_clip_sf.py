@@ -24,7 +24,7 @@ import umr
 from umr.cli import main
 from umr.models.clip_sf import ClipSfEmbedder, item_text, uniir_format, write_tiny_clip, write_tiny_uniir_clip_sf
 from umr.models.registry import ModelNotAvailable
-from umr.types import Item, ItemError
+from umr.core.items import Item, ItemError
 
 TOL = 1e-5
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 import umr
 from umr.cli import main
-from umr.types import Item
+from umr.core.items import Item
 
 TOL = 1e-5
 DEFAULT_INSTRUCTION = "You are a helpful assistant."

@@ -20,7 +20,7 @@ from PIL import Image
 import umr
 from umr.cli import main
 from umr.models.mmembed import MMEmbedEmbedder, build_prompt, write_tiny_mmembed
-from umr.types import Item, ItemError
+from umr.core.items import Item, ItemError
 
 TOL = 1e-5
 

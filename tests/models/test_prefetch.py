@@ -11,7 +11,7 @@ from PIL import Image
 
 import umr
 from umr.models.prefetch import PrefetchingLoader
-from umr.types import Item, ItemError
+from umr.core.items import Item, ItemError
 
 
 @pytest.fixture(scope="module")

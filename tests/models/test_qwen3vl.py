@@ -24,7 +24,7 @@ from PIL import Image
 
 import umr
 from umr.cli import main
-from umr.types import Item, ItemError
+from umr.core.items import Item, ItemError
 
 TOL = 1e-5
 DEFAULT_INSTRUCTION = "Represent the user's input."

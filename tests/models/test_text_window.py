@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import umr
-from umr.types import Item
+from umr.core.items import Item
 
 TEXT = "Tides turn twice a day; 42 boats, café crème and 東京 at 07:15.\nThe harbour lighthouse keeps watch. " * 3
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 
 from umr.rerank.base import Pair, Reranker
-from umr.types import ItemError
+from umr.core.items import ItemError
 
 
 class ConceptReranker(Reranker):

@@ -14,7 +14,7 @@ from rerank_fixtures import ConceptReranker
 from umr.eval import Evaluator
 from umr.index.index import Result
 from umr.rerank import load_reranker
-from umr.types import Item
+from umr.core.items import Item
 
 
 def test_bad_candidates_are_named_and_the_rest_scored_as_alone(tiny_reranker_dir, images, tmp_path):

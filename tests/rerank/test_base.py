@@ -7,7 +7,7 @@ import pytest
 from rerank_fixtures import ConceptReranker
 
 from umr.index.index import Result
-from umr.types import Item, ItemError
+from umr.core.items import Item, ItemError
 
 
 def _results(texts):

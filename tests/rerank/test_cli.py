@@ -9,7 +9,7 @@ import numpy as np
 
 from umr.cli import main
 from umr.rerank import load_reranker
-from umr.types import Item
+from umr.core.items import Item
 
 
 def _write(path, records):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from umr.rerank import load_reranker
-from umr.types import Item
+from umr.core.items import Item
 
 
 @pytest.fixture(scope="module")

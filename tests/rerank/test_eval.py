@@ -13,7 +13,7 @@ from rerank_fixtures import ConceptReranker
 from umr.cli import main
 from umr.eval import EvalConfig, Evaluator
 from umr.models.base import Embedder
-from umr.types import Item
+from umr.core.items import Item
 
 _spec = importlib.util.spec_from_file_location("eval_fixtures", Path(__file__).parents[1] / "eval" / "conftest.py")
 eval_fixtures = importlib.util.module_from_spec(_spec)

@@ -9,7 +9,7 @@ import torch
 from umr.rerank import load_reranker
 from umr.rerank.base import Pair
 from umr.rerank.generative import DEFAULT_PROMPTS
-from umr.types import Item
+from umr.core.items import Item
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from umr.rerank import load_reranker
 from umr.rerank.base import Pair
-from umr.types import Item
+from umr.core.items import Item
 
 SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
           'Note that the answer can only be "yes" or "no".')

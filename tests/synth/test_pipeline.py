@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from umr.synth import ClipScorer, OwnImages, SynthConfig, parse_reply, synthesize
-from umr.types import Item
+from umr.core.items import Item
 
 from .conftest import CountingGenerator, scripted_generator
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from umr.models.base import Embedder
 from umr.models.registry import FAMILIES, REGISTRY, ModelSpec, register
-from umr.types import Item
+from umr.core.items import Item
 
 DIM = 32
 AXES: dict[str, int] = {}
@@ -35,7 +35,7 @@ class LookupEmbedder(Embedder):
 
     def _cost(self, item: Item) -> int:
         if item.image is not None:
-            from umr.images import image_size
+            from umr.core.images import image_size
 
             image_size(item.image, item_id=item.id)  # a missing or broken image fails here, as in real models
         return 1

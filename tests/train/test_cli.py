@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import umr
 from umr.cli import main
 from umr.train import TrainConfig
-from umr.types import Item
+from umr.core.items import Item
 
 from train_fixtures import backward, text_examples
 

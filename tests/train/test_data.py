@@ -12,7 +12,7 @@ from PIL import Image
 
 from umr.train.data import (BatchPlan, MBEIRExamples, NoUsableExamples, TrainingData, read_examples_jsonl,
                             read_mbeir_train, sample_negatives)
-from umr.types import ItemError
+from umr.core.items import ItemError
 
 from train_fixtures import mbeir_with_bad_records, write_examples, write_jsonl
 

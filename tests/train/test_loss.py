@@ -10,7 +10,7 @@ from PIL import Image
 
 import umr
 from umr.train.loss import Temperature, distributed_info_nce, info_nce
-from umr.types import Item
+from umr.core.items import Item
 
 from train_fixtures import backward
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from umr.models.base import Embedder, Trainable
 from umr.models.registry import FAMILIES, ModelSpec, register
-from umr.types import Item, ItemError
+from umr.core.items import Item, ItemError
 
 WIDTH = 8
 

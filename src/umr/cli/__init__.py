@@ -12,7 +12,7 @@ import sys
 
 from ..models.cpu import CpuSwitchError, cpu_bf16_setting
 from ..models.registry import ModelNotAvailable
-from ..types import ItemError
+from ..core.items import ItemError
 
 #: sub-command modules, in the order ``umr --help`` lists them
 COMMANDS = ["embed", "eval", "models", "index", "search", "train", "mine", "synth", "rerank", "serve"]

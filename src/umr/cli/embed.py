@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..data.items import read_items_jsonl
-    from ..types import ItemError
+    from ..core.items import ItemError
 
     if not args.input.is_file():
         raise UsageError(f"no such input file: {args.input}")

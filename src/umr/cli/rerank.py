@@ -93,7 +93,7 @@ def read_pairs_jsonl(path: Path):
     from ..data.files import jsonl_records
     from ..data.items import parse_item_line
     from ..rerank.base import Pair
-    from ..types import ItemError
+    from ..core.items import ItemError
 
     base = path.parent.resolve()
     for line_no, record in jsonl_records(path):
@@ -119,7 +119,7 @@ def read_pairs_jsonl(path: Path):
 
 
 def run(args) -> int:
-    from ..types import ItemError
+    from ..core.items import ItemError
 
     if not args.input.is_file():
         raise UsageError(f"no such input file: {args.input}")

@@ -1,4 +1,4 @@
-"""Readers that turn files on disk into :class:`~umr.types.Item` streams."""
+"""Readers that turn files on disk into :class:`~umr.core.items.Item` streams."""
 
 from .items import read_items_jsonl
 

@@ -11,7 +11,7 @@ A task folder holds::
 ``image`` is a path relative to the task folder (or absolute). As BEIR's sentence-transformers
 wrapper does, a candidate's text is ``title + " " + text`` (stripped) when it has a title. A bad
 record (empty title and text and no image, a field of the wrong type, no ``_id``, a line that is
-not JSON) is kept as a failed item (:meth:`~umr.types.Item.failed`), which the evaluator counts
+not JSON) is kept as a failed item (:meth:`~umr.core.items.Item.failed`), which the evaluator counts
 and names; a record without an id is named ``corpus.jsonl:LINE``. The
 category (UMRB's T→T, I→I, T→I, T→VD, I→T, T→IT, IT→T, IT→I, IT→IT) comes from ``task.json`` or
 else from the modalities of the queries and of the judged candidates. The headline metric is
@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from ..types import Item, Modality
+from ..core.items import Item, Modality
 from .files import image_field, jsonl_records, read_item, record_id, string_field
 from .qrels import read_qrels
 from .tasks import RetrievalTask, category_of, parse_category, target_of_category
@@ -43,7 +43,7 @@ def is_beir_task(folder: str | Path) -> bool:
 
 def candidate_text(record: dict, item_id: str | None = None) -> str | None:
     """``title + " " + text`` (stripped) as BEIR joins them, or the text alone without a title;
-    an :class:`~umr.types.ItemError` for a title or text that is not a string."""
+    an :class:`~umr.core.items.ItemError` for a title or text that is not a string."""
     title, text = string_field(record, "title", item_id) or "", string_field(record, "text", item_id) or ""
     joined = (title + " " + text).strip() if title else text
     return joined or None

@@ -1,8 +1,8 @@
 """Corpus readers for ``umr index``: a folder, an items JSONL, or an M-BEIR candidate pool.
 
-Every reader yields :class:`Entry` objects (or :class:`~umr.types.ItemError` for what cannot
+Every reader yields :class:`Entry` objects (or :class:`~umr.core.items.ItemError` for what cannot
 even be listed). An entry knows its id and a content fingerprint *before* anything is decoded,
-so a re-run can say "unchanged" cheaply; ``entry.load()`` builds the :class:`~umr.types.Item`
+so a re-run can say "unchanged" cheaply; ``entry.load()`` builds the :class:`~umr.core.items.Item`
 and raises ``ItemError`` for a bad file.
 
 Folder rules: images (jpg, jpeg, png, webp, gif, bmp, tif, tiff), text (txt, md), PDF (one item
@@ -12,7 +12,7 @@ own. Ids are paths relative to the folder (``report.pdf#page=2`` for PDF pages,
 ``notes/report.txt#chunk=3`` for the passages of a long text, ``report.pdf#page=2&chunk=3`` for
 those of a page whose text layer does not fit, each holding the page image); the index puts the source's
 prefix in front (:func:`default_id_prefix`). Paths are stored resolved (absolute), so results
-open from any working directory. Fingerprints are :mod:`umr.fingerprint`'s. Symlinks to files
+open from any working directory. Fingerprints are :mod:`umr.core.fingerprint`'s. Symlinks to files
 and folders are followed; each folder is read once (a symlink loop is passed over). Hidden
 names, other file types and special files are not read and are listed in :class:`ReadReport`.
 A name that is not valid UTF-8 keeps its bytes: the id shows them as ``\\xNN`` and the stored
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..fingerprint import FileDigests, file_digest, item_fingerprint
-from ..types import Item, ItemError
+from ..core.fingerprint import FileDigests, file_digest, item_fingerprint
+from ..core.items import Item, ItemError
 from .chunking import Chunker, Passage, passage_id
 from .files import display_name, jsonl_records, stored_path
 from .mbeir import parse_candidate
@@ -102,7 +102,7 @@ def read_corpus(source: str | os.PathLike, *, image_root: str | os.PathLike | No
                 report: ReadReport | None = None) -> Iterator[Entry | ItemError]:
     """Entries of a folder, an items JSONL or an M-BEIR pool JSONL (detected from its fields).
 
-    ``digests`` remembers file digests across runs (see :mod:`umr.fingerprint`). With a
+    ``digests`` remembers file digests across runs (see :mod:`umr.core.fingerprint`). With a
     ``chunker`` long texts (text files, text-only JSONL items, PDF pages' text layers) become passages and texts the
     model would cut are listed in ``report.truncated``; M-BEIR pools keep their ids and are
     never split.
@@ -342,7 +342,7 @@ def _note_truncation(chunker: Chunker | None, report: ReadReport, item_id: str, 
 def _image_loader(path: Path, sidecar: Path | None, item_id: str, chunker: Chunker | None,
                   report: ReadReport) -> Callable[[], Item]:
     def load() -> Item:
-        from ..images import image_size
+        from ..core.images import image_size
 
         image_size(path, item_id=item_id)  # header check: non-images and bombs fail here
         caption = None
@@ -528,7 +528,7 @@ def read_jsonl(path: str | os.PathLike, *, digests: FileDigests | None = None, c
 def _checked(item: Item, chunker: Chunker | None, report: ReadReport) -> Item:
     _note_truncation(chunker, report, item.id, item.text)
     if item.image is not None:
-        from ..images import image_size
+        from ..core.images import image_size
 
         image_size(item.image, item_id=item.id)
     return item

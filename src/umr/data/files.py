@@ -2,7 +2,7 @@
 data folder, URLs, and file names that are not valid UTF-8 (stored losslessly, shown readably).
 
 A bad record (a line that is not a JSON object, a field of the wrong type, no id) is that
-record's :class:`~umr.types.ItemError`, never the end of the read: the helpers below say what
+record's :class:`~umr.core.items.ItemError`, never the end of the read: the helpers below say what
 is wrong with one record, and each reader decides what becomes of it (an index error, a failed
 benchmark item).
 """
@@ -16,7 +16,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..types import Item, ItemError
+from ..core.items import Item, ItemError
 
 
 def parse_json_record(raw: str, *, line: int) -> dict | ItemError:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from ..types import Item, ItemError
+from ..core.items import Item, ItemError
 from .files import (display_name, is_storable, is_url, parse_json_record, resolve_path, string_field,
                     url_refusal)
 

@@ -26,7 +26,7 @@ does not hold are ignored, and no result is dropped for sharing the query's id.
 
 A bad record in a pool or a query file (no text and no image for its modality, a field of the
 wrong type, an unknown modality, no ``did``/``qid``, a line that is not JSON) is kept as a failed
-item (:meth:`~umr.types.Item.failed`): counted and named by the evaluator, and a failed query
+item (:meth:`~umr.core.items.Item.failed`): counted and named by the evaluator, and a failed query
 scores 0 like any other. A record without an id is named ``FILE:LINE``.
 """
 
@@ -40,8 +40,8 @@ from typing import Iterable, Literal
 from .files import image_field, jsonl_records, read_item, record_id, string_field
 from .qrels import read_qrels
 from .tasks import RetrievalTask, category_of
-from ..types import Item, ItemError, Modality
-from ..uniir import format_string as format_instruction  # UniIR's prompt clean-up
+from ..core.items import Item, ItemError, Modality
+from ..core.uniir import format_string as format_instruction  # UniIR's prompt clean-up
 
 #: M-BEIR's task ids: (query modality, candidate modality)
 MBEIR_TASKS: dict[int, tuple[str, str]] = {
@@ -128,7 +128,7 @@ def parse_candidate(record: dict, root: Path) -> Item:
     """One pool record (``did``, ``txt``, ``img_path``, ``modality``) as a candidate: what its
     ``modality`` names is kept (without one, whatever it has); ``img_path`` is under ``root``.
     An :class:`ItemError` for a bad field; a record with nothing of its modality is an item
-    without content (its :attr:`~umr.types.Item.problem` says so)."""
+    without content (its :attr:`~umr.core.items.Item.problem` says so)."""
     did = record_id(record, "did")
     present = ",".join(name for name, field in (("image", "img_path"), ("text", "txt")) if record.get(field))
     modality = _modality(record, "modality", did, present or "text")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..types import Item, Modality
+from ..core.items import Item, Modality
 
 #: UMRB's categories, by group, in the papers' order.
 UMRB_GROUPS: dict[str, list[str]] = {

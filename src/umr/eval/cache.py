@@ -31,16 +31,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..fingerprint import item_fingerprint
+from ..core.fingerprint import item_fingerprint
 from ..index.embedding import ChunkEmbedder, LocalEmbedder
 from ..models.base import Embedder
 from ..models.identity import model_identity
-from ..types import Item
+from ..core.items import Item
 
 
 def fingerprint(item: Item) -> str:
     """What the model sees, hashed: role, text, image content (file bytes, bytes or pixels),
-    instruction — :func:`umr.fingerprint.item_fingerprint`, the one rule umr uses everywhere."""
+    instruction — :func:`umr.core.fingerprint.item_fingerprint`, the one rule umr uses everywhere."""
     return item_fingerprint(item)
 
 

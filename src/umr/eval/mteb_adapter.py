@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..types import Item
+from ..core.items import Item
 
 
 class MtebEncoder:

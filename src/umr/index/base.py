@@ -96,7 +96,7 @@ class Filter:
     @classmethod
     def make(cls, modality: "str | Sequence[str] | None" = None,
              where: dict[str, Any] | None = None) -> "Filter | None":
-        from ..types import Modality
+        from ..core.items import Modality
 
         mods = None
         if modality is not None:

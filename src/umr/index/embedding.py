@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 from ..models.base import EmbedResult
-from ..types import Item
+from ..core.items import Item
 
 
 @runtime_checkable

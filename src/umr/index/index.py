@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..fingerprint import FileDigests, item_fingerprint
-from ..types import Item, ItemError, Modality
+from ..core.fingerprint import FileDigests, item_fingerprint
+from ..core.items import Item, ItemError, Modality
 from ..models.base import EmbedResult
 from ..models.identity import model_identity
 from .base import VectorStore, json_line

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..types import Modality
+from ..core.items import Modality
 from .base import (FORMAT, MANIFEST, Filter, Hit, IndexStoreError, StoreUnreachable, VectorStore,
                    check_search_args, has_surrogates, key_value, read_manifest, replace_surrogates,
                    write_bytes_durably)

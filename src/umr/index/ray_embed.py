@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..models.base import EmbedResult
 from ..models.cpu import cpu_switch_environment
-from ..types import Item
+from ..core.items import Item
 
 #: chunks queued per actor, so an actor never waits for the driver
 _IN_FLIGHT_PER_WORKER = 2

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..types import SINGLE_VALUES, Item, ItemError, as_items
+from ..core.items import SINGLE_VALUES, Item, ItemError, as_items
 
 if TYPE_CHECKING:
     from .identity import ModelIdentity

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..fingerprint import FileDigests, file_digest
+from ..core.fingerprint import FileDigests, file_digest
 
 #: files up to this size are hashed on every load; larger ones once per version (stat signature)
 SMALL_FILE_BYTES = 16 << 20

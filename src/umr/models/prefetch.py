@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..types import Item, ItemError
+from ..core.items import Item, ItemError
 
 
 class Prefetching(ABC):

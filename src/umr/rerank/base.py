@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.base import plan_batches, run_batches
-from ..types import Item, ItemError, Modality
+from ..core.items import Item, ItemError, Modality
 
 OnError = Literal["raise", "skip"]
 
@@ -70,10 +70,10 @@ def reranked_order(scores: np.ndarray, head: int) -> list[int]:
 
 
 def as_item(value: Any, *, is_query: bool, index: int = 0) -> Item:
-    """An :class:`~umr.types.Item` from an item, a string, an image, or an index ``Result``
+    """An :class:`~umr.core.items.Item` from an item, a string, an image, or an index ``Result``
     (whose file path is its image unless it is a text result); ``index`` is the id of one without."""
     from ..index.index import Result
-    from ..types import as_items
+    from ..core.items import as_items
 
     if isinstance(value, Result):
         modality = Modality.parse(value.modality) if value.modality else Modality.TEXT

@@ -3,7 +3,7 @@
 Scores are stored in shards (``shard-000012.npz``: pair fingerprints and float32 scores), each
 written atomically once its chunk of pairs is scored, as the embedding cache stores vectors
 (:mod:`umr.eval.cache`). A pair's fingerprint covers what the reranker sees: the query's and the
-candidate's :func:`umr.fingerprint.item_fingerprint` and the task name (which picks a zero-shot
+candidate's :func:`umr.core.fingerprint.item_fingerprint` and the task name (which picks a zero-shot
 prompt). Pairs that cannot be scored are remembered in ``errors.jsonl`` (not retried).
 """
 
@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..fingerprint import item_fingerprint
+from ..core.fingerprint import item_fingerprint
 from .base import Pair, Reranker
 
 

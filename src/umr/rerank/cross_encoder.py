@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..models.registry import ModelNotAvailable
-from ..types import ItemError
+from ..core.items import ItemError
 from .base import Pair, Reranker
 
 

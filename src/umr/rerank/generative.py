@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from ..images import decode_image, image_size
+from ..core.images import decode_image, image_size
 from ..models.base import resolve_dtype
 from ..models.registry import ModelNotAvailable
-from ..types import Item, ItemError
+from ..core.items import Item, ItemError
 from .base import Pair, Reranker
 
 #: M-BEIR's task kinds (query modality -> candidate modality) and the question each asks

@@ -25,7 +25,7 @@ from ..models.checkpoints import load_checkpoint
 from ..models.qwen3vl.processing_qwen3vl import (DEFAULT_MAX_IMAGE_TOKENS, DEFAULT_MIN_IMAGE_TOKENS,
                                                  ProcessedInput, Qwen3VLProcessor, truncate_keeping_special)
 from ..models.registry import ModelNotAvailable
-from ..types import Item, ItemError
+from ..core.items import Item, ItemError
 from .base import Pair, Reranker
 
 SYSTEM_PROMPT = ('Judge whether the Document meets the requirements based on the Query and the Instruct '

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..index.base import StoreUnreachable
 from ..models.matryoshka import renormalised_prefix
-from ..types import Item, ItemError, Modality
+from ..core.items import Item, ItemError, Modality
 from .batcher import Embedded, MicroBatcher
 from .security import (Limits, RequestRefused, Security, check_count, check_image_bytes, check_text,
                        image_from_url)
@@ -602,7 +602,7 @@ def _keep_upload(folder: Path, data: bytes) -> str:
 
 def _picture(record: dict[str, Any], limits: Limits, side: int, fmt: str) -> bytes:
     """The item's image (a PDF page rendered) fitted in ``side`` pixels, encoded as ``fmt``."""
-    from ..images import load_image
+    from ..core.images import load_image
 
     path = record["path"]
     try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from ..models.base import EmbedResult, Embedder
-from ..types import Item
+from ..core.items import Item
 
 T = TypeVar("T")
 

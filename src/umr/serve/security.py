@@ -16,8 +16,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
-from ..images import image_size
-from ..types import ItemError
+from ..core.images import image_size
+from ..core.items import ItemError
 
 
 class RequestRefused(Exception):

@@ -19,7 +19,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from ..types import Item
+from ..core.items import Item
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from ..types import Item, ItemError
+from ..core.items import Item, ItemError
 from .cache import WorkCache
 from .generator import Chat, Generator, content_key, parse_reply
 from .images import Candidate, ClipScorer, ImageSource

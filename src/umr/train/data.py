@@ -1,7 +1,7 @@
 """Training examples, the sources they come from, and the batches the trainer sees.
 
 An :class:`Example` is a query, its positive and optional hard negatives (all
-:class:`~umr.types.Item`), tagged with the source it came from. Sources are
+:class:`~umr.core.items.Item`), tagged with the source it came from. Sources are
 
 * the generic JSONL, one example per line::
 
@@ -20,7 +20,7 @@ An :class:`Example` is a query, its positive and optional hard negatives (all
 line), so it costs the same for a hundred examples or millions, on every start and resume. An
 example is parsed and checked (fields, text or image, image files, candidate ids, what the model
 can embed) when a batch draws it. A bad one — invalid JSON, wrong field types, neither text nor
-image, a missing image file, an id not in the pool — becomes an :class:`~umr.types.ItemError`
+image, a missing image file, an id not in the pool — becomes an :class:`~umr.core.items.ItemError`
 naming its file, line and reason, reported once; its place in the batch goes to another example
 of its source (chosen deterministically, never one already in the batch), so batches keep their
 size on every process and a resumed run draws exactly what an uninterrupted one does. The
@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 from ..data.files import image_field, jsonl_records, parse_json_record, read_item, record_id, string_field
-from ..images import image_size
-from ..types import Item, ItemError
+from ..core.images import image_size
+from ..core.items import Item, ItemError
 
 Batching = Literal["homogeneous", "mixed"]
 #: the errors one bad record raises while it is parsed (JSON, field types, files, M-BEIR's instruction table)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..models.identity import model_identity
-from ..types import Item, ItemError, Modality
+from ..core.items import Item, ItemError, Modality
 
 KINDS = ("wrong_modality", "same_modality", "plain")
 

@@ -1,13 +1,13 @@
 """Fingerprints of training data for ``training.json`` (the base model's is the model identity's
 :func:`umr.models.identity.files_fingerprint`): a data file by its bytes, the one rule of
-:func:`umr.fingerprint.file_digest`."""
+:func:`umr.core.fingerprint.file_digest`."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
-from ..fingerprint import file_digest
+from ..core.fingerprint import file_digest
 
 
 def source_fingerprint(path: Path) -> str:

@@ -50,7 +50,7 @@ import torch
 from ..models.base import Embedder, Trainable
 from ..models.identity import files_fingerprint
 from ..models.prefetch import Prefetching, PrefetchingLoader, resolved_workers
-from ..types import Item, ItemError
+from ..core.items import Item, ItemError
 from . import checkpoint, collectives, lora
 from .collectives import GradientReducer, world
 from .config import TrainConfig

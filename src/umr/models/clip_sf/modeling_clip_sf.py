@@ -23,8 +23,8 @@ from typing import Any
 from pathlib import Path
 import torch
 
-from ...images import image_size, load_image
-from ...types import Item, ItemError
+from ...core.images import image_size, load_image
+from ...core.items import Item, ItemError
 from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
 from ..prefetch import Prefetching
 from ..registry import ModelNotAvailable

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...types import Item
-from ...uniir import format_string as uniir_format
+from ...core.items import Item
+from ...core.uniir import format_string as uniir_format
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

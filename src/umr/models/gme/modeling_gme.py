@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...types import Item
+from ...core.items import Item
 from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
 from ..checkpoints import load_checkpoint
 from ..cpu import cpu_default_dtype

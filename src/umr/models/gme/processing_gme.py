@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ...images import image_size, load_image
-from ...types import Item, ItemError
+from ...core.images import image_size, load_image
+from ...core.items import Item, ItemError
 from ..qwen_vl_patches import QwenVLImageSettings, read_patch_settings, smart_resize
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class ProcessedItem:
 
 
 class GmeProcessor(QwenVLImageSettings):
-    """Turns :class:`~umr.types.Item` objects into GME model inputs, one item at a time."""
+    """Turns :class:`~umr.core.items.Item` objects into GME model inputs, one item at a time."""
 
     def __init__(self, tokenizer, *, image_token_id: int, min_image_tokens: int = 256,
                  max_image_tokens: int = 1280, max_length: int = 1800, patch_size: int = 14,

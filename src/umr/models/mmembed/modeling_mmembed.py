@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...types import Item
+from ...core.items import Item
 from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
 from ..prefetch import Prefetching
 from ..cpu import cpu_default_dtype

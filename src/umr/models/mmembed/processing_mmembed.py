@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...images import image_size, load_image
-from ...types import Item, ItemError
+from ...core.images import image_size, load_image
+from ...core.items import Item, ItemError
 
 IMAGE_TAG = "<image>"
 QUERY_PREFIX = "Query: "

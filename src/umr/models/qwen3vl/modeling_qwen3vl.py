@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...types import Item
+from ...core.items import Item
 from ..base import Embedder, resolve_dtype
 from ..checkpoints import load_checkpoint
 from ..cpu import cpu_default_dtype

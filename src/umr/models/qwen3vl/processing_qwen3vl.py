@@ -37,8 +37,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from ...images import decode_image, image_size
-from ...types import ImageSource, Item, ItemError
+from ...core.images import decode_image, image_size
+from ...core.items import ImageSource, Item, ItemError
 from ..qwen_vl_patches import QwenVLImageSettings, read_patch_settings, smart_resize
 
 IMAGE_PAD = "<|image_pad|>"

@@ -29,7 +29,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from ...types import Item, ItemError
+from ...core.items import Item, ItemError
 from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
 from ..cpu import cpu_default_dtype
 
