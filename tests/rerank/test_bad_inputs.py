@@ -12,7 +12,7 @@ from PIL import Image
 from rerank_fixtures import ConceptReranker
 
 from umr.eval import Evaluator
-from umr.index.index import Result
+from umr.core.results import Result
 from umr.rerank import load_reranker
 from umr.core.items import Item
 

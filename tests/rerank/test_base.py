@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from rerank_fixtures import ConceptReranker
 
-from umr.index.index import Result
+from umr.core.results import Result
 from umr.core.items import Item, ItemError
 
 

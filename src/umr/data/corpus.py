@@ -1,6 +1,6 @@
 """Corpus readers for ``umr index``: a folder, an items JSONL, or an M-BEIR candidate pool.
 
-Every reader yields :class:`Entry` objects (or :class:`~umr.core.items.ItemError` for what cannot
+Every reader yields :class:`~umr.core.entries.Entry` objects (or :class:`~umr.core.items.ItemError` for what cannot
 even be listed). An entry knows its id and a content fingerprint *before* anything is decoded,
 so a re-run can say "unchanged" cheaply; ``entry.load()`` builds the :class:`~umr.core.items.Item`
 and raises ``ItemError`` for a bad file.
@@ -14,7 +14,7 @@ those of a page whose text layer does not fit, each holding the page image); the
 prefix in front (:func:`default_id_prefix`). Paths are stored resolved (absolute), so results
 open from any working directory. Fingerprints are :mod:`umr.core.fingerprint`'s. Symlinks to files
 and folders are followed; each folder is read once (a symlink loop is passed over). Hidden
-names, other file types and special files are not read and are listed in :class:`ReadReport`.
+names, other file types and special files are not read and are listed in :class:`~umr.core.entries.ReadReport`.
 A name that is not valid UTF-8 keeps its bytes: the id shows them as ``\\xNN`` and the stored
 path is a ``file:`` URI (:func:`umr.data.files.fs_path` gives the OS path back).
 """
@@ -25,11 +25,10 @@ import hashlib
 import json
 import math
 import os
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..core.entries import Entry, EntryKind, ReadReport
 from ..core.fingerprint import FileDigests, file_digest, item_fingerprint
 from ..core.items import Item, ItemError
 from .chunking import Chunker, Passage, passage_id
@@ -43,58 +42,6 @@ PDF_EXTENSIONS = {".pdf"}
 MAX_TEXT_BYTES = 50_000_000
 #: PDF pages are rendered at this many pixels on the longer side
 PDF_RENDER_SIDE = 1280
-#: the entry kind of a PDF page and of its passages
-PDF_PAGE = "pdf page"
-
-
-@dataclass
-class Entry:
-    """One corpus item before it is loaded."""
-
-    id: str
-    fingerprint: str
-    loader: Callable[[], Item] = field(repr=False)
-    path: str | None = None
-    kind: str = "text"
-    meta: dict[str, Any] = field(default_factory=dict)
-    #: False for ids umr made up (a JSONL line without ``id``): the index qualifies them by file
-    explicit_id: bool = True
-
-    def load(self) -> Item:
-        item = self.loader()
-        item.id = self.id
-        return item
-
-
-@dataclass
-class ReadReport:
-    """What a reader passed over or reshaped, filled in while it reads (for the index summary)."""
-
-    #: ``(name, kind, reason)`` of every file or folder not read; kind is the extension
-    #: (``.html``), ``hidden``, ``link`` (a folder reached again through a symlink) or ``special``
-    ignored: list[tuple[str, str, str]] = field(default_factory=list)
-    #: texts (files, JSONL items) and PDF pages split into passages, and how many passages they gave
-    split_texts: int = 0
-    split_pages: int = 0
-    passages: int = 0
-    #: the smallest passage size a split PDF page got beside its image, where that is below the chunk size
-    page_passage_tokens: int | None = None
-    #: ids of loaded items whose text is longer than the model's window (the model cuts it)
-    truncated: list[str] = field(default_factory=list)
-
-    def ignore(self, name: str, kind: str, reason: str) -> None:
-        self.ignored.append((name, kind, reason))
-
-    def split(self, kind: str, passages: int) -> None:
-        """One text or PDF page (``kind``) became ``passages`` passages."""
-        if kind == PDF_PAGE:
-            self.split_pages += 1
-        else:
-            self.split_texts += 1
-        self.passages += passages
-
-    def ignored_by_kind(self) -> Counter:
-        return Counter(kind for _, kind, _ in self.ignored)
 
 
 def read_corpus(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
@@ -248,7 +195,7 @@ def read_folder(root: str | os.PathLike, *, digests: FileDigests | None = None, 
         stored = stored_path(path)
         if ext in IMAGE_EXTENSIONS:
             yield Entry(rel, digest, _image_loader(path, sidecar, rel, chunker, report), stored,
-                        "image+caption" if sidecar else "image", meta)
+                        EntryKind.CAPTIONED_IMAGE if sidecar else EntryKind.IMAGE, meta)
         elif ext in TEXT_EXTENSIONS:
             yield from _text_entries(path, rel, digest, stored, meta, chunker, report)
         else:
@@ -288,17 +235,17 @@ def _text_entries(path: Path, rel: str, digest: str, stored: str, meta: dict[str
             _note_truncation(chunker, report, rel, text)
             return Item.candidate(text=text, id=rel)
 
-        yield Entry(rel, digest, load, stored, "text", meta)
+        yield Entry(rel, digest, load, stored, EntryKind.TEXT, meta)
         return
     try:
         text = read_text_file(path, rel)
     except ItemError as exc:  # raised on load, so an indexed file that turned bad loses its old version
-        yield Entry(rel, digest, _raiser(exc), stored, "text", meta)
+        yield Entry(rel, digest, _raiser(exc), stored, EntryKind.TEXT, meta)
         return
-    yield from _passage_entries(rel, digest, text, stored, "text", meta, chunker, report)
+    yield from _passage_entries(rel, digest, text, stored, EntryKind.TEXT, meta, chunker, report)
 
 
-def _passage_entries(item_id: str, fingerprint: str, text: str, path: str | None, kind: str,
+def _passage_entries(item_id: str, fingerprint: str, text: str, path: str | None, kind: EntryKind,
                      meta: dict[str, Any], chunker: Chunker, report: ReadReport, *,
                      explicit_id: bool = True) -> Iterator[Entry]:
     """One entry for a text that fits the window (its own id); else ``ID#chunk=N`` per passage."""
@@ -403,7 +350,7 @@ def _pdf_entries(path: Path, rel: str, digest: str, stored: str, meta: dict[str,
     for number in range(1, pages + 1):
         page_id = f"{rel}#page={number}"
         whole = Entry(page_id, f"{digest}:{number}", _pdf_page_loader(rendered, number, page_id, chunker, report),
-                      stored, PDF_PAGE, {**meta, "page": number})
+                      stored, EntryKind.PDF_PAGE, {**meta, "page": number})
         if layers is None:
             yield whole
             continue
@@ -515,7 +462,7 @@ def read_jsonl(path: str | os.PathLike, *, digests: FileDigests | None = None, c
         item_id = item.id if explicit else f"line-{line_no}"
         item.id, item.is_query, item.instruction = item_id, False, None
         image = item.image if isinstance(item.image, str) else None
-        kind = "text" if item.image is None else ("image" if item.text is None else "image+caption")
+        kind = _kind(item.image, item.text)
         fp = item_fingerprint(item, digests=digests)
         if item.image is None and chunker is not None and chunker.splits:
             yield from _passage_entries(item_id, fp, item.text, None, kind, dict(item.metadata), chunker, report,
@@ -581,5 +528,12 @@ def read_mbeir_pool(path: str | os.PathLike, *, image_root: str | os.PathLike | 
             continue
         meta = {k: v for k, v in record.items() if k not in ("did", "txt", "img_path")}
         fp = item_fingerprint(item, digests=digests)
-        kind = "text" if image is None else ("image" if item.text is None else "image+caption")
+        kind = _kind(image, item.text)
         yield Entry(did, fp, (lambda it=item: _checked(it, chunker, report)), image, kind, meta)
+
+
+def _kind(image: Any, text: str | None) -> EntryKind:
+    """The kind of a JSONL or M-BEIR line's entry: a text, an image, or an image with its caption."""
+    if image is None:
+        return EntryKind.TEXT
+    return EntryKind.IMAGE if text is None else EntryKind.CAPTIONED_IMAGE

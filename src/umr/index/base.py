@@ -14,6 +14,8 @@ from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..core.results import Hit
+
 MANIFEST = "manifest.json"
 FORMAT = 1
 
@@ -30,16 +32,6 @@ class StoreUnreachable(IndexStoreError):
     """The store's server cannot be reached, or stopped answering in the middle of the work.
     What was committed is kept: the same command, run again once the server answers, goes on
     from there (``umr index`` adds only what is missing)."""
-
-
-@dataclass
-class Hit:
-    score: float
-    record: dict[str, Any]
-
-    @property
-    def id(self) -> str:
-        return self.record["id"]
 
 
 # -- filters ---------------------------------------------------------------------------------------

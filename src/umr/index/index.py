@@ -24,23 +24,22 @@ import json
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..core.entries import Entry, EntryKind, ReadReport
 from ..core.fingerprint import FileDigests, item_fingerprint
-from ..core.items import Item, ItemError, Modality
-from ..models.base import EmbedResult
+from ..core.items import Item, ItemError
+from ..core.results import EmbedResult, Result, Summary
 from ..models.identity import model_identity
 from .base import VectorStore, json_line
 from .embedding import ChunkEmbedder, LocalEmbedder
-from .store import MANIFEST, Filter, FlatStore, Hit, IndexStoreError, read_manifest
+from .store import MANIFEST, Filter, FlatStore, IndexStoreError, read_manifest
 
 if TYPE_CHECKING:
     from ..data.chunking import Chunker
-    from ..data.corpus import ReadReport
     from ..models.identity import ModelIdentity
 
 #: records keep this much of the text they were embedded from, for display
@@ -66,40 +65,6 @@ class Unrepresentable(Exception):
     def __init__(self, item_id: str, reason: str):
         self.item_id, self.reason = item_id, reason
         super().__init__(f"item {item_id!r}: {reason}")
-
-
-@dataclass
-class Result:
-    rank: int
-    score: float
-    id: str
-    modality: str
-    path: str | None
-    text: str | None
-    via: str | None
-    meta: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "score": self.score, "id": self.id, "modality": self.modality,
-                "path": self.path, "text": self.text, "via": self.via, "meta": self.meta}
-
-
-@dataclass
-class Summary:
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-    #: items with no representation under the model (e.g. photos without text, text-only model)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-    #: what the corpus reader passed over (ignored files) and reshaped (passages, cut texts)
-    read: ReadReport | None = None
-
-    def line(self) -> str:
-        return (f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
-                f"deleted {self.deleted}, skipped {len(self.skipped)}, errors {len(self.errors)}")
 
 
 def sees_images(model) -> bool:
@@ -399,7 +364,7 @@ class Index:
             raise ValueError(f"query vectors are {queries.shape[1]}-d; the index holds {self.store.dim}-d")
         flt = Filter.make(modality, where)
         hits = self.store.search(queries, k, filter=flt, method=method, ef_search=ef_search)
-        return [[_result(rank, hit) for rank, hit in enumerate(row, start=1)] for row in hits]
+        return [[Result.of(rank, hit) for rank, hit in enumerate(row, start=1)] for row in hits]
 
     # representing items ----------------------------------------------------------------------
 
@@ -420,8 +385,8 @@ class Index:
         parts, via = [], []
         if item.text:
             parts.append(item.text)
-            via.append("text layer" if item.metadata.get("kind") == "pdf page" else "caption")
-        if self.config.get("ocr") and not (item.text and item.metadata.get("kind") == "pdf page"):
+            via.append("text layer" if item.metadata.get("kind") == EntryKind.PDF_PAGE else "caption")
+        if self.config.get("ocr") and not (item.text and item.metadata.get("kind") == EntryKind.PDF_PAGE):
             from ..ocr import read_text
 
             words = read_text(item.image, item_id=item.id)
@@ -458,7 +423,7 @@ class Index:
                 raise ValueError("items added to an index need ids")
             problem = item.problem
             entries.append(ItemError(str(item.id), problem) if problem is not None
-                           else _DirectEntry.of(item, self.digests))
+                           else _direct_entry(item, self.digests))
         summary = Summary()
         self._run(entries, summary, batch_size=batch_size, commit_every=10**9)
         self.digests.save()
@@ -527,7 +492,7 @@ class Index:
         :class:`~umr.index.ray_embed.RayEmbedder` for a Ray cluster).
         """
         from ..data.chunking import stale_passages
-        from ..data.corpus import ReadReport, read_corpus
+        from ..data.corpus import read_corpus
 
         started = time.monotonic()
         summary = Summary(read=ReadReport())
@@ -812,29 +777,18 @@ def _read_skip_cache(path: Path) -> dict[str, tuple[str, str]]:
     return cache
 
 
-@dataclass
-class _DirectEntry:
-    """An item given to :meth:`Index.add`, as the corpus readers' entries look."""
+def _direct_entry(item: Item, digests: FileDigests) -> Entry:
+    """An item given to :meth:`Index.add` as a corpus entry (its kind is its modality)."""
+    image = item.image
+    if isinstance(image, (str, os.PathLike)):  # stored resolved: results open from anywhere
+        image = str(Path(image).expanduser().resolve())
+    candidate = Item(text=item.text, image=image, id=str(item.id), metadata=dict(item.metadata))
 
-    id: str
-    fingerprint: str
-    item: Item
-    path: str | None
-    kind: str
-    meta: dict[str, Any]
+    def load() -> Item:
+        return Item(text=candidate.text, image=candidate.image, id=candidate.id, metadata=dict(candidate.metadata))
 
-    @classmethod
-    def of(cls, item: Item, digests: FileDigests) -> "_DirectEntry":
-        image = item.image
-        if isinstance(image, (str, os.PathLike)):  # stored resolved: results open from anywhere
-            image = str(Path(image).expanduser().resolve())
-        candidate = Item(text=item.text, image=image, id=str(item.id), metadata=dict(item.metadata))
-        return cls(str(item.id), item_fingerprint(candidate, digests=digests), candidate,
-                   image if isinstance(image, str) else None, candidate.modality.value, dict(item.metadata))
-
-    def load(self) -> Item:
-        item = self.item
-        return Item(text=item.text, image=item.image, id=self.id, metadata=dict(item.metadata))
+    return Entry(str(item.id), item_fingerprint(candidate, digests=digests), load,
+                 image if isinstance(image, str) else None, EntryKind(candidate.modality.value), dict(item.metadata))
 
 
 def _line_id_base(source_key: str, taken: dict[str, str]) -> str:
@@ -896,7 +850,7 @@ def check_search_args(k, ef_search) -> None:
         raise ValueError(f"ef_search must be a positive whole number, not {ef_search!r}")
 
 
-def _record(entry, item: Item, source: str | None) -> dict[str, Any]:
+def _record(entry: Entry, item: Item, source: str | None) -> dict[str, Any]:
     meta = {k: v for k, v in item.metadata.items() if k not in ("via", "kind")}
     modality = _source_modality(entry, item)
     text = item.text[:SNIPPET_CHARS] if item.text else None
@@ -907,20 +861,11 @@ def _record(entry, item: Item, source: str | None) -> dict[str, Any]:
     return record
 
 
-def _source_modality(entry, item: Item) -> str:
+def _source_modality(entry: Entry, item: Item) -> str:
     """The modality of the item as it is in the corpus (a photo stays "image" under a text model)."""
-    kind = getattr(entry, "kind", "") or ""
-    if kind in ("image",):
-        return Modality.IMAGE.value
-    if kind in ("image+caption", "pdf page"):
-        via = item.metadata.get("via", "")
-        has_text = "caption" in via or "text" in via or (item.image is not None and bool(item.text))
-        return Modality.FUSED.value if has_text else Modality.IMAGE.value
-    if kind in ("text",):
-        return Modality.TEXT.value
-    if kind in {m.value for m in Modality}:
-        return kind
-    return item.modality.value
+    via = item.metadata.get("via", "")
+    kept_text = "caption" in via or "text" in via or (item.image is not None and bool(item.text))
+    return entry.kind.modality(kept_text=kept_text).value
 
 
 def _jsonable(value: Any) -> Any:
@@ -930,8 +875,3 @@ def _jsonable(value: Any) -> Any:
     except (TypeError, ValueError):
         return json.loads(json.dumps(value, default=str))
 
-
-def _result(rank: int, hit: Hit) -> Result:
-    r = hit.record
-    return Result(rank=rank, score=hit.score, id=r["id"], modality=r.get("modality") or "",
-                  path=r.get("path"), text=r.get("text"), via=r.get("via"), meta=r.get("meta") or {})

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
@@ -24,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.items import SINGLE_VALUES, Item, ItemError, as_items
+from ..core.results import EmbedResult
 
 if TYPE_CHECKING:
     from .identity import ModelIdentity
@@ -47,18 +47,6 @@ def resolve_dtype(dtype: "str | torch.dtype | None", default: torch.dtype | None
     if str(dtype) in DTYPES:
         return DTYPES[str(dtype)]
     raise ValueError(f"dtype must be one of {', '.join(sorted(DTYPES))}, not {dtype!r}")
-
-
-@dataclass
-class EmbedResult:
-    """Vectors for the items that could be embedded, and why the others could not.
-
-    ``vectors[j]`` belongs to input position ``indices[j]``; ``indices`` is increasing.
-    """
-
-    vectors: np.ndarray
-    indices: np.ndarray
-    errors: list[ItemError] = field(default_factory=list)
 
 
 def plan_batches(costs: Sequence[int], *, max_items: int, budget: int | None) -> list[list[int]]:

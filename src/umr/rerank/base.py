@@ -21,7 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.base import plan_batches, run_batches
-from ..core.items import Item, ItemError, Modality
+from ..core.items import Item, ItemError, Modality, as_items
+from ..core.results import Result
 
 OnError = Literal["raise", "skip"]
 
@@ -72,9 +73,6 @@ def reranked_order(scores: np.ndarray, head: int) -> list[int]:
 def as_item(value: Any, *, is_query: bool, index: int = 0) -> Item:
     """An :class:`~umr.core.items.Item` from an item, a string, an image, or an index ``Result``
     (whose file path is its image unless it is a text result); ``index`` is the id of one without."""
-    from ..index.index import Result
-    from ..core.items import as_items
-
     if isinstance(value, Result):
         modality = Modality.parse(value.modality) if value.modality else Modality.TEXT
         image = value.path if modality in (Modality.IMAGE, Modality.FUSED) else None
@@ -182,8 +180,6 @@ class Reranker(ABC):
         ``retrieval_rank`` / ``retrieval_score``; those not reranked keep their retrieval score,
         a failed one with ``meta["rerank_error"]``. Failures are also warned about, by id.
         """
-        from ..index.index import Result
-
         reranking = self.reranking(query, results, k, task=task, batch_size=batch_size,
                                    show_progress_bar=show_progress_bar)
         reasons = {e.index: e for e in reranking.errors}
