@@ -41,7 +41,7 @@ import umr
 from embed_throughput import sentences
 from machine import counted_flops, gemm_peak, machine, mfu
 from umr.models.base import plan_batches
-from umr.models.cpu import cpu_bf16_setting, native_bf16_matmul
+from umr.core.devices import cpu_bf16_setting, native_bf16_matmul
 from umr.core.items import Item
 
 RESULTS = Path(__file__).resolve().parent / "results" / "text_speed.json"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 # Families default to float32 in tests on every CPU unless the run says otherwise: where the CPU
-# multiplies bf16 natively they would default to bfloat16 (umr.models.cpu). Set in the
+# multiplies bf16 natively they would default to bfloat16 (umr.core.devices). Set in the
 # environment, before anything loads, so that subprocesses and Ray workers make the same choice;
 # CI runs the `dtype_sensitive` tests a second time under UMR_CPU_BF16=1 (scripts/test.sh).
 os.environ.setdefault("UMR_CPU_BF16", "0")

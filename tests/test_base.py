@@ -120,7 +120,7 @@ def test_on_error_must_be_known():
 
 
 def test_resolve_dtype_names_and_errors():
-    from umr.models.base import resolve_dtype
+    from umr.core.devices import resolve_dtype
 
     assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype("bfloat16") is torch.bfloat16
     assert resolve_dtype(None) is torch.float32 and resolve_dtype(None, default=None) is None

@@ -19,7 +19,7 @@ import pytest
 import umr
 from umr.cli import main
 from umr.index import Index, ModelMismatch
-from umr.models.cpu import bf16_by_default
+from umr.core.devices import bf16_by_default
 
 SENTENCES = [
     "The heron stands motionless in the shallow pond waiting for fish.",

@@ -181,7 +181,7 @@ def test_ray_workers_follow_the_drivers_cpu_switch(ray_session, monkeypatch):
 
     import umr
     from umr.index.ray_embed import RayEmbedder
-    from umr.models.cpu import bf16_by_default
+    from umr.core.devices import bf16_by_default
 
     items = [umr.Item.candidate(f"note {i}: a heron waits by the pond {i % 5}", id=str(i)) for i in range(12)]
     inherited = "1" if bf16_by_default() else "0"  # what the session's workers were started with

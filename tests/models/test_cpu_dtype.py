@@ -1,4 +1,4 @@
-"""Default dtypes on a CPU (umr.models.cpu): bfloat16 only for a family whose bf16 vectors stay
+"""Default dtypes on a CPU (umr.core.devices): bfloat16 only for a family whose bf16 vectors stay
 close to float32, and only where the switch UMR_CPU_BF16 (auto: the CPU's native bf16) says so;
 a dtype that merely followed the machine's default is not part of the identity, a chosen one is.
 

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from ..models.cpu import CpuSwitchError, cpu_bf16_setting
+from ..core.devices import CpuSwitchError, cpu_bf16_setting
 from ..models.registry import ModelNotAvailable
 from ..core.items import ItemError
 

@@ -56,7 +56,7 @@ def run(args) -> int:
     from ..data.chunking import Chunker, ChunkingError
     from ..data.corpus import count_corpus
     from ..index import Index, IndexStoreError
-    from ..index.index import check_device
+    from ..core.devices import check_device
 
     if args.source is None:
         if not args.compact:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..core.devices import check_device
 from ..core.entries import Entry, EntryKind, ReadReport
 from ..core.fingerprint import FileDigests, item_fingerprint
 from ..core.items import Item, ItemError
@@ -82,22 +83,6 @@ def model_record(model, options: dict[str, Any] | None = None) -> dict[str, Any]
     that rebuild it (``dtype`` included), and its identity."""
     return {"name": str(model.name), "dim": int(model.dim), "options": dict(options or {}),
             "identity": model_identity(model).to_dict()}
-
-
-def check_device(device: str | None) -> None:
-    """Refuse a device this machine's torch cannot use, in one line (not a CUDA traceback)."""
-    if device is None or device == "cpu":
-        return
-    import torch
-
-    kind = str(device).split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: this torch build has no CUDA device available "
-                         f"(torch {torch.__version__}); use --device cpu")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu")
-    if kind not in ("cuda", "mps", "cpu", "xpu"):
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
 
 
 class Index:

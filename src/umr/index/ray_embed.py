@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..models.base import EmbedResult
-from ..models.cpu import cpu_switch_environment
+from ..core.devices import cpu_switch_environment
 from ..core.items import Item
 
 #: chunks queued per actor, so an actor never waits for the driver

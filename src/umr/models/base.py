@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+# DTYPES and resolve_dtype are re-exported: families written outside umr import them from here
+from ..core.devices import DTYPES, resolve_dtype  # noqa: F401
 from ..core.items import SINGLE_VALUES, Item, ItemError, as_items
 from ..core.results import EmbedResult
 
@@ -32,22 +34,6 @@ OnError = Literal["raise", "skip"]
 
 #: errors that concern the whole run, never one item: they always propagate
 WHOLE_RUN_ERRORS = (MemoryError, torch.OutOfMemoryError)
-
-#: the dtype names every backend accepts for its weights
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
-def resolve_dtype(dtype: "str | torch.dtype | None", default: torch.dtype | None = torch.float32):
-    """A torch dtype from a name (``bfloat16``, ``bf16``, ...), a torch dtype, or None (``default``)."""
-    if dtype is None:
-        return default
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if str(dtype) in DTYPES:
-        return DTYPES[str(dtype)]
-    raise ValueError(f"dtype must be one of {', '.join(sorted(DTYPES))}, not {dtype!r}")
-
 
 def plan_batches(costs: Sequence[int], *, max_items: int, budget: int | None) -> list[list[int]]:
     """Group item positions into batches, most expensive first.
@@ -136,7 +122,7 @@ class Embedder(ABC):
     #: only such families may be swept over dimensions (``umr eval --dims``)
     matryoshka: bool = False
     #: its bfloat16 vectors stay within cosine 0.999 of float32 (measured by the benchmarks):
-    #: only such a family defaults to bfloat16 on a CPU (:mod:`umr.models.cpu`), and a dtype it
+    #: only such a family defaults to bfloat16 on a CPU (:mod:`umr.core.devices`), and a dtype it
     #: merely defaulted to is not part of its identity (:class:`~umr.models.identity.ModelIdentity`)
     bf16_close: bool = False
 

@@ -1,83 +1,11 @@
-"""What a family computes in on a CPU when the caller names no dtype.
+"""The CPU bfloat16 switch (``UMR_CPU_BF16``) — moved to :mod:`umr.core.devices`.
 
-bfloat16 matmuls are several times faster than float32 only where the CPU multiplies bf16
-natively (AMX tiles or AVX512-BF16); elsewhere PyTorch emulates them and bf16 is slower than
-float32, so families keep float32 there. One switch, the environment variable
-``UMR_CPU_BF16``, overrides the detection so that every process — the command line, the
-library, Ray workers, subprocesses, ``umr serve`` — makes the same choice on any CPU:
-
-* ``auto`` (or unset): bfloat16 where the CPU multiplies it natively;
-* ``0``: never bfloat16 by default on a CPU;
-* ``1``: bfloat16 wherever a family's vectors stay close to float32, emulated if need be.
-
-Only families whose bfloat16 vectors stay within cosine 0.999 of float32 (``bf16_close``) ever
-default to it, which is why an index or evaluation built under one setting is used under the
-other (see :class:`umr.models.identity.ModelIdentity`).
+Kept only so that code importing it from here keeps working; umr's own modules import
+:mod:`umr.core.devices` (the layer check in ``pyproject.toml`` forbids this module inside the library).
 """
 
-from __future__ import annotations
+from ..core.devices import (CPU_BF16_ENV, CpuSwitchError, bf16_by_default, cpu_bf16_setting,  # noqa: F401
+                            cpu_default_dtype, cpu_switch_environment, lists_native_bf16, native_bf16_matmul)
 
-import functools
-import os
-
-import torch
-
-#: the environment variable that decides whether bf16-close families default to bfloat16 on a CPU
-CPU_BF16_ENV = "UMR_CPU_BF16"
-_CPU_BF16_VALUES = ("auto", "0", "1")
-_NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-class CpuSwitchError(ValueError):
-    """``UMR_CPU_BF16`` holds a value that is not a setting."""
-
-
-@functools.lru_cache(maxsize=None)
-def native_bf16_matmul() -> bool:
-    """True when this CPU has native bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
-    return lists_native_bf16("/proc/cpuinfo")
-
-
-def lists_native_bf16(cpuinfo: str | os.PathLike) -> bool:
-    """Whether the ``flags`` of a ``/proc/cpuinfo``-style file name AMX-BF16 or AVX512-BF16
-    (where the file cannot be read: what torch's own probes say)."""
-    try:
-        with open(cpuinfo, encoding="ascii", errors="replace") as lines:
-            for line in lines:
-                if line.startswith("flags"):
-                    return any(flag in line.split() for flag in _NATIVE_BF16_FLAGS)
-    except OSError:
-        pass
-    probes = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
-    return any(probe() for probe in probes if probe is not None)
-
-
-def cpu_bf16_setting() -> str:
-    """``$UMR_CPU_BF16`` as ``auto``, ``0`` or ``1`` (unset or empty: ``auto``); any other value is
-    a :class:`CpuSwitchError` in one line (the command line checks it before any work)."""
-    raw = os.environ.get(CPU_BF16_ENV, "")
-    value = raw.strip().lower() or "auto"
-    if value not in _CPU_BF16_VALUES:
-        raise CpuSwitchError(f"{CPU_BF16_ENV}={raw!r} is not a setting: use auto (bfloat16 where the CPU "
-                         f"multiplies it natively), 0 (never by default) or 1 (always where it is close)")
-    return value
-
-
-def bf16_by_default() -> bool:
-    """Whether bf16-close families default to bfloat16 on this CPU: ``$UMR_CPU_BF16``, or under
-    ``auto`` whether the CPU multiplies bf16 natively."""
-    setting = cpu_bf16_setting()
-    return native_bf16_matmul() if setting == "auto" else setting == "1"
-
-
-def cpu_default_dtype(*, bf16_close: bool) -> torch.dtype:
-    """A family's dtype on a CPU when the caller names none: bfloat16 only if the family's
-    vectors stay within cosine 0.999 of float32 (``bf16_close``, measured by
-    ``benchmarks/embed_throughput.py``) and :func:`bf16_by_default` says so, else float32."""
-    return torch.bfloat16 if bf16_close and bf16_by_default() else torch.float32
-
-
-def cpu_switch_environment() -> dict[str, str]:
-    """The switch as this process has it set (empty when unset), for processes that do not inherit
-    this one's environment (the workers of a Ray cluster started elsewhere)."""
-    return {CPU_BF16_ENV: os.environ[CPU_BF16_ENV]} if CPU_BF16_ENV in os.environ else {}
+__all__ = ["CPU_BF16_ENV", "CpuSwitchError", "bf16_by_default", "cpu_bf16_setting", "cpu_default_dtype",
+           "cpu_switch_environment", "lists_native_bf16", "native_bf16_matmul"]

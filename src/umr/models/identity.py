@@ -15,7 +15,7 @@ the modification time set back — give another fingerprint.
 
 The dtype is the one option that may differ between machines without the user asking: a family
 whose bfloat16 vectors stay within cosine 0.999 of float32 (``bf16_close``) defaults to
-bfloat16 on some CPUs and float32 on others (:mod:`umr.models.cpu`). Such a dtype the model
+bfloat16 on some CPUs and float32 on others (:mod:`umr.core.devices`). Such a dtype the model
 merely *defaulted to* does not make another model: indexes and evaluation caches built on one
 machine are used on any other (:attr:`ModelIdentity.dtype_follows_machine`). A dtype chosen
 explicitly (``dtype=`` / ``--dtype``), or any dtype of a family that is not bf16-close, is

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core.devices import check_device
 from .base import Embedder
 
 
@@ -186,24 +187,6 @@ def check_options(family_class: type[Embedder], options: dict[str, Any], *, mode
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise UnsupportedOption(model, family, unknown, accepted)
-
-
-def check_device(device: str) -> None:
-    """A clear ``ValueError`` for a device this torch cannot use (``cuda`` on a CPU-only build)."""
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build, but no GPU is visible"
-            raise ValueError(f"device {device!r}: torch {torch.__version__} is {build}; use --device cpu")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
 
 
 @contextlib.contextmanager

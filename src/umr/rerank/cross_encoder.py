@@ -31,7 +31,7 @@ class CrossEncoderReranker(Reranker):
                         max_length: int | None = None) -> "CrossEncoderReranker":
         from sentence_transformers import CrossEncoder
 
-        from ..models.base import resolve_dtype
+        from ..core.devices import resolve_dtype
 
         kwargs = {"torch_dtype": resolve_dtype(dtype)} if dtype is not None else {}
         try:

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from ..core.devices import resolve_dtype
 from ..core.images import decode_image, image_size
-from ..models.base import resolve_dtype
 from ..models.registry import ModelNotAvailable
 from ..core.items import Item, ItemError
 from .base import Pair, Reranker

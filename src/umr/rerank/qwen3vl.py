@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.base import resolve_dtype
+from ..core.devices import resolve_dtype
 from ..models.checkpoints import load_checkpoint
 from ..models.qwen3vl.processing_qwen3vl import (DEFAULT_MAX_IMAGE_TOKENS, DEFAULT_MIN_IMAGE_TOKENS,
                                                  ProcessedInput, Qwen3VLProcessor, truncate_keeping_special)

@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..models.registry import (ModelNotAvailable, ModelSpec, check_device, check_options, declaration,
+from ..core.devices import check_device
+from ..models.registry import (ModelNotAvailable, ModelSpec, check_options, declaration,
                                declared_architectures, local_folder, quiet_transformers, read_config, refuse_adapter)
 from .base import Reranker
 

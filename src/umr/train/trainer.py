@@ -50,6 +50,7 @@ import torch
 from ..models.base import Embedder, Trainable
 from ..models.identity import files_fingerprint
 from ..models.prefetch import Prefetching, PrefetchingLoader, resolved_workers
+from ..core.devices import check_device
 from ..core.items import Item, ItemError
 from . import checkpoint, collectives, lora
 from .collectives import GradientReducer, world
@@ -189,7 +190,7 @@ class Trainer:
     """Holds a run's state; :func:`train` is the entry point."""
 
     def __init__(self, config: TrainConfig):
-        from ..models.registry import check_device, load_model, model_folder
+        from ..models.registry import load_model, model_folder
 
         self.config = config
         check_device(config.device)  # one clear line for cuda on a CPU-only machine, before any CUDA call

@@ -23,9 +23,10 @@ from typing import Any
 from pathlib import Path
 import torch
 
+from ...core.devices import resolve_dtype
 from ...core.images import image_size, load_image
 from ...core.items import Item, ItemError
-from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
+from ..base import Embedder, Trainable, tokenizer_spans
 from ..prefetch import Prefetching
 from ..registry import ModelNotAvailable
 from .processing_clip_sf import ImageTransform, item_text

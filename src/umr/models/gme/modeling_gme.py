@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...core.devices import cpu_default_dtype, resolve_dtype
 from ...core.items import Item
-from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
+from ..base import Embedder, Trainable, tokenizer_spans
 from ..checkpoints import load_checkpoint
-from ..cpu import cpu_default_dtype
 from ..prefetch import Prefetching
 from ..qwen_vl_fast import decode_packed, speed_up_vision, supports_packed
 from ..registry import ModelNotAvailable
@@ -73,7 +73,7 @@ class GmeEmbedder(Embedder, Prefetching, Trainable):
 
         ``dtype``: float32 unless given, but on a CPU with native bf16 matmuls (AMX/AVX512-BF16)
         bfloat16 where it keeps vectors close to float32 (:attr:`bf16_close`, see
-        :func:`umr.models.cpu.cpu_default_dtype`).
+        :func:`umr.core.devices.cpu_default_dtype`).
         ``min_image_tokens``/``max_image_tokens`` bound the tokens per image (GME's defaults: 256
         and 1280).
         """

@@ -30,10 +30,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...core.devices import cpu_default_dtype, resolve_dtype
 from ...core.items import Item
-from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
+from ..base import Embedder, Trainable, tokenizer_spans
 from ..prefetch import Prefetching
-from ..cpu import cpu_default_dtype
 from ..registry import ModelNotAvailable
 from .processing_mmembed import MMEmbedProcessor, ProcessedItem, build_prompt
 

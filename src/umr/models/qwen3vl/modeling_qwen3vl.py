@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ...core.devices import cpu_default_dtype, resolve_dtype
 from ...core.items import Item
-from ..base import Embedder, resolve_dtype
+from ..base import Embedder
 from ..checkpoints import load_checkpoint
-from ..cpu import cpu_default_dtype
 from ..prefetch import Prefetching
 from ..qwen_vl_fast import decode_packed, speed_up_vision, supports_packed
 from ..registry import ModelNotAvailable

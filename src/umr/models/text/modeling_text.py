@@ -29,9 +29,9 @@ from typing import Literal, Protocol
 
 import torch
 
+from ...core.devices import cpu_default_dtype, resolve_dtype
 from ...core.items import Item, ItemError
-from ..base import Embedder, Trainable, resolve_dtype, tokenizer_spans
-from ..cpu import cpu_default_dtype
+from ..base import Embedder, Trainable, tokenizer_spans
 
 Backend = Literal["auto", "light", "sentence-transformers"]
 
@@ -232,7 +232,7 @@ class TextEmbedder(Embedder, Trainable):
 
         ``backend="auto"`` runs BERT + pooling folders on the light path and everything else
         with sentence-transformers; ``"light"`` insists on the former. The light path's default
-        dtype is :func:`~umr.models.cpu.cpu_default_dtype` on a CPU (bfloat16 where ``UMR_CPU_BF16``
+        dtype is :func:`~umr.core.devices.cpu_default_dtype` on a CPU (bfloat16 where ``UMR_CPU_BF16``
         or the CPU's native bf16 says so) and float32 elsewhere; ``dtype="float32"`` forces exact vectors.
         """
         from .bert import supports
