@@ -31,11 +31,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..core.atomic import write_text_atomic
 from ..core.fingerprint import item_fingerprint
+from ..core.items import Item
 from ..index.embedding import ChunkEmbedder, LocalEmbedder
 from ..models.base import Embedder
 from ..models.identity import model_identity
-from ..core.items import Item
 
 
 def fingerprint(item: Item) -> str:
@@ -257,9 +258,7 @@ class EmbeddingStore:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.dim is None:
             self.dim = int(vectors.shape[1])
-            tmp = self.dir / "meta.json.tmp"
-            tmp.write_text(json.dumps({"format": 2, "dim": self.dim}), encoding="utf-8")
-            os.replace(tmp, self.dir / "meta.json")
+            write_text_atomic(self.dir / "meta.json", json.dumps({"format": 2, "dim": self.dim}))
         with self._vectors_path.open("ab") as handle:
             handle.write(vectors.tobytes())
         with self._fps_path.open("ab") as handle:

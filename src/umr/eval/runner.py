@@ -30,9 +30,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..index.exact import search_exact
+from ..core.atomic import write_text_atomic
 from ..data.tasks import UMRB_GROUPS, RetrievalTask
 from ..index.embedding import ChunkEmbedder, LocalEmbedder
+from ..index.exact import search_exact
 from ..models.matryoshka import renormalised_prefix, sweep_dims
 from .cache import EmbeddingStore, fingerprint, model_key as key_of
 from .metrics import evaluate_run, mean_metrics, modality_bias, trec_order
@@ -366,9 +367,7 @@ class Evaluator:
             if reranked is not None:
                 write_run(runs / f"{task.name}.rerank.trec", reranked, run_name=f"{run_name}_rerank")
             done_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = done_file.with_name(done_file.name + ".tmp")
-            tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
-            tmp.replace(done_file)
+            write_text_atomic(done_file, json.dumps(result, indent=1))
             self.timings["write_s"] += time.perf_counter() - t0
         self.log(task_line(result))
         return TaskOutcome(result, run)
@@ -571,9 +570,7 @@ def claim_output(output: Path, model_name: str, key: str) -> None:
     if owner_file.is_file():
         return
     output.mkdir(parents=True, exist_ok=True)
-    tmp = output / "model.json.tmp"
-    tmp.write_text(json.dumps({"model": model_name, "key": key}), encoding="utf-8")
-    tmp.replace(owner_file)
+    write_text_atomic(owner_file, json.dumps({"model": model_name, "key": key}))
 
 
 def _safe(text: str) -> str:

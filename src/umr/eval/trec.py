@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from ..core.atomic import atomic_writer
 from ..data.qrels import read_qrels
 from .metrics import trec_order
 
@@ -42,8 +43,7 @@ def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], *, run_n
             check_trec_id(task_tags.get(qid, "0"), "task tag")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    with atomic_writer(path, text=True) as handle:
         for qid in run:
             scores = run[qid]
             for rank, doc in enumerate(trec_order(scores), start=1):
@@ -51,7 +51,6 @@ def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], *, run_n
                 if task_tags is not None:
                     line += f" {task_tags.get(qid, '0')}"
                 handle.write(line + "\n")
-    tmp.replace(path)
 
 
 def read_run(path: str | Path) -> dict[str, dict[str, float]]:

@@ -6,7 +6,6 @@ lines that survive any file name).
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..core.atomic import write_bytes_atomic
 from ..core.results import Hit
 
 MANIFEST = "manifest.json"
@@ -221,27 +221,9 @@ def json_line(value: Any) -> str:
     return text
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_bytes_durably(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all: a temporary file, fsynced, renamed over it."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    write_bytes_durably(Path(folder) / MANIFEST, json.dumps(manifest, indent=1).encode())
-    fsync_dir(Path(folder))
+    """Replace the index's manifest whole (:mod:`umr.core.atomic`): readers see the old or the new one."""
+    write_bytes_atomic(Path(folder) / MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

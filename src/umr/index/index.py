@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..core.atomic import write_text_atomic
 from ..core.devices import check_device
 from ..core.entries import Entry, EntryKind, ReadReport
 from ..core.fingerprint import FileDigests, item_fingerprint
@@ -516,9 +517,7 @@ class Index:
         current = {e["id"] for e in summary.skipped}
         keep = [{"id": i, "fingerprint": fp, "reason": why} for i, (fp, why) in skip_cache.items()
                 if i in current or i not in seen]
-        tmp = skipped_path.with_name(SKIPPED_FILE + ".tmp")
-        tmp.write_text("".join(json_line(e) + "\n" for e in keep), encoding="utf-8")
-        os.replace(tmp, skipped_path)
+        write_text_atomic(skipped_path, "".join(json_line(e) + "\n" for e in keep))
         if prune:
             stale = [r["id"] for r in self.store.records()
                      if r.get("source") == source_key and r["id"] not in seen]

@@ -36,7 +36,7 @@ import numpy as np
 from ..core.items import Modality
 from .base import (FORMAT, MANIFEST, Filter, Hit, IndexStoreError, StoreUnreachable, VectorStore,
                    check_search_args, has_surrogates, key_value, read_manifest, replace_surrogates,
-                   write_bytes_durably)
+                   write_manifest)
 
 #: the primary key is a VARCHAR of at most this many characters
 _MAX_ID = 1024
@@ -187,7 +187,7 @@ class MilvusStore(VectorStore):
                      description=description, **extra)
         manifest = {"format": FORMAT, "backend": "milvus", "uri": uri, "collection": collection,
                     "dim": int(dim), "config": config}
-        write_bytes_durably(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+        write_manifest(folder, manifest)
         return cls(folder, manifest, client, writable=True)
 
     @classmethod
@@ -389,7 +389,7 @@ class MilvusStore(VectorStore):
     def set_config(self, config: dict[str, Any]) -> None:
         self._require_writable()
         self.manifest["config"] = config
-        write_bytes_durably(self.folder / MANIFEST, json.dumps(self.manifest, indent=1).encode())
+        write_manifest(self.folder, self.manifest)
 
     def update_graph(self, *, m: int = 32, ef_construction: int = 100) -> None:
         """Milvus maintains its own vector index."""

@@ -2,7 +2,7 @@
 
 Layout of an index folder::
 
-    manifest.json        the one source of truth, replaced atomically (write tmp, fsync, rename)
+    manifest.json        the one source of truth, replaced atomically (:mod:`umr.core.atomic`)
     seg-000001.npy       float32 vectors of one commit, never modified once written
     seg-000001.jsonl     one record per vector row (id, hash, modality, path, text, meta)
     seg-000001.keys      the ids and content hashes of those rows (JSON), read fast on open
@@ -39,8 +39,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..core.atomic import atomic_path, fsync_dir, write_bytes_atomic
 from .base import (FORMAT, MANIFEST, Filter, Hit, IndexLocked, IndexStoreError, VectorStore,
-                   check_search_args, fsync_dir, json_line, read_manifest, write_manifest)
+                   check_search_args, json_line, read_manifest, write_manifest)
 
 __all__ = ["FORMAT", "MANIFEST", "Filter", "FlatStore", "Hit", "IndexLocked", "IndexStoreError", "read_manifest"]
 
@@ -59,15 +60,6 @@ _CHUNK_ROWS = 65_536
 # -- files -----------------------------------------------------------------------------------------
 
 
-def _write_durably(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _write_npy(path: Path, rows: int, dim: int, blocks: Iterable[np.ndarray]) -> None:
     """A float32 ``.npy`` written block by block (compacting never gathers the whole matrix)."""
 
@@ -77,14 +69,16 @@ def _write_npy(path: Path, rows: int, dim: int, blocks: Iterable[np.ndarray]) ->
         for block in blocks:
             handle.write(np.ascontiguousarray(block, dtype="<f4").data)
 
-    _write_durably(path, write)
+    write_bytes_atomic(path, write, sync_dir=False)
 
 
 def _write_segment(folder: Path, name: str, lines: Iterable[bytes], ids: Sequence[str],
                    hashes: Sequence[str | None], vectors_rows: int, dim: int,
                    vector_blocks: Iterable[np.ndarray]) -> None:
-    _write_durably(folder / f"{name}.jsonl", lambda h: h.writelines(line + b"\n" for line in lines))
-    _write_durably(folder / f"{name}.keys", lambda h: h.write(json_line([list(ids), list(hashes)]).encode()))
+    """A segment's three files, each whole or not at all; the commit fsyncs the folder once for all."""
+    write_bytes_atomic(folder / f"{name}.jsonl", lambda h: h.writelines(line + b"\n" for line in lines),
+                       sync_dir=False)
+    write_bytes_atomic(folder / f"{name}.keys", json_line([list(ids), list(hashes)]).encode(), sync_dir=False)
     _write_npy(folder / f"{name}.npy", vectors_rows, dim, vector_blocks)
 
 
@@ -560,12 +554,8 @@ class FlatStore(VectorStore):
                 manifest["next_file"] = number + 1
                 manifest["version"] += 1
                 name = f"hnsw-{number:06d}.faiss"
-                tmp = self.folder / (name + ".tmp")
-                faiss.write_index(graph, str(tmp), faiss.IO_FLAG_SKIP_STORAGE)
-                with open(tmp, "rb") as handle:
-                    os.fsync(handle.fileno())
-                os.replace(tmp, self.folder / name)
-                fsync_dir(self.folder)
+                with atomic_path(self.folder / name) as tmp:
+                    faiss.write_index(graph, str(tmp), faiss.IO_FLAG_SKIP_STORAGE)
                 manifest["hnsw"] = {"file": name, "rows": n_rows, "m": m, "ef_construction": ef_construction,
                                     "storage": "segments"}
                 write_manifest(self.folder, manifest)
@@ -864,11 +854,8 @@ def _take_storage(graph):
 
 
 def _write_npy_int(path: Path, rows: np.ndarray) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(rows, np.int64), allow_pickle=False)
-    _write_durably(path, lambda h: h.write(buf.getvalue()))
+    write_bytes_atomic(path, lambda handle: np.save(handle, np.asarray(rows, np.int64), allow_pickle=False),
+                       sync_dir=False)
 
 
 #: a filtered HNSW walk passing fewer than this share of rows is replaced by a brute force

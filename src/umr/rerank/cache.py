@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..core.atomic import write_bytes_atomic
 from ..core.fingerprint import item_fingerprint
 from .base import Pair, Reranker
 
@@ -93,6 +93,4 @@ class RerankStore:
     def _write_shard(self, fps: list[str], scores: np.ndarray) -> None:
         path = self.dir / f"shard-{self._next_shard:06d}.npz"
         self._next_shard += 1
-        tmp = self.dir / f"tmp-{path.name}"
-        np.savez(tmp, fps=np.asarray(fps, dtype="U40"), scores=scores)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, lambda handle: np.savez(handle, fps=np.asarray(fps, dtype="U40"), scores=scores))

@@ -24,9 +24,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..core.atomic import write_bytes_atomic
+from ..core.items import Item, ItemError, Modality
 from ..index.base import StoreUnreachable
 from ..models.matryoshka import renormalised_prefix
-from ..core.items import Item, ItemError, Modality
 from .batcher import Embedded, MicroBatcher
 from .security import (Limits, RequestRefused, Security, check_count, check_image_bytes, check_text,
                        image_from_url)
@@ -594,9 +595,7 @@ def _keep_upload(folder: Path, data: bytes) -> str:
     target = Path(folder) / UPLOADS / f"{hashlib.blake2b(data, digest_size=16).hexdigest()}.{fmt}"
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
-        tmp = target.with_suffix(".part")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        write_bytes_atomic(target, data)
     return str(target)
 
 

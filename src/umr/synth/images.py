@@ -19,6 +19,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from ..core.atomic import write_bytes_atomic
 from ..core.items import Item
 
 
@@ -61,9 +62,7 @@ class OwnImages:
         path = self.folder / f"{hashlib.sha256(data.getvalue()).hexdigest()[:24]}.png"
         if not path.exists():
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data.getvalue())
-            os.replace(tmp, path)
+            write_bytes_atomic(path, data.getvalue())
         return [Candidate(str(path), "own")]
 
 
@@ -107,9 +106,8 @@ class TextToImage:
         path = self.folder / f"{hashlib.sha256(f'{self.name}|{text}'.encode()).hexdigest()[:24]}.png"
         if not path.exists():
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.png")
-            self.pipeline(text).convert("RGB").save(tmp)
-            os.replace(tmp, path)
+            image = self.pipeline(text).convert("RGB")
+            write_bytes_atomic(path, lambda handle: image.save(handle, format="PNG"))
         return [Candidate(str(path), "generated")]
 
 

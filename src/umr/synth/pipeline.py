@@ -27,7 +27,6 @@ the end (atomically), so it never holds a partial or duplicated example.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from collections import Counter
@@ -37,6 +36,7 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from ..core.atomic import atomic_writer
 from ..core.items import Item, ItemError
 from .cache import WorkCache
 from .generator import Chat, Generator, content_key, parse_reply
@@ -432,15 +432,11 @@ class _Run:
     def write(self, work: list[_Work]) -> None:
         output = Path(self.config.output)
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(output.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with atomic_writer(output, text=True) as handle:
             for w in work:
                 for example in self.examples(w):
                     handle.write(json.dumps(example, ensure_ascii=False) + "\n")
                     self.summary.examples[example["kind"]] += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, output)
 
     def examples(self, w: _Work) -> list[dict]:
         (image, score), *others = w.images

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.atomic import replace_durably, write_bytes_atomic
+
 PREFIX = "step-"
 
 
@@ -44,14 +46,10 @@ def save(folder: Path, step: int, state: dict[str, Any], *, keep: int) -> Path:
     temporary = folder / f".tmp-{PREFIX}{step}-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
-    with (temporary / "state.pt").open("wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    write_bytes_atomic(temporary / "state.pt", lambda handle: torch.save(state, handle))
     if final.exists():
         shutil.rmtree(final)
-    os.replace(temporary, final)
-    _fsync_dir(folder)
+    replace_durably(temporary, final)
     for old in sorted(completed(folder))[:-keep] if keep > 0 else []:
         shutil.rmtree(folder / f"{PREFIX}{old}", ignore_errors=True)
     return final
@@ -76,16 +74,3 @@ def load_latest(folder: Path) -> dict[str, Any] | None:
     if not steps:
         return None
     return torch.load(folder / f"{PREFIX}{steps[-1]}" / "state.pt", map_location="cpu", weights_only=False)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

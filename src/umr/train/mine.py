@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from ..models.identity import model_identity
+from ..core.atomic import atomic_writer
 from ..core.items import Item, ItemError, Modality
+from ..models.identity import model_identity
 
 KINDS = ("wrong_modality", "same_modality", "plain")
 
@@ -296,9 +297,8 @@ def mine(model, queries: Iterable[MiningQuery | ItemError], index, pool: str | o
     positive_ids = sorted({p for q, _ in mined for p in q.positive_ids})
     indexed = {record["id"] for record in index.get(positive_ids) if record is not None}
 
-    tmp = output.with_name(output.name + ".tmp")
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tmp.open("w", encoding="utf-8") as handle:
+    with atomic_writer(output, text=True) as handle:
         for q, chosen in mined:
             example = dict(q.example)
             if q.positive_from_pool is not None:
@@ -322,9 +322,6 @@ def mine(model, queries: Iterable[MiningQuery | ItemError], index, pool: str | o
             summary.empty += not negatives
             summary.examples += 1
             handle.write(json.dumps(example, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, output)
 
     if summary.errors:
         errors_path(output).write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in summary.errors),

@@ -37,7 +37,6 @@ import csv
 import functools
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -50,6 +49,7 @@ import torch
 from ..models.base import Embedder, Trainable
 from ..models.identity import files_fingerprint
 from ..models.prefetch import Prefetching, PrefetchingLoader, resolved_workers
+from ..core.atomic import write_text_atomic
 from ..core.devices import check_device
 from ..core.items import Item, ItemError
 from . import checkpoint, collectives, lora
@@ -578,7 +578,7 @@ class Trainer:
             "adapter": None if adapter_base is None else {"folder": "adapter", "base_module": adapter_base or "."},
             "tensorboard": "tensorboard/" if _has_tensorboard() else "not installed (pip install tensorboard)",
         }
-        write_json_atomic(self.output / "training.json", record)
+        write_text_atomic(self.output / "training.json", json.dumps(record, indent=2, default=str))
         if errors:
             with (self.output / "errors.jsonl").open("w", encoding="utf-8") as handle:
                 for error in errors.values():
@@ -595,12 +595,6 @@ def copy_model_files(source: Path, target: Path) -> None:
             continue
         (target / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target / rel)
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2, default=str), encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def _has_tensorboard() -> bool:
