@@ -45,8 +45,7 @@ from PIL import Image
 
 import umr
 from machine import counted_flops, gemm_peak, machine, mfu  # benchmarks/machine.py
-from umr.models.gme.tiny import write_tiny_gme
-from umr.models.qwen3vl import write_tiny_qwen3vl
+from umr.testing import write_tiny_gme, write_tiny_qwen3vl
 from umr.core.items import Item
 
 RESULTS = Path(__file__).resolve().parent / "results" / "embed_throughput.json"
@@ -326,7 +325,7 @@ MID_MM_VISION = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=
 
 def bench_mmembed(n: int, batch_size: int, repeats: int, workdir: Path) -> dict[str, dict]:
     """MM-Embed (no reference loop here): umr in bfloat16 against umr in float32, same run."""
-    from umr.models.mmembed.tiny import write_tiny_mmembed
+    from umr.testing import write_tiny_mmembed
 
     folder = write_tiny_mmembed(workdir / "mmembed-mid", seed=0, text=MID_MM_TEXT, vision=MID_MM_VISION)
     items = gme_items(workdir / "mm-images", n, random.Random(0))

@@ -30,7 +30,7 @@ from PIL import Image
 
 from umr.rerank import load_reranker
 from umr.rerank.base import Pair
-from umr.rerank.tiny import write_tiny_qwen3vl_reranker
+from umr.testing import write_tiny_qwen3vl_reranker
 from umr.core.items import Item
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rerank_throughput.json"

@@ -202,7 +202,7 @@ def main() -> None:
     rng = random.Random(0)
     sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 30))) for _ in range(500)]
 
-    from umr.models.gme import write_tiny_gme
+    from umr.testing import write_tiny_gme
 
     tmp = tempfile.mkdtemp(prefix="umr-serve-bench-")
     models = {"tiny-gme": str(write_tiny_gme(Path(tmp) / "tiny-gme")), "minilm": "minilm"}

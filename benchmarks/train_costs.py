@@ -115,7 +115,7 @@ def _child(code: str, *args) -> dict:
 def activation_heavy_gme(folder: Path) -> Path:
     """A GME whose step is mostly activations: a wide MLP (4096) over a narrow residual stream,
     four layers, a few thousand tokens a step (the weights are ~6 MB)."""
-    from umr.models.gme.tiny import write_tiny_gme
+    from umr.testing import write_tiny_gme
 
     return write_tiny_gme(folder, text=dict(hidden_size=32, intermediate_size=4096, num_hidden_layers=4))
 
@@ -156,7 +156,7 @@ def write_training_file(path: Path, n: int, images: list[str]) -> Path:
 def startup(work: Path, *, large: int, runs: int) -> dict:
     from PIL import Image
 
-    from umr.models.gme.tiny import write_tiny_gme
+    from umr.testing import write_tiny_gme
 
     model = write_tiny_gme(work / "tiny-gme")
     (work / "img").mkdir()

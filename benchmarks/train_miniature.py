@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import umr
-    from umr.models.clip_sf import write_tiny_clip
+    from umr.testing import write_tiny_clip
 
     torch.set_num_threads(2)
     steps = args.steps or (60 if args.quick else 120)

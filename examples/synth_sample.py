@@ -18,9 +18,8 @@ from collections import Counter
 from pathlib import Path
 
 from umr import load_model
-from umr.models.clip_sf import write_tiny_clip
-from umr.synth import ClipScorer, ImageCollection, OwnImages, ScriptedLogits, SynthConfig, load_generator, \
-    synthesize, write_tiny_generator
+from umr.synth import ClipScorer, ImageCollection, OwnImages, SynthConfig, load_generator, synthesize
+from umr.testing import ScriptedLogits, write_tiny_clip, write_tiny_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "samples" / "corpus"

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from safetensors import safe_open
 
-    from umr.models.gme.tiny import write_tiny_gme
+    from umr.testing import write_tiny_gme
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)

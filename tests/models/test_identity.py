@@ -7,7 +7,7 @@ import pytest
 
 import umr
 from umr.models.base import Embedder
-from umr.models.clip_sf import write_tiny_clip
+from umr.testing import write_tiny_clip
 from umr.models.identity import SMALL_FILE_BYTES, files_fingerprint, identify
 
 pytestmark = pytest.mark.dtype_sensitive  # the default dtype matters here: CI runs it under both UMR_CPU_BF16 settings

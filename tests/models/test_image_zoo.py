@@ -9,8 +9,7 @@ import pytest
 import umr
 from umr import Item
 from umr.index import Index
-from umr.models.clip_sf import write_tiny_clip
-from umr.models.mmembed import write_tiny_mmembed
+from umr.testing import write_tiny_clip, write_tiny_mmembed
 
 
 @pytest.fixture(scope="module", params=["gme", "mm-embed", "clip"])

@@ -19,7 +19,8 @@ from PIL import Image
 
 import umr
 from umr.cli import main
-from umr.models.mmembed import MMEmbedEmbedder, build_prompt, write_tiny_mmembed
+from umr.models.mmembed import MMEmbedEmbedder, build_prompt
+from umr.testing import write_tiny_mmembed
 from umr.core.items import Item, ItemError
 
 TOL = 1e-5

@@ -135,7 +135,7 @@ def _noise(width, height, mode="RGB", seed=0):
 
 @pytest.fixture(scope="session")
 def tiny_qwen3vl_dir(tmp_path_factory):
-    from umr.models.qwen3vl import write_tiny_qwen3vl
+    from umr.testing import write_tiny_qwen3vl
 
     return write_tiny_qwen3vl(tmp_path_factory.mktemp("tiny-qwen3vl") / "tiny-qwen3vl", seed=0)
 
@@ -541,7 +541,7 @@ def test_registry_and_folder_detection(tiny_qwen3vl_dir, q3):
 def test_tiny_checkpoint_is_deterministic_and_has_answer_tokens(tmp_path, tiny_qwen3vl_dir):
     from transformers import AutoTokenizer
 
-    from umr.models.qwen3vl import write_tiny_qwen3vl
+    from umr.testing import write_tiny_qwen3vl
 
     again = write_tiny_qwen3vl(tmp_path / "again", seed=0)
     for name in ("model.safetensors", "tokenizer.json", "config.json", "chat_template.jinja"):
@@ -551,7 +551,7 @@ def test_tiny_checkpoint_is_deterministic_and_has_answer_tokens(tmp_path, tiny_q
 
 
 def test_new_config_layout_gives_the_same_vectors(tmp_path, q3, tiny_qwen3vl_dir, images):
-    from umr.models.qwen3vl import write_tiny_qwen3vl
+    from umr.testing import write_tiny_qwen3vl
 
     legacy = json.loads((tiny_qwen3vl_dir / "config.json").read_text())
     assert "rope_scaling" in legacy["text_config"] and "rope_parameters" not in legacy["text_config"]

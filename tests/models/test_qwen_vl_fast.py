@@ -36,10 +36,10 @@ def test_fast_vision_tower_equals_transformers(tmp_path, family):
     from transformers import AutoModel
 
     if family == "gme":
-        from umr.models.gme.tiny import write_tiny_gme as write
+        from umr.testing import write_tiny_gme as write
         patch = 14
     else:
-        from umr.models.qwen3vl import write_tiny_qwen3vl as write
+        from umr.testing import write_tiny_qwen3vl as write
         patch = 16
     model = AutoModel.from_pretrained(str(write(tmp_path / family, seed=0))).eval()
     visual = model.visual

@@ -22,7 +22,7 @@ def test_mllm_window_is_its_limit_less_the_candidate_template(family, tmp_path, 
     if family == "gme":
         model = umr.load_model(tiny_gme_dir)
     else:
-        from umr.models.mmembed import write_tiny_mmembed
+        from umr.testing import write_tiny_mmembed
 
         model = umr.load_model(write_tiny_mmembed(tmp_path / "mm"))
     processor = model.processor
@@ -51,7 +51,7 @@ def test_mllm_window_beside_an_image_is_what_the_image_leaves(family, tmp_path, 
         model = umr.load_model(tiny_gme_dir, min_image_tokens=4, max_image_tokens=64)
         model.processor.max_length = 150
     else:
-        from umr.models.mmembed import write_tiny_mmembed
+        from umr.testing import write_tiny_mmembed
 
         model = umr.load_model(write_tiny_mmembed(tmp_path / "mm"))
         model.processor.max_length = 60
@@ -73,7 +73,7 @@ def test_mllm_window_beside_an_image_is_what_the_image_leaves(family, tmp_path, 
 
 
 def test_clip_window_counts_start_end_and_the_uniir_period(tmp_path):
-    from umr.models.clip_sf import write_tiny_clip
+    from umr.testing import write_tiny_clip
 
     model = umr.load_model(write_tiny_clip(tmp_path / "clip"))
     assert model.text_window() == model.max_length - 3

@@ -14,21 +14,21 @@ sys.path.insert(0, str(Path(__file__).parent))  # rerank_fixtures, importable by
 
 @pytest.fixture(scope="session")
 def tiny_reranker_dir(tmp_path_factory):
-    from umr.rerank.tiny import write_tiny_qwen3vl_reranker
+    from umr.testing import write_tiny_qwen3vl_reranker
 
     return write_tiny_qwen3vl_reranker(tmp_path_factory.mktemp("rr") / "tiny-qwen3-vl-reranker")
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2vl_dir(tmp_path_factory):
-    from umr.rerank.tiny import write_tiny_qwen2vl_instruct
+    from umr.testing import write_tiny_qwen2vl_instruct
 
     return write_tiny_qwen2vl_instruct(tmp_path_factory.mktemp("rr") / "tiny-qwen2-vl-instruct")
 
 
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory):
-    from umr.rerank.tiny import write_tiny_llava_next
+    from umr.testing import write_tiny_llava_next
 
     return write_tiny_llava_next(tmp_path_factory.mktemp("rr") / "tiny-llava-next")
 

@@ -12,7 +12,7 @@ from umr.core.items import Item
 
 @pytest.fixture(scope="module")
 def cross_dir(tmp_path_factory):
-    from umr.rerank.tiny import write_tiny_cross_encoder
+    from umr.testing import write_tiny_cross_encoder
 
     return write_tiny_cross_encoder(tmp_path_factory.mktemp("ce") / "tiny-cross-encoder")
 

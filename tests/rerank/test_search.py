@@ -35,7 +35,7 @@ def test_index_search_reranks_the_top_k(text_index):
 
 
 def test_cli_search_rerank(text_index, tmp_path, capsys):
-    from umr.rerank.tiny import write_tiny_cross_encoder
+    from umr.testing import write_tiny_cross_encoder
 
     cross = write_tiny_cross_encoder(tmp_path / "tiny-cross-encoder")
     assert main(["search", "--index", str(text_index), "a dog", "-k", "4", "--rerank", str(cross),

@@ -47,7 +47,7 @@ def minilm():
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     import umr
-    from umr.models.clip_sf import write_tiny_clip
+    from umr.testing import write_tiny_clip
 
     return umr.load_model(write_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip"))
 

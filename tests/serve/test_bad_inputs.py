@@ -49,7 +49,7 @@ def test_items_are_all_checked_before_any_is_added(photo_index):
 
 def test_rerank_names_the_empty_document(photo_index, tmp_path):
     rerank = pytest.importorskip("umr.rerank")
-    from umr.rerank.tiny import write_tiny_cross_encoder
+    from umr.testing import write_tiny_cross_encoder
 
     reranker = rerank.load_reranker(write_tiny_cross_encoder(tmp_path / "ce"))
     with TestClient(create_app(photo_index.model, index=photo_index, reranker=reranker)) as client:

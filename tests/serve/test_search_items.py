@@ -77,7 +77,7 @@ def test_add_delete_and_stats(client, photo_index):
 
 def test_rerank_endpoint(photo_index, tmp_path):
     rerank = pytest.importorskip("umr.rerank")
-    from umr.rerank.tiny import write_tiny_cross_encoder
+    from umr.testing import write_tiny_cross_encoder
 
     reranker = rerank.load_reranker(write_tiny_cross_encoder(tmp_path / "ce"))
     docs = ["llamas eat grass", "the Eiffel tower", "grass and hay"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from umr.synth import HFGenerator, ScriptedLogits, load_generator, write_tiny_generator
+from umr.synth import HFGenerator, load_generator
+from umr.testing import ScriptedLogits, write_tiny_generator
 
 #: caption words per image; every caption names a distinct subject, two ask the same thing
 CAPTIONS = {
@@ -83,7 +84,7 @@ def scripted_generator(folder: Path, reply=scripted_reply) -> HFGenerator:
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     from umr import load_model
-    from umr.models.clip_sf import write_tiny_clip
+    from umr.testing import write_tiny_clip
 
     return load_model(write_tiny_clip(tmp_path_factory.mktemp("clip")))
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from umr.synth import Decoding, Generator, ScriptedLogits, load_generator
+from umr.synth import Decoding, Generator, load_generator
+from umr.testing import ScriptedLogits
 
 CHATS = [[{"role": "user", "content": "a heron in the lake"}], [{"role": "user", "content": "kettle"}]]
 

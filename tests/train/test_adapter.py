@@ -59,7 +59,7 @@ def test_minilm_adapter_loads_in_peft_and_embeds_as_the_merged_model(tmp_path):
 def test_mmembed_projector_is_saved_as_peft_modules_to_save(tmp_path):
     from peft import PeftModel
 
-    from umr.models.mmembed import write_tiny_mmembed
+    from umr.testing import write_tiny_mmembed
     from umr.models.mmembed.modeling_mmembed import load_mmembed
 
     base = write_tiny_mmembed(tmp_path / "mm")

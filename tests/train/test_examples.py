@@ -20,7 +20,7 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 
 @pytest.fixture(scope="module")
 def tiny_mmembed_dir(tmp_path_factory) -> Path:
-    from umr.models.mmembed import write_tiny_mmembed
+    from umr.testing import write_tiny_mmembed
 
     return write_tiny_mmembed(tmp_path_factory.mktemp("mm") / "mm")
 

@@ -83,7 +83,7 @@ def test_gme(tiny_gme_dir, tmp_path):
 
 @pytest.mark.slow
 def test_mmembed(tmp_path):
-    from umr.models.mmembed import write_tiny_mmembed
+    from umr.testing import write_tiny_mmembed
 
     model = write_tiny_mmembed(tmp_path / "mm")
     trainer, _ = _train_and_compare(model, multimodal_examples(tmp_path / "d" / "train.jsonl"), tmp_path / "out")
@@ -95,7 +95,7 @@ def test_mmembed(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("uniir", [False, True])
 def test_clip_sf(tmp_path, uniir):
-    from umr.models.clip_sf.tiny import write_tiny_clip, write_tiny_uniir_clip_sf
+    from umr.testing import write_tiny_clip, write_tiny_uniir_clip_sf
 
     model = write_tiny_uniir_clip_sf(tmp_path / "clip") if uniir else write_tiny_clip(tmp_path / "clip")
     _train_and_compare(model, multimodal_examples(tmp_path / "d" / "train.jsonl"), tmp_path / "out")

@@ -34,7 +34,7 @@ def _run(model, data, out, *, workers, before=None, **options) -> Trainer:
 
 @pytest.mark.slow
 def test_prefetched_items_train_as_inline_ones_and_a_broken_image_is_left_out(tmp_path):
-    from umr.models.clip_sf.tiny import write_tiny_clip
+    from umr.testing import write_tiny_clip
 
     model = write_tiny_clip(tmp_path / "clip")
     inline = _run(model, multimodal_examples(tmp_path / "a" / "train.jsonl"), tmp_path / "inline", workers=0)
@@ -64,7 +64,7 @@ def _errors(out: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_bad_examples_found_when_drawn_or_prepared_stay_out_after_resume(tmp_path):
-    from umr.models.clip_sf.tiny import write_tiny_clip
+    from umr.testing import write_tiny_clip
     from umr.train import checkpoint
 
     model = write_tiny_clip(tmp_path / "clip")

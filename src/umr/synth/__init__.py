@@ -3,14 +3,13 @@ filter, entity rewriting and entity images, written as ``umr train``'s generic t
 
 Read :mod:`.pipeline` first; :mod:`.generator` (the generator contract and its transformers
 loader), :mod:`.images` (image sources and the CLIP-style filter), :mod:`.cache` (durable
-resumption), :mod:`.tiny` (an offline tiny generator for tests and examples).
+resumption).
 """
 
 from .generator import Decoding, Generator, HFGenerator, load_generator, parse_reply
 from .images import Candidate, ClipScorer, ImageCollection, ImageSource, OwnImages, TextToImage
 from .pipeline import KINDS, Summary, SynthConfig, synthesize
-from .tiny import ScriptedLogits, write_tiny_generator
 
 __all__ = ["KINDS", "Candidate", "ClipScorer", "Decoding", "Generator", "HFGenerator", "ImageCollection",
-           "ImageSource", "OwnImages", "ScriptedLogits", "Summary", "SynthConfig", "TextToImage",
-           "load_generator", "parse_reply", "synthesize", "write_tiny_generator"]
+           "ImageSource", "OwnImages", "Summary", "SynthConfig", "TextToImage", "load_generator", "parse_reply",
+           "synthesize"]

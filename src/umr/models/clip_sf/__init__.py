@@ -2,7 +2,5 @@
 
 from .modeling_clip_sf import ClipSfEmbedder, hf_to_uniir, uniir_to_hf
 from .processing_clip_sf import ImageTransform, item_text, uniir_format
-from .tiny import write_tiny_clip, write_tiny_uniir_clip_sf
 
-__all__ = ["ClipSfEmbedder", "ImageTransform", "hf_to_uniir", "item_text", "uniir_format", "uniir_to_hf",
-           "write_tiny_clip", "write_tiny_uniir_clip_sf"]
+__all__ = ["ClipSfEmbedder", "ImageTransform", "hf_to_uniir", "item_text", "uniir_format", "uniir_to_hf"]

@@ -2,6 +2,5 @@
 
 from .modeling_gme import GmeEmbedder
 from .processing_gme import GmeProcessor, build_prompt
-from .tiny import write_tiny_gme
 
-__all__ = ["GmeEmbedder", "GmeProcessor", "build_prompt", "write_tiny_gme"]
+__all__ = ["GmeEmbedder", "GmeProcessor", "build_prompt"]

@@ -2,7 +2,5 @@
 
 from .modeling_mmembed import MMEmbedEmbedder, MMEmbedModel, load_mmembed
 from .processing_mmembed import MMEmbedProcessor, build_prompt
-from .tiny import write_tiny_mmembed
 
-__all__ = ["MMEmbedEmbedder", "MMEmbedModel", "MMEmbedProcessor", "build_prompt", "load_mmembed",
-           "write_tiny_mmembed"]
+__all__ = ["MMEmbedEmbedder", "MMEmbedModel", "MMEmbedProcessor", "build_prompt", "load_mmembed"]

@@ -2,6 +2,5 @@
 
 from .modeling_qwen3vl import Qwen3VLEmbedder, embedding_messages
 from .processing_qwen3vl import Qwen3VLProcessor
-from .tiny import write_tiny_qwen3vl
 
-__all__ = ["Qwen3VLEmbedder", "Qwen3VLProcessor", "embedding_messages", "write_tiny_qwen3vl"]
+__all__ = ["Qwen3VLEmbedder", "Qwen3VLProcessor", "embedding_messages"]

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..tiny_corpus import synthetic_sentences
+from ..models.registry import quiet_transformers
+from .corpus import synthetic_sentences
 
 #: Qwen2-VL's added tokens, in the real checkpoint's order.
 SPECIAL_TOKENS = [
@@ -77,8 +78,6 @@ def save_jittered(model, folder: Path, *, seed: int, jitter: Callable[[str, Any,
     parameters initialisation leaves uninformative (norm weights all 1, ...), without the
     generation config (an embedding checkpoint has none)."""
     import torch
-
-    from ..registry import quiet_transformers
 
     with torch.no_grad():
         generator = torch.Generator().manual_seed(seed + 1)

@@ -18,6 +18,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..models.registry import quiet_transformers
+from .corpus import WORDS
+from .gme import SPECIAL_TOKENS, build_tokenizer
+from .qwen3vl import write_tiny_qwen3vl
+
 #: answer words every tiny reranker vocabulary holds as single tokens
 ANSWER_WORDS = ("yes", "no", "True", "False")
 
@@ -56,8 +61,6 @@ def write_tiny_qwen3vl_reranker(folder: str | Path, *, seed: int = 0, text: dict
     """A tiny random Qwen3-VL-Reranker checkpoint (name the folder ``...reranker...`` or load it
     with ``family="qwen3-vl-reranker"``); ``text`` / ``vision`` override the architecture as in
     :func:`umr.models.qwen3vl.write_tiny_qwen3vl` (e.g. a mid-sized model for benchmarks)."""
-    from ..models.qwen3vl.tiny import write_tiny_qwen3vl
-
     folder = write_tiny_qwen3vl(folder, seed=seed, text=text, vision=vision, answer_words=ANSWER_WORDS)
     _list_special_tokens(folder)
     return folder
@@ -67,9 +70,6 @@ def write_tiny_qwen2vl_instruct(folder: str | Path, *, seed: int = 0, vocab_size
     """A tiny random Qwen2-VL-Instruct-style checkpoint (transformers' current layout)."""
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-    from ..models.gme.tiny import SPECIAL_TOKENS, build_tokenizer
-    from ..models.registry import quiet_transformers
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,8 +117,6 @@ def write_tiny_cross_encoder(folder: str | Path, *, seed: int = 0) -> Path:
     from sentence_transformers import CrossEncoder
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    from ..models.tiny_corpus import WORDS
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.txt"
@@ -152,9 +150,6 @@ def write_tiny_llava_next(folder: str | Path, *, seed: int = 0, vocab_size: int 
     import torch
     from tokenizers import AddedToken
     from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, MistralConfig
-
-    from ..models.gme.tiny import build_tokenizer
-    from ..models.registry import quiet_transformers
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .gme import build_tokenizer, save_jittered, write_tokenizer_files
+
 #: The default tiny architecture: 3 decoder layers, DeepStack into the first two, a 3-block vision tower.
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=8, mrope_section=[2, 1, 1])
@@ -55,8 +57,6 @@ def write_tiny_qwen3vl(folder: str | Path, *, seed: int = 0, text: dict[str, Any
     """
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
-    from ..gme.tiny import build_tokenizer, save_jittered, write_tokenizer_files
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

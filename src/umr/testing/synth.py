@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from .gme import SPECIAL_TOKENS, build_tokenizer
+
 #: ChatML, as Qwen2 writes it
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -23,8 +25,6 @@ def write_tiny_generator(folder: str | Path, *, seed: int = 0, vocab_size: int =
     """Write a tiny random ``Qwen2ForCausalLM`` with a byte-level BPE tokenizer and a chat template."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
-    from ..models.gme.tiny import SPECIAL_TOKENS, build_tokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..tiny_corpus import synthetic_sentences
+from ..models.mmembed.modeling_mmembed import MMEmbedModel, read_settings
+from .corpus import synthetic_sentences
 
 
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -60,8 +61,6 @@ def write_tiny_mmembed(folder: str | Path, *, seed: int = 0, text: dict[str, Any
     """
     import torch
     from safetensors.torch import save_file
-
-    from .modeling_mmembed import MMEmbedModel, read_settings
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

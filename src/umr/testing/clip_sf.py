@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..tiny_corpus import synthetic_sentences
+from ..models.clip_sf.modeling_clip_sf import hf_to_uniir
+from .corpus import synthetic_sentences
 
 
 TINY_CLIP_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -138,8 +139,6 @@ def write_tiny_uniir_clip_sf(folder: str | Path, *, seed: int = 0, checkpoint_na
     """A tiny CLIP folder plus a UniIR-layout CLIP-SF checkpoint (different random weights) in it."""
     import torch
     from transformers import CLIPConfig, CLIPModel
-
-    from .modeling_clip_sf import hf_to_uniir
 
     folder = write_tiny_clip(folder, kind="clip", seed=seed, **clip_options)
     config = CLIPConfig.from_pretrained(str(folder))
