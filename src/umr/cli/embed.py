@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UsageError, add_model_options, load_model_from_args
+from ..core.items import ItemError
+from ..data.items import read_items_jsonl
+from ..index.embedding import embed_in_chunks
+from .common import UsageError, add_model_options, load_model_from_args
 from .ray_options import add_ray_options, ray_embedder
 
 
@@ -25,9 +28,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..data.items import read_items_jsonl
-    from ..core.items import ItemError
-
     if not args.input.is_file():
         raise UsageError(f"no such input file: {args.input}")
     items, lines, errors = [], [], []
@@ -65,8 +65,6 @@ def _embed(args, model, items):
     if embedder is None:
         return model.embed(items, batch_size=args.batch_size, show_progress_bar=not args.no_progress,
                            on_error="raise" if args.on_error == "stop" else "skip")
-    from ..index.embedding import embed_in_chunks
-
     with embedder:
         result = embed_in_chunks(embedder, items, batch_size=args.batch_size)
     if result.errors and args.on_error == "stop":

@@ -17,7 +17,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import UsageError, add_model_options, load_model_from_args, model_options
+from ..data.beir import load_beir
+from ..data.mbeir import MBEIR
+from ..eval import EvalConfig, Evaluator
+from ..eval.cache import model_key as key_of
+from ..eval.report import compare, load_scores
+from ..eval.notes import dropped_note, failure_note
+from ..models.identity import files_fingerprint
+from ..models.registry import ModelNotAvailable, model_folder
+from .common import UsageError, add_model_options, load_model_from_args, model_options
 from .ray_options import add_ray_options, ray_embedder
 from .rerank import add_rerank_flags, check_rerank_flags, load_rerank_flag
 
@@ -74,9 +82,6 @@ def run(args) -> int:
     check_rerank_flags(args)
     if args.dims is not None and args.dim is not None:
         raise UsageError("--dims sweeps dimensions of the full vectors: leave out --dim")
-
-    from ..eval import EvalConfig, Evaluator
-    from ..eval.runner import dropped_note, failure_note
 
     tasks = _load_tasks(args)
     # loaded on first use: a finished evaluation re-reports without loading
@@ -156,10 +161,6 @@ def model_key(args, model=None) -> str:
     than overwriting. (``--device`` and ``--batch-size`` are left out: they do not choose what is
     computed.)
     """
-    from ..eval.cache import model_key as key_of
-    from ..models.identity import files_fingerprint
-    from ..models.registry import ModelNotAvailable, model_folder
-
     # the files' digest: other weights saved under the same name never share cached vectors
     try:
         files = files_fingerprint(model_folder(args.model))[:12]
@@ -221,14 +222,10 @@ class _LazyModel:
 def _load_tasks(args):
     try:
         if args.benchmark == "mbeir":
-            from ..data.mbeir import MBEIR
-
             bench = MBEIR(args.data, split=args.split)
             pools = ["local", "global"] if args.pool == "both" else [args.pool]
             return [bench.task(name, pool=pool, instruction_policy=args.instructions, seed=args.seed)
                     for pool in pools for name in (args.tasks or bench.task_names)]
-        from ..data.beir import load_beir
-
         return load_beir(args.data, tasks=args.tasks, split=args.split)
     except KeyError as exc:
         raise UsageError(str(exc.args[0]) if exc.args else str(exc)) from None
@@ -239,8 +236,6 @@ def _load_tasks(args):
 def _compare(values: list[str]) -> int:
     if len(values) != 3 or values[0] != "compare":
         raise UsageError("usage: umr eval compare A B (output folders or scores.json files)")
-    from ..eval.report import compare, load_scores
-
     try:
         a, b = load_scores(values[1]), load_scores(values[2])
     except (FileNotFoundError, ValueError) as exc:

@@ -11,7 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import UsageError, add_model_options, load_model_from_args, load_options, model_options
+from ..core.devices import check_device
+from ..data.chunking import Chunker, ChunkingError
+from ..data.corpus import count_corpus
+from ..index import Index, IndexStoreError
+from ..index.milvus import resolve_uri
+from .common import UsageError, add_model_options, load_model_from_args, load_options, model_options
 from .ray_options import add_ray_options, ray_embedder
 
 
@@ -52,11 +57,6 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from tqdm.auto import tqdm
-
-    from ..data.chunking import Chunker, ChunkingError
-    from ..data.corpus import count_corpus
-    from ..index import Index, IndexStoreError
-    from ..core.devices import check_device
 
     if args.source is None:
         if not args.compact:
@@ -148,8 +148,6 @@ def _open_existing(args):
 
     Returns the index and a note for the summary about a change made (a switched search method).
     """
-    from ..index import Index
-
     index = Index.open(args.index_dir, writable=True, device=args.device)
     try:
         cfg, backend = index.config, index.store.backend
@@ -160,8 +158,6 @@ def _open_existing(args):
             refused += [f"{flag} (a faiss index lives in its folder)" for flag, value
                         in (("--uri", args.uri), ("--collection", args.collection)) if value is not None]
         else:
-            from ..index.milvus import resolve_uri
-
             where = index.store.manifest
             if args.uri is not None and resolve_uri(args.uri, index.folder) != where["uri"]:
                 refused.append(f"--uri {args.uri} (its vectors live at {where['uri']})")
@@ -254,8 +250,6 @@ def _compact(index) -> None:
 
 
 def _compact_only(folder: Path) -> int:
-    from ..index import Index, IndexStoreError
-
     try:
         index = Index.open(folder, writable=True)
     except (IndexStoreError, ValueError) as exc:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import UsageError, add_model_options, load_model_from_args, model_options
+from ..index import IndexStoreError
+from ..train.mine import MineSettings, errors_path, mine_file, provenance_path
+from .common import UsageError, add_model_options, load_model_from_args, model_options
 
 
 def add_parser(sub) -> None:
@@ -42,9 +44,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..index import IndexStoreError
-    from ..train.mine import MineSettings, errors_path, mine_file, provenance_path
-
     for name, path in (("--data", args.data), ("--mbeir", args.mbeir), ("--pool", args.pool)):
         if path is not None and not path.exists():
             raise UsageError(f"{name}: no such file or folder: {path}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ..models.registry import list_models, local_copy
+from ..rerank.registry import list_rerankers
+
 
 def add_parser(sub) -> None:
     parser = sub.add_parser("models", help="list the short model and reranker names and which are available locally")
@@ -9,9 +12,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..models.registry import list_models
-    from ..rerank.registry import list_rerankers
-
     _print_table(list_models())
     print("\nrerankers (umr rerank --model NAME; --rerank NAME for search and eval):")
     _print_table(list_rerankers())
@@ -21,8 +21,6 @@ def run(args) -> int:
 
 
 def _print_table(specs) -> None:
-    from ..models.registry import local_copy
-
     rows = []
     for spec in specs:
         source = "(bundled package)" if callable(spec.source) else spec.source

@@ -3,9 +3,13 @@ options, and the :class:`~umr.index.ray_embed.RayEmbedder` they ask for."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
-from . import UsageError, load_options
+from ..index import ray_embed
+from ..models.catalog import REGISTRY
+from ..models.registry import load_model
+from .common import UsageError, load_options
 
 
 def add_ray_options(parser) -> None:
@@ -22,21 +26,16 @@ def ray_embedder(args, source: str, options: dict | None = None):
     and ``--dtype`` given on the command line), or None without --ray."""
     if not args.ray:
         return None
-    from functools import partial
-
-    try:
-        from ..index.ray_embed import RayEmbedder
-        from ..models.registry import REGISTRY, load_model
-    except ImportError:
-        raise UsageError("--ray needs Ray: pip install 'umr[ray]'") from None
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, not {args.workers}")
     options = load_options(args) if options is None else options
     if source not in REGISTRY and Path(source).expanduser().exists():  # workers may run in another folder
         source = str(Path(source).expanduser().resolve())
     try:
-        return RayEmbedder(partial(load_model, source, device=args.device, **options), workers=args.workers,
+        return ray_embed.RayEmbedder(partial(load_model, source, device=args.device, **options), workers=args.workers,
                            gpus_per_worker=args.gpus_per_worker, address=args.ray_address)
+    except ImportError:
+        raise UsageError("--ray needs Ray: pip install 'umr[ray]'") from None
     except (ConnectionError, RuntimeError) as exc:  # no cluster at --ray-address, or it refused us
         reason = " ".join(str(exc).split())[:300]
         raise UsageError(f"cannot start or reach Ray ({args.ray_address or 'local'}): {reason}") from None

@@ -12,7 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UsageError, call_loader
+from ..core.items import ItemError
+from ..data.files import jsonl_records
+from ..data.items import parse_item_line
+from ..rerank import load_reranker
+from ..rerank.base import Pair
+from .common import UsageError, call_loader
 from .embed import npy_path, sidecar, write_errors
 
 FAMILY_CHOICES = ["qwen3-vl-reranker", "zero-shot", "cross-encoder"]
@@ -60,8 +65,6 @@ def add_rerank_flags(parser) -> None:
 def load_reranker_from_args(args, name: str, *, family: str | None = None, prompts: Path | None = None,
                             options: dict | None = None):
     """Load the reranker ``name`` with ``options``, a ``prompts`` file, device and dtype."""
-    from ..rerank import load_reranker
-
     options = dict(options or {})
     if prompts is not None:
         if not prompts.is_file():
@@ -90,11 +93,6 @@ def load_rerank_flag(args):
 
 def read_pairs_jsonl(path: Path):
     """Yield ``(line_number, Pair or ItemError)`` for every non-blank line."""
-    from ..data.files import jsonl_records
-    from ..data.items import parse_item_line
-    from ..rerank.base import Pair
-    from ..core.items import ItemError
-
     base = path.parent.resolve()
     for line_no, record in jsonl_records(path):
         if isinstance(record, ItemError):
@@ -119,8 +117,6 @@ def read_pairs_jsonl(path: Path):
 
 
 def run(args) -> int:
-    from ..core.items import ItemError
-
     if not args.input.is_file():
         raise UsageError(f"no such input file: {args.input}")
     pairs, lines, errors = [], [], []

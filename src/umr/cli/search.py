@@ -10,7 +10,9 @@ import json
 import math
 from pathlib import Path
 
-from . import UsageError
+from ..index import Index, IndexStoreError, Unrepresentable
+from ..index.index import check_search_args, query_text
+from .common import UsageError
 from .rerank import add_rerank_flags, load_rerank_flag
 
 
@@ -100,9 +102,6 @@ def _one_of(options: list):
 
 
 def run(args) -> int:
-    from ..index import Index, IndexStoreError, Unrepresentable
-    from ..index.index import check_search_args, query_text
-
     if args.text is None and args.image is None:
         raise UsageError("give query text, --image PATH, or both")
     try:

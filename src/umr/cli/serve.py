@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import UsageError
+from ..index import Index, IndexStoreError
+from ..rerank import load_reranker
+from .common import UsageError, load_model_from_args
 
 
 def add_parser(sub) -> None:
@@ -40,6 +42,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    # imported here, not above: umr.serve needs fastapi, an optional extra (pip install 'umr[serve]'),
+    # and every other command must run without it
     from ..serve import Limits, Security, check_bind, create_app
     from ..serve.batcher import server_torch_threads
 
@@ -55,22 +59,16 @@ def run(args) -> int:
 
     index, model = None, None
     if args.index_dir is not None:
-        from ..index import Index, IndexStoreError
-
         try:
             index = Index.open(args.index_dir, model=args.model, writable=True, device=args.device, dtype=args.dtype)
             model = index.model
         except (IndexStoreError, ValueError) as exc:
             raise UsageError(" ".join(str(exc).split())) from None
     else:
-        from . import load_model_from_args
-
         args.min_image_tokens = args.max_image_tokens = args.max_length = args.dim = None
         model = load_model_from_args(args)
     reranker = None
     if args.rerank:
-        from ..rerank import load_reranker  # the rerank sub-package (umr.rerank)
-
         reranker = load_reranker(args.rerank, device=args.device)
     limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_items=args.max_items)
     security = Security(token=args.token, image_hosts=frozenset(h.lower() for h in args.image_host),

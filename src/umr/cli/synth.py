@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import UsageError, load_model_from_args
+from ..synth import ClipScorer, Decoding, ImageCollection, OwnImages, SynthConfig, load_generator, synthesize
+from .common import UsageError, load_model_from_args
 
 
 def add_parser(sub) -> None:
@@ -41,8 +42,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synth import ClipScorer, Decoding, ImageCollection, OwnImages, SynthConfig, load_generator, synthesize
-
     try:
         config = SynthConfig(source=args.source, output=args.output, kinds=[k.strip() for k in args.kinds.split(",")
                                                                             if k.strip()],

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import UsageError
+from ..train import TrainConfig, TrainingError, train
+from .common import UsageError
 
 #: flag -> (TrainConfig name, argparse options); every flag defaults to None so that a
 #: --config file's value stands unless the flag is given
@@ -66,8 +67,6 @@ def add_parser(sub) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from ..train import TrainConfig
-
     names = [f.lstrip("-").replace("-", "_") for f in [*_FLAGS, *_SWITCHES]]
     overrides = {name: getattr(args, name) for name in names}
     overrides.update(model=args.model, data=args.data, output=args.output)
@@ -91,8 +90,6 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args) -> int:
-    from ..train import TrainingError, train
-
     config = config_from_args(args)
     try:
         output = train(config)

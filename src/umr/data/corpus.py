@@ -30,9 +30,11 @@ from typing import Any, Callable, Iterator
 
 from ..core.entries import Entry, EntryKind, ReadReport
 from ..core.fingerprint import FileDigests, file_digest, item_fingerprint
+from ..core.images import image_size
 from ..core.items import Item, ItemError
 from .chunking import Chunker, Passage, passage_id
 from .files import display_name, jsonl_records, stored_path
+from .items import read_items_jsonl
 from .mbeir import parse_candidate
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -289,8 +291,6 @@ def _note_truncation(chunker: Chunker | None, report: ReadReport, item_id: str, 
 def _image_loader(path: Path, sidecar: Path | None, item_id: str, chunker: Chunker | None,
                   report: ReadReport) -> Callable[[], Item]:
     def load() -> Item:
-        from ..core.images import image_size
-
         image_size(path, item_id=item_id)  # header check: non-images and bombs fail here
         caption = None
         if sidecar is not None:
@@ -449,8 +449,6 @@ def read_jsonl(path: str | os.PathLike, *, digests: FileDigests | None = None, c
     (``explicit_id`` False). Image paths are resolved; images are fingerprinted by their bytes.
     A long text-only item becomes passages (``ID#chunk=N``); text with an image is never split.
     """
-    from .items import read_items_jsonl
-
     report = report if report is not None else ReadReport()
 
     for line_no, parsed in read_items_jsonl(path):
@@ -475,8 +473,6 @@ def read_jsonl(path: str | os.PathLike, *, digests: FileDigests | None = None, c
 def _checked(item: Item, chunker: Chunker | None, report: ReadReport) -> Item:
     _note_truncation(chunker, report, item.id, item.text)
     if item.image is not None:
-        from ..core.images import image_size
-
         image_size(item.image, item_id=item.id)
     return item
 

@@ -1,31 +1,12 @@
 """Evaluation: M-BEIR and BEIR-style (UMRB, MTEB retrieval) benchmarks, reference-exact metrics,
 resumable runs, TREC run files, Markdown/HTML reports, and an mteb adapter."""
 
+from ..data.beir import load_beir, load_beir_task
+from ..data.mbeir import load_mbeir
 from .metrics import evaluate_run, mean_metrics, modality_bias, query_metrics, trec_order
 from .mteb_adapter import MtebEncoder, as_mteb_encoder
 from .runner import EvalConfig, Evaluator, evaluate, summarize
 from .tasks import CATEGORIES, UMRB_GROUPS, RetrievalTask, category_of
-
-
-def load_mbeir(*args, **kwargs):
-    """See :func:`umr.data.mbeir.load_mbeir`."""
-    from ..data.mbeir import load_mbeir as _load
-
-    return _load(*args, **kwargs)
-
-
-def load_beir(*args, **kwargs):
-    """See :func:`umr.data.beir.load_beir`."""
-    from ..data.beir import load_beir as _load
-
-    return _load(*args, **kwargs)
-
-
-def load_beir_task(*args, **kwargs):
-    """See :func:`umr.data.beir.load_beir_task`."""
-    from ..data.beir import load_beir_task as _load
-
-    return _load(*args, **kwargs)
 
 
 __all__ = ["CATEGORIES", "EvalConfig", "Evaluator", "MtebEncoder", "RetrievalTask", "UMRB_GROUPS",

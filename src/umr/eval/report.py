@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.tasks import CATEGORIES, UMRB_GROUPS
-from .runner import dropped_note, failure_note
+from .notes import dropped_note, failure_note
 
 _MISSING = object()  # a task or category the pool does not have, as opposed to a value with no basis
 FAILED = "⚠"

@@ -35,8 +35,13 @@ from ..data.tasks import UMRB_GROUPS, RetrievalTask
 from ..index.embedding import ChunkEmbedder, LocalEmbedder
 from ..index.exact import search_exact
 from ..models.matryoshka import renormalised_prefix, sweep_dims
+from ..rerank.base import Pair, reranked_order
+from ..rerank.cache import RerankStore
+from ..rerank.registry import reranker_key as default_reranker_key
 from .cache import EmbeddingStore, fingerprint, model_key as key_of
 from .metrics import evaluate_run, mean_metrics, modality_bias, trec_order
+from .notes import dropped_note, failure_note
+from .report import sweep_report, write_reports as write_report_files
 from .trec import check_trec_id, drop_identical_ids, run_from_topk, write_run
 
 #: how many failure reasons a task's result keeps (and the summaries show)
@@ -179,12 +184,9 @@ class Evaluator:
         self.reranker, self.rerank_k = reranker, int(rerank_k)
         self.rerank_store = None
         if reranker is not None:
-            from ..rerank.cache import RerankStore
-            from ..rerank.registry import reranker_key as default_key
-
             if self.rerank_k < 1:
                 raise ValueError(f"rerank_k must be at least 1, not {rerank_k}")
-            self.reranker_key = reranker_key or default_key(reranker)
+            self.reranker_key = reranker_key or default_reranker_key(reranker)
             self.rerank_store = RerankStore(root / "rerank", self.reranker_key, chunk_size=self.config.commit_every)
         # the latest pool's vectors, keyed by its content digest (a list's id() is reused once the
         # list is freed). One is enough: tasks sharing a pool come together, and the embedding
@@ -386,8 +388,6 @@ class Evaluator:
     def _rerank(self, task: RetrievalTask, run: dict[str, dict[str, float]]):
         """The run with each query's top ``rerank_k`` reranked (scores: ``n - position``), and the
         pairs that could not be scored (``{query id: {candidate id: reason}}``)."""
-        from ..rerank.base import Pair, reranked_order
-
         queries = {q.id: q for q in task.queries}
         candidates = {c.id: c for c in task.candidates}
         rankings = {qid: trec_order(scores_) for qid, scores_ in run.items()}
@@ -438,10 +438,8 @@ class Evaluator:
                 scores["dim"] = dim
             scores["timings"] = {**self.timings, "total_s": time.perf_counter() - t0}
             if self.output is not None and write_reports:
-                from .report import write_reports as _write
-
                 t1 = time.perf_counter()
-                _write(scores, self._view_folder(dim))
+                write_report_files(scores, self._view_folder(dim))
                 scores["timings"]["report_s"] = time.perf_counter() - t1
                 (self._view_folder(dim) / "scores.json").write_text(json.dumps(scores, indent=1), encoding="utf-8")
             by_dim[dim] = scores
@@ -450,8 +448,6 @@ class Evaluator:
         sweep = sweep_scores(by_dim, model=self.model_name, model_key=self.model_key, benchmark=benchmark)
         sweep["timings"] = {**self.timings, "total_s": time.perf_counter() - t0}
         if self.output is not None and write_reports:
-            from .report import sweep_report
-
             (self.output / "dims.md").write_text(sweep_report(sweep), encoding="utf-8")
             (self.output / "dims.json").write_text(json.dumps(sweep, indent=1), encoding="utf-8")
         return sweep
@@ -528,28 +524,6 @@ def task_line(result: dict[str, Any]) -> str:
         line += f"; {note}"
     failed = failure_note(result)
     return line + (f"; FAILED: {failed}" if failed else "")
-
-
-def dropped_note(result: dict[str, Any]) -> str:
-    """``48 of 51 judged queries scored (1 absent from the queries, 2 failed)``, or '' if none dropped."""
-    dropped = result.get("dropped_queries") or {}
-    parts = [f"{n} {why}" for why, n in (("absent from the queries", dropped.get("absent", 0)),
-                                         ("failed", dropped.get("failed", 0)),
-                                         ("without judgements", dropped.get("unjudged", 0))) if n]
-    if not parts:
-        return ""
-    return f"{result.get('n_scored_queries', 0)} queries scored, dropped: " + ", ".join(parts)
-
-
-def failure_note(result: dict[str, Any]) -> str:
-    """``2 of 50 queries, 54 of 195 candidates failed (q7: reason; ...)``, or '' if nothing failed."""
-    failures = result.get("failures") or {}
-    counts = [f"{failures[role]} of {result[total]} {role}" for role, total in
-              (("queries", "n_queries"), ("candidates", "n_candidates")) if failures.get(role)]
-    if not counts:
-        return ""
-    first = "; ".join(f"{r['id']}: {r['error']}" for r in failures.get("first", []))
-    return " and ".join(counts) + " failed" + (f" (first: {first})" if first else "")
 
 
 def claim_output(output: Path, model_name: str, key: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ..core.atomic import write_bytes_atomic
+from ..core.items import Modality
 from ..core.results import Hit
 
 MANIFEST = "manifest.json"
@@ -88,8 +89,6 @@ class Filter:
     @classmethod
     def make(cls, modality: "str | Sequence[str] | None" = None,
              where: dict[str, Any] | None = None) -> "Filter | None":
-        from ..core.items import Modality
-
         mods = None
         if modality is not None:
             values = [modality] if isinstance(modality, str) else list(modality)

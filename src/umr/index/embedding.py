@@ -1,5 +1,5 @@
 """The embed step of an indexing run, behind one contract: chunks of items in, one
-:class:`~umr.models.base.EmbedResult` per chunk out, in order.
+:class:`~umr.core.results.EmbedResult` per chunk out, in order.
 
 :class:`Index` plans and represents items and commits what comes back; a :class:`ChunkEmbedder`
 only decides where the model runs. :class:`LocalEmbedder` is this process's model, one chunk
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
-from ..models.base import EmbedResult
 from ..core.items import Item
+from ..core.results import EmbedResult
 
 
 @runtime_checkable

@@ -25,24 +25,26 @@ import os
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .. import ocr
 from ..core.atomic import write_text_atomic
 from ..core.devices import check_device
 from ..core.entries import Entry, EntryKind, ReadReport
 from ..core.fingerprint import FileDigests, item_fingerprint
 from ..core.items import Item, ItemError
 from ..core.results import EmbedResult, Result, Summary
-from ..models.identity import model_identity
+from ..data.chunking import Chunker, stale_passages
+from ..data.corpus import default_id_prefix, read_corpus
+from ..models.identity import ModelIdentity, model_identity
+from ..models.registry import load_model
+from ..rerank.registry import load_reranker
 from .base import VectorStore, json_line
 from .embedding import ChunkEmbedder, LocalEmbedder
+from .milvus import MilvusStore
 from .store import MANIFEST, Filter, FlatStore, IndexStoreError, read_manifest
-
-if TYPE_CHECKING:
-    from ..data.chunking import Chunker
-    from ..models.identity import ModelIdentity
 
 #: records keep this much of the text they were embedded from, for display
 SNIPPET_CHARS = 300
@@ -67,16 +69,6 @@ class Unrepresentable(Exception):
     def __init__(self, item_id: str, reason: str):
         self.item_id, self.reason = item_id, reason
         super().__init__(f"item {item_id!r}: {reason}")
-
-
-def sees_images(model) -> bool:
-    """Whether the model embeds pixels (MLLMs, CLIP) or only text."""
-    flag = getattr(model, "sees_images", None)
-    if flag is not None:
-        return bool(flag)
-    from ..models.text import TextEmbedder
-
-    return not isinstance(model, TextEmbedder)
 
 
 def model_record(model, options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -115,14 +107,12 @@ class Index:
         if method not in ("exact", "hnsw"):
             raise ValueError(f"method must be 'exact' or 'hnsw', not {method!r}")
         if isinstance(model, (str, os.PathLike)):
-            from ..models.registry import load_model
-
             model = load_model(model, **(model_options or {}))
         if model_options is None:  # a loaded embedder: the options it was loaded with, as recorded
             model_options = dict(model_identity(model).load_options)
-        use_ocr = (not sees_images(model)) if ocr is None else bool(ocr)
+        use_ocr = (not model.sees_images) if ocr is None else bool(ocr)
         config = {"model": model_record(model, model_options), "method": method, "ocr": use_ocr,
-                  "sees_images": sees_images(model), "hnsw_m": hnsw_m,
+                  "sees_images": bool(model.sees_images), "hnsw_m": hnsw_m,
                   "ef_construction": ef_construction, "ef_search": ef_search, "sources": {},
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if backend == "faiss":
@@ -130,8 +120,6 @@ class Index:
                 raise ValueError("--uri is for the Milvus backend; the faiss index lives in its folder")
             store = FlatStore.create(folder, dim=model.dim, config=config)
         elif backend == "milvus":
-            from .milvus import MilvusStore
-
             store = MilvusStore.create(folder, dim=model.dim, config=config,
                                        uri=uri or str(Path(folder) / "milvus.db"), collection=collection)
         else:
@@ -153,8 +141,6 @@ class Index:
         folder = Path(folder)
         manifest = read_manifest(folder)
         if manifest.get("backend", "faiss") == "milvus":
-            from .milvus import MilvusStore
-
             store = MilvusStore.open(folder, writable=writable, manifest=manifest)
         else:
             store = FlatStore.open(folder, writable=writable)
@@ -198,11 +184,9 @@ class Index:
         return self.config["model"]["name"]
 
     @property
-    def recorded_identity(self) -> "ModelIdentity | None":
+    def recorded_identity(self) -> ModelIdentity | None:
         """The identity of the model that built the index (None for indexes built before umr
         recorded it: those are checked by name and dimension)."""
-        from ..models.identity import ModelIdentity
-
         data = self.config["model"].get("identity")
         return ModelIdentity.from_dict(data) if data else None
 
@@ -277,8 +261,6 @@ class Index:
     def load_model(self, name: str | None = None):
         """Load ``name`` (default: the recorded model, from where it was recorded) as the index
         was built (:meth:`model_load_options`), on this index's device."""
-        from ..models.registry import load_model
-
         if name is None:
             recorded = self.recorded_identity
             name = recorded.source if recorded is not None else self.model_name
@@ -336,8 +318,6 @@ class Index:
         if rerank is None:
             return results
         if isinstance(rerank, (str, os.PathLike)):
-            from ..rerank import load_reranker
-
             rerank = load_reranker(rerank)
         return rerank.rerank(original, results, k=rerank_k)[:k]
 
@@ -373,9 +353,7 @@ class Index:
             parts.append(item.text)
             via.append("text layer" if item.metadata.get("kind") == EntryKind.PDF_PAGE else "caption")
         if self.config.get("ocr") and not (item.text and item.metadata.get("kind") == EntryKind.PDF_PAGE):
-            from ..ocr import read_text
-
-            words = read_text(item.image, item_id=item.id)
+            words = ocr.read_text(item.image, item_id=item.id)
             if words:
                 parts.append(words)
                 via.append("ocr")
@@ -438,8 +416,6 @@ class Index:
         A source keeps the prefix it was first indexed with; a prefix another folder already
         uses is refused (:class:`SourceConflict`), since their ids would overwrite each other.
         """
-        from ..data.corpus import default_id_prefix
-
         key = str(Path(source).resolve())
         given = None if id_prefix is None else id_prefix.strip("/")
         sources = self.config.get("sources") or {}
@@ -467,7 +443,7 @@ class Index:
                      progress: Callable[[int], None] | None = None,
                      errors_file: str | os.PathLike | None = None, id_prefix: str | None = None,
                      chunk: bool | None = None, chunk_tokens: int | None = None,
-                     chunk_overlap: int | None = None, embedder: "ChunkEmbedder | None" = None) -> Summary:
+                     chunk_overlap: int | None = None, embedder: ChunkEmbedder | None = None) -> Summary:
         """Index a folder / items JSONL / M-BEIR pool; resumable: unchanged items are skipped.
 
         Work is committed every ``commit_every`` items or ``commit_seconds``; a run killed at any
@@ -477,9 +453,6 @@ class Index:
         :meth:`_chunker`). ``embedder`` is where the model runs (default: this process; a
         :class:`~umr.index.ray_embed.RayEmbedder` for a Ray cluster).
         """
-        from ..data.chunking import stale_passages
-        from ..data.corpus import read_corpus
-
         started = time.monotonic()
         summary = Summary(read=ReadReport())
         chunker = self._chunker(chunk=chunk, tokens=chunk_tokens, overlap=chunk_overlap)
@@ -531,12 +504,10 @@ class Index:
         return summary
 
     def _chunker(self, *, chunk: bool | None = None, tokens: int | None = None,
-                overlap: int | None = None) -> "Chunker":
+                overlap: int | None = None) -> Chunker:
         """How this index splits long texts: the settings given, else those recorded by the last
         run (default: on, passages of the model's window, overlap 1/8); a size turns splitting on.
         New settings are recorded."""
-        from ..data.chunking import Chunker
-
         recorded = self.config.get("chunking") or {}
         if chunk is None:  # a size given turns splitting on
             chunk = tokens is not None or overlap is not None or recorded.get("enabled", True)
@@ -552,7 +523,7 @@ class Index:
     def _run(self, entries, summary: Summary, *, batch_size=None, commit_every=256,
              commit_seconds=30.0, progress=None, err_handle=None, source=None,
              skip_cache: dict | None = None, skip_handle=None,
-             embedder: "ChunkEmbedder | None" = None) -> set[str]:
+             embedder: ChunkEmbedder | None = None) -> set[str]:
         """Plan each entry against the stored fingerprints, represent what must be embedded,
         embed it in chunks (``embedder``, default this process's model), commit every
         ``commit_every`` items or ``commit_seconds``.

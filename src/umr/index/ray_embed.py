@@ -17,9 +17,9 @@ import os
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from ..models.base import EmbedResult
 from ..core.devices import cpu_switch_environment
 from ..core.items import Item
+from ..core.results import EmbedResult
 
 #: chunks queued per actor, so an actor never waits for the driver
 _IN_FLIGHT_PER_WORKER = 2

@@ -16,7 +16,7 @@ import re
 import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 from ..core.devices import DTYPES, resolve_dtype  # noqa: F401
 from ..core.items import SINGLE_VALUES, Item, ItemError, as_items
 from ..core.results import EmbedResult
-
-if TYPE_CHECKING:
-    from .identity import ModelIdentity
+from .checkpointing import checkpoint_blocks
+from .identity import ModelIdentity
+from .prefetch import Prefetching, PrefetchingLoader, resolved_workers
 
 OnError = Literal["raise", "skip"]
 
@@ -117,7 +117,7 @@ class Embedder(ABC):
     #: at most this much padded cost (``items x largest cost``) in one forward pass; None = no limit
     cost_budget: int | None = None
     #: what this model is (folder, files, options), set by ``load_model``; None when built by hand
-    identity: "ModelIdentity | None" = None
+    identity: ModelIdentity | None = None
     #: trained so that the first N dimensions, renormalised, are an embedding too (Matryoshka):
     #: only such families may be swept over dimensions (``umr eval --dims``)
     matryoshka: bool = False
@@ -125,6 +125,9 @@ class Embedder(ABC):
     #: only such a family defaults to bfloat16 on a CPU (:mod:`umr.core.devices`), and a dtype it
     #: merely defaulted to is not part of its identity (:class:`~umr.models.identity.ModelIdentity`)
     bf16_close: bool = False
+    #: it reads pixels (MLLMs, CLIP); a text-only family sets False, and an index built with it
+    #: represents an image by its words (caption, OCR) instead
+    sees_images: bool = True
 
     # -- what users call -------------------------------------------------------------------
 
@@ -307,8 +310,6 @@ class Embedder(ABC):
 
     def _loader(self, items: Sequence[Item], batches: list[list[int]]):
         """A :class:`~umr.models.prefetch.PrefetchingLoader` for a family that prepares items ahead."""
-        from .prefetch import Prefetching, PrefetchingLoader, resolved_workers
-
         workers = resolved_workers(self.prefetch_workers) if isinstance(self, Prefetching) else 0
         if workers < 1 or not batches:
             return None
@@ -328,14 +329,10 @@ class Embedder(ABC):
         training prepares ahead (the prefetching loader) and keeps between GradCache's two
         passes. A :class:`~umr.models.prefetch.Prefetching` family's ``prepare`` (decoding,
         resizing, tokens); for the others the item itself (their forward prepares it)."""
-        from .prefetch import Prefetching
-
         return self.prepare(item) if isinstance(self, Prefetching) else item
 
     def training_forward_prepared(self, prepared: list[Any]) -> torch.Tensor:
         """:meth:`training_forward` of items made ready by :meth:`prepare_training_item`."""
-        from .prefetch import Prefetching
-
         raw = self.embed_prepared(prepared) if isinstance(self, Prefetching) else self._embed_batch(prepared)
         return self._normalise(raw)
 
@@ -363,8 +360,6 @@ class Trainable(ABC):
         (``--grad-checkpointing``); returns how many blocks are wrapped. The default wraps the
         blocks of :meth:`trainable_module` (:func:`~umr.models.checkpointing.checkpoint_blocks`);
         a family whose fast path calls a block's parts directly checkpoints those itself too."""
-        from .checkpointing import checkpoint_blocks
-
         return checkpoint_blocks(self.trainable_module())
 
     @abstractmethod

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.fingerprint import FileDigests, file_digest
+from .catalog import REGISTRY
 
 #: files up to this size are hashed on every load; larger ones once per version (stat signature)
 SMALL_FILE_BYTES = 16 << 20
@@ -86,8 +87,6 @@ class ModelIdentity:
     @property
     def source(self) -> str:
         """What to pass to ``load_model`` to load this model again from any working directory."""
-        from .registry import REGISTRY
-
         if self.name in REGISTRY or (self.hub_id is not None and self.name == self.hub_id) or not self.folder:
             return self.name
         return self.folder

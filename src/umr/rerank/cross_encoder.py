@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models.registry import ModelNotAvailable
+from ..core.devices import resolve_dtype
 from ..core.items import ItemError
+from ..models.registry import ModelNotAvailable
 from .base import Pair, Reranker
 
 
@@ -30,8 +31,6 @@ class CrossEncoderReranker(Reranker):
     def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | None = None,
                         max_length: int | None = None) -> "CrossEncoderReranker":
         from sentence_transformers import CrossEncoder
-
-        from ..core.devices import resolve_dtype
 
         kwargs = {"torch_dtype": resolve_dtype(dtype)} if dtype is not None else {}
         try:

@@ -22,8 +22,10 @@ import torch
 
 from ..core.devices import resolve_dtype
 from ..core.images import decode_image, image_size
-from ..models.registry import ModelNotAvailable
 from ..core.items import Item, ItemError
+from ..models.qwen3vl.processing_qwen3vl import read_chat_template
+from ..models.qwen_vl_patches import smart_resize
+from ..models.registry import ModelNotAvailable
 from .base import Pair, Reranker
 
 #: M-BEIR's task kinds (query modality -> candidate modality) and the question each asks
@@ -169,8 +171,6 @@ class GenerativeReranker(Reranker):
         size = getattr(image_processor, "size", None) or {}
         if not (patch and merge and size.get("shortest_edge") and size.get("longest_edge")):
             return _TOKENS_PER_IMAGE
-        from ..models.qwen_vl_patches import smart_resize
-
         factor = patch * merge
         try:
             h, w = smart_resize(height, width, factor=factor, min_pixels=size["shortest_edge"],
@@ -231,8 +231,6 @@ def load_processor(folder: Path):
         @classmethod
         def get_attributes(cls):
             return ["image_processor", "tokenizer"]
-
-    from ..models.qwen3vl.processing_qwen3vl import read_chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     return ImageOnlyProcessor(image_processor=AutoImageProcessor.from_pretrained(str(folder), local_files_only=True),

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ..core.devices import check_device
-from ..models.registry import (ModelNotAvailable, ModelSpec, check_options, declaration,
-                               declared_architectures, local_folder, quiet_transformers, read_config, refuse_adapter)
+from ..models.catalog import ModelSpec
+from ..models.registry import (ModelNotAvailable, check_options, declaration, declared_architectures, local_folder,
+                               quiet_transformers, read_config, refuse_adapter)
 from .base import Reranker
 
 #: family name -> "module:Class"; each class has ``from_pretrained(path, **options)``

@@ -25,8 +25,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..core.atomic import write_bytes_atomic
+from ..core.images import load_image
 from ..core.items import Item, ItemError, Modality
 from ..index.base import StoreUnreachable
+from ..index.index import Unrepresentable
 from ..models.matryoshka import renormalised_prefix
 from .batcher import Embedded, MicroBatcher
 from .security import (Limits, RequestRefused, Security, check_count, check_image_bytes, check_text,
@@ -474,8 +476,6 @@ def _index_routes(app: FastAPI, server: Server) -> None:
     @app.post("/v1/search", openapi_extra=_search_body(SearchRequest, "JSON (image as a data: URI) or a form "
                                                                      "with the same fields and an image file"))
     async def search(request: Request):
-        from ..index import Unrepresentable
-
         index = server.need_index()
         body, upload = await _form_or_json(request, SearchRequest)
         if body.k > limits.max_k:
@@ -601,8 +601,6 @@ def _keep_upload(folder: Path, data: bytes) -> str:
 
 def _picture(record: dict[str, Any], limits: Limits, side: int, fmt: str) -> bytes:
     """The item's image (a PDF page rendered) fitted in ``side`` pixels, encoded as ``fmt``."""
-    from ..core.images import load_image
-
     path = record["path"]
     try:
         img = _pdf_page(path, _page(record), side) if Path(path).suffix.lower() == ".pdf" else \

@@ -21,8 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from ..models.base import EmbedResult, Embedder
 from ..core.items import Item
+from ..core.results import EmbedResult
+from ..models.base import Embedder
 
 T = TypeVar("T")
 

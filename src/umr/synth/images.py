@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..core.atomic import write_bytes_atomic
 from ..core.items import Item
+from ..index import Index
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,6 @@ class ImageCollection:
     embedder; the collection is indexed once into ``index_folder`` (resumable, like ``umr index``)."""
 
     def __init__(self, folder: str | os.PathLike, embedder, index_folder: str | os.PathLike, *, top: int = 3):
-        from ..index import Index
-
         self.folder = Path(folder).resolve()
         self.top = top
         self.embedder = embedder

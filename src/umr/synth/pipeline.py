@@ -38,6 +38,8 @@ from tqdm.auto import tqdm
 
 from ..core.atomic import atomic_writer
 from ..core.items import Item, ItemError
+from ..data.corpus import read_corpus
+from ..index import Index
 from .cache import WorkCache
 from .generator import Chat, Generator, content_key, parse_reply
 from .images import Candidate, ClipScorer, ImageSource
@@ -190,8 +192,6 @@ class _Run:
     # -- reading -----------------------------------------------------------------------------
 
     def read_passages(self) -> list[_Work]:
-        from ..data.corpus import read_corpus
-
         work: list[_Work] = []
         for entry in read_corpus(self.config.source):
             if self.config.limit is not None and len(work) >= self.config.limit:
@@ -356,8 +356,6 @@ class _Run:
 
     def _passage_index(self) -> tuple:
         """Every passage embedded by the retriever, in an index under the cache folder (resumable)."""
-        from ..index import Index
-
         passages = [Item.candidate(text=w.passage.text, image=w.passage.image, id=w.pid) for w in self._all]
         corpus = content_key(*(f"{w.pid}\x1e{w.fingerprint}" for w in self._all))
         folder = self.config.cache_folder / f"retriever-{content_key(_model_key(self.retriever), corpus)[:16]}"

@@ -47,9 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
-from ..data.files import image_field, jsonl_records, parse_json_record, read_item, record_id, string_field
 from ..core.images import image_size
 from ..core.items import Item, ItemError
+from ..data.files import image_field, jsonl_records, parse_json_record, read_item, record_id, string_field
+from ..data.mbeir import MBEIR, MBEIR_TASKS, candidate_ids, parse_candidate
 
 Batching = Literal["homogeneous", "mixed"]
 #: the errors one bad record raises while it is parsed (JSON, field types, files, M-BEIR's instruction table)
@@ -269,8 +270,6 @@ class _Pool:
     its unusable records are remembered with their line, so an example that names one says why."""
 
     def __init__(self, path: Path, root: Path):
-        from ..data.mbeir import parse_candidate
-
         self.path = path
         self.items: dict[str, Item] = {}
         self.bad: dict[str, str] = {}
@@ -298,8 +297,6 @@ class MBEIRExamples(ExampleReader):
 
     def __init__(self, root: str | Path, *, tasks: Iterable[str] | None = None, split: str = "train",
                  instruction: str | None = None, seed: int = 0):
-        from ..data.mbeir import MBEIR, MBEIR_TASKS
-
         self.path = Path(root)
         self.mbeir = MBEIR(root, split=split)
         names = list(tasks) if tasks else self.mbeir.task_names
@@ -337,8 +334,6 @@ class MBEIRExamples(ExampleReader):
     def query(self, index: int) -> MBEIRQuery:
         """Query ``index`` with its candidate ids (the positives checked against the pool), or
         :class:`ItemError` naming its file, line and reason."""
-        from ..data.mbeir import candidate_ids
-
         task = bisect.bisect_right(self.starts, index) - 1
         name, lines, pool_path, target = self.tasks[task]
         local = index - self.starts[task]

@@ -28,8 +28,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..core.atomic import atomic_writer
+from ..core.fingerprint import file_digest
 from ..core.items import Item, ItemError, Modality
+from ..data.corpus import count_corpus, read_corpus
+from ..index import Index, Unrepresentable
 from ..models.identity import model_identity
+from .data import JsonlExamples, MBEIRExamples
 
 KINDS = ("wrong_modality", "same_modality", "plain")
 
@@ -136,8 +140,6 @@ def _abs(image: Any) -> str | None:
 
 def read_training_queries(path: str | os.PathLike, settings: MineSettings) -> Iterator[MiningQuery | ItemError]:
     """The examples of a training JSONL, read as ``umr train`` reads them (bad lines are errors)."""
-    from .data import JsonlExamples
-
     examples, errors = JsonlExamples(path).read_all()
     yield from errors
     for number, example in enumerate(examples, start=1):
@@ -161,8 +163,6 @@ def read_mbeir_queries(root: str | os.PathLike, settings: MineSettings, *, split
     """M-BEIR training queries as ``umr train`` reads them (:class:`~umr.train.data.MBEIRExamples`:
     UniIR's instructions, or ``settings.instruction``), the task's candidate modality as target,
     every ``pos_cand_list`` positive excluded; a bad query is its error, the others go on."""
-    from .data import MBEIRExamples
-
     reader = MBEIRExamples(root, tasks=tasks, split=split, instruction=settings.instruction, seed=seed)
     for index in range(len(reader)):
         try:
@@ -189,8 +189,6 @@ def open_pool_index(model, pool: str | os.PathLike, folder: str | os.PathLike, *
     An index embedded by another model, or another state of it (other weights at the same path,
     other vector options), is refused by the index's own model check (:class:`~umr.index.ModelMismatch`).
     """
-    from ..index import Index
-
     folder = Path(folder)
     if Index.exists(folder):
         index = Index.open(folder, model=model, writable=True)
@@ -208,8 +206,6 @@ def scan_pool(pool: str | os.PathLike, *, ids: set[str], keys: set[tuple] = froz
               ) -> tuple[dict[str, Item], dict[tuple, set[str]]]:
     """One pass over the pool: the items of ``ids``, and the ids holding each content key in ``keys``
     (all of them: a duplicate of a positive is a positive too)."""
-    from ..data.corpus import read_corpus
-
     by_id: dict[str, Item] = {}
     by_key: dict[tuple, set[str]] = {}
     for entry in read_corpus(pool, image_root=image_root):
@@ -243,8 +239,6 @@ def mine(model, queries: Iterable[MiningQuery | ItemError], index, pool: str | o
     Writes the training JSONL (atomically), ``OUTPUT.errors.jsonl`` (one line per example that
     could not be mined) and the provenance sidecar ``OUTPUT.provenance.json``.
     """
-    from ..index import Unrepresentable
-
     started = time.monotonic()
     output = Path(output)
     summary = MineSummary()
@@ -350,8 +344,6 @@ def errors_path(output: str | os.PathLike) -> Path:
 
 def file_fingerprint(path: str | os.PathLike) -> str | None:
     """The content digest of a data file (a folder pool: None; its items carry their own)."""
-    from ..data.corpus import file_digest
-
     path = Path(path)
     return file_digest(path) if path.is_file() else None
 
@@ -365,8 +357,6 @@ def mine_file(model, *, pool: str | os.PathLike, output: str | os.PathLike, sett
     """Mine a training JSONL (``data``) or an M-BEIR folder's training queries (``mbeir``): the
     whole of ``umr mine`` in Python. The pool index goes to ``index_dir`` (default ``OUTPUT.index``)."""
     from tqdm.auto import tqdm
-
-    from ..data.corpus import count_corpus
 
     if (data is None) == (mbeir is None):
         raise ValueError("give exactly one of data (a training JSONL) and mbeir (an M-BEIR folder)")

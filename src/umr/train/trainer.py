@@ -46,12 +46,16 @@ from typing import Any, Callable
 
 import torch
 
-from ..models.base import Embedder, Trainable
-from ..models.identity import files_fingerprint
-from ..models.prefetch import Prefetching, PrefetchingLoader, resolved_workers
 from ..core.atomic import write_text_atomic
 from ..core.devices import check_device
 from ..core.items import Item, ItemError
+from ..data.beir import load_beir
+from ..data.mbeir import load_mbeir
+from ..eval.runner import evaluate
+from ..models.base import Embedder, Trainable
+from ..models.identity import files_fingerprint
+from ..models.prefetch import Prefetching, PrefetchingLoader, resolved_workers
+from ..models.registry import load_model, model_folder, quiet_transformers
 from . import checkpoint, collectives, lora
 from .collectives import GradientReducer, world
 from .config import TrainConfig
@@ -190,8 +194,6 @@ class Trainer:
     """Holds a run's state; :func:`train` is the entry point."""
 
     def __init__(self, config: TrainConfig):
-        from ..models.registry import load_model, model_folder
-
         self.config = config
         check_device(config.device)  # one clear line for cuda on a CPU-only machine, before any CUDA call
         self.device = collectives.join(config.device)
@@ -532,8 +534,6 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Headline metrics of the current model on ``eval_data``. Every process evaluates (the
         same model, the same numbers), so none waits in a collective past NCCL's timeout."""
-        from ..eval import evaluate, load_beir, load_mbeir
-
         data = self.config.eval_data
         tasks = load_mbeir(data) if self.config.eval_benchmark == "mbeir" else load_beir(data)
         with self.autocast():
@@ -556,8 +556,6 @@ class Trainer:
                                              base_model=str(self.base_folder), train_modules=self.train_modules)
         if self.lora_config is not None:
             lora.merge(self.module)
-        from ..models.registry import quiet_transformers
-
         copy_model_files(self.base_folder, self.output)
         with quiet_transformers():
             self.embedder.save_pretrained(self.output)

@@ -28,7 +28,7 @@ from ...core.images import image_size, load_image
 from ...core.items import Item, ItemError
 from ..base import Embedder, Trainable, tokenizer_spans
 from ..prefetch import Prefetching
-from ..registry import ModelNotAvailable
+from ..registry import ModelNotAvailable, from_hub
 from .processing_clip_sf import ImageTransform, item_text
 
 class ClipSfLoadError(ModelNotAvailable, ValueError):
@@ -145,8 +145,6 @@ def _resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
     parts = str(checkpoint).split("/")
     if len(parts) >= 3 and not str(checkpoint).startswith((".", "/", "~")):
         from huggingface_hub import hf_hub_download
-
-        from ..registry import ModelNotAvailable, from_hub
 
         repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
         try:

