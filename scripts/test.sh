@@ -7,6 +7,9 @@ UMR_SETUP_BROWSER=1 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # pyflakes rules only: undefined names and unused imports are bugs or dead code
 .venv/bin/ruff check --quiet --select F src tests benchmarks samples scripts docs
+# the layers run one way (cli > serve > train | synth > eval > index > rerank > models | data > core),
+# no cycle between sibling packages or modules; imports inside functions count (pyproject.toml)
+.venv/bin/lint-imports --no-cache --no-logo
 # the docs site, as a reader gets it: every page, link, anchor and API reference must resolve
 # (offline: no plugin fetches anything); built into a temporary folder, never committed
 site=$(mktemp -d)
