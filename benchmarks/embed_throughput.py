@@ -354,7 +354,7 @@ def bench_minilm(n: int, repeats: int) -> dict:
 
     texts = sentences(n, random.Random(1), 3, 120)
     model = umr.load_model("minilm")
-    st = SentenceTransformer(str(umr.models.registry.REGISTRY["minilm"].resolve_source()), device="cpu")
+    st = SentenceTransformer(str(umr.models.catalog.REGISTRY["minilm"].resolve_source()), device="cpu")
     st.encode(texts[:8])
     model.encode_candidates(texts[:8])
     seconds, outs = timed_group({

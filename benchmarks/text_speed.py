@@ -71,7 +71,7 @@ def sentence_transformers_runs(texts: list[str]) -> dict:
     """The sentence-transformers baselines (``st_fp32``'s vectors are the reference)."""
     from sentence_transformers import SentenceTransformer
 
-    source = str(umr.models.registry.REGISTRY["minilm"].resolve_source())
+    source = str(umr.models.catalog.REGISTRY["minilm"].resolve_source())
     variants = {"st_fp32": lambda m: m, "st_bf16": lambda m: m.to(torch.bfloat16),
                 "st_int8": lambda m: torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)}
     runs = {}
@@ -89,7 +89,7 @@ def onnx_runs(texts: list[str], workdir: Path) -> dict:
     from onnxruntime.transformers.optimizer import optimize_model
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(umr.models.registry.REGISTRY["minilm"].resolve_source()), device="cpu")
+    st = SentenceTransformer(str(umr.models.catalog.REGISTRY["minilm"].resolve_source()), device="cpu")
     bert, tokenizer, max_length = st[0].auto_model.eval(), st.tokenizer, st.max_seq_length
 
     class LastHidden(torch.nn.Module):

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from umr.data.chunking import Chunker
-from umr.data.corpus import ReadReport, read_corpus
+from umr.core.entries import ReadReport
+from umr.data.corpus import read_corpus
 from umr.models.base import Embedder, word_spans
 
 

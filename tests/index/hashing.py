@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 from umr.models.base import Embedder
-from umr.models.registry import FAMILIES, REGISTRY, ModelSpec, register
+from umr.models.catalog import REGISTRY, ModelSpec, register
+from umr.models.registry import FAMILIES
 from umr.core.items import Item, ItemError
 
 NAME = "hash-test"

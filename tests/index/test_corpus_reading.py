@@ -69,7 +69,8 @@ def test_skipped_files_are_counted_by_extension_and_listed(tmp_path, capsys):
 
 
 def test_symlinks_are_followed_once_and_loops_are_safe(tmp_path):
-    from umr.data.corpus import ReadReport, read_corpus
+    from umr.core.entries import ReadReport
+    from umr.data.corpus import read_corpus
     from umr.core.items import ItemError
 
     outside = tmp_path / "outside"

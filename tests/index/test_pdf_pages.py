@@ -14,7 +14,8 @@ from PIL import Image
 
 from umr.cli import main
 from umr.data.chunking import Chunker
-from umr.data.corpus import ReadReport, read_corpus
+from umr.core.entries import ReadReport
+from umr.data.corpus import read_corpus
 from umr.index import Index
 from umr.models.base import Embedder
 from umr.core.items import ItemError

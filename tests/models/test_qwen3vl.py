@@ -529,7 +529,8 @@ def test_index_at_one_dim_refuses_another(tmp_path, tiny_qwen3vl_dir):
 
 def test_registry_and_folder_detection(tiny_qwen3vl_dir, q3):
     from umr.models.qwen3vl import Qwen3VLEmbedder
-    from umr.models.registry import REGISTRY, detect_family
+    from umr.models.catalog import REGISTRY
+    from umr.models.registry import detect_family
 
     assert isinstance(q3, Qwen3VLEmbedder)
     assert detect_family(tiny_qwen3vl_dir) == "qwen3vl"

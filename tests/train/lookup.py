@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from umr.models.base import Embedder
-from umr.models.registry import FAMILIES, REGISTRY, ModelSpec, register
+from umr.models.catalog import REGISTRY, ModelSpec, register
+from umr.models.registry import FAMILIES
 from umr.core.items import Item
 
 DIM = 32

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from umr.models.base import Embedder, Trainable
-from umr.models.registry import FAMILIES, ModelSpec, register
+from umr.models.catalog import ModelSpec, register
+from umr.models.registry import FAMILIES
 from umr.core.items import Item, ItemError
 
 WIDTH = 8
