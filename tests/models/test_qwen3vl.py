@@ -13,7 +13,6 @@ left as they are, as 4.57.3 leaves them), then
 from __future__ import annotations
 
 import json
-import math
 import random
 import unicodedata
 
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 
 import umr
+from qwen_reference import ref_fetch_image
 from umr.cli import main
 from umr.core.items import Item, ItemError
 
@@ -31,32 +31,6 @@ DEFAULT_INSTRUCTION = "Represent the user's input."
 
 
 # -- the reference ----------------------------------------------------------------------------
-
-def _ref_smart_resize(height, width, factor, min_pixels, max_pixels):
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError("absolute aspect ratio must be smaller than 200")
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        scale = math.sqrt(height * width / max_pixels)
-        h, w = math.floor(height / scale / factor) * factor, math.floor(width / scale / factor) * factor
-    elif h * w < min_pixels:
-        scale = math.sqrt(min_pixels / (height * width))
-        h, w = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
-    return h, w
-
-
-def _ref_fetch_image(image, min_pixels, max_pixels):
-    image = image if isinstance(image, Image.Image) else Image.open(str(image))
-    if image.mode == "RGBA":
-        white = Image.new("RGB", image.size, (255, 255, 255))
-        white.paste(image, mask=image.split()[3])
-        image = white
-    else:
-        image = image.convert("RGB")
-    h, w = _ref_smart_resize(image.height, image.width, 32, min_pixels, max_pixels)
-    return image.resize((w, h))
-
 
 class ReferenceQwen3VL:
     """Qwen3VLEmbedder's semantics, one item per call."""
@@ -98,7 +72,7 @@ class ReferenceQwen3VL:
     def embed(self, text=None, image=None, instruction=None) -> np.ndarray:
         conversation = self.conversation(text, image, instruction)
         prompt = self.processor.apply_chat_template([conversation], add_generation_prompt=True, tokenize=False)
-        images = [_ref_fetch_image(image, self.min_pixels, self.max_pixels)] if image is not None else None
+        images = [ref_fetch_image(image, self.min_pixels, self.max_pixels)] if image is not None else None
         # do_convert_rgb=False: 4.57's conversion returns an RGB image as it is, while 5.x composites
         # the transparency colour PIL keeps in .info after a palette image's convert("RGB")
         inputs = self.processor(text=prompt, images=images, truncation=True, max_length=self.max_length,
@@ -380,7 +354,7 @@ def test_processor_serves_multi_image_conversations(q3, ref, images):
     sources = [images["photo"], images["palette"]]
     ours = q3.processor.encode(messages, sources)
     prompt = ref.processor.apply_chat_template([messages], add_generation_prompt=True, tokenize=False)
-    fetched = [_ref_fetch_image(path, ref.min_pixels, ref.max_pixels) for path in sources]
+    fetched = [ref_fetch_image(path, ref.min_pixels, ref.max_pixels) for path in sources]
     theirs = ref.processor(text=prompt, images=fetched, do_resize=False, do_convert_rgb=False, return_tensors="np")
     assert ours.input_ids == theirs["input_ids"][0].tolist()
     assert ours.grids == [tuple(g) for g in theirs["image_grid_thw"].tolist()]

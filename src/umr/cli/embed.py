@@ -17,7 +17,7 @@ from .ray_options import add_ray_options, ray_embedder
 def add_parser(sub) -> None:
     parser = sub.add_parser("embed", help="embed the items of a JSONL file into a .npy matrix")
     add_model_options(parser)
-    parser.add_argument("--input", required=True, type=Path, help="items JSONL (id, text, image, instruction, is_query)")
+    parser.add_argument("--input", required=True, type=Path, help="items JSONL (id, text, image, video, fps, max_frames, instruction, is_query)")
     parser.add_argument("--output", required=True, type=Path, help="where to write the (N, dim) float32 .npy")
     parser.add_argument("--on-error", choices=["stop", "skip"], default="stop",
                         help="stop at the first bad item (default), or skip bad items and write "

@@ -44,6 +44,8 @@ PDF_EXTENSIONS = {".pdf"}
 MAX_TEXT_BYTES = 50_000_000
 #: PDF pages are rendered at this many pixels on the longer side
 PDF_RENDER_SIDE = 1280
+#: why an index refuses a video item: time segments of videos come with the index's video support
+VIDEO_NOT_INDEXED = "video items cannot be indexed yet (umr embed and the Python API embed them)"
 
 
 def read_corpus(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
@@ -458,6 +460,9 @@ def read_jsonl(path: str | os.PathLike, *, digests: FileDigests | None = None, c
         item = parsed
         explicit = item.id is not None
         item_id = item.id if explicit else f"line-{line_no}"
+        if item.video is not None:
+            yield ItemError(item_id, VIDEO_NOT_INDEXED, line=line_no)
+            continue
         item.id, item.is_query, item.instruction = item_id, False, None
         image = item.image if isinstance(item.image, str) else None
         kind = _kind(item.image, item.text)

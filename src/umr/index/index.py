@@ -37,7 +37,7 @@ from ..core.fingerprint import FileDigests, item_fingerprint
 from ..core.items import Item, ItemError
 from ..core.results import EmbedResult, Result, Summary
 from ..data.chunking import Chunker, stale_passages
-from ..data.corpus import default_id_prefix, read_corpus
+from ..data.corpus import VIDEO_NOT_INDEXED, default_id_prefix, read_corpus
 from ..models.identity import ModelIdentity, model_identity
 from ..models.registry import load_model
 from ..rerank.registry import load_reranker
@@ -386,6 +386,8 @@ class Index:
             if item.id is None:
                 raise ValueError("items added to an index need ids")
             problem = item.problem
+            if problem is None and item.video is not None:  # video: whole files go through index_corpus
+                problem = VIDEO_NOT_INDEXED
             entries.append(ItemError(str(item.id), problem) if problem is not None
                            else _direct_entry(item, self.digests))
         summary = Summary()
@@ -450,7 +452,7 @@ class Index:
         point and started again does only what is left. Ids follow the module docstring's rule
         (``id_prefix``); with ``prune`` this source's items that are gone from it are deleted.
         Long texts are split into passages (``chunk``, ``chunk_tokens``, ``chunk_overlap``; see
-        :meth:`_chunker`). ``embedder`` is where the model runs (default: this process; a
+:meth:`_chunker`). ``embedder`` is where the model runs (default: this process; a
         :class:`~umr.index.ray_embed.RayEmbedder` for a Ray cluster).
         """
         started = time.monotonic()

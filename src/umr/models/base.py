@@ -128,6 +128,8 @@ class Embedder(ABC):
     #: it reads pixels (MLLMs, CLIP); a text-only family sets False, and an index built with it
     #: represents an image by its words (caption, OCR) instead
     sees_images: bool = True
+    #: it embeds video items (``Item(video=...)``); the others refuse them as item errors
+    sees_video: bool = False
 
     # -- what users call -------------------------------------------------------------------
 
@@ -218,6 +220,9 @@ class Embedder(ABC):
         """The item's cost estimate, or :class:`ItemError` if this model cannot embed it: the
         cheap checks (no forward pass) :meth:`embed` runs first; training vets its data with it."""
         item.modality  # noqa: B018 - raises for an item with neither text nor image
+        if item.video is not None and not self.sees_video:
+            raise ItemError(item.id, f"{self.name} cannot embed video; use a model that sees video "
+                                     f"(qwen3-vl-embedding-2b or -8b)")
         return int(self._cost(item))
 
     def fits_one_pass(self, costs: Sequence[int]) -> bool:

@@ -23,34 +23,80 @@ tokens and, above ``max_length``, every special token, cutting only ordinary tok
 
 Resizing needs only the image header, so :meth:`Qwen3VLProcessor.count_tokens` gives a sequence's
 exact length cheaply (used to plan batches).
+
+Videos follow ``qwen_vl_utils.fetch_video`` (0.0.14) as the embedder calls it, then transformers'
+Qwen3-VL video processor (4.57):
+
+* a video file: ``n = frames / rate x fps`` clamped to [4, ``max_frames`` rounded down to even]
+  and to the frame count, rounded down to even; frames ``linspace(0, frames - 1, n).round()``
+  (float32, as torch computes it); each resized to multiples of 32 with 128 to 768 merged tokens
+  (at most ``128,000 x 0.9 / n x 2`` of them, at least 1.05 x 128), bicubic with antialiasing
+  on uint8 (:func:`~umr.models.qwen_vl_patches.resize_frame`); frame times ``index / rate``;
+* a list of frames: more than ``max_frames`` are thinned to ``linspace(0, len - 1, max_frames)``
+  truncated; each loaded as ``fetch_image`` with factor 64 (qwen-vl-utils passes the factor where
+  the patch size belongs: multiples of 64, 4 to 16,384 such tokens, PIL bicubic); an odd count
+  padded by repeating the last; times at a nominal 2 frames per second; then resized as a video
+  file's frames with a budget of 10 x 768 tokens per frame pair;
+* two consecutive frames make one temporal patch, written ``<t seconds>`` (the mean of the
+  pair's times, ``.1f``) followed by ``<|vision_start|>``, its tokens and ``<|vision_end|>``.
+
+A video that would not fit (its tokens past ``max_length``, or more than ``max_video_tokens``) is
+planned smaller instead of refused (:meth:`Qwen3VLProcessor.plan_video`): first its frames are
+resized smaller, as qwen-vl-utils' own ``total_pixels`` budget shrinks them, down to the
+1.05 x 128-token floor; then fewer frames are sampled (evenly, over the whole video) at the largest
+size that fits. A video that fits is planned exactly as the reference plans it.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ...core.images import decode_image, image_size
-from ...core.items import ImageSource, Item, ItemError
-from ..qwen_vl_patches import QwenVLImageSettings, read_patch_settings, smart_resize
+from ...core.items import ImageSource, Item, ItemError, VideoInput
+from ...core.video import probe_video, read_frames
+from ..qwen_vl_patches import (QwenVLImageSettings, VideoPatchCutter, read_patch_settings, resize_frame,
+                               smart_resize)
 from ..registry import ModelNotAvailable
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
 VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+#: what the chat template writes for a video, replaced by one timestamped block per frame pair
+VIDEO_PLACEHOLDER = VISION_START + VIDEO_PAD + VISION_END
 MAX_RATIO = 200
 
 #: the reference embedder's image bounds (``MIN_PIXELS`` / ``MAX_PIXELS``), in merged 32x32 tokens
 DEFAULT_MIN_IMAGE_TOKENS = 4
 DEFAULT_MAX_IMAGE_TOKENS = 1800
 DEFAULT_MAX_LENGTH = 8192
+#: the reference embedder's video sampling (``FPS``, ``MAX_FRAMES``)
+DEFAULT_FPS = 1.0
+DEFAULT_MAX_FRAMES = 64
+#: qwen-vl-utils' merged tokens per video frame (``VIDEO_MIN_TOKEN_NUM`` / ``VIDEO_MAX_TOKEN_NUM``)
+VIDEO_MIN_TOKENS = 128
+VIDEO_MAX_TOKENS = 768
+#: frames sampled from a file at least (``FPS_MIN_FRAMES``), always an even count (``FRAME_FACTOR``)
+MIN_FRAMES = 4
+FRAME_FACTOR = 2
+#: qwen-vl-utils' pixel budget of one video file (``MODEL_SEQ_LEN`` tokens x 0.9, its default) and the
+#: embedder's for a list of frames (``MAX_TOTAL_PIXELS``: ``LIST_FRAMES`` frames of 768 tokens)
+MODEL_SEQ_LEN = 128000
+LIST_FRAMES = 10
+#: a list of frames: timed at 2 frames per second, first resized to multiples of twice the factor
+#: with 4 to 16,384 such tokens (qwen-vl-utils' image defaults at that factor)
+LIST_FPS = 2.0
+LIST_MIN_TOKENS, LIST_MAX_TOKENS = 4, 16384
 #: conversations whose token ids are kept between the cost estimate and encoding (an embed call's worth)
 PROMPTS_REMEMBERED = 8192
 
@@ -78,8 +124,10 @@ def normalise_instruction(instruction: str | None) -> str | None:
 
 
 def user_content(item: Item) -> list[dict[str, Any]]:
-    """An item as the reference's user content: its image first, then its text."""
+    """An item as the reference's user content: its video first, then its image, then its text."""
     content: list[dict[str, Any]] = []
+    if item.video is not None:
+        content.append({"type": "video"})
     if item.image is not None:
         content.append({"type": "image"})
     if item.text is not None:
@@ -89,11 +137,51 @@ def user_content(item: Item) -> list[dict[str, Any]]:
 
 @dataclass
 class ProcessedInput:
-    """One sequence ready for the model: token ids and, for its images in order, patches and grids."""
+    """One sequence ready for the model: token ids and, for its images and its videos (each in
+    order), patches and grids."""
 
     input_ids: list[int]
     pixel_values: np.ndarray | None = None  # (sum of grid_h * grid_w, C * T * P * P) float32
     grids: list[tuple[int, int, int]] = field(default_factory=list)
+    video_pixel_values: np.ndarray | None = None  # (sum of grid_t * grid_h * grid_w, C * T * P * P) float32
+    video_grids: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """How one video becomes model input: which frames, at what size, at which times."""
+
+    #: the frames to use, in order: frame indices of a file, or positions in a list of frames
+    positions: tuple[int, ...]
+    #: the time of each of them, in seconds
+    seconds: tuple[float, ...]
+    #: the size every frame is resized to
+    height: int
+    width: int
+    #: a list of frames: the size each frame is first resized to (``fetch_image``)
+    list_size: tuple[int, int] | None = None
+
+    def timestamps(self, temporal_patch_size: int) -> tuple[float, ...]:
+        """One time per temporal patch: the mean of its first and last frames' times."""
+        t = temporal_patch_size
+        return tuple((self.seconds[i] + self.seconds[i + t - 1]) / 2 for i in range(0, len(self.seconds), t))
+
+
+@dataclass
+class Video:
+    """A planned video's frames, resized: ``(n, height, width, 3)`` uint8."""
+
+    plan: VideoPlan
+    frames: np.ndarray
+
+
+class FrameSampler(Protocol):
+    """What :meth:`Qwen3VLProcessor.plan_video` needs of a video: its reference frame count and
+    the plan for any frame count and per-frame pixel cap."""
+
+    reference_count: int
+
+    def plan(self, count: int, cap: float | None) -> VideoPlan: ...
 
 
 class Qwen3VLProcessor(QwenVLImageSettings):
@@ -103,11 +191,28 @@ class Qwen3VLProcessor(QwenVLImageSettings):
                  max_image_tokens: int = DEFAULT_MAX_IMAGE_TOKENS, max_length: int = DEFAULT_MAX_LENGTH,
                  patch_size: int = 16, merge_size: int = 2, temporal_patch_size: int = 2,
                  image_mean: Sequence[float] = (0.5, 0.5, 0.5), image_std: Sequence[float] = (0.5, 0.5, 0.5),
-                 rescale_factor: float = 1 / 255):
+                 rescale_factor: float = 1 / 255, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES,
+                 max_video_tokens: int | None = None, video_settings: dict[str, Any] | None = None):
         super().__init__(min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
                          max_length=max_length, patch_size=patch_size, merge_size=merge_size,
                          temporal_patch_size=temporal_patch_size, image_mean=image_mean, image_std=image_std,
                          rescale_factor=rescale_factor)
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < float("inf"):
+            raise ValueError(f"fps must be a positive number, got {fps!r}")
+        if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < FRAME_FACTOR:
+            raise ValueError(f"max_frames must be a whole number of at least {FRAME_FACTOR}, got {max_frames!r}")
+        if max_video_tokens is not None and int(max_video_tokens) < 1:
+            raise ValueError(f"max_video_tokens must be at least 1, got {max_video_tokens}")
+        #: frames sampled per second of a video file, and the most frames sampled (items may override both)
+        self.fps = float(fps)
+        self.max_frames = int(max_frames)
+        #: the most video tokens of one item (None: as many as fit in max_length)
+        self.max_video_tokens = None if max_video_tokens is None else int(max_video_tokens)
+        video = {"image_mean": image_mean, "image_std": image_std, "rescale_factor": rescale_factor,
+                 **(video_settings or {})}
+        self.cut_video = VideoPatchCutter(patch_size=self.patch_size, merge_size=self.merge_size,
+                                          temporal_patch_size=self.temporal_patch_size, image_mean=video["image_mean"],
+                                          image_std=video["image_std"], rescale_factor=video["rescale_factor"])
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
@@ -117,13 +222,16 @@ class Qwen3VLProcessor(QwenVLImageSettings):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, **options: Any) -> "Qwen3VLProcessor":
-        """The tokenizer, chat template and image settings of a Qwen3-VL checkpoint folder."""
+        """The tokenizer, chat template, image and video settings of a Qwen3-VL checkpoint folder
+        (``video_preprocessor_config.json`` where it has one, as transformers reads it)."""
         from transformers import AutoTokenizer
 
         folder = Path(folder)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         template = read_chat_template(folder, tokenizer)
-        return cls(tokenizer, template, **{**read_patch_settings(folder), **options})
+        video = {k: v for k, v in read_patch_settings(folder, "video_preprocessor_config.json").items()
+                 if k in ("image_mean", "image_std", "rescale_factor")}
+        return cls(tokenizer, template, **{**read_patch_settings(folder), "video_settings": video, **options})
 
     # -- text ------------------------------------------------------------------------------------
 
@@ -132,13 +240,28 @@ class Qwen3VLProcessor(QwenVLImageSettings):
         return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
                                                   add_generation_prompt=True)
 
-    def conversation_ids(self, messages: list[dict[str, Any]]) -> tuple[int, ...]:
-        """Token ids of a rendered conversation, remembered (keyed by its JSON): the cost estimate
-        tokenises once and :meth:`encode` reuses the ids."""
-        return self._rendered_ids(json.dumps(messages, sort_keys=True, ensure_ascii=False))
+    def conversation_ids(self, messages: list[dict[str, Any]],
+                         video_timestamps: Sequence[Sequence[float]] = ()) -> tuple[int, ...]:
+        """Token ids of a rendered conversation, remembered (keyed by its JSON and the videos'
+        timestamps): the cost estimate tokenises once and :meth:`encode` reuses the ids.
 
-    def _ids_of_json(self, messages_json: str) -> tuple[int, ...]:
-        return tuple(self.tokenize(self.render(json.loads(messages_json))))
+        Each video placeholder, in order, becomes one ``<t seconds><|vision_start|><|video_pad|>
+        <|vision_end|>`` block per timestamp (one pad each, expanded later), as the processor
+        writes them before tokenising.
+        """
+        return self._rendered_ids(json.dumps(messages, sort_keys=True, ensure_ascii=False),
+                                  tuple(tuple(t) for t in video_timestamps))
+
+    def _ids_of_json(self, messages_json: str, video_timestamps: tuple[tuple[float, ...], ...]) -> tuple[int, ...]:
+        text = self.render(json.loads(messages_json))
+        for timestamps in video_timestamps:
+            blocks = "".join(f"<{t:.1f} seconds>{VIDEO_PLACEHOLDER.replace(VIDEO_PAD, '<|placeholder|>')}"
+                             for t in timestamps)
+            if VIDEO_PLACEHOLDER in text:
+                text = text.replace(VIDEO_PLACEHOLDER, blocks, 1)
+            else:  # a template that writes the pad alone: the processor replaces the pad
+                text = text.replace(VIDEO_PAD, blocks, 1)
+        return tuple(self.tokenize(text.replace("<|placeholder|>", VIDEO_PAD)))
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer([text], padding=False, truncation=False)["input_ids"][0]
@@ -168,11 +291,117 @@ class Qwen3VLProcessor(QwenVLImageSettings):
         """Normalised patches ``(grid_h * grid_w, 3 * T * P * P)`` and the grid of a resized RGB image."""
         return self.cut_patches(image)
 
+    # -- videos ----------------------------------------------------------------------------------
+
+    def plan_video(self, video: VideoInput, messages: list[dict[str, Any]], images: Sequence[ImageSource] = (), *,
+                   fps: float | None = None, max_frames: int | None = None, item_id: str | None = None) -> VideoPlan:
+        """Frames, size and times of ``video``, the one video of ``messages`` (whose image entries
+        show ``images``); ``fps`` and ``max_frames`` default to the processor's.
+
+        The reference's plan when it fits: its video and image tokens end within ``max_length`` and
+        it has at most ``max_video_tokens`` video tokens. Otherwise the largest frames that fit (down
+        to the 1.05 x 128-token floor), then the most frames that fit at the largest size that fits.
+        """
+        try:
+            return self._plan_video(video, messages, images, fps or self.fps, max_frames or self.max_frames, item_id)
+        except ItemError:
+            raise
+        except ValueError as exc:  # smart_resize's aspect ratio bound
+            raise ItemError(item_id, f"video cannot be embedded: {exc}") from None
+
+    def _plan_video(self, video: VideoInput, messages: list[dict[str, Any]], images: Sequence[ImageSource],
+                    fps: float, max_frames: int, item_id: str | None) -> VideoPlan:
+        sampler = ListSampler(self, video, max_frames, item_id) if isinstance(video, tuple) else \
+            FileSampler(self, video, fps, max_frames, item_id)
+        image_tokens = self._image_tokens(images, item_id)
+
+        def fits(plan: VideoPlan) -> bool:
+            return self._video_fits(messages, image_tokens, plan, item_id)
+
+        plan = self._largest_frames(sampler, sampler.reference_count, fits)
+        if plan is not None:
+            return plan
+        fewest = FRAME_FACTOR
+        if not fits(sampler.plan(fewest, 0)):
+            smallest = sampler.plan(fewest, 0)
+            raise ItemError(item_id, f"video does not fit even as {fewest} frames of {smallest.width}x"
+                                     f"{smallest.height}: {self._budget_words()}; raise max_length")
+        low, high = 1, sampler.reference_count // FRAME_FACTOR  # in frame pairs: low fits, high does not
+        while high - low > 1:
+            middle = (low + high) // 2
+            if fits(sampler.plan(middle * FRAME_FACTOR, 0)):
+                low = middle
+            else:
+                high = middle
+        return self._largest_frames(sampler, low * FRAME_FACTOR, fits)
+
+    def load_video(self, video: VideoInput, plan: VideoPlan, *, item_id: str | None = None) -> Video:
+        """The planned frames of ``video``, decoded and resized."""
+        size = (plan.height, plan.width)
+        if isinstance(video, tuple):
+            loaded: dict[int, np.ndarray] = {}
+            for position in plan.positions:
+                if position not in loaded:
+                    image = to_rgb(decode_image(video[position], item_id=item_id))
+                    first = image.resize(plan.list_size[::-1])  # an RGB image: PIL's default filter, bicubic
+                    loaded[position] = resize_frame(np.asarray(first), *size)
+            frames = np.stack([loaded[p] for p in plan.positions])
+        else:
+            frames = read_frames(video, plan.positions, item_id=item_id, each=lambda f: resize_frame(f, *size))
+        return Video(plan, frames)
+
+    def video_frame_size(self, height: int, width: int, count: int, total_pixels: float,
+                         cap: float | None = None) -> tuple[int, int]:
+        """(height, width) of ``count`` frames of ``width x height`` as ``fetch_video`` resizes them
+        under ``total_pixels``; ``cap`` (pixels) lowers the per-frame bound, not below its floor."""
+        min_pixels = VIDEO_MIN_TOKENS * self.factor * self.factor
+        floor = int(min_pixels * 1.05)
+        max_pixels = max(min(VIDEO_MAX_TOKENS * self.factor * self.factor, total_pixels / count * FRAME_FACTOR), floor)
+        if cap is not None:
+            max_pixels = max(min(max_pixels, cap), floor)
+        return smart_resize(height, width, factor=self.factor, min_pixels=min_pixels, max_pixels=max_pixels,
+                            floor_at_factor=False, max_ratio=MAX_RATIO)
+
+    def _largest_frames(self, sampler: FrameSampler, count: int, fits) -> VideoPlan | None:
+        """The plan of ``count`` frames with the largest frames that fit (None if none do)."""
+        plan = sampler.plan(count, None)
+        if fits(plan):
+            return plan
+        smallest = sampler.plan(count, 0)
+        if not fits(smallest):
+            return None
+        low, high = 0, plan.height * plan.width // self.factor ** 2  # per-frame token caps: low fits, high not
+        while high - low > 1:
+            middle = (low + high) // 2
+            candidate = sampler.plan(count, middle * self.factor ** 2)
+            if fits(candidate):
+                low, smallest = middle, candidate
+            else:
+                high = middle
+        return smallest
+
+    def _video_fits(self, messages: list[dict[str, Any]], image_tokens: list[int], plan: VideoPlan,
+                    item_id: str | None) -> bool:
+        timestamps = plan.timestamps(self.temporal_patch_size)
+        per_patch = (plan.height // self.factor) * (plan.width // self.factor)
+        if self.max_video_tokens is not None and per_patch * len(timestamps) > self.max_video_tokens:
+            return False
+        ids = self.conversation_ids(messages, [timestamps])
+        self._check_vision_tokens(ids, len(image_tokens), len(timestamps), item_id)
+        _, end = self._expanded_length(ids, image_tokens, [per_patch] * len(timestamps))
+        return end <= self.max_length
+
+    def _budget_words(self) -> str:
+        words = f"max_length={self.max_length}"
+        return words if self.max_video_tokens is None else f"{words}, max_video_tokens={self.max_video_tokens}"
+
     # -- sequences -------------------------------------------------------------------------------
 
     def encode(self, messages: list[dict[str, Any]], images: Sequence[ImageSource] = (), *,
-               item_id: str | None = None, image_ids: Sequence[str | None] | None = None) -> ProcessedInput:
-        """Token ids and patches of a conversation whose image entries, in order, show ``images``.
+               videos: Sequence[Video] = (), item_id: str | None = None,
+               image_ids: Sequence[str | None] | None = None) -> ProcessedInput:
+        """Token ids and patches of a conversation whose image entries, in order, show ``images``
+        and whose video entries show ``videos`` (planned and loaded).
 
         Not truncated (see :meth:`truncate`). Raises :class:`ItemError` for an image that cannot be
         used (naming ``image_ids[i]`` when given: a pair's images belong to different items), or
@@ -183,47 +412,147 @@ class Qwen3VLProcessor(QwenVLImageSettings):
             pixels, grid = self.patches(self.load_image(source, item_id=owner))
             patches.append(pixels)
             grids.append(grid)
-        ids = list(self.conversation_ids(messages))
-        self._check_vision_tokens(ids, len(grids), item_id)
+        video_patches, video_grids = [], []
+        for video in videos:
+            pixels, grid = self.cut_video(video.frames)
+            video_patches.append(pixels)
+            video_grids.append(grid)
+        timestamps = [video.plan.timestamps(self.temporal_patch_size) for video in videos]
+        ids = list(self.conversation_ids(messages, timestamps))
+        self._check_vision_tokens(ids, len(grids), sum(g[0] for g in video_grids), item_id)
+        sizes = {self.image_token_id: iter([gh * gw // self.merge_size ** 2 for _, gh, gw in grids]),
+                 self.video_token_id: iter([gh * gw // self.merge_size ** 2 for gt, gh, gw in video_grids
+                                            for _ in range(gt)])}
         expanded: list[int] = []
-        grid_iter = iter(grids)
         for token in ids:
-            if token == self.image_token_id:
-                _, gh, gw = next(grid_iter)
-                expanded.extend([token] * (gh * gw // self.merge_size ** 2))
-            else:
-                expanded.append(token)
-        return ProcessedInput(expanded, np.concatenate(patches) if patches else None, grids)
+            expanded.extend([token] * next(sizes[token]) if token in sizes else [token])
+        return ProcessedInput(expanded, np.concatenate(patches) if patches else None, grids,
+                              np.concatenate(video_patches) if video_patches else None, video_grids)
 
     def count_tokens(self, messages: list[dict[str, Any]], images: Sequence[ImageSource] = (), *,
-                     item_id: str | None = None, image_ids: Sequence[str | None] | None = None) -> int:
-        """The untruncated length of :meth:`encode`'s ids from the image headers alone."""
-        tokens = len(self.conversation_ids(messages))
+                     videos: Sequence[VideoPlan] = (), item_id: str | None = None,
+                     image_ids: Sequence[str | None] | None = None) -> int:
+        """The untruncated length of :meth:`encode`'s ids from the image headers and video plans alone."""
+        image_tokens = self._image_tokens(images, item_id, image_ids)
+        timestamps = [plan.timestamps(self.temporal_patch_size) for plan in videos]
+        ids = self.conversation_ids(messages, timestamps)
+        patch_tokens = [(plan.height // self.factor) * (plan.width // self.factor)
+                        for plan, times in zip(videos, timestamps) for _ in times]
+        self._check_vision_tokens(ids, len(image_tokens), len(patch_tokens), item_id)
+        return self._expanded_length(ids, image_tokens, patch_tokens)[0]
+
+    def truncate(self, processed: ProcessedInput, *, item_id: str | None = None) -> ProcessedInput:
+        """The first ``max_length`` tokens, as ``truncation=True`` keeps them; an item whose image
+        or video tokens would be cut is refused, as the processor refuses it."""
+        ids = processed.input_ids
+        if len(ids) <= self.max_length:
+            return processed
+        vision = (self.image_token_id, self.video_token_id)
+        if any(token in vision for token in ids[self.max_length:]):
+            needed = len(ids) - next(i for i, token in enumerate(reversed(ids)) if token in vision)
+            raise ItemError(item_id, f"its image tokens end at position {needed}, beyond max_length="
+                                     f"{self.max_length}; raise max_length or lower max_image_tokens")
+        return ProcessedInput(ids[: self.max_length], processed.pixel_values, processed.grids,
+                              processed.video_pixel_values, processed.video_grids)
+
+    def _image_tokens(self, images: Sequence[ImageSource], item_id: str | None,
+                      image_ids: Sequence[str | None] | None = None) -> list[int]:
+        """Merged tokens of each image, from its header."""
+        tokens = []
         for source, owner in zip(images, image_ids or [item_id] * len(images)):
             width, height = image_size(source, item_id=owner)
             try:
-                tokens += self.num_image_tokens(width, height) - 1
+                tokens.append(self.num_image_tokens(width, height))
             except ValueError as exc:
                 raise ItemError(owner, f"image of {width}x{height} cannot be embedded: {exc}") from None
         return tokens
 
-    def truncate(self, processed: ProcessedInput, *, item_id: str | None = None) -> ProcessedInput:
-        """The first ``max_length`` tokens, as ``truncation=True`` keeps them; an item whose image
-        tokens would be cut is refused, as the processor refuses it."""
-        ids = processed.input_ids
-        if len(ids) <= self.max_length:
-            return processed
-        if self.image_token_id in ids[self.max_length:]:
-            needed = len(ids) - ids[::-1].index(self.image_token_id)
-            raise ItemError(item_id, f"its image tokens end at position {needed}, beyond max_length="
-                                     f"{self.max_length}; raise max_length or lower max_image_tokens")
-        return ProcessedInput(ids[: self.max_length], processed.pixel_values, processed.grids)
+    def _expanded_length(self, ids: Sequence[int], image_tokens: Sequence[int],
+                         patch_tokens: Sequence[int]) -> tuple[int, int]:
+        """(length, end of the last image or video token) of ``ids`` once each image pad, in order,
+        becomes ``image_tokens[i]`` tokens and each video pad (one per temporal patch) ``patch_tokens[j]``."""
+        sizes = {self.image_token_id: iter(image_tokens), self.video_token_id: iter(patch_tokens)}
+        length = end = 0
+        for token in ids:
+            if token in sizes:
+                length += next(sizes[token])
+                end = length
+            else:
+                length += 1
+        return length, end
 
-    def _check_vision_tokens(self, ids: list[int], n_images: int, item_id: str | None) -> None:
-        if (ids.count(self.image_token_id) != n_images or ids.count(self.vision_start_id) != n_images
-                or self.video_token_id in ids):
+    def _check_vision_tokens(self, ids: Sequence[int], n_images: int, n_patches: int, item_id: str | None) -> None:
+        if (ids.count(self.image_token_id) != n_images or ids.count(self.video_token_id) != n_patches
+                or ids.count(self.vision_start_id) != n_images + n_patches):
             raise ItemError(item_id, f"text must not contain the special tokens {VISION_START}, "
                                      f"{IMAGE_PAD} or {VIDEO_PAD}")
+
+
+class FileSampler:
+    """A video file's frames as ``fetch_video`` samples them (``smart_nframes``, then ``linspace``)."""
+
+    def __init__(self, processor: Qwen3VLProcessor, source, fps: float, max_frames: int, item_id: str | None):
+        self.processor = processor
+        self.info = probe_video(source, item_id=item_id)
+        total = self.info.frames
+        fewest = math.ceil(MIN_FRAMES / FRAME_FACTOR) * FRAME_FACTOR
+        most = math.floor(max_frames / FRAME_FACTOR) * FRAME_FACTOR
+        count = min(min(max(total / self.info.fps * fps, fewest), most), total)
+        count = math.floor(count / FRAME_FACTOR) * FRAME_FACTOR
+        if count < FRAME_FACTOR:
+            raise ItemError(item_id, f"video has {total} frame(s); at least {FRAME_FACTOR} are needed")
+        self.reference_count = count
+
+    def plan(self, count: int, cap: float | None) -> VideoPlan:
+        total = self.info.frames
+        indices = torch.linspace(0, total - 1, count).round().long().tolist()  # float32, as fetch_video
+        factor = self.processor.factor
+        height, width = self.processor.video_frame_size(self.info.height, self.info.width, count,
+                                                        MODEL_SEQ_LEN * factor * factor * 0.9, cap)
+        return VideoPlan(tuple(indices), tuple(i / self.info.fps for i in indices), height, width)
+
+
+class ListSampler:
+    """A list of frames as the reference embedder and ``fetch_video`` take it."""
+
+    def __init__(self, processor: Qwen3VLProcessor, frames: Sequence[ImageSource], max_frames: int,
+                 item_id: str | None):
+        self.processor, self.frames, self.item_id = processor, frames, item_id
+        self.sizes: dict[int, tuple[int, int]] = {}
+        positions = self._thinned(max_frames) if len(frames) > max_frames else list(range(len(frames)))
+        if len(positions) % FRAME_FACTOR:
+            positions += [positions[-1]] * (FRAME_FACTOR - len(positions) % FRAME_FACTOR)
+        self.positions = tuple(positions)
+        self.reference_count = len(positions)
+
+    def plan(self, count: int, cap: float | None) -> VideoPlan:
+        positions = self.positions if count >= self.reference_count else tuple(self._thinned(count))
+        height, width = self._list_size(positions)
+        factor = self.processor.factor
+        size = self.processor.video_frame_size(height, width, len(positions),
+                                               LIST_FRAMES * VIDEO_MAX_TOKENS * factor * factor, cap)
+        return VideoPlan(positions, tuple(i / LIST_FPS for i in range(len(positions))), *size,
+                         list_size=(height, width))
+
+    def _thinned(self, count: int) -> list[int]:
+        """``sample_frames``: ``count`` positions spread over the list, truncated to integers."""
+        return np.linspace(0, len(self.frames) - 1, count, dtype=int).tolist()
+
+    def _list_size(self, positions: Sequence[int]) -> tuple[int, int]:
+        """The one size ``fetch_image`` (factor 64) gives the frames at ``positions``."""
+        factor = 2 * self.processor.factor
+        for position in positions:
+            if position not in self.sizes:
+                width, height = image_size(self.frames[position], item_id=self.item_id)
+                self.sizes[position] = smart_resize(height, width, factor=factor,
+                                                    min_pixels=LIST_MIN_TOKENS * factor * factor,
+                                                    max_pixels=LIST_MAX_TOKENS * factor * factor,
+                                                    floor_at_factor=False, max_ratio=MAX_RATIO)
+        sizes = sorted({self.sizes[p] for p in positions})
+        if len(sizes) > 1:
+            shown = ", ".join(f"{w}x{h}" for h, w in sizes)
+            raise ItemError(self.item_id, f"the frames of a video must resize to one size, got {shown}")
+        return sizes[0]
 
 
 def truncate_keeping_special(ids: Sequence[int], max_length: int, special_ids: set[int], *,
