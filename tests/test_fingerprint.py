@@ -49,6 +49,7 @@ def test_fingerprint_covers_the_video_and_its_sampling(tmp_path):
     assert fp(Item(video=str(a))) == fp(Item(video=a))  # content, not how the path is spelled
     assert fp(Item(video=str(a))) != fp(Item(video=str(a), fps=2.0))
     assert fp(Item(video=str(a))) != fp(Item(video=str(a), max_frames=8))
+    assert fp(Item(video=str(a), video_start=0, video_end=30)) != fp(Item(video=str(a), video_start=30, video_end=60))
     assert fp(Item(video=str(a), text="t")) != fp(Item(text="t"))
     frames = [_bmp(tmp_path / "f0.bmp", (255, 0, 0)), _bmp(tmp_path / "f1.bmp", (0, 0, 255))]
     assert fp(Item(video=frames)) != fp(Item(video=frames[::-1]))

@@ -41,6 +41,14 @@ def test_video_items_and_their_modalities(tmp_path):
         Item(video=3)
     with pytest.raises(ValueError, match="at least one frame"):
         Item(video=[])
+    with pytest.raises(ValueError, match="video_start applies to a video file"):
+        Item(video=["a.png", "b.png"], video_start=1)
+    with pytest.raises(ValueError, match="video_end must be a number of seconds"):
+        Item(video="clip.mp4", video_end=-1)
+    with pytest.raises(ValueError, match="must come after video_start"):
+        Item(video="clip.mp4", video_start=30, video_end=30)
+    span = as_items([Item(video="clip.mp4", video_start=120, video_end=150.5)], is_query=False)[0]
+    assert (span.video_start, span.video_end) == (120, 150.5)
     copied = as_items([Item(video="clip.mp4", fps=2.0, max_frames=6, text="t")], is_query=True)[0]
     assert (copied.video, copied.fps, copied.max_frames, copied.text) == ("clip.mp4", 2.0, 6, "t")
     from_dict = as_items([{"video": "clip.mp4", "fps": 0.5}], is_query=False)[0]

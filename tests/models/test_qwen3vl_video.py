@@ -77,6 +77,22 @@ def smart_nframes(ele, total_frames, video_fps):
     return nframes
 
 
+def calculate_video_frame_range(ele, total_frames, video_fps):
+    """qwen-vl-utils 0.0.14's time range (``video_start`` / ``video_end``, seconds) as frames."""
+    video_start, video_end = ele.get("video_start"), ele.get("video_end")
+    if video_start is None and video_end is None:
+        return 0, total_frames - 1, total_frames
+    max_duration = total_frames / video_fps
+    start_frame = math.ceil(max(0.0, min(video_start, max_duration)) * video_fps) if video_start is not None else 0
+    if video_end is not None:
+        end_frame = min(math.floor(max(0.0, min(video_end, max_duration)) * video_fps), total_frames - 1)
+    else:
+        end_frame = total_frames - 1
+    if start_frame >= end_frame:
+        raise ValueError("Invalid time range")
+    return start_frame, end_frame, end_frame - start_frame + 1
+
+
 def torchvision_resize(video, size):
     """``torchvision.transforms.functional.resize(uint8 tensor, size, BICUBIC, antialias=True)``."""
     if list(video.shape[-2:]) == list(size):
@@ -89,9 +105,9 @@ def torchvision_resize(video, size):
 def fetch_video(ele):
     if isinstance(ele["video"], str):
         frames, video_fps = decode_all(ele["video"])
-        total = len(frames)
+        first, last, total = calculate_video_frame_range(ele, len(frames), video_fps)
         nframes = smart_nframes(ele, total_frames=total, video_fps=video_fps)
-        idx = torch.linspace(0, total - 1, nframes).round().long().tolist()
+        idx = torch.linspace(first, last, nframes).round().long().tolist()
         video = torch.from_numpy(frames[idx]).permute(0, 3, 1, 2)
         metadata = {"fps": video_fps, "frames_indices": idx}
     else:
@@ -183,8 +199,9 @@ class ReferenceVideo:
     def embed_item(self, item: Item, **extra) -> np.ndarray:
         """``extra``: more keys of the video element (``resized_height``, ``max_frames``, ...)."""
         video = list(item.video) if isinstance(item.video, tuple) else item.video
+        span = {k: v for k, v in (("video_start", item.video_start), ("video_end", item.video_end)) if v is not None}
         return self.embed(**{"text": item.text, "video": video, "fps": item.fps, "max_frames": item.max_frames,
-                             "instruction": item.instruction if item.is_query else None, **extra})
+                             "instruction": item.instruction if item.is_query else None, **span, **extra})
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -287,6 +304,24 @@ def test_per_item_fps_and_max_frames_parity(q3, ref, clips, name, fps, max_frame
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("start, end", [(5, 12.3), (3, None), (None, 9.5), (0, 20)])
+def test_time_range_parity(q3, ref, clips, start, end):
+    """A segment of a video (``video_start`` / ``video_end``, how ``umr index`` embeds a long video's
+    segments) is sampled as qwen-vl-utils samples that range: frames from the first at or after the
+    start to the last at or before the end, timestamps in the whole video's time."""
+    item = Item(video=clips["long.mp4"], video_start=start, video_end=end, fps=2)
+    ours = q3.encode_candidates([item])[0]
+    assert np.abs(ours - ref.embed_item(item)).max() <= TOL
+    plan = q3.video_plan(item)
+    assert plan.seconds[0] >= (start or 0) and plan.seconds[-1] <= (end if end is not None else 20)
+
+
+def test_a_time_range_without_two_frames_is_an_item_error(q3, clips):
+    result = q3.embed([Item(video=clips["long.mp4"], video_start=19.95, id="tail"), Item(text="ok", id="t")],
+                      on_error="skip")
+    assert list(result.indices) == [1] and "holds no two frames" in result.errors[0].reason
+
+
 def test_sixty_four_frames_parity(q3, ref, clips):
     """A 20 s clip at fps 8 (160 frames wanted) is capped at 64 frames, 32 frame pairs."""
     item = Item.candidate(video=clips["long.mp4"], fps=8, id="long")
@@ -584,18 +619,19 @@ def test_families_that_cannot_see_video_refuse_it(clips, tmp_path):
     assert len(scored.errors) == 1 and "cannot score video" in scored.errors[0].reason
 
 
-def test_index_refuses_video_items_for_now(tmp_path, clips):
+def test_index_add_refuses_video_items_and_jsonl_video_lines(tmp_path, clips):
+    """Videos enter an index as a folder's files (time segments: tests/index/test_video_segments.py)."""
     from umr.data.corpus import read_jsonl
     from umr.index.index import Index
 
     with Index.create(tmp_path / "idx", umr.load_model("minilm")) as index:
         summary = index.add([Item(video=clips["vp9.webm"], id="v"), Item(text="kept", id="t")])
     assert summary.added == 1 and [e["id"] for e in summary.errors] == ["v"]
-    assert "cannot be indexed yet" in summary.errors[0]["error"]
+    assert "indexed from a folder of video files" in summary.errors[0]["error"]
     jsonl = tmp_path / "items.jsonl"
     jsonl.write_text(json.dumps({"id": "v", "video": str(clips["vp9.webm"])}) + "\n")
     (entry,) = list(read_jsonl(jsonl))
-    assert isinstance(entry, ItemError) and entry.line == 1 and "cannot be indexed yet" in entry.reason
+    assert isinstance(entry, ItemError) and entry.line == 1 and "indexed from a folder" in entry.reason
 
 
 def test_jsonl_video_fields(tmp_path, clips):

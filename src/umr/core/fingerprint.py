@@ -44,7 +44,8 @@ def item_fingerprint(item: Item, *, digests: "FileDigests | None" = None, extra:
         parts.append(item.error)
     if item.video is not None:  # appended only when present: fingerprints of other items stay as they were
         frames = item.video if isinstance(item.video, tuple) else (item.video,)
-        parts.append(["video", [image_key(frame, digests=digests) for frame in frames], item.fps, item.max_frames])
+        parts.append(["video", [image_key(frame, digests=digests) for frame in frames], item.fps, item.max_frames,
+                      item.video_start, item.video_end])
     payload = json.dumps(parts).encode("ascii")  # ASCII escapes: lone surrogates hash too
     return hashlib.blake2b(payload, digest_size=DIGEST_SIZE).hexdigest()
 

@@ -31,20 +31,18 @@ class Modality(str, enum.Enum):
     VIDEO_TEXT = "video,text"
 
     @classmethod
-    def parse(cls, value: "str | Modality") -> "Modality":
-        """Accept M-BEIR spellings and the obvious aliases (``text,image``, ``fused``)."""
-        if isinstance(value, Modality):
-            return value
-        key = str(value).strip().lower().replace(" ", "")
+    def parse(cls, value: "str | Modality", among: "Sequence[Modality] | None" = None) -> "Modality":
+        """Accept M-BEIR spellings and the obvious aliases (``text,image``, ``fused``); ``among``
+        limits the names a format knows (M-BEIR has no video: :data:`IMAGE_TEXT_MODALITIES`)."""
+        allowed = tuple(cls) if among is None else tuple(among)
+        key = value.value if isinstance(value, Modality) else str(value).strip().lower().replace(" ", "")
         aliases = {"text,image": "image,text", "fused": "image,text", "txt": "text", "img": "image",
                    "vid": "video", "text,video": "video,text"}
         key = aliases.get(key, key)
-        try:
-            return cls(key)
-        except ValueError:
-            raise ValueError(
-                f"unknown modality {value!r}: use one of text, image, image,text, video, video,text"
-            ) from None
+        if key not in {m.value for m in allowed}:
+            shown = value.value if isinstance(value, Modality) else value
+            raise ValueError(f"unknown modality {shown!r}: use one of {', '.join(m.value for m in allowed)}")
+        return cls(key)
 
     def __str__(self) -> str:  # print as M-BEIR spells it
         return self.value
@@ -61,7 +59,8 @@ class Item:
 
     ``video`` is a video file (path or bytes) or its frames in order (a list of images).
     ``fps`` (frames sampled per second of a video file) and ``max_frames`` (the most frames
-    sampled) override the model's own for this item; only families that see video
+    sampled) override the model's own for this item; ``video_start`` / ``video_end`` (seconds,
+    qwen-vl-utils' names) keep a time range of a video file (a segment of a long video); only families that see video
     (``Embedder.sees_video``: Qwen3-VL-Embedding) take video items, the others refuse them as
     item errors.
 
@@ -85,6 +84,8 @@ class Item:
     video: VideoInput | None = None
     fps: float | None = None
     max_frames: int | None = None
+    video_start: float | None = None
+    video_end: float | None = None
 
     def __post_init__(self) -> None:
         if self.text is not None and not isinstance(self.text, str):
@@ -117,6 +118,16 @@ class Item:
             raise TypeError(f"{where}: video must be a path, bytes or a list of frames, got {type(self.video).__name__}")
         if (self.fps is not None or self.max_frames is not None) and self.video is None:
             raise ValueError(f"{where}: fps and max_frames apply to a video")
+        for name in ("video_start", "video_end"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(self.video, (str, Path, bytes)):
+                raise ValueError(f"{where}: {name} applies to a video file")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"{where}: {name} must be a number of seconds (0 or more), got {value!r}")
+        if self.video_start is not None and self.video_end is not None and self.video_end <= self.video_start:
+            raise ValueError(f"{where}: video_end ({self.video_end}) must come after video_start ({self.video_start})")
         if self.fps is not None:
             if isinstance(self.video, tuple):
                 raise ValueError(f"{where}: fps applies to a video file; a list of frames is timed at 2 frames "
@@ -132,6 +143,8 @@ class Item:
         """Why this item cannot be embedded (its record's error, or no content), else None."""
         if self.error is not None:
             return self.error
+        if self.video is not None and self.image is not None:
+            return "holds both a video and an image: give one of them per item"
         if self.text is None and self.image is None and self.video is None:
             return "has neither text nor image (an empty or blank text is no text)"
         return None
@@ -142,7 +155,7 @@ class Item:
         a :attr:`problem` or with both a video and an image."""
         if self.video is not None:
             if self.image is not None:
-                raise ItemError(self.id, "holds both a video and an image: give one of them per item")
+                raise ItemError(self.id, self.problem)
             return Modality.VIDEO if self.text is None else Modality.VIDEO_TEXT
         if self.text is not None and self.image is not None:
             return Modality.FUSED
@@ -161,17 +174,22 @@ class Item:
     @classmethod
     def query(cls, text: str | None = None, image: ImageSource | None = None, *,
               instruction: str | None = None, id: str | None = None, video: VideoInput | None = None,
-              fps: float | None = None, max_frames: int | None = None, **metadata: Any) -> "Item":
+              fps: float | None = None, max_frames: int | None = None, video_start: float | None = None,
+              video_end: float | None = None, **metadata: Any) -> "Item":
         return cls(text=text, image=image, instruction=instruction, is_query=True, id=id, metadata=metadata,
-                   video=video, fps=fps, max_frames=max_frames)
+                   video=video, fps=fps, max_frames=max_frames, video_start=video_start, video_end=video_end)
 
     @classmethod
     def candidate(cls, text: str | None = None, image: ImageSource | None = None, *,
                   id: str | None = None, video: VideoInput | None = None, fps: float | None = None,
-                  max_frames: int | None = None, **metadata: Any) -> "Item":
+                  max_frames: int | None = None, video_start: float | None = None, video_end: float | None = None,
+                  **metadata: Any) -> "Item":
         return cls(text=text, image=image, is_query=False, id=id, metadata=metadata, video=video, fps=fps,
-                   max_frames=max_frames)
+                   max_frames=max_frames, video_start=video_start, video_end=video_end)
 
+
+#: the modalities of M-BEIR and of training data: text, images and both (video is umr's own)
+IMAGE_TEXT_MODALITIES = (Modality.TEXT, Modality.IMAGE, Modality.FUSED)
 
 #: what ``encode_*`` take as one item (anything else is a sequence of items)
 SINGLE_VALUES = (Item, str, Image.Image, Path, bytes, dict)
@@ -192,7 +210,7 @@ def as_items(values: "list[Item | str | Image.Image] | tuple", *, is_query: bool
             item = Item(text=value.text, image=value.image, instruction=value.instruction,
                         is_query=is_query, id=value.id if value.id is not None else str(i),
                         metadata=value.metadata, error=value.error, video=value.video, fps=value.fps,
-                        max_frames=value.max_frames)
+                        max_frames=value.max_frames, video_start=value.video_start, video_end=value.video_end)
         elif isinstance(value, str):
             item = Item(text=value, is_query=is_query, id=str(i))
         elif isinstance(value, (Image.Image, Path, bytes)):
@@ -201,7 +219,8 @@ def as_items(values: "list[Item | str | Image.Image] | tuple", *, is_query: bool
             item = Item(text=value.get("text"), image=value.get("image"),
                         instruction=value.get("instruction"), is_query=is_query,
                         id=str(value.get("id", i)), video=value.get("video"), fps=value.get("fps"),
-                        max_frames=value.get("max_frames"))
+                        max_frames=value.get("max_frames"), video_start=value.get("video_start"),
+                        video_end=value.get("video_end"))
         else:
             raise TypeError(f"item {i}: cannot embed a {type(value).__name__}; pass an Item, a string or an image")
         if is_query and item.instruction is None:

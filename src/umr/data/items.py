@@ -3,7 +3,7 @@
 One object per line: ``id``, ``text`` (string or null), ``image`` (a path relative to the
 JSONL file's folder, or absolute, or null; read as an absolute path; a URL is refused, not
 fetched), ``video`` (a video file's path as ``image``, or a list of frame image paths, or null;
-with ``fps`` and ``max_frames`` for that item), ``instruction`` (string or null), ``is_query``
+with ``fps``, ``max_frames``, ``video_start`` and ``video_end`` for that item), ``instruction`` (string or null), ``is_query``
 (bool). Other fields are kept as metadata. A bad line yields an :class:`ItemError` naming
 its line and id instead of stopping the read.
 """
@@ -19,7 +19,7 @@ from .files import (display_name, is_storable, is_url, parse_json_record, resolv
                     url_refusal)
 
 _STRING_FIELDS = ("text", "image", "instruction")
-_VIDEO_FIELDS = ("video", "fps", "max_frames")
+_VIDEO_FIELDS = ("video", "fps", "max_frames", "video_start", "video_end")
 
 
 def read_items_jsonl(path: str | Path) -> Iterator[tuple[int, Item | ItemError]]:
@@ -69,7 +69,8 @@ def parse_item_line(raw: str, *, line_no: int, base: Path) -> Item | ItemError:
     try:
         return Item(text=text, image=image, instruction=record.get("instruction") if is_query else None,
                     is_query=is_query, id=item_id, metadata=metadata, video=video, fps=record.get("fps"),
-                    max_frames=record.get("max_frames"))
+                    max_frames=record.get("max_frames"), video_start=record.get("video_start"),
+                    video_end=record.get("video_end"))
     except (TypeError, ValueError) as exc:  # fps, max_frames: the item names itself in the message
         return ItemError(item_id, str(exc).split(": ", 1)[-1], line=line_no)
 

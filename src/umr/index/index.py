@@ -38,6 +38,7 @@ from ..core.items import Item, ItemError
 from ..core.results import EmbedResult, Result, Summary
 from ..data.chunking import Chunker, stale_passages
 from ..data.corpus import VIDEO_NOT_INDEXED, default_id_prefix, read_corpus
+from ..data.video_segments import video_segmenter
 from ..models.identity import ModelIdentity, model_identity
 from ..models.registry import load_model
 from ..rerank.registry import load_reranker
@@ -341,6 +342,9 @@ class Index:
         no words raises :class:`Unrepresentable`.
         """
         sees = self.config.get("sees_images", True)
+        if item.video is not None:  # video: only families that see video get here (data/video_segments)
+            item.metadata = {**item.metadata, "via": "frames" if item.text is None else "frames+text"}
+            return item
         if item.image is None:
             item.metadata = {**item.metadata, "via": "text"}
             return item
@@ -445,19 +449,26 @@ class Index:
                      progress: Callable[[int], None] | None = None,
                      errors_file: str | os.PathLike | None = None, id_prefix: str | None = None,
                      chunk: bool | None = None, chunk_tokens: int | None = None,
-                     chunk_overlap: int | None = None, embedder: ChunkEmbedder | None = None) -> Summary:
+                     chunk_overlap: int | None = None, embedder: ChunkEmbedder | None = None,
+                     segment_seconds: float | None = None, segment_overlap: float | None = None) -> Summary:
         """Index a folder / items JSONL / M-BEIR pool; resumable: unchanged items are skipped.
 
         Work is committed every ``commit_every`` items or ``commit_seconds``; a run killed at any
         point and started again does only what is left. Ids follow the module docstring's rule
         (``id_prefix``); with ``prune`` this source's items that are gone from it are deleted.
         Long texts are split into passages (``chunk``, ``chunk_tokens``, ``chunk_overlap``; see
-:meth:`_chunker`). ``embedder`` is where the model runs (default: this process; a
+        :meth:`_chunker`); video files become time segments (``segment_seconds``, ``segment_overlap``;
+        see :mod:`umr.data.video_segments`). ``embedder`` is where the model runs (default: this process; a
         :class:`~umr.index.ray_embed.RayEmbedder` for a Ray cluster).
         """
         started = time.monotonic()
         summary = Summary(read=ReadReport())
         chunker = self._chunker(chunk=chunk, tokens=chunk_tokens, overlap=chunk_overlap)
+        # video: segments cut as given, else as recorded (issue 25; logic in umr.data.video_segments)
+        videos = video_segmenter(self.model, self.config.get("video_segments"), seconds=segment_seconds,
+                                 overlap=segment_overlap)
+        if videos.settings() != self.config.get("video_segments", videos.DEFAULTS):
+            self.store.set_config({**self.config, "video_segments": videos.settings()})
         source_key = str(Path(source).resolve())
         prefix = self.id_prefix_for(source, id_prefix)
         sources = dict(self.config.get("sources") or {})
@@ -473,7 +484,7 @@ class Index:
             self.store.set_config({**self.config, "line_ids": line_ids})
         entries = (_prefixed(entry, prefix, line_ids[source_key])
                    for entry in read_corpus(source, image_root=image_root, digests=self.digests,
-                                            chunker=chunker, report=summary.read))
+                                            chunker=chunker, report=summary.read, videos=videos))
         with open(errors_path, "w", encoding="utf-8") as err_handle, \
                 open(skipped_path, "a", encoding="utf-8") as skip_handle:
             seen = self._run(entries, summary, batch_size=batch_size,

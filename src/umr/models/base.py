@@ -275,6 +275,12 @@ class Embedder(ABC):
         """
         return self.text_window()
 
+    def video_seconds(self, width: int, height: int) -> float:
+        """Seconds of a ``width x height`` video one candidate covers at the model's own sampling
+        without passing its token budget: how ``umr index`` cuts long videos into segments.
+        Families that see video (:attr:`sees_video`) answer; the others have no video window."""
+        raise NotImplementedError(f"{self.name} does not embed video")
+
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         """``(start, end)`` character offsets in ``text`` of the tokens the model makes of it
         (no special tokens), in order; passages are cut between tokens and counted in them.

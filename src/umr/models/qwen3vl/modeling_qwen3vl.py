@@ -165,7 +165,13 @@ class Qwen3VLEmbedder(Embedder, Prefetching):
         """Which frames of the item's video, at what size and times (within the token budget)."""
         images = [item.image] if item.image is not None else []
         return self.processor.plan_video(item.video, embedding_messages(item), images, fps=item.fps,
-                                         max_frames=item.max_frames, item_id=item.id)
+                                         max_frames=item.max_frames, start=item.video_start, end=item.video_end,
+                                         item_id=item.id)
+
+    def video_seconds(self, width: int, height: int) -> float:
+        """Seconds of a ``width x height`` video one candidate covers at this model's sampling
+        without shrinking frames or passing ``max_length`` (how ``umr index`` cuts segments)."""
+        return self.processor.video_seconds(width, height, embedding_messages(Item(video="video")))
 
     # -- the model -------------------------------------------------------------------------------
 

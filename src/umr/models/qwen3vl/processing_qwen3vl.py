@@ -51,22 +51,22 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ...core.images import decode_image, image_size
 from ...core.items import ImageSource, Item, ItemError, VideoInput
-from ...core.video import probe_video, read_frames
+from ...core.video import read_frames
 from ..qwen_vl_patches import (QwenVLImageSettings, VideoPatchCutter, read_patch_settings, resize_frame,
                                smart_resize)
 from ..registry import ModelNotAvailable
+from .video_sampling import (FRAME_FACTOR, MAX_RATIO, MIN_FRAMES, MODEL_SEQ_LEN, VIDEO_MAX_TOKENS, VIDEO_MIN_TOKENS,
+                             FileSampler, FrameSampler, ListSampler, VideoPlan)
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
@@ -74,7 +74,6 @@ VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
 #: what the chat template writes for a video, replaced by one timestamped block per frame pair
 VIDEO_PLACEHOLDER = VISION_START + VIDEO_PAD + VISION_END
-MAX_RATIO = 200
 
 #: the reference embedder's image bounds (``MIN_PIXELS`` / ``MAX_PIXELS``), in merged 32x32 tokens
 DEFAULT_MIN_IMAGE_TOKENS = 4
@@ -83,20 +82,8 @@ DEFAULT_MAX_LENGTH = 8192
 #: the reference embedder's video sampling (``FPS``, ``MAX_FRAMES``)
 DEFAULT_FPS = 1.0
 DEFAULT_MAX_FRAMES = 64
-#: qwen-vl-utils' merged tokens per video frame (``VIDEO_MIN_TOKEN_NUM`` / ``VIDEO_MAX_TOKEN_NUM``)
-VIDEO_MIN_TOKENS = 128
-VIDEO_MAX_TOKENS = 768
-#: frames sampled from a file at least (``FPS_MIN_FRAMES``), always an even count (``FRAME_FACTOR``)
-MIN_FRAMES = 4
-FRAME_FACTOR = 2
-#: qwen-vl-utils' pixel budget of one video file (``MODEL_SEQ_LEN`` tokens x 0.9, its default) and the
-#: embedder's for a list of frames (``MAX_TOTAL_PIXELS``: ``LIST_FRAMES`` frames of 768 tokens)
-MODEL_SEQ_LEN = 128000
-LIST_FRAMES = 10
-#: a list of frames: timed at 2 frames per second, first resized to multiples of twice the factor
-#: with 4 to 16,384 such tokens (qwen-vl-utils' image defaults at that factor)
-LIST_FPS = 2.0
-LIST_MIN_TOKENS, LIST_MAX_TOKENS = 4, 16384
+#: the time written in the prompt's timestamps when sizing a segment of any video (5 digits of seconds)
+LATE_SECONDS = 99_000.0
 #: conversations whose token ids are kept between the cost estimate and encoding (an embed call's worth)
 PROMPTS_REMEMBERED = 8192
 
@@ -147,41 +134,12 @@ class ProcessedInput:
     video_grids: list[tuple[int, int, int]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class VideoPlan:
-    """How one video becomes model input: which frames, at what size, at which times."""
-
-    #: the frames to use, in order: frame indices of a file, or positions in a list of frames
-    positions: tuple[int, ...]
-    #: the time of each of them, in seconds
-    seconds: tuple[float, ...]
-    #: the size every frame is resized to
-    height: int
-    width: int
-    #: a list of frames: the size each frame is first resized to (``fetch_image``)
-    list_size: tuple[int, int] | None = None
-
-    def timestamps(self, temporal_patch_size: int) -> tuple[float, ...]:
-        """One time per temporal patch: the mean of its first and last frames' times."""
-        t = temporal_patch_size
-        return tuple((self.seconds[i] + self.seconds[i + t - 1]) / 2 for i in range(0, len(self.seconds), t))
-
-
 @dataclass
 class Video:
     """A planned video's frames, resized: ``(n, height, width, 3)`` uint8."""
 
     plan: VideoPlan
     frames: np.ndarray
-
-
-class FrameSampler(Protocol):
-    """What :meth:`Qwen3VLProcessor.plan_video` needs of a video: its reference frame count and
-    the plan for any frame count and per-frame pixel cap."""
-
-    reference_count: int
-
-    def plan(self, count: int, cap: float | None) -> VideoPlan: ...
 
 
 class Qwen3VLProcessor(QwenVLImageSettings):
@@ -294,25 +252,27 @@ class Qwen3VLProcessor(QwenVLImageSettings):
     # -- videos ----------------------------------------------------------------------------------
 
     def plan_video(self, video: VideoInput, messages: list[dict[str, Any]], images: Sequence[ImageSource] = (), *,
-                   fps: float | None = None, max_frames: int | None = None, item_id: str | None = None) -> VideoPlan:
+                   fps: float | None = None, max_frames: int | None = None, start: float | None = None,
+                   end: float | None = None, item_id: str | None = None) -> VideoPlan:
         """Frames, size and times of ``video``, the one video of ``messages`` (whose image entries
-        show ``images``); ``fps`` and ``max_frames`` default to the processor's.
+        show ``images``); ``fps`` and ``max_frames`` default to the processor's; ``start`` / ``end``
+        (seconds) limit a video file to that time range.
 
         The reference's plan when it fits: its video and image tokens end within ``max_length`` and
         it has at most ``max_video_tokens`` video tokens. Otherwise the largest frames that fit (down
         to the 1.05 x 128-token floor), then the most frames that fit at the largest size that fits.
         """
         try:
-            return self._plan_video(video, messages, images, fps or self.fps, max_frames or self.max_frames, item_id)
+            sampler = ListSampler(self, video, max_frames or self.max_frames, item_id) if isinstance(video, tuple) \
+                else FileSampler(self, video, fps or self.fps, max_frames or self.max_frames, item_id, start, end)
+            return self._plan_video(sampler, messages, images, item_id)
         except ItemError:
             raise
         except ValueError as exc:  # smart_resize's aspect ratio bound
             raise ItemError(item_id, f"video cannot be embedded: {exc}") from None
 
-    def _plan_video(self, video: VideoInput, messages: list[dict[str, Any]], images: Sequence[ImageSource],
-                    fps: float, max_frames: int, item_id: str | None) -> VideoPlan:
-        sampler = ListSampler(self, video, max_frames, item_id) if isinstance(video, tuple) else \
-            FileSampler(self, video, fps, max_frames, item_id)
+    def _plan_video(self, sampler: FrameSampler, messages: list[dict[str, Any]], images: Sequence[ImageSource],
+                    item_id: str | None) -> VideoPlan:
         image_tokens = self._image_tokens(images, item_id)
 
         def fits(plan: VideoPlan) -> bool:
@@ -334,6 +294,20 @@ class Qwen3VLProcessor(QwenVLImageSettings):
             else:
                 high = middle
         return self._largest_frames(sampler, low * FRAME_FACTOR, fits)
+
+    def video_seconds(self, width: int, height: int, messages: list[dict[str, Any]]) -> float:
+        """The longest stretch of a ``width x height`` video (the one video of ``messages``) planned
+        as the reference plans it, within the token budget: ``max_frames / fps`` seconds when that
+        many frames fit, else the seconds of the most frames that fit (at least the 4 sampled from
+        any video). Times are written as if late in a long video (5-digit seconds), so that a
+        segment anywhere in a video fits."""
+        most = self.max_frames // FRAME_FACTOR * FRAME_FACTOR
+        for count in range(most, MIN_FRAMES - 1, -FRAME_FACTOR):
+            height_, width_ = self.video_frame_size(height, width, count, MODEL_SEQ_LEN * self.factor ** 2 * 0.9)
+            times = tuple(LATE_SECONDS + i / self.fps for i in range(count))
+            if self._video_fits(messages, [], VideoPlan(tuple(range(count)), times, height_, width_), None):
+                return count / self.fps
+        return MIN_FRAMES / self.fps
 
     def load_video(self, video: VideoInput, plan: VideoPlan, *, item_id: str | None = None) -> Video:
         """The planned frames of ``video``, decoded and resized."""
@@ -486,73 +460,6 @@ class Qwen3VLProcessor(QwenVLImageSettings):
                 or ids.count(self.vision_start_id) != n_images + n_patches):
             raise ItemError(item_id, f"text must not contain the special tokens {VISION_START}, "
                                      f"{IMAGE_PAD} or {VIDEO_PAD}")
-
-
-class FileSampler:
-    """A video file's frames as ``fetch_video`` samples them (``smart_nframes``, then ``linspace``)."""
-
-    def __init__(self, processor: Qwen3VLProcessor, source, fps: float, max_frames: int, item_id: str | None):
-        self.processor = processor
-        self.info = probe_video(source, item_id=item_id)
-        total = self.info.frames
-        fewest = math.ceil(MIN_FRAMES / FRAME_FACTOR) * FRAME_FACTOR
-        most = math.floor(max_frames / FRAME_FACTOR) * FRAME_FACTOR
-        count = min(min(max(total / self.info.fps * fps, fewest), most), total)
-        count = math.floor(count / FRAME_FACTOR) * FRAME_FACTOR
-        if count < FRAME_FACTOR:
-            raise ItemError(item_id, f"video has {total} frame(s); at least {FRAME_FACTOR} are needed")
-        self.reference_count = count
-
-    def plan(self, count: int, cap: float | None) -> VideoPlan:
-        total = self.info.frames
-        indices = torch.linspace(0, total - 1, count).round().long().tolist()  # float32, as fetch_video
-        factor = self.processor.factor
-        height, width = self.processor.video_frame_size(self.info.height, self.info.width, count,
-                                                        MODEL_SEQ_LEN * factor * factor * 0.9, cap)
-        return VideoPlan(tuple(indices), tuple(i / self.info.fps for i in indices), height, width)
-
-
-class ListSampler:
-    """A list of frames as the reference embedder and ``fetch_video`` take it."""
-
-    def __init__(self, processor: Qwen3VLProcessor, frames: Sequence[ImageSource], max_frames: int,
-                 item_id: str | None):
-        self.processor, self.frames, self.item_id = processor, frames, item_id
-        self.sizes: dict[int, tuple[int, int]] = {}
-        positions = self._thinned(max_frames) if len(frames) > max_frames else list(range(len(frames)))
-        if len(positions) % FRAME_FACTOR:
-            positions += [positions[-1]] * (FRAME_FACTOR - len(positions) % FRAME_FACTOR)
-        self.positions = tuple(positions)
-        self.reference_count = len(positions)
-
-    def plan(self, count: int, cap: float | None) -> VideoPlan:
-        positions = self.positions if count >= self.reference_count else tuple(self._thinned(count))
-        height, width = self._list_size(positions)
-        factor = self.processor.factor
-        size = self.processor.video_frame_size(height, width, len(positions),
-                                               LIST_FRAMES * VIDEO_MAX_TOKENS * factor * factor, cap)
-        return VideoPlan(positions, tuple(i / LIST_FPS for i in range(len(positions))), *size,
-                         list_size=(height, width))
-
-    def _thinned(self, count: int) -> list[int]:
-        """``sample_frames``: ``count`` positions spread over the list, truncated to integers."""
-        return np.linspace(0, len(self.frames) - 1, count, dtype=int).tolist()
-
-    def _list_size(self, positions: Sequence[int]) -> tuple[int, int]:
-        """The one size ``fetch_image`` (factor 64) gives the frames at ``positions``."""
-        factor = 2 * self.processor.factor
-        for position in positions:
-            if position not in self.sizes:
-                width, height = image_size(self.frames[position], item_id=self.item_id)
-                self.sizes[position] = smart_resize(height, width, factor=factor,
-                                                    min_pixels=LIST_MIN_TOKENS * factor * factor,
-                                                    max_pixels=LIST_MAX_TOKENS * factor * factor,
-                                                    floor_at_factor=False, max_ratio=MAX_RATIO)
-        sizes = sorted({self.sizes[p] for p in positions})
-        if len(sizes) > 1:
-            shown = ", ".join(f"{w}x{h}" for h, w in sizes)
-            raise ItemError(self.item_id, f"the frames of a video must resize to one size, got {shown}")
-        return sizes[0]
 
 
 def truncate_keeping_special(ids: Sequence[int], max_length: int, special_ids: set[int], *,
