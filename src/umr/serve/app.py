@@ -33,6 +33,7 @@ from ..models.matryoshka import renormalised_prefix
 from .batcher import Embedded, MicroBatcher
 from .security import (Limits, RequestRefused, Security, check_count, check_image_bytes, check_text,
                        image_from_url)
+from .video import add_video_routes, image_or_video_upload, video_fields, video_from_url
 
 log = logging.getLogger("umr.serve")
 STATIC = Path(__file__).parent / "static"
@@ -79,6 +80,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str | None = None
     image: str | None = Field(default=None, description="a data: URI")
+    video: str | None = Field(default=None, description="a data: URI (video models)")  # issue 25: serve/video.py
     instruction: str | None = None
     modality: str | list[str] | None = None
     where: dict[str, Any] | None = None
@@ -167,6 +169,7 @@ def create_app(model, *, index=None, reranker=None, limits: Limits | None = None
     _install_guards(app, server)
     _embedding_routes(app, server)
     _index_routes(app, server)
+    add_video_routes(app, server)  # issue 25: posters and segments of video results (serve/video.py)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -437,7 +440,8 @@ def _result_json(result) -> dict[str, Any]:
     return {"rank": result.rank, "id": result.id, "score": result.score, "modality": result.modality,
             "text": result.text, "via": result.via, "metadata": result.meta,
             "thumbnail_url": thumbnail_url(record),
-            "original_url": "/v1/originals/" + quote(result.id, safe="") if thumbnail_url(record) else None}
+            "original_url": "/v1/originals/" + quote(result.id, safe="") if thumbnail_url(record) else None,
+            **video_fields(result)}
 
 
 async def _form_or_json(request: Request, model_cls):
@@ -482,9 +486,10 @@ def _index_routes(app: FastAPI, server: Server) -> None:
             raise RequestRefused(413, f"k={body.k} is over the limit of {limits.max_k}")
         text = check_text(body.text, limits, "query text")
         check_text(body.instruction, limits, "instruction")
-        image = check_image_bytes(upload, limits) if upload else (
-            image_from_url(body.image, limits, security) if body.image else None)
-        if (text is None or not text.strip()) and image is None:
+        image, video = image_or_video_upload(upload, limits) if upload else (  # issue 25: a video query
+            image_from_url(body.image, limits, security) if body.image else None,
+            video_from_url(body.video, limits, security) if body.video else None)
+        if (text is None or not text.strip()) and image is None and video is None:
             raise RequestRefused(400, "a query needs text, an image, or both")
         modality = body.modality
         try:
@@ -492,7 +497,7 @@ def _index_routes(app: FastAPI, server: Server) -> None:
                 Modality.parse(m)
         except ValueError as exc:
             raise RequestRefused(400, str(exc)) from None
-        query = Item.query(text=text if text and text.strip() else None, image=image,
+        query = Item.query(text=text if text and text.strip() else None, image=image, video=video,
                            instruction=body.instruction, id="query")
         try:
             query = await asyncio.to_thread(index.represent, query)
