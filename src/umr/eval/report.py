@@ -24,7 +24,7 @@ from typing import Any
 
 from ..core.results import TaskResult
 from ..data.tasks import CATEGORIES, UMRB_GROUPS
-from .notes import dropped_note, failure_note, percent
+from .notes import dropped_note, percent
 
 #: a task or category the pool does not have, as opposed to a value with no basis (``n/a``)
 ABSENT = "–"
