@@ -107,7 +107,7 @@ class Evaluator:
         self.store = EmbeddingStore(root, self.model_key, commit_every=self.config.commit_every,
                                     commit_seconds=self.config.commit_seconds, retry_errors=retry_errors)
         #: the rerank stage (with a ``reranker``), or None
-        self.rerank = None if reranker is None else RerankStage(
+        self.rerank_stage = None if reranker is None else RerankStage(
             reranker, k=int(rerank_k), key=reranker_key or default_reranker_key(reranker),
             root=root / "rerank", chunk_size=self.config.commit_every)
         # the latest pool's vectors, keyed by its content digest (a list's id() is reused once the
@@ -180,7 +180,7 @@ class Evaluator:
     def _view_key(self, dim: int | None) -> str:
         """What a result depends on besides the task: the model (and its dimension in a sweep)."""
         key = self.model_key if dim is None else f"{self.model_key}|dim={dim}"
-        return key if self.rerank is None else f"{key}|{self.rerank.tag}"
+        return key if self.rerank_stage is None else f"{key}|{self.rerank_stage.tag}"
 
     def _evaluate_views(self, task: RetrievalTask, dims: Sequence[int | None]) -> dict[int | None, TaskOutcome]:
         """The task scored at each of ``dims`` (None: the vectors as they are); what is not finished
@@ -224,12 +224,12 @@ class Evaluator:
                              candidate_errors=cerrors, signature=signature, dim=dim,
                              seconds={"search": t_search, "score": t_score, "total": time.perf_counter() - t_start})
         reranked = None
-        if self.rerank is not None:
-            reranked, pair_errors, spent = self.rerank.rerank(task, run, batch_size=self.config.batch_size,
-                                                              show_progress=self.config.show_progress)
+        stage = self.rerank_stage
+        if stage is not None:
+            reranked, pair_errors, spent = stage.rerank(task, run, batch_size=self.config.batch_size,
+                                                        show_progress=self.config.show_progress)
             self.timings["rerank_s"] += spent
-            result.rerank = self.rerank.scores(result.main_metric, *measure(task, self.config, reranked, scored),
-                                               pair_errors)
+            result.rerank = stage.scores(result.main_metric, *measure(task, self.config, reranked, scored), pair_errors)
         if self.folder is not None:
             t0 = time.perf_counter()
             self.folder.write_task(task, result, run, reranked)
@@ -240,7 +240,8 @@ class Evaluator:
     def _worth_retrying(self, previous: TaskResult, task: RetrievalTask) -> bool:
         """Whether a finished task with failures is stale: an item it lost would now be embedded
         again, or has been embedded since (by another task sharing it)."""
-        for failed, items in ((previous.failures.queries, task.queries), (previous.failures.candidates, task.candidates)):
+        failures = previous.failures
+        for failed, items in ((failures.queries, task.queries), (failures.candidates, task.candidates)):
             if failed:
                 standing, retry = self.store.failure_state(items)
                 if retry or standing != failed:

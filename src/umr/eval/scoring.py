@@ -106,7 +106,8 @@ def scored_queries(task: RetrievalTask, run: Run) -> tuple[list[str], dict[str, 
                     "unjudged": sum(q in run and q not in task.qrels for q in qids)}
 
 
-def measure(task: RetrievalTask, config: EvalConfig, run: Run, scored: list[str]) -> tuple[dict[str, float], dict[str, Any]]:
+def measure(task: RetrievalTask, config: EvalConfig, run: Run,
+            scored: list[str]) -> tuple[dict[str, float], dict[str, Any]]:
     """A run's mean metrics over the ``scored`` queries — the configured ones, plus the task's
     hit@k and its headline at its k — and its modality bias."""
     _, metric, metric_k = headline_metric(task.headline)
