@@ -53,13 +53,6 @@ def _noise(width, height, mode="RGB", seed=0):
     return image
 
 
-@pytest.fixture(scope="session")
-def tiny_qwen3vl_dir(tmp_path_factory):
-    from umr.testing import write_tiny_qwen3vl
-
-    return write_tiny_qwen3vl(tmp_path_factory.mktemp("tiny-qwen3vl") / "tiny-qwen3vl", seed=0)
-
-
 @pytest.fixture(scope="module")
 def q3(tiny_qwen3vl_dir):
     return umr.load_model(tiny_qwen3vl_dir)

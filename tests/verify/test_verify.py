@@ -6,19 +6,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 import umr
 from umr.cli import main
 from umr.core.items import Item
 from umr.verify import Probe, ProbeResult, Tolerance, compare, probe_set, reference_for, verify
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen3vl(tmp_path_factory):
-    from umr.testing import write_tiny_qwen3vl
-
-    return write_tiny_qwen3vl(tmp_path_factory.mktemp("verify") / "tiny-qwen3vl", seed=0)
 
 
 def _kinds(out: str) -> dict[str, str]:
@@ -53,8 +45,8 @@ def test_tiny_gme_matches_its_reference_on_every_probe_kind(tiny_gme_dir, capsys
     assert "OK: 18 of 18 probes" in out
 
 
-def test_tiny_qwen3vl_matches_its_reference(tiny_qwen3vl, capsys):
-    assert main(["verify", "--model", str(tiny_qwen3vl)]) == 0, capsys.readouterr().out
+def test_tiny_qwen3vl_matches_its_reference(tiny_qwen3vl_dir, capsys):
+    assert main(["verify", "--model", str(tiny_qwen3vl_dir)]) == 0, capsys.readouterr().out
 
 
 def test_a_departing_option_fails_and_names_the_probes(tiny_gme_dir, capsys):
