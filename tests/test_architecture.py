@@ -25,7 +25,6 @@ MAX_LINES = 600
 OVERSIZED = {
     "umr/index/store.py",
     "umr/eval/runner.py",
-    "umr/serve/app.py",
     "umr/train/trainer.py",
     "umr/models/mmembed/modeling_mmembed.py",
 }
