@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class Index:
     def create(cls, folder: str | os.PathLike, model, *, backend: str = DEFAULT_BACKEND, uri: str | None = None,
                collection: str = "umr", method: str = "exact", ocr: bool | None = None,
                hnsw_m: int = 32, ef_construction: int = 100, ef_search: int = 128,
-               model_options: dict[str, Any] | None = None) -> "Index":
+               model_options: dict[str, Any] | None = None) -> Index:
         """A new, empty index in ``folder`` for ``model`` (an :class:`Embedder` or a name to load),
         in the store ``backend`` (:mod:`~umr.index.backends`: ``faiss`` or ``milvus``).
 
@@ -88,7 +89,7 @@ class Index:
 
     @classmethod
     def open(cls, folder: str | os.PathLike, *, model=None, writable: bool = False,
-             device: str | None = None, dtype: str | None = None) -> "Index":
+             device: str | None = None, dtype: str | None = None) -> Index:
         """Open an index; ``model`` (embedder or name) is checked against the one that built it.
 
         Without ``model`` the recorded model is loaded on the first text/image search, from its

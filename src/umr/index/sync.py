@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
+from collections.abc import Callable, Sequence
 
 from ..core.atomic import write_text_atomic
 from ..core.entries import Entry, EntryKind, ReadReport

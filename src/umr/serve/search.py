@@ -4,7 +4,8 @@ one ``Index.search`` and ``umr search`` run), with its steps where the server ru
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Coroutine, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Coroutine
 from urllib.parse import quote
 
 import numpy as np
