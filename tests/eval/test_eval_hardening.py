@@ -123,7 +123,7 @@ def test_mbeir_keeps_uniir_means_every_query_of_the_file(mbeir_dir, oracle, tmp_
     [task] = load_mbeir(root, tasks=["mscoco_task0"])
     task.candidates = [c for c in task.candidates if c.id != "1:1000"]  # query 1:0 now misses
     result = Evaluator(oracle).evaluate_task(task).result
-    assert result["n_scored_queries"] == 6 and result["metrics"]["hit@5"] == pytest.approx(5 / 6)
+    assert result.n_scored_queries == 6 and result.metrics["hit@5"] == pytest.approx(5 / 6)
 
 
 # -- BEIR's ignore_identical_ids (8.7) -----------------------------------------------------------
@@ -144,13 +144,13 @@ def test_results_with_the_query_id_are_dropped_as_beir_does(tmp_path):
     for qid, scores in outcome.run.items():
         assert qid not in scores and len(scores) == 3  # searched one deeper: depth results remain
     qrels = {q: dict(j) for q, j in task.qrels.items()}
-    assert outcome.result["metrics"]["ndcg@10"] == pytest.approx(pytrec_means(qrels, outcome.run)["ndcg@10"], abs=1e-9)
+    assert outcome.result.metrics["ndcg@10"] == pytest.approx(pytrec_means(qrels, outcome.run)["ndcg@10"], abs=1e-9)
     # the query finding itself would have ranked first, pushing the counter-argument down
     kept = load_beir_task(_argument_task(tmp_path / "keep", meta={"ignore_identical_ids": False}))
     assert not kept.ignore_identical_ids
     with_self = Evaluator(Words(), config=config).evaluate_task(kept)
     assert all(qid in scores for qid, scores in with_self.run.items())
-    assert with_self.result["metrics"]["mrr"] < outcome.result["metrics"]["mrr"] == pytest.approx(1.0)
+    assert with_self.result.metrics["mrr"] < outcome.result.metrics["mrr"] == pytest.approx(1.0)
     assert not load_beir_task(tmp_path / "arg", ignore_identical_ids=False).ignore_identical_ids
 
 
@@ -207,7 +207,7 @@ def test_metrics_without_basis_are_na(tmp_path, monkeypatch, capsys):
     nothing = write_beir(tmp_path / "nothing", [{"_id": "d0", "text": "refused"}], [{"_id": "q0", "text": "x"}],
                          [("q0", "d0", 1)])
     result = Evaluator(Words(refuse=("refused",))).evaluate_task(load_beir_task(nothing)).result
-    assert result["main_score"] == 0.0 and result["modality_bias"]["bias"] is None
+    assert result.main_score == 0.0 and result.modality_bias["bias"] is None
 
 
 def test_an_item_whose_file_changed_since_it_failed_is_embedded_again(tmp_path, monkeypatch, capsys):
