@@ -10,6 +10,15 @@ from collections import Counter
 from typing import Any, Callable, Iterable, Sequence
 
 
+def fields_of(record: dict[str, Any]) -> Iterable[str]:
+    """The metadata fields a record has."""
+    return (record.get("meta") or {}).keys()
+
+
+def modality_of(record: dict[str, Any]) -> str:
+    return record.get("modality") or ""
+
+
 class Catalog:
     """The metadata fields and modality counts of a store's live records, or None until counted."""
 
@@ -40,13 +49,13 @@ class Catalog:
         """Take in a commit: the records it ``added`` and those it replaced or deleted (read only
         when modalities are being counted: their lines are still on disk)."""
         if self._modalities is not None:
-            gone = [r.get("modality") or "" for r in dropped()]
+            gone = [modality_of(r) for r in dropped()]
             with self._lock:
                 self._modalities.subtract(gone)
-                self._modalities.update(r.get("modality") or "" for r in added)
+                self._modalities.update(modality_of(r) for r in added)
         if self._fields is not None:
             for r in added:
-                self._fields.update((r.get("meta") or {}).keys())
+                self._fields.update(fields_of(r))
 
     def forget(self, *, modalities: bool = True) -> None:
         """Count again on next use: the store maps another snapshot (a compaction keeps the

@@ -16,7 +16,7 @@ import numpy as np
 
 from ...core.atomic import fsync_dir
 from ..base import MANIFEST, Filter, Hit, IndexStoreError, VectorStore, check_search_args, json_line, write_manifest
-from .catalog import Catalog
+from .catalog import Catalog, fields_of, modality_of
 from .hnsw import graph_name, grow_graph
 from .locks import ReadWriteLock, acquire_writer_lock, release_writer_lock
 from .maintenance import Superseded, collect_garbage, write_compacted
@@ -143,7 +143,7 @@ class FlatStore(VectorStore):
             fields: set[str] = set()
             with self._rw.read():
                 for _, line in self._state.live_lines():
-                    fields.update((json.loads(line).get("meta") or {}).keys())
+                    fields.update(fields_of(json.loads(line)))
             return fields
 
         fields = self._reading(read)
@@ -158,7 +158,7 @@ class FlatStore(VectorStore):
         def read():
             with self._rw.read():  # no commit between counting and keeping the count
                 return self._catalog.keep_modalities(
-                    Counter(json.loads(line).get("modality") or "" for _, line in self._state.live_lines()))
+                    Counter(modality_of(json.loads(line)) for _, line in self._state.live_lines()))
 
         return self._reading(read)
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..base import Filter
+from .catalog import fields_of
 from .hnsw import read_graph
 from .manifest import Snapshot
 from .vectors import build_flat, matrix
@@ -121,7 +122,7 @@ class Searcher:
             fields: set[str] = set()
             for row, line in snapshot.live_lines():
                 record = json.loads(line)
-                fields.update((record.get("meta") or {}).keys())
+                fields.update(fields_of(record))
                 if not filter.accepts(record):
                     mask[row] = False
             self._fields_seen(fields)
