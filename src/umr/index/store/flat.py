@@ -42,7 +42,7 @@ class FlatStore(VectorStore):
         self._catalog = Catalog()
         self._searcher = Searcher(self.folder, self.dim, self._catalog.keep_fields)
         self._superseded = Superseded(self.folder)
-        self._mutex = threading.Lock()  # loading the ids of a snapshot
+        self._keys_lock = threading.Lock()  # one thread loads the ids of a snapshot
         self._rw = ReadWriteLock()  # searches vs. in-memory changes of a commit
         self._writing = threading.Lock()  # one commit at a time
 
@@ -322,5 +322,5 @@ class FlatStore(VectorStore):
 
     def _keys(self) -> Keys:
         state = self._state
-        with self._mutex:
+        with self._keys_lock:
             return state.read_keys()
