@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import FastAPI
+from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 
 from ..core.items import ItemError
 from ..core.results import Result
 from ..core.video import probe_video, read_frames
 from .security import Limits, RequestRefused, Security, check_image_bytes, data_uri_bytes, fetch_allowed
+from .server import Server
 
 POSTER_PX = 384
 
@@ -75,8 +76,9 @@ def video_fields(result: Result) -> dict[str, Any]:
             "video_url": "/v1/videos/" + quoted}
 
 
-def add_video_routes(app: FastAPI, server) -> None:
+def videos_router(server: Server) -> APIRouter:
     """``GET /v1/posters/{id}`` and ``GET /v1/videos/{id}`` for the video items of the index."""
+    router = APIRouter()
 
     async def video_record(item_id: str) -> dict[str, Any]:
         index = server.need_index()
@@ -88,16 +90,18 @@ def add_video_routes(app: FastAPI, server) -> None:
             raise RequestRefused(404, "this item has no video")
         return record
 
-    @app.get("/v1/posters/{item_id:path}")
+    @router.get("/v1/posters/{item_id:path}")
     async def poster(item_id: str):
         record = await video_record(item_id)
         data = await asyncio.to_thread(_poster, record)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
-    @app.get("/v1/videos/{item_id:path}")
+    @router.get("/v1/videos/{item_id:path}")
     async def video(item_id: str):
         record = await video_record(item_id)
         return FileResponse(record["path"], headers={"Cache-Control": "private, max-age=300"})
+
+    return router
 
 
 def _poster(record: dict[str, Any]) -> bytes:
