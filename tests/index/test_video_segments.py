@@ -15,7 +15,8 @@ import pytest
 import umr
 from umr.cli import main
 from umr.core.items import Item
-from umr.data.video_segments import SegmentError, VideoSegmenter, format_span, segment_id, segment_times
+from umr.data.video_segments import (SegmentError, VideoSegmenter, format_span, segment_id, segment_times,
+                                      stale_segments)
 from umr.index import Index
 from umr.models.qwen3vl.modeling_qwen3vl import embedding_messages
 from umr.models.qwen3vl.video_sampling import FileSampler
@@ -64,6 +65,9 @@ def test_segment_times_ids_and_spans():
     assert segment_id("clips/talk.mp4", 120.0, 150.0) == "clips/talk.mp4#t=120,150"
     assert segment_id("a.webm", 0, 27.25) == "a.webm#t=0,27.25"
     assert format_span(120, 150) == "2:00-2:30" and format_span(3723.5, 3730) == "1:02:03.5-1:02:10"
+    stored = ["c/a.mp4#t=0,30", "c/a.mp4#t=30,60", "c/b.mp4", "c/c.mp4#t=0,30", "c/d.mp4#t=0,30", "notes.txt"]
+    seen = {"c/a.mp4#t=0,60", "c/b.mp4#t=0,30", "c/c.mp4", "notes.txt"}  # d.mp4 not read: left to --prune
+    assert stale_segments(stored, seen) == ["c/a.mp4#t=0,30", "c/a.mp4#t=30,60", "c/b.mp4", "c/c.mp4#t=0,30"]
     with pytest.raises(SegmentError, match="overlap"):
         VideoSegmenter(None, seconds=30, overlap=30)
     with pytest.raises(SegmentError, match="positive"):
@@ -103,6 +107,10 @@ def test_a_folder_of_videos_indexes_into_segments(tmp_path, q3, clips):
         again = index.index_corpus(clips)
         assert (again.added, again.unchanged) == (0, 12)
         assert index.config["video_segments"] == {"seconds": 30.0, "overlap": 0.0}
+        # cut differently: the old segments go, as a re-split text's old passages do
+        recut = index.index_corpus(clips, segment_seconds=60)
+        assert (recut.added, recut.deleted) == (5, 10)
+        assert len([i for i in index.ids() if i.startswith("clips/talk.mp4#t=")]) == 5
 
 
 def test_default_segments_fit_the_model_budget_unshrunk(tmp_path, tiny_dir, clips):

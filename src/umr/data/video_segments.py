@@ -21,7 +21,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 from ..core.entries import Entry, EntryKind
 from ..core.items import Item, ItemError
@@ -108,6 +108,21 @@ def segment_id(name: str, start: float, end: float) -> str:
 
 def _seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def stale_segments(stored: Iterable[str], seen: set[str]) -> list[str]:
+    """Stored ids that a video read in this run (``seen``) no longer has: segments of another cut
+    (other settings, a changed file) and the whole item of a video now cut, or the segments of a
+    video now whole."""
+    cut = {item_id.split("#t=", 1)[0] for item_id in seen if "#t=" in item_id}
+    stale = []
+    for item_id in stored:
+        if item_id in seen:
+            continue
+        base, is_segment, _ = item_id.partition("#t=")
+        if (is_segment and (base in cut or base in seen)) or (not is_segment and item_id in cut):
+            stale.append(item_id)
+    return stale
 
 
 def format_span(start: float, end: float | None) -> str:

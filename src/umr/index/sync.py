@@ -25,7 +25,7 @@ from ..core.items import Item, ItemError
 from ..core.results import Summary
 from ..data.chunking import Chunker, stale_passages
 from ..data.corpus import VIDEO_NOT_INDEXED, default_id_prefix, read_corpus
-from ..data.video_segments import video_segmenter
+from ..data.video_segments import stale_segments, video_segmenter
 from .base import IndexStoreError, VectorStore, json_line
 from .embedding import ChunkEmbedder
 from .run import RunTarget, read_skip_cache, run_entries
@@ -156,8 +156,8 @@ def index_corpus(target: SyncTarget, source, *, image_root=None, commit_every: i
         stale = [r["id"] for r in store.records()
                  if r.get("source") == source_key and r["id"] not in seen]
         summary.deleted += store.delete(stale)
-    else:  # a text split differently than before: its old passages (or whole item) go
-        candidates = stale_passages(store.ids(), seen)
+    else:  # a text split (or a video cut) differently than before: its old passages (or whole item) go
+        candidates = stale_passages(store.ids(), seen) + stale_segments(store.ids(), seen)
         stale = [r["id"] for r in store.get(candidates) if r is not None and r.get("source") == source_key]
         summary.deleted += store.delete(stale)
     update_graph(store)
