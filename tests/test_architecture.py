@@ -26,7 +26,6 @@ OVERSIZED = {
     "umr/index/store.py",
     "umr/index/index.py",
     "umr/eval/runner.py",
-    "umr/serve/app.py",
     "umr/train/trainer.py",
     "umr/models/mmembed/modeling_mmembed.py",
 }

@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import threading
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,11 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..core.atomic import write_bytes_atomic
 from ..core.images import load_image
-from ..core.items import Item, ItemError, Modality
+from ..core.items import Item, Modality
 from ..index.base import StoreUnreachable
 from ..index.index import Unrepresentable
-from ..models.matryoshka import renormalised_prefix
-from .batcher import Embedded, MicroBatcher
+from .batcher import MicroBatcher
+from .cohere_v2 import cohere_routes
+from .common import check_items, check_model_name, embed_or_refuse, json_response, naming, rerank, truncate
 from .security import (Limits, RequestRefused, Security, check_count, check_image_bytes, check_text,
                        image_from_url)
 
@@ -167,6 +168,7 @@ def create_app(model, *, index=None, reranker=None, limits: Limits | None = None
     _install_guards(app, server)
     _embedding_routes(app, server)
     _index_routes(app, server)
+    app.include_router(cohere_routes(server))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -272,23 +274,6 @@ def _install_guards(app: FastAPI, server: Server) -> None:
 
 # -- embeddings ----------------------------------------------------------------------------------
 
-@contextmanager
-def naming(where: str):
-    """A refusal while one input of a request is read names that input (``input 2: ...``): as
-    OpenAI's API does, one bad input refuses the whole request, saying which one it is."""
-    try:
-        yield
-    except RequestRefused as exc:
-        raise RequestRefused(exc.status, f"{where}: {exc}") from None
-
-
-def check_items(items: list[Item], names: list[str]) -> None:
-    """400 naming the first item that cannot be embedded as it is (no text and no image)."""
-    for item, name in zip(items, names):
-        if item.problem is not None:
-            raise RequestRefused(400, f"{name}: {item.problem}")
-
-
 def embedding_items(body: EmbeddingRequest, limits: Limits, security: Security) -> list[Item]:
     """The request's inputs as items: strings, images (infinity), or chat messages (vLLM); a bad
     one (empty, not an image, too large) refuses the request, naming it (``input 2``)."""
@@ -332,40 +317,8 @@ def _message_item(message: Message, limits: Limits, security: Security, is_query
     return Item(text=text, image=image, is_query=is_query, instruction=instruction, id=str(i))
 
 
-def truncate(vectors: np.ndarray, dimensions: int | None, full: int) -> np.ndarray:
-    """The first ``dimensions`` of each vector, renormalised (Matryoshka), or refuse a bad size."""
-    if dimensions is None or dimensions == full:
-        return vectors
-    if dimensions > full:
-        raise RequestRefused(400, f"dimensions={dimensions} is more than the model's {full}")
-    return renormalised_prefix(vectors, dimensions)
-
-
-async def embed_or_refuse(server: Server, items: list[Item], names: list[str]) -> Embedded:
-    """The items' vectors, or 400 naming the first one the model could not embed (``names[i]``
-    labels item ``i``): nothing of a request is embedded unless all of it is."""
-    embedded = await server.batcher.embed(items)
-    if embedded.result.errors:
-        err = embedded.result.errors[0]
-        raise RequestRefused(400, f"{names[err.index]}: {err.reason}")
-    return embedded
-
-
-def json_response(payload: dict[str, Any]) -> Response:
-    """``payload`` as JSON, numpy arrays included: float32 vectors are written as the shortest
-    decimals that read back to the same float32 (about half the bytes of float64 repr, and
-    ~25x faster than ``json.dumps`` of lists: 11 us against 290 us for one 384-d vector)."""
-    import orjson
-
-    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
-
-
 def _embedding_routes(app: FastAPI, server: Server) -> None:
     model, limits, security = server.model, server.limits, server.security
-
-    def check_model_name(name: str | None) -> None:
-        if name is not None and name not in (model.name, Path(str(model.name)).name):
-            raise RequestRefused(404, f"model {name!r} is not served here; this server serves {model.name!r}")
 
     @app.get("/v1/models")
     async def models():
@@ -373,11 +326,11 @@ def _embedding_routes(app: FastAPI, server: Server) -> None:
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest):
-        check_model_name(body.model)
+        check_model_name(model, body.model)
         items = embedding_items(body, limits, security)
-        embedded = await embed_or_refuse(server, items, [f"{'message' if body.messages is not None else 'input'} {i}"
+        embedded = await embed_or_refuse(server.batcher, items, [f"{'message' if body.messages is not None else 'input'} {i}"
                                                          for i in range(len(items))])
-        vectors = truncate(embedded.result.vectors, body.dimensions, model.dim)
+        vectors = truncate(embedded.result.vectors, body.dimensions, model)
         data = []
         for i, v in enumerate(np.ascontiguousarray(vectors, dtype="<f4")):  # as orjson writes arrays
             value = base64.b64encode(v.tobytes()).decode("ascii") if body.encoding_format == "base64" else v
@@ -386,24 +339,9 @@ def _embedding_routes(app: FastAPI, server: Server) -> None:
                               "usage": {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens}})
 
     @app.post("/v1/rerank")
-    async def rerank(body: RerankRequest):
-        if server.reranker is None:
-            raise RequestRefused(404, "no reranker loaded: start the server with --rerank MODEL")
-        if not check_text(body.query, limits, "query").strip():
-            raise RequestRefused(400, "query: the query is empty")
-        check_count(len(body.documents), limits, "documents")
-        docs = []
-        for i, d in enumerate(body.documents):
-            text = d if isinstance(d, str) else d.get("text")
-            if not isinstance(text, str):
-                raise RequestRefused(400, f"documents[{i}]: a document is a string or an object with a string 'text'")
-            with naming(f"documents[{i}]"):
-                docs.append(check_text(text, limits, "document"))
-        try:
-            scores = await server.batcher.run(server.reranker.score, body.query, docs)
-        except ItemError as exc:  # an empty document, or one the reranker cannot read: named, as inputs are
-            raise RequestRefused(400, f"documents[{exc.index}]: {exc.reason}") from None
-        order = sorted(range(len(docs)), key=lambda i: -float(scores[i]))[: body.top_n or len(docs)]
+    async def rerank_v1(body: RerankRequest):
+        docs, order, scores = await rerank(server.batcher, server.reranker, body.query, body.documents, limits,
+                                           body.top_n)
         results = [{"index": i, "relevance_score": float(scores[i]),
                     **({"document": {"text": docs[i]}} if body.return_documents else {})} for i in order]
         return {"model": str(server.reranker.name), "results": results}
@@ -499,7 +437,7 @@ def _index_routes(app: FastAPI, server: Server) -> None:
         except Unrepresentable:
             raise RequestRefused(422, f"the query image has no readable text and {index.model_name} cannot see "
                                       f"pixels: add query text") from None
-        vector = (await embed_or_refuse(server, [query], ["the query"])).result.vectors
+        vector = (await embed_or_refuse(server.batcher, [query], ["the query"])).result.vectors
         k = body.k * 3 if body.rerank and server.reranker is not None else body.k
         try:
             results = (await server.in_index(lambda: index.search_vectors(vector, k=k, modality=modality,
