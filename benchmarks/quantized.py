@@ -24,7 +24,7 @@ Configurations, each built and measured in a fresh process (its memory is its ow
   scalar-quantizer index, searched by ``int8_search`` (float32 queries against decoded rows);
 * ``int8-rescore``: int8 candidates, ``--rescore-k`` of them, rescored against the float32 rows;
 * ``binary-rescore``: sign bits in a faiss ``IndexBinaryFlat``, the ``--rescore-k`` (default
-  ``max(10k, 100)``) nearest in Hamming distance rescored exactly against the float32 rows, read
+  ``max(20k, 200)``) nearest in Hamming distance rescored exactly against the float32 rows, read
   on demand from a memory-mapped ``.npy``;
 * ``binary``: the Hamming top-k alone.
 
@@ -74,7 +74,7 @@ CHUNK = 100_000
 CONFIGS = ("float32-faiss", "float32-blocks", "int8", "int8-rescore", "binary-rescore", "binary")
 FLOAT_CONFIGS = ("float32-faiss", "float32-blocks")
 #: other rescoring depths each rescoring configuration also measures (batched)
-DEPTH_SWEEP = {"int8-rescore": (20, 40), "binary-rescore": (20, 40, 60, 200, 400)}
+DEPTH_SWEEP = {"int8-rescore": (20, 40), "binary-rescore": (20, 40, 60, 100, 400)}
 
 SUBJECTS = ("the doctor|a young teacher|my neighbour|the old fisherman|a software engineer|the city council|"
             "a small startup|the orchestra|our football team|the museum curator|a retired pilot|the local bakery|"
@@ -412,7 +412,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=None, help="queries in the batch (default 1000; quick 200)")
     parser.add_argument("--single", type=int, default=None, help="queries one at a time (default 200; quick 50)")
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--rescore-k", type=int, default=None, help="candidates rescored (default max(10k, 100))")
+    parser.add_argument("--rescore-k", type=int, default=None, help="candidates rescored (default max(20k, 200))")
     parser.add_argument("--threads", type=int, default=1, help="faiss and BLAS threads")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("UMR_CACHE") or Path.home() / ".cache" / "umr")
                         / "benchmarks", help="where the embedded real vectors are kept")

@@ -329,8 +329,8 @@ def test_rescoring_keeps_the_best_candidates_and_pads_missing_ones():
         qi.rescore(queries, candidates[:1], rows, 3)
 
 
-def test_default_rescore_depth_is_ten_times_k_and_at_least_100():
-    assert qi.default_rescore_k(1) == 100 and qi.default_rescore_k(10) == 100 and qi.default_rescore_k(50) == 500
+def test_default_rescore_depth_is_twenty_times_k_and_at_least_200():
+    assert qi.default_rescore_k(1) == 200 and qi.default_rescore_k(10) == 200 and qi.default_rescore_k(50) == 1000
 
 
 # -- base64 and the API's embedding types ---------------------------------------------------------

@@ -179,7 +179,7 @@ class CompactVectors:
                mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best rows for each float32 query: (scores descending, row ids; -inf and -1
         where fewer rows qualify). ``rescore_k`` candidates from the codes (default
-        ``max(10k, 100)``; 0: no rescoring, the codes' own ranking and, for int8, scores of the
+        ``max(20k, 200)``; 0: no rescoring, the codes' own ranking and, for int8, scores of the
         decoded rows, for sign bits ``dim - 2 * Hamming distance``). ``mask``: rows allowed."""
         q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
         if mask is not None and len(mask) != len(self):

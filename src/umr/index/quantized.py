@@ -21,11 +21,12 @@ if TYPE_CHECKING:
 #: below this many queries a faiss scan of the codes beats decoding blocks for a matrix product
 #: (faiss makes the same switch to BLAS at 20 queries)
 FAISS_SCAN_BELOW = 20
-#: candidates rescored per result by default: minilm's 384 sign bits need 6-10x (0.958 / 0.985
-#: recall@10 at 6x / 10x on real vectors), wider models less
-RESCORE_FACTOR = 10
+#: candidates rescored per result by default: minilm's 384 sign bits need 10x on 50k real vectors
+#: (0.985 recall@10) but 20x on 1M (benchmarks/quantized.py: 0.950 at 100 candidates, 0.992 at
+#: 200, at the same queries/s); wider models need less
+RESCORE_FACTOR = 20
 #: at least this many candidates whatever k (Hamming distances tie in large groups)
-RESCORE_FLOOR = 100
+RESCORE_FLOOR = 200
 
 
 # -- sign bits --------------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ def knn_ip(queries: np.ndarray, rows: np.ndarray, k: int, *, mask: np.ndarray | 
 
 
 def default_rescore_k(k: int) -> int:
-    """Candidates a compact first stage hands to rescoring for ``k`` results: ``max(10k, 100)``."""
+    """Candidates a compact first stage hands to rescoring for ``k`` results: ``max(20k, 200)``."""
     return max(RESCORE_FACTOR * k, RESCORE_FLOOR)
 
 
