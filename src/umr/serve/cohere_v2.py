@@ -136,12 +136,12 @@ def cohere_routes(server: Served) -> APIRouter:
 async def embed_items(server: Served, body: EmbedRequest) -> tuple[list[Item], list[str]]:
     """The request's inputs as items and their names (``texts[2]``); exactly one of ``texts``,
     ``images`` and ``inputs``; a bad one refuses the request, naming it."""
-    given = [name for name in ("texts", "images", "inputs") if getattr(body, name) is not None]
+    given = {name: values for name, values in (("texts", body.texts), ("images", body.images),
+                                                ("inputs", body.inputs)) if values is not None}
     if len(given) != 1:
         raise RequestRefused(400, "give exactly one of texts, images and inputs")
-    kind = given[0]
+    (kind, values), = given.items()
     limits, security = server.limits, server.security
-    values = getattr(body, kind)
     check_count(len(values), limits, kind)
     is_query = body.input_type == "search_query"
     texts: list[str | None] = []
