@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter
@@ -26,25 +26,16 @@ from ..core.items import Item
 from ..core.quantize import EMBEDDING_TYPES, SymmetricInt8, embedding_types
 from ..models.base import Embedder
 from ..models.matryoshka import matryoshka_prefix
-from .batcher import MicroBatcher
-from .common import check_items, check_model_name, embed_or_refuse, json_response, naming, rerank, truncate
-from .security import Limits, RequestRefused, Security, check_count, check_text, image_from_url
+from .embeddings import check_model_name, json_response, truncate
+from .rerank import rank_documents
+from .security import RequestRefused, check_count, check_text, image_from_url
+from .server import Server, check_items, embed_or_refuse, naming
 
 #: Cohere's input types: a query is embedded with the model's query instruction; the rest as
 #: documents (classification and clustering compare items of one kind with each other, so every
 #: item is embedded the same way, with no instruction)
 INPUT_TYPES = ("search_query", "search_document", "classification", "clustering", "image")
 API_META = {"api_version": {"version": "2"}}
-
-
-class Served(Protocol):
-    """What these routes use of the server (:class:`umr.serve.app.Server`)."""
-
-    model: Embedder
-    reranker: Any
-    batcher: MicroBatcher
-    limits: Limits
-    security: Security
 
 
 class ImageUrl(BaseModel):
@@ -93,7 +84,7 @@ class RerankRequest(BaseModel):
     return_documents: bool = False
 
 
-def cohere_routes(server: Served) -> APIRouter:
+def cohere_router(server: Server) -> APIRouter:
     """The ``/v2`` routes for ``server``, to ``include_router`` in the app."""
     router = APIRouter(tags=["cohere"])
     scales = Int8Scales(server)
@@ -109,7 +100,7 @@ def cohere_routes(server: Served) -> APIRouter:
             raise RequestRefused(400, f"embedding_types: {', '.join(map(repr, unknown)) or 'none'} given; "
                                       f"choose from {', '.join(EMBEDDING_TYPES)}")
         items, names = await embed_items(server, body)
-        embedded = await embed_or_refuse(server.batcher, items, names)
+        embedded = await embed_or_refuse(server, items, names)
         vectors = truncate(embedded.result.vectors, body.output_dimension, model)
         codec = await scales.get(body.output_dimension) if {"int8", "uint8"} & set(body.embedding_types) else None
         payload: dict[str, Any] = {
@@ -123,8 +114,8 @@ def cohere_routes(server: Served) -> APIRouter:
 
     @router.post("/v2/rerank")
     async def rerank_v2(body: RerankRequest):
-        docs, order, scores = await rerank(server.batcher, server.reranker, body.query, body.documents,
-                                           server.limits, body.top_n, body.max_tokens_per_doc)
+        docs, order, scores = await rank_documents(server, body.query, body.documents, body.top_n,
+                                                   body.max_tokens_per_doc)
         results = [{"index": i, "relevance_score": float(scores[i]),
                     **({"document": {"text": docs[i]}} if body.return_documents else {})} for i in order]
         return {"id": str(uuid.uuid4()), "results": results,
@@ -133,7 +124,7 @@ def cohere_routes(server: Served) -> APIRouter:
     return router
 
 
-async def embed_items(server: Served, body: EmbedRequest) -> tuple[list[Item], list[str]]:
+async def embed_items(server: Server, body: EmbedRequest) -> tuple[list[Item], list[str]]:
     """The request's inputs as items and their names (``texts[2]``); exactly one of ``texts``,
     ``images`` and ``inputs``; a bad one refuses the request, naming it."""
     given = {name: values for name, values in (("texts", body.texts), ("images", body.images),
@@ -196,7 +187,7 @@ class Int8Scales:
     """The API's int8 codec per output dimension: ``a`` = the largest value over the served
     model's vectors of built-in calibration inputs, embedded once (at the first int8 request)."""
 
-    def __init__(self, server: Served) -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.vectors: np.ndarray | None = None
         self.codecs: dict[int | None, SymmetricInt8] = {}
@@ -207,7 +198,7 @@ class Int8Scales:
             if dim not in self.codecs:
                 if self.vectors is None:
                     items = calibration_items(self.server.model.sees_images)
-                    embedded = await embed_or_refuse(self.server.batcher, items, [f"calibration {i}" for i in
+                    embedded = await embed_or_refuse(self.server, items, [f"calibration {i}" for i in
                                                                                    range(len(items))])
                     self.vectors = embedded.result.vectors
                 self.codecs[dim] = SymmetricInt8.fit(matryoshka_prefix(self.server.model, self.vectors, dim))
