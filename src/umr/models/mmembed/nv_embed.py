@@ -20,8 +20,17 @@ from torch.nn import functional as F
 # configuration
 
 
+class _FromConfig:
+    """Settings read from a config section: the keys the dataclass names, ``None`` left at its default."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+
+
 @dataclass
-class MistralSettings:
+class MistralSettings(_FromConfig):
     """The parts of NV-Embed-v1's ``text_config`` (a Mistral-7B-v0.1) that shape the model."""
 
     vocab_size: int = 32000
@@ -35,18 +44,13 @@ class MistralSettings:
     rope_theta: float = 10000.0
     hidden_act: str = "silu"
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MistralSettings":
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
-
     @property
     def dim_per_head(self) -> int:
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
 
 @dataclass
-class LatentAttentionSettings:
+class LatentAttentionSettings(_FromConfig):
     """NV-Embed's ``latent_attention_config`` (defaults are NV-Embed-v1's)."""
 
     num_latents_value: int = 512
@@ -56,11 +60,6 @@ class LatentAttentionSettings:
     hidden_dim: int = 4096
     output_normalize: bool = True
     ff_mult: int = 4
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LatentAttentionSettings":
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
 
 
 # --------------------------------------------------------------------------------------
