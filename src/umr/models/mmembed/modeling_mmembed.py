@@ -365,20 +365,20 @@ class MMEmbedEmbedder(Embedder, Prefetching, Trainable):
         return self.model.image_newline.device
 
     def _cost(self, item: Item) -> int:
-        return self.processor.estimate_tokens(item)
+        return self.processor.cost(item)
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
         return self.forward(self._each_item(items, self.prepare))
 
     def prepare(self, item: Item) -> ProcessedItem:
-        return self.processor.process(item)
+        return self.processor.prepare(item)
 
     def embed_prepared(self, prepared: list[ProcessedItem]) -> torch.Tensor:
         return self.forward(prepared)
 
     def text_window(self) -> int:
         """``max_length`` less the candidate prompt's own tokens (``<s>``, and ``</s>`` if added)."""
-        return self.processor.max_length - self.processor.estimate_tokens(Item.candidate(text=""))
+        return self.processor.max_length - self.processor.cost(Item.candidate(text=""))
 
     def text_window_beside_image(self, width: int, height: int) -> int:
         """:meth:`text_window` less the ``<image>`` tag and its newline only: MM-Embed cuts the
@@ -393,11 +393,10 @@ class MMEmbedEmbedder(Embedder, Prefetching, Trainable):
     def input_embeddings(self, processed: list[ProcessedItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Input embeddings (images spliced in), attention mask and pool mask, right-padded."""
         model, dtype, device = self.model, self.model.dtype, self.device
-        with_image = [p for p in processed if p.pixel_values is not None]
+        batch = self.processor.collate(processed)
         feats = iter(())
-        if with_image:
-            pixels = torch.stack([p.pixel_values for p in with_image]).to(device)
-            feats = iter(model.image_features(pixels))
+        if "pixel_values" in batch:
+            feats = iter(model.image_features(batch["pixel_values"].to(device)))
         embed = model.language_model.embed_tokens
         vocab = embed.num_embeddings
         # as the reference's forward: <image> -> 0 (a placeholder; its row is replaced by the image) and
