@@ -17,7 +17,7 @@ from typing import Any, Callable
 from ..core.devices import check_device  # noqa: F401
 from ..core.registry import ModelSpec, UnsupportedOption  # noqa: F401
 from .base import Embedder
-# list_models and register are also read from here (umr.models re-exports them from the catalog)
+# FAMILIES, REGISTRY, list_models and register are also read from here (umr.models re-exports the catalog)
 from .catalog import FAMILIES, MODELS, REGISTRY, list_models, register  # noqa: F401
 from .identity import identify
 
