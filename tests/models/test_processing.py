@@ -35,10 +35,7 @@ def test_each_family_processor_costs_prepares_and_collates_under_the_same_names(
     assert costs == [model._cost(item) for item in items]
     prepared = [processor.prepare(item) for item in items]
     batch = processor.collate(prepared)
-    assert isinstance(batch, dict)
-    images = [p for p in items if p.image is not None]
-    pixels = batch.get("pixel_values")
-    assert pixels is not None and isinstance(pixels, torch.Tensor) and len(images) == 2
+    assert isinstance(batch["pixel_values"], torch.Tensor)  # two of the three items have an image
     # the batch embeds as the items do one at a time
     with torch.no_grad():
         together = model.embed_prepared(prepared)

@@ -76,11 +76,11 @@ def test_clip_window_counts_start_end_and_the_uniir_period(tmp_path):
     from umr.testing import write_tiny_clip
 
     model = umr.load_model(write_tiny_clip(tmp_path / "clip"))
-    processor = model.processor
-    assert model.text_window() == processor.max_length - 3
+    assert model.text_window() == model.max_length - 3
     text = _prefix_of(model, "a red double decker bus on a wet street in the rain at night", model.text_window())
+    processor = model.processor
     ids = processor.tokenizer([processor.text_of(Item.candidate(text=text))])["input_ids"][0]
-    assert len(ids) <= processor.max_length
+    assert len(ids) <= model.max_length
 
 
 @pytest.mark.slow

@@ -281,6 +281,11 @@ class ClipSfEmbedder(Embedder, Prefetching, Trainable):
         return cls(model, processor, name=folder.name)
 
     @property
+    def max_length(self) -> int:
+        """Tokens the text tower reads (77 for CLIP); longer texts are cut."""
+        return self.processor.max_length
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
