@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..models.registry import UnsupportedOption, load_model
+from ..core.registry import UnsupportedOption
+from ..models.registry import load_model
 
 
 class UsageError(RuntimeError):
