@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..models.multivector import MultiVectorEmbedder
 from ..models.registry import UnsupportedOption, load_model
 
 
@@ -61,7 +62,12 @@ def load_options(args: argparse.Namespace) -> dict:
 def load_model_from_args(args: argparse.Namespace, name: str | None = None, options: dict | None = None):
     """Load ``name`` (default ``--model``) with ``options`` (default: those on the command line)."""
     options = model_options(args) if options is None else options
-    return call_loader(load_model, name or args.model, device=args.device, dtype=args.dtype, **options)
+    model = call_loader(load_model, name or args.model, device=args.device, dtype=args.dtype, **options)
+    if isinstance(model, MultiVectorEmbedder):  # eval takes single vectors so far
+        raise UsageError(f"model {name or args.model!r} is a late-interaction (multi-vector) model; umr "
+                         f"{args.command} does not take those yet: use the Python API (encode_queries, "
+                         f"encode_candidates, score)")
+    return model
 
 
 def call_loader(loader, name: str, **options):

