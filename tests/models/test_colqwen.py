@@ -322,14 +322,48 @@ def test_the_image_zoo_is_embedded_or_reported(model, image_zoo):
     assert all(np.isfinite(v).all() for v in result.vectors)
 
 
-def test_command_line_and_index_refuse_in_one_line(tiny, model, tmp_path, capsys):
-    """Until multi-vector indexes exist: a clear refusal, never a traceback or a wrong index."""
+def test_embed_writes_one_token_matrix_per_id(tiny, model, images, tmp_path, capsys):
+    """``umr embed`` with a multi-vector model: a .npz of one (n_tokens, 128) float32 array per id,
+    equal to the API's vectors; bad items are skipped with their line; a .npy output is refused."""
     from umr.cli import main
-    from umr.index import Index
 
-    (tmp_path / "q.jsonl").write_text(json.dumps({"id": "q1", "text": "hello"}) + "\n")
-    code = main(["embed", "--input", str(tmp_path / "q.jsonl"), "--model", str(tiny), "--output", str(tmp_path / "out.npy")])
+    lines = [{"id": "q1", "text": "hello world", "is_query": True},
+             {"id": "file", "image": str(images["rgb-123x77.png"])},  # np.savez's own keyword
+             {"id": "dir/page 2", "image": str(images["mode-P-transparent.gif"])},
+             {"id": "bad", "image": str(tmp_path / "missing.png")},
+             {"text": "no id here"}]
+    source = tmp_path / "items.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main(["embed", "--input", str(source), "--model", str(tiny), "--output", str(tmp_path / "v.npz"),
+                 "--on-error", "skip", "--no-progress"]) == 0
+    assert "4 token matrices" in capsys.readouterr().out
+    with np.load(tmp_path / "v.npz") as stored:
+        assert stored.files == ["q1", "file", "dir/page 2", "line-5"]
+        expected = [model.encode_queries(["hello world"])[0],
+                    *model.encode_candidates([Item(image=images["rgb-123x77.png"]),
+                                              Item(image=images["mode-P-transparent.gif"]), "no id here"])]
+        for key, want in zip(stored.files, expected):
+            assert stored[key].dtype == np.float32 and stored[key].shape == want.shape
+            assert float(np.abs(stored[key] - want).max()) <= TOKEN_TOL
+    errors = [json.loads(line) for line in (tmp_path / "v.errors.jsonl").read_text().splitlines()]
+    assert [(e["id"], e["line"]) for e in errors] == [("bad", 4)]
+    assert main(["embed", "--input", str(source), "--model", str(tiny), "--output", str(tmp_path / "v.npy")]) == 2
     err = capsys.readouterr().err.strip()
-    assert code != 0 and "late-interaction" in err and len(err.splitlines()) == 1
-    with pytest.raises(ValueError, match="late-interaction"):
-        Index.create(tmp_path / "ix", model)
+    assert "late-interaction" in err and "v.npz" in err and len(err.splitlines()) == 1
+    source.write_text(json.dumps({"id": "a", "text": "x"}) + "\n" + json.dumps({"id": "a", "text": "y"}) + "\n")
+    assert main(["embed", "--input", str(source), "--model", str(tiny), "--output", str(tmp_path / "w.npz")]) == 2
+    assert "appears twice" in capsys.readouterr().err and not (tmp_path / "w.npz").exists()
+
+
+def test_single_vector_commands_refuse_in_one_line(tiny):
+    """Commands that take single vectors only (eval, mine, serve, synth) refuse a late-interaction
+    model in one line, naming the command."""
+    import argparse
+
+    from umr.cli.common import UsageError, load_model_from_args
+
+    args = argparse.Namespace(model=str(tiny), device="cpu", dtype=None, command="eval")
+    with pytest.raises(UsageError) as refused:
+        load_model_from_args(args)
+    assert "late-interaction" in str(refused.value) and "umr eval" in str(refused.value)
+    assert "\n" not in str(refused.value)
