@@ -46,6 +46,7 @@ from .base import VectorStore, json_line
 from .embedding import ChunkEmbedder, LocalEmbedder
 from .milvus import MilvusStore
 from .store import MANIFEST, Filter, FlatStore, IndexStoreError, read_manifest
+from .multivector import store as multivector  # issue 24: the multi-vector store
 
 #: records keep this much of the text they were embedded from, for display
 SNIPPET_CHARS = 300
@@ -98,20 +99,24 @@ class Index:
     def create(cls, folder: str | os.PathLike, model, *, backend: str = "faiss", uri: str | None = None,
                collection: str = "umr", method: str = "exact", ocr: bool | None = None,
                hnsw_m: int = 32, ef_construction: int = 100, ef_search: int = 128,
-               model_options: dict[str, Any] | None = None) -> "Index":
+               model_options: dict[str, Any] | None = None, token_storage: str = "float16",
+               pool_factor: int | None = None) -> "Index":
         """A new, empty index in ``folder`` for ``model`` (an :class:`Embedder` or a name to load).
 
         ``model_options`` are the ``load_model`` options (``dtype`` included) the model was or is
         to be loaded with (default: those ``load_model`` recorded in the embedder's identity); they
-        are recorded so that a search loads it the same way.
+        are recorded so that a search loads it the same way. A late-interaction model
+        (:class:`~umr.models.multivector.MultiVectorEmbedder`) gets a multi-vector store
+        (:mod:`umr.index.multivector.store`): ``method`` ``exact`` or ``muvera``, its tokens stored
+        as ``token_storage`` after pooling by ``pool_factor``.
         """
-        if method not in ("exact", "hnsw"):
-            raise ValueError(f"method must be 'exact' or 'hnsw', not {method!r}")
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, **(model_options or {}))
-        if isinstance(model, MultiVectorEmbedder):  # issue 24 (late interaction): refused by the single-vector index
-            raise ValueError(f"{model.name} is a late-interaction (multi-vector) model: indexes store single "
-                             f"vectors so far")
+        multi = isinstance(model, MultiVectorEmbedder)  # issue 24 (late interaction)
+        if not multi and method not in ("exact", "hnsw"):
+            raise ValueError(f"method must be 'exact' or 'hnsw', not {method!r}")
+        if multi:  # issue 24
+            multivector.refuse_backend(backend)
         if model_options is None:  # a loaded embedder: the options it was loaded with, as recorded
             model_options = dict(model_identity(model).load_options)
         use_ocr = (not model.sees_images) if ocr is None else bool(ocr)
@@ -119,7 +124,10 @@ class Index:
                   "sees_images": bool(model.sees_images), "hnsw_m": hnsw_m,
                   "ef_construction": ef_construction, "ef_search": ef_search, "sources": {},
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        if backend == "faiss":
+        if multi:  # issue 24: token vectors in their own store
+            store = multivector.MultiVectorStore.create(folder, dim=model.dim, config=config,
+                                                        token_storage=token_storage, pool_factor=pool_factor)
+        elif backend == "faiss":
             if uri is not None:
                 raise ValueError("--uri is for the Milvus backend; the faiss index lives in its folder")
             store = FlatStore.create(folder, dim=model.dim, config=config)
@@ -146,6 +154,8 @@ class Index:
         manifest = read_manifest(folder)
         if manifest.get("backend", "faiss") == "milvus":
             store = MilvusStore.open(folder, writable=writable, manifest=manifest)
+        elif manifest.get("backend") == multivector.BACKEND:  # issue 24
+            store = multivector.MultiVectorStore.open(folder, writable=writable, manifest=manifest)
         else:
             store = FlatStore.open(folder, writable=writable)
         index = cls(folder, store, model_options=store.config["model"].get("options"),
@@ -329,9 +339,12 @@ class Index:
                        modality: str | Sequence[str] | None = None, where: dict[str, Any] | None = None,
                        method: str | None = None, ef_search: int | None = None) -> list[list[Result]]:
         check_search_args(k, ef_search)
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if queries.shape[1] != self.store.dim:
-            raise ValueError(f"query vectors are {queries.shape[1]}-d; the index holds {self.store.dim}-d")
+        if isinstance(self.store, multivector.MultiVectorStore):  # issue 24: a token matrix per query
+            queries = self.store.check_queries(queries)
+        else:
+            queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+            if queries.shape[1] != self.store.dim:
+                raise ValueError(f"query vectors are {queries.shape[1]}-d; the index holds {self.store.dim}-d")
         flt = Filter.make(modality, where)
         hits = self.store.search(queries, k, filter=flt, method=method, ef_search=ef_search)
         return [[Result.of(rank, hit) for rank, hit in enumerate(row, start=1)] for row in hits]
@@ -348,6 +361,9 @@ class Index:
         if item.image is None:
             item.metadata = {**item.metadata, "via": "text"}
             return item
+        if sees and item.text is not None and self.store.backend == multivector.BACKEND:  # issue 24
+            item = Item(image=item.image, instruction=item.instruction, is_query=item.is_query, id=item.id,
+                        metadata=item.metadata)  # late interaction embeds a page image alone
         if sees:
             via = "pixels" if item.text is None else "pixels+text"
             item.metadata = {**item.metadata, "via": via}
@@ -459,6 +475,7 @@ class Index:
         """
         started = time.monotonic()
         summary = Summary(read=ReadReport())
+        chunk = False if self.store.backend == multivector.BACKEND else chunk  # issue 24: pages stay whole
         chunker = self._chunker(chunk=chunk, tokens=chunk_tokens, overlap=chunk_overlap)
         source_key = str(Path(source).resolve())
         prefix = self.id_prefix_for(source, id_prefix)
@@ -686,7 +703,7 @@ class _Run:
             else:
                 self.summary.added += 1
         self.done(len(chunk))
-        return records, np.asarray(result.vectors, np.float32), drop
+        return records, multivector.stored_vectors(result.vectors), drop  # issue 24: or token matrices
 
     def dropped_updates(self) -> list[str]:
         return list(dict.fromkeys(i for i in self.failed_updates if i not in self.taken))
@@ -713,7 +730,7 @@ class _Committer:
 
     def flush(self) -> None:
         if self.records or self.deletes:
-            vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, self.store.dim), np.float32)
+            vectors = multivector.join_vectors(self.vectors, self.store.dim)  # issue 24: rows or token matrices
             self.store.commit(self.records, vectors, delete_ids=self.deletes)
             self.summary.deleted += len(self.deletes)
         self.records, self.vectors, self.deletes = [], [], []

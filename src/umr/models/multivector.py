@@ -87,6 +87,8 @@ class MultiVectorEmbedder(ABC):
     cost_budget: int | None = None
     #: what this model is (folder, files, options), set by ``load_model``; None when built by hand
     identity: "ModelIdentity | None" = None
+    #: whether images reach the model as pixels (the ColPali family embeds page images)
+    sees_images: bool = True
     #: worker threads preparing items ahead of the forward pass (see :mod:`umr.models.prefetch`)
     prefetch_workers: int | None = None
     prefetch_ahead: int = 2
@@ -179,6 +181,11 @@ class MultiVectorEmbedder(ABC):
 
     def text_window(self) -> int | None:
         """How many tokens of a candidate's text the model reads (None: no known limit)."""
+        return None
+
+    def text_window_beside_image(self, width: int, height: int) -> int | None:
+        """Text beside an image: a late-interaction index embeds the image alone (a page's text
+        layer is not read), so no window applies (None)."""
         return None
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
