@@ -361,9 +361,10 @@ class Index:
         if item.image is None:
             item.metadata = {**item.metadata, "via": "text"}
             return item
-        if sees and item.text is not None and self.store.backend == multivector.BACKEND:  # issue 24
+        late = self.store.backend == multivector.BACKEND  # issue 24: late interaction embeds a page image alone
+        if sees and late and item.text is not None and not item.is_query:
             item = Item(image=item.image, instruction=item.instruction, is_query=item.is_query, id=item.id,
-                        metadata=item.metadata)  # late interaction embeds a page image alone
+                        metadata=item.metadata)
         if sees:
             via = "pixels" if item.text is None else "pixels+text"
             item.metadata = {**item.metadata, "via": via}
