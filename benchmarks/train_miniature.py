@@ -205,9 +205,9 @@ def evaluate(model, tasks) -> dict[str, dict[str, float]]:
         result = outcome.result
         concept_hits = [any(did.split(":", 1)[1] == qid.split(":")[1] for did in trec_order(scores)[:5])
                         for qid, scores in outcome.run.items()]
-        out[task.name] = {"recall@5": result["metrics"]["hit@5"], "bias@5": result["modality_bias"]["bias"],
+        out[task.name] = {"recall@5": result.metrics["hit@5"], "bias@5": result.modality_bias["bias"],
                           "concept@5": sum(concept_hits) / len(task.queries),
-                          "shares@5": result["modality_bias"]["shares"]}
+                          "shares@5": result.modality_bias["shares"]}
     return out
 
 

@@ -35,6 +35,14 @@ def tiny_gme_dir(tmp_path_factory) -> Path:
     return write_tiny_gme(tmp_path_factory.mktemp("tiny-gme") / "tiny-gme", seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen3vl_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen3-VL-Embedding checkpoint laid out like the real one (tests only read it)."""
+    from umr.testing import write_tiny_qwen3vl
+
+    return write_tiny_qwen3vl(tmp_path_factory.mktemp("tiny-qwen3vl") / "tiny-qwen3vl", seed=0)
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 

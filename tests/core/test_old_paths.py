@@ -6,6 +6,8 @@ import importlib
 import pytest
 
 from umr.core import devices, entries, fingerprint, images, items, results, uniir
+from umr.train import errors as train_errors
+from umr.train import precision as train_precision
 
 MOVED = [
     ("umr.types", items, ["ImageSource", "Item", "ItemError", "Modality", "SINGLE_VALUES", "as_items"]),
@@ -27,6 +29,9 @@ MOVED = [
     ("umr.index.base", results, ["Hit"]),
     ("umr.index.store", results, ["Hit"]),
     ("umr.data.corpus", entries, ["Entry", "ReadReport"]),
+    ("umr.train.trainer", train_errors, ["NonFiniteError", "TrainingError"]),
+    ("umr.train.trainer", train_precision, ["load_options"]),
+    ("umr.train", train_errors, ["TrainingError"]),
 ]
 
 

@@ -9,6 +9,7 @@ image file names (``c07_*.png``), so a test embedder can read it back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import umr.cli.eval as cli_eval_module
+from umr.cli import main
 from umr.models.base import Embedder
 from umr.core.items import Item, ItemError
 
@@ -148,3 +151,62 @@ def stdlib_docs() -> dict:
         qid, did, grade = line.split("\t")
         qrels.setdefault(qid, {})[did] = int(grade)
     return {"folder": folder, "corpus": read("corpus.jsonl"), "queries": read("queries.jsonl"), "qrels": qrels}
+
+
+# -- a bag-of-words embedder and BEIR folders (the evaluator, bad records) -------------------------
+
+class Words(Embedder):
+    """Bag of hashed words (64-d). An image is embedded from its file's bytes (a missing or
+    unreadable file is that item's error); items whose text holds a word in ``refuse`` fail."""
+
+    dim = 64
+    batch_size = 4
+
+    def __init__(self, name: str = "words", refuse: tuple[str, ...] = ()):
+        self.name = name
+        self.refuse = set(refuse)
+        self.calls = 0
+        self.seen: list[str] = []
+
+    def _cost(self, item: Item) -> int:
+        if self.refuse & set((item.text or "").split()):
+            raise ItemError(item.id, "refused word")
+        if item.image is not None and not Path(str(item.image)).is_file():
+            raise ItemError(item.id, f"no such image file: {item.image}")
+        return 1
+
+    def _embed_batch(self, items):
+        self.calls += len(items)
+        self.seen += [item.id for item in items]
+        out = np.zeros((len(items), self.dim), np.float32)
+        for row, item in enumerate(items):
+            words = (item.text or "").split()
+            if item.image is not None:
+                words.append(hashlib.md5(Path(str(item.image)).read_bytes()).hexdigest())
+            for word in words:
+                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim] += 1.0
+            out[row] += 1e-3  # no all-zero vector
+        return out
+
+
+def write_beir(folder: Path, corpus, queries, qrels, meta=None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
+    (folder / "qrels").mkdir(exist_ok=True)
+    (folder / "qrels/test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
+    if meta is not None:
+        (folder / "task.json").write_text(json.dumps(meta))
+    return folder
+
+
+def cli_eval(monkeypatch, model: Words, data: Path, output: Path, *extra: str) -> int:
+    """``umr eval`` on a BEIR folder with ``model`` in place of the loaded one."""
+    monkeypatch.setattr(cli_eval_module, "load_model_from_args", lambda args: model)
+    return main(["eval", "--model", model.name, "--benchmark", "beir", "--data", str(data),
+                 "--output", str(output), "--no-progress", *extra])
+
+
+def word_items(n: int) -> list[Item]:
+    return [Item.candidate(text=f"word{i} other{i % 7}", id=f"d{i}") for i in range(n)]

@@ -19,8 +19,7 @@ from umr.data.mbeir import load_mbeir
 from umr.eval import evaluate
 from umr.core.items import Item
 
-from .conftest import OracleEmbedder, build_mbeir
-from .test_eval_hardening import Words, cli_eval, write_beir
+from .conftest import OracleEmbedder, Words, build_mbeir, cli_eval, write_beir
 
 CRANFIELD = Path(__file__).parents[1] / "fixtures" / "eval" / "cranfield-layout"
 pytest.importorskip("pytrec_eval")

@@ -22,13 +22,6 @@ DIMS = [4, 16, 32]  # the tiny Qwen3-VL is 32-dimensional
 
 
 @pytest.fixture(scope="module")
-def tiny_qwen3vl_dir(tmp_path_factory):
-    from umr.testing import write_tiny_qwen3vl
-
-    return write_tiny_qwen3vl(tmp_path_factory.mktemp("tiny-qwen3vl") / "tiny-qwen3vl", seed=0)
-
-
-@pytest.fixture(scope="module")
 def q3(tiny_qwen3vl_dir):
     return umr.load_model(tiny_qwen3vl_dir)
 

@@ -42,7 +42,7 @@ def test_selective_filter_on_hnsw_returns_k_exact_results(tmp_path):
 
 def test_filtered_hnsw_query_that_comes_back_short_is_answered_exactly(tmp_path, monkeypatch):
     """Even when the graph is walked with the filter, a query short of k results is redone exactly."""
-    import umr.index.store as store_module
+    import umr.index.store.planning as store_module
     from umr.index.store import Filter
 
     store, queries = _rare_store(tmp_path)

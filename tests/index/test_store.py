@@ -217,3 +217,18 @@ def test_flat_store_counts_a_commit_made_after_the_first_count(tmp_path):
     store.delete(["r0", "r3", "r4", "r5"])
     assert store.modality_counts() == {}
     store.close()
+
+
+def test_the_store_package_exports_what_store_py_exported():
+    """umr.index.store is a package now (issue 22): every name the module exported imports from
+    it, as the same object."""
+    import umr.index
+    import umr.index.store as store
+    from umr.index import base
+    from umr.index.store.flat import FlatStore as facade
+
+    assert sorted(store.__all__) == ["FORMAT", "Filter", "FlatStore", "Hit", "IndexLocked", "IndexStoreError",
+                                     "MANIFEST", "read_manifest"]
+    assert store.FlatStore is facade is umr.index.FlatStore
+    for name in ["FORMAT", "MANIFEST", "Filter", "Hit", "IndexLocked", "IndexStoreError", "read_manifest"]:
+        assert getattr(store, name) is getattr(base, name), name

@@ -49,13 +49,6 @@ def test_native_bf16_detection_reads_the_cpu_flags(tmp_path, flags, expected):
     assert cpu.lists_native_bf16(info) is expected
 
 
-@pytest.fixture(scope="module")
-def tiny_qwen3vl_dir(tmp_path_factory):
-    from umr.testing import write_tiny_qwen3vl
-
-    return write_tiny_qwen3vl(tmp_path_factory.mktemp("q3") / "tiny-qwen3vl", seed=0)
-
-
 def test_default_dtype_follows_the_switch_and_only_a_chosen_dtype_enters_the_identity(
         monkeypatch, tiny_qwen3vl_dir, tiny_gme_dir):
     monkeypatch.setenv("UMR_CPU_BF16", "1")

@@ -1,6 +1,6 @@
 """GME backend: parity with an item-at-a-time reference, batch invariance, bad input, loading.
 
-The reference below follows GME's published inference code literally, one item at a time:
+The reference (:class:`umr.verify.references.GmeReference`, which `umr verify` runs) follows GME's published inference code literally, one item at a time:
 build the message string, ``fetch_image`` (RGB + smart resize with PIL's default filter), then
 transformers' own Qwen2-VL processor (image processor + tokenizer, right padding,
 ``truncation=True, max_length=1800``), then the base Qwen2-VL modules called the way the
@@ -11,7 +11,6 @@ reference calls them (token embeddings, the vision tower, the text decoder with
 from __future__ import annotations
 
 import json
-import math
 import random
 
 import numpy as np
@@ -22,84 +21,16 @@ from PIL import Image
 import umr
 from umr.cli import main
 from umr.core.items import Item
+from umr.verify.references import GmeReference
 
 TOL = 1e-5
 DEFAULT_INSTRUCTION = "You are a helpful assistant."
 
 
-# -- the reference ----------------------------------------------------------------------------
+# -- the reference (umr verify's, written apart from umr's fast path) -----------------------
 
-def _ref_smart_resize(height, width, factor=28, min_pixels=4 * 28 * 28, max_pixels=16384 * 28 * 28):
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        scale = math.sqrt(height * width / max_pixels)
-        h, w = math.floor(height / scale / factor) * factor, math.floor(width / scale / factor) * factor
-    elif h * w < min_pixels:
-        scale = math.sqrt(min_pixels / (height * width))
-        h, w = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
-    if max(h, w) / min(h, w) > 200:
-        h, w = (w * 200, w) if h > w else (h, h * 200)
-    return h, w
-
-
-def _ref_fetch_image(image):
-    image = (Image.open(image) if not isinstance(image, Image.Image) else image).convert("RGB")
-    h, w = _ref_smart_resize(image.height, image.width)
-    return image.resize((w, h))
-
-
-class ReferenceGme:
-    """GME's reference semantics, one item per call."""
-
-    def __init__(self, folder, *, min_image_tokens=256, max_image_tokens=1280, max_length=1800):
-        from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-        from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
-
-        class ImageOnlyProcessor(Qwen2VLProcessor):  # no torchvision here: no video processor
-            @classmethod
-            def get_attributes(cls):
-                return ["image_processor", "tokenizer"]
-
-        self.base = Qwen2VLForConditionalGeneration.from_pretrained(str(folder), dtype=torch.float32).eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        tokenizer.padding_side = "right"
-        config = json.loads((folder / "preprocessor_config.json").read_text())
-        image_processor = Qwen2VLImageProcessorPil(
-            min_pixels=min_image_tokens * 28 * 28, max_pixels=max_image_tokens * 28 * 28,
-            image_mean=config["image_mean"], image_std=config["image_std"])
-        self.processor = ImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer)
-        self.max_length = max_length
-
-    @torch.no_grad()
-    def embed(self, text=None, image=None, *, is_query=False, instruction=None) -> np.ndarray:
-        if not is_query or instruction is None:
-            instruction = DEFAULT_INSTRUCTION
-        user, images = "", None
-        if image is not None:
-            user += "<|vision_start|><|image_pad|><|vision_end|>"
-            images = [_ref_fetch_image(image)]
-        if text is not None:
-            user += text
-        message = (f"<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
-                   f"<|im_start|>assistant\n<|endoftext|>")
-        inputs = self.processor(text=[message], images=images, padding=True, truncation=True,
-                                max_length=self.max_length, return_tensors="pt")
-        model = self.base.model
-        embeds = model.language_model.embed_tokens(inputs["input_ids"])
-        if images is not None:
-            pixels = inputs["pixel_values"].type(model.visual.dtype)
-            image_embeds = model.visual(pixels, grid_thw=inputs["image_grid_thw"]).pooler_output
-            embeds[inputs["input_ids"] == self.base.config.image_token_id] = image_embeds
-        out = model.language_model(input_ids=None, position_ids=None, attention_mask=inputs["attention_mask"],
-                                   inputs_embeds=embeds).last_hidden_state
-        last = inputs["attention_mask"].sum(dim=1) - 1
-        vec = out[torch.arange(out.shape[0]), last]
-        return torch.nn.functional.normalize(vec, p=2, dim=1)[0].numpy()
-
-    def embed_item(self, item: Item) -> np.ndarray:
-        return self.embed(item.text, item.image, is_query=item.is_query, instruction=item.instruction)
+ReferenceGme = GmeReference
+_ref_fetch_image = GmeReference.fetch_image
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -152,7 +83,7 @@ def images(tmp_path_factory):
 
 def _check(gme, ref, item: Item):
     ours = gme.embed([item]).vectors[0]
-    theirs = ref.embed_item(item)
+    theirs = ref.embed(item)
     delta = float(np.abs(ours - theirs).max())
     assert delta <= TOL, f"{item.id}: max|delta| = {delta:.2e}"
     return delta

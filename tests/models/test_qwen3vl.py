@@ -1,6 +1,6 @@
 """Qwen3-VL-Embedding backend: parity with an item-at-a-time reference, batches, MRL, bad input, CLI.
 
-The reference below follows ``Qwen3VLEmbedder`` (QwenLM/Qwen3-VL-Embedding) literally, one item at a
+The reference (:class:`umr.verify.references.Qwen3VLReference`, which `umr verify` runs) follows ``Qwen3VLEmbedder`` (QwenLM/Qwen3-VL-Embedding) literally, one item at a
 time: its conversation (instruction stripped, ``.`` appended unless it ends in punctuation, else
 ``Represent the user's input.``; image before text), ``fetch_image`` as qwen-vl-utils 0.0.14 does it
 (RGBA pasted on white, other modes ``convert("RGB")``, ``smart_resize`` factor 32, PIL's default
@@ -13,9 +13,7 @@ left as they are, as 4.57.3 leaves them), then
 from __future__ import annotations
 
 import json
-import math
 import random
-import unicodedata
 
 import numpy as np
 import pytest
@@ -25,93 +23,15 @@ from PIL import Image
 import umr
 from umr.cli import main
 from umr.core.items import Item, ItemError
+from umr.verify.references import Qwen3VLReference
 
 TOL = 1e-5
 DEFAULT_INSTRUCTION = "Represent the user's input."
 
 
-# -- the reference ----------------------------------------------------------------------------
+# -- the reference (umr verify's, written apart from umr's fast path) -----------------------
 
-def _ref_smart_resize(height, width, factor, min_pixels, max_pixels):
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError("absolute aspect ratio must be smaller than 200")
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        scale = math.sqrt(height * width / max_pixels)
-        h, w = math.floor(height / scale / factor) * factor, math.floor(width / scale / factor) * factor
-    elif h * w < min_pixels:
-        scale = math.sqrt(min_pixels / (height * width))
-        h, w = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
-    return h, w
-
-
-def _ref_fetch_image(image, min_pixels, max_pixels):
-    image = image if isinstance(image, Image.Image) else Image.open(str(image))
-    if image.mode == "RGBA":
-        white = Image.new("RGB", image.size, (255, 255, 255))
-        white.paste(image, mask=image.split()[3])
-        image = white
-    else:
-        image = image.convert("RGB")
-    h, w = _ref_smart_resize(image.height, image.width, 32, min_pixels, max_pixels)
-    return image.resize((w, h))
-
-
-class ReferenceQwen3VL:
-    """Qwen3VLEmbedder's semantics, one item per call."""
-
-    def __init__(self, folder, *, min_pixels=4 * 32 * 32, max_pixels=1800 * 32 * 32, max_length=8192):
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-        from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
-
-        class ImageOnlyProcessor(Qwen3VLProcessor):  # no torchvision here: no video processor
-            @classmethod
-            def get_attributes(cls):
-                return ["image_processor", "tokenizer"]
-
-        self.model = AutoModel.from_pretrained(str(folder), dtype=torch.float32).eval()  # Qwen3VLModel
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        tokenizer.padding_side = "right"
-        config = json.loads((folder / "preprocessor_config.json").read_text())
-        image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
-                                                   image_mean=config["image_mean"], image_std=config["image_std"])
-        self.processor = ImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                            chat_template=(folder / "chat_template.jinja").read_text())
-        self.min_pixels, self.max_pixels, self.max_length = min_pixels, max_pixels, max_length
-
-    def conversation(self, text, image, instruction):
-        if instruction:
-            instruction = instruction.strip()
-            if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
-                instruction = instruction + "."
-        content = []
-        if image is not None:
-            content.append({"type": "image", "image": image})
-        if text is not None:
-            content.append({"type": "text", "text": text})
-        return [{"role": "system", "content": [{"type": "text", "text": instruction or DEFAULT_INSTRUCTION}]},
-                {"role": "user", "content": content}]
-
-    @torch.no_grad()
-    def embed(self, text=None, image=None, instruction=None) -> np.ndarray:
-        conversation = self.conversation(text, image, instruction)
-        prompt = self.processor.apply_chat_template([conversation], add_generation_prompt=True, tokenize=False)
-        images = [_ref_fetch_image(image, self.min_pixels, self.max_pixels)] if image is not None else None
-        # do_convert_rgb=False: 4.57's conversion returns an RGB image as it is, while 5.x composites
-        # the transparency colour PIL keeps in .info after a palette image's convert("RGB")
-        inputs = self.processor(text=prompt, images=images, truncation=True, max_length=self.max_length,
-                                padding=True, do_resize=False, do_convert_rgb=False, return_tensors="pt")
-        hidden = self.model(**inputs).last_hidden_state
-        mask = inputs["attention_mask"]
-        col = mask.shape[1] - mask.flip(dims=[1]).argmax(dim=1) - 1
-        vec = hidden[torch.arange(hidden.shape[0]), col]
-        return torch.nn.functional.normalize(vec, p=2, dim=-1)[0].numpy()
-
-    def embed_item(self, item: Item) -> np.ndarray:
-        # umr's candidates never carry an instruction; the reference gives them the default
-        return self.embed(item.text, item.image, item.instruction if item.is_query else None)
+ReferenceQwen3VL = Qwen3VLReference
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -131,13 +51,6 @@ def _noise(width, height, mode="RGB", seed=0):
         image = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
         image.info["transparency"] = 0
     return image
-
-
-@pytest.fixture(scope="session")
-def tiny_qwen3vl_dir(tmp_path_factory):
-    from umr.testing import write_tiny_qwen3vl
-
-    return write_tiny_qwen3vl(tmp_path_factory.mktemp("tiny-qwen3vl") / "tiny-qwen3vl", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +82,7 @@ def images(tmp_path_factory):
 
 def _check(model, ref, item: Item):
     ours = model.embed([item]).vectors[0]
-    theirs = ref.embed_item(item)
+    theirs = ref.embed(item)
     delta = float(np.abs(ours - theirs).max())
     assert delta <= TOL, f"{item.id}: max|delta| = {delta:.2e}"
 
@@ -316,7 +229,7 @@ def test_truncated_text_parity(short, ref_short, images):
 def test_truncation_cutting_image_tokens_is_refused(short, ref_short, images):
     item = Item.candidate("a caption", image=images["photo"], id="big")
     with pytest.raises(ValueError):  # transformers' processor refuses it
-        ref_short.embed_item(item)
+        ref_short.embed(item)
     result = short.embed([item, Item.candidate("fine", id="ok")], on_error="skip")
     assert list(result.indices) == [1]
     assert result.errors[0].item_id == "big" and "max_length=40" in result.errors[0].reason
@@ -380,7 +293,7 @@ def test_processor_serves_multi_image_conversations(q3, ref, images):
     sources = [images["photo"], images["palette"]]
     ours = q3.processor.encode(messages, sources)
     prompt = ref.processor.apply_chat_template([messages], add_generation_prompt=True, tokenize=False)
-    fetched = [_ref_fetch_image(path, ref.min_pixels, ref.max_pixels) for path in sources]
+    fetched = [ref.fetch_image(path) for path in sources]
     theirs = ref.processor(text=prompt, images=fetched, do_resize=False, do_convert_rgb=False, return_tensors="np")
     assert ours.input_ids == theirs["input_ids"][0].tolist()
     assert ours.grids == [tuple(g) for g in theirs["image_grid_thw"].tolist()]

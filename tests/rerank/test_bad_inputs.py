@@ -63,7 +63,7 @@ def test_an_evaluation_with_a_reranker_goes_on_past_bad_records(tmp_path):
     task = load_mbeir(root, tasks=["oven_task6"], instruction_policy="none")[0]
     evaluator = Evaluator(fixtures.OracleEmbedder(), reranker=ConceptReranker(), rerank_k=5)
     result = evaluator.evaluate_task(task).result
-    assert result["failures"]["candidates"] == 2
+    assert result.failures.candidates == 2
     # queries 6:3 and 6:4 lost their positives to the bad records; the four others are hits before and after
-    assert result["metrics"]["hit@5"] == pytest.approx(4 / 6)
-    assert result["rerank"]["metrics"]["hit@5"] == pytest.approx(4 / 6)
+    assert result.metrics["hit@5"] == pytest.approx(4 / 6)
+    assert result.rerank.metrics["hit@5"] == pytest.approx(4 / 6)

@@ -3,13 +3,14 @@ CLIP (retriever and image scorer) and a small corpus of captioned images and not
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from umr.synth import HFGenerator, load_generator
+from umr.synth import ClipScorer, HFGenerator, OwnImages, SynthConfig, load_generator, synthesize
 from umr.testing import ScriptedLogits, write_tiny_generator
 
 #: caption words per image; every caption names a distinct subject, two ask the same thing
@@ -104,3 +105,32 @@ def write_corpus(folder: Path) -> Path:
 @pytest.fixture
 def corpus(tmp_path) -> Path:
     return write_corpus(tmp_path / "corpus")
+
+
+# -- running the pipeline and reading what it wrote ---------------------------------------------
+
+def run(corpus: Path, out: Path, generator, clip, **options):
+    config = SynthConfig(source=str(corpus), output=str(out), progress=False, batch_size=3, **options)
+    return synthesize(config, generator=generator, retriever=clip, scorer=ClipScorer(clip),
+                      image_sources=[OwnImages()])
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def check_training_schema(path: Path) -> None:
+    """The generic training JSONL of umr.train.data: query and positive objects with string text/image
+    (at least one), images that exist (paths relative to the file or absolute), a negatives list."""
+    for record in read(path):
+        for role in ("query", "positive"):
+            item = record[role]
+            assert isinstance(item, dict)
+            assert any(isinstance(item.get(f), str) and item[f].strip() for f in ("text", "image"))
+            for f in ("text", "image", "instruction"):
+                assert item.get(f) is None or isinstance(item[f], str)
+            if item.get("image"):
+                assert (path.parent / item["image"]).is_file()
+        assert isinstance(record["negatives"], list) and isinstance(record["source"], str)
+        assert record["kind"] in ("t2it", "it2t", "it2it")
+        assert record["provenance"]["source_id"] == record["positive"]["id"]

@@ -8,8 +8,7 @@ import pytest
 
 from umr.cli import main
 
-from .conftest import scripted_generator
-from .test_pipeline import check_training_schema, run
+from .conftest import check_training_schema, run, scripted_generator
 
 
 def test_cli_with_a_random_generator_reports_every_passage(tiny_generator_dir, tiny_clip, corpus, tmp_path, capsys):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,36 +10,9 @@ import pytest
 from umr.synth import ClipScorer, OwnImages, SynthConfig, parse_reply, synthesize
 from umr.core.items import Item
 
-from .conftest import CountingGenerator, scripted_generator
+from .conftest import CountingGenerator, check_training_schema, read, run, scripted_generator
 
 CAPTION = "a photo of {entity}"
-
-
-def run(corpus: Path, out: Path, generator, clip, **options):
-    config = SynthConfig(source=str(corpus), output=str(out), progress=False, batch_size=3, **options)
-    return synthesize(config, generator=generator, retriever=clip, scorer=ClipScorer(clip),
-                      image_sources=[OwnImages()])
-
-
-def read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def check_training_schema(path: Path) -> None:
-    """The generic training JSONL of umr.train.data: query and positive objects with string text/image
-    (at least one), images that exist (paths relative to the file or absolute), a negatives list."""
-    for record in read(path):
-        for role in ("query", "positive"):
-            item = record[role]
-            assert isinstance(item, dict)
-            assert any(isinstance(item.get(f), str) and item[f].strip() for f in ("text", "image"))
-            for f in ("text", "image", "instruction"):
-                assert item.get(f) is None or isinstance(item[f], str)
-            if item.get("image"):
-                assert (path.parent / item["image"]).is_file()
-        assert isinstance(record["negatives"], list) and isinstance(record["source"], str)
-        assert record["kind"] in ("t2it", "it2t", "it2it")
-        assert record["provenance"]["source_id"] == record["positive"]["id"]
 
 
 def test_parse_reply_finds_the_object_in_prose():

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CountingGenerator, scripted_generator
-from .test_pipeline import run
+from .conftest import CountingGenerator, run, scripted_generator
 
 SCRIPT = textwrap.dedent("""
     import sys, time

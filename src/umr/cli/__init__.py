@@ -17,7 +17,7 @@ from ..models.registry import ModelNotAvailable
 from .common import UsageError
 
 #: sub-command modules, in the order ``umr --help`` lists them
-COMMANDS = ["embed", "eval", "models", "index", "search", "train", "mine", "synth", "rerank", "serve"]
+COMMANDS = ["embed", "eval", "models", "index", "search", "train", "mine", "synth", "rerank", "serve", "verify"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -17,12 +17,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..core.results import TaskResult
 from ..data.beir import load_beir
 from ..data.mbeir import MBEIR
 from ..eval import EvalConfig, Evaluator
 from ..eval.cache import model_key as key_of
 from ..eval.report import compare, load_scores
-from ..eval.notes import dropped_note, failure_note
+from ..eval.notes import dropped_note, failure_note, percent
 from ..models.identity import files_fingerprint
 from ..models.registry import ModelNotAvailable, model_folder
 from .common import UsageError, add_model_options, load_model_from_args, model_options
@@ -110,13 +111,13 @@ def run(args) -> int:
     for pool, avg in scores["averages"].items():
         failed = f", {avg['n_failed_tasks']} with failures (marked ⚠ in results.md)" if avg["n_failed_tasks"] else ""
         print(f"umr eval: {scores['model']} {args.benchmark} [{pool}] {avg['n_tasks']} task(s){failed}: "
-              f"mean headline {_pct(avg['main_score'])}, NDCG@10 {_pct(avg['ndcg@10'])}, "
-              f"modality bias {_pct(avg['modality_bias'], 1, '%')}"
-              + (f"; reranked headline {_pct(avg['rerank_main_score'])}" if "rerank_main_score" in avg else ""))
-    for result in scores["tasks"]:
+              f"mean headline {percent(avg['main_score'])}, NDCG@10 {percent(avg['ndcg@10'])}, "
+              f"modality bias {percent(avg['modality_bias'], 1, '%')}"
+              + (f"; reranked headline {percent(avg['rerank_main_score'])}" if "rerank_main_score" in avg else ""))
+    for result in map(TaskResult.from_json, scores["tasks"]):
         for note, mark in ((failure_note(result), "⚠ failed:"), (dropped_note(result), "note:")):
             if note:
-                print(f"umr eval: {mark} {result['pool']}/{result['task']}: {note}")
+                print(f"umr eval: {mark} {result.pool}/{result.task}: {note}")
     print(f"umr eval: wrote {args.output / 'scores.json'}, {args.output / 'results.md'}, "
           f"{args.output / 'report.html'} and runs under {args.output / 'runs'}")
     return 0
@@ -137,7 +138,7 @@ def dimension_list(text: str) -> list[int]:
 
 def _print_sweep(args, sweep) -> int:
     for pool, avg in sweep["averages"].items():
-        shown = ", ".join(f"dim {d} {_pct(avg['main_score'][str(d)])}" for d in sweep["dims"])
+        shown = ", ".join(f"dim {d} {percent(avg['main_score'][str(d)])}" for d in sweep["dims"])
         print(f"umr eval: {sweep['model']} {args.benchmark} [{pool}] mean headline by dimension: {shown}")
     failed = [f"{r['pool']}/{r['task']}" for r in sweep["tasks"] if r["failed"]]
     if failed:
@@ -145,10 +146,6 @@ def _print_sweep(args, sweep) -> int:
     print(f"umr eval: wrote {args.output / 'dims.md'}, {args.output / 'dims.json'} and one folder per "
           f"dimension ({', '.join(str(args.output / f'dim-{d}') for d in sweep['dims'])})")
     return 0
-
-
-def _pct(value: float | None, digits: int = 2, unit: str = "") -> str:
-    return "n/a" if value is None else f"{100 * value:.{digits}f}{unit}"
 
 
 def model_key(args, model=None) -> str:

@@ -15,6 +15,7 @@ from ..core.devices import check_device
 from ..data.chunking import Chunker, ChunkingError
 from ..data.corpus import count_corpus
 from ..index import Index, IndexStoreError
+from ..index.backends import BACKENDS
 from ..index.milvus import resolve_uri
 from .common import UsageError, add_model_options, load_model_from_args, load_options, model_options
 from .ray_options import add_ray_options, ray_embedder
@@ -27,7 +28,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--index", required=True, type=Path, dest="index_dir", help="index folder")
     add_model_options(parser, model_required=False,
                       model_help="short name (see `umr models`), hub id or folder; required for a new index")
-    parser.add_argument("--backend", choices=["faiss", "milvus"], default=None,
+    parser.add_argument("--backend", choices=[b for b in BACKENDS if b != "multivector"], default=None,  # issue 24
                         help="faiss: embedded index in the folder (default); milvus: Milvus Lite or a server")
     parser.add_argument("--uri", default=None,
                         help="Milvus: ./file.db (Milvus Lite) or http://host:19530 (default: INDEX/milvus.db)")

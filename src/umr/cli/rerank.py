@@ -15,6 +15,7 @@ import numpy as np
 from ..core.items import ItemError
 from ..data.files import jsonl_records
 from ..data.items import parse_item_line
+from ..index.pipeline import RERANK_K
 from ..rerank import load_reranker
 from ..rerank.base import Pair
 from .common import UsageError, call_loader
@@ -55,7 +56,8 @@ def add_rerank_flags(parser) -> None:
     ranking's head (search, eval); load it with :func:`load_rerank_flag`."""
     parser.add_argument("--rerank", default=None, metavar="MODEL",
                         help="rerank the top results with this reranker (short name, hub id or folder)")
-    parser.add_argument("--rerank-k", type=int, default=10, help="how many top results to rerank (default 10)")
+    parser.add_argument("--rerank-k", type=int, default=RERANK_K,
+                        help=f"how many top results to rerank (default {RERANK_K})")
     parser.add_argument("--rerank-family", choices=FAMILY_CHOICES, default=None,
                         help="the reranker's family, when its folder does not say")
     parser.add_argument("--rerank-prompts", type=Path, default=None,

@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 
 from ..index import Index, IndexStoreError, Unrepresentable
-from ..index.index import check_search_args, query_text
+from ..index.base import check_search_args
+from ..index.pipeline import query_text
 from .common import UsageError
 from .rerank import add_rerank_flags, load_rerank_flag
 

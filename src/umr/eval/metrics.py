@@ -17,7 +17,7 @@ run file.
 
 :func:`evaluate_run` scores every query of the qrels it is given (one the run does not answer
 scores 0, like ``trec_eval -c``); which queries those are is the caller's choice, and the
-evaluator makes it per benchmark (:func:`umr.eval.runner.scored_queries`: BEIR's queries run with
+evaluator makes it per benchmark (:func:`umr.eval.scoring.scored_queries`: BEIR's queries run with
 judgements, or UniIR's every query). :func:`mean_metrics` with ``average="run"`` averages over
 the queries both the run and the qrels hold, like plain ``trec_eval`` / ``pytrec_eval``.
 """

@@ -22,25 +22,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..core.results import TaskResult
 from ..data.tasks import CATEGORIES, UMRB_GROUPS
-from .notes import dropped_note, failure_note
+from .notes import dropped_note, percent
 
-_MISSING = object()  # a task or category the pool does not have, as opposed to a value with no basis
+#: a task or category the pool does not have, as opposed to a value with no basis (``n/a``)
+ABSENT = "–"
 FAILED = "⚠"
 
 
-def _pct(value: Any) -> str:
-    if value is _MISSING:
-        return "–"
-    return "n/a" if value is None else f"{100 * value:.2f}"
-
-
-def _get(mapping: dict, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(mapping, dict) or key not in mapping:
-            return _MISSING
-        mapping = mapping[key]
-    return mapping
+def _cell(values: dict[str, Any] | None, key: str) -> str:
+    """``values[key]`` as a percentage, or :data:`ABSENT` where there is no such task, mean or metric."""
+    return ABSENT if values is None or key not in values else percent(values[key])
 
 
 def _metric_label(name: str) -> str:
@@ -55,23 +48,21 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _by_task(scores: dict[str, Any]) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
+def _by_task(scores: dict[str, Any]) -> tuple[list[str], list[str], dict[tuple[str, str], TaskResult]]:
+    """The pools and task names in order, and each (task, pool)'s result."""
     pools: list[str] = []
     names: list[str] = []
-    table: dict[tuple[str, str], dict] = {}
-    for r in scores["tasks"]:
-        if r["pool"] not in pools:
-            pools.append(r["pool"])
-        if r["task"] not in names:
-            names.append(r["task"])
-        table[(r["task"], r["pool"])] = r
+    table: dict[tuple[str, str], TaskResult] = {}
+    for r in map(TaskResult.from_json, scores["tasks"]):
+        if r.pool not in pools:
+            pools.append(r.pool)
+        if r.task not in names:
+            names.append(r.task)
+        table[(r.task, r.pool)] = r
+    first = {n: table[next((n, p) for p in pools if (n, p) in table)] for n in names}
     # M-BEIR's tables list tasks by task number, then dataset
-    if names and all(table[next((n, p) for p in pools if (n, p) in table)].get("metadata", {}).get("task_id")
-                     is not None for n in names):
-        def key(n):
-            r = table[next((n, p) for p in pools if (n, p) in table)]
-            return (r["metadata"]["task_id"], r["dataset"].lower(), n)
-        names.sort(key=key)
+    if names and all(first[n].metadata.get("task_id") is not None for n in names):
+        names.sort(key=lambda n: (first[n].metadata["task_id"], first[n].dataset.lower(), n))
     return pools, names, table
 
 
@@ -86,29 +77,30 @@ def markdown_report(scores: dict[str, Any]) -> str:
         return next(table[(name, p)] for p in pools if (name, p) in table)
 
     # headline table in the papers' layout; reranked scores beside the retriever's when there are any
-    reranked = next((r["rerank"] for r in scores["tasks"] if "rerank" in r), None)
+    reranked = next((r.rerank for r in table.values() if r.rerank is not None), None)
     out += ["## Headline scores", ""]
     if reranked:
-        out += [f"Reranked: each query's top {reranked['k']} reordered by {reranked['model']}.", ""]
+        out += [f"Reranked: each query's top {reranked.k} reordered by {reranked.model}.", ""]
     header = ["Task", "Category", "Dataset", "Metric"] + [p.capitalize() for p in pools] \
         + ([f"{p.capitalize()} reranked" for p in pools] if reranked else [])
     rows = []
 
-    def rerank_cell(name, pool):
+    def score_cell(name, pool, reranked=False):
         r = table.get((name, pool))
-        return _pct(r["rerank"]["main_score"]) if r is not None and "rerank" in r else "–"
+        scores_ = r.rerank if reranked and r is not None else r
+        return ABSENT if scores_ is None else percent(scores_.main_score)
 
     for name in names:
         r = first(name)
-        task_no = r.get("metadata", {}).get("task_id")
+        task_no = r.metadata.get("task_id")
         label = f"{task_no}. {name}" if task_no is not None else name
-        if any(failure_note(table[(name, p)]) for p in pools if (name, p) in table):
+        if any(table[(name, p)].failed for p in pools if (name, p) in table):
             label += f" {FAILED}"
-        rows.append([label, r["category"], r["dataset"], _metric_label(r["main_metric"])]
-                    + [_pct(table[(name, p)]["main_score"]) if (name, p) in table else "–" for p in pools]
-                    + ([rerank_cell(name, p) for p in pools] if reranked else []))
-    rows.append(["**Average**", "", "", ""] + [f"**{_pct(scores['averages'][p]['main_score'])}**" for p in pools]
-                + ([f"**{_pct(scores['averages'][p].get('rerank_main_score'))}**" for p in pools] if reranked else []))
+        rows.append([label, r.category, r.dataset, _metric_label(r.main_metric)]
+                    + [score_cell(name, p) for p in pools]
+                    + ([score_cell(name, p, reranked=True) for p in pools] if reranked else []))
+    rows.append(["**Average**", "", "", ""] + [f"**{percent(scores['averages'][p]['main_score'])}**" for p in pools]
+                + ([f"**{percent(scores['averages'][p].get('rerank_main_score'))}**" for p in pools] if reranked else []))
     out += [_table(header, rows), ""]
 
     # UMRB groups
@@ -123,16 +115,16 @@ def markdown_report(scores: dict[str, Any]) -> str:
                 continue
             n = scores["averages"][present[0]]["by_category"][cat]["n_tasks"]
             rows.append([group, cat, str(n)]
-                        + [_pct(_get(scores["averages"][p]["by_category"], cat, "main_score")) for p in pools]
-                        + [_pct(_get(scores["averages"][p]["by_category"], cat, "ndcg@10")) for p in pools])
+                        + [_cell(scores["averages"][p]["by_category"].get(cat), "main_score") for p in pools]
+                        + [_cell(scores["averages"][p]["by_category"].get(cat), "ndcg@10") for p in pools])
         present = [p for p in pools if group in scores["averages"][p]["by_group"]]
         if present:
             rows.append([f"**{group}**", "", str(scores["averages"][present[0]]["by_group"][group]["n_tasks"])]
-                        + [f"**{_pct(_get(scores['averages'][p]['by_group'], group, 'main_score'))}**" for p in pools]
-                        + [f"**{_pct(_get(scores['averages'][p]['by_group'], group, 'ndcg@10'))}**" for p in pools])
-    others = sorted({r["category"] for r in scores["tasks"]} - set(CATEGORIES))
+                        + [f"**{_cell(scores['averages'][p]['by_group'].get(group), 'main_score')}**" for p in pools]
+                        + [f"**{_cell(scores['averages'][p]['by_group'].get(group), 'ndcg@10')}**" for p in pools])
+    others = sorted({r.category for r in table.values()} - set(CATEGORIES))
     for cat in others:
-        rows.append(["other", cat, ""] + [_pct(_get(scores["averages"][p]["by_category"], cat, "main_score"))
+        rows.append(["other", cat, ""] + [_cell(scores["averages"][p]["by_category"].get(cat), "main_score")
                                           for p in pools] + ["" for _ in pools])
     out += [_table(header, rows), ""]
 
@@ -146,14 +138,13 @@ def markdown_report(scores: dict[str, Any]) -> str:
             r = table.get((name, pool))
             if r is None:
                 continue
-            m = r["metrics"]
-            scored = r.get("n_scored_queries", r["n_queries"])
+            m, scored = r.metrics, r.n_scored_queries
 
             def cell(key, m=m):  # nothing scored: every metric is without basis
-                return _pct(_get(m, key)) if m else "n/a"
+                return _cell(m, key) if m else "n/a"
             rows.append([name] + [cell(f"hit@{k}") for k in (1, 5, 10, 20, 50)]
                         + [cell("ndcg@10"), cell("mrr@10"), cell("map"), cell("recall@10"), cell("recall@100"),
-                           f"{scored} of {r['n_queries']}" if scored != r["n_queries"] else str(scored)])
+                           f"{scored} of {r.n_queries}" if scored != r.n_queries else str(scored)])
         out += [_table(header, rows), ""]
 
     out += ["## Modality bias", "",
@@ -163,22 +154,22 @@ def markdown_report(scores: dict[str, Any]) -> str:
     rows = []
     for name in names:
         r = first(name)
-        rows.append([name, r["target_modality"], str(r["modality_bias"]["k"])]
-                    + [_pct(table[(name, p)]["modality_bias"]["bias"]) if (name, p) in table else "–" for p in pools])
+        rows.append([name, r.target_modality, str(r.modality_bias["k"])]
+                    + [_cell(table[(name, p)].modality_bias, "bias") if (name, p) in table else ABSENT for p in pools])
     out += [_table(header, rows), ""]
 
-    flagged = [r for r in scores["tasks"] if failure_note(r) or dropped_note(r)]
+    flagged = [r for r in map(TaskResult.from_json, scores["tasks"]) if r.failed or dropped_note(r)]
     if flagged:
         out += ["## Failures and dropped queries", "",
                 f"{FAILED} marks a task in which items could not be embedded: its failed candidates cannot "
                 "be found, and its failed queries count as 0 (M-BEIR, as UniIR) or are left out of the "
                 "mean (BEIR-style tasks, as BEIR). Queries are also dropped from BEIR-style means when "
                 "the qrels judge a query that the queries file does not hold.", ""]
-        rows = [[f"{r['task']} {FAILED}" if failure_note(r) else r["task"], r["pool"],
-                 f"{r['failures']['queries']} of {r['n_queries']}" if failure_note(r) else "0",
-                 f"{r['failures']['candidates']} of {r['n_candidates']}" if failure_note(r) else "0",
+        rows = [[f"{r.task} {FAILED}" if r.failed else r.task, r.pool,
+                 f"{r.failures.queries} of {r.n_queries}" if r.failed else "0",
+                 f"{r.failures.candidates} of {r.n_candidates}" if r.failed else "0",
                  dropped_note(r) or "–",
-                 "; ".join(f"{f['id']}: {f['error']}" for f in r["failures"]["first"]).replace("|", "/") or "–"]
+                 "; ".join(f"{f.id}: {f.error}" for f in r.failures.first).replace("|", "/") or "–"]
                 for r in flagged]
         out += [_table(["Task", "Pool", "Failed queries", "Failed candidates", "Scored", "First reasons"], rows), ""]
     return "\n".join(out)
@@ -208,9 +199,9 @@ def charts(scores: dict[str, Any]) -> dict[str, str]:
     height = max(2.5, 0.35 * len(names) * max(len(pools), 1) + 1)
 
     for key, title, value in (
-        ("headline", "Headline score per task (%)", lambda r: 100 * (r["main_score"] or 0)),
+        ("headline", "Headline score per task (%)", lambda r: 100 * (r.main_score or 0)),
         ("bias", "Modality bias: top-k results of the wrong modality (%)",
-         lambda r: 100 * (r["modality_bias"]["bias"] or 0)),
+         lambda r: 100 * (r.modality_bias["bias"] or 0)),
     ):
         fig, ax = plt.subplots(figsize=(8, height))
         for j, pool in enumerate(pools):
@@ -316,10 +307,10 @@ def sweep_report(sweep: dict[str, Any]) -> str:
     dims = [str(d) for d in sweep["dims"]]
     header = ["Task", "Pool", "Metric"] + [f"dim {d}" for d in dims]
     rows = [[r["task"] + (f" {FAILED}" if r["failed"] else ""), r["pool"], _metric_label(r["main_metric"])]
-            + [_pct(r["main_score"].get(d)) for d in dims] for r in sweep["tasks"]]
+            + [percent(r["main_score"].get(d)) for d in dims] for r in sweep["tasks"]]
     for pool, avg in sweep["averages"].items():
         for key, label in (("main_score", "headline"), ("ndcg@10", "NDCG@10"), ("modality_bias", "modality bias")):
-            rows.append([f"**Mean** ({label})", pool, ""] + [_pct(avg[key].get(d)) for d in dims])
+            rows.append([f"**Mean** ({label})", pool, ""] + [percent(avg[key].get(d)) for d in dims])
     folders = ", ".join(f"`{sweep['folders'][d]}/`" for d in dims)
     return "\n\n".join([f"# {sweep['model']} on {sweep['benchmark']}: Matryoshka dimensions",
                          "Every item embedded once at the model's full dimension; each column scores the "
@@ -347,8 +338,8 @@ def compare(a: dict[str, Any], b: dict[str, Any], *, metrics: tuple[str, ...] = 
     listed as such and left out of the mean Δ. ``names`` labels the sides (e.g. their folders);
     each label is followed by the side's model.
     """
-    ta = {(r["task"], r["pool"]): r for r in a["tasks"]}
-    tb = {(r["task"], r["pool"]): r for r in b["tasks"]}
+    ta = {(r.task, r.pool): r for r in map(TaskResult.from_json, a["tasks"])}
+    tb = {(r.task, r.pool): r for r in map(TaskResult.from_json, b["tasks"])}
     keys = list(ta) + [k for k in tb if k not in ta]
     label_a, label_b = (f"{names[0]} ({a['model']})", f"{names[1]} ({b['model']})") if names else \
         (a["model"], b["model"])
@@ -356,18 +347,18 @@ def compare(a: dict[str, Any], b: dict[str, Any], *, metrics: tuple[str, ...] = 
     rows = []
     sums: dict[str, list[float]] = {}
 
-    def value(r, metric):
-        if r is None:
-            return _MISSING
-        return r["main_score"] if metric == "main" else _get(r["metrics"], metric)
+    def values(r: TaskResult | None) -> dict[str, Any] | None:
+        """A side's scores by the names ``metrics`` uses ("main": the headline); None if it lacks the task."""
+        return None if r is None else {**r.metrics, "main": r.main_score}
 
     for key in keys:
         ra, rb = ta.get(key), tb.get(key)
-        headline = (ra or rb)["main_metric"]
+        headline = (ra or rb).main_metric
         shown: list[str] = []
         for metric in metrics:
             name = headline if metric == "main" else metric
-            va, vb = value(ra, metric), value(rb, metric)
+            sa, sb = values(ra), values(rb)
+            va, vb = (None if s is None else s.get(metric) for s in (sa, sb))
             delta = vb - va if all(isinstance(v, (int, float)) for v in (va, vb)) else None
             if delta is not None:
                 sums.setdefault(metric, []).append(delta)
@@ -375,7 +366,7 @@ def compare(a: dict[str, Any], b: dict[str, Any], *, metrics: tuple[str, ...] = 
                 continue
             shown.append(name)
             note = "only in A" if rb is None else "only in B" if ra is None else "–"
-            rows.append([key[0], key[1], _metric_label(name), _pct(va), _pct(vb),
+            rows.append([key[0], key[1], _metric_label(name), _cell(sa, metric), _cell(sb, metric),
                          note if delta is None else f"{100 * delta:+.2f}"])
     for metric, deltas in sums.items():
         rows.append(["**Mean Δ**", "", "headline" if metric == "main" else _metric_label(metric), "", "",

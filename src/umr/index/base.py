@@ -186,10 +186,13 @@ class VectorStore(Protocol):
 
 
 def check_search_args(k: int, ef_search: int | None) -> None:
-    if int(k) <= 0:
-        raise ValueError(f"k must be a positive number of results, not {k}")
-    if ef_search is not None and int(ef_search) <= 0:
-        raise ValueError(f"ef_search must be a positive number, not {ef_search}")
+    """``ValueError`` unless ``k`` and ``ef_search`` (if given) are whole numbers of at least 1
+    (a bool or a float is refused, not rounded): every search path and every store checks here."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive whole number of results, not {k!r}")
+    if ef_search is not None and (isinstance(ef_search, bool) or not isinstance(ef_search, (int, np.integer))
+                                  or ef_search < 1):
+        raise ValueError(f"ef_search must be a positive whole number, not {ef_search!r}")
 
 
 # -- files -----------------------------------------------------------------------------------------

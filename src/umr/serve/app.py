@@ -1,145 +1,38 @@
 """The HTTP API: OpenAI-style embeddings, search over an index, reranking, items, and the search page.
 
-Build it with :func:`create_app`; ``umr serve`` runs it under uvicorn.
+Build it with :func:`create_app`; ``umr serve`` runs it under uvicorn. The routes live by concern
+(:mod:`~umr.serve.embeddings`, :mod:`~umr.serve.search`, :mod:`~umr.serve.rerank`,
+:mod:`~umr.serve.items`, :mod:`~umr.serve.pictures`); this module builds the app and its guards.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import io
-import json
 import logging
-import threading
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import quote
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..core.atomic import write_bytes_atomic
-from ..core.images import load_image
-from ..core.items import Item, ItemError, Modality
 from ..index.base import StoreUnreachable
-from ..index.index import Unrepresentable
-from ..models.matryoshka import renormalised_prefix
-from .batcher import Embedded, MicroBatcher
-from .security import (Limits, RequestRefused, Security, check_count, check_image_bytes, check_text,
-                       image_from_url)
+from .embeddings import (ContentPart, EmbeddingRequest, ImageURL, Message, embedding_items, embeddings_router,
+                         json_response, truncate)
+from .items import UPLOADS, ItemsRequest, NewItem, items_router
+from .pictures import PAGE_PX, THUMBNAIL_PX, pictures_router, thumbnail_url
+from .rerank import RerankRequest, rerank_router
+from .search import SearchRequest, search_router
+from .security import Limits, RequestRefused, Security
+from .server import Server, check_items, embed_or_refuse, naming
+
+__all__ = ["PAGE_PX", "PUBLIC", "STATIC", "THUMBNAIL_PX", "UPLOADS", "BodyLimit", "ContentPart", "EmbeddingRequest",
+           "ImageURL", "ItemsRequest", "Message", "NewItem", "RerankRequest", "SearchRequest", "Server", "TokenGuard",
+           "check_items", "create_app", "embed_or_refuse", "embedding_items", "json_response", "naming",
+           "thumbnail_url", "truncate"]
 
 log = logging.getLogger("umr.serve")
 STATIC = Path(__file__).parent / "static"
-THUMBNAIL_PX = 384
-#: longest side of a PDF page shown large
-PAGE_PX = 1400
-#: where images added through /v1/items are kept, inside the index folder
-UPLOADS = "uploads"
-
-
-# -- request bodies ------------------------------------------------------------------------------
-
-class ImageURL(BaseModel):
-    url: str
-
-
-class ContentPart(BaseModel):
-    type: Literal["text", "image_url"]
-    text: str | None = None
-    image_url: ImageURL | None = None
-
-
-class Message(BaseModel):
-    role: str = "user"
-    content: str | list[ContentPart]
-
-
-class EmbeddingRequest(BaseModel):
-    """OpenAI's body, plus vLLM's ``messages``, infinity's ``modality``, ``instruction`` and ``input_type``."""
-
-    model_config = ConfigDict(extra="ignore")
-    input: str | list[str] | list[int] | list[list[int]] | None = None
-    messages: list[Message] | None = None
-    model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
-    modality: Literal["text", "image"] = "text"
-    input_type: Literal["query", "document", "passage", "search_query", "search_document"] = "document"
-    instruction: str | None = None
-    user: str | None = None
-
-
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str | None = None
-    image: str | None = Field(default=None, description="a data: URI")
-    instruction: str | None = None
-    modality: str | list[str] | None = None
-    where: dict[str, Any] | None = None
-    k: int = Field(default=10, ge=1)
-    rerank: bool = False
-
-
-class RerankRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    query: str
-    documents: list[str | dict[str, Any]]
-    top_n: int | None = Field(default=None, ge=1)
-    model: str | None = None
-    return_documents: bool = False
-
-
-class NewItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=512)
-    text: str | None = None
-    image: str | None = Field(default=None, description="a data: URI")
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class ItemsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: list[NewItem]
-
-
-# -- the server's state --------------------------------------------------------------------------
-
-@dataclass
-class Server:
-    """What one running server holds: the model (behind its batcher), the index and the reranker."""
-
-    model: Any
-    index: Any = None
-    reranker: Any = None
-    limits: Limits = field(default_factory=Limits)
-    security: Security = field(default_factory=Security)
-    batching: bool = True
-    window_ms: float = 2.0
-    torch_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        self.batcher = MicroBatcher(self.model, window_ms=self.window_ms, enabled=self.batching,
-                                    torch_threads=self.torch_threads)
-        #: index reads and writes take turns (the FAISS store is not safe to write while read)
-        self.index_lock = threading.Lock()
-
-    def need_index(self):
-        if self.index is None:
-            raise RequestRefused(404, "this server has no index: start it with --index DIR")
-        return self.index
-
-    async def in_index(self, fn, *args):
-        """``fn(*args)`` under the index lock, off the event loop."""
-        def locked():
-            with self.index_lock:
-                return fn(*args)
-        return await asyncio.to_thread(locked)
 
 
 def create_app(model, *, index=None, reranker=None, limits: Limits | None = None,
@@ -165,8 +58,8 @@ def create_app(model, *, index=None, reranker=None, limits: Limits | None = None
                   description="Universal multimodal retrieval: embeddings, search, reranking.")
     app.state.server = server
     _install_guards(app, server)
-    _embedding_routes(app, server)
-    _index_routes(app, server)
+    for router in (embeddings_router, rerank_router, search_router, items_router, pictures_router):
+        app.include_router(router(server))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -176,6 +69,17 @@ def create_app(model, *, index=None, reranker=None, limits: Limits | None = None
     @app.get("/healthz")
     async def healthz():
         return {"status": "ok"}
+
+    @app.get("/v1/stats")
+    async def stats():
+        model = server.model
+        out = {"model": str(model.name), "dim": int(model.dim), "reranker": getattr(server.reranker, "name", None),
+               "batching": server.batching, "batcher": server.batcher.stats()}
+        if server.index is not None:
+            index = server.index
+            n, modalities = await server.in_index(lambda: (len(index), index.modality_counts()))
+            out.update(items=n, modalities=modalities, index_model=index.model_name)
+        return out
 
     return app
 
@@ -268,362 +172,3 @@ def _install_guards(app: FastAPI, server: Server) -> None:
     async def crashed(request: Request, exc: Exception):
         log.exception("internal error on %s", request.url.path)  # the trace stays in the server's log
         return _error(500, "internal server error")
-
-
-# -- embeddings ----------------------------------------------------------------------------------
-
-@contextmanager
-def naming(where: str):
-    """A refusal while one input of a request is read names that input (``input 2: ...``): as
-    OpenAI's API does, one bad input refuses the whole request, saying which one it is."""
-    try:
-        yield
-    except RequestRefused as exc:
-        raise RequestRefused(exc.status, f"{where}: {exc}") from None
-
-
-def check_items(items: list[Item], names: list[str]) -> None:
-    """400 naming the first item that cannot be embedded as it is (no text and no image)."""
-    for item, name in zip(items, names):
-        if item.problem is not None:
-            raise RequestRefused(400, f"{name}: {item.problem}")
-
-
-def embedding_items(body: EmbeddingRequest, limits: Limits, security: Security) -> list[Item]:
-    """The request's inputs as items: strings, images (infinity), or chat messages (vLLM); a bad
-    one (empty, not an image, too large) refuses the request, naming it (``input 2``)."""
-    is_query = body.input_type in ("query", "search_query")
-    instruction = check_text(body.instruction, limits, "instruction") if is_query else None
-    items = []
-    if body.messages is not None:
-        if body.input is not None:
-            raise RequestRefused(400, "give either input or messages, not both")
-        check_count(len(body.messages), limits, "messages")
-        for i, message in enumerate(body.messages):
-            with naming(f"message {i}"):
-                items.append(_message_item(message, limits, security, is_query, instruction, i))
-        check_items(items, [f"message {i}" for i in range(len(items))])
-        return items
-    inputs = [body.input] if isinstance(body.input, str) else (body.input or [])
-    if any(not isinstance(v, str) for v in inputs):
-        raise RequestRefused(400, "token-id inputs are not supported: send strings")
-    check_count(len(inputs), limits)
-    for i, value in enumerate(inputs):
-        with naming(f"input {i}"):
-            if body.modality == "image":
-                items.append(Item(image=image_from_url(value, limits, security), is_query=is_query,
-                                  instruction=instruction, id=str(i)))
-            else:
-                items.append(Item(text=check_text(value, limits), is_query=is_query, instruction=instruction,
-                                  id=str(i)))
-    check_items(items, [f"input {i}" for i in range(len(items))])
-    return items
-
-
-def _message_item(message: Message, limits: Limits, security: Security, is_query: bool,
-                  instruction: str | None, i: int) -> Item:
-    parts = [ContentPart(type="text", text=message.content)] if isinstance(message.content, str) else message.content
-    texts = [p.text for p in parts if p.type == "text" and p.text]
-    images = [p.image_url.url for p in parts if p.type == "image_url" and p.image_url is not None]
-    if len(images) > 1:
-        raise RequestRefused(400, "at most one image per item")
-    text = check_text("\n".join(texts), limits) if texts else None
-    image = image_from_url(images[0], limits, security) if images else None
-    return Item(text=text, image=image, is_query=is_query, instruction=instruction, id=str(i))
-
-
-def truncate(vectors: np.ndarray, dimensions: int | None, full: int) -> np.ndarray:
-    """The first ``dimensions`` of each vector, renormalised (Matryoshka), or refuse a bad size."""
-    if dimensions is None or dimensions == full:
-        return vectors
-    if dimensions > full:
-        raise RequestRefused(400, f"dimensions={dimensions} is more than the model's {full}")
-    return renormalised_prefix(vectors, dimensions)
-
-
-async def embed_or_refuse(server: Server, items: list[Item], names: list[str]) -> Embedded:
-    """The items' vectors, or 400 naming the first one the model could not embed (``names[i]``
-    labels item ``i``): nothing of a request is embedded unless all of it is."""
-    embedded = await server.batcher.embed(items)
-    if embedded.result.errors:
-        err = embedded.result.errors[0]
-        raise RequestRefused(400, f"{names[err.index]}: {err.reason}")
-    return embedded
-
-
-def json_response(payload: dict[str, Any]) -> Response:
-    """``payload`` as JSON, numpy arrays included: float32 vectors are written as the shortest
-    decimals that read back to the same float32 (about half the bytes of float64 repr, and
-    ~25x faster than ``json.dumps`` of lists: 11 us against 290 us for one 384-d vector)."""
-    import orjson
-
-    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
-
-
-def _embedding_routes(app: FastAPI, server: Server) -> None:
-    model, limits, security = server.model, server.limits, server.security
-
-    def check_model_name(name: str | None) -> None:
-        if name is not None and name not in (model.name, Path(str(model.name)).name):
-            raise RequestRefused(404, f"model {name!r} is not served here; this server serves {model.name!r}")
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": str(model.name), "object": "model", "owned_by": "umr"}]}
-
-    @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest):
-        check_model_name(body.model)
-        items = embedding_items(body, limits, security)
-        embedded = await embed_or_refuse(server, items, [f"{'message' if body.messages is not None else 'input'} {i}"
-                                                         for i in range(len(items))])
-        vectors = truncate(embedded.result.vectors, body.dimensions, model.dim)
-        data = []
-        for i, v in enumerate(np.ascontiguousarray(vectors, dtype="<f4")):  # as orjson writes arrays
-            value = base64.b64encode(v.tobytes()).decode("ascii") if body.encoding_format == "base64" else v
-            data.append({"object": "embedding", "index": i, "embedding": value})
-        return json_response({"object": "list", "data": data, "model": str(model.name),
-                              "usage": {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens}})
-
-    @app.post("/v1/rerank")
-    async def rerank(body: RerankRequest):
-        if server.reranker is None:
-            raise RequestRefused(404, "no reranker loaded: start the server with --rerank MODEL")
-        if not check_text(body.query, limits, "query").strip():
-            raise RequestRefused(400, "query: the query is empty")
-        check_count(len(body.documents), limits, "documents")
-        docs = []
-        for i, d in enumerate(body.documents):
-            text = d if isinstance(d, str) else d.get("text")
-            if not isinstance(text, str):
-                raise RequestRefused(400, f"documents[{i}]: a document is a string or an object with a string 'text'")
-            with naming(f"documents[{i}]"):
-                docs.append(check_text(text, limits, "document"))
-        try:
-            scores = await server.batcher.run(server.reranker.score, body.query, docs)
-        except ItemError as exc:  # an empty document, or one the reranker cannot read: named, as inputs are
-            raise RequestRefused(400, f"documents[{exc.index}]: {exc.reason}") from None
-        order = sorted(range(len(docs)), key=lambda i: -float(scores[i]))[: body.top_n or len(docs)]
-        results = [{"index": i, "relevance_score": float(scores[i]),
-                    **({"document": {"text": docs[i]}} if body.return_documents else {})} for i in order]
-        return {"model": str(server.reranker.name), "results": results}
-
-
-# -- search and items ------------------------------------------------------------------------------
-
-def thumbnail_url(record: dict[str, Any]) -> str | None:
-    """Where the page finds the item's picture: image files, and PDF pages (rendered)."""
-    path = record.get("path")
-    if not path:
-        return None
-    suffix = Path(path).suffix.lower()
-    if suffix not in _image_suffixes() and not (suffix == ".pdf" and isinstance(_page(record), int)):
-        return None
-    return "/v1/thumbnails/" + quote(record["id"], safe="")
-
-
-def _page(record: dict[str, Any]):
-    return (record.get("meta") or {}).get("page")
-
-
-def _image_suffixes() -> set[str]:
-    from PIL import Image
-
-    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
-
-def _result_json(result) -> dict[str, Any]:
-    record = {"id": result.id, "path": result.path, "meta": result.meta}
-    return {"rank": result.rank, "id": result.id, "score": result.score, "modality": result.modality,
-            "text": result.text, "via": result.via, "metadata": result.meta,
-            "thumbnail_url": thumbnail_url(record),
-            "original_url": "/v1/originals/" + quote(result.id, safe="") if thumbnail_url(record) else None}
-
-
-async def _form_or_json(request: Request, model_cls):
-    """A body as ``model_cls``, from JSON or from a multipart form (image as an uploaded file)."""
-    upload = None
-    try:
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            return model_cls.model_validate_json(await request.body()), None
-        form = await request.form(max_files=1, max_fields=32)
-        fields: dict[str, Any] = {}
-        for key, value in form.multi_items():
-            if hasattr(value, "read"):
-                upload = await value.read()
-            elif key in ("where", "metadata", "modality") and value.strip().startswith(("{", "[")):
-                try:
-                    fields[key] = json.loads(value)
-                except json.JSONDecodeError:
-                    raise RequestRefused(400, f"form field {key} is not valid JSON") from None
-            elif value != "":
-                fields[key] = value
-        return model_cls.model_validate(fields), upload
-    except ValidationError as exc:  # bad JSON too
-        raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
-
-
-def _search_body(model_cls, description: str) -> dict:
-    return {"requestBody": {"description": description, "content": {
-        "application/json": {"schema": model_cls.model_json_schema()},
-        "multipart/form-data": {"schema": {"type": "object", "properties": {"image": {"type": "string",
-                                                                                     "format": "binary"}}}}}}}
-
-
-def _index_routes(app: FastAPI, server: Server) -> None:
-    limits, security = server.limits, server.security
-
-    @app.post("/v1/search", openapi_extra=_search_body(SearchRequest, "JSON (image as a data: URI) or a form "
-                                                                     "with the same fields and an image file"))
-    async def search(request: Request):
-        index = server.need_index()
-        body, upload = await _form_or_json(request, SearchRequest)
-        if body.k > limits.max_k:
-            raise RequestRefused(413, f"k={body.k} is over the limit of {limits.max_k}")
-        text = check_text(body.text, limits, "query text")
-        check_text(body.instruction, limits, "instruction")
-        image = check_image_bytes(upload, limits) if upload else (
-            image_from_url(body.image, limits, security) if body.image else None)
-        if (text is None or not text.strip()) and image is None:
-            raise RequestRefused(400, "a query needs text, an image, or both")
-        modality = body.modality
-        try:
-            for m in ([modality] if isinstance(modality, str) else modality or []):
-                Modality.parse(m)
-        except ValueError as exc:
-            raise RequestRefused(400, str(exc)) from None
-        query = Item.query(text=text if text and text.strip() else None, image=image,
-                           instruction=body.instruction, id="query")
-        try:
-            query = await asyncio.to_thread(index.represent, query)
-        except Unrepresentable:
-            raise RequestRefused(422, f"the query image has no readable text and {index.model_name} cannot see "
-                                      f"pixels: add query text") from None
-        vector = (await embed_or_refuse(server, [query], ["the query"])).result.vectors
-        k = body.k * 3 if body.rerank and server.reranker is not None else body.k
-        try:
-            results = (await server.in_index(lambda: index.search_vectors(vector, k=k, modality=modality,
-                                                                          where=body.where)))[0]
-        except ValueError as exc:
-            raise RequestRefused(400, " ".join(str(exc).split())) from None
-        if body.rerank:
-            if server.reranker is None:
-                raise RequestRefused(400, "rerank asked for, but no reranker is loaded (--rerank MODEL)")
-            results = (await server.batcher.run(server.reranker.rerank, query, results, k))[: body.k]
-        return {"object": "list", "model": str(server.model.name), "results": [_result_json(r) for r in results]}
-
-    @app.post("/v1/items", openapi_extra=_search_body(ItemsRequest, "JSON {items: [...]} (images as data: URIs), "
-                                                                   "or a form with id, text, metadata and an image file"))
-    async def add_items(request: Request):
-        index = server.need_index()
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            one, upload = await _form_or_json(request, NewItem)
-            wanted = [(one, check_image_bytes(upload, limits) if upload else None)]
-        else:
-            body, _ = await _form_or_json(request, ItemsRequest)
-            check_count(len(body.items), limits, "items")
-            wanted = []
-            for it in body.items:
-                with naming(f"item {it.id!r}"):
-                    wanted.append((it, image_from_url(it.image, limits, security) if it.image else None))
-        for it, _ in wanted:  # every item is checked before any upload is kept or anything added
-            with naming(f"item {it.id!r}"):
-                check_text(it.text, limits)
-        check_items([Item.candidate(text=it.text, image=image) for it, image in wanted],
-                    [f"item {it.id!r}" for it, _ in wanted])
-        items = []
-        for it, image in wanted:
-            path = await asyncio.to_thread(_keep_upload, index.folder, image) if image else None
-            items.append(Item.candidate(text=it.text, image=path, id=it.id, **it.metadata))
-
-        def add():
-            with server.index_lock:
-                return index.add(items)
-        summary = await server.batcher.run(add)
-        return {"added": summary.added, "updated": summary.updated, "unchanged": summary.unchanged,
-                "errors": summary.errors + summary.skipped}
-
-    @app.delete("/v1/items/{item_id:path}")
-    async def delete_item(item_id: str):
-        index = server.need_index()
-        if not await server.in_index(index.delete, [item_id]):
-            raise RequestRefused(404, "no such item in the index")
-        return {"deleted": item_id}
-
-    @app.get("/v1/stats")
-    async def stats():
-        model = server.model
-        out = {"model": str(model.name), "dim": int(model.dim), "reranker": getattr(server.reranker, "name", None),
-               "batching": server.batching, "batcher": server.batcher.stats()}
-        if server.index is not None:
-            index = server.index
-            n, modalities = await server.in_index(lambda: (len(index), index.modality_counts()))
-            out.update(items=n, modalities=modalities, index_model=index.model_name)
-        return out
-
-    async def image_record(item_id: str) -> dict[str, Any]:
-        index = server.need_index()
-        record = (await server.in_index(index.get, [item_id]))[0]
-        if record is None:
-            raise RequestRefused(404, "no such item in the index")
-        if thumbnail_url(record) is None or not Path(record["path"]).is_file():
-            raise RequestRefused(404, "this item has no image")
-        return record
-
-    @app.get("/v1/thumbnails/{item_id:path}")
-    async def thumbnail(item_id: str):
-        record = await image_record(item_id)
-        data = await asyncio.to_thread(_picture, record, limits, THUMBNAIL_PX, "JPEG")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
-
-    @app.get("/v1/originals/{item_id:path}")
-    async def original(item_id: str):
-        record = await image_record(item_id)
-        if Path(record["path"]).suffix.lower() == ".pdf":  # the page, rendered
-            data = await asyncio.to_thread(_picture, record, limits, PAGE_PX, "PNG")
-            return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
-        return FileResponse(record["path"], headers={"Cache-Control": "private, max-age=300"})
-
-
-def _keep_upload(folder: Path, data: bytes) -> str:
-    """Store an uploaded image in the index folder under its content hash (so results can show it)."""
-    import hashlib
-
-    from PIL import Image
-
-    fmt = (Image.open(io.BytesIO(data)).format or "png").lower()
-    target = Path(folder) / UPLOADS / f"{hashlib.blake2b(data, digest_size=16).hexdigest()}.{fmt}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        write_bytes_atomic(target, data)
-    return str(target)
-
-
-def _picture(record: dict[str, Any], limits: Limits, side: int, fmt: str) -> bytes:
-    """The item's image (a PDF page rendered) fitted in ``side`` pixels, encoded as ``fmt``."""
-    path = record["path"]
-    try:
-        img = _pdf_page(path, _page(record), side) if Path(path).suffix.lower() == ".pdf" else \
-            load_image(path, max_pixels=limits.max_image_pixels)
-    except ValueError as exc:
-        raise RequestRefused(404, f"this item's image cannot be shown: {getattr(exc, 'reason', exc)}") from None
-    img.thumbnail((side, side))
-    out = io.BytesIO()
-    img.save(out, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
-    return out.getvalue()
-
-
-def _pdf_page(path: str, number: int, side: int):
-    try:
-        import pypdfium2 as pdfium
-    except ImportError:
-        raise ValueError("PDF pages need pypdfium2") from None
-    try:
-        doc = pdfium.PdfDocument(path)
-        try:
-            page = doc[number - 1]
-            return page.render(scale=side / max(*page.get_size(), 1)).to_pil().convert("RGB")
-        finally:
-            doc.close()
-    except Exception as exc:  # noqa: BLE001 - pdfium raises its own error types
-        raise ValueError(f"PDF page cannot be rendered: {exc}") from None

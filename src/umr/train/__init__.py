@@ -3,8 +3,10 @@
 Read top-down: :mod:`.collectives` (every collective, on the process's device; the bucketed
 gradient reducer), :mod:`.loss` (InfoNCE, the masks, the distributed gather), :mod:`.grad_cache`
 (one step's backward, whole or cached), :mod:`.data` (examples, sources, mixtures, batches),
-:mod:`.lora` (what trains, peft adapters), :mod:`.checkpoint` (exact resume) and
-:mod:`.trainer` (the loop).
+:mod:`.batches` (a step's micro-batches: hard negatives, prefetched items, bad examples),
+:mod:`.precision` (bf16, decided once), :mod:`.update` (the schedule, finite checks),
+:mod:`.lora` (what trains, peft adapters), :mod:`.checkpoint` (exact resume), :mod:`.metrics`
+and :mod:`.output` (what a run writes) and :mod:`.trainer` (the loop).
 """
 
 from .config import TrainConfig

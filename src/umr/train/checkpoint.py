@@ -4,7 +4,8 @@ A checkpoint is a folder ``checkpoints/step-N`` holding ``state.pt``: the traina
 parameters (frozen ones equal the base model's), optimizer, scheduler, temperature, the data
 position and every RNG state. It is written under a temporary name, flushed to disk, then
 renamed: a folder named ``step-N`` is always complete, and a SIGKILL loses at most the steps
-since the last one.
+since the last one. A run resumes only with the settings it was trained with, but for those of
+:data:`RESUMABLE_CHANGES`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ import numpy as np
 import torch
 
 from ..core.atomic import replace_durably, write_bytes_atomic
+from .errors import TrainingError
 
 PREFIX = "step-"
+
+#: settings a resumed run may change (how long, how often to save or log, where to run)
+RESUMABLE_CHANGES = {"resume", "max_steps", "epochs", "progress", "save_every", "keep_checkpoints", "log_every",
+                     "save_adapter", "device", "eval_data", "eval_every", "eval_benchmark", "on_nonfinite"}
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -74,3 +80,30 @@ def load_latest(folder: Path) -> dict[str, Any] | None:
     if not steps:
         return None
     return torch.load(folder / f"{PREFIX}{steps[-1]}" / "state.pt", map_location="cpu", weights_only=False)
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``module``'s trainable parameters, by name (the frozen ones equal the base model's)."""
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def check_resumable(state: dict[str, Any], config: dict[str, Any], output: Path) -> None:
+    """Refuse to resume checkpoint ``state`` (of the run in ``output``) under ``config`` (a
+    :meth:`~umr.train.config.TrainConfig.to_dict`) that changes more than :data:`RESUMABLE_CHANGES`."""
+    before = state["config"]
+    changed = sorted(k for k in config if k not in RESUMABLE_CHANGES and before.get(k) != config[k])
+    if changed:
+        raise TrainingError(f"--resume: the checkpoint in {output} was trained with other "
+                            f"{', '.join(changed)}; resume with the same settings (or a new --output)")
+
+
+def load_trainable(module: torch.nn.Module, trainable: dict[str, torch.Tensor], output: Path) -> None:
+    """Put a checkpoint's :func:`trainable_state` back into ``module`` (of the run in ``output``)."""
+    named = dict(module.named_parameters())
+    missing = set(trainable) - set(named)
+    if missing:
+        raise TrainingError(f"the checkpoint in {output} does not fit this model/LoRA setup "
+                            f"({sorted(missing)[:3]} unknown)")
+    with torch.no_grad():
+        for name, value in trainable.items():
+            named[name].copy_(value)

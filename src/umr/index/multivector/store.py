@@ -73,11 +73,13 @@ def join_vectors(batches: Sequence, dim: int) -> "np.ndarray | list[np.ndarray]"
     return [matrix for batch in batches for matrix in batch]
 
 
-def refuse_backend(backend: str) -> None:
-    """Multi-vector indexes live in their folder; Milvus is refused in one line."""
-    if backend != "faiss":
+def multi_vector_backend(backend: str) -> str:
+    """The backend a late-interaction model is indexed in: this store, asked for as the embedded
+    ``faiss`` default (or by its name); Milvus is refused in one line."""
+    if backend not in ("faiss", BACKEND):
         raise ValueError(f"late-interaction (multi-vector) models are indexed in the embedded store only "
                          f"(--backend faiss); umr does not store token vectors in {backend} yet")
+    return BACKEND
 
 
 class _Segment:
@@ -115,9 +117,12 @@ class MultiVectorStore:
     # -- opening ------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, folder: str | os.PathLike, *, dim: int, config: dict[str, Any],
-               token_storage: str = "float16", pool_factor: int | None = None) -> "MultiVectorStore":
+    def create(cls, folder: str | os.PathLike, *, dim: int, config: dict[str, Any]) -> "MultiVectorStore":
+        """A new, empty store; ``config["tokens"]`` says how tokens are kept (``storage``: one of
+        :data:`TOKEN_STORAGE`, default float16; ``pool_factor``: None or >= 1)."""
         folder = Path(folder)
+        tokens = config.get("tokens") or {}
+        token_storage, pool_factor = tokens.get("storage", "float16"), tokens.get("pool_factor")
         if (folder / MANIFEST).exists():
             raise IndexStoreError(f"{folder} already holds an index")
         if token_storage not in TOKEN_STORAGE:

@@ -153,8 +153,8 @@ def test_headline_metric_is_computed_at_its_k(headline, key):
     k = (int(key.split("@")[1]),) if "@" in key else ()
     options = {"ndcg": {"ndcg_k": k}, "mrr": {"mrr_k": k}, "map": {"map_k": k}}.get(metric, {"k_values": k})
     expected = mean_metrics(evaluate_run(outcome.run, task.qrels, **options))[key]
-    assert outcome.result["main_metric"] == key
-    assert expected > 0 and outcome.result["main_score"] == pytest.approx(expected)
+    assert outcome.result.main_metric == key
+    assert expected > 0 and outcome.result.main_score == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("headline", ["bleu@10", "ndcg", "ndcg@0", "ndcg@ten"])

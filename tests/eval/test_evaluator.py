@@ -3,7 +3,6 @@ from its last commit, holds one pool's vectors, and compares two runs task by ta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,64 +18,12 @@ from umr.eval import EvalConfig, Evaluator, evaluate
 from umr.eval.cache import EmbeddingStore
 from umr.eval.trec import read_run
 from umr.models.base import Embedder
-from umr.core.items import Item, ItemError
+from umr.core.items import Item
+
+from .conftest import Words, cli_eval, word_items, write_beir
 
 STDLIB_DOCS = Path(__file__).parents[1] / "fixtures" / "eval" / "stdlib-docs"
 pytrec_eval = pytest.importorskip("pytrec_eval")
-
-
-class Words(Embedder):
-    """Bag of hashed words (64-d). An image is embedded from its file's bytes (a missing or
-    unreadable file is that item's error); items whose text holds a word in ``refuse`` fail."""
-
-    dim = 64
-    batch_size = 4
-
-    def __init__(self, name: str = "words", refuse: tuple[str, ...] = ()):
-        self.name = name
-        self.refuse = set(refuse)
-        self.calls = 0
-        self.seen: list[str] = []
-
-    def _cost(self, item: Item) -> int:
-        if self.refuse & set((item.text or "").split()):
-            raise ItemError(item.id, "refused word")
-        if item.image is not None and not Path(str(item.image)).is_file():
-            raise ItemError(item.id, f"no such image file: {item.image}")
-        return 1
-
-    def _embed_batch(self, items):
-        self.calls += len(items)
-        self.seen += [item.id for item in items]
-        out = np.zeros((len(items), self.dim), np.float32)
-        for row, item in enumerate(items):
-            words = (item.text or "").split()
-            if item.image is not None:
-                words.append(hashlib.md5(Path(str(item.image)).read_bytes()).hexdigest())
-            for word in words:
-                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim] += 1.0
-            out[row] += 1e-3  # no all-zero vector
-        return out
-
-
-def write_beir(folder: Path, corpus, queries, qrels, meta=None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
-    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
-    (folder / "qrels").mkdir(exist_ok=True)
-    (folder / "qrels/test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-        f"{q}\t{d}\t{s}\n" for q, d, s in qrels))
-    if meta is not None:
-        (folder / "task.json").write_text(json.dumps(meta))
-    return folder
-
-
-def cli_eval(monkeypatch, model: Words, data: Path, output: Path, *extra: str) -> int:
-    import umr.cli.eval as cli_eval
-
-    monkeypatch.setattr(cli_eval, "load_model_from_args", lambda args: model)
-    return main(["eval", "--model", model.name, "--benchmark", "beir", "--data", str(data),
-                 "--output", str(output), "--no-progress", *extra])
 
 
 def pytrec_means(qrels, run) -> dict[str, float]:
@@ -123,7 +70,7 @@ def test_mbeir_keeps_uniir_means_every_query_of_the_file(mbeir_dir, oracle, tmp_
     [task] = load_mbeir(root, tasks=["mscoco_task0"])
     task.candidates = [c for c in task.candidates if c.id != "1:1000"]  # query 1:0 now misses
     result = Evaluator(oracle).evaluate_task(task).result
-    assert result["n_scored_queries"] == 6 and result["metrics"]["hit@5"] == pytest.approx(5 / 6)
+    assert result.n_scored_queries == 6 and result.metrics["hit@5"] == pytest.approx(5 / 6)
 
 
 # -- BEIR's ignore_identical_ids (8.7) -----------------------------------------------------------
@@ -144,13 +91,13 @@ def test_results_with_the_query_id_are_dropped_as_beir_does(tmp_path):
     for qid, scores in outcome.run.items():
         assert qid not in scores and len(scores) == 3  # searched one deeper: depth results remain
     qrels = {q: dict(j) for q, j in task.qrels.items()}
-    assert outcome.result["metrics"]["ndcg@10"] == pytest.approx(pytrec_means(qrels, outcome.run)["ndcg@10"], abs=1e-9)
+    assert outcome.result.metrics["ndcg@10"] == pytest.approx(pytrec_means(qrels, outcome.run)["ndcg@10"], abs=1e-9)
     # the query finding itself would have ranked first, pushing the counter-argument down
     kept = load_beir_task(_argument_task(tmp_path / "keep", meta={"ignore_identical_ids": False}))
     assert not kept.ignore_identical_ids
     with_self = Evaluator(Words(), config=config).evaluate_task(kept)
     assert all(qid in scores for qid, scores in with_self.run.items())
-    assert with_self.result["metrics"]["mrr"] < outcome.result["metrics"]["mrr"] == pytest.approx(1.0)
+    assert with_self.result.metrics["mrr"] < outcome.result.metrics["mrr"] == pytest.approx(1.0)
     assert not load_beir_task(tmp_path / "arg", ignore_identical_ids=False).ignore_identical_ids
 
 
@@ -207,7 +154,7 @@ def test_metrics_without_basis_are_na(tmp_path, monkeypatch, capsys):
     nothing = write_beir(tmp_path / "nothing", [{"_id": "d0", "text": "refused"}], [{"_id": "q0", "text": "x"}],
                          [("q0", "d0", 1)])
     result = Evaluator(Words(refuse=("refused",))).evaluate_task(load_beir_task(nothing)).result
-    assert result["main_score"] == 0.0 and result["modality_bias"]["bias"] is None
+    assert result.main_score == 0.0 and result.modality_bias["bias"] is None
 
 
 def test_an_item_whose_file_changed_since_it_failed_is_embedded_again(tmp_path, monkeypatch, capsys):
@@ -258,13 +205,9 @@ class Dies(Words):
         return super()._embed_batch(items)
 
 
-def _items(n: int) -> list[Item]:
-    return [Item.candidate(text=f"word{i} other{i % 7}", id=f"d{i}") for i in range(n)]
-
-
 @pytest.mark.parametrize("every, seconds, lost_at_most", [(10, 1e9, 10), (10**9, 0.0, 4)])
 def test_an_interruption_loses_at_most_the_work_since_the_last_commit(tmp_path, every, seconds, lost_at_most):
-    items = _items(100)
+    items = word_items(100)
     dies = Dies(budget=57)
     store = EmbeddingStore(tmp_path, "m", commit_every=every, commit_seconds=seconds)
     with pytest.raises(KeyboardInterrupt):
@@ -292,7 +235,7 @@ def test_killed_process_resumes_from_its_last_commit(tmp_path):
     script.write_text(f"""
 import sys, time
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-from test_eval_hardening import Words, _items
+from conftest import Words, word_items
 from umr.eval.cache import EmbeddingStore
 
 class Slow(Words):
@@ -300,7 +243,7 @@ class Slow(Words):
         time.sleep(0.02)
         return super()._embed_batch(items)
 
-EmbeddingStore({str(tmp_path / 'cache')!r}, "m", commit_every=8).embed(Slow(), _items(400), batch_size=2)
+EmbeddingStore({str(tmp_path / 'cache')!r}, "m", commit_every=8).embed(Slow(), word_items(400), batch_size=2)
 """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}
@@ -321,30 +264,30 @@ EmbeddingStore({str(tmp_path / 'cache')!r}, "m", commit_every=8).embed(Slow(), _
     committed = len(reopened)
     assert seen_committed <= committed < 400  # whole lines count; a torn tail is cut off
     fresh = Words()
-    vectors, kept, _, _ = reopened.embed(fresh, _items(400), batch_size=2)
+    vectors, kept, _, _ = reopened.embed(fresh, word_items(400), batch_size=2)
     assert fresh.calls == 400 - committed
-    np.testing.assert_allclose(vectors, Words().embed(_items(400)).vectors, atol=1e-6)
+    np.testing.assert_allclose(vectors, Words().embed(word_items(400)).vectors, atol=1e-6)
 
 
 def test_torn_tails_are_cut_and_old_shards_are_kept(tmp_path):
     model = Words()
     store = EmbeddingStore(tmp_path, "m")
-    store.embed(model, _items(10))
+    store.embed(model, word_items(10))
     with (store.dir / "vectors.f32").open("ab") as handle:
         handle.write(b"\x00" * 100)  # part of a row whose fingerprint never landed
     with (store.dir / "fps.txt").open("ab") as handle:
         handle.write(b"0123abc")  # a torn line
     reopened = EmbeddingStore(tmp_path, "m")
     assert len(reopened) == 10
-    vectors, kept, _, _ = reopened.embed(model, _items(12))
-    np.testing.assert_allclose(vectors, Words().embed(_items(12)).vectors, atol=1e-6)
+    vectors, kept, _, _ = reopened.embed(model, word_items(12))
+    np.testing.assert_allclose(vectors, Words().embed(word_items(12)).vectors, atol=1e-6)
     assert len(EmbeddingStore(tmp_path, "m")) == 12
     # a cache written as shard-*.npz (before the append-only files) is taken over, not re-embedded
     legacy = tmp_path / "legacy"
     first = EmbeddingStore(legacy, "m")
     from umr.eval.cache import fingerprint
 
-    items = _items(5)
+    items = word_items(5)
     np.savez(first.dir / "shard-000000.npz", fps=np.asarray([fingerprint(i) for i in items], dtype="U40"),
              vectors=Words().embed(items).vectors)
     taken = EmbeddingStore(legacy, "m")
@@ -450,14 +393,14 @@ def test_two_stores_sharing_a_cache_never_misalign_rows(tmp_path):
     committed instead of appending over it with stale row numbers."""
     a, b = EmbeddingStore(tmp_path, "m"), EmbeddingStore(tmp_path, "m")
     first, second = Words(), Words()
-    a.embed(first, _items(10))
-    vectors, kept, _, _ = b.embed(second, _items(15)[5:])
+    a.embed(first, word_items(10))
+    vectors, kept, _, _ = b.embed(second, word_items(15)[5:])
     assert second.calls == 5 and len(kept) == 10
-    np.testing.assert_allclose(vectors, Words().embed(_items(15)[5:]).vectors, atol=1e-6)
+    np.testing.assert_allclose(vectors, Words().embed(word_items(15)[5:]).vectors, atol=1e-6)
     again = Words()
-    vectors, _, _, _ = a.embed(again, _items(15))
+    vectors, _, _, _ = a.embed(again, word_items(15))
     assert again.calls == 0
-    np.testing.assert_allclose(vectors, Words().embed(_items(15)).vectors, atol=1e-6)
+    np.testing.assert_allclose(vectors, Words().embed(word_items(15)).vectors, atol=1e-6)
 
 
 def test_retry_errors_retries_each_item_once_per_run_and_refreshes_every_task(tmp_path):

@@ -1,0 +1,10 @@
+"""``umr verify``: show, on the user's own weights and hardware, that umr's fast path computes
+the vectors the model's reference computes (see :func:`verify`)."""
+
+from .probes import Probe, probe_set
+from .references import NoReference, Reference, reference_for
+from .report import ProbeResult, Tolerance, VerifyReport
+from .run import compare, verify
+
+__all__ = ["NoReference", "Probe", "ProbeResult", "Reference", "Tolerance", "VerifyReport", "compare",
+           "probe_set", "reference_for", "verify"]
