@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
                              "differ slightly from the index's dtype)")
     parser.add_argument("--ef-search", type=int, default=None,
                         help="HNSW: candidates explored per query; MUVERA (late interaction): candidates "
-                             "reranked by exact MaxSim per query (default 100)")
+                             "reranked by exact MaxSim per query (default 200)")
     parser.add_argument("--exact", action="store_true",
                         help="exact search even if the index is HNSW (or exact MaxSim on a MUVERA index)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
