@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-from umr.core import devices, entries, fingerprint, images, items, results, uniir
+from umr.core import devices, entries, fingerprint, images, items, registry, results, uniir
 from umr.train import errors as train_errors
 from umr.train import precision as train_precision
 
@@ -23,6 +23,9 @@ MOVED = [
     ("umr", results, ["EmbedResult"]),
     ("umr", items, ["Item", "ItemError", "Modality"]),
     ("umr.models.registry", devices, ["check_device"]),
+    ("umr.models.registry", registry, ["ModelSpec", "UnsupportedOption"]),
+    ("umr.models.catalog", registry, ["ModelSpec"]),
+    ("umr.models", registry, ["ModelSpec"]),
     ("umr.index", results, ["Result", "Summary"]),
     ("umr.index.index", results, ["Result", "Summary"]),
     ("umr.index.index", devices, ["check_device"]),

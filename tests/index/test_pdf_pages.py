@@ -207,9 +207,9 @@ def test_gme_passages_hold_the_page_image_and_fit_beside_it(tiny_gme_dir, tmp_pa
     assert room == chunker.tokens - model.processor.num_image_tokens(*items[0].image.size) - 2  # + vision start/end
     assert max(len(model.token_spans(i.text)) for i in items) <= room
     processor = model.processor
-    cut = [processor.process(item).input_ids for item in items]
+    cut = [processor.prepare(item).input_ids for item in items]
     processor.max_length = 10 ** 6
-    assert cut == [processor.process(item).input_ids for item in items]  # every passage whole, image and all
+    assert cut == [processor.prepare(item).input_ids for item in items]  # every passage whole, image and all
 
 
 def test_a_password_protected_pdf_is_reported_as_encrypted(tmp_path):

@@ -232,7 +232,7 @@ def test_fused_is_the_normalised_sum_of_the_towers(sf, images):
     img = Image.open(images["photo"]).convert("RGB")
     with torch.no_grad():
         t = sf.encode_texts(["A red car."])[0]
-        i = sf.encode_images(sf.transform(img)[None])[0]
+        i = sf.encode_images(sf.processor.transform(img)[None])[0]
     expected = F.normalize(t + i, dim=-1).numpy()
     got = sf.embed([Item.candidate("a red car", images["photo"])]).vectors[0]
     assert np.abs(got - expected).max() <= TOL

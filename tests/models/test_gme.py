@@ -136,7 +136,7 @@ def test_truncated_text_parity(gme, ref, images):
     rng = random.Random(3)
     words = "the of a dog cat image photo river mountain 2024 wikipedia assistant".split()
     long_text = " ".join(rng.choice(words) for _ in range(3000))
-    ids = gme.processor.process(Item.candidate(long_text)).input_ids
+    ids = gme.processor.prepare(Item.candidate(long_text)).input_ids
     assert len(ids) == 1800  # cut at max_length: the <|endoftext|> is gone as in the reference
     _check(gme, ref, Item.candidate(long_text, id="long"))
     _check(gme, ref, Item.query(long_text, image=images["photo"], instruction="Find it.", id="long-fused"))
@@ -186,7 +186,7 @@ def test_batch_invariance(gme, images):
 def test_batch_invariance_through_forward_directly(gme, images):
     """Rows of one padded forward pass (no cost sorting) equal the items alone."""
     items = _mixed_items(images)
-    processed = [gme.processor.process(item) for item in items]
+    processed = [gme.processor.prepare(item) for item in items]
     together = torch.nn.functional.normalize(gme.forward(processed), dim=-1).numpy()
     alone = np.concatenate([torch.nn.functional.normalize(gme.forward([p]), dim=-1).numpy() for p in processed])
     assert np.abs(together - alone).max() <= TOL
@@ -200,7 +200,7 @@ def test_vectors_are_normalised_and_dim(gme, images):
 
 def test_cost_tracks_tokens(gme, images):
     for item in _mixed_items(images):
-        real = len(gme.processor.process(item).input_ids)
+        real = len(gme.processor.prepare(item).input_ids)
         estimate = gme._cost(item)
         assert abs(estimate - real) <= max(12, 0.35 * real), (item.id, estimate, real)
 
@@ -224,7 +224,7 @@ def test_image_token_bounds(tiny_gme_dir, images):
             assert 4 <= n_small <= 16, (name, n_small)
             assert 256 <= n_default <= 1280, (name, n_default)
         # the grid of the processed image follows the same numbers
-        p = small.processor.process(Item(image=images[name]))
+        p = small.processor.prepare(Item(image=images[name]))
         assert p.grid_thw[1] * p.grid_thw[2] // 4 == n_small
         assert p.input_ids.count(small.image_token_id) == n_small
     # a 1500x1100 image is capped at max_image_tokens and keeps its aspect ratio roughly
@@ -457,7 +457,7 @@ def test_positions_are_sequential_not_3d_mrope(gme, images):
     """GME pools with plain positions 0..L-1; transformers' Qwen2VLModel.forward would use 3-D M-RoPE
     for image tokens, which gives a different vector (so the parity tests do test the positions)."""
     item = Item.candidate("a caption", image=images["photo"])
-    p = gme.processor.process(item)
+    p = gme.processor.prepare(item)
     ids = torch.tensor([p.input_ids])
     with torch.inference_mode():
         out = gme.model(input_ids=ids, attention_mask=torch.ones_like(ids),
@@ -493,7 +493,7 @@ def test_cost_estimate_is_the_real_sequence_length(tiny_gme_dir, tmp_path):
              Item(image=str(tmp_path / "r.png")), Item(text="x " * 3000),
              Item(text="hello", is_query=True, instruction="Find it.")]
     for item in items:
-        assert model._cost(item) == len(model.processor.process(item).input_ids)
+        assert model._cost(item) == len(model.processor.prepare(item).input_ids)
 
 
 def test_each_prompt_is_tokenised_once_per_call(tiny_gme_dir, images, monkeypatch):
@@ -504,7 +504,7 @@ def test_each_prompt_is_tokenised_once_per_call(tiny_gme_dir, images, monkeypatc
     tokenize = model.processor.tokenize
     monkeypatch.setattr(model.processor, "tokenize", lambda texts: calls.append(texts) or tokenize(texts))
     costs = [model.check(item) for item in items]
-    assert costs == [len(model.processor.process(item).input_ids) for item in items]
+    assert costs == [len(model.processor.prepare(item).input_ids) for item in items]
     model.embed(items, batch_size=4)
     from umr.models.gme.processing_gme import build_prompt
 

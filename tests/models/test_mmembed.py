@@ -240,7 +240,7 @@ def test_instruction_is_masked_from_pooling_not_from_attention(mm, tiny_dir):
     instruction = "Retrieve a wikipedia passage."
     with_instr = Item.query("a dog", instruction=instruction)
     proc = mm.processor
-    p = proc.process(with_instr)
+    p = proc.prepare(with_instr)
     inputs, attention, pool = mm.input_embeddings([p])
     n_instr = reference_instruction_length(reference_tokenizer(mm_dir), build_prompt(with_instr), 0)
     assert p.instruction_length == n_instr
@@ -259,7 +259,7 @@ def test_instruction_is_masked_from_pooling_not_from_attention(mm, tiny_dir):
     got = torch.as_tensor(mm.embed([with_instr]).vectors[0])
     assert (got - expected).abs().max() <= TOL
     # a candidate has nothing masked
-    assert proc.process(Item.candidate("a dog")).instruction_length == 0
+    assert proc.prepare(Item.candidate("a dog")).instruction_length == 0
 
 
 def test_literal_pad_token_is_embedded_as_eos_like_the_reference(mm):
@@ -282,14 +282,14 @@ def test_image_inside_the_instruction_head_follows_the_reference_rule(mm, images
     head = "<image>\nQuestion list"
     assert build_prompt(item).split("\nQuery: ")[0] == head
     tokenizer = reference_tokenizer(tiny_dir)
-    assert p.process(item).instruction_length == len(tokenizer(head)["input_ids"]) + 15 \
+    assert p.prepare(item).instruction_length == len(tokenizer(head)["input_ids"]) + 15 \
         == reference_instruction_length(tokenizer, build_prompt(item), 16)
     # a real-size processor adds 575
     real = type(p)(p.tokenizer, image_token_id=p.image_token_id, image_tokens=577)
     assert real.instruction_length(build_prompt(item)) == len(tokenizer(head)["input_ids"]) + 575
     # no image in the head (an instructed query): nothing added
     query = Item.query("what is it", images["photo"], instruction="Find it.")
-    assert p.process(query).instruction_length == len(tokenizer("Instruct: Find it.")["input_ids"])
+    assert p.prepare(query).instruction_length == len(tokenizer("Instruct: Find it.")["input_ids"])
 
 
 def test_instruction_that_fills_the_truncated_sequence_is_refused(tiny_dir):
@@ -297,7 +297,7 @@ def test_instruction_that_fills_the_truncated_sequence_is_refused(tiny_dir):
     instruction = "retrieve a passage that answers this question about the river and the mountain city"
     item = Item.query("what is it?", instruction=instruction, id="long-instr")
     with pytest.raises(ItemError, match="leaves no tokens to pool.*larger max_length") as info:
-        short.processor.process(item)
+        short.processor.prepare(item)
     assert info.value.item_id == "long-instr"
     result = short.embed([Item.candidate("a dog", id="ok"), item], on_error="skip")
     assert result.indices.tolist() == [0] and [e.item_id for e in result.errors] == ["long-instr"]
@@ -606,6 +606,6 @@ def test_without_eos_token_the_instruction_length_follows(tmp_path):
     model = umr.load_model(folder)
     p = model.processor
     item = Item.query("a dog", instruction="Find it.")
-    processed = p.process(item)
+    processed = p.prepare(item)
     assert processed.input_ids[-1] != p.eos_id
     assert processed.instruction_length == 1 + len(p._ids("Instruct: Find it."))

@@ -31,13 +31,13 @@ def test_mllm_window_is_its_limit_less_the_candidate_template(family, tmp_path, 
     for k in (1, 7, 30):
         text = _prefix_of(model, TEXT, k)
         assert len(model.token_spans(text)) == k
-        assert processor.estimate_tokens(Item.candidate(text=text)) == overhead + k
+        assert processor.cost(Item.candidate(text=text)) == overhead + k
     # a passage of exactly the window is embedded whole: nothing is cut at max_length
     processor.max_length = overhead + 30
     assert model.text_window() == 30
     fits = _prefix_of(model, TEXT, 30)
-    assert len(processor.process(Item.candidate(text=fits)).input_ids) == processor.max_length
-    assert processor.estimate_tokens(Item.candidate(text=_prefix_of(model, TEXT, 31))) == processor.max_length
+    assert len(processor.prepare(Item.candidate(text=fits)).input_ids) == processor.max_length
+    assert processor.cost(Item.candidate(text=_prefix_of(model, TEXT, 31))) == processor.max_length
 
 
 @pytest.mark.parametrize("family", ["gme", "mmembed"])
@@ -65,9 +65,9 @@ def test_mllm_window_beside_an_image_is_what_the_image_leaves(family, tmp_path, 
     fits = Item.candidate(text=_prefix_of(model, long, room), image=page)
     over = Item.candidate(text=_prefix_of(model, long, room + 1), image=page)
     processor, limit = model.processor, model.processor.max_length
-    cut = [processor.process(item).input_ids for item in (fits, over)]
+    cut = [processor.prepare(item).input_ids for item in (fits, over)]
     processor.max_length = 10 ** 6
-    whole = [processor.process(item).input_ids for item in (fits, over)]
+    whole = [processor.prepare(item).input_ids for item in (fits, over)]
     processor.max_length = limit
     assert cut[0] == whole[0] and cut[1] != whole[1]
 
@@ -78,7 +78,8 @@ def test_clip_window_counts_start_end_and_the_uniir_period(tmp_path):
     model = umr.load_model(write_tiny_clip(tmp_path / "clip"))
     assert model.text_window() == model.max_length - 3
     text = _prefix_of(model, "a red double decker bus on a wet street in the rain at night", model.text_window())
-    ids = model.tokenizer([model.text_of(Item.candidate(text=text))])["input_ids"][0]
+    processor = model.processor
+    ids = processor.tokenizer([processor.text_of(Item.candidate(text=text))])["input_ids"][0]
     assert len(ids) <= model.max_length
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..core.registry import UnsupportedOption
 from ..models.multivector import MultiVectorEmbedder
-from ..models.registry import UnsupportedOption, load_model
+from ..models.registry import load_model
 
 
 class UsageError(RuntimeError):

@@ -22,17 +22,18 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..core.items import Item
+from ..models.base import Embedder
 
 
 class MtebEncoder:
     """An :class:`~umr.models.base.Embedder` wrapped in mteb's encoder protocol."""
 
-    def __init__(self, model, *, instructions: Mapping[str, str] | None = None,
+    def __init__(self, model: Embedder, *, instructions: Mapping[str, str] | None = None,
                  batch_size: int | None = None, name: str | None = None):
         self.model = model
         self.instructions = dict(instructions or {})
         self.batch_size = batch_size
-        self._name = name or f"umr/{getattr(model, 'name', type(model).__name__)}"
+        self._name = name or f"umr/{model.name}"
         self._meta = None
 
     @property
@@ -42,7 +43,7 @@ class MtebEncoder:
 
             self._meta = ModelMeta.create_empty(overwrites={
                 "name": self._name if "/" in self._name else f"umr/{self._name}",
-                "revision": "umr", "embed_dim": int(getattr(self.model, "dim", 0)) or None,
+                "revision": "umr", "embed_dim": int(self.model.dim),
                 "similarity_fn_name": "cosine", "framework": ["PyTorch"],
                 "modalities": ["text", "image"], "use_instructions": True,
             })
@@ -80,7 +81,7 @@ class MtebEncoder:
                 items.append(Item(text=text, image=image, instruction=instruction, is_query=is_query,
                                   id=str(len(items))))
         if not items:
-            return np.zeros((0, int(getattr(self.model, "dim", 0))), np.float32)
+            return np.zeros((0, int(self.model.dim)), np.float32)
         return self.model.embed(items, batch_size=self.batch_size, show_progress_bar=False).vectors
 
     def similarity(self, embeddings1, embeddings2):

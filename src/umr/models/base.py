@@ -163,15 +163,31 @@ class Embedder(ABC):
     #: it reads pixels (MLLMs, CLIP); a text-only family sets False, and an index built with it
     #: represents an image by its words (caption, OCR) instead
     sees_images: bool = True
+    #: it reads video frames; no family does yet, so an index never hands it a video
+    sees_video: bool = False
+    #: the dimension before :meth:`truncate_dim` cut ``dim`` (None: never truncated)
+    _untruncated_dim: int | None = None
+
+    @classmethod
+    def from_pretrained(cls, path: "str | Path", *, device: str = "cpu", **options: Any) -> "Embedder":
+        """Load a checkpoint folder: what every family :func:`~umr.models.registry.load_model` loads
+        implements (its keyword-only parameters are the options it takes; ``load_model`` refuses
+        any other before loading). An embedder built by hand (tests, wrappers) does not need it."""
+        raise NotImplementedError(f"{cls.__name__} is not a family load_model can load: it has no from_pretrained")
+
+    @property
+    def full_dim(self) -> int:
+        """The model's own dimension: ``dim`` unless :meth:`truncate_dim` kept fewer."""
+        return self._untruncated_dim or self.dim
 
     # -- what users call -------------------------------------------------------------------
 
     def truncate_dim(self, dim: int) -> None:
         """Keep only the first ``dim`` dimensions of every vector, renormalised (Matryoshka)."""
-        full = getattr(self, "full_dim", self.dim)
+        full = self.full_dim
         if not 1 <= int(dim) <= full:
             raise ValueError(f"dim must be between 1 and {full} for {self.name}, not {dim}")
-        self.full_dim = full
+        self._untruncated_dim = full
         self.dim = int(dim)
 
     def encode_queries(self, items: "Sequence[Item | str] | Item | str", instruction: str | None = None, *,

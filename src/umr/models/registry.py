@@ -8,45 +8,23 @@ model never imports the vision stacks.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import inspect
 import json
 import os
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core.devices import check_device
+# check_device and UnsupportedOption are also read from here (code written against umr before they moved)
+from ..core.devices import check_device  # noqa: F401
+from ..core.registry import ModelSpec, UnsupportedOption  # noqa: F401
 from .base import Embedder
-# list_models and register are also read from here (umr.models re-exports them from the catalog)
-from .catalog import REGISTRY, ModelSpec, list_models, register  # noqa: F401
+# FAMILIES, REGISTRY, list_models and register are also read from here (umr.models re-exports the catalog)
+from .catalog import FAMILIES, MODELS, REGISTRY, list_models, register  # noqa: F401
 from .identity import identify
 
 
 class ModelNotAvailable(RuntimeError):
     """The weights cannot be had here; the message says how to point at a local copy."""
 
-
-class UnsupportedOption(TypeError):
-    """An option the model's family does not take (e.g. image-token bounds for a text model)."""
-
-    def __init__(self, model: str, family: str, options: list[str], accepted: list[str]):
-        self.model = model
-        self.family = family
-        self.options = options
-        self.accepted = accepted
-        super().__init__(f"model {model!r} ({family} family) does not take {', '.join(options)}; "
-                         f"it takes {', '.join(accepted) or 'no options'}")
-
-
-#: family name -> "module:Class"; each class has ``from_pretrained(path, **options)``.
-FAMILIES: dict[str, str] = {
-    "gme": "umr.models.gme:GmeEmbedder",
-    "text": "umr.models.text:TextEmbedder",
-    "mm-embed": "umr.models.mmembed:MMEmbedEmbedder",
-    "clip-sf": "umr.models.clip_sf:ClipSfEmbedder",
-    "qwen3vl": "umr.models.qwen3vl:Qwen3VLEmbedder",
-    "colqwen": "umr.models.colqwen:ColQwenEmbedder",
-}
 
 #: families whose loader applies a PEFT LoRA adapter to the base its ``adapter_config.json`` names
 #: (the published ColQwen checkpoints are such adapters); any other adapter folder is refused
@@ -100,49 +78,26 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     Raises :class:`ModelNotAvailable` when the weights are nowhere to be found, with a
     one-line hint.
     """
-    key = str(model)
-    spec = REGISTRY.get(key)
-    folder = model_folder(key)
-    family = spec.family if spec else detect_family(folder)
-    merged = {**(spec.defaults if spec else {}), **options}
-    dim = merged.pop("dim", None)
-    if dtype is not None:
-        merged["dtype"] = dtype
-    family_class = _family_class(family)
-    check_options(family_class, merged, model=key, family=family)
-    check_device(device)
-    if family == "text":  # quiets transformers itself, only when it imports it (the light path does not)
-        embedder = family_class.from_pretrained(folder, device=device, **merged)
-    else:
-        with quiet_transformers():
-            embedder = family_class.from_pretrained(folder, device=device, **merged)
-    embedder.name = key
+    resolved = MODELS.resolve(str(model), options, dtype=dtype, locate=local_folder,
+                              detect=lambda folder, source: detect_family(folder))
+    dim = resolved.options.pop("dim", None)
+    # text quiets transformers itself, only when it imports it (the light path does not)
+    quiet = contextlib.nullcontext if resolved.family == "text" else quiet_transformers
+    embedder = MODELS.instantiate(resolved, device=device, quiet=quiet)
     if dim is not None:
         if not isinstance(embedder, Embedder):
-            raise UnsupportedOption(key, family, ["dim"], [])  # token vectors are not Matryoshka-trained
+            raise UnsupportedOption(resolved.key, resolved.family, ["dim"], [])  # tokens are not Matryoshka-trained
         embedder.truncate_dim(int(dim))
-        merged["dim"] = int(dim)
-    embedder.identity = identify(embedder, folder, name=key, family=family, load_options=merged)
+        resolved.options["dim"] = int(dim)
+    embedder.identity = identify(embedder, resolved.folder, name=resolved.key, family=resolved.family,
+                                 load_options=resolved.options)
     return embedder
 
 
 def model_folder(model: str | os.PathLike) -> Path:
     """The local folder :func:`load_model` reads for a short name, hub id or folder."""
     key = str(model)
-    spec = REGISTRY.get(key)
-    return local_folder(spec.resolve_source() if spec else key, shown_as=key)
-
-
-def check_options(family_class: type[Embedder], options: dict[str, Any], *, model: str, family: str) -> None:
-    """Refuse, before any loading, options that the family's ``from_pretrained`` does not name."""
-    params = inspect.signature(family_class.from_pretrained).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return  # the family checks its own options
-    accepted = [name for name, p in params.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "device"]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise UnsupportedOption(model, family, unknown, accepted)
+    return local_folder(MODELS.source(key), shown_as=key)
 
 
 @contextlib.contextmanager
@@ -330,11 +285,6 @@ def _check_sentence_transformers(folder: Path) -> None:
     if foreign:
         raise ModelNotAvailable(f"{folder}: sentence-transformers module(s) {', '.join(foreign)} are not "
                                 f"the library's own, and umr does not implement them")
-
-
-def _family_class(family: str) -> type[Embedder]:
-    module_name, class_name = FAMILIES[family].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
 
 
 def local_folder(source: str, *, shown_as: str) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..core.devices import resolve_dtype
@@ -79,8 +78,6 @@ class Qwen3VLReranker(Reranker):
         self.device = torch.device(device)
         self.image_token_id = int(model.config.image_token_id)
         self.special_ids = set(processor.tokenizer.all_special_ids)
-        pad = processor.tokenizer.pad_token_id
-        self.pad_token_id = int(pad if pad is not None else 0)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | None = None,
@@ -145,18 +142,7 @@ class Qwen3VLReranker(Reranker):
 
     def forward(self, processed: list[ProcessedInput]) -> torch.Tensor:
         """Scores of processed pairs, left-padded into one batch."""
-        width = max(len(p.input_ids) for p in processed)
-        ids = torch.full((len(processed), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(processed), width), dtype=torch.long)
-        for row, p in enumerate(processed):
-            ids[row, width - len(p.input_ids):] = torch.tensor(p.input_ids)
-            mask[row, width - len(p.input_ids):] = 1
-        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-        grids = [g for p in processed for g in p.grids]
-        if grids:
-            pixels = np.concatenate([p.pixel_values for p in processed if p.grids])
-            inputs.update(pixel_values=torch.from_numpy(pixels).to(self.device),
-                          image_grid_thw=torch.tensor(grids, dtype=torch.long, device=self.device),
-                          mm_token_type_ids=(inputs["input_ids"] == self.image_token_id).int())
+        batch = self.processor.collate(processed, padding_side="left")
+        inputs = {name: value.to(self.device) for name, value in batch.items()}
         hidden = self.model(**inputs, use_cache=False).last_hidden_state[:, -1]
         return torch.sigmoid(hidden @ self.answer_weight).float()

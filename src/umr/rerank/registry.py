@@ -9,15 +9,13 @@ folder or hub name says ``reranker``), or any other generative multimodal LLM, u
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from ..core.devices import check_device
-from ..models.catalog import ModelSpec
-from ..models.registry import (ModelNotAvailable, check_options, declaration, declared_architectures, local_folder,
+from ..core.registry import ModelSpec, Registry
+from ..models.registry import (ModelNotAvailable, declaration, declared_architectures, local_folder,
                                quiet_transformers, read_config, refuse_adapter)
 from .base import Reranker
 
@@ -28,12 +26,15 @@ FAMILIES: dict[str, str] = {
     "cross-encoder": "umr.rerank.cross_encoder:CrossEncoderReranker",
 }
 
-RERANKERS: dict[str, ModelSpec] = {}
+#: the rerankers' short names and families (:class:`~umr.core.registry.Registry`, as for embedders)
+RERANKER_REGISTRY = Registry("reranker", FAMILIES)
+#: short name -> spec
+RERANKERS: dict[str, ModelSpec] = RERANKER_REGISTRY.specs
 
 
 def register(spec: ModelSpec) -> ModelSpec:
-    RERANKERS[spec.name] = spec
-    return spec
+    """Add (or replace) a short name that :func:`load_reranker` loads."""
+    return RERANKER_REGISTRY.register(spec)
 
 
 register(ModelSpec("qwen3-vl-reranker-2b", "qwen3-vl-reranker", "Qwen/Qwen3-VL-Reranker-2B",
@@ -59,26 +60,18 @@ def load_reranker(model: str | os.PathLike, *, family: str | None = None, device
     ``family`` (``qwen3-vl-reranker``, ``zero-shot``, ``cross-encoder``) overrides detection;
     ``options`` go to the family's loader (image token bounds, ``max_length``, prompts, ...).
     """
-    key = str(model)
-    spec = RERANKERS.get(key)
-    source = spec.resolve_source() if spec else key
-    folder = local_folder(source, shown_as=key)
-    refuse_adapter(folder)
-    family = family or (spec.family if spec else detect_family(folder, name=source))
-    if family not in FAMILIES:
-        raise ValueError(f"unknown reranker family {family!r}: use one of {', '.join(FAMILIES)}")
-    merged = {**(spec.defaults if spec else {}), **options}
-    if dtype is not None:
-        merged["dtype"] = dtype
-    module_name, class_name = FAMILIES[family].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    check_options(cls, merged, model=key, family=family)
-    check_device(device)
-    with quiet_transformers():
-        reranker = cls.from_pretrained(folder, device=device, **merged)
-    reranker.name = key
-    reranker.family = family
+    resolved = RERANKER_REGISTRY.resolve(str(model), options, dtype=dtype, family=family, locate=_adapter_refused,
+                                         detect=lambda folder, source: detect_family(folder, name=source))
+    reranker = RERANKER_REGISTRY.instantiate(resolved, device=device, quiet=quiet_transformers)
+    reranker.family = resolved.family
     return reranker
+
+
+def _adapter_refused(source: str, *, shown_as: str) -> Path:
+    """The local folder of ``source``; a PEFT adapter folder is refused before its family is read."""
+    folder = local_folder(source, shown_as=shown_as)
+    refuse_adapter(folder)
+    return folder
 
 
 def detect_family(folder: Path, *, name: str | None = None) -> str:
@@ -105,4 +98,5 @@ def reranker_key(reranker: Reranker) -> str:
 
 
 def list_rerankers() -> list[ModelSpec]:
-    return list(RERANKERS.values())
+    """The short reranker names, in the order they were registered."""
+    return RERANKER_REGISTRY.list()

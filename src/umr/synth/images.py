@@ -22,6 +22,7 @@ from PIL import Image
 from ..core.atomic import write_bytes_atomic
 from ..core.items import Item
 from ..index import Index
+from ..models.base import Embedder
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,9 @@ class TextToImage:
 class ClipScorer:
     """Cosine similarity of an image and a caption under a CLIP-style umr embedder (e.g. ``clip-sf``)."""
 
-    def __init__(self, embedder):
+    def __init__(self, embedder: Embedder):
         self.embedder = embedder
-        identity = getattr(embedder, "identity", None)
-        self.name = identity.key() if identity is not None else embedder.name
+        self.name = embedder.identity.key() if embedder.identity is not None else embedder.name
 
     def scores(self, caption: str, images: Sequence[str]) -> list[float | None]:
         """One score per image; None for an image that cannot be read or embedded."""

@@ -40,6 +40,7 @@ from ..core.atomic import atomic_writer
 from ..core.items import Item, ItemError
 from ..data.corpus import read_corpus
 from ..index import Index
+from ..models.base import Embedder
 from .cache import WorkCache
 from .generator import Chat, Generator, content_key, parse_reply
 from .images import Candidate, ClipScorer, ImageSource
@@ -464,6 +465,5 @@ class _Run:
         return out
 
 
-def _model_key(model) -> str:
-    identity = getattr(model, "identity", None)
-    return identity.key() if identity is not None else model.name
+def _model_key(model: Embedder) -> str:
+    return model.identity.key() if model.identity is not None else model.name

@@ -24,12 +24,11 @@ from pathlib import Path
 import torch
 
 from ...core.devices import resolve_dtype
-from ...core.images import image_size, load_image
-from ...core.items import Item, ItemError
+from ...core.items import Item
 from ..base import Embedder, Trainable, tokenizer_spans
 from ..prefetch import Prefetching
 from ..registry import ModelNotAvailable, from_hub
-from .processing_clip_sf import ImageTransform, item_text
+from .processing_clip_sf import ClipSfProcessor, ImageTransform
 
 class ClipSfLoadError(ModelNotAvailable, ValueError):
     """A folder, checkpoint or option that cannot make a CLIP-SF model (one line in the CLI)."""
@@ -212,23 +211,19 @@ class ClipSfEmbedder(Embedder, Prefetching, Trainable):
     #: LoRA on the attention projections of both towers
     lora_targets = r".*\.(q_proj|k_proj|v_proj|out_proj)"
 
-    def __init__(self, model, tokenizer, transform: ImageTransform, *, kind: str, name: str = "clip-sf",
-                 max_length: int = 77, uniir_text: bool = True):
+    def __init__(self, model, processor: ClipSfProcessor, *, name: str = "clip-sf"):
         self.model = model
-        self.tokenizer = tokenizer
-        self.transform = transform
-        self.kind = kind
+        self.processor = processor
+        self.kind = processor.kind
         self.name = name
-        self.max_length = max_length
-        self.uniir_text = uniir_text
-        if kind == "siglip":
+        if self.kind == "siglip":
             self.dim = int(model.config.text_config.hidden_size)
         else:
             self.dim = int(model.config.projection_dim)
 
     def vector_options(self) -> dict:
-        return {"dtype": str(self.dtype).removeprefix("torch."), "max_length": self.max_length,
-                "uniir_text": bool(self.uniir_text)}
+        return {"dtype": str(self.dtype).removeprefix("torch."), "max_length": self.processor.max_length,
+                "uniir_text": bool(self.processor.uniir_text)}
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | None = None,
@@ -281,8 +276,14 @@ class ClipSfEmbedder(Embedder, Prefetching, Trainable):
         vision_size = int(model.config.vision_config.image_size)
         transform = ImageTransform.from_folder(folder, kind=kind, image_size=vision_size, crop_rounding=crop_rounding)
         text_positions = int(model.config.text_config.max_position_embeddings)
-        return cls(model, tokenizer, transform, kind=kind, name=folder.name,
-                   max_length=min(max_length or text_positions, text_positions), uniir_text=uniir_text)
+        processor = ClipSfProcessor(tokenizer, transform, kind=kind, uniir_text=uniir_text,
+                                    max_length=min(max_length or text_positions, text_positions))
+        return cls(model, processor, name=folder.name)
+
+    @property
+    def max_length(self) -> int:
+        """Tokens the text tower reads (77 for CLIP); longer texts are cut."""
+        return self.processor.max_length
 
     @property
     def device(self) -> torch.device:
@@ -300,7 +301,7 @@ class ClipSfEmbedder(Embedder, Prefetching, Trainable):
     def save_pretrained(self, folder: str | Path) -> None:
         """A UniIR ``.pth`` when loaded from one (so the folder keeps UniIR's preprocessing), else
         Hugging Face weights."""
-        if self.transform.crop_rounding == "round":
+        if self.processor.transform.crop_rounding == "round":
             torch.save({"model": hf_to_uniir(self.model.state_dict())}, str(Path(folder) / "clip_sf.pth"))
         else:
             self.model.save_pretrained(str(folder))
@@ -309,14 +310,12 @@ class ClipSfEmbedder(Embedder, Prefetching, Trainable):
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Raw (unnormalised) text embeddings."""
-        if self.kind == "siglip":  # trained on max_length padding, pools the last position
-            enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
-                                 return_tensors="pt")
-            out = self.model.text_model(input_ids=enc["input_ids"].to(self.device))
+        return self._text_tower(self.processor.tokenize(texts))
+
+    def _text_tower(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.model.text_model(**{name: value.to(self.device) for name, value in tokens.items()})
+        if self.kind == "siglip":  # pools the last position
             return out.pooler_output
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        out = self.model.text_model(input_ids=enc["input_ids"].to(self.device),
-                                    attention_mask=enc["attention_mask"].to(self.device))
         return self.model.text_projection(out.pooler_output)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -328,40 +327,28 @@ class ClipSfEmbedder(Embedder, Prefetching, Trainable):
 
     # -- Embedder hooks ---------------------------------------------------------------------
 
-    def text_of(self, item: Item) -> str:
-        return item_text(item, uniir=self.uniir_text)
-
     def _cost(self, item: Item) -> int:
-        if item.image is None and not self.text_of(item):
-            raise ItemError(item.id, "has neither an image nor any text (blank text)")
-        if item.image is not None:
-            image_size(item.image, item_id=item.id)  # header only: refuse missing/broken files early
-        return 1
+        return self.processor.cost(item)
 
     def text_window(self) -> int:
         """``max_length`` (77 for CLIP) less the start/end tokens and the period UniIR may append."""
-        return self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False) - int(self.uniir_text)
+        p = self.processor
+        return p.max_length - p.tokenizer.num_special_tokens_to_add(pair=False) - int(p.uniir_text)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        return tokenizer_spans(self.tokenizer, text)
+        return tokenizer_spans(self.processor.tokenizer, text)
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
         return self.embed_prepared(self._each_item(items, self.prepare))
 
     def prepare(self, item: Item) -> tuple[torch.Tensor | None, str]:
-        """The item's preprocessed pixels (None without an image) and its (formatted) text."""
-        pixels = None if item.image is None else self.transform(load_image(item.image, item_id=item.id))
-        return pixels, self.text_of(item)
+        return self.processor.prepare(item)
 
     def embed_prepared(self, prepared: list[tuple[torch.Tensor | None, str]]) -> torch.Tensor:
-        image_rows = [i for i, (pixel, _) in enumerate(prepared) if pixel is not None]
-        pixels = [prepared[i][0] for i in image_rows]
-        texts = [text for _, text in prepared]
-        text_rows = [i for i, t in enumerate(texts) if t]
+        batch = self.processor.collate(prepared)
         out = torch.zeros(len(prepared), self.dim, dtype=torch.float32, device=self.device)
-        if text_rows:
-            out[text_rows] += self.encode_texts([texts[i] for i in text_rows]).float()
-        if image_rows:
-            out[image_rows] += self.encode_images(torch.stack(pixels)).float()
+        if batch["text_rows"]:
+            out[batch["text_rows"]] += self._text_tower(batch["text"]).float()
+        if batch["image_rows"]:
+            out[batch["image_rows"]] += self.encode_images(batch["pixel_values"]).float()
         return out
-

@@ -23,13 +23,16 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ...core.items import Item
+from ...core.images import image_size, load_image
+from ...core.items import Item, ItemError
 from ...core.uniir import format_string as uniir_format
+from ..processing import Processor
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -140,3 +143,54 @@ class ImageTransform:
         arr = np.asarray(image, dtype=np.float32) / 255.0
         arr = (arr - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+class ClipSfProcessor(Processor[Item, "tuple[torch.Tensor | None, str]"]):
+    """An item as the two towers see it: its preprocessed pixels and its (UniIR-formatted) text."""
+
+    def __init__(self, tokenizer, transform: ImageTransform, *, kind: str, max_length: int = 77,
+                 uniir_text: bool = True):
+        self.tokenizer = tokenizer
+        self.transform = transform
+        self.kind = kind
+        self.max_length = max_length
+        self.uniir_text = uniir_text
+
+    def text_of(self, item: Item) -> str:
+        return item_text(item, uniir=self.uniir_text)
+
+    def cost(self, item: Item) -> int:
+        """1 per item (both towers take fixed-size inputs); a blank item or a missing or broken
+        image (read from its header only) is refused before any model work."""
+        if item.image is None and not self.text_of(item):
+            raise ItemError(item.id, "has neither an image nor any text (blank text)")
+        if item.image is not None:
+            image_size(item.image, item_id=item.id)  # header only: refuse missing/broken files early
+        return 1
+
+    def prepare(self, item: Item) -> tuple[torch.Tensor | None, str]:
+        """The item's preprocessed pixels (None without an image) and its (formatted) text."""
+        pixels = None if item.image is None else self.transform(load_image(item.image, item_id=item.id))
+        return pixels, self.text_of(item)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Token ids (and, for CLIP, the attention mask) of ``texts`` cut at ``max_length``: SigLIP
+        is trained on ``max_length`` padding and pools the last position, CLIP pads to the longest."""
+        if self.kind == "siglip":
+            enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+            return {"input_ids": enc["input_ids"]}
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def collate(self, prepared: Sequence[tuple[torch.Tensor | None, str]]) -> dict[str, Any]:
+        """The rows with text (``text_rows``) and their tokens (``text``), the rows with an image
+        (``image_rows``) and their pixels stacked (``pixel_values``); each tower runs on its rows."""
+        image_rows = [i for i, (pixels, _) in enumerate(prepared) if pixels is not None]
+        text_rows = [i for i, (_, text) in enumerate(prepared) if text]
+        batch: dict[str, Any] = {"text_rows": text_rows, "image_rows": image_rows}
+        if text_rows:
+            batch["text"] = self.tokenize([prepared[i][1] for i in text_rows])
+        if image_rows:
+            batch["pixel_values"] = torch.stack([prepared[i][0] for i in image_rows])
+        return batch

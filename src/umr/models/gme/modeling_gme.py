@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ...core.devices import cpu_default_dtype, resolve_dtype
@@ -117,13 +116,13 @@ class GmeEmbedder(Embedder, Prefetching, Trainable):
             self.processor.warn_clamped()
 
     def _cost(self, item: Item) -> int:
-        return self.processor.estimate_tokens(item)
+        return self.processor.cost(item)
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
         return self.pooled_states(self._each_item(items, self.prepare))
 
     def prepare(self, item: Item) -> ProcessedItem:
-        return self.processor.process(item)
+        return self.processor.prepare(item)
 
     def embed_prepared(self, prepared: list[ProcessedItem]) -> torch.Tensor:
         return self.pooled_states(prepared)  # embed() runs it in inference mode, training with gradients
@@ -144,7 +143,7 @@ class GmeEmbedder(Embedder, Prefetching, Trainable):
 
     def text_window(self) -> int:
         """``max_length`` less the candidate prompt's own tokens (system turn, roles, ``<|endoftext|>``)."""
-        return self.processor.max_length - self.processor.estimate_tokens(Item.candidate(text=""))
+        return self.processor.max_length - self.processor.cost(Item.candidate(text=""))
 
     def text_window_beside_image(self, width: int, height: int) -> int:
         """:meth:`text_window` less what the image adds to the sequence (its merged patches and the
@@ -165,15 +164,13 @@ class GmeEmbedder(Embedder, Prefetching, Trainable):
 
     def pooled_states(self, processed: list[ProcessedItem]) -> torch.Tensor:
         """:meth:`forward` with gradients (fine-tuning runs it through ``embed_prepared``)."""
-        lengths = [len(p.input_ids) for p in processed]
-        # all sequences back to back: no padding anywhere
-        input_ids = torch.tensor([t for p in processed for t in p.input_ids], dtype=torch.long, device=self.device)
+        batch = self.processor.collate(processed)  # all sequences back to back: no padding anywhere
+        lengths = batch["lengths"]
+        input_ids = batch["input_ids"].to(self.device)
         embeds = self.model.get_input_embeddings()(input_ids)  # (T, H)
-        with_image = [p for p in processed if p.pixel_values is not None]
-        if with_image:
-            pixel_values = torch.from_numpy(np.concatenate([p.pixel_values for p in with_image]))
-            grid = torch.tensor([p.grid_thw for p in with_image], dtype=torch.long, device=self.device)
-            features = self.model.get_image_features(pixel_values.to(self.device), image_grid_thw=grid)
+        if "pixel_values" in batch:
+            grid = batch["image_grid_thw"].to(self.device)
+            features = self.model.get_image_features(batch["pixel_values"].to(self.device), image_grid_thw=grid)
             embeds[input_ids == self.image_token_id] = torch.cat(list(features.pooler_output)).to(embeds.dtype)
         if self._fast_decoder:
             return self._decode_packed(embeds, lengths).float()

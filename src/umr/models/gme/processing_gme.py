@@ -13,7 +13,7 @@ This reproduces what GME's reference code feeds the model, item by item:
 
 Unlike the reference, each item is processed on its own, so any mix of text-only, image-only
 and fused items can share a batch, and the token count of an item can be computed from the
-image header alone (:meth:`GmeProcessor.num_tokens`) to plan batches.
+image header alone (:meth:`GmeProcessor.cost`) to plan batches.
 """
 
 from __future__ import annotations
@@ -22,12 +22,15 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ...core.images import image_size, load_image
 from ...core.items import Item, ItemError
+from ..processing import Processor
 from ..qwen_vl_patches import QwenVLImageSettings, read_patch_settings, smart_resize
 
 logger = logging.getLogger(__name__)
@@ -79,7 +82,7 @@ class ProcessedItem:
     grid_thw: tuple[int, int, int] | None = None
 
 
-class GmeProcessor(QwenVLImageSettings):
+class GmeProcessor(QwenVLImageSettings, Processor[Item, ProcessedItem]):
     """Turns :class:`~umr.core.items.Item` objects into GME model inputs, one item at a time."""
 
     def __init__(self, tokenizer, *, image_token_id: int, min_image_tokens: int = 256,
@@ -93,7 +96,7 @@ class GmeProcessor(QwenVLImageSettings):
                          rescale_factor=rescale_factor, pixels_per_token_side=28)
         self.tokenizer = tokenizer
         self.image_token_id = int(image_token_id)
-        #: token ids of a prompt, remembered: the cost estimate tokenises, process() reuses them
+        #: token ids of a prompt, remembered: the cost estimate tokenises, prepare() reuses them
         self.prompt_ids = functools.lru_cache(maxsize=PROMPTS_REMEMBERED)(self._prompt_ids)
         #: aspect ratio of each image size clamped since the last warning (one warning per call)
         self._clamped: dict[tuple[int, int], float] = {}
@@ -150,13 +153,13 @@ class GmeProcessor(QwenVLImageSettings):
 
     # -- items ----------------------------------------------------------------------------------
 
-    def estimate_tokens(self, item: Item) -> int:
+    def cost(self, item: Item) -> int:
         """Sequence length of ``item`` from its image header and its tokenised text (no decoding).
 
         Exact, so cost-budget batches hold what they promise: a character-based guess undercounts
         digits (one token each in Qwen2) and CJK text several times over.
         """
-        tokens = len(self.prompt_ids(build_prompt(item)))  # the ids process() reuses
+        tokens = len(self.prompt_ids(build_prompt(item)))  # the ids prepare() reuses
         if item.image is not None:
             width, height = image_size(item.image, item_id=item.id)
             try:
@@ -165,7 +168,7 @@ class GmeProcessor(QwenVLImageSettings):
                 raise ItemError(item.id, f"image of {width}x{height} cannot be embedded: {exc}") from None
         return min(tokens, self.max_length)
 
-    def process(self, item: Item) -> ProcessedItem:
+    def prepare(self, item: Item) -> ProcessedItem:
         """Token ids (image tokens expanded, cut at ``max_length``) and patches of one item."""
         pixel_values = grid = None
         n_image_tokens = 0
@@ -189,6 +192,18 @@ class GmeProcessor(QwenVLImageSettings):
                 raise ItemError(item.id, f"the image needs {n_image_tokens} tokens, more than fit in "
                                          f"max_length={self.max_length}; lower max_image_tokens")
         return ProcessedItem(input_ids=ids[: self.max_length], pixel_values=pixel_values, grid_thw=grid)
+
+    def collate(self, prepared: Sequence[ProcessedItem]) -> dict[str, Any]:
+        """The sequences back to back (GME's forward packs them: no padding anywhere) with their
+        ``lengths``, and the images' patches and grids when the batch has any."""
+        batch: dict[str, Any] = {
+            "input_ids": torch.tensor([t for p in prepared for t in p.input_ids], dtype=torch.long),
+            "lengths": [len(p.input_ids) for p in prepared]}
+        with_image = [p for p in prepared if p.pixel_values is not None]
+        if with_image:
+            batch["pixel_values"] = torch.from_numpy(np.concatenate([p.pixel_values for p in with_image]))
+            batch["image_grid_thw"] = torch.tensor([p.grid_thw for p in with_image], dtype=torch.long)
+        return batch
 
     def _prompt_ids(self, prompt: str) -> tuple[int, ...]:
         return tuple(self.tokenize([prompt])[0])

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from PIL import Image
 
 from ...core.images import image_size, load_image
 from ...core.items import Item, ItemError
+from ..processing import Processor
 
 IMAGE_TAG = "<image>"
 QUERY_PREFIX = "Query: "
@@ -71,7 +73,9 @@ class ProcessedItem:
     instruction_length: int
 
 
-class MMEmbedProcessor:
+class MMEmbedProcessor(Processor[Item, ProcessedItem]):
+    """MM-Embed's prompts, tokens and global 336x336 image views, one item at a time."""
+
     def __init__(self, tokenizer, *, image_token_id: int, image_size: int = 336,
                  image_tokens: int = 577, add_eos_token: bool = True, max_length: int = 512,
                  image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD, resample: int = 3,
@@ -166,7 +170,7 @@ class MMEmbedProcessor:
             if value and IMAGE_TAG in value:
                 raise ItemError(item.id, f"its {what} contains {IMAGE_TAG}, which MM-Embed reserves for the image")
 
-    def estimate_tokens(self, item: Item) -> int:
+    def cost(self, item: Item) -> int:
         self.check(item)
         n = len(self.tokenize(build_prompt(item)))
         if item.image is not None:
@@ -174,7 +178,7 @@ class MMEmbedProcessor:
             n += self.image_tokens - 1
         return n
 
-    def process(self, item: Item) -> ProcessedItem:
+    def prepare(self, item: Item) -> ProcessedItem:
         self.check(item)
         prompt = build_prompt(item)
         ids = self.tokenize(prompt)
@@ -192,3 +196,10 @@ class MMEmbedProcessor:
                                      f"max_length={self.max_length}: the instruction leaves no tokens to "
                                      f"pool; use a larger max_length or a shorter instruction")
         return ProcessedItem(ids, position, pixels, skipped)
+
+    def collate(self, prepared: Sequence[ProcessedItem]) -> dict[str, Any]:
+        """The global views of the batch's images, stacked ``(N, 3, S, S)`` (absent without images).
+        The token ids stay per item: the model splices each image's features in at its
+        ``image_position``, which changes the sequence's length, so it pads after embedding."""
+        pixels = [p.pixel_values for p in prepared if p.pixel_values is not None]
+        return {"pixel_values": torch.stack(pixels)} if pixels else {}

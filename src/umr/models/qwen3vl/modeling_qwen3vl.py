@@ -37,18 +37,7 @@ from ..prefetch import Prefetching
 from ..qwen_vl_fast import decode_packed, speed_up_vision, supports_packed
 from ..registry import ModelNotAvailable
 from .processing_qwen3vl import (DEFAULT_MAX_IMAGE_TOKENS, DEFAULT_MAX_LENGTH, DEFAULT_MIN_IMAGE_TOKENS,
-                                 ProcessedInput, Qwen3VLProcessor, normalise_instruction, user_content)
-
-DEFAULT_INSTRUCTION = "Represent the user's input."
-
-
-def embedding_messages(item: Item, default_instruction: str = DEFAULT_INSTRUCTION) -> list[dict]:
-    """The reference's conversation for an item: the instruction (queries only; candidates never
-    carry one in umr) or the default as the system turn, then the item."""
-    instruction = normalise_instruction(item.instruction) if item.is_query else None
-    return [{"role": "system", "content": [{"type": "text", "text": instruction or default_instruction}]},
-            {"role": "user", "content": user_content(item)}]
-
+                                 ProcessedInput, Qwen3VLProcessor, embedding_messages)
 
 class Qwen3VLEmbedder(Embedder, Prefetching):
     """Qwen3-VL-Embedding vectors for text, images and both, in one space."""
@@ -69,8 +58,6 @@ class Qwen3VLEmbedder(Embedder, Prefetching):
         self.device = torch.device(device)
         self.dim = int(model.config.text_config.hidden_size)
         self.image_token_id = int(model.config.image_token_id)
-        pad = processor.tokenizer.pad_token_id
-        self.pad_token_id = int(pad if pad is not None else 0)
         #: decode packed sequences with umr's loop (True) or run transformers' forward on padded rows
         self.packed = packed and supports_packed(model.language_model, qk_norm=True) \
             and self._fast_path_matches_transformers()
@@ -122,9 +109,7 @@ class Qwen3VLEmbedder(Embedder, Prefetching):
     # -- the Embedder hooks ----------------------------------------------------------------------
 
     def _cost(self, item: Item) -> int:
-        images = [item.image] if item.image is not None else []
-        tokens = self.processor.count_tokens(embedding_messages(item), images, item_id=item.id)
-        return min(tokens, self.processor.max_length)
+        return self.processor.cost(item)
 
     def _embed_batch(self, items: list[Item]) -> torch.Tensor:
         return self.forward(self._each_item(items, self.prepare))
@@ -133,10 +118,7 @@ class Qwen3VLEmbedder(Embedder, Prefetching):
         return self.forward(prepared)
 
     def prepare(self, item: Item) -> ProcessedInput:
-        """Token ids (cut at ``max_length``) and patches of one item."""
-        images = [item.image] if item.image is not None else []
-        encoded = self.processor.encode(embedding_messages(item), images, item_id=item.id)
-        return self.processor.truncate(encoded, item_id=item.id)
+        return self.processor.prepare(item)
 
     # -- the model -------------------------------------------------------------------------------
 
@@ -175,18 +157,7 @@ class Qwen3VLEmbedder(Embedder, Prefetching):
     def _forward_transformers(self, processed: list[ProcessedInput]) -> torch.Tensor:
         """transformers' ``Qwen3VLModel`` forward on right-padded rows, as the reference calls it."""
         lengths = [len(p.input_ids) for p in processed]
-        width = max(lengths)
-        ids = torch.full((len(processed), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(processed), width), dtype=torch.long)
-        for row, p in enumerate(processed):
-            ids[row, : len(p.input_ids)] = torch.tensor(p.input_ids)
-            mask[row, : len(p.input_ids)] = 1
-        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-        grids = [g for p in processed for g in p.grids]
-        if grids:
-            pixels = np.concatenate([p.pixel_values for p in processed if p.grids])
-            inputs.update(pixel_values=torch.from_numpy(pixels).to(self.device), image_grid_thw=self._grid_tensor(grids),
-                          mm_token_type_ids=(inputs["input_ids"] == self.image_token_id).int())
+        inputs = {name: value.to(self.device) for name, value in self.processor.collate(processed).items()}
         hidden = self.model(**inputs, use_cache=False).last_hidden_state
         last = torch.tensor(lengths, device=self.device) - 1
         return hidden[torch.arange(len(processed), device=self.device), last]

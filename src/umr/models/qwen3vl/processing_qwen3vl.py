@@ -32,13 +32,15 @@ import json
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ...core.images import decode_image, image_size
 from ...core.items import ImageSource, Item, ItemError
+from ..processing import Processor, pad_ids
 from ..qwen_vl_patches import QwenVLImageSettings, read_patch_settings, smart_resize
 from ..registry import ModelNotAvailable
 
@@ -51,6 +53,8 @@ MAX_RATIO = 200
 DEFAULT_MIN_IMAGE_TOKENS = 4
 DEFAULT_MAX_IMAGE_TOKENS = 1800
 DEFAULT_MAX_LENGTH = 8192
+#: the system turn of an item without an instruction (the reference embedder's default)
+DEFAULT_INSTRUCTION = "Represent the user's input."
 #: conversations whose token ids are kept between the cost estimate and encoding (an embed call's worth)
 PROMPTS_REMEMBERED = 8192
 
@@ -87,6 +91,14 @@ def user_content(item: Item) -> list[dict[str, Any]]:
     return content
 
 
+def embedding_messages(item: Item, default_instruction: str = DEFAULT_INSTRUCTION) -> list[dict]:
+    """The reference's conversation for an item: the instruction (queries only; candidates never
+    carry one in umr) or the default as the system turn, then the item."""
+    instruction = normalise_instruction(item.instruction) if item.is_query else None
+    return [{"role": "system", "content": [{"type": "text", "text": instruction or default_instruction}]},
+            {"role": "user", "content": user_content(item)}]
+
+
 @dataclass
 class ProcessedInput:
     """One sequence ready for the model: token ids and, for its images in order, patches and grids."""
@@ -96,8 +108,12 @@ class ProcessedInput:
     grids: list[tuple[int, int, int]] = field(default_factory=list)
 
 
-class Qwen3VLProcessor(QwenVLImageSettings):
-    """Qwen3-VL conversations and images to model inputs, one sequence at a time."""
+class Qwen3VLProcessor(QwenVLImageSettings, Processor[Item, ProcessedInput]):
+    """Qwen3-VL conversations and images to model inputs, one sequence at a time.
+
+    :meth:`cost`, :meth:`prepare` and :meth:`collate` make an item's embedding conversation
+    (:func:`embedding_messages`); :meth:`encode` and :meth:`count_tokens` take any conversation
+    (the Qwen3-VL-Reranker builds its own from a pair)."""
 
     def __init__(self, tokenizer, chat_template: str, *, min_image_tokens: int = DEFAULT_MIN_IMAGE_TOKENS,
                  max_image_tokens: int = DEFAULT_MAX_IMAGE_TOKENS, max_length: int = DEFAULT_MAX_LENGTH,
@@ -113,6 +129,7 @@ class Qwen3VLProcessor(QwenVLImageSettings):
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
         self.vision_start_id = tokenizer.convert_tokens_to_ids(VISION_START)
         self.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+        self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self._rendered_ids = functools.lru_cache(maxsize=PROMPTS_REMEMBERED)(self._ids_of_json)
 
     @classmethod
@@ -218,6 +235,32 @@ class Qwen3VLProcessor(QwenVLImageSettings):
             raise ItemError(item_id, f"its image tokens end at position {needed}, beyond max_length="
                                      f"{self.max_length}; raise max_length or lower max_image_tokens")
         return ProcessedInput(ids[: self.max_length], processed.pixel_values, processed.grids)
+
+    # -- items ----------------------------------------------------------------------------------
+
+    def cost(self, item: Item) -> int:
+        """The item's sequence length (cut at ``max_length``) from its image header alone."""
+        images = [item.image] if item.image is not None else []
+        return min(self.count_tokens(embedding_messages(item), images, item_id=item.id), self.max_length)
+
+    def prepare(self, item: Item) -> ProcessedInput:
+        """Token ids (cut at ``max_length``) and patches of one item."""
+        images = [item.image] if item.image is not None else []
+        return self.truncate(self.encode(embedding_messages(item), images, item_id=item.id), item_id=item.id)
+
+    def collate(self, prepared: Sequence[ProcessedInput], *,
+                padding_side: Literal["right", "left"] = "right") -> dict[str, Any]:
+        """Padded rows as transformers' Qwen3-VL forward takes them (right padding for the embedder,
+        which pools the last real token; the reranker reads the last position, so pads on the left),
+        with the images' patches, grids and token types when the batch has any."""
+        ids, mask = pad_ids([p.input_ids for p in prepared], self.pad_token_id, side=padding_side)
+        batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+        grids = [g for p in prepared for g in p.grids]
+        if grids:
+            batch.update(pixel_values=torch.from_numpy(np.concatenate([p.pixel_values for p in prepared if p.grids])),
+                         image_grid_thw=torch.tensor(grids, dtype=torch.long),
+                         mm_token_type_ids=(ids == self.image_token_id).int())
+        return batch
 
     def _check_vision_tokens(self, ids: list[int], n_images: int, item_id: str | None) -> None:
         if (ids.count(self.image_token_id) != n_images or ids.count(self.vision_start_id) != n_images
