@@ -54,19 +54,44 @@ def test_base64_decodes_to_the_same_floats(minilm):
         assert np.array_equal(decoded, np.array(fd["embedding"], dtype=np.float32))
 
 
-def test_dimensions_query_instruction_and_unknown_model(minilm):
+def test_dimensions_query_instruction_and_unknown_model(tmp_path):
+    """``dimensions`` cuts and renormalises where the model is trained for it (Qwen3-VL-Embedding)."""
     from starlette.testclient import TestClient
 
-    full = minilm.encode_queries(["llamas"], instruction="Find the passage.")
-    with TestClient(create_app(minilm)) as client:
+    import umr
+    from umr.testing import write_tiny_qwen3vl
+
+    q3 = umr.load_model(write_tiny_qwen3vl(tmp_path / "q3"))
+    full = q3.encode_queries(["llamas"], instruction="Find the passage.")
+    with TestClient(create_app(q3)) as client:
         r = client.post("/v1/embeddings", json={"input": "llamas", "input_type": "query",
-                                                "instruction": "Find the passage.", "dimensions": 64}).json()
+                                                "instruction": "Find the passage.", "dimensions": 8}).json()
+        same = client.post("/v1/embeddings", json={"input": "llamas", "dimensions": q3.dim})
         too_many = client.post("/v1/embeddings", json={"input": "llamas", "dimensions": 10_000})
         unknown = client.post("/v1/embeddings", json={"input": "llamas", "model": "text-embedding-3-small"})
-    cut = full[0, :64] / np.linalg.norm(full[0, :64])
+    cut = full[0, :8] / np.linalg.norm(full[0, :8])
     assert np.abs(np.array(r["data"][0]["embedding"]) - cut).max() <= 1e-6
+    assert same.status_code == 200 and len(same.json()["data"][0]["embedding"]) == q3.dim
     assert too_many.status_code == 400 and unknown.status_code == 404
     assert "error" in unknown.json()
+
+
+def test_dimensions_on_a_model_not_trained_for_matryoshka_is_a_400(minilm):
+    """minilm's first 64 dimensions are no embedding: refused in one line, as ``umr eval --dims``
+    refuses it (it returned a renormalised prefix), the model's own width still accepted; the
+    openai client and LangChain surface the 400 as ``BadRequestError``."""
+    from starlette.testclient import TestClient
+
+    with TestClient(create_app(minilm)) as client:
+        cut = client.post("/v1/embeddings", json={"input": "llamas", "dimensions": 64})
+        full = client.post("/v1/embeddings", json={"input": "llamas", "dimensions": 384})
+    assert cut.status_code == 400 and full.status_code == 200
+    message = cut.json()["error"]["message"]
+    assert "'minilm' is not a Matryoshka model" in message and "\n" not in message
+    with LiveServer(create_app(minilm)) as live:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="not a Matryoshka model"):
+            client.embeddings.create(model="minilm", input="llamas", dimensions=64)
 
 
 def test_images_as_chat_messages_and_infinity_modality(tiny_clip):

@@ -38,14 +38,35 @@ def sweep_dims(model: Embedder, dims: Iterable[int]) -> list[int]:
     bad = [d for d in dims if isinstance(d, bool) or not isinstance(d, (int, np.integer))]
     if bad:
         raise ValueError(f"dimensions must be whole numbers, not {', '.join(map(repr, bad))}")
+    check_matryoshka(model)
     name = model.name
-    if not model.matryoshka:
-        raise ValueError(f"model {name!r} is not a Matryoshka model: the first N dimensions of its vectors "
-                         f"are not an embedding (dimension sweeps are for families trained for them, "
-                         f"such as qwen3-vl-embedding-*)")
     full = int(model.dim)
     out = [d for d in dims if not 1 <= d <= full]
     if out:
         raise ValueError(f"dimension(s) {', '.join(map(str, out))} out of range: model {name!r} gives "
                          f"{full}-dimensional vectors (sweep 1 to {full})")
     return sorted({int(d) for d in dims})
+
+
+def check_matryoshka(model: Embedder) -> None:
+    """``ValueError`` (one line) unless ``model``'s family declares Matryoshka training: the one
+    rule for ``umr eval --dims``, the server's ``dimensions`` and Cohere's ``output_dimension``."""
+    if not model.matryoshka:
+        name = model.name
+        raise ValueError(f"model {name!r} is not a Matryoshka model: the first N dimensions of its vectors "
+                         f"are not an embedding (shorter vectors are for families trained for them, "
+                         f"such as qwen3-vl-embedding-*)")
+
+
+def matryoshka_prefix(model: Embedder, vectors: np.ndarray, dim: int | None) -> np.ndarray:
+    """``model``'s ``vectors`` cut to ``dim`` dimensions and renormalised, or ``ValueError`` (one
+    line) for a size out of range or a model not trained for Matryoshka. ``None`` or the model's
+    own width keeps the vectors as they are, for every model (a no-op, not a truncation)."""
+    full = int(model.dim)
+    if dim is None or dim == full:
+        return vectors
+    if not 1 <= dim <= full:
+        raise ValueError(f"dimensions={dim} is out of range: model {model.name!r} gives "
+                         f"{full}-dimensional vectors")
+    check_matryoshka(model)
+    return renormalised_prefix(vectors, dim)

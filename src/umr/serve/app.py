@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..index.base import StoreUnreachable
+from .cohere_v2 import cohere_router
 from .embeddings import (ContentPart, EmbeddingRequest, ImageURL, Message, embedding_items, embeddings_router,
                          json_response, truncate)
 from .items import UPLOADS, ItemsRequest, NewItem, items_router
@@ -58,7 +59,7 @@ def create_app(model, *, index=None, reranker=None, limits: Limits | None = None
                   description="Universal multimodal retrieval: embeddings, search, reranking.")
     app.state.server = server
     _install_guards(app, server)
-    for router in (embeddings_router, rerank_router, search_router, items_router, pictures_router):
+    for router in (embeddings_router, rerank_router, cohere_router, search_router, items_router, pictures_router):
         app.include_router(router(server))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

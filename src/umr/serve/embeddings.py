@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.items import Item
-from ..models.matryoshka import renormalised_prefix
+from ..models.matryoshka import matryoshka_prefix
 from .security import Limits, RequestRefused, Security, check_count, check_text, image_from_url
 from .server import Server, check_items, embed_or_refuse, naming
 
@@ -91,13 +91,20 @@ def _message_item(message: Message, limits: Limits, security: Security, is_query
     return Item(text=text, image=image, is_query=is_query, instruction=instruction, id=str(i))
 
 
-def truncate(vectors: np.ndarray, dimensions: int | None, full: int) -> np.ndarray:
-    """The first ``dimensions`` of each vector, renormalised (Matryoshka), or refuse a bad size."""
-    if dimensions is None or dimensions == full:
-        return vectors
-    if dimensions > full:
-        raise RequestRefused(400, f"dimensions={dimensions} is more than the model's {full}")
-    return renormalised_prefix(vectors, dimensions)
+def truncate(vectors: np.ndarray, dimensions: int | None, model: Any) -> np.ndarray:
+    """The first ``dimensions`` of each vector, renormalised, for a model trained for Matryoshka;
+    400 (one line) for a size out of range or any other model, as ``umr eval --dims`` refuses
+    (also Cohere's ``output_dimension``)."""
+    try:
+        return matryoshka_prefix(model, vectors, dimensions)
+    except ValueError as exc:
+        raise RequestRefused(400, str(exc)) from None
+
+
+def check_model_name(model: Any, name: str | None) -> None:
+    """404 unless ``name`` (when a client sends one) is the served model's name or folder name."""
+    if name is not None and name not in (model.name, Path(str(model.name)).name):
+        raise RequestRefused(404, f"model {name!r} is not served here; this server serves {model.name!r}")
 
 
 def json_response(payload: dict[str, Any]) -> Response:
@@ -114,21 +121,17 @@ def embeddings_router(server: Server) -> APIRouter:
     router = APIRouter()
     model, limits, security = server.model, server.limits, server.security
 
-    def check_model_name(name: str | None) -> None:
-        if name is not None and name not in (model.name, Path(str(model.name)).name):
-            raise RequestRefused(404, f"model {name!r} is not served here; this server serves {model.name!r}")
-
     @router.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": str(model.name), "object": "model", "owned_by": "umr"}]}
 
     @router.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest):
-        check_model_name(body.model)
+        check_model_name(model, body.model)
         items = embedding_items(body, limits, security)
         embedded = await embed_or_refuse(server, items, [f"{'message' if body.messages is not None else 'input'} {i}"
                                                          for i in range(len(items))])
-        vectors = truncate(embedded.result.vectors, body.dimensions, model.dim)
+        vectors = truncate(embedded.result.vectors, body.dimensions, model)
         data = []
         for i, v in enumerate(np.ascontiguousarray(vectors, dtype="<f4")):  # as orjson writes arrays
             value = base64.b64encode(v.tobytes()).decode("ascii") if body.encoding_format == "base64" else v
