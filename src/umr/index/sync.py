@@ -27,6 +27,7 @@ from ..data.chunking import Chunker, stale_passages
 from ..data.corpus import default_id_prefix, read_corpus
 from .base import IndexStoreError, VectorStore, json_line
 from .embedding import ChunkEmbedder
+from .multivector.store import BACKEND  # issue 24
 from .run import RunTarget, read_skip_cache, run_entries
 
 ERRORS_FILE = "errors.jsonl"
@@ -107,6 +108,7 @@ def index_corpus(target: SyncTarget, source, *, image_root=None, commit_every: i
     store = target.store
     started = time.monotonic()
     summary = Summary(read=ReadReport())
+    chunk = False if store.backend == BACKEND else chunk  # issue 24: a late-interaction index keeps pages whole
     chunker = _chunker(target, chunk=chunk, tokens=chunk_tokens, overlap=chunk_overlap)
     source_key = str(Path(source).resolve())
     prefix = id_prefix_for(store, source, id_prefix)
