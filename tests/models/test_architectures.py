@@ -1,6 +1,7 @@
 """Family detection reads the checkpoint's declared architecture and refuses, in one line naming
 it, a checkpoint umr does not implement, instead of loading it as a related family (issue 20:
-a ColQwen2.5 checkpoint, ``model_type: qwen2_5_vl``, was embedded as a single-vector GME)."""
+a ColQwen2.5 checkpoint, ``model_type: qwen2_5_vl``, was embedded as a single-vector GME). ColQwen2/2.5
+are implemented since issue 24 (their own family); the rest of the ColPali family is refused by name."""
 
 from __future__ import annotations
 
@@ -48,19 +49,33 @@ def _adapter(folder, base):
     return folder
 
 
-def test_colqwen25_declaration_is_refused_naming_it(colqwen25_dir):
+@pytest.fixture
+def colpali_dir(tiny_gme_dir, tmp_path):
+    """A ColPali declaration (still not implemented) on weights umr could load as something else."""
+    return _declaring(tiny_gme_dir, tmp_path / "colpali", architectures=["ColPali"], model_type="paligemma")
+
+
+@pytest.fixture
+def colidefics_dir(tiny_gme_dir, tmp_path):
+    return _declaring(tiny_gme_dir, tmp_path / "colsmol", architectures=["ColIdefics3"], model_type="qwen2_vl")
+
+
+def test_colqwen_declarations_are_the_colqwen_family_never_gme(colqwen25_dir, colqwen2_dir):
+    assert detect_family(colqwen25_dir) == "colqwen" and detect_family(colqwen2_dir) == "colqwen"
+    # GME's weights under ColQwen2's declaration: the ColQwen loader, which finds no projection (one line)
     with pytest.raises(ModelNotAvailable) as refused:
-        detect_family(colqwen25_dir)
-    message = str(refused.value)
-    assert "ColQwen2_5 (ColPali family, multi-vector)" in message and "\n" not in message
-    assert "not loaded as another family" in message
-    with pytest.raises(ModelNotAvailable, match="ColQwen2_5"):
-        umr.load_model(colqwen25_dir)
-
-
-def test_colqwen2_checkpoint_that_loaded_as_gme_is_refused(colqwen2_dir):
-    with pytest.raises(ModelNotAvailable, match=r"architecture ColQwen2 \(ColPali family"):
         umr.load_model(colqwen2_dir)
+    assert "custom_text_proj" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_colpali_declaration_is_refused_naming_it(colpali_dir):
+    with pytest.raises(ModelNotAvailable) as refused:
+        detect_family(colpali_dir)
+    message = str(refused.value)
+    assert "ColPali (ColPali family, multi-vector)" in message and "\n" not in message
+    assert "not loaded as another family" in message
+    with pytest.raises(ModelNotAvailable, match="ColPali"):
+        umr.load_model(colpali_dir)
 
 
 def _one_line_exit_2(capsys, argv, architecture):
@@ -69,13 +84,13 @@ def _one_line_exit_2(capsys, argv, architecture):
     assert err.count("\n") == 1 and architecture in err and "Traceback" not in err, err
 
 
-def test_embed_and_index_refuse_in_one_line(colqwen25_dir, colqwen2_dir, tmp_path, capsys):
+def test_embed_and_index_refuse_in_one_line(colpali_dir, colidefics_dir, tmp_path, capsys):
     items = tmp_path / "items.jsonl"
     items.write_text('{"id": "a", "text": "a page about tides"}\n')
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "a.txt").write_text("a page about tides")
-    for folder, architecture in ((colqwen25_dir, "ColQwen2_5"), (colqwen2_dir, "ColQwen2")):
+    for folder, architecture in ((colpali_dir, "ColPali"), (colidefics_dir, "ColIdefics3")):
         _one_line_exit_2(capsys, ["embed", "--model", str(folder), "--input", str(items),
                                   "--output", str(tmp_path / "v.npy")], architecture)
         _one_line_exit_2(capsys, ["index", str(corpus), "--index", str(tmp_path / f"ix-{architecture}"),
@@ -91,15 +106,16 @@ def test_adapter_folder_is_refused_naming_base_and_architecture(tiny_gme_dir, tm
     message = str(refused.value)
     assert "LORA adapter (adapter_config.json) on Qwen/Qwen2-VL-2B-Instruct" in message
     assert "architecture Qwen2VLForConditionalGeneration" in message and "\n" not in message
-    # adapter files only (as vidore/colqwen2-v1.0 ships them): the base's architecture, read from its local copy
-    base = _declaring(tiny_gme_dir, tmp_path / "colqwen2-base", architectures=["ColQwen2"])
-    alone = _adapter(tmp_path / "colqwen2-v1.0", base)
-    with pytest.raises(ModelNotAvailable, match=r"on .*colqwen2-base \(architecture ColQwen2 \(ColPali family"):
+    # adapter files only (as vidore/colpali-v1.3 ships them): the base's architecture, read from its local copy
+    # (an adapter on a ColQwen base is loaded by the colqwen family: tests/models/test_colqwen.py)
+    base = _declaring(tiny_gme_dir, tmp_path / "colpali-base", architectures=["ColPali"])
+    alone = _adapter(tmp_path / "colpali-v1.3", base)
+    with pytest.raises(ModelNotAvailable, match=r"on .*colpali-base \(architecture ColPali \(ColPali family"):
         umr.load_model(alone)
     items = tmp_path / "items.jsonl"
     items.write_text('{"id": "a", "text": "tides"}\n')
     _one_line_exit_2(capsys, ["embed", "--model", str(alone), "--input", str(items),
-                              "--output", str(tmp_path / "v.npy")], "ColQwen2")
+                              "--output", str(tmp_path / "v.npy")], "ColPali")
     # a base that is neither a folder nor in the hub cache is named as given
     with pytest.raises(ModelNotAvailable, match="LORA adapter .* on vidore/not-on-this-machine, not a complete"):
         detect_family(_adapter(tmp_path / "elsewhere", "vidore/not-on-this-machine"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..core.registry import UnsupportedOption
+from ..models.multivector import MultiVectorEmbedder
 from ..models.registry import load_model
 
 
@@ -63,10 +64,17 @@ def load_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def load_model_from_args(args: argparse.Namespace, name: str | None = None, options: dict | None = None):
-    """Load ``name`` (default ``--model``) with ``options`` (default: those on the command line)."""
+def load_model_from_args(args: argparse.Namespace, name: str | None = None, options: dict | None = None, *,
+                         multi_vector: bool = False):
+    """Load ``name`` (default ``--model``) with ``options`` (default: those on the command line);
+    a late-interaction model is refused in one line unless the command takes it (``multi_vector``)."""
     options = model_options(args) if options is None else options
-    return call_loader(load_model, name or args.model, device=args.device, dtype=args.dtype, **options)
+    model = call_loader(load_model, name or args.model, device=args.device, dtype=args.dtype, **options)
+    if isinstance(model, MultiVectorEmbedder) and not multi_vector:
+        raise UsageError(f"model {name or args.model!r} is a late-interaction (multi-vector) model; umr "
+                         f"{args.command} does not take those yet: use the Python API (encode_queries, "
+                         f"encode_candidates, score)")
+    return model
 
 
 def call_loader(loader, name: str, **options):

@@ -29,13 +29,21 @@ def add_parser(sub) -> None:
     parser.add_argument("--index", required=True, type=Path, dest="index_dir", help="index folder")
     add_model_options(parser, model_required=False,
                       model_help="short name (see `umr models`), hub id or folder; required for a new index")
-    parser.add_argument("--backend", choices=list(BACKENDS), default=None,
+    parser.add_argument("--backend", choices=[b for b in BACKENDS if b != "multivector"], default=None,  # issue 24
                         help="faiss: embedded index in the folder (default); milvus: Milvus Lite or a server")
     parser.add_argument("--uri", default=None,
                         help="Milvus: ./file.db (Milvus Lite) or http://host:19530 (default: INDEX/milvus.db)")
     parser.add_argument("--collection", default=None, help="Milvus collection name (default: umr)")
-    parser.add_argument("--method", choices=["exact", "hnsw"], default=None,
-                        help="exact inner-product search (default) or HNSW for large corpora (new index only)")
+    parser.add_argument("--method", choices=["exact", "hnsw", "muvera"], default=None,
+                        help="exact inner-product search (default) or HNSW for large corpora; late-interaction "
+                             "models: exact MaxSim (default) or muvera (MUVERA first stage + exact MaxSim rerank) "
+                             "(new index only)")
+    # issue 24: late-interaction (multi-vector) indexes
+    parser.add_argument("--token-storage", choices=["float16", "float32", "int8", "binary"], default="float16",
+                        help="late-interaction models: how token vectors are stored (default float16; new index only)")
+    parser.add_argument("--pool-factor", type=int, default=None, metavar="F",
+                        help="late-interaction models: pool each item's tokens F-fold by hierarchical "
+                             "clustering before storing them (new index only)")
     parser.add_argument("--ocr", choices=["auto", "on", "off"], default="auto",
                         help="read the words in images for text-only models (auto: on for text models)")
     parser.add_argument("--image-root", type=Path, default=None, help="M-BEIR pools: folder img_path is relative to")
@@ -88,12 +96,13 @@ def run(args) -> int:
             if args.model is None:
                 raise UsageError(f"{args.index_dir} is a new index: say which model builds it with --model")
             options = load_options(args)
-            model = load_model_from_args(args, args.model, model_options(args))
+            model = load_model_from_args(args, args.model, model_options(args), multi_vector=True)  # issue 24
             Chunker(model, tokens=args.chunk_tokens, overlap=args.chunk_overlap)  # refused before creating
             ocr = None if args.ocr == "auto" else args.ocr == "on"
             index = Index.create(args.index_dir, model, backend=args.backend or "faiss", uri=args.uri,
                                  collection=args.collection or "umr", method=args.method or "exact", ocr=ocr,
-                                 model_options=options)
+                                 model_options=options, token_storage=args.token_storage,  # issue 24
+                                 pool_factor=args.pool_factor)
             action = "creating"
     except (IndexStoreError, ValueError) as exc:  # ChunkingError is a ValueError
         raise UsageError(str(exc)) from None
@@ -191,6 +200,9 @@ def _open_existing(args):
         note = ""
         method = cfg.get("method", "exact")
         if args.method is not None and args.method != method:
+            if backend == "multivector":  # issue 24
+                raise UsageError(f"{args.index_dir}: a late-interaction index keeps the --method it was created "
+                                 f"with ({method}); umr search --exact skips a first stage")
             if backend != "faiss":
                 raise UsageError(f"{args.index_dir}: Milvus keeps the vector index it was created with; "
                                  f"re-create the index to change --method")

@@ -41,8 +41,11 @@ def add_parser(sub) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="load the model in this dtype instead of the index's own (queries then "
                              "differ slightly from the index's dtype)")
-    parser.add_argument("--ef-search", type=int, default=None, help="HNSW: candidates explored per query")
-    parser.add_argument("--exact", action="store_true", help="exact search even if the index is HNSW")
+    parser.add_argument("--ef-search", type=int, default=None,
+                        help="HNSW: candidates explored per query; MUVERA (late interaction): candidates "
+                             "reranked by exact MaxSim per query (default 200)")
+    parser.add_argument("--exact", action="store_true",
+                        help="exact search even if the index is HNSW (or exact MaxSim on a MUVERA index)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     add_rerank_flags(parser)
     parser.set_defaults(run=run)

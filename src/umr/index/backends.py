@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from .base import IndexStoreError, VectorStore, read_manifest
 from .milvus import MilvusStore
+from .multivector.store import MultiVectorStore
 from .store import FlatStore
 
 DEFAULT_BACKEND = "faiss"
@@ -44,9 +45,20 @@ def _open_milvus(folder: Path, *, writable: bool, manifest: dict[str, Any]) -> V
     return MilvusStore.open(folder, writable=writable, manifest=manifest)
 
 
+def _create_multivector(folder: Path, *, dim: int, config: dict[str, Any], uri: str | None,
+                        collection: str) -> VectorStore:
+    return MultiVectorStore.create(folder, dim=dim, config=config)
+
+
+def _open_multivector(folder: Path, *, writable: bool, manifest: dict[str, Any]) -> VectorStore:
+    return MultiVectorStore.open(folder, writable=writable, manifest=manifest)
+
+
 BACKENDS: dict[str, Backend] = {
     "faiss": Backend("faiss", _create_faiss, _open_faiss),
     "milvus": Backend("milvus", _create_milvus, _open_milvus),
+    # issue 24: late-interaction models' token vectors (Index.create picks it for a MultiVectorEmbedder)
+    "multivector": Backend("multivector", _create_multivector, _open_multivector),
 }
 
 

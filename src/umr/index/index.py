@@ -27,6 +27,7 @@ from ..core.fingerprint import FileDigests
 from ..core.items import Item
 from ..core.results import Result, Summary
 from ..models.identity import ModelIdentity, model_identity
+from ..models.multivector import MultiVectorEmbedder  # issue 24 (late interaction)
 from ..models.registry import load_model
 from ..rerank.base import Reranker
 from . import sync
@@ -34,6 +35,7 @@ from .backends import DEFAULT_BACKEND, create_store, open_store
 from .base import MANIFEST, VectorStore, check_search_args
 from .binding import ModelBinding, ModelMismatch, model_record
 from .embedding import ChunkEmbedder
+from .multivector import store as multivector  # issue 24
 from .pipeline import RERANK_K, LocalStages, SearchQuery, as_reranker, query_text, run_search, search_store
 from .representation import Unrepresentable, represent
 from .run import SNIPPET_CHARS
@@ -65,18 +67,28 @@ class Index:
     def create(cls, folder: str | os.PathLike, model, *, backend: str = DEFAULT_BACKEND, uri: str | None = None,
                collection: str = "umr", method: str = "exact", ocr: bool | None = None,
                hnsw_m: int = 32, ef_construction: int = 100, ef_search: int = 128,
-               model_options: dict[str, Any] | None = None) -> Index:
+               model_options: dict[str, Any] | None = None, token_storage: str = "float16",
+               pool_factor: int | None = None) -> Index:
         """A new, empty index in ``folder`` for ``model`` (an :class:`Embedder` or a name to load),
         in the store ``backend`` (:mod:`~umr.index.backends`: ``faiss`` or ``milvus``).
 
         ``model_options`` are the ``load_model`` options (``dtype`` included) the model was or is
         to be loaded with (default: those ``load_model`` recorded in the embedder's identity); they
-        are recorded so that a search loads it the same way.
+        are recorded so that a search loads it the same way. A late-interaction model
+        (:class:`~umr.models.multivector.MultiVectorEmbedder`) gets the ``multivector`` store
+        (:mod:`umr.index.multivector.store`): ``method`` ``exact`` or ``muvera``, its tokens stored
+        as ``token_storage`` after pooling by ``pool_factor``.
         """
-        if method not in ("exact", "hnsw"):
-            raise ValueError(f"method must be 'exact' or 'hnsw', not {method!r}")
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, **(model_options or {}))
+        multi = isinstance(model, MultiVectorEmbedder)  # issue 24 (late interaction)
+        if multi:
+            backend = multivector.multi_vector_backend(backend)
+        elif backend == multivector.BACKEND:
+            raise ValueError(f"the {backend} store holds late-interaction models' token vectors; {model.name} "
+                             f"makes one vector per item")
+        elif method not in ("exact", "hnsw"):
+            raise ValueError(f"method must be 'exact' or 'hnsw', not {method!r}")
         if model_options is None:  # a loaded embedder: the options it was loaded with, as recorded
             model_options = dict(model_identity(model).load_options)
         use_ocr = (not model.sees_images) if ocr is None else bool(ocr)
@@ -84,6 +96,8 @@ class Index:
                   "sees_images": bool(model.sees_images), "hnsw_m": hnsw_m,
                   "ef_construction": ef_construction, "ef_search": ef_search, "sources": {},
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if multi:  # issue 24
+            config["tokens"] = {"storage": token_storage, "pool_factor": pool_factor}
         store = create_store(folder, backend, dim=model.dim, config=config, uri=uri, collection=collection)
         return cls(folder, store, model=model, model_options=model_options)
 
@@ -223,7 +237,8 @@ class Index:
         no words raises :class:`Unrepresentable`.
         """
         return represent(item, sees_images=self.config.get("sees_images", True),
-                         use_ocr=bool(self.config.get("ocr")), model_name=self.model_name)
+                         use_ocr=bool(self.config.get("ocr")), model_name=self.model_name,
+                         image_alone=self.store.backend == multivector.BACKEND)  # issue 24
 
     # writing (umr.index.sync) ----------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from ..models.base import Embedder
 from ..rerank.base import Reranker
 from ..rerank.registry import load_reranker
 from .base import Filter, VectorStore, check_search_args
+from .multivector.store import MultiVectorStore  # issue 24
 
 #: how many top results a reranker reorders unless told (``rerank_k``, ``--rerank-k``)
 RERANK_K = 10
@@ -114,9 +115,12 @@ def search_store(store: VectorStore, queries: np.ndarray, *, k: int = 10,
                  method: str | None = None, ef_search: int | None = None) -> list[list[Result]]:
     """The store-search step: top-``k`` results per query vector, ranked from 1."""
     check_search_args(k, ef_search)
-    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-    if queries.shape[1] != store.dim:
-        raise ValueError(f"query vectors are {queries.shape[1]}-d; the index holds {store.dim}-d")
+    if isinstance(store, MultiVectorStore):  # issue 24: a token matrix per query
+        queries = store.check_queries(queries)
+    else:
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.shape[1] != store.dim:
+            raise ValueError(f"query vectors are {queries.shape[1]}-d; the index holds {store.dim}-d")
     hits = store.search(queries, k, filter=Filter.make(modality, where), method=method, ef_search=ef_search)
     return [[Result.of(rank, hit) for rank, hit in enumerate(row, start=1)] for row in hits]
 

@@ -16,16 +16,20 @@ class Unrepresentable(Exception):
         super().__init__(f"item {item_id!r}: {reason}")
 
 
-def represent(item: Item, *, sees_images: bool, use_ocr: bool, model_name: str) -> Item:
+def represent(item: Item, *, sees_images: bool, use_ocr: bool, model_name: str, image_alone: bool = False) -> Item:
     """The item as a model that does (or does not) ``sees_images`` embeds it, with
     ``metadata["via"]`` saying how; an image with no words under a text-only model raises
-    :class:`Unrepresentable`."""
+    :class:`Unrepresentable`. ``image_alone``: a candidate's image is embedded without its text (a
+    late-interaction model embeds a page image alone; issue 24)."""
     if item.video is not None:  # only models that see video get video items (umr.data.video_segments)
         item.metadata = {**item.metadata, "via": "frames" if item.text is None else "frames+text"}
         return item
     if item.image is None:
         item.metadata = {**item.metadata, "via": "text"}
         return item
+    if sees_images and image_alone and item.text is not None and not item.is_query:
+        item = Item(image=item.image, instruction=item.instruction, is_query=item.is_query, id=item.id,
+                    metadata=item.metadata)
     if sees_images:
         via = "pixels" if item.text is None else "pixels+text"
         item.metadata = {**item.metadata, "via": via}

@@ -19,6 +19,7 @@ from ..core.results import EmbedResult, Summary
 from ..models.base import Embedder
 from .base import VectorStore, json_line
 from .embedding import ChunkEmbedder, LocalEmbedder
+from .multivector.store import join_vectors, stored_vectors  # issue 24
 from .representation import Unrepresentable
 
 #: records keep this much of the text they were embedded from, for display
@@ -198,7 +199,7 @@ class IndexingRun:
             else:
                 self.summary.added += 1
         self.done(len(chunk))
-        return records, np.asarray(result.vectors, np.float32), drop
+        return records, stored_vectors(result.vectors), drop  # issue 24: or token matrices
 
     def dropped_updates(self) -> list[str]:
         return list(dict.fromkeys(i for i in self.failed_updates if i not in self.taken))
@@ -225,7 +226,7 @@ class Committer:
 
     def flush(self) -> None:
         if self.records or self.deletes:
-            vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, self.store.dim), np.float32)
+            vectors = join_vectors(self.vectors, self.store.dim)  # issue 24: rows or token matrices
             self.store.commit(self.records, vectors, delete_ids=self.deletes)
             self.summary.deleted += len(self.deletes)
         self.records, self.vectors, self.deletes = [], [], []

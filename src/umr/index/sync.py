@@ -28,6 +28,7 @@ from ..data.corpus import VIDEO_NOT_INDEXED, default_id_prefix, read_corpus
 from ..data.video_segments import stale_segments, video_segmenter
 from .base import IndexStoreError, VectorStore, json_line
 from .embedding import ChunkEmbedder
+from .multivector.store import BACKEND  # issue 24
 from .run import RunTarget, read_skip_cache, run_entries
 
 ERRORS_FILE = "errors.jsonl"
@@ -111,6 +112,7 @@ def index_corpus(target: SyncTarget, source, *, image_root=None, commit_every: i
     store = target.store
     started = time.monotonic()
     summary = Summary(read=ReadReport())
+    chunk = False if store.backend == BACKEND else chunk  # issue 24: a late-interaction index keeps pages whole
     chunker = _chunker(target, chunk=chunk, tokens=chunk_tokens, overlap=chunk_overlap)
     # video files: segments cut as given, else as recorded (umr.data.video_segments)
     videos = video_segmenter(target.model, store.config.get("video_segments"), seconds=segment_seconds,

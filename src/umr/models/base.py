@@ -78,6 +78,41 @@ def tokenizer_spans(tokenizer, text: str) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in encoded["offset_mapping"] if b > a]
 
 
+def check_items(items: Sequence[Item], check, *, on_error: OnError) -> tuple[dict[int, int], dict[int, ItemError]]:
+    """``check(item)`` (a cost, no model work) for every item: ``({position: cost}, {position:
+    error})``; with ``on_error="raise"`` the first bad item raises its :class:`ItemError`."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    costs: dict[int, int] = {}
+    errors: dict[int, ItemError] = {}
+    for i, item in enumerate(items):
+        try:
+            costs[i] = check(item)
+        except WHOLE_RUN_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - sizing one item: that item's error
+            error = ItemError.from_exception(item.id, exc).at(index=i)
+            if on_error == "raise":
+                raise error from None
+            errors[i] = error
+    return costs, errors
+
+
+def prepare_each(items: list[Item], prepare) -> list:
+    """``[prepare(item) for item in items]``; whatever one item raises (a PIL plug-in error,
+    resize arithmetic, ...) becomes its :class:`ItemError`, located at the item, so the caller
+    knows which item to drop."""
+    prepared = []
+    for i, item in enumerate(items):
+        try:
+            prepared.append(prepare(item))
+        except WHOLE_RUN_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - preparing one item: that item's error
+            raise ItemError.from_exception(item.id, exc).at(index=i) from None
+    return prepared
+
+
 def run_batches(plan: list[list[int]], good: list[int], run, *, on_error: OnError,
                 errors: dict[int, ItemError], bar) -> Iterator[tuple[list[int], Any]]:
     """Run each planned batch (``plan`` indexes ``good``, the positions of runnable items):
@@ -185,21 +220,7 @@ class Embedder(ABC):
         are left out and listed in :attr:`EmbedResult.errors`; the rest are embedded exactly
         as they would be without them.
         """
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-        errors: dict[int, ItemError] = {}
-        costs: dict[int, int] = {}
-        for i, item in enumerate(items):
-            try:
-                costs[i] = self.check(item)
-            except WHOLE_RUN_ERRORS:
-                raise
-            except Exception as exc:  # noqa: BLE001 - sizing one item: that item's error
-                error = ItemError.from_exception(item.id, exc).at(index=i)
-                if on_error == "raise":
-                    raise error from None
-                errors[i] = error
-
+        costs, errors = check_items(items, self.check, on_error=on_error)
         good = sorted(costs)
         plan = plan_batches([costs[i] for i in good], max_items=batch_size or self.batch_size,
                             budget=self.cost_budget)
@@ -307,20 +328,8 @@ class Embedder(ABC):
 
     @staticmethod
     def _each_item(items: list[Item], prepare):
-        """``[prepare(item) for item in items]``; whatever one item raises (a PIL plug-in error,
-        resize arithmetic, ...) becomes its :class:`ItemError`, located at the item.
-
-        Backends call this from :meth:`_embed_batch` so the caller knows which item to drop.
-        """
-        prepared = []
-        for i, item in enumerate(items):
-            try:
-                prepared.append(prepare(item))
-            except WHOLE_RUN_ERRORS:
-                raise
-            except Exception as exc:  # noqa: BLE001 - preparing one item: that item's error
-                raise ItemError.from_exception(item.id, exc).at(index=i) from None
-        return prepared
+        """:func:`prepare_each`: backends call this from :meth:`_embed_batch`."""
+        return prepare_each(items, prepare)
 
     def _run_batch(self, items: list[Item]) -> np.ndarray:
         with torch.inference_mode():

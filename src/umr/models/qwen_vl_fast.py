@@ -133,8 +133,9 @@ def supports_packed(lm: torch.nn.Module, *, qk_norm: bool) -> bool:
 
 def decode_packed(lm: torch.nn.Module, embeds: torch.Tensor, lengths: list[int], positions: torch.Tensor, *,
                   visual: torch.Tensor | None = None, deepstack: list[torch.Tensor] = (),
-                  checkpoint: bool = False) -> torch.Tensor:
-    """The decoder ``lm`` on sequences packed back to back; each sequence's last-token state.
+                  checkpoint: bool = False, pooled: bool = True) -> torch.Tensor:
+    """The decoder ``lm`` on sequences packed back to back; each sequence's last-token state, or
+    with ``pooled=False`` every token's final state ``(T, H)`` (multi-vector models).
 
     ``embeds`` ``(T, H)`` holds the sequences of ``lengths`` in order, ``positions`` ``(3, 1, T)``
     their M-RoPE positions. Uses the decoder's own modules (norms, optional q/k norms,
@@ -161,7 +162,8 @@ def decode_packed(lm: torch.nn.Module, embeds: torch.Tensor, lengths: list[int],
     hidden = embeds
     n_layers = len(lm.layers)
     for index, layer in enumerate(lm.layers):
-        run = functools.partial(_packed_layer, layer, spans=spans, pooled=last if index == n_layers - 1 else None,
+        final = pooled and index == n_layers - 1
+        run = functools.partial(_packed_layer, layer, spans=spans, pooled=last if final else None,
                                 visual=visual, visual_rank=visual_rank,
                                 deepstack=deepstack[index] if index < len(deepstack) else None)
         hidden = (torch.utils.checkpoint.checkpoint(run, hidden, cos, sin, use_reentrant=False) if recompute

@@ -38,14 +38,27 @@ def read_patch_settings(folder: Path, name: str = "preprocessor_config.json") ->
 
 
 class PatchCutter:
-    """``cutter(image) -> (patches (grid_h * grid_w, 3 * T * P * P), grid (1, grid_h, grid_w))``."""
+    """``cutter(image) -> (patches (grid_h * grid_w, 3 * T * P * P), grid (1, grid_h, grid_w))``.
+
+    ``fused``: normalise as transformers' torchvision backend does, rescale folded into mean and
+    std (``(x - mean / rescale) / (std / rescale)`` in float32) instead of the PIL backend's
+    rescale-then-normalise; the two differ in the last bit of some values.
+    """
 
     def __init__(self, *, patch_size: int, merge_size: int, temporal_patch_size: int,
-                 image_mean: Sequence[float], image_std: Sequence[float], rescale_factor: float):
+                 image_mean: Sequence[float], image_std: Sequence[float], rescale_factor: float,
+                 fused: bool = False):
         self.patch_size, self.merge_size, self.temporal_patch_size = patch_size, merge_size, temporal_patch_size
-        mean = np.asarray(image_mean, dtype=np.float32)
-        std = np.asarray(image_std, dtype=np.float32)
-        scaled = (np.arange(256, dtype=np.float64) * rescale_factor).astype(np.float32)
+        if fused:
+            import torch
+
+            mean = (torch.tensor(image_mean) * (1.0 / rescale_factor)).numpy()  # float32, as transformers rounds
+            std = (torch.tensor(image_std) * (1.0 / rescale_factor)).numpy()
+            scaled = np.arange(256, dtype=np.float32)
+        else:
+            mean = np.asarray(image_mean, dtype=np.float32)
+            std = np.asarray(image_std, dtype=np.float32)
+            scaled = (np.arange(256, dtype=np.float64) * rescale_factor).astype(np.float32)
         self._lut = ((scaled[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)  # (3, 256)
 
     def __call__(self, image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -136,7 +149,8 @@ class QwenVLImageSettings:
 
 def smart_resize(height: int, width: int, *, factor: int, min_pixels: int, max_pixels: int,
                  extreme_ratio: Literal["refuse", "clamp"] = "refuse", floor_at_factor: bool = True,
-                 on_clamp: Callable[[float], None] | None = None, max_ratio: int = 200) -> tuple[int, int]:
+                 on_clamp: Callable[[float], None] | None = None, max_ratio: int = 200,
+                 round_to_zero: bool = False) -> tuple[int, int]:
     """(height, width) as the Qwen-VL resizes compute it: multiples of ``factor``, area in bounds.
 
     The variants differ only in what they do past ``max_ratio``: the image processors and
@@ -144,12 +158,16 @@ def smart_resize(height: int, width: int, *, factor: int, min_pixels: int, max_p
     ``fetch_image`` copy clamps the long side of the resized image (``on_clamp`` hears the ratio).
     ``floor_at_factor`` keeps a side shrunk to fit ``max_pixels`` at least one ``factor`` (the
     image processors do; ``qwen_vl_utils`` floors it to 0 for a tiny ``max_pixels``).
+    ``round_to_zero``: a side under half a factor first rounds to 0, as transformers' image
+    processors round it (``qwen_vl_utils`` rounds it up to one factor); this matters only when
+    the image then exceeds ``max_pixels`` one way and not the other.
     """
     if extreme_ratio == "refuse" and max(height, width) / min(height, width) > max_ratio:
         raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} is over {max_ratio}")
     floor = factor if floor_at_factor else 0
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
+    least = 0 if round_to_zero else factor
+    h_bar = max(least, round(height / factor) * factor)
+    w_bar = max(least, round(width / factor) * factor)
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt((height * width) / max_pixels)
         h_bar = max(floor, math.floor(height / beta / factor) * factor)

@@ -26,6 +26,10 @@ class ModelNotAvailable(RuntimeError):
     """The weights cannot be had here; the message says how to point at a local copy."""
 
 
+#: families whose loader applies a PEFT LoRA adapter to the base its ``adapter_config.json`` names
+#: (the published ColQwen checkpoints are such adapters); any other adapter folder is refused
+ADAPTER_FAMILIES = frozenset({"colqwen"})
+
 #: A checkpoint's declared architecture (config.json ``architectures``) -> the family that embeds
 #: it: the one table family detection reads. A checkpoint of any other architecture is refused
 #: by name, never loaded as a related family (ColQwen2.5 declares ``model_type: qwen2_5_vl``
@@ -41,12 +45,12 @@ ARCHITECTURES: dict[str, str] = {
     "NVMMEmbedModel": "mm-embed",  # nvidia/MM-Embed (model_type llava_next, custom code)
     "CLIPModel": "clip-sf",
     "SiglipModel": "clip-sf",
+    "ColQwen2_5": "colqwen",  # vidore/colqwen2.5-base (model_type qwen2_5_vl, like a Qwen2.5-VL GME)
+    "ColQwen2": "colqwen",  # vidore/colqwen2-base (model_type qwen2_vl, GME's own)
 }
 
 #: architectures umr knows of but does not implement, with what they are: named in the refusal
 NOT_IMPLEMENTED: dict[str, str] = {
-    "ColQwen2_5": "ColPali family, multi-vector",
-    "ColQwen2": "ColPali family, multi-vector",
     "ColQwen2ForRetrieval": "ColPali family, multi-vector",
     "ColPali": "ColPali family, multi-vector",
     "ColPaliForRetrieval": "ColPali family, multi-vector",
@@ -81,6 +85,8 @@ def load_model(model: str | os.PathLike, *, device: str = "cpu", dtype: str | No
     quiet = contextlib.nullcontext if resolved.family == "text" else quiet_transformers
     embedder = MODELS.instantiate(resolved, device=device, quiet=quiet)
     if dim is not None:
+        if not isinstance(embedder, Embedder):
+            raise UnsupportedOption(resolved.key, resolved.family, ["dim"], [])  # tokens are not Matryoshka-trained
         embedder.truncate_dim(int(dim))
         resolved.options["dim"] = int(dim)
     embedder.identity = identify(embedder, resolved.folder, name=resolved.key, family=resolved.family,
@@ -115,9 +121,12 @@ def quiet_transformers():
 def detect_family(folder: Path) -> str:
     """Which family loads this folder, from what the checkpoint declares: its ``architectures``
     (:data:`ARCHITECTURES`; GME repositories also ship sentence-transformers files, so this comes
-    first), else a sentence-transformers folder. An adapter, an architecture umr does not
-    implement and a sentence-transformers folder of another kind are refused in one line."""
-    refuse_adapter(folder)
+    first), else a sentence-transformers folder. An adapter is its base's (for a family in
+    :data:`ADAPTER_FAMILIES`); any other adapter, an architecture umr does not implement and a
+    sentence-transformers folder of another kind are refused in one line."""
+    family = adapter_family(folder)
+    if family is not None:
+        return family
     config = read_config(folder)
     declared = declared_architectures(config)
     for architecture in declared:
@@ -132,6 +141,21 @@ def detect_family(folder: Path) -> str:
         raise ModelNotAvailable(f"{folder}: {declaration(config)}: not one umr implements, so it is not "
                                 f"loaded as another family; umr embeds {_known()}, or a sentence-transformers folder")
     raise ModelNotAvailable(f"{folder}: no config.json or modules.json: not a model folder")
+
+
+def adapter_family(folder: Path) -> str | None:
+    """None for a folder that is no PEFT adapter; for an adapter, the family of the base it names
+    when that family applies adapters (:data:`ADAPTER_FAMILIES`; the base read from the folder's
+    own config.json or a local copy of the base), else the adapter is refused (:func:`refuse_adapter`)."""
+    if not (folder / "adapter_config.json").is_file():
+        return None
+    base = _adapter_base(folder)
+    base_config = read_config(folder) or _local_base_config(base, beside=folder) or _hub_base_config(base)
+    family = next((ARCHITECTURES[a] for a in declared_architectures(base_config) if a in ARCHITECTURES), None)
+    if family in ADAPTER_FAMILIES:
+        return family
+    refuse_adapter(folder)
+    return None
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -155,30 +179,63 @@ def refuse_adapter(folder: Path) -> None:
     file = folder / "adapter_config.json"
     if not file.is_file():
         return
-    try:
-        adapter = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        adapter = {}
-    base = str(adapter.get("base_model_name_or_path") or "an unnamed base")
+    adapter = _read_adapter(folder)
+    base = _adapter_base(folder) or "an unnamed base"
     kind = str(adapter.get("peft_type") or "PEFT")
-    base_config = read_config(folder) or _local_base_config(base)
+    base_config = read_config(folder) or _local_base_config(base, beside=folder)
     on = f"{base} ({declaration(base_config)})" if base_config else base
+    unknown = "" if base_config else " (its base is not on this machine to tell its architecture)"
     raise ModelNotAvailable(f"{folder}: a {kind} adapter (adapter_config.json) on {on}, not a complete "
-                            f"checkpoint; umr loads complete checkpoints: merge the adapter into its base "
-                            f"(peft's merge_and_unload) and pass the merged folder if umr implements its architecture")
+                            f"checkpoint{unknown}; umr applies adapters on {', '.join(_adapter_architectures())} "
+                            f"bases only: merge any other adapter into its base (peft's merge_and_unload) and "
+                            f"pass the merged folder if umr implements its architecture")
 
 
-def _local_base_config(base: str) -> dict[str, Any]:
-    """The config of an adapter's base when it is on this machine (a folder or the hub cache); never downloads."""
-    path = Path(base).expanduser()
-    if path.is_dir():
-        return read_config(path)
+def _adapter_architectures() -> list[str]:
+    return [a for a, family in ARCHITECTURES.items() if family in ADAPTER_FAMILIES]
+
+
+def _read_adapter(folder: Path) -> dict[str, Any]:
+    """An adapter folder's ``adapter_config.json`` ({} when unreadable: the refusal still names the folder)."""
+    try:
+        adapter = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return adapter if isinstance(adapter, dict) else {}
+
+
+def _adapter_base(folder: Path) -> str:
+    """The base an adapter folder names (``base_model_name_or_path``; "" when it names none)."""
+    return str(_read_adapter(folder).get("base_model_name_or_path") or "")
+
+
+def _local_base_config(base: str, *, beside: Path) -> dict[str, Any]:
+    """The config of an adapter's base when it is on this machine (a folder, absolute or relative to
+    the adapter folder ``beside``, or the hub cache); never downloads."""
+    if not base:
+        return {}
+    for path in (Path(base).expanduser(), beside / base):
+        if path.is_dir():
+            return read_config(path)
     if base.count("/") != 1:
         return {}
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(base, "config.json")
     return read_config(Path(cached).parent) if isinstance(cached, str) else {}
+
+
+def _hub_base_config(base: str) -> dict[str, Any]:
+    """The config.json alone of an adapter's base named by hub id (downloaded unless offline; {} on
+    any failure, and the adapter is refused naming the base)."""
+    if base.count("/") != 1 or base.startswith((".", "/", "~")):
+        return {}
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return read_config(from_hub(hf_hub_download, base, "config.json").parent)
+    except Exception:  # noqa: BLE001 - no base config to read: the refusal names the base
+        return {}
 
 
 def declared_architectures(config: dict[str, Any]) -> list[str]:

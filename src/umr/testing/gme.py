@@ -90,6 +90,41 @@ def save_jittered(model, folder: Path, *, seed: int, jitter: Callable[[str, Any,
         generation.unlink()
 
 
+def flat_text_config(text: dict[str, Any], vocab_size: int, ids: dict[str, int], *,
+                     initializer_range: float) -> dict[str, Any]:
+    """The decoder half of a flat (transformers 4.x era) Qwen2-VL / Qwen2.5-VL config.json, as the
+    real GME and ColQwen checkpoints write it: ``text`` is the architecture with its
+    ``mrope_section``, ``ids`` the special tokens' ids."""
+    text = dict(text)
+    mrope_section = text.pop("mrope_section")
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    if sum(mrope_section) * 2 != head_dim:
+        raise ValueError(f"mrope_section {mrope_section} must sum to head_dim/2 = {head_dim // 2}")
+    return {
+        "vocab_size": vocab_size,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "rope_scaling": {"type": "mrope", "mrope_section": mrope_section},
+        "hidden_act": "silu",
+        "initializer_range": initializer_range,
+        "tie_word_embeddings": True,
+        "use_sliding_window": False,
+        "sliding_window": 32768,
+        "max_window_layers": text["num_hidden_layers"],
+        "attention_dropout": 0.0,
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "vision_token_id": ids["<|vision_pad|>"],
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "torch_dtype": "float32",
+        **text,
+    }
+
+
 def write_tiny_gme(folder: str | Path, *, seed: int = 0, text: dict[str, Any] | None = None,
                    vision: dict[str, Any] | None = None, vocab_size: int = 512,
                    initializer_range: float = 0.1, legacy_layout: bool = True) -> Path:
@@ -112,34 +147,10 @@ def write_tiny_gme(folder: str | Path, *, seed: int = 0, text: dict[str, Any] | 
 
     t = {**TINY_TEXT, **(text or {})}
     v = {**TINY_VISION, **(vision or {})}
-    mrope_section = t.pop("mrope_section")
-    head_dim = t["hidden_size"] // t["num_attention_heads"]
-    if sum(mrope_section) * 2 != head_dim:
-        raise ValueError(f"mrope_section {mrope_section} must sum to head_dim/2 = {head_dim // 2}")
     flat = {
         "architectures": ["Qwen2VLForConditionalGeneration"],
         "model_type": "qwen2_vl",
-        "vocab_size": tokenizer.get_vocab_size(),
-        "max_position_embeddings": 32768,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0,
-        "rope_scaling": {"type": "mrope", "mrope_section": mrope_section},
-        "hidden_act": "silu",
-        "initializer_range": initializer_range,
-        "tie_word_embeddings": True,
-        "use_sliding_window": False,
-        "sliding_window": 32768,
-        "max_window_layers": t["num_hidden_layers"],
-        "attention_dropout": 0.0,
-        "bos_token_id": ids["<|endoftext|>"],
-        "eos_token_id": ids["<|im_end|>"],
-        "vision_start_token_id": ids["<|vision_start|>"],
-        "vision_end_token_id": ids["<|vision_end|>"],
-        "vision_token_id": ids["<|vision_pad|>"],
-        "image_token_id": ids["<|image_pad|>"],
-        "video_token_id": ids["<|video_pad|>"],
-        "torch_dtype": "float32",
-        **t,
+        **flat_text_config(t, tokenizer.get_vocab_size(), ids, initializer_range=initializer_range),
         "vision_config": {
             "in_chans": 3, "in_channels": 3, "hidden_act": "quick_gelu", "patch_size": 14,
             "spatial_merge_size": 2, "spatial_patch_size": 14, "temporal_patch_size": 2,
