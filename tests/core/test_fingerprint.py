@@ -39,6 +39,22 @@ def test_fingerprint_covers_role_text_instruction_and_image_content(tmp_path):
     assert len(fp(Item.candidate("x"))) == 40  # the eval cache stores U40 fingerprints
 
 
+def test_fingerprint_covers_the_video_and_its_sampling(tmp_path):
+    """Two videos (or one sampled two ways) are two items: an evaluation cache must not mix them up."""
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    a.write_bytes(b"video a")
+    b.write_bytes(b"video b")
+    fp = item_fingerprint
+    assert fp(Item(video=str(a))) != fp(Item(video=str(b)))
+    assert fp(Item(video=str(a))) == fp(Item(video=a))  # content, not how the path is spelled
+    assert fp(Item(video=str(a))) != fp(Item(video=str(a), fps=2.0))
+    assert fp(Item(video=str(a))) != fp(Item(video=str(a), max_frames=8))
+    assert fp(Item(video=str(a), video_start=0, video_end=30)) != fp(Item(video=str(a), video_start=30, video_end=60))
+    assert fp(Item(video=str(a), text="t")) != fp(Item(text="t"))
+    frames = [_bmp(tmp_path / "f0.bmp", (255, 0, 0)), _bmp(tmp_path / "f1.bmp", (0, 0, 255))]
+    assert fp(Item(video=frames)) != fp(Item(video=frames[::-1]))
+
+
 def test_an_image_overwritten_in_place_changes_its_fingerprint(tmp_path):
     """Same size, modification time set back: the content still decides (ctime moves)."""
     path = _bmp(tmp_path / "pic.bmp", (255, 0, 0))

@@ -46,7 +46,7 @@ def test_search_by_text_image_upload_and_data_uri(client, photo_index):
 
 def test_search_refusals(client):
     assert client.post("/v1/search", json={"text": "  "}).status_code == 400
-    assert client.post("/v1/search", json={"text": "a", "modality": "video"}).status_code == 400
+    assert client.post("/v1/search", json={"text": "a", "modality": "audio"}).status_code == 400
     assert client.post("/v1/search", json={"text": "a", "k": 0}).status_code == 422
     assert client.post("/v1/search", json={"text": "a", "rerank": True}).status_code == 400  # no reranker loaded
     assert client.post("/v1/search", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422

@@ -40,6 +40,9 @@ def add_model_options(parser: argparse.ArgumentParser, *, model_required: bool =
     parser.add_argument("--max-length", type=positive_int, default=None,
                         help="most tokens per sequence, longer ones cut as the model's reference cuts them "
                              "(families with a text length limit)")
+    parser.add_argument("--max-video-tokens", type=positive_int, default=None,
+                        help="video models: most video tokens per item; a longer video is sampled with smaller "
+                             "frames, then fewer (default: what fits in --max-length)")
     parser.add_argument("--dim", type=positive_int, default=None,
                         help="keep the first N dimensions of every vector, renormalised (Matryoshka models "
                              "such as qwen3-vl-embedding-*)")
@@ -47,7 +50,8 @@ def add_model_options(parser: argparse.ArgumentParser, *, model_required: bool =
 
 def model_options(args: argparse.Namespace) -> dict:
     """The loader options given on the command line (image token bounds, ...), as ``load_model`` takes them."""
-    return {k: getattr(args, k) for k in ("min_image_tokens", "max_image_tokens", "max_length", "dim")
+    return {k: getattr(args, k) for k in ("min_image_tokens", "max_image_tokens", "max_length", "max_video_tokens",
+                                          "dim")
             if getattr(args, k, None) is not None}
 
 

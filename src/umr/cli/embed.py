@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     parser = sub.add_parser("embed", help="embed the items of a JSONL file into a .npy matrix (multi-vector "
                                           "models: a .npz of one token matrix per id)")
     add_model_options(parser)
-    parser.add_argument("--input", required=True, type=Path, help="items JSONL (id, text, image, instruction, is_query)")
+    parser.add_argument("--input", required=True, type=Path, help="items JSONL (id, text, image, video, fps, max_frames, instruction, is_query)")
     parser.add_argument("--output", required=True, type=Path,
                         help="where to write the (N, dim) float32 .npy; for a multi-vector model (colqwen*) "
                              "a .npz holding one (n_tokens, dim) float32 array per item id")

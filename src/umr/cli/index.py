@@ -14,6 +14,7 @@ from pathlib import Path
 from ..core.devices import check_device
 from ..data.chunking import Chunker, ChunkingError
 from ..data.corpus import count_corpus
+from ..data.video_segments import SegmentError
 from ..index import Index, IndexStoreError
 from ..index.backends import BACKENDS
 from ..index.milvus import resolve_uri
@@ -58,6 +59,11 @@ def add_parser(sub) -> None:
                         help="tokens shared by consecutive passages (default: N/8)")
     parser.add_argument("--no-chunk", dest="chunk", action="store_false", default=None,
                         help="never split: a long text is embedded as far as the model reads it (counted as cut)")
+    parser.add_argument("--segment-seconds", type=float, default=None, metavar="S",
+                        help="cut video files into segments of S seconds (default: the longest the model embeds "
+                             "at its sampling within --max-length)")
+    parser.add_argument("--segment-overlap", type=float, default=None, metavar="S",
+                        help="seconds shared by consecutive video segments (default: 0)")
     parser.add_argument("--compact", action="store_true",
                         help="afterwards, reclaim the space of deleted and replaced items")
     add_ray_options(parser)
@@ -117,8 +123,10 @@ def run(args) -> int:
                                              commit_every=args.commit_every, batch_size=args.batch_size,
                                              prune=args.prune, progress=_advance(bar), id_prefix=args.id_prefix,
                                              chunk=args.chunk, chunk_tokens=args.chunk_tokens,
-                                             chunk_overlap=args.chunk_overlap, embedder=embedder)
-            except (IndexStoreError, ChunkingError) as exc:
+                                             chunk_overlap=args.chunk_overlap, embedder=embedder,
+                                             segment_seconds=args.segment_seconds,
+                                             segment_overlap=args.segment_overlap)
+            except (IndexStoreError, ChunkingError, SegmentError) as exc:
                 raise UsageError(str(exc)) from None
             finally:
                 if embedder is not None:

@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+from ..data.video_segments import format_span
 from ..index import Index, IndexStoreError, Unrepresentable
 from ..index.base import check_search_args
 from ..index.pipeline import query_text
@@ -151,6 +152,8 @@ def run(args) -> int:
         if snippet:
             snippet = snippet[:100] + ("..." if len(snippet) > 100 else "")
             shown = f"{shown}  \"{snippet}\"" if shown else f"\"{snippet}\""
+        if r.start is not None:  # a video segment: where in the file
+            shown = f"{shown}  {format_span(r.start, r.end)}"
         print(f"{r.rank:>3}  {r.score:7.4f}  {r.id}  [{r.modality}]  {shown}")
     return 0
 

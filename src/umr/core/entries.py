@@ -27,6 +27,8 @@ class EntryKind(str, enum.Enum):
     PDF_PAGE = "pdf page"
     #: an item given whole to ``Index.add`` with text and image
     FUSED = "image,text"
+    #: a video file of a folder, or one time segment of it
+    VIDEO = "video"
 
     def __str__(self) -> str:
         return self.value

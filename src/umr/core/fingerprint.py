@@ -1,7 +1,7 @@
 """Content fingerprints: one hash of everything that determines an item's vector.
 
 ``item_fingerprint`` covers the role (query or candidate), the text, the instruction (queries
-only: candidates are embedded without one) and the image's *content* — the bytes of an image
+only: candidates are embedded without one), the video's content and sampling, and the image's *content* — the bytes of an image
 file, the given bytes, or the decoded pixels of an in-memory PIL image — never its path, so an
 image overwritten in place is noticed and the same picture under two paths is one fingerprint.
 Folders, items JSONL, M-BEIR pools, ``Index.add`` and the evaluation cache all use it.
@@ -42,6 +42,10 @@ def item_fingerprint(item: Item, *, digests: "FileDigests | None" = None, extra:
              item.instruction if item.is_query else None, list(extra)]
     if item.error is not None:  # two records failed for different reasons are not one item
         parts.append(item.error)
+    if item.video is not None:  # appended only when present: fingerprints of other items stay as they were
+        frames = item.video if isinstance(item.video, tuple) else (item.video,)
+        parts.append(["video", [image_key(frame, digests=digests) for frame in frames], item.fps, item.max_frames,
+                      item.video_start, item.video_end])
     payload = json.dumps(parts).encode("ascii")  # ASCII escapes: lone surrogates hash too
     return hashlib.blake2b(payload, digest_size=DIGEST_SIZE).hexdigest()
 

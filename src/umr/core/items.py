@@ -1,7 +1,7 @@
 """Items and modalities: the one vocabulary every model, index and benchmark speaks.
 
-A query or a candidate is text, an image, or both ("fused"). Modality names are
-spelled as M-BEIR spells them so benchmark files round-trip unchanged.
+A query or a candidate is text, an image, or both ("fused"); or a video, alone or with text.
+Modality names are spelled as M-BEIR spells them so benchmark files round-trip unchanged.
 """
 
 from __future__ import annotations
@@ -9,12 +9,16 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 from PIL import Image
 
 #: What an item's image may be: a file path, encoded bytes, or a decoded PIL image.
 ImageSource = Union[str, Path, bytes, Image.Image]
+#: What an item's video file may be: a path or the file's bytes.
+VideoSource = Union[str, Path, bytes]
+#: What an item's video may be: a video file, or its frames in order (each an image).
+VideoInput = Union[VideoSource, Sequence[ImageSource]]
 
 
 class Modality(str, enum.Enum):
@@ -23,21 +27,22 @@ class Modality(str, enum.Enum):
     TEXT = "text"
     IMAGE = "image"
     FUSED = "image,text"
+    VIDEO = "video"
+    VIDEO_TEXT = "video,text"
 
     @classmethod
-    def parse(cls, value: "str | Modality") -> "Modality":
-        """Accept M-BEIR spellings and the obvious aliases (``text,image``, ``fused``)."""
-        if isinstance(value, Modality):
-            return value
-        key = str(value).strip().lower().replace(" ", "")
-        aliases = {"text,image": "image,text", "fused": "image,text", "txt": "text", "img": "image"}
+    def parse(cls, value: "str | Modality", among: "Sequence[Modality] | None" = None) -> "Modality":
+        """Accept M-BEIR spellings and the obvious aliases (``text,image``, ``fused``); ``among``
+        limits the names a format knows (M-BEIR has no video: :data:`IMAGE_TEXT_MODALITIES`)."""
+        allowed = tuple(cls) if among is None else tuple(among)
+        key = value.value if isinstance(value, Modality) else str(value).strip().lower().replace(" ", "")
+        aliases = {"text,image": "image,text", "fused": "image,text", "txt": "text", "img": "image",
+                   "vid": "video", "text,video": "video,text"}
         key = aliases.get(key, key)
-        try:
-            return cls(key)
-        except ValueError:
-            raise ValueError(
-                f"unknown modality {value!r}: use one of text, image, image,text"
-            ) from None
+        if key not in {m.value for m in allowed}:
+            shown = value.value if isinstance(value, Modality) else value
+            raise ValueError(f"unknown modality {shown!r}: use one of {', '.join(m.value for m in allowed)}")
+        return cls(key)
 
     def __str__(self) -> str:  # print as M-BEIR spells it
         return self.value
@@ -45,11 +50,19 @@ class Modality(str, enum.Enum):
 
 @dataclass
 class Item:
-    """One thing to embed: text, an image, or both, in the role of a query or a candidate.
+    """One thing to embed: text, an image, or both; or a video, alone or with text; in the role
+    of a query or a candidate.
 
     ``instruction`` is the task instruction and only applies to queries; candidates are
     always embedded without one, as GME and MM-Embed do. ``id`` and ``metadata`` travel
     with the item so errors and search results can name it.
+
+    ``video`` is a video file (path or bytes) or its frames in order (a list of images).
+    ``fps`` (frames sampled per second of a video file) and ``max_frames`` (the most frames
+    sampled) override the model's own for this item; ``video_start`` / ``video_end`` (seconds,
+    qwen-vl-utils' names) keep a time range of a video file (a segment of a long video); only families that see video
+    (``Embedder.sees_video``: Qwen3-VL-Embedding) take video items, the others refuse them as
+    item errors.
 
     One rule for empty text, in the API, ``umr embed``, ``umr search`` and the index: a text
     that is empty or only whitespace is *no text* (``text`` becomes None). Beside an image the
@@ -68,6 +81,11 @@ class Item:
     id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    video: VideoInput | None = None
+    fps: float | None = None
+    max_frames: int | None = None
+    video_start: float | None = None
+    video_end: float | None = None
 
     def __post_init__(self) -> None:
         if self.text is not None and not isinstance(self.text, str):
@@ -81,21 +99,64 @@ class Item:
             raise TypeError(f"item {self.id!r}: instruction must be a string")
         if self.text is not None and not self.text.strip():
             self.text = None
-        if self.error is not None and (self.text is not None or self.image is not None):
-            raise ValueError(f"item {self.id!r}: a failed item holds no text or image")
+        self._check_video()
+        if self.error is not None and (self.text is not None or self.image is not None or self.video is not None):
+            raise ValueError(f"item {self.id!r}: a failed item holds no text, image or video")
+
+    def _check_video(self) -> None:
+        """Types of ``video``, ``fps`` and ``max_frames``; a frame list becomes a tuple (its order is
+        its timing)."""
+        where = f"item {self.id!r}"
+        if isinstance(self.video, (list, tuple)):
+            if not self.video:
+                raise ValueError(f"{where}: a video given as frames needs at least one frame")
+            bad = next((f for f in self.video if not isinstance(f, (str, Path, bytes, Image.Image))), None)
+            if bad is not None:
+                raise TypeError(f"{where}: video frames must be paths, bytes or PIL images, got {type(bad).__name__}")
+            self.video = tuple(self.video)
+        elif self.video is not None and not isinstance(self.video, (str, Path, bytes)):
+            raise TypeError(f"{where}: video must be a path, bytes or a list of frames, got {type(self.video).__name__}")
+        if (self.fps is not None or self.max_frames is not None) and self.video is None:
+            raise ValueError(f"{where}: fps and max_frames apply to a video")
+        for name in ("video_start", "video_end"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(self.video, (str, Path, bytes)):
+                raise ValueError(f"{where}: {name} applies to a video file")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"{where}: {name} must be a number of seconds (0 or more), got {value!r}")
+        if self.video_start is not None and self.video_end is not None and self.video_end <= self.video_start:
+            raise ValueError(f"{where}: video_end ({self.video_end}) must come after video_start ({self.video_start})")
+        if self.fps is not None:
+            if isinstance(self.video, tuple):
+                raise ValueError(f"{where}: fps applies to a video file; a list of frames is timed at 2 frames "
+                                 f"per second, as qwen-vl-utils times it")
+            if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not 0 < self.fps < float("inf"):
+                raise ValueError(f"{where}: fps must be a positive number, got {self.fps!r}")
+        if self.max_frames is not None and (isinstance(self.max_frames, bool) or not isinstance(self.max_frames, int)
+                                            or self.max_frames < 2):
+            raise ValueError(f"{where}: max_frames must be a whole number of at least 2, got {self.max_frames!r}")
 
     @property
     def problem(self) -> str | None:
         """Why this item cannot be embedded (its record's error, or no content), else None."""
         if self.error is not None:
             return self.error
-        if self.text is None and self.image is None:
+        if self.video is not None and self.image is not None:
+            return "holds both a video and an image: give one of them per item"
+        if self.text is None and self.image is None and self.video is None:
             return "has neither text nor image (an empty or blank text is no text)"
         return None
 
     @property
     def modality(self) -> Modality:
-        """TEXT, IMAGE or FUSED; an :class:`ItemError` naming the item for one with a :attr:`problem`."""
+        """TEXT, IMAGE, FUSED, VIDEO or VIDEO_TEXT; an :class:`ItemError` naming the item for one with
+        a :attr:`problem` or with both a video and an image."""
+        if self.video is not None:
+            if self.image is not None:
+                raise ItemError(self.id, self.problem)
+            return Modality.VIDEO if self.text is None else Modality.VIDEO_TEXT
         if self.text is not None and self.image is not None:
             return Modality.FUSED
         if self.image is not None:
@@ -112,14 +173,23 @@ class Item:
 
     @classmethod
     def query(cls, text: str | None = None, image: ImageSource | None = None, *,
-              instruction: str | None = None, id: str | None = None, **metadata: Any) -> "Item":
-        return cls(text=text, image=image, instruction=instruction, is_query=True, id=id, metadata=metadata)
+              instruction: str | None = None, id: str | None = None, video: VideoInput | None = None,
+              fps: float | None = None, max_frames: int | None = None, video_start: float | None = None,
+              video_end: float | None = None, **metadata: Any) -> "Item":
+        return cls(text=text, image=image, instruction=instruction, is_query=True, id=id, metadata=metadata,
+                   video=video, fps=fps, max_frames=max_frames, video_start=video_start, video_end=video_end)
 
     @classmethod
     def candidate(cls, text: str | None = None, image: ImageSource | None = None, *,
-                  id: str | None = None, **metadata: Any) -> "Item":
-        return cls(text=text, image=image, is_query=False, id=id, metadata=metadata)
+                  id: str | None = None, video: VideoInput | None = None, fps: float | None = None,
+                  max_frames: int | None = None, video_start: float | None = None, video_end: float | None = None,
+                  **metadata: Any) -> "Item":
+        return cls(text=text, image=image, is_query=False, id=id, metadata=metadata, video=video, fps=fps,
+                   max_frames=max_frames, video_start=video_start, video_end=video_end)
 
+
+#: the modalities of M-BEIR and of training data: text, images and both (video is umr's own)
+IMAGE_TEXT_MODALITIES = (Modality.TEXT, Modality.IMAGE, Modality.FUSED)
 
 #: what ``encode_*`` take as one item (anything else is a sequence of items)
 SINGLE_VALUES = (Item, str, Image.Image, Path, bytes, dict)
@@ -139,7 +209,8 @@ def as_items(values: "list[Item | str | Image.Image] | tuple", *, is_query: bool
         if isinstance(value, Item):
             item = Item(text=value.text, image=value.image, instruction=value.instruction,
                         is_query=is_query, id=value.id if value.id is not None else str(i),
-                        metadata=value.metadata, error=value.error)
+                        metadata=value.metadata, error=value.error, video=value.video, fps=value.fps,
+                        max_frames=value.max_frames, video_start=value.video_start, video_end=value.video_end)
         elif isinstance(value, str):
             item = Item(text=value, is_query=is_query, id=str(i))
         elif isinstance(value, (Image.Image, Path, bytes)):
@@ -147,7 +218,9 @@ def as_items(values: "list[Item | str | Image.Image] | tuple", *, is_query: bool
         elif isinstance(value, dict):
             item = Item(text=value.get("text"), image=value.get("image"),
                         instruction=value.get("instruction"), is_query=is_query,
-                        id=str(value.get("id", i)))
+                        id=str(value.get("id", i)), video=value.get("video"), fps=value.get("fps"),
+                        max_frames=value.get("max_frames"), video_start=value.get("video_start"),
+                        video_end=value.get("video_end"))
         else:
             raise TypeError(f"item {i}: cannot embed a {type(value).__name__}; pass an Item, a string or an image")
         if is_query and item.instruction is None:

@@ -53,9 +53,23 @@ class Result:
     via: str | None
     meta: dict[str, Any]
 
+    @property
+    def start(self) -> float | None:
+        """A video segment's first second (``meta["start"]``); None for other results."""
+        return self.meta.get("start") if self.modality.startswith("video") else None
+
+    @property
+    def end(self) -> float | None:
+        """A video segment's last second (``meta["end"]``); None for other results."""
+        return self.meta.get("end") if self.modality.startswith("video") else None
+
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "score": self.score, "id": self.id, "modality": self.modality,
-                "path": self.path, "text": self.text, "via": self.via, "meta": self.meta}
+        """As JSON; a video result also carries ``start`` and ``end`` (seconds) at the top."""
+        out = {"rank": self.rank, "score": self.score, "id": self.id, "modality": self.modality,
+               "path": self.path, "text": self.text, "via": self.via, "meta": self.meta}
+        if self.start is not None:
+            out.update(start=self.start, end=self.end)
+        return out
 
     @classmethod
     def of(cls, rank: int, hit: Hit) -> "Result":

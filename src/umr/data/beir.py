@@ -2,18 +2,19 @@
 
 A task folder holds::
 
-    corpus.jsonl     {"_id", "title"?, "text"?, "image"?}     one candidate per line
-    queries.jsonl    {"_id", "text"?, "image"?, "instruction"?}
+    corpus.jsonl     {"_id", "title"?, "text"?, "image"?, "video"?}     one candidate per line
+    queries.jsonl    {"_id", "text"?, "image"?, "video"?, "instruction"?}
     qrels/test.tsv   query-id <TAB> corpus-id <TAB> score      (a header line; graded scores)
     task.json        optional: {"name", "category": "T→VD", "instruction", "main_metric",
                                 "hit_k", "target_modality", "ignore_identical_ids"}
 
-``image`` is a path relative to the task folder (or absolute). As BEIR's sentence-transformers
+``image`` and ``video`` (a video file, for models that see video) are paths relative to the task
+folder (or absolute). As BEIR's sentence-transformers
 wrapper does, a candidate's text is ``title + " " + text`` (stripped) when it has a title. A bad
 record (empty title and text and no image, a field of the wrong type, no ``_id``, a line that is
 not JSON) is kept as a failed item (:meth:`~umr.core.items.Item.failed`), which the evaluator counts
 and names; a record without an id is named ``corpus.jsonl:LINE``. The
-category (UMRB's T→T, I→I, T→I, T→VD, I→T, T→IT, IT→T, IT→I, IT→IT) comes from ``task.json`` or
+category (UMRB's T→T, I→I, T→I, T→VD, I→T, T→IT, IT→T, IT→I, IT→IT; and T→V, V→T, V→V) comes from ``task.json`` or
 else from the modalities of the queries and of the judged candidates. The headline metric is
 NDCG@10 unless ``task.json`` says otherwise.
 
@@ -51,12 +52,14 @@ def candidate_text(record: dict, item_id: str | None = None) -> str | None:
 
 def _candidate(record: dict, folder: Path) -> Item:
     did = record_id(record, "_id")
-    return Item.candidate(text=candidate_text(record, did), image=image_field(record, "image", did, folder), id=did)
+    return Item.candidate(text=candidate_text(record, did), image=image_field(record, "image", did, folder),
+                          video=image_field(record, "video", did, folder), id=did)
 
 
 def _query(record: dict, folder: Path, instruction: str | None) -> Item:
     qid = record_id(record, "_id")
     return Item.query(text=string_field(record, "text", qid), image=image_field(record, "image", qid, folder),
+                      video=image_field(record, "video", qid, folder),
                       instruction=string_field(record, "instruction", qid) or instruction, id=qid)
 
 

@@ -6,7 +6,8 @@ so a re-run can say "unchanged" cheaply; ``entry.load()`` builds the :class:`~um
 and raises ``ItemError`` for a bad file.
 
 Folder rules: images (jpg, jpeg, png, webp, gif, bmp, tif, tiff), text (txt, md), PDF (one item
-per page: the rendered page image together with its text layer). An image with a sidecar
+per page: the rendered page image together with its text layer), video (mp4, mov, webm, mkv, avi:
+one item per time segment, ``talk.mp4#t=120,150``; see :mod:`umr.data.video_segments`). An image with a sidecar
 ``NAME.txt`` (or ``NAME.jpg.txt``) becomes one fused item and the sidecar is not indexed on its
 own. Ids are paths relative to the folder (``report.pdf#page=2`` for PDF pages,
 ``notes/report.txt#chunk=3`` for the passages of a long text, ``report.pdf#page=2&chunk=3`` for
@@ -36,6 +37,7 @@ from .chunking import Chunker, Passage, passage_id
 from .files import display_name, jsonl_records, stored_path
 from .items import read_items_jsonl
 from .mbeir import parse_candidate
+from .video_segments import VIDEO_EXTENSIONS, VideoSegmenter, video_entries
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 TEXT_EXTENSIONS = {".txt", ".md"}
@@ -44,22 +46,26 @@ PDF_EXTENSIONS = {".pdf"}
 MAX_TEXT_BYTES = 50_000_000
 #: PDF pages are rendered at this many pixels on the longer side
 PDF_RENDER_SIDE = 1280
+#: why an index refuses a video item given on its own: videos are indexed from folders, as time segments
+VIDEO_NOT_INDEXED = ("video items are indexed from a folder of video files (umr index FOLDER cuts each into "
+                     "time segments); umr embed and the Python API embed them one by one")
 
 
 def read_corpus(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
                 digests: FileDigests | None = None, chunker: Chunker | None = None,
-                report: ReadReport | None = None) -> Iterator[Entry | ItemError]:
+                report: ReadReport | None = None, videos: VideoSegmenter | None = None) -> Iterator[Entry | ItemError]:
     """Entries of a folder, an items JSONL or an M-BEIR pool JSONL (detected from its fields).
 
     ``digests`` remembers file digests across runs (see :mod:`umr.core.fingerprint`). With a
     ``chunker`` long texts (text files, text-only JSONL items, PDF pages' text layers) become passages and texts the
     model would cut are listed in ``report.truncated``; M-BEIR pools keep their ids and are
-    never split.
+    never split. ``videos`` cuts a folder's video files into segments (without one, or under a
+    model that cannot see video, each video file is an error).
     """
     source = Path(source)
     report = report if report is not None else ReadReport()
     if source.is_dir():
-        yield from read_folder(source, digests=digests, chunker=chunker, report=report)
+        yield from read_folder(source, digests=digests, chunker=chunker, report=report, videos=videos)
     elif source.is_file() and source.suffix.lower() == ".jsonl":
         if _is_mbeir_pool(source):
             yield from read_mbeir_pool(source, image_root=image_root, digests=digests, chunker=chunker,
@@ -158,11 +164,11 @@ def _walk_folder(root: Path, report: ReadReport) -> Iterator[tuple[Path, Path | 
             if ext in IMAGE_EXTENSIONS:
                 sidecar = next((folder / c for c in (path.stem + ".txt", name + ".txt") if c in present), None)
                 yield path, sidecar
-            elif ext in TEXT_EXTENSIONS or ext in PDF_EXTENSIONS:
+            elif ext in TEXT_EXTENSIONS or ext in PDF_EXTENSIONS or ext in VIDEO_EXTENSIONS:
                 yield path, None
             else:
                 report.ignore(_rel(path, root), ext or "no extension",
-                              "not a file type umr reads (images, .txt, .md, .pdf)")
+                              "not a file type umr reads (images, .txt, .md, .pdf, videos)")
         for name in folders:
             yield from walk(folder / name)
 
@@ -175,7 +181,7 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def read_folder(root: str | os.PathLike, *, digests: FileDigests | None = None, chunker: Chunker | None = None,
-                report: ReadReport | None = None) -> Iterator[Entry | ItemError]:
+                report: ReadReport | None = None, videos: VideoSegmenter | None = None) -> Iterator[Entry | ItemError]:
     root = Path(root).resolve()
     report = report if report is not None else ReadReport()
     for found in _walk_folder(root, report):
@@ -200,6 +206,8 @@ def read_folder(root: str | os.PathLike, *, digests: FileDigests | None = None, 
                         EntryKind.CAPTIONED_IMAGE if sidecar else EntryKind.IMAGE, meta)
         elif ext in TEXT_EXTENSIONS:
             yield from _text_entries(path, rel, digest, stored, meta, chunker, report)
+        elif ext in VIDEO_EXTENSIONS:
+            yield from video_entries(path, rel, digest, stored, meta, videos)
         else:
             yield from _pdf_entries(path, rel, digest, stored, meta, chunker, report)
 
@@ -458,6 +466,9 @@ def read_jsonl(path: str | os.PathLike, *, digests: FileDigests | None = None, c
         item = parsed
         explicit = item.id is not None
         item_id = item.id if explicit else f"line-{line_no}"
+        if item.video is not None:
+            yield ItemError(item_id, VIDEO_NOT_INDEXED, line=line_no)
+            continue
         item.id, item.is_query, item.instruction = item_id, False, None
         image = item.image if isinstance(item.image, str) else None
         kind = _kind(item.image, item.text)

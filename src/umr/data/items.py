@@ -2,7 +2,8 @@
 
 One object per line: ``id``, ``text`` (string or null), ``image`` (a path relative to the
 JSONL file's folder, or absolute, or null; read as an absolute path; a URL is refused, not
-fetched), ``instruction`` (string or null), ``is_query``
+fetched), ``video`` (a video file's path as ``image``, or a list of frame image paths, or null;
+with ``fps``, ``max_frames``, ``video_start`` and ``video_end`` for that item), ``instruction`` (string or null), ``is_query``
 (bool). Other fields are kept as metadata. A bad line yields an :class:`ItemError` naming
 its line and id instead of stopping the read.
 """
@@ -18,6 +19,7 @@ from .files import (display_name, is_storable, is_url, parse_json_record, resolv
                     url_refusal)
 
 _STRING_FIELDS = ("text", "image", "instruction")
+_VIDEO_FIELDS = ("video", "fps", "max_frames", "video_start", "video_end")
 
 
 def read_items_jsonl(path: str | Path) -> Iterator[tuple[int, Item | ItemError]]:
@@ -49,15 +51,31 @@ def parse_item_line(raw: str, *, line_no: int, base: Path) -> Item | ItemError:
     if not isinstance(is_query, bool):
         return ItemError(item_id, f"field 'is_query' must be true or false, got {type(is_query).__name__}",
                          line=line_no)
-    text, image = record.get("text"), record.get("image")
-    if text is None and image is None:
+    text, image, video = record.get("text"), record.get("image"), record.get("video")
+    if text is None and image is None and video is None:
         return ItemError(item_id, "has neither text nor image", line=line_no)
-    if image is not None and is_url(image):
-        return ItemError(item_id, url_refusal("image", image), line=line_no)
-    image = resolve_path(base, image)
-    if image is not None and "://" not in image:
-        image = str(Path(image).resolve())
+    if video is not None and not (isinstance(video, str) or (isinstance(video, list) and video
+                                                             and all(isinstance(f, str) for f in video))):
+        return ItemError(item_id, "field 'video' must be a path, a non-empty list of frame paths or null",
+                         line=line_no)
+    paths = [image] + (video if isinstance(video, list) else [video])
+    url = next((value for value in paths if value is not None and is_url(value)), None)
+    if url is not None:
+        return ItemError(item_id, url_refusal("image" if url == image else "video", url), line=line_no)
+    image = _absolute(base, image)
+    video = [_absolute(base, frame) for frame in video] if isinstance(video, list) else _absolute(base, video)
     metadata = {k: v for k, v in record.items()
-                if k not in ("id", "is_query", *_STRING_FIELDS)}
-    return Item(text=text, image=image, instruction=record.get("instruction") if is_query else None,
-                is_query=is_query, id=item_id, metadata=metadata)
+                if k not in ("id", "is_query", *_STRING_FIELDS, *_VIDEO_FIELDS)}
+    try:
+        return Item(text=text, image=image, instruction=record.get("instruction") if is_query else None,
+                    is_query=is_query, id=item_id, metadata=metadata, video=video, fps=record.get("fps"),
+                    max_frames=record.get("max_frames"), video_start=record.get("video_start"),
+                    video_end=record.get("video_end"))
+    except (TypeError, ValueError) as exc:  # fps, max_frames: the item names itself in the message
+        return ItemError(item_id, str(exc).split(": ", 1)[-1], line=line_no)
+
+
+def _absolute(base: Path, value: str | None) -> str | None:
+    """A path value resolved against the JSONL's folder (stored absolute: it opens from anywhere)."""
+    value = resolve_path(base, value)
+    return str(Path(value).resolve()) if value is not None and "://" not in value else value

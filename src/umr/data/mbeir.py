@@ -40,7 +40,7 @@ from typing import Iterable, Literal
 from .files import image_field, jsonl_records, read_item, record_id, string_field
 from .qrels import read_qrels
 from .tasks import RetrievalTask, category_of
-from ..core.items import Item, ItemError, Modality
+from ..core.items import IMAGE_TEXT_MODALITIES, Item, ItemError, Modality
 from ..core.uniir import format_string as format_instruction  # UniIR's prompt clean-up
 
 #: M-BEIR's task ids: (query modality, candidate modality)
@@ -110,7 +110,7 @@ def _modality(record: dict, field: str, item_id: str, default: str) -> Modality:
         raise ItemError(item_id, f"field {field!r} must be a modality (text, image or image,text), "
                                  f"got {type(value).__name__}")
     try:
-        return Modality.parse(value)
+        return Modality.parse(value, among=IMAGE_TEXT_MODALITIES)
     except ValueError as exc:
         raise ItemError(item_id, f"field {field!r}: {exc}") from None
 

@@ -12,9 +12,11 @@ UMRB_GROUPS: dict[str, list[str]] = {
     "single-modal": ["T→T", "I→I"],
     "cross-modal": ["T→I", "T→VD", "I→T"],
     "fused-modal": ["T→IT", "IT→T", "IT→I", "IT→IT"],
+    #: umr's own (issue 25): text to video, video to text, video to video
+    "video": ["T→V", "V→T", "V→V"],
 }
 CATEGORIES = [c for group in UMRB_GROUPS.values() for c in group]
-_SHORT = {Modality.TEXT: "T", Modality.IMAGE: "I", Modality.FUSED: "IT"}
+_SHORT = {Modality.TEXT: "T", Modality.IMAGE: "I", Modality.FUSED: "IT", Modality.VIDEO: "V", Modality.VIDEO_TEXT: "VT"}
 _LONG = {v: k for k, v in _SHORT.items()}
 
 
@@ -24,7 +26,7 @@ def category_of(query_modality: Modality | str, target_modality: Modality | str)
 
 
 def parse_category(text: str) -> str:
-    """Accept ``t2i``, ``t->i``, ``T→I``, ``t→vd``; return UMRB's spelling."""
+    """Accept ``t2i``, ``t->i``, ``T→I``, ``t→vd``, ``t2v``; return UMRB's spelling."""
     key = text.strip().upper().replace("->", "→").replace("2", "→").replace(" ", "")
     if key not in CATEGORIES and key not in ("I→IT",):
         raise ValueError(f"unknown category {text!r}: use one of {', '.join(CATEGORIES)}")

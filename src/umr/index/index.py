@@ -280,18 +280,21 @@ class Index:
                      progress: Callable[[int], None] | None = None,
                      errors_file: str | os.PathLike | None = None, id_prefix: str | None = None,
                      chunk: bool | None = None, chunk_tokens: int | None = None,
-                     chunk_overlap: int | None = None, embedder: ChunkEmbedder | None = None) -> Summary:
+                     chunk_overlap: int | None = None, embedder: ChunkEmbedder | None = None,
+                     segment_seconds: float | None = None, segment_overlap: float | None = None) -> Summary:
         """Index a folder / items JSONL / M-BEIR pool; resumable: unchanged items are skipped.
 
         Work is committed every ``commit_every`` items or ``commit_seconds``; a run killed at any
         point and started again does only what is left. Ids follow :mod:`umr.index.sync`'s rule
         (``id_prefix``); with ``prune`` this source's items that are gone from it are deleted.
         Long texts are split into passages (``chunk``, ``chunk_tokens``, ``chunk_overlap``; default:
-        the last run's settings, else on with passages of the model's window). ``embedder`` is where
+        the last run's settings, else on with passages of the model's window); video files become time
+        segments (``segment_seconds``, ``segment_overlap``; see :mod:`umr.data.video_segments`). ``embedder`` is where
         the model runs (default: this process; a :class:`~umr.index.ray_embed.RayEmbedder` for a
         Ray cluster).
         """
         return sync.index_corpus(self, source, image_root=image_root, commit_every=commit_every,
                                  commit_seconds=commit_seconds, batch_size=batch_size, prune=prune,
                                  progress=progress, errors_file=errors_file, id_prefix=id_prefix, chunk=chunk,
-                                 chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embedder=embedder)
+                                 chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embedder=embedder,
+                                 segment_seconds=segment_seconds, segment_overlap=segment_overlap)

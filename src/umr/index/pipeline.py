@@ -64,13 +64,15 @@ class SearchQuery:
     method: str | None = None
     ef_search: int | None = None
     rerank_k: int = RERANK_K
+    #: a query video (families that see video; issue 25)
+    video: Any = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "text", query_text(self.text, self.image))
+        object.__setattr__(self, "text", query_text(self.text, self.image if self.video is None else self.video))
         check_search_args(self.k, self.ef_search)
 
     def item(self) -> Item:
-        return Item.query(text=self.text, image=self.image, instruction=self.instruction, id="query")
+        return Item.query(text=self.text, image=self.image, video=self.video, instruction=self.instruction, id="query")
 
     def depth(self, reranking: bool) -> int:
         """How many candidates the store returns (the module's rerank depth rule)."""

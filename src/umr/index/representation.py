@@ -21,6 +21,9 @@ def represent(item: Item, *, sees_images: bool, use_ocr: bool, model_name: str, 
     ``metadata["via"]`` saying how; an image with no words under a text-only model raises
     :class:`Unrepresentable`. ``image_alone``: a candidate's image is embedded without its text (a
     late-interaction model embeds a page image alone; issue 24)."""
+    if item.video is not None:  # only models that see video get video items (umr.data.video_segments)
+        item.metadata = {**item.metadata, "via": "frames" if item.text is None else "frames+text"}
+        return item
     if item.image is None:
         item.metadata = {**item.metadata, "via": "text"}
         return item

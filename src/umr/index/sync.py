@@ -24,7 +24,8 @@ from ..core.fingerprint import FileDigests, item_fingerprint
 from ..core.items import Item, ItemError
 from ..core.results import Summary
 from ..data.chunking import Chunker, stale_passages
-from ..data.corpus import default_id_prefix, read_corpus
+from ..data.corpus import VIDEO_NOT_INDEXED, default_id_prefix, read_corpus
+from ..data.video_segments import stale_segments, video_segmenter
 from .base import IndexStoreError, VectorStore, json_line
 from .embedding import ChunkEmbedder
 from .multivector.store import BACKEND  # issue 24
@@ -56,6 +57,8 @@ def add_items(target: SyncTarget, items: Sequence[Item], *, batch_size: int | No
         if item.id is None:
             raise ValueError("items added to an index need ids")
         problem = item.problem
+        if problem is None and item.video is not None:  # video: whole files go through index_corpus
+            problem = VIDEO_NOT_INDEXED
         entries.append(ItemError(str(item.id), problem) if problem is not None
                        else _direct_entry(item, target.digests))
     summary = Summary()
@@ -103,13 +106,19 @@ def index_corpus(target: SyncTarget, source, *, image_root=None, commit_every: i
                  progress: Callable[[int], None] | None = None,
                  errors_file: str | os.PathLike | None = None, id_prefix: str | None = None,
                  chunk: bool | None = None, chunk_tokens: int | None = None,
-                 chunk_overlap: int | None = None, embedder: ChunkEmbedder | None = None) -> Summary:
+                 chunk_overlap: int | None = None, embedder: ChunkEmbedder | None = None,
+                 segment_seconds: float | None = None, segment_overlap: float | None = None) -> Summary:
     """:meth:`umr.index.Index.index_corpus`."""
     store = target.store
     started = time.monotonic()
     summary = Summary(read=ReadReport())
     chunk = False if store.backend == BACKEND else chunk  # issue 24: a late-interaction index keeps pages whole
     chunker = _chunker(target, chunk=chunk, tokens=chunk_tokens, overlap=chunk_overlap)
+    # video files: segments cut as given, else as recorded (umr.data.video_segments)
+    videos = video_segmenter(target.model, store.config.get("video_segments"), seconds=segment_seconds,
+                             overlap=segment_overlap)
+    if videos.settings() != store.config.get("video_segments", videos.DEFAULTS):
+        store.set_config({**store.config, "video_segments": videos.settings()})
     source_key = str(Path(source).resolve())
     prefix = id_prefix_for(store, source, id_prefix)
     sources = dict(store.config.get("sources") or {})
@@ -125,7 +134,7 @@ def index_corpus(target: SyncTarget, source, *, image_root=None, commit_every: i
         store.set_config({**store.config, "line_ids": line_ids})
     entries = (_prefixed(entry, prefix, line_ids[source_key])
                for entry in read_corpus(source, image_root=image_root, digests=target.digests,
-                                        chunker=chunker, report=summary.read))
+                                        chunker=chunker, report=summary.read, videos=videos))
     with open(errors_path, "w", encoding="utf-8") as err_handle, \
             open(skipped_path, "a", encoding="utf-8") as skip_handle:
         seen = run_entries(target, entries, summary, batch_size=batch_size,
@@ -149,8 +158,8 @@ def index_corpus(target: SyncTarget, source, *, image_root=None, commit_every: i
         stale = [r["id"] for r in store.records()
                  if r.get("source") == source_key and r["id"] not in seen]
         summary.deleted += store.delete(stale)
-    else:  # a text split differently than before: its old passages (or whole item) go
-        candidates = stale_passages(store.ids(), seen)
+    else:  # a text split (or a video cut) differently than before: its old passages (or whole item) go
+        candidates = stale_passages(store.ids(), seen) + stale_segments(store.ids(), seen)
         stale = [r["id"] for r in store.get(candidates) if r is not None and r.get("source") == source_key]
         summary.deleted += store.delete(stale)
     update_graph(store)

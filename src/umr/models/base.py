@@ -163,7 +163,7 @@ class Embedder(ABC):
     #: it reads pixels (MLLMs, CLIP); a text-only family sets False, and an index built with it
     #: represents an image by its words (caption, OCR) instead
     sees_images: bool = True
-    #: it reads video frames; no family does yet, so an index never hands it a video
+    #: it embeds video items (``Item(video=...)``); the others refuse them as item errors
     sees_video: bool = False
     #: the dimension before :meth:`truncate_dim` cut ``dim`` (None: never truncated)
     _untruncated_dim: int | None = None
@@ -255,6 +255,9 @@ class Embedder(ABC):
         """The item's cost estimate, or :class:`ItemError` if this model cannot embed it: the
         cheap checks (no forward pass) :meth:`embed` runs first; training vets its data with it."""
         item.modality  # noqa: B018 - raises for an item with neither text nor image
+        if item.video is not None and not self.sees_video:
+            raise ItemError(item.id, f"{self.name} cannot embed video; use a model that sees video "
+                                     f"(qwen3-vl-embedding-2b or -8b)")
         return int(self._cost(item))
 
     def fits_one_pass(self, costs: Sequence[int]) -> bool:
@@ -306,6 +309,12 @@ class Embedder(ABC):
         with the image (CLIP's own text tower; text models, which never see the image).
         """
         return self.text_window()
+
+    def video_seconds(self, width: int, height: int) -> float:
+        """Seconds of a ``width x height`` video one candidate covers at the model's own sampling
+        without passing its token budget: how ``umr index`` cuts long videos into segments.
+        Families that see video (:attr:`sees_video`) answer; the others have no video window."""
+        raise NotImplementedError(f"{self.name} does not embed video")
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         """``(start, end)`` character offsets in ``text`` of the tokens the model makes of it

@@ -4,6 +4,11 @@ Both cut a resized RGB image into ``patch x patch`` cells grouped by ``merge x m
 repeat the single frame over ``temporal_patch_size``, and normalise through the processor's
 arithmetic: a float64 rescale cast to float32, then float32 ``(x - mean) / std``. Done through
 a 256-entry lookup table per channel, the patches equal transformers' bit for bit.
+
+Video frames (:class:`VideoPatchCutter`) are cut the same way, ``temporal_patch_size``
+consecutive frames per patch, normalised as the video processor does it (mean and std scaled by
+``1 / rescale_factor``, then float32 ``(x - mean) / std``); :func:`resize_frame` resizes a frame
+as qwen-vl-utils resizes video (torchvision's bicubic, antialiased, on uint8).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
 
@@ -21,9 +27,10 @@ from PIL import Image
 PATCH_SETTINGS = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "rescale_factor")
 
 
-def read_patch_settings(folder: Path) -> dict[str, Any]:
-    """The :data:`PATCH_SETTINGS` a checkpoint folder's ``preprocessor_config.json`` sets (none without one)."""
-    config_file = folder / "preprocessor_config.json"
+def read_patch_settings(folder: Path, name: str = "preprocessor_config.json") -> dict[str, Any]:
+    """The :data:`PATCH_SETTINGS` a checkpoint folder's ``preprocessor_config.json`` (or ``name``)
+    sets (none without one)."""
+    config_file = folder / name
     if not config_file.is_file():
         return {}
     config = json.loads(config_file.read_text())
@@ -66,6 +73,49 @@ class PatchCutter:
         for c in range(3):
             normed[:, c, :, :] = self._lut[c][cells[:, c]]  # one frame repeated over time
         return normed.reshape(gh * gw, 3 * t * p * p), (1, gh, gw)
+
+
+class VideoPatchCutter:
+    """``cutter(frames) -> (patches (t * grid_h * grid_w, 3 * T * P * P), grid (t, grid_h, grid_w))``
+    for ``frames`` ``(n, H, W, 3)`` uint8, ``n`` a multiple of the temporal patch ``T`` and ``t = n / T``.
+
+    The normalisation is the video processor's fused one, computed as it computes it (mean and
+    std tensors scaled by ``1 / rescale_factor`` in float32, then ``(x - mean) / std``).
+    """
+
+    def __init__(self, *, patch_size: int, merge_size: int, temporal_patch_size: int,
+                 image_mean: Sequence[float], image_std: Sequence[float], rescale_factor: float):
+        self.patch_size, self.merge_size, self.temporal_patch_size = patch_size, merge_size, temporal_patch_size
+        mean = torch.tensor(list(image_mean)) * (1.0 / rescale_factor)
+        std = torch.tensor(list(image_std)) * (1.0 / rescale_factor)
+        values = torch.arange(256, dtype=torch.float32)
+        self._lut = ((values[None, :] - mean[:, None]) / std[:, None]).numpy()  # (3, 256) float32
+
+    def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+        n, height, width, _ = frames.shape
+        p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
+        if n % t:
+            raise ValueError(f"{n} frames are not a multiple of the temporal patch size {t}")
+        gt, gh, gw = n // t, height // p, width // p
+        # (gt, T, gh/m, m, p, gw/m, m, p, C) -> (gt, gh/m, gw/m, m, m, C, T, p, p)
+        cells = frames.reshape(gt, t, gh // m, m, p, gw // m, m, p, 3).transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
+        cells = np.ascontiguousarray(cells).reshape(gt * gh * gw, 3, t * p * p)
+        normed = np.empty(cells.shape, dtype=np.float32)
+        for c in range(3):
+            normed[:, c] = self._lut[c][cells[:, c]]
+        return normed.reshape(gt * gh * gw, 3 * t * p * p), (gt, gh, gw)
+
+
+def resize_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A ``(H, W, 3)`` uint8 frame at ``height x width`` as torchvision's ``resize`` makes it from a
+    uint8 tensor (what qwen-vl-utils calls on video): unchanged at its own size, else float32
+    bicubic interpolation with antialiasing, clamped, rounded, back to uint8."""
+    if frame.shape[:2] == (height, width):
+        return frame
+    pixels = torch.tensor(frame).permute(2, 0, 1)[None].float()  # a copy: frames of PIL images are read-only
+    resized = torch.nn.functional.interpolate(pixels, size=(height, width), mode="bicubic", align_corners=False,
+                                              antialias=True)
+    return resized.clamp(0, 255).round().to(torch.uint8)[0].permute(1, 2, 0).contiguous().numpy()
 
 
 class QwenVLImageSettings:

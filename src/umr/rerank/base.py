@@ -133,6 +133,9 @@ class Reranker(ABC):
             try:
                 pair.query.modality  # noqa: B018 - raises for an item with neither text nor image
                 pair.candidate.modality  # noqa: B018
+                for item in (pair.query, pair.candidate):
+                    if item.video is not None:
+                        raise ItemError(item.id, f"{self.name} cannot score video items")
                 costs[i] = int(self._cost(pair))
             except ItemError as exc:
                 if on_error == "raise":

@@ -24,6 +24,7 @@ from .items import UPLOADS, ItemsRequest, NewItem, items_router
 from .pictures import PAGE_PX, THUMBNAIL_PX, pictures_router, thumbnail_url
 from .rerank import RerankRequest, rerank_router
 from .search import SearchRequest, search_router
+from .video import videos_router
 from .security import Limits, RequestRefused, Security
 from .server import Server, check_items, embed_or_refuse, naming
 
@@ -59,7 +60,8 @@ def create_app(model, *, index=None, reranker=None, limits: Limits | None = None
                   description="Universal multimodal retrieval: embeddings, search, reranking.")
     app.state.server = server
     _install_guards(app, server)
-    for router in (embeddings_router, rerank_router, cohere_router, search_router, items_router, pictures_router):
+    for router in (embeddings_router, rerank_router, cohere_router, search_router, items_router, pictures_router,
+                   videos_router):
         app.include_router(router(server))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -19,8 +19,9 @@ from ..index.representation import Unrepresentable
 from ..rerank.base import Reranker
 from .forms import body_doc, form_or_json
 from .pictures import thumbnail_url
-from .security import RequestRefused, check_image_bytes, check_text, image_from_url
+from .security import RequestRefused, check_text, image_from_url
 from .server import Server, embed_or_refuse
+from .video import image_or_video_upload, video_fields, video_from_url
 
 T = TypeVar("T")
 
@@ -29,6 +30,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str | None = None
     image: str | None = Field(default=None, description="a data: URI")
+    video: str | None = Field(default=None, description="a data: URI (models that see video)")
     instruction: str | None = None
     modality: str | list[str] | None = None
     where: dict[str, Any] | None = None
@@ -84,16 +86,17 @@ def search_router(server: Server) -> APIRouter:
                 raise RequestRefused(413, f"{name}={value} is over the limit of {limits.max_k}")
         text = check_text(body.text, limits, "query text")
         check_text(body.instruction, limits, "instruction")
-        image = check_image_bytes(upload, limits) if upload else (
-            image_from_url(body.image, limits, security) if body.image else None)
-        if (text is None or not text.strip()) and image is None:
+        image, video = image_or_video_upload(upload, limits) if upload else (  # an upload: either
+            image_from_url(body.image, limits, security) if body.image else None,
+            video_from_url(body.video, limits, security) if body.video else None)
+        if (text is None or not text.strip()) and image is None and video is None:
             raise RequestRefused(400, "a query needs text, an image, or both")
         modality = body.modality
         try:
             for m in ([modality] if isinstance(modality, str) else modality or []):
                 Modality.parse(m)
             query = SearchQuery(text if text and text.strip() else None, image, body.instruction, modality,
-                                body.where, body.k, rerank_k=body.rerank_k)
+                                body.where, body.k, rerank_k=body.rerank_k, video=video)
         except ValueError as exc:
             raise RequestRefused(400, str(exc)) from None
         if body.rerank and server.reranker is None:
@@ -110,4 +113,5 @@ def result_json(result) -> dict[str, Any]:
     return {"rank": result.rank, "id": result.id, "score": result.score, "modality": result.modality,
             "text": result.text, "via": result.via, "metadata": result.meta,
             "thumbnail_url": thumbnail_url(record),
-            "original_url": "/v1/originals/" + quote(result.id, safe="") if thumbnail_url(record) else None}
+            "original_url": "/v1/originals/" + quote(result.id, safe="") if thumbnail_url(record) else None,
+            **video_fields(result)}

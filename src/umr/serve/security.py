@@ -110,26 +110,42 @@ def image_from_url(url: str, limits: Limits, security: Security) -> bytes:
 
     Paths and ``file://`` URLs are never opened; other URLs are never fetched.
     """
+    fetched = fetch_allowed(url, limits, security, "image")
+    return check_image_bytes(fetched if fetched is not None else data_uri_bytes(url, limits, "image"), limits)
+
+
+def fetch_allowed(url: str, limits: Limits, security: Security, what: str) -> bytes | None:
+    """The bytes at an http(s) URL on an allow-listed host; None for a ``data:`` URI (the caller
+    decodes it); any other URL, path or non-string is refused, naming ``what`` (image, video)."""
     if not isinstance(url, str):
-        raise RequestRefused(400, "an image must be a data: URI string")
+        raise RequestRefused(400, f"{_article(what)} {what} must be a data: URI string")
     if url.startswith("data:"):
-        header, sep, payload = url.partition(",")
-        if not sep or ";base64" not in header:
-            raise RequestRefused(400, "an image data URI must be base64 (data:image/png;base64,...)")
-        if len(payload) > limits.max_body_bytes * 4 // 3 + 4:
-            raise RequestRefused(413, "image data URI is over the body size limit")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise RequestRefused(400, "image data URI is not valid base64") from None
-        return check_image_bytes(data, limits)
+        return None
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme in ("http", "https") and parsed.hostname and parsed.hostname.lower() in security.image_hosts:
-        return check_image_bytes(_fetch(url, limits), limits)
+        return _fetch(url, limits, what)
     if parsed.scheme in ("http", "https"):
-        raise RequestRefused(400, "image URLs are not fetched (host not allow-listed): send the image as a "
-                                  "data: URI or upload it")
-    raise RequestRefused(400, "images are accepted only as uploads or data: URIs, never as paths or file:// URLs")
+        raise RequestRefused(400, f"{what} URLs are not fetched (host not allow-listed): send the {what} as a "
+                                  f"data: URI or upload it")
+    raise RequestRefused(400, f"{what}s are accepted only as uploads or data: URIs, never as paths or file:// URLs")
+
+
+def data_uri_bytes(url: str, limits: Limits, what: str) -> bytes:
+    """The bytes of a base64 ``data:`` URI within the body size limit."""
+    header, sep, payload = url.partition(",")
+    if not sep or ";base64" not in header:
+        example = "data:image/png;base64,..." if what == "image" else f"data:{what}/mp4;base64,..."
+        raise RequestRefused(400, f"{_article(what)} {what} data URI must be base64 ({example})")
+    if len(payload) > limits.max_body_bytes * 4 // 3 + 4:
+        raise RequestRefused(413, f"{what} data URI is over the body size limit")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestRefused(400, f"{what} data URI is not valid base64") from None
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -137,13 +153,13 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _fetch(url: str, limits: Limits) -> bytes:
+def _fetch(url: str, limits: Limits, what: str = "image") -> bytes:
     opener = urllib.request.build_opener(_NoRedirect)
     try:
         with opener.open(url, timeout=10) as response:
             data = response.read(limits.max_body_bytes + 1)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise RequestRefused(400, f"image URL could not be fetched: {getattr(exc, 'reason', exc)}") from None
+        raise RequestRefused(400, f"{what} URL could not be fetched: {getattr(exc, 'reason', exc)}") from None
     if len(data) > limits.max_body_bytes:
-        raise RequestRefused(413, "image at the URL is over the body size limit")
+        raise RequestRefused(413, f"{what} at the URL is over the body size limit")
     return data

@@ -20,7 +20,8 @@ from .qwen3vl import write_tiny_qwen3vl
 from .rerank import write_tiny_cross_encoder, write_tiny_llava_next, write_tiny_qwen2vl_instruct, \
     write_tiny_qwen3vl_reranker
 from .synth import ScriptedLogits, write_tiny_generator
+from .video import write_test_clip
 
 __all__ = ["ScriptedLogits", "write_tiny_clip", "write_tiny_colqwen", "write_tiny_colqwen_base", "write_tiny_cross_encoder", "write_tiny_generator", "write_tiny_gme",
            "write_tiny_llava_next", "write_tiny_mmembed", "write_tiny_qwen2vl_instruct", "write_tiny_qwen3vl",
-           "write_tiny_qwen3vl_reranker", "write_tiny_uniir_clip_sf"]
+           "write_tiny_qwen3vl_reranker", "write_tiny_uniir_clip_sf", "write_test_clip"]

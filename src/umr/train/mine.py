@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..core.atomic import atomic_writer
 from ..core.fingerprint import file_digest
-from ..core.items import Item, ItemError, Modality
+from ..core.items import IMAGE_TEXT_MODALITIES, Item, ItemError, Modality
 from ..data.corpus import count_corpus, read_corpus
 from ..index import Index, Unrepresentable
 from ..models.identity import model_identity
@@ -60,7 +60,7 @@ class MineSettings:
         if self.negatives is not None and self.negatives < 1:
             raise ValueError(f"negatives must be at least 1 (or unset for all), not {self.negatives}")
         if self.target_modality is not None:
-            self.target_modality = Modality.parse(self.target_modality).value
+            self.target_modality = Modality.parse(self.target_modality, among=IMAGE_TEXT_MODALITIES).value
 
 
 @dataclass(frozen=True)

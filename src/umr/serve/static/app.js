@@ -23,9 +23,9 @@ async function errorOf(res) {
 }
 
 function setImage(file) {
-  if (!file || !file.type.startsWith("image/")) return;
+  if (!file || !isMedia(file)) return;
   state.image = file;
-  $("chip-img").src = URL.createObjectURL(file);
+  $("chip-img").src = file.type.startsWith("image/") ? URL.createObjectURL(file) : "";
   $("chip").hidden = false;
   search();
 }
@@ -52,7 +52,7 @@ async function search(event) {
   if ($("modality").value) form.append("modality", $("modality").value);
   form.append("k", String(Math.max(1, Math.min(200, parseInt($("k").value, 10) || 24))));
   if ($("rerank").checked) form.append("rerank", "true");
-  if (state.image) form.append("image", state.image, state.image.name || "query.png");
+  if (state.image) form.append("image", state.image, state.image.name || "query.png");  // an image or a video
   status("Searching…");
   const started = performance.now();
   try {
@@ -91,12 +91,12 @@ function render() {
     card.setAttribute("aria-label", `Result ${i + 1}: ${r.id}, score ${r.score.toFixed(3)}`);
     const thumb = document.createElement("div");
     thumb.className = "thumb";
-    if (r.thumbnail_url) {
+    if (r.thumbnail_url || r.poster_url) {
       const img = document.createElement("img");
       img.alt = r.id;
       img.loading = "lazy";
       thumb.append(img);
-      imageInto(img, r.thumbnail_url);
+      imageInto(img, r.thumbnail_url || r.poster_url);
     } else {
       thumb.classList.add("text");
       thumb.append(Object.assign(document.createElement("p"), { textContent: r.text || "" }));
@@ -110,6 +110,7 @@ function render() {
     const row2 = document.createElement("div");
     row2.className = "row";
     row2.append(Object.assign(document.createElement("span"), { className: "tag", textContent: r.modality }));
+    if (r.video_url) row2.append(Object.assign(document.createElement("span"), { className: "tag", textContent: span(r) }));
     info.append(row, row2);
     if (r.thumbnail_url && r.text) info.append(Object.assign(document.createElement("p"), { className: "snippet", textContent: r.text }));
     card.append(thumb, info);
@@ -130,8 +131,11 @@ function openDetail(i) {
   $("detail-via").textContent = r.via ? "embedded via " + r.via : "";
   const media = $("detail-media");
   media.replaceChildren();
-  media.classList.toggle("text", !r.original_url);
-  if (r.original_url) {
+  media.classList.toggle("text", !r.original_url && !r.video_url);
+  if (r.video_url) {
+    media.append(segmentPlayer(r));
+    $("detail-text").textContent = r.text || "";
+  } else if (r.original_url) {
     const img = document.createElement("img");
     img.alt = r.id;
     media.append(img);
@@ -150,6 +154,40 @@ function openDetail(i) {
     table.append(tr);
   }
   if (!$("detail").open) $("detail").showModal();
+}
+
+// -- video segments: a poster in the grid, the segment played from its start in the detail view
+
+function isMedia(file) { return file.type.startsWith("image/") || file.type.startsWith("video/"); }
+
+function clock(seconds) {
+  const s = Math.round(seconds * 10) / 10, h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  const rest = (s % 60).toFixed(s % 1 ? 1 : 0).padStart(s % 1 ? 4 : 2, "0");
+  return (h ? h + ":" + String(m).padStart(2, "0") : String(m)) + ":" + rest;
+}
+
+function span(r) { return clock(r.start) + "-" + clock(r.end); }
+
+function segmentPlayer(r) {
+  // plays from the segment's start and stops at its end; without a token the file streams with range
+  // requests, with one it is fetched (a <video src> cannot send the token)
+  const video = Object.assign(document.createElement("video"), { controls: true, preload: "metadata" });
+  let stopped = false;
+  video.addEventListener("loadedmetadata", () => { video.currentTime = r.start; });
+  video.addEventListener("timeupdate", () => {
+    if (!stopped && video.currentTime >= r.end) { stopped = true; video.pause(); }
+  });
+  if (token()) {
+    api(r.video_url).then(async (res) => {
+      if (!res.ok) return;
+      const blob = URL.createObjectURL(await res.blob());
+      state.blobs.push(blob);
+      video.src = blob;
+    });
+  } else {
+    video.src = r.video_url;
+  }
+  return video;
 }
 
 function cards() { return [...document.querySelectorAll(".card")]; }
@@ -182,7 +220,7 @@ window.addEventListener("drop", (e) => {
   e.preventDefault();
   dragDepth = 0;
   $("drop").hidden = true;
-  const file = [...(e.dataTransfer.files || [])].find((f) => f.type.startsWith("image/"));
+  const file = [...(e.dataTransfer.files || [])].find(isMedia);
   if (file) setImage(file);
 });
 window.addEventListener("paste", (e) => {

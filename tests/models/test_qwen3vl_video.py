@@ -1,0 +1,686 @@
+"""Qwen3-VL-Embedding's video path: parity with the reference, decoding, frame lists, budgets, bad files.
+
+Two references:
+
+* the official ``Qwen3VLEmbedder`` itself (QwenLM/Qwen3-VL-Embedding with qwen-vl-utils 0.0.14,
+  transformers 4.57.3 and decord), run once on the clips of ``tests/fixtures/video``
+  (``make_reference.py``), whose vectors are stored there;
+* its video path transcribed below, literally, one item at a time: ``format_model_input``;
+  ``fetch_video`` (every frame decoded in presentation order as decord presents them, here by
+  PyAV; ``smart_nframes``; ``torch.linspace(...).round()``; torchvision's resize of a uint8 tensor;
+  frame lists through ``fetch_image`` at factor 64, padded to an even count, 2 frames per second);
+  transformers 4.57.3's video processor (fused normalisation, patches) and processor (one
+  ``<t seconds>`` block per frame pair, truncation and its check of the video tokens); then
+  transformers' own ``Qwen3VLModel``. umr's path (seeking decoder, planner, packed decoder) shares
+  none of it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import random
+import struct
+import unicodedata
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import umr
+from qwen_reference import ref_fetch_image, ref_smart_resize
+from umr.cli import main
+from umr.core.items import Item, ItemError
+
+av = pytest.importorskip("av")
+
+TOL = 1e-5
+DEFAULT_INSTRUCTION = "Represent the user's input."
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "video"
+FACTOR = 32
+
+
+def _fixture_module():
+    spec = importlib.util.spec_from_file_location("make_reference", FIXTURES / "make_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_reference = _fixture_module()
+
+
+# -- the transcribed reference -----------------------------------------------------------------
+
+def decode_all(path):
+    """Every frame in presentation order and the average rate: what decord shows of a file."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    return np.stack(frames), fps
+
+
+def smart_nframes(ele, total_frames, video_fps):
+    fps = ele.get("fps", 2.0)
+    min_frames = math.ceil(4 / 2) * 2
+    max_frames = math.floor(ele.get("max_frames", min(768, total_frames)) / 2) * 2
+    nframes = total_frames / video_fps * fps
+    nframes = min(min(max(nframes, min_frames), max_frames), total_frames)
+    nframes = math.floor(nframes / 2) * 2
+    if not 2 <= nframes <= total_frames:
+        raise ValueError(f"nframes should in interval [2, {total_frames}], but got {nframes}.")
+    return nframes
+
+
+def calculate_video_frame_range(ele, total_frames, video_fps):
+    """qwen-vl-utils 0.0.14's time range (``video_start`` / ``video_end``, seconds) as frames."""
+    video_start, video_end = ele.get("video_start"), ele.get("video_end")
+    if video_start is None and video_end is None:
+        return 0, total_frames - 1, total_frames
+    max_duration = total_frames / video_fps
+    start_frame = math.ceil(max(0.0, min(video_start, max_duration)) * video_fps) if video_start is not None else 0
+    if video_end is not None:
+        end_frame = min(math.floor(max(0.0, min(video_end, max_duration)) * video_fps), total_frames - 1)
+    else:
+        end_frame = total_frames - 1
+    if start_frame >= end_frame:
+        raise ValueError("Invalid time range")
+    return start_frame, end_frame, end_frame - start_frame + 1
+
+
+def torchvision_resize(video, size):
+    """``torchvision.transforms.functional.resize(uint8 tensor, size, BICUBIC, antialias=True)``."""
+    if list(video.shape[-2:]) == list(size):
+        return video
+    out = torch.nn.functional.interpolate(video.float(), size=size, mode="bicubic", align_corners=False,
+                                          antialias=True)
+    return out.clamp(min=0, max=255).round().to(torch.uint8)
+
+
+def fetch_video(ele):
+    if isinstance(ele["video"], str):
+        frames, video_fps = decode_all(ele["video"])
+        first, last, total = calculate_video_frame_range(ele, len(frames), video_fps)
+        nframes = smart_nframes(ele, total_frames=total, video_fps=video_fps)
+        idx = torch.linspace(first, last, nframes).round().long().tolist()
+        video = torch.from_numpy(frames[idx]).permute(0, 3, 1, 2)
+        metadata = {"fps": video_fps, "frames_indices": idx}
+    else:
+        images = [ref_fetch_image(frame, 4 * 64 * 64, 16384 * 64 * 64, factor=64) for frame in ele["video"]]
+        nframes = math.ceil(len(images) / 2) * 2
+        images.extend([images[-1]] * (nframes - len(images)))
+        video = torch.stack([torch.from_numpy(np.array(image).transpose(2, 0, 1)) for image in images])
+        metadata = {"fps": 2.0, "frames_indices": list(range(len(video)))}
+    nframes, _, height, width = video.shape
+    min_pixels = 128 * FACTOR * FACTOR
+    total_pixels = ele.get("total_pixels", 128000 * FACTOR * FACTOR * 0.9)
+    max_pixels = max(min(768 * FACTOR * FACTOR, total_pixels / nframes * 2), int(min_pixels * 1.05))
+    if "resized_height" in ele and "resized_width" in ele:
+        h, w = ref_smart_resize(ele["resized_height"], ele["resized_width"], FACTOR, 4 * 32 * 32, 16384 * 32 * 32)
+    else:
+        h, w = ref_smart_resize(height, width, FACTOR, min_pixels, max_pixels)
+    return torchvision_resize(video, [h, w]).float(), metadata
+
+
+class ReferenceVideo:
+    """Qwen3VLEmbedder on one item with a video (and maybe text), as it runs with transformers 4.57.3."""
+
+    def __init__(self, folder, *, max_length=8192, fps=1, max_frames=64):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model = AutoModel.from_pretrained(str(folder), dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.template = (Path(folder) / "chat_template.jinja").read_text()
+        config = json.loads((Path(folder) / "preprocessor_config.json").read_text())
+        self.mean, self.std = config["image_mean"], config["image_std"]
+        self.max_length, self.fps, self.max_frames = max_length, fps, max_frames
+        self.video_id = self.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+
+    def conversation(self, text, video, instruction, fps, max_frames, extra):
+        if instruction:
+            instruction = instruction.strip()
+            if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
+                instruction = instruction + "."
+        if isinstance(video, list):
+            if len(video) > self.max_frames:  # sample_frames
+                video = [video[i] for i in np.linspace(0, len(video) - 1, self.max_frames, dtype=int).tolist()]
+            ele = {"type": "video", "video": video, "total_pixels": 10 * 768 * 32 * 32}
+        else:
+            ele = {"type": "video", "video": str(video), "fps": fps or self.fps,
+                   "max_frames": max_frames or self.max_frames}
+        content = [{**ele, **extra}] + ([{"type": "text", "text": text}] if text is not None else [])
+        return [{"role": "system", "content": [{"type": "text", "text": instruction or DEFAULT_INSTRUCTION}]},
+                {"role": "user", "content": content}]
+
+    def inputs(self, text=None, video=None, instruction=None, fps=None, max_frames=None, **extra):
+        conversation = self.conversation(text, video, instruction, fps, max_frames, extra)
+        prompt = self.tokenizer.apply_chat_template(conversation, chat_template=self.template, tokenize=False,
+                                                    add_generation_prompt=True)
+        clip, metadata = fetch_video(conversation[1]["content"][0])
+        # the video processor: fused rescale and normalisation, then patches of 2 frames
+        mean = torch.tensor(self.mean) * (1.0 / (1 / 255))
+        std = torch.tensor(self.std) * (1.0 / (1 / 255))
+        patches = ((clip.to(torch.float32) - mean.view(-1, 1, 1)) / std.view(-1, 1, 1))[None]
+        batch, grid_t, channel = patches.shape[:3]
+        grid_t //= 2
+        grid_h, grid_w = clip.shape[2] // 16, clip.shape[3] // 16
+        patches = patches.view(batch, grid_t, 2, channel, grid_h // 2, 2, 16, grid_w // 2, 2, 16)
+        patches = patches.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
+        pixels = patches.reshape(batch * grid_t * grid_h * grid_w, channel * 2 * 16 * 16)
+        # the processor: timestamps, one block per temporal patch
+        indices = list(metadata["frames_indices"])
+        if len(indices) % 2:
+            indices.append(indices[-1])
+        seconds = [i / metadata["fps"] for i in indices]
+        stamps = [(seconds[i] + seconds[i + 1]) / 2 for i in range(0, len(seconds), 2)]
+        placeholder = "".join(f"<{stamps[k]:.1f} seconds><|vision_start|>" + "<|placeholder|>" * (grid_h * grid_w // 4)
+                              + "<|vision_end|>" for k in range(grid_t))
+        prompt = prompt.replace("<|vision_start|><|video_pad|><|vision_end|>", placeholder, 1)
+        prompt = prompt.replace("<|placeholder|>", "<|video_pad|>")
+        encoded = self.tokenizer([prompt], truncation=True, max_length=self.max_length, return_tensors="pt")
+        if int((encoded["input_ids"] == self.video_id).sum()) != prompt.count("<|video_pad|>"):
+            raise ValueError("Mismatch in `video` token count between text and `input_ids`")
+        return encoded, pixels, [grid_t, grid_h, grid_w], stamps
+
+    @torch.no_grad()
+    def embed(self, **kwargs) -> np.ndarray:
+        encoded, pixels, grid, _ = self.inputs(**kwargs)
+        ids = encoded["input_ids"]
+        hidden = self.model(input_ids=ids, attention_mask=encoded["attention_mask"], pixel_values_videos=pixels,
+                            video_grid_thw=torch.tensor([grid]),
+                            mm_token_type_ids=(ids == self.video_id).int() * 2).last_hidden_state
+        return torch.nn.functional.normalize(hidden[0, -1], dim=-1).numpy()
+
+    def embed_item(self, item: Item, **extra) -> np.ndarray:
+        """``extra``: more keys of the video element (``resized_height``, ``max_frames``, ...)."""
+        video = list(item.video) if isinstance(item.video, tuple) else item.video
+        span = {k: v for k, v in (("video_start", item.video_start), ("video_end", item.video_end)) if v is not None}
+        return self.embed(**{"text": item.text, "video": video, "fps": item.fps, "max_frames": item.max_frames,
+                             "instruction": item.instruction if item.is_query else None, **span, **extra})
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+#: generated clips: (codec, width, height, rate, frames, pixel format, encoder options)
+CLIPS = {
+    "bframes.mp4": ("libx264", 160, 120, 25, 50, "yuv420p", {"bf": "3", "g": "10"}),
+    "vp9.webm": ("libvpx-vp9", 112, 64, 12, 30, "yuv420p", {}),
+    "mjpeg.avi": ("mjpeg", 96, 72, 15, 16, "yuvj420p", {}),
+    "odd_count.mkv": ("libx264", 100, 60, 10, 27, "yuv420p", {"g": "8"}),
+    "ntsc_portrait.mov": ("libx264", 72, 120, Fraction(30000, 1001), 40, "yuv420p", {}),
+    "exact_512x288.mp4": ("libx264", 512, 288, 6, 8, "yuv420p", {}),
+    "three_frames.mp4": ("libx264", 64, 64, 10, 3, "yuv420p", {}),
+    "long.mp4": ("libx264", 64, 48, 8, 160, "yuv420p", {"g": "16"}),
+    "vga.mp4": ("libx264", 640, 480, 6, 12, "yuv420p", {}),
+    "raw.h264": ("libx264", 64, 48, 10, 12, "yuv420p", {"bf": "2"}),  # no timestamps: decoded in order
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from umr.testing import write_tiny_qwen3vl
+
+    return write_tiny_qwen3vl(tmp_path_factory.mktemp("tiny-qwen3vl-video") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def q3(tiny_dir):
+    return umr.load_model(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_dir):
+    return ReferenceVideo(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    for name, spec in CLIPS.items():
+        make_reference.write_clip(folder / name, *spec)
+    return {name: folder / name for name in CLIPS}
+
+
+@pytest.fixture(scope="module")
+def frame_lists(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("frames")
+
+    def frames(name, count, width, height, suffix=".png"):
+        paths = []
+        for i in range(count):
+            path = folder / f"{name}-{i:03d}{suffix}"
+            Image.fromarray(make_reference.picture(i, width, height)).save(path)
+            paths.append(str(path))
+        return paths
+
+    return {"five": frames("five", 5, 100, 80), "four": frames("four", 4, 300, 200, ".jpg"),
+            "seventy": frames("seventy", 70, 64, 48), "wide": frames("wide", 3, 500, 90),
+            "twenty": frames("twenty", 20, 90, 90)}
+
+
+def _check(model, reference, item: Item, **extra):
+    ours = model.embed([item]).vectors[0]
+    theirs = reference.embed_item(item, **extra)
+    delta = float(np.abs(ours - theirs).max())
+    assert delta <= TOL, f"{item.id}: max|delta| = {delta:.2e}"
+
+
+# -- parity with the official reference (stored vectors) ---------------------------------------
+
+def test_official_reference_vectors(q3, tiny_dir):
+    """umr equals the official Qwen3VLEmbedder (decord, qwen-vl-utils 0.0.14, transformers 4.57.3) on
+    the stored clips: every container, per-item fps/max_frames, fused, a query, a frame list."""
+    stored = np.load(FIXTURES / "reference.npz")
+    assert str(stored["model_digest"]) == make_reference.model_digest(tiny_dir), \
+        "the tiny checkpoint changed: regenerate tests/fixtures/video/reference.npz (see its README.md)"
+    worst = 0.0
+    for case_id, inputs in make_reference.CASES:
+        video = make_reference.absolute(inputs["video"])
+        fields = dict(text=inputs.get("text"), video=tuple(video) if isinstance(video, list) else video,
+                      fps=inputs.get("fps"), max_frames=inputs.get("max_frames"), id=case_id)
+        item = Item.query(instruction=inputs["instruction"], **fields) if "instruction" in inputs \
+            else Item.candidate(**fields)
+        worst = max(worst, float(np.abs(q3.embed([item]).vectors[0] - stored[case_id]).max()))
+    assert worst <= TOL, worst
+
+
+# -- parity with the transcribed reference -----------------------------------------------------
+
+@pytest.mark.parametrize("name", [n for n in CLIPS if n not in ("long.mp4", "vga.mp4")])
+def test_clip_parity(q3, ref, clips, name):
+    _check(q3, ref, Item.candidate(video=clips[name], id=name))
+
+
+@pytest.mark.parametrize("name, fps, max_frames", [
+    ("bframes.mp4", 4, None), ("bframes.mp4", 25, 12), ("vp9.webm", 0.5, None), ("odd_count.mkv", 10, 6),
+    ("long.mp4", None, 6), ("long.mp4", None, 5), ("long.mp4", 0.25, None)])
+def test_per_item_fps_and_max_frames_parity(q3, ref, clips, name, fps, max_frames):
+    _check(q3, ref, Item.candidate(video=clips[name], fps=fps, max_frames=max_frames, id=name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start, end", [(5, 12.3), (3, None), (None, 9.5), (0, 20)])
+def test_time_range_parity(q3, ref, clips, start, end):
+    """A segment of a video (``video_start`` / ``video_end``, how ``umr index`` embeds a long video's
+    segments) is sampled as qwen-vl-utils samples that range: frames from the first at or after the
+    start to the last at or before the end, timestamps in the whole video's time."""
+    item = Item(video=clips["long.mp4"], video_start=start, video_end=end, fps=2)
+    ours = q3.encode_candidates([item])[0]
+    assert np.abs(ours - ref.embed_item(item)).max() <= TOL
+    plan = q3.video_plan(item)
+    assert plan.seconds[0] >= (start or 0) and plan.seconds[-1] <= (end if end is not None else 20)
+
+
+def test_a_time_range_without_two_frames_is_an_item_error(q3, clips):
+    result = q3.embed([Item(video=clips["long.mp4"], video_start=19.95, id="tail"), Item(text="ok", id="t")],
+                      on_error="skip")
+    assert list(result.indices) == [1] and "holds no two frames" in result.errors[0].reason
+
+
+def test_sixty_four_frames_parity(q3, ref, clips):
+    """A 20 s clip at fps 8 (160 frames wanted) is capped at 64 frames, 32 frame pairs."""
+    item = Item.candidate(video=clips["long.mp4"], fps=8, id="long")
+    assert len(q3.video_plan(item).positions) == 64
+    _check(q3, ref, item)
+
+
+def test_model_level_sampling_and_item_override(tiny_dir, clips):
+    model = umr.load_model(tiny_dir, fps=2, max_frames=8)
+    reference = ReferenceVideo(tiny_dir, fps=2, max_frames=8)
+    _check(model, reference, Item.candidate(video=clips["bframes.mp4"], id="model-level"))
+    _check(model, reference, Item.candidate(video=clips["bframes.mp4"], fps=1, max_frames=4, id="item-level"))
+
+
+@pytest.mark.parametrize("instruction", [None, "Find the clip that shows it", "  Which one?  ", "找到视频"])
+def test_fused_and_query_parity(q3, ref, clips, instruction):
+    _check(q3, ref, Item.candidate("a square crossing a gradient", video=clips["vp9.webm"], id="fused"))
+    _check(q3, ref, Item.query("where does the square go?", video=clips["ntsc_portrait.mov"],
+                               instruction=instruction, id="fused-q"))
+    _check(q3, ref, Item.query(video=clips["mjpeg.avi"], instruction=instruction, id="video-q"))
+
+
+@pytest.mark.parametrize("name, text", [("five", None), ("four", "four frames"), ("wide", None)])
+def test_frame_list_parity(q3, ref, frame_lists, name, text):
+    """Frame lists: resized to multiples of 64 first, an odd count padded, timed at 2 frames per second."""
+    _check(q3, ref, Item.candidate(text, video=frame_lists[name], id=name))
+
+
+@pytest.mark.slow
+def test_long_frame_list_is_thinned_as_the_reference(q3, ref, frame_lists):
+    item = Item.candidate(video=frame_lists["seventy"], id="seventy")
+    plan = q3.video_plan(item)
+    assert plan.positions == tuple(np.linspace(0, 69, 64, dtype=int).tolist())
+    _check(q3, ref, item)
+
+
+def test_frame_list_max_frames(tiny_dir, q3, frame_lists):
+    """A frame list over max_frames (the model's, or the item's) is thinned as sample_frames thins it."""
+    model = umr.load_model(tiny_dir, max_frames=8)
+    _check(model, ReferenceVideo(tiny_dir, max_frames=8), Item.candidate(video=frame_lists["twenty"], id="m8"))
+    _check(q3, ReferenceVideo(tiny_dir, max_frames=6),
+           Item.candidate(video=frame_lists["twenty"], max_frames=6, id="i6"))
+
+
+def test_pil_frames_equal_their_files(q3, frame_lists):
+    paths = frame_lists["five"]
+    images = [Image.open(p) for p in paths]
+    a = q3.embed([Item(video=paths)]).vectors
+    b = q3.embed([Item(video=images)]).vectors
+    assert np.abs(a - b).max() <= TOL
+
+
+def test_frames_of_different_sizes_are_an_item_error(q3, frame_lists):
+    mixed = [frame_lists["five"][0], frame_lists["four"][0]]
+    result = q3.embed([Item(video=mixed, id="mixed"), Item(text="fine")], on_error="skip")
+    assert list(result.indices) == [1]
+    assert "must resize to one size" in result.errors[0].reason
+
+
+# -- the prompt, positions, batches ------------------------------------------------------------
+
+def test_prompt_timestamps_and_tokens(q3, ref, clips):
+    """One ``<t seconds>`` block per frame pair (the pair's mean time, .1f), ids equal the reference's."""
+    item = Item.candidate("after", video=clips["bframes.mp4"], fps=2, id="b")
+    encoded, _, grid, stamps = ref.inputs(text="after", video=str(clips["bframes.mp4"]), fps=2)
+    ours = q3.prepare(item)
+    assert ours.input_ids == encoded["input_ids"][0].tolist()
+    assert ours.video_grids == [tuple(grid)] and grid[0] == 2
+    # frames linspace(0, 49, 4).round() = 0, 16, 33, 49 at 25 fps: pairs at 0.32 and 1.64 s
+    assert stamps == pytest.approx([0.32, 1.64])
+    text = q3.processor.tokenizer.decode(ours.input_ids)
+    assert "<0.3 seconds><|vision_start|>" in text and "<1.6 seconds><|vision_start|>" in text
+
+
+def test_each_frame_pair_is_positioned_like_an_image(q3, clips):
+    p = q3.prepare(Item.candidate("after", video=clips["bframes.mp4"], fps=2))
+    positions = q3._rope_positions(p)[:, 0]
+    _, gh, gw = p.video_grids[0]
+    pads = [i for i, t in enumerate(p.input_ids) if t == q3.video_token_id]
+    per_patch = gh * gw // 4
+    for first in (pads[0], pads[per_patch]):
+        start = int(positions[0, first])
+        assert positions[:, first].tolist() == [start, start, start]
+        last = first + per_patch - 1
+        assert positions[:, last].tolist() == [start, start + gh // 2 - 1, start + gw // 2 - 1]
+        assert positions[0, last + 1] == start + max(gh, gw) // 2  # <|vision_end|> resumes as after an image
+
+
+def test_batch_invariance_with_text_and_images(q3, clips, frame_lists, tmp_path):
+    image = tmp_path / "still.png"
+    Image.fromarray(make_reference.picture(7, 120, 90)).save(image)
+    items = [Item.candidate("A dog running on the beach.", id="t"), Item.candidate(image=image, id="i"),
+             Item.candidate(video=clips["vp9.webm"], id="v1"),
+             Item.query("find the red car", image=image, instruction="Find a matching image", id="f"),
+             Item.query("square", video=clips["mjpeg.avi"], instruction="Find the clip", id="v2"),
+             Item.candidate(video=frame_lists["five"], id="v3"), Item.candidate("x", id="t2"),
+             Item.candidate(video=clips["three_frames.mp4"], fps=3, id="v4")]
+    alone = np.stack([q3.embed([item]).vectors[0] for item in items])
+    rng = random.Random(0)
+    worst = 0.0
+    for batch_size in (2, 3, 8):
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        result = q3.embed([items[i] for i in order], batch_size=batch_size)
+        worst = max(worst, float(np.abs(result.vectors - alone[order]).max()))
+    assert worst <= TOL, worst
+    processed = [q3.prepare(item) for item in items]
+    packed = torch.nn.functional.normalize(q3.forward(processed, packed=True), dim=-1)
+    plain = torch.nn.functional.normalize(q3.forward(processed, packed=False), dim=-1)
+    assert float((packed - plain).abs().max()) <= TOL  # umr's packed decoder = transformers' forward
+
+
+def test_cost_is_the_real_sequence_length(q3, clips, frame_lists):
+    for item in (Item.candidate("words", video=clips["odd_count.mkv"]), Item.candidate(video=frame_lists["five"])):
+        assert q3._cost(item) == len(q3.prepare(item).input_ids)
+
+
+# -- decoding --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(CLIPS))
+def test_reading_sampled_frames_equals_decoding_everything(clips, name):
+    from umr.core.video import probe_video, read_frames
+
+    everything, fps = decode_all(clips[name])
+    info = probe_video(clips[name])
+    assert (info.frames, info.fps, info.height, info.width) == (len(everything), fps, *everything.shape[1:3])
+    rng = random.Random(len(name))
+    for indices in ([0], [info.frames - 1], sorted(rng.sample(range(info.frames), min(5, info.frames))),
+                    [info.frames - 1, 0, 1, 1], list(range(info.frames))):
+        assert np.array_equal(read_frames(clips[name], indices, info=info), everything[indices]), indices
+
+
+def test_seeking_reads_without_decoding_from_the_start(clips, monkeypatch):
+    """Every generated container has timestamps and key frames: frames are found by seeking, and only
+    the wanted ones are converted to RGB. A raw H.264 stream has no timestamps: decoded in order."""
+    from umr.core import video
+
+    assert video.probe_video(clips["raw.h264"]).pts is None
+    monkeypatch.setattr(video, "_decode_in_order", lambda *a, **k: pytest.fail("fell back to decoding in order"))
+    converted = []
+    to_rgb = video._rgb
+    monkeypatch.setattr(video, "_rgb", lambda frame, info: converted.append(frame.pts) or to_rgb(frame, info))
+    for name in [n for n in CLIPS if n != "raw.h264"]:
+        info = video.probe_video(clips[name])
+        wanted = sorted({0, info.frames // 2, info.frames - 1})
+        converted.clear()
+        assert len(video.read_frames(clips[name], wanted, info=info)) == len(wanted)
+        assert len(converted) == len(wanted), name
+
+
+def test_video_bytes_equal_the_file(q3, clips):
+    path = clips["vp9.webm"]
+    a = q3.embed([Item(video=path)]).vectors
+    b = q3.embed([Item(video=path.read_bytes())]).vectors
+    assert np.abs(a - b).max() <= TOL
+
+
+def _rotated(source: Path, target: Path, matrix) -> Path:
+    """``source`` (an mp4) with its track header's display matrix set to ``matrix`` (a, b, c, d)."""
+    data = bytearray(source.read_bytes())
+    at = data.find(b"tkhd")
+    assert data[at + 4] == 0  # version 0: the matrix sits 40 bytes after the box type
+    a, b, c, d = matrix
+    data[at + 44: at + 80] = struct.pack(">9i", a, b, 0, c, d, 0, 0, 0, 0x40000000)
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize("matrix, turns", [((0, 0x10000, -0x10000, 0), 3), ((0, -0x10000, 0x10000, 0), 1),
+                                           ((-0x10000, 0, 0, -0x10000), 2)])
+def test_rotated_videos_are_upright(clips, tmp_path, matrix, turns):
+    """A display rotation (phone videos) turns the frames upright, as decord turns them."""
+    from umr.core.video import probe_video, read_frames
+
+    rotated = _rotated(clips["bframes.mp4"], tmp_path / "rotated.mp4", matrix)
+    everything, _ = decode_all(clips["bframes.mp4"])
+    info = probe_video(rotated)
+    assert info.quarter_turns == turns
+    assert (info.width, info.height) == ((120, 160) if turns % 2 else (160, 120))
+    assert np.array_equal(read_frames(rotated, [3, 20], info=info), np.rot90(everything[[3, 20]], turns, axes=(1, 2)))
+
+
+# -- bad files are item errors -------------------------------------------------------------------
+
+def test_bad_videos_are_item_errors(q3, clips, tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(clips["bframes.mp4"].read_bytes()[:3000])
+    noise = tmp_path / "noise.mkv"
+    noise.write_bytes(np.random.RandomState(0).bytes(5000))
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all\n" * 20)
+    still = tmp_path / "still.png"  # FFmpeg opens an image as a one-frame video
+    Image.fromarray(make_reference.picture(1, 64, 64)).save(still)
+    cut = tmp_path / "cut.webm"  # the header survives, the frames do not
+    cut.write_bytes(clips["vp9.webm"].read_bytes()[:700])
+    items = [Item(video=empty, id="empty"), Item(video=truncated, id="truncated"), Item(video=noise, id="noise"),
+             Item(video=text, id="text"), Item(video=tmp_path / "missing.mp4", id="missing"),
+             Item(video=tmp_path, id="folder"), Item(video=still, id="still"), Item(video=b"", id="no-bytes"),
+             Item(video=cut, id="cut"), Item("fine", video=clips["mjpeg.avi"], id="ok"), Item(text="words", id="t")]
+    result = q3.embed(items, on_error="skip")
+    assert [items[i].id for i in result.indices] == ["ok", "t"]
+    reasons = {e.item_id: e.reason for e in result.errors}
+    assert set(reasons) == {"empty", "truncated", "noise", "text", "missing", "folder", "still", "no-bytes", "cut"}
+    assert "empty file (0 bytes)" in reasons["empty"] and "empty video (0 bytes)" in reasons["no-bytes"]
+    assert "not found" in reasons["missing"] and "is a folder" in reasons["folder"]
+    assert "at least 2 are needed" in reasons["still"]
+    for name in ("truncated", "noise", "text", "cut"):
+        assert "video" in reasons[name] and str(tmp_path) in reasons[name], reasons[name]
+    assert np.abs(result.vectors[1] - q3.embed([Item(text="words")]).vectors[0]).max() <= TOL
+
+
+def test_without_pyav_video_items_are_errors_and_the_rest_embeds(q3, clips, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)
+    from umr.core.video import _probe_file
+
+    _probe_file.cache_clear()
+    result = q3.embed([Item(video=clips["vp9.webm"], id="v"), Item(text="words", id="t")], on_error="skip")
+    _probe_file.cache_clear()
+    assert list(result.indices) == [1]
+    assert "pip install 'umr[video]'" in result.errors[0].reason and result.errors[0].item_id == "v"
+
+
+# -- the token budget ----------------------------------------------------------------------------
+
+def _video_tokens(model, item):
+    return model.prepare(item).input_ids.count(model.video_token_id)
+
+
+def test_budget_shrinks_frames_first_and_keeps_the_reference_pipeline(tiny_dir, q3, clips):
+    """Over max_length the reference fails; umr keeps the frames and makes them smaller, which is
+    the reference's own pipeline at that frame size."""
+    item = Item.candidate("what happens", video=clips["vga.mp4"], id="vga")  # 4 frames of 300 tokens
+    full = q3.video_plan(item)
+    length = len(q3.prepare(item).input_ids)
+    max_length = length - 40
+    reference = ReferenceVideo(tiny_dir, max_length=max_length)
+    with pytest.raises(ValueError, match="Mismatch in `video` token count"):
+        reference.embed_item(item)
+    small = umr.load_model(tiny_dir, max_length=max_length)
+    plan = small.video_plan(item)
+    assert plan.positions == full.positions and plan.height * plan.width < full.height * full.width
+    prepared = small.prepare(item)
+    assert len(prepared.input_ids) <= max_length and prepared.input_ids[-1] != small.video_token_id
+    _check(small, reference, item, resized_height=plan.height, resized_width=plan.width)
+
+
+def test_budget_then_samples_fewer_frames(tiny_dir, q3, clips):
+    """Frames already at the smallest size (upscaled to 128 tokens' worth): fewer of them."""
+    item = Item.candidate(video=clips["long.mp4"], id="long")  # 20 frames of 140 tokens
+    full = q3.video_plan(item)
+    assert len(full.positions) == 20
+    small = umr.load_model(tiny_dir, max_length=700)
+    plan = small.video_plan(item)
+    assert 2 <= len(plan.positions) < 20 and (plan.height, plan.width) == (full.height, full.width)
+    assert len(small.prepare(item).input_ids) <= 700
+    # the reference itself, asked for that many frames at that size
+    _check(small, ReferenceVideo(tiny_dir, max_length=700), item, max_frames=len(plan.positions),
+           resized_height=plan.height, resized_width=plan.width)
+    assert plan.positions == tuple(torch.linspace(0, 159, len(plan.positions)).round().long().tolist())
+
+
+def test_max_video_tokens_caps_each_item(tiny_dir, q3, clips, frame_lists):
+    capped = umr.load_model(tiny_dir, max_video_tokens=300)
+    for item in (Item(video=clips["bframes.mp4"], fps=4), Item(video=frame_lists["five"])):
+        assert _video_tokens(q3, item) > 300 >= _video_tokens(capped, item)
+    fits = Item(video=clips["three_frames.mp4"])  # one frame pair of 144 tokens: left as it is
+    assert np.abs(capped.embed([fits]).vectors - q3.embed([fits]).vectors).max() <= TOL
+    assert capped.identity.options["max_video_tokens"] == 300 and "max_video_tokens" not in q3.identity.options
+    assert capped.identity.key() != q3.identity.key()
+
+
+def test_a_video_that_cannot_fit_is_an_item_error(tiny_dir, clips):
+    tight = umr.load_model(tiny_dir, max_length=120)
+    result = tight.embed([Item(video=clips["vp9.webm"], id="v"), Item(text="ok", id="t")], on_error="skip")
+    assert list(result.indices) == [1]
+    assert "does not fit even as 2 frames" in result.errors[0].reason and "max_length=120" in result.errors[0].reason
+
+
+# -- other families, the index, the command line ------------------------------------------------
+
+def test_families_that_cannot_see_video_refuse_it(clips, tmp_path):
+    from umr.rerank import load_reranker
+    from umr.testing import write_tiny_cross_encoder
+
+    minilm = umr.load_model("minilm")
+    result = minilm.embed([Item(video=clips["vp9.webm"], id="v"), Item(text="ok", id="t")], on_error="skip")
+    assert list(result.indices) == [1] and "cannot embed video" in result.errors[0].reason
+    reranker = load_reranker(write_tiny_cross_encoder(tmp_path / "ce"))
+    scored = reranker.score_pairs(reranker.make_pairs("a query", [Item(video=clips["vp9.webm"], id="v"), "text"]),
+                                  on_error="skip")
+    assert len(scored.errors) == 1 and "cannot score video" in scored.errors[0].reason
+
+
+def test_index_add_refuses_video_items_and_jsonl_video_lines(tmp_path, clips):
+    """Videos enter an index as a folder's files (time segments: tests/index/test_video_segments.py)."""
+    from umr.data.corpus import read_jsonl
+    from umr.index.index import Index
+
+    with Index.create(tmp_path / "idx", umr.load_model("minilm")) as index:
+        summary = index.add([Item(video=clips["vp9.webm"], id="v"), Item(text="kept", id="t")])
+    assert summary.added == 1 and [e["id"] for e in summary.errors] == ["v"]
+    assert "indexed from a folder of video files" in summary.errors[0]["error"]
+    jsonl = tmp_path / "items.jsonl"
+    jsonl.write_text(json.dumps({"id": "v", "video": str(clips["vp9.webm"])}) + "\n")
+    (entry,) = list(read_jsonl(jsonl))
+    assert isinstance(entry, ItemError) and entry.line == 1 and "indexed from a folder" in entry.reason
+
+
+def test_jsonl_video_fields(tmp_path, clips):
+    from umr.data.items import read_items_jsonl
+
+    (tmp_path / "clip.webm").write_bytes(clips["vp9.webm"].read_bytes())
+    lines = [{"id": "a", "video": "clip.webm", "fps": 2, "max_frames": 6, "topic": "x"},
+             {"id": "b", "video": ["f0.png", "f1.png"], "text": "two frames"},
+             {"id": "c", "video": 3}, {"id": "d", "video": "https://example.com/v.mp4"},
+             {"id": "e", "video": "clip.webm", "fps": -1}, {"id": "f", "video": ["f0.png"], "fps": 2},
+             {"id": "g", "video": "clip.webm", "max_frames": 2.5}, {"id": "h", "video": []}]
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    parsed = dict((line, item) for line, item in read_items_jsonl(tmp_path / "items.jsonl"))
+    a, b = parsed[1], parsed[2]
+    assert (a.video, a.fps, a.max_frames, a.metadata) == (str(tmp_path / "clip.webm"), 2, 6, {"topic": "x"})
+    assert b.video == (str(tmp_path / "f0.png"), str(tmp_path / "f1.png")) and b.text == "two frames"
+    errors = {line: item for line, item in parsed.items() if isinstance(item, ItemError)}
+    assert sorted(errors) == [3, 4, 5, 6, 7, 8]
+    assert "field 'video' must be a path" in errors[3].reason and "URL" in errors[4].reason.upper()
+    assert "fps must be a positive number" in errors[5].reason and "fps applies to a video file" in errors[6].reason
+    assert "max_frames must be a whole number" in errors[7].reason and errors[8].item_id == "h"
+
+
+def test_cli_embed_video_jsonl(tmp_path, capsys, tiny_dir, q3, clips, frame_lists):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    lines = [{"id": "a", "video": str(clips["mjpeg.avi"]), "fps": 3},
+             {"id": "b", "video": frame_lists["five"], "text": "five frames", "is_query": True,
+              "instruction": "Find the clip"},
+             {"id": "c", "video": str(bad)}, {"id": "d", "text": "just text"}]
+    items = tmp_path / "items.jsonl"
+    items.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = tmp_path / "o.npy"
+    assert main(["embed", "--model", str(tiny_dir), "--input", str(items), "--output", str(out),
+                 "--on-error", "skip", "--no-progress"]) == 0
+    expected = q3.embed([Item(video=clips["mjpeg.avi"], fps=3),
+                         Item.query("five frames", video=frame_lists["five"], instruction="Find the clip"),
+                         Item(text="just text")]).vectors
+    assert np.abs(np.load(out) - expected).max() <= TOL
+    errors = [json.loads(line) for line in (tmp_path / "o.errors.jsonl").read_text().splitlines()]
+    assert [(e["line"], e["id"]) for e in errors] == [(3, "c")] and str(bad) in errors[0]["error"]
+    assert "1 item(s) skipped" in capsys.readouterr().out
+    assert main(["embed", "--model", "minilm", "--input", str(items), "--output", str(out),
+                 "--max-video-tokens", "100"]) == 2
+    assert "--max-video-tokens" in capsys.readouterr().err
+
+
+def test_video_options_are_checked(tiny_dir):
+    for options, words in (({"fps": 0}, "fps must be a positive"), ({"max_frames": 1}, "max_frames must be"),
+                           ({"max_video_tokens": 0}, "max_video_tokens must be at least 1")):
+        with pytest.raises(ValueError, match=words):
+            umr.load_model(tiny_dir, **options)
