@@ -192,6 +192,28 @@ def test_milvus_and_single_vector_options_are_refused_in_one_line(tiny, pages, t
         assert not (tmp_path / "ix" / "manifest.json").exists()
 
 
+def test_serve_refuses_a_late_interaction_index_in_one_line(tiny, pages, tmp_path, capsys):
+    index = tmp_path / "ix"
+    assert main(["index", str(pages), "--index", str(index), "--model", str(tiny), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["serve", "--index", str(index), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "late-interaction" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_single_vector_index_refuses_the_muvera_method(tmp_path, capsys):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a note about bicycles")
+    index = tmp_path / "ix"
+    assert main(["index", str(folder), "--index", str(index), "--model", "minilm", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["index", str(folder), "--index", str(index), "--no-progress", "--method", "muvera"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "late-interaction" in err and len(err.splitlines()) == 1, err
+    assert '"muvera"' not in (index / "manifest.json").read_text()
+
+
 def _segments(index: Path) -> int:
     try:
         return len(json.loads((index / "manifest.json").read_text())["segments"])

@@ -136,7 +136,7 @@ def test_pixels_and_ids_equal_the_reference(model, ref, images):
     """The resize (torch's bicubic antialias on uint8), colour-key compositing and fused
     normalisation give the reference's patches bit for bit."""
     for name in ("mode-RGB-tRNS.png", "mode-P-transparent.gif", "wide-900x30.png", "tiny-17x5.png"):
-        processed = model.processor.process(Item.candidate(image=images[name]))
+        processed = model.processor.prepare(Item.candidate(image=images[name]))
         patches, grid = ref.image_patches(Image.open(images[name]))
         assert processed.grid_thw == grid
         assert np.array_equal(processed.pixel_values, patches.numpy()), name
@@ -172,7 +172,7 @@ def test_batch_invariance(model, images):
 def test_vectors_are_unit_rows_without_padding(model, images):
     vectors = model.encode_candidates([Item.candidate(image=images["rgb-123x77.png"]), "short text"])
     assert [v.shape[1] for v in vectors] == [128, 128]
-    assert len(vectors[0]) == model.processor.estimate_tokens(Item.candidate(image=images["rgb-123x77.png"]))
+    assert len(vectors[0]) == model.processor.cost(Item.candidate(image=images["rgb-123x77.png"]))
     for v in vectors:
         assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
 

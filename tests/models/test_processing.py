@@ -11,10 +11,10 @@ from PIL import Image
 import umr
 from umr.core.items import Item
 from umr.models.processing import Processor, pad_ids
-from umr.testing import write_tiny_clip, write_tiny_gme, write_tiny_mmembed, write_tiny_qwen3vl
+from umr.testing import write_tiny_clip, write_tiny_colqwen, write_tiny_gme, write_tiny_mmembed, write_tiny_qwen3vl
 
 WRITERS = {"gme": write_tiny_gme, "qwen3vl": write_tiny_qwen3vl, "mm-embed": write_tiny_mmembed,
-           "clip-sf": write_tiny_clip}
+           "clip-sf": write_tiny_clip, "colqwen": write_tiny_colqwen}
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,16 @@ def items(tmp_path_factory):
             Item.candidate("a longer text about a red bus on a wet street", image=str(path))]
 
 
+def _items_for(family: str, items: list[Item]) -> list[Item]:
+    """ColQwen embeds a text or an image, never both (colpali-engine has no prompt for the pair)."""
+    if family != "colqwen":
+        return items
+    return [items[0], Item.candidate(image=items[1].image), Item.query("find the picture")]
+
+
 @pytest.mark.parametrize("family", sorted(WRITERS))
 def test_each_family_processor_costs_prepares_and_collates_under_the_same_names(family, items, tmp_path):
+    items = _items_for(family, items)
     model = umr.load_model(WRITERS[family](tmp_path / family), dtype="float32")
     processor = model.processor
     assert isinstance(processor, Processor)
@@ -35,13 +43,14 @@ def test_each_family_processor_costs_prepares_and_collates_under_the_same_names(
     assert costs == [model._cost(item) for item in items]
     prepared = [processor.prepare(item) for item in items]
     batch = processor.collate(prepared)
-    assert isinstance(batch["pixel_values"], torch.Tensor)  # two of the three items have an image
+    assert isinstance(batch["pixel_values"], torch.Tensor)  # some of the items have an image
     # the batch embeds as the items do one at a time
-    with torch.no_grad():
-        together = model.embed_prepared(prepared)
-        alone = torch.cat([model.embed_prepared([p]) for p in prepared])
-    assert torch.allclose(torch.nn.functional.normalize(together.float(), dim=-1),
-                          torch.nn.functional.normalize(alone.float(), dim=-1), atol=1e-4)
+    with torch.no_grad():  # one vector per item, or one matrix of token vectors (late interaction)
+        together = list(model.embed_prepared(prepared))
+        alone = [model.embed_prepared([p])[0] for p in prepared]
+    for batched, single in zip(together, alone):
+        assert torch.allclose(torch.nn.functional.normalize(batched.float(), dim=-1),
+                              torch.nn.functional.normalize(single.float(), dim=-1), atol=1e-4)
 
 
 def test_pad_ids_pads_right_for_embedders_and_left_for_rerankers():

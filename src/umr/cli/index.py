@@ -206,6 +206,9 @@ def _open_existing(args):
             if backend != "faiss":
                 raise UsageError(f"{args.index_dir}: Milvus keeps the vector index it was created with; "
                                  f"re-create the index to change --method")
+            if args.method not in ("exact", "hnsw"):
+                raise UsageError(f"{args.index_dir}: --method {args.method} is for late-interaction indexes; "
+                                 f"a single-vector index searches exact or hnsw")
             index.store.set_config({**cfg, "method": args.method})
             note = f"search method switched from {method} to {args.method} (the stored vectors are kept)"
         try:

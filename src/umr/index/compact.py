@@ -32,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..core.atomic import write_text_atomic
+from ..core.atomic import write_bytes_atomic, write_text_atomic
 from ..core.quantize import Int8Codec, PerDimensionInt8, recalibration_due, sign_bits, signed, unsigned
 from .quantized import (binary_index, default_rescore_k, hamming_search, index_codes, int8_index, int8_search,
                         rescore)
@@ -89,13 +89,7 @@ class CompactVectors:
     def save(self) -> None:
         """Record the row count, the calibration and the codes (atomically, after the rows they
         cover are on disk)."""
-        codes = self._codes()
-        tmp = self.folder / (CODES + ".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(np.ascontiguousarray(codes).tobytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.folder / CODES)
+        write_bytes_atomic(self.folder / CODES, np.ascontiguousarray(self._codes()).tobytes())
         meta = {"kind": self.kind, "dim": self.dim, "rows": len(self), "encoded": self.encoded,
                 "clipped": self.clipped, "codec": self.codec.to_json() if self.codec is not None else None}
         write_text_atomic(self.folder / META, json.dumps(meta))

@@ -51,7 +51,7 @@ def run_entries(target: RunTarget, entries, summary: Summary, *, batch_size=None
     run = IndexingRun(target, summary, source=source, progress=progress, err_handle=err_handle,
                       skip_cache={} if skip_cache is None else skip_cache, skip_handle=skip_handle)
     committer = Committer(target.store, summary, commit_every=commit_every, commit_seconds=commit_seconds)
-    chunk_size = max(1, min(commit_every, (batch_size or getattr(target.model, "batch_size", 32)) * 2))
+    chunk_size = max(1, min(commit_every, (batch_size or target.model.batch_size) * 2))
     embedder = embedder or LocalEmbedder(target.model)
     chunks: deque[list[tuple[Any, Item, bool]]] = deque()
 

@@ -89,6 +89,9 @@ class MultiVectorEmbedder(ABC):
     identity: "ModelIdentity | None" = None
     #: whether images reach the model as pixels (the ColPali family embeds page images)
     sees_images: bool = True
+    #: whether it embeds video items (no late-interaction family does yet); the index reads it to
+    #: decide whether a video file becomes segments or that file's error, as for ``Embedder``
+    sees_video: bool = False
     #: worker threads preparing items ahead of the forward pass (see :mod:`umr.models.prefetch`)
     prefetch_workers: int | None = None
     prefetch_ahead: int = 2

@@ -3,8 +3,8 @@ client's ``ClientV2`` calls them (``base_url`` = the server's root).
 
 ``/v2/embed`` takes ``texts``, ``images`` (data URIs) or v4-style ``inputs`` (``content`` parts of
 text and ``image_url``, fused into one vector each) and answers each requested
-``embedding_types`` (float, int8, uint8, binary, ubinary, base64) with the codec the index uses
-(:mod:`umr.core.quantize`). int8/uint8 are Cohere-style symmetric codes,
+``embedding_types`` (float, int8, uint8, binary, ubinary, base64) with umr's one codec
+(:mod:`umr.core.quantize`, which the compact vector storage :mod:`umr.index.compact` uses too). int8/uint8 are Cohere-style symmetric codes,
 ``clip(rint(127 x / a))``, with ``a`` the largest value over built-in calibration inputs embedded
 by the served model at the first int8 request (cached per output dimension): codes point the
 same way as the floats and their dot products rank like them.

@@ -20,7 +20,6 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ...core.devices import cpu_default_dtype, resolve_dtype
@@ -120,10 +119,10 @@ class ColQwenEmbedder(MultiVectorEmbedder):
     # -- the MultiVectorEmbedder hooks ----------------------------------------------------------
 
     def _cost(self, item: Item) -> int:
-        return self.processor.estimate_tokens(item)
+        return self.processor.cost(item)
 
     def prepare(self, item: Item) -> ProcessedItem:
-        return self.processor.process(item)
+        return self.processor.prepare(item)
 
     @torch.inference_mode()
     def embed_prepared(self, prepared: list[ProcessedItem]) -> list[torch.Tensor]:
@@ -139,16 +138,15 @@ class ColQwenEmbedder(MultiVectorEmbedder):
 
     def token_vectors(self, processed: list[ProcessedItem]) -> list[torch.Tensor]:
         """Each sequence's projected, L2-normalised token vectors ``(n_tokens, dim)`` float32."""
-        lengths = [len(p.input_ids) for p in processed]
-        input_ids = torch.tensor([t for p in processed for t in p.input_ids], dtype=torch.long, device=self.device)
+        batch = self.processor.collate(processed)
+        lengths = batch["lengths"]
+        input_ids = batch["input_ids"].to(self.device)
         embeds = self.model.get_input_embeddings()(input_ids)  # (T, H): all sequences back to back
-        with_image = [p for p in processed if p.pixel_values is not None]
-        if with_image:
-            pixel_values = torch.from_numpy(np.concatenate([p.pixel_values for p in with_image]))
-            grid = torch.tensor([p.grid_thw for p in with_image], dtype=torch.long, device=self.device)
-            features = self.model.get_image_features(pixel_values.to(self.device, self.dtype), image_grid_thw=grid)
+        if "pixel_values" in batch:
+            features = self.model.get_image_features(batch["pixel_values"].to(self.device, self.dtype),
+                                                     image_grid_thw=batch["image_grid_thw"].to(self.device))
             embeds[input_ids == self.image_token_id] = torch.cat(list(features.pooler_output)).to(embeds.dtype)
-        positions = torch.from_numpy(np.concatenate([p.positions for p in processed], axis=1)).to(self.device)
+        positions = batch["positions"].to(self.device)
         if self._fast_decoder:
             hidden = decode_packed(self.model.language_model, embeds, lengths, positions[:, None, :], pooled=False)
         else:

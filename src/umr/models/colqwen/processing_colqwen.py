@@ -16,7 +16,7 @@
   image's tokens ``(start, start + row, start + column)``, the text after it from ``start +
   max(rows, columns)``.
 
-Sizes need only the image header, so :meth:`ColQwenProcessor.estimate_tokens` is exact and cheap.
+Sizes need only the image header, so :meth:`ColQwenProcessor.cost` is exact and cheap.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from PIL import Image
 
 from ...core.images import decode_image, image_size
 from ...core.items import ImageSource, Item, ItemError
+from ..processing import Processor
 from ..qwen_vl_patches import PatchCutter, smart_resize
 
 VISUAL_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image."
@@ -104,8 +105,8 @@ def read_image_settings(folder: Path) -> dict[str, Any]:
     }
 
 
-class ColQwenProcessor:
-    """Items to ColQwen model inputs, one sequence at a time."""
+class ColQwenProcessor(Processor[Item, ProcessedItem]):
+    """Items to ColQwen model inputs, one sequence at a time (umr's one processor interface)."""
 
     def __init__(self, tokenizer, *, min_pixels: int, max_pixels: int, patch_size: int = 14, merge_size: int = 2,
                  temporal_patch_size: int = 2, image_mean=(0.48145466, 0.4578275, 0.40821073),
@@ -188,7 +189,7 @@ class ColQwenProcessor:
 
     # -- items -----------------------------------------------------------------------------------
 
-    def estimate_tokens(self, item: Item) -> int:
+    def cost(self, item: Item) -> int:
         """The exact sequence length of ``item`` (image header and tokenised prompt only)."""
         tokens = len(self.prompt_ids(self.prompt(item)))
         if item.image is not None:
@@ -201,7 +202,7 @@ class ColQwenProcessor:
             raise ItemError(item.id, f"{tokens} tokens, over max_length={self.max_length}")
         return tokens
 
-    def process(self, item: Item) -> ProcessedItem:
+    def prepare(self, item: Item) -> ProcessedItem:
         """Token ids (image tokens expanded), their M-RoPE positions and the patches of one item."""
         ids = list(self.prompt_ids(self.prompt(item)))
         pads = [i for i, token in enumerate(ids) if token == self.image_token_id]
@@ -224,6 +225,19 @@ class ColQwenProcessor:
             raise ItemError(item.id, f"{len(ids)} tokens, over max_length={self.max_length}")
         return ProcessedItem(input_ids=ids, positions=image_positions(at, rows, columns, len(ids)),
                              pixel_values=pixel_values, grid_thw=grid)
+
+    def collate(self, prepared: Sequence[ProcessedItem]) -> dict[str, Any]:
+        """The sequences back to back with their ``lengths`` and M-RoPE ``positions`` (the
+        decoder packs them), and the images' patches and grids when the batch has any."""
+        batch: dict[str, Any] = {
+            "input_ids": torch.tensor([t for p in prepared for t in p.input_ids], dtype=torch.long),
+            "lengths": [len(p.input_ids) for p in prepared],
+            "positions": torch.from_numpy(np.concatenate([p.positions for p in prepared], axis=1))}
+        with_image = [p for p in prepared if p.pixel_values is not None]
+        if with_image:
+            batch["pixel_values"] = torch.from_numpy(np.concatenate([p.pixel_values for p in with_image]))
+            batch["image_grid_thw"] = torch.tensor([p.grid_thw for p in with_image], dtype=torch.long)
+        return batch
 
 
 def image_positions(start: int, rows: int, columns: int, length: int) -> np.ndarray:
