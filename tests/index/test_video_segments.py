@@ -102,6 +102,9 @@ def test_a_folder_of_videos_indexes_into_segments(tmp_path, q3, clips):
         # a text query returns segments with their times too
         hits = index.search("a demo on stage", k=12, modality="video")
         assert len(hits) == 11 and all(h.start is not None and h.end > h.start for h in hits)
+        # a video query through the Python API: the short clip finds itself first
+        (best,) = index.search(video=clips / "short.mp4", k=1)
+        assert (best.id, best.start, best.end) == ("clips/short.mp4", 0.0, 10.0)
 
         # a second run finds everything unchanged; the settings were recorded
         again = index.index_corpus(clips)

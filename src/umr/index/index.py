@@ -207,11 +207,14 @@ class Index:
         """Live items per modality, kept by the store (no scan per call)."""
         return self.store.modality_counts()
 
-    def search(self, text: str | None = None, image=None, *, instruction: str | None = None,
+    def search(self, text: str | None = None, image=None, *, video=None, instruction: str | None = None,
                modality: str | Sequence[str] | None = None, where: dict[str, Any] | None = None,
                k: int = 10, method: str | None = None, ef_search: int | None = None,
                rerank: Reranker | str | os.PathLike | None = None, rerank_k: int = RERANK_K) -> list[Result]:
-        """Ranked results for one query (text, image or both), by :func:`~umr.index.pipeline.run_search`.
+        """Ranked results for one query (text, an image or a video, or text beside either), by
+        :func:`~umr.index.pipeline.run_search`. ``video`` (a file path, or a list of frame paths)
+        needs a model that sees video (Qwen3-VL-Embedding); results of a video index carry their
+        segment's ``start``/``end``.
 
         ``where`` maps metadata fields to a value (compared as stored, no conversion: 2020 is not
         "2020") or a list of accepted values; see :class:`~umr.index.store.Filter`. An empty or
@@ -220,7 +223,7 @@ class Index:
         the top ``rerank_k`` of ``max(k, rerank_k)`` candidates, and the first ``k`` are returned
         (see :meth:`~umr.rerank.Reranker.rerank`).
         """
-        query = SearchQuery(text, image, instruction, modality, where, k, method, ef_search, rerank_k)
+        query = SearchQuery(text, image, instruction, modality, where, k, method, ef_search, rerank_k, video)
         return run_search(query, LocalStages(self), as_reranker(rerank))
 
     def search_vectors(self, queries: np.ndarray, *, k: int = 10,
