@@ -47,6 +47,7 @@ import umr
 from machine import counted_flops, gemm_peak, machine, mfu  # benchmarks/machine.py
 from umr.testing import write_tiny_gme, write_tiny_qwen3vl
 from umr.core.items import Item
+from umr.verify.references.qwen_vl import GmeReference, qwen_vl_utils_fetch_image
 
 RESULTS = Path(__file__).resolve().parent / "results" / "embed_throughput.json"
 
@@ -70,20 +71,6 @@ def sentences(n: int, rng: random.Random, lo: int = 3, hi: int = 60) -> list[str
 
 
 # -- the reference-style loop -------------------------------------------------------------------
-
-def _fetch_image(path, factor=28, min_pixels=4 * 28 * 28, max_pixels=16384 * 28 * 28):
-    """``qwen_vl_utils.fetch_image`` as the references call it (GME: factor 28; Qwen3-VL: 32)."""
-    image = Image.open(path).convert("RGB")
-    height, width = image.height, image.width
-    h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
-    elif h * w < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
-    return image.resize((w, h))
-
 
 def image_only_processor(processor_class, folder: Path, image_processor, **options):
     """``processor_class`` (a transformers Qwen-VL processor) without its video processor, with
@@ -120,7 +107,7 @@ class ReferenceLoop:
             user = ""
             if item.image is not None:
                 user += "<|vision_start|><|image_pad|><|vision_end|>"
-                images.append(_fetch_image(item.image))
+                images.append(GmeReference.fetch_image(item.image))
             if item.text is not None:
                 user += item.text
             texts.append(f"<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
@@ -173,7 +160,8 @@ class Qwen3ReferenceLoop:
             content = []
             if item.image is not None:
                 content.append({"type": "image", "image": item.image})
-                images.append(_fetch_image(item.image, 32, 4 * 32 * 32, 1800 * 32 * 32))
+                images.append(qwen_vl_utils_fetch_image(item.image, factor=32, min_pixels=4 * 32 * 32,
+                                                         max_pixels=1800 * 32 * 32))
             if item.text is not None:
                 content.append({"type": "text", "text": item.text})
             conversations.append([

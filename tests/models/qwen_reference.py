@@ -1,34 +1,17 @@
-"""qwen-vl-utils 0.0.14's ``smart_resize`` and ``fetch_image``, transcribed for the Qwen3-VL parity tests
-(the references the tests compare umr against; umr's own code shares none of it)."""
+"""qwen-vl-utils 0.0.14's ``smart_resize`` and ``fetch_image`` for the Qwen3-VL parity tests: the
+transcriptions ``umr verify`` runs (:mod:`umr.verify.references.qwen_vl`), which umr's fast path
+shares nothing with, under the names and argument order these tests use."""
 
 from __future__ import annotations
 
-import math
-
-from PIL import Image
+from umr.verify.references.qwen_vl import qwen_vl_utils_fetch_image, smart_resize
 
 
 def ref_smart_resize(height, width, factor, min_pixels, max_pixels):
     if max(height, width) / min(height, width) > 200:
         raise ValueError("absolute aspect ratio must be smaller than 200")
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        scale = math.sqrt(height * width / max_pixels)
-        h, w = math.floor(height / scale / factor) * factor, math.floor(width / scale / factor) * factor
-    elif h * w < min_pixels:
-        scale = math.sqrt(min_pixels / (height * width))
-        h, w = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
-    return h, w
+    return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
 def ref_fetch_image(image, min_pixels, max_pixels, factor=32):
-    image = image if isinstance(image, Image.Image) else Image.open(str(image))
-    if image.mode == "RGBA":
-        white = Image.new("RGB", image.size, (255, 255, 255))
-        white.paste(image, mask=image.split()[3])
-        image = white
-    else:
-        image = image.convert("RGB")
-    h, w = ref_smart_resize(image.height, image.width, factor, min_pixels, max_pixels)
-    return image.resize((w, h))
+    return qwen_vl_utils_fetch_image(image, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)

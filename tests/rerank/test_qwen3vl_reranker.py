@@ -3,16 +3,15 @@ Qwen3-VL parts, called as QwenLM/Qwen3-VL-Embedding's ``Qwen3VLReranker`` calls 
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from umr.rerank import load_reranker
 from umr.rerank.base import Pair
 from umr.core.items import Item
+from umr.verify.references.qwen_vl import qwen_vl_utils_fetch_image
 
 SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
           'Note that the answer can only be "yes" or "no".')
@@ -20,22 +19,7 @@ DEFAULT = "Given a search query, retrieve relevant candidates that answer the qu
 
 
 def _fetch_image(path, min_pixels, max_pixels):
-    image = Image.open(path)
-    if image.mode == "RGBA":
-        white = Image.new("RGB", image.size, (255, 255, 255))
-        white.paste(image, mask=image.split()[3])
-        image = white
-    else:
-        image = image.convert("RGB")
-    h, w, f = image.height, image.width, 32
-    hb, wb = max(f, round(h / f) * f), max(f, round(w / f) * f)
-    if hb * wb > max_pixels:
-        beta = math.sqrt(h * w / max_pixels)
-        hb, wb = math.floor(h / beta / f) * f, math.floor(w / beta / f) * f
-    elif hb * wb < min_pixels:
-        beta = math.sqrt(min_pixels / (h * w))
-        hb, wb = math.ceil(h * beta / f) * f, math.ceil(w * beta / f) * f
-    return image.resize((wb, hb))
+    return qwen_vl_utils_fetch_image(path, factor=32, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
 class Reference:

@@ -39,6 +39,22 @@ def _open(image) -> Image.Image:
     return image if isinstance(image, Image.Image) else Image.open(str(image))
 
 
+def qwen_vl_utils_fetch_image(image, *, factor: int, min_pixels: int, max_pixels: int) -> Image.Image:
+    """qwen-vl-utils 0.0.14's ``fetch_image``: RGBA pasted on white, other modes ``convert("RGB")``,
+    an aspect ratio over 200 refused, :func:`smart_resize`, PIL's default filter."""
+    image = _open(image)
+    if image.mode == "RGBA":
+        white = Image.new("RGB", image.size, (255, 255, 255))
+        white.paste(image, mask=image.split()[3])
+        image = white
+    else:
+        image = image.convert("RGB")
+    if max(image.height, image.width) / min(image.height, image.width) > 200:
+        raise ValueError("absolute aspect ratio must be smaller than 200")
+    h, w = smart_resize(image.height, image.width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return image.resize((w, h))
+
+
 def _image_only(processor_class, **parts):
     """``processor_class`` without its video processor (which needs torchvision)."""
 
@@ -144,18 +160,7 @@ class Qwen3VLReference(Reference):
                             f"transformers {transformers.__version__}")
 
     def fetch_image(self, image) -> Image.Image:
-        image = _open(image)
-        if image.mode == "RGBA":
-            white = Image.new("RGB", image.size, (255, 255, 255))
-            white.paste(image, mask=image.split()[3])
-            image = white
-        else:
-            image = image.convert("RGB")
-        if max(image.height, image.width) / min(image.height, image.width) > 200:
-            raise ValueError("absolute aspect ratio must be smaller than 200")
-        h, w = smart_resize(image.height, image.width, factor=32, min_pixels=self.min_pixels,
-                            max_pixels=self.max_pixels)
-        return image.resize((w, h))
+        return qwen_vl_utils_fetch_image(image, factor=32, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
 
     def conversation(self, item: Item) -> list[dict]:
         instruction = (item.instruction or "").strip() if item.is_query else ""
