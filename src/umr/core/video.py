@@ -16,8 +16,9 @@ Only the frames asked for are decoded: the reader seeks to the key frame before 
 unless it is already decoding that group of pictures, and converts to RGB only the frames it
 keeps (``tests/core/test_video.py`` counts the decoded frames). A caller's transform (a resize)
 runs on groups of :data:`TRANSFORM_GROUP` frames as they are decoded, so that a video is never
-held at full size all at once. Anything that is not a readable video (a missing, empty, truncated or foreign file, a
-stream that fails to decode) is an :class:`~umr.core.items.ItemError` with the reason.
+held at full size all at once. Anything that is not a readable video (a missing, empty,
+truncated or foreign file, a stream that fails to decode) is an :class:`~umr.core.items.ItemError`
+with the reason.
 """
 
 from __future__ import annotations
