@@ -101,3 +101,24 @@ def photo_index(built_index, tiny_clip, tmp_path):
     index = Index.open(folder, model=tiny_clip, writable=True)
     yield index
     index.close()  # the app closed it already when it wrote to it; closing again is a no-op
+
+
+#: the Debian package's Chromium, driven by Playwright (the browser tests skip without it)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def searched_page(playwright, url: str, query: str, *, args=(), viewport=(1200, 800)):
+    """Headless Chromium on the search page at ``url``, ``query`` searched and its first card shown:
+    ``(browser, page, errors)``, ``errors`` collecting the page's uncaught exceptions."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + list(args))
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url + "/")
+    page.wait_for_function("document.getElementById('stats').textContent.includes('items')")
+    page.fill("#q", query)
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".card")
+    return browser, page, errors

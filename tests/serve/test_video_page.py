@@ -12,18 +12,15 @@ from umr.index import Index
 from umr.serve import create_app
 from umr.testing import write_test_clip, write_tiny_qwen3vl
 
-from .conftest import LiveServer
+from .conftest import CHROMIUM, LiveServer, searched_page
 
 pytest.importorskip("av")
 sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
+if not Path(CHROMIUM).exists():
     pytest.skip("no /usr/bin/chromium (apt-get install -y chromium)", allow_module_level=True)
 
-# a page may start playing without a click here, as it may after the click that opens the detail view
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--autoplay-policy=no-user-gesture-required"]
+#: a page may start playing without a click here, as it may after the click that opens the detail view
+AUTOPLAY = ["--autoplay-policy=no-user-gesture-required"]
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +42,7 @@ def video_index(tmp_path_factory):
 @pytest.mark.slow
 def test_page_shows_posters_and_plays_a_segment_from_its_start(video_index, tmp_path):
     with LiveServer(create_app(video_index.model, index=video_index)) as live, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 800})
-        errors = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(live.url + "/")
-        page.wait_for_function("document.getElementById('stats').textContent.includes('items')")
-        page.fill("#q", "a talk on stage")
-        page.keyboard.press("Enter")
-        page.wait_for_selector(".card")
+        browser, page, errors = searched_page(p, live.url, "a talk on stage", args=AUTOPLAY)
         ids = page.locator(".card .id").all_inner_texts()
         assert sorted(ids) == ["clips/talk.mp4#t=0,10", "clips/talk.mp4#t=10,20", "clips/talk.mp4#t=20,30"]
         # each segment's card shows its poster frame and its span
