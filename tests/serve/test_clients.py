@@ -45,8 +45,9 @@ def test_langchain_surfaces_refusals_as_openai_errors(live):
     langchain_openai = pytest.importorskip("langchain_openai")
     import openai
 
-    wrong = langchain_openai.OpenAIEmbeddings(base_url=live.url + "/v1", api_key="unused", model="text-embedding-3-small",
-                                              check_embedding_ctx_length=False, max_retries=0)
+    wrong = langchain_openai.OpenAIEmbeddings(base_url=live.url + "/v1", api_key="unused",
+                                              model="text-embedding-3-small", check_embedding_ctx_length=False,
+                                              max_retries=0)
     with pytest.raises(openai.NotFoundError, match="not served here"):
         wrong.embed_query("llamas")
     cut = langchain_openai.OpenAIEmbeddings(base_url=live.url + "/v1", api_key="unused", model="minilm", dimensions=64,
