@@ -27,7 +27,6 @@ from ..core.fingerprint import FileDigests
 from ..core.items import Item
 from ..core.results import Result, Summary
 from ..models.identity import ModelIdentity, model_identity
-from ..models.multivector import MultiVectorEmbedder  # issue 24 (late interaction)
 from ..models.registry import load_model
 from ..rerank.base import Reranker
 from . import sync
@@ -75,14 +74,13 @@ class Index:
         ``model_options`` are the ``load_model`` options (``dtype`` included) the model was or is
         to be loaded with (default: those ``load_model`` recorded in the embedder's identity); they
         are recorded so that a search loads it the same way. A late-interaction model
-        (:class:`~umr.models.multivector.MultiVectorEmbedder`) gets the ``multivector`` store
+        (``model.multi_vector``: a :class:`~umr.models.multivector.MultiVectorEmbedder`) gets the ``multivector`` store
         (:mod:`umr.index.multivector.store`): ``method`` ``exact`` or ``muvera``, its tokens stored
         as ``token_storage`` after pooling by ``pool_factor``.
         """
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, **(model_options or {}))
-        multi = isinstance(model, MultiVectorEmbedder)  # issue 24 (late interaction)
-        if multi:
+        if model.multi_vector:  # issue 24 (late interaction)
             backend = multivector.multi_vector_backend(backend)
         elif backend == multivector.BACKEND:
             raise ValueError(f"the {backend} store holds late-interaction models' token vectors; {model.name} "
@@ -96,7 +94,7 @@ class Index:
                   "sees_images": bool(model.sees_images), "hnsw_m": hnsw_m,
                   "ef_construction": ef_construction, "ef_search": ef_search, "sources": {},
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        if multi:  # issue 24
+        if model.multi_vector:  # issue 24
             config["tokens"] = {"storage": token_storage, "pool_factor": pool_factor}
         store = create_store(folder, backend, dim=model.dim, config=config, uri=uri, collection=collection)
         return cls(folder, store, model=model, model_options=model_options)
