@@ -192,15 +192,6 @@ def test_milvus_and_single_vector_options_are_refused_in_one_line(tiny, pages, t
         assert not (tmp_path / "ix" / "manifest.json").exists()
 
 
-def test_serve_refuses_a_late_interaction_index_in_one_line(tiny, pages, tmp_path, capsys):
-    index = tmp_path / "ix"
-    assert main(["index", str(pages), "--index", str(index), "--model", str(tiny), "--no-progress"]) == 0
-    capsys.readouterr()
-    assert main(["serve", "--index", str(index), "--port", "0"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "late-interaction" in err and len(err.splitlines()) == 1, err
-
-
 def test_a_single_vector_index_refuses_the_muvera_method(tmp_path, capsys):
     folder = tmp_path / "docs"
     folder.mkdir()
@@ -262,3 +253,4 @@ def test_sigkill_mid_run_then_rerun_holds_every_item_once(tiny, tmp_path):
         for query in ("river city", "copper lantern"):
             assert [(h.id, h.score) for h in ix.search(query, k=10)] == \
                 [(h.id, h.score) for h in whole.search(query, k=10)]
+

@@ -63,6 +63,16 @@ def check_items(items: list[Item], names: list[str]) -> None:
             raise RequestRefused(400, f"{name}: {item.problem}")
 
 
+def one_vector_per_input(model) -> None:
+    """400 (one line) for a late-interaction model on a route that answers one vector per input
+    (OpenAI's and Cohere's embeddings): it makes one vector per token, which those shapes cannot
+    carry; its index is searched through ``/v1/search`` and ``umr embed`` writes its token vectors."""
+    if model.multi_vector:
+        raise RequestRefused(400, f"{model.name} is a late-interaction (multi-vector) model: it makes one vector "
+                                  f"per token, not one per input; search its index with POST /v1/search, or write "
+                                  f"its token vectors with umr embed (a .npz of (n_tokens, dim) arrays)")
+
+
 async def embed_or_refuse(server: Server, items: list[Item], names: list[str]) -> Embedded:
     """The items' vectors, or 400 naming the first one the model could not embed (``names[i]``
     labels item ``i``): nothing of a request is embedded unless all of it is."""
