@@ -254,3 +254,19 @@ def test_sigkill_mid_run_then_rerun_holds_every_item_once(tiny, tmp_path):
             assert [(h.id, h.score) for h in ix.search(query, k=10)] == \
                 [(h.id, h.score) for h in whole.search(query, k=10)]
 
+
+@pytest.mark.slow
+def test_umr_index_with_ray_stores_the_token_vectors_of_a_single_process_run(tiny, pages, tmp_path, ray_session, capsys):
+    """``--ray`` carries ragged outputs: each worker's result is a list of ``(n_tokens, dim)``
+    matrices, committed in chunk order exactly as this process would commit them."""
+    common = ["--model", str(tiny), "--no-progress", "--commit-every", "3", "--token-storage", "float32"]
+    assert main(["index", str(pages), "--index", str(tmp_path / "one"), *common]) == 0
+    assert main(["index", str(pages), "--index", str(tmp_path / "ray"), *common, "--ray", "--workers", "2"]) == 0
+    assert "added 9, updated 0, unchanged 0" in capsys.readouterr().out
+    with Index.open(tmp_path / "one") as one, Index.open(tmp_path / "ray") as ray:
+        assert sorted(one.ids()) == sorted(ray.ids()) and len(ray) == 9
+        assert ray.store.token_count() == one.store.token_count()
+        for query in QUERIES:
+            want, got = one.search(query, k=9), ray.search(query, k=9)
+            assert [h.id for h in got] == [h.id for h in want]
+            np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
