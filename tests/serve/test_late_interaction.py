@@ -1,9 +1,11 @@
 """``umr serve`` over a late-interaction (multi-vector) index: search through the micro-batcher
 (concurrent queries share a forward pass and each gets its own token matrices back), items added
-through the API, the embeddings routes refused in one line, and the command line."""
+through the API, token vectors in vLLM's ``/pooling`` shape, the one-vector embeddings routes
+refused in one line, and the command line."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import urllib.request
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from umr import Item
 from umr.cli import main
 from umr.core.items import ItemError
 from umr.index import Index
@@ -88,19 +91,56 @@ def test_embedding_routes_refuse_a_multi_vector_model_in_one_line(late_index, ro
     with TestClient(create_app(model)) as client:
         response = client.post(route, json=body)
     message = response.json()["error"]["message"]
-    assert response.status_code == 400 and "one vector per token" in message and "umr embed" in message
+    assert response.status_code == 400 and "one vector per token" in message and "/pooling" in message
     assert "\n" not in message
 
 
-def test_umr_serve_serves_a_late_interaction_index_and_refuses_the_model_alone(late_copy, monkeypatch, capsys):
+def test_umr_serve_serves_a_late_interaction_index_or_the_model_alone(late_copy, monkeypatch):
     folder, tiny = late_copy
-    served = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, **options: served.setdefault("app", app))
+    served = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: served.append(app))
     assert main(["serve", "--index", str(folder)]) == 0
-    with TestClient(served["app"]) as client:
-        results = client.post("/v1/search", json={"text": "a dog", "k": 3}).json()["results"]
-    assert len(results) == 3
-    capsys.readouterr()
-    assert main(["serve", "--model", str(tiny)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "late-interaction" in err and "--index" in err and len(err.splitlines()) == 1, err
+    assert main(["serve", "--model", str(tiny)]) == 0
+    with TestClient(served[0]) as client:
+        assert len(client.post("/v1/search", json={"text": "a dog", "k": 3}).json()["results"]) == 3
+    with TestClient(served[1]) as client:
+        assert client.post("/pooling", json={"input": "a dog", "task": "token_embed"}).status_code == 200
+        assert client.post("/v1/search", json={"text": "a dog"}).status_code == 404  # no index
+
+
+def test_pooling_token_embed_returns_the_token_vectors_in_vllm_s_shape(late_index):
+    """vLLM's ``/pooling`` with ``task: "token_embed"``: per input, its ``(n_tokens, dim)`` vectors
+    as nested lists (or the float32 bytes in base64), equal to the API's token vectors."""
+    folder, query_image, _ = late_index
+    with Index.open(folder) as index:
+        model = index.model
+    texts = ["a dog in the park", "a red car"]
+    uri = "data:image/png;base64," + base64.b64encode(query_image.read_bytes()).decode("ascii")
+    with TestClient(create_app(model)) as client:
+        docs = client.post("/pooling", json={"input": texts, "task": "token_embed", "model": model.name}).json()
+        queries = client.post("/pooling", json={"input": texts, "input_type": "query"}).json()
+        packed = client.post("/pooling", json={"input": texts, "encoding_format": "base64"}).json()
+        image = client.post("/pooling", json={"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": uri}}]}], "task": "token_embed"}).json()
+        wrong = client.post("/pooling", json={"input": texts, "task": "embed"})
+    assert docs["object"] == "list" and [d["object"] for d in docs["data"]] == ["pooling", "pooling"]
+    assert docs["usage"]["prompt_tokens"] > 0
+    for got, want in ((docs, model.encode_candidates(texts)), (queries, model.encode_queries(texts))):
+        for row, matrix in zip(got["data"], want):
+            np.testing.assert_allclose(np.array(row["data"], np.float32), matrix, atol=1e-6)
+    for row, matrix in zip(packed["data"], model.encode_candidates(texts)):
+        np.testing.assert_array_equal(np.frombuffer(base64.b64decode(row["data"]), "<f4").reshape(-1, model.dim),
+                                      np.array(docs["data"][row["index"]]["data"], np.float32))
+    want_image = model.embed([Item.candidate(image=str(query_image))]).vectors[0]
+    np.testing.assert_allclose(np.array(image["data"][0]["data"], np.float32), want_image, atol=1e-6)
+    message = wrong.json()["error"]["message"]
+    assert wrong.status_code == 400 and "token_embed" in message and "\n" not in message
+
+
+def test_pooling_embed_of_a_single_vector_model_equals_v1_embeddings(minilm):
+    with TestClient(create_app(minilm)) as client:
+        pooled = client.post("/pooling", json={"input": ["a heron", "an otter"], "task": "embed"}).json()
+        embedded = client.post("/v1/embeddings", json={"input": ["a heron", "an otter"]}).json()
+        refused = client.post("/pooling", json={"input": "a heron", "task": "token_embed"})
+    assert [d["data"] for d in pooled["data"]] == [d["embedding"] for d in embedded["data"]]
+    assert refused.status_code == 400 and "single-vector" in refused.json()["error"]["message"]

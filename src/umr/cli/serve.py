@@ -66,10 +66,7 @@ def run(args) -> int:
             raise UsageError(" ".join(str(exc).split())) from None
     else:
         args.min_image_tokens = args.max_image_tokens = args.max_length = args.dim = None
-        model = load_model_from_args(args, multi_vector=True)
-        if model.multi_vector:  # its only routes would be the embeddings, which answer one vector per input
-            raise UsageError(f"model {args.model!r} is a late-interaction (multi-vector) model: umr serve serves it "
-                             f"over its index (--index DIR, built by umr index); umr embed writes its token vectors")
+        model = load_model_from_args(args, multi_vector=True)  # a late-interaction one: /pooling token_embed
     reranker = None
     if args.rerank:
         reranker = load_reranker(args.rerank, device=args.device)

@@ -66,11 +66,11 @@ def check_items(items: list[Item], names: list[str]) -> None:
 def one_vector_per_input(model) -> None:
     """400 (one line) for a late-interaction model on a route that answers one vector per input
     (OpenAI's and Cohere's embeddings): it makes one vector per token, which those shapes cannot
-    carry; its index is searched through ``/v1/search`` and ``umr embed`` writes its token vectors."""
+    carry; vLLM's ``/pooling`` shape does (``token_embed``), and ``umr embed`` writes them to a file."""
     if model.multi_vector:
         raise RequestRefused(400, f"{model.name} is a late-interaction (multi-vector) model: it makes one vector "
-                                  f"per token, not one per input; search its index with POST /v1/search, or write "
-                                  f"its token vectors with umr embed (a .npz of (n_tokens, dim) arrays)")
+                                  f"per token, not one per input; POST /pooling with task token_embed returns them "
+                                  f"(vLLM's shape), umr embed writes them to a .npz, POST /v1/search searches its index")
 
 
 async def embed_or_refuse(server: Server, items: list[Item], names: list[str]) -> Embedded:
