@@ -192,6 +192,22 @@ def test_maxsim_search_in_blocks_equals_numpy(pages, tmp_path):
     assert np.array_equal(again, spans) and tokens.path.stat().st_size == 4 * model.dim * int(spans[:, 1].sum())
 
 
+def test_non_finite_token_vectors_are_that_items_error(pages, tmp_path):
+    """A page the model turns into NaN tokens fails alone (MaxSim cannot rank it); the rest is scored."""
+
+    class NanOnChart(PixelTokens):
+        def prepare(self, item: Item):
+            tokens = super().prepare(item)
+            return tokens * np.nan if item.image is not None and item.image == pages[5] else tokens
+
+    [task] = load_vidore(write_parquet_task(tmp_path / "task", pages))
+    scores = Evaluator(NanOnChart(), output=tmp_path / "out").evaluate([task], benchmark="vidore")
+    [result] = scores["tasks"]
+    assert result["failures"]["candidates"] == 1
+    assert [(f["id"], f["error"]) for f in result["failures"]["first"]] == [("5", "the model gave non-finite token vectors")]
+    assert "5" not in next(iter(read_run(tmp_path / "out/runs/corpus/task.trec").values()))
+
+
 def test_multi_vector_on_mbeir_tasks(mbeir_dir):
     """M-BEIR / UMRB tasks take late-interaction models: text and image candidates alike."""
     from umr.data.mbeir import MBEIR

@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from ..core.atomic import write_text_atomic
-from ..core.items import Item
+from ..core.items import Item, ItemError
 from ..core.results import EmbedResult
 from ..index.multivector import Float32Encoding, TokenVectors, maxsim_topk
 from ..models.multivector import MultiVectorEmbedder
@@ -102,9 +102,18 @@ class _TokenWriter:
 
     def map(self, chunks: Iterable[Sequence[Item]], *, batch_size: int | None = None) -> Iterator[EmbedResult]:
         for items in chunks:
-            result = self.model.embed(list(items), batch_size=batch_size, show_progress_bar=False, on_error="skip")
-            pointers = self.tokens.append(result.vectors).view(np.float32)
-            yield EmbedResult(pointers.reshape(-1, 4), result.indices, result.errors)
+            items = list(items)
+            result = self.model.embed(items, batch_size=batch_size, show_progress_bar=False, on_error="skip")
+            # a matrix MaxSim cannot score (no tokens, NaN) is that item's error, not the run's
+            good = [j for j, v in enumerate(result.vectors) if len(v) and np.isfinite(v).all()]
+            bad = sorted(set(range(len(result.vectors))) - set(good))
+            errors = result.errors + [ItemError(items[result.indices[j]].id, "the model gave no token vectors"
+                                                if not len(result.vectors[j]) else
+                                                "the model gave non-finite token vectors", index=int(result.indices[j]))
+                                      for j in bad]
+            pointers = self.tokens.append([result.vectors[j] for j in good]).view(np.float32)
+            yield EmbedResult(pointers.reshape(-1, 4), result.indices[good],
+                              sorted(errors, key=lambda err: err.index))
 
 
 def maxsim_search(queries: list[np.ndarray], tokens: TokenStore, spans: np.ndarray, k: int,
