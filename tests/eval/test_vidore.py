@@ -55,6 +55,14 @@ def test_hugging_face_subsets_read_as_vidore_reads_them(parquet_task, pages):
     assert task.qrels == {str(q): {str(d): s for d, s in judged.items()} for q, judged in QRELS.items()}
 
 
+def test_the_bundled_example_is_this_task():
+    """``tests/fixtures/eval/vidore-mini`` (the docs' example) holds the fixture's queries and qrels."""
+    [task] = load_vidore(Path(__file__).resolve().parents[1] / "fixtures/eval/vidore-mini")
+    assert task.name == "vidore-mini" and task.headline == "ndcg@5" and len(task.candidates) == 7
+    assert [q.text for q in task.queries] == list(QUERIES.values()) and all(c.error is None for c in task.candidates)
+    assert task.qrels == {str(q): {str(d): s for d, s in judged.items()} for q, judged in QRELS.items()}
+
+
 def test_v3_headline_is_ndcg_at_10(pages, tmp_path):
     """ViDoRe V3 reports nDCG@10: by its ``corpus_id`` columns or a folder named for V3."""
     import pyarrow.parquet as pq

@@ -120,3 +120,13 @@ def write_qa_task(folder: Path, pages: list[bytes]) -> Path:
     (folder / "data").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), folder / "data" / "test-00000-of-00001.parquet")
     return folder
+
+
+if __name__ == "__main__":  # writes the bundled tests/fixtures/eval/vidore-mini (the docs' example)
+    import sys
+    import tempfile
+
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "tests/fixtures/eval/vidore-mini"
+    with tempfile.TemporaryDirectory() as scratch:
+        write_parquet_task(target, page_images(Path(scratch)))
+    print(f"wrote {target}")
