@@ -41,7 +41,7 @@ from typing import Any, Iterable, Iterator
 
 from ..core.images import image_size
 from ..core.items import Item, ItemError, Modality
-from .beir import is_beir_task, load_beir_task
+from .beir import is_beir_task, load_beir_task, load_task_folders
 from .tasks import RetrievalTask
 
 #: id columns, by subset, in the spellings ViDoRe V1/V2 (``corpus-id``), V3 (``corpus_id``) and mteb use
@@ -65,7 +65,7 @@ def is_vidore_qa(folder: str | Path) -> bool:
     files = _qa_files(Path(folder), None)
     if not files:
         return False
-    import pyarrow.parquet as pq
+    pq = _parquet()
 
     names = set(pq.read_schema(files[0]).names)
     return {"query", "image", "image_filename"} <= names
@@ -114,26 +114,21 @@ def load_vidore_task(folder: str | Path, *, split: str = "test", name: str | Non
 
 def load_vidore(root: str | Path, *, tasks: Iterable[str] | None = None, split: str = "test") -> list[RetrievalTask]:
     """A ViDoRe task folder, or every task folder directly under ``root`` (optionally only ``tasks``)."""
-    root = Path(root)
-    if is_vidore_task(root):
-        folders = [root]
-    else:
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and is_vidore_task(p)) if root.is_dir() else []
-        if not folders:
-            raise FileNotFoundError(f"{root}: no ViDoRe task folders (corpus/, queries/, qrels/ parquet; a V1 "
-                                    f"parquet table; or a BEIR folder)")
-    loaded = [load_vidore_task(f, split=split) for f in folders]
-    if tasks:
-        wanted = list(tasks)
-        by_name = {t.name: t for t in loaded}
-        missing = [n for n in wanted if n not in by_name]
-        if missing:
-            raise KeyError(f"no task(s) {', '.join(missing)} under {root}; have: {', '.join(by_name)}")
-        loaded = [by_name[n] for n in wanted]
-    return loaded
+    return load_task_folders(root, is_task=is_vidore_task, load=lambda folder: load_vidore_task(folder, split=split),
+                             tasks=tasks, kind="ViDoRe task folders (corpus/, queries/, qrels/ parquet; a V1 "
+                                               "parquet table; or a BEIR folder)")
 
 
 # -- reading ---------------------------------------------------------------------------------------
+
+
+def _parquet():
+    """pyarrow's parquet reader (the ``eval`` extra), or a one-line ImportError saying how to get it."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError("reading ViDoRe's parquet files needs pyarrow: pip install 'umr[eval]'") from None
+    return pq
 
 
 def _task_meta(folder: Path) -> dict[str, Any]:
@@ -155,7 +150,7 @@ def _split_files(folder: Path, split: str) -> list[Path]:
 
 def _rows(files: list[Path], columns: list[str]) -> Iterator[dict[str, Any]]:
     """The rows of parquet files, only ``columns`` (those present), a batch at a time."""
-    import pyarrow.parquet as pq
+    pq = _parquet()
 
     for path in files:
         handle = pq.ParquetFile(path)
@@ -165,7 +160,7 @@ def _rows(files: list[Path], columns: list[str]) -> Iterator[dict[str, Any]]:
 
 
 def _column(files: list[Path], choices: tuple[str, ...], what: str) -> str:
-    import pyarrow.parquet as pq
+    pq = _parquet()
 
     names = pq.read_schema(files[0]).names
     found = next((c for c in choices if c in names), None)
