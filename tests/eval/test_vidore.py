@@ -290,7 +290,6 @@ def _check_against_numpy(scores: dict, out: Path, expected: dict[str, dict[str, 
             assert score == pytest.approx(expected[qid][did], abs=atol)
 
 
-@pytest.mark.slow
 def test_cli_colqwen_on_both_layouts_matches_numpy_maxsim(tiny_colqwen, parquet_task, jsonl_task, tmp_path, capsys):
     """``umr eval --benchmark vidore`` with a tiny ColQwen2.5: its run scores are numpy's MaxSim
     over the model's own token vectors (<= 1e-4) and its nDCG@5 the hand-computed one, on the
@@ -314,7 +313,6 @@ def test_cli_colqwen_on_both_layouts_matches_numpy_maxsim(tiny_colqwen, parquet_
     assert cached.stat().st_size == size
 
 
-@pytest.mark.slow
 def test_cli_single_vector_model_on_a_vidore_folder(tiny_gme_dir, parquet_task, tmp_path):
     """A single-vector model (tiny GME) on the same folder: exact inner products, nDCG@5 by hand."""
     from umr import load_model
