@@ -76,6 +76,10 @@ class Evaluator:
     :meth:`evaluate` returns the sweep (``dims.json``, ``dims.md``: one column per dimension).
     ``embedder`` (a :class:`~umr.index.embedding.ChunkEmbedder`, e.g. a
     :class:`~umr.index.ray_embed.RayEmbedder`) runs the model elsewhere; default: this process.
+
+    A late-interaction ``model`` (:class:`~umr.models.multivector.MultiVectorEmbedder`) is scored
+    by exact MaxSim over its token vectors, cached in the same folder
+    (:mod:`umr.eval.late_interaction`); ``dims`` and ``embedder`` do not apply to it (``ValueError``).
     """
 
     #: how many candidate lists' digests are remembered (each kept alive beside its digest)
