@@ -255,6 +255,19 @@ def test_a_torn_token_row_is_cut_off(pages, tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
+def test_every_item_failing_scores_nothing_and_stops_nothing(pages, tmp_path):
+    """A late-interaction model that embeds nothing of a task: its items are failures, no crash."""
+
+    class Refuses(PixelTokens):
+        def prepare(self, item: Item):
+            raise ValueError("refused")
+
+    [task] = load_vidore(write_parquet_task(tmp_path / "task", pages))
+    [result] = Evaluator(Refuses(), output=tmp_path / "out").evaluate([task], benchmark="vidore")["tasks"]
+    assert result["failures"]["queries"] == 4 and result["failures"]["candidates"] == len(pages)
+    assert result["main_score"] is None
+
+
 def test_evaluator_refuses_a_sweep_of_token_vectors():
     with pytest.raises(ValueError, match="late-interaction"):
         Evaluator(PixelTokens(), dims=[4])

@@ -76,9 +76,16 @@ class TokenStore:
         return np.stack([starts, lengths], axis=1)
 
     def read(self, spans: np.ndarray) -> list[np.ndarray]:
-        """The token matrices at ``spans`` (one read each)."""
-        return [np.fromfile(self.path, np.float32, count=int(n) * self.dim, offset=int(s) * 4 * self.dim)
-                .reshape(int(n), self.dim) for s, n in spans]
+        """The token matrices at ``spans`` (one read each, in file order)."""
+        if not len(spans):  # nothing embedded (maybe not even the file)
+            return []
+        out: list[np.ndarray] = [np.empty((0, self.dim), np.float32)] * len(spans)
+        with self.path.open("rb") as handle:
+            for i in np.argsort(spans[:, 0], kind="stable"):
+                start, n = (int(x) for x in spans[i])
+                handle.seek(start * 4 * self.dim)
+                out[i] = np.fromfile(handle, np.float32, count=n * self.dim).reshape(n, self.dim)
+        return out
 
     def blocks(self, spans: np.ndarray, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, TokenVectors]]:
         """``(first position, tokens)`` of consecutive runs of ``spans`` holding about ``block_bytes``."""
