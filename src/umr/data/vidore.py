@@ -42,7 +42,7 @@ from typing import Any, Iterable, Iterator
 from ..core.images import image_size
 from ..core.items import Item, ItemError, Modality
 from .beir import is_beir_task, load_beir_task, load_task_folders
-from .tasks import RetrievalTask
+from .tasks import RetrievalTask, parse_category
 
 #: id columns, by subset, in the spellings ViDoRe V1/V2 (``corpus-id``), V3 (``corpus_id``) and mteb use
 CORPUS_IDS = ("corpus-id", "corpus_id", "id", "_id")
@@ -65,9 +65,7 @@ def is_vidore_qa(folder: str | Path) -> bool:
     files = _qa_files(Path(folder), None)
     if not files:
         return False
-    pq = _parquet()
-
-    names = set(pq.read_schema(files[0]).names)
+    names = set(_parquet().read_schema(files[0]).names)
     return {"query", "image", "image_filename"} <= names
 
 
@@ -104,7 +102,7 @@ def load_vidore_task(folder: str | Path, *, split: str = "test", name: str | Non
                                 f"a V1 parquet table with query, image and image_filename, or a BEIR folder)")
     return RetrievalTask(
         name=name or meta.get("name") or folder.name, queries=queries, candidates=candidates, qrels=qrels,
-        category=meta.get("category", VISUAL_DOCUMENT), target_modality=Modality.IMAGE,
+        category=parse_category(meta.get("category", VISUAL_DOCUMENT)), target_modality=Modality.IMAGE,
         dataset=meta.get("dataset", folder.name), pool="corpus", hit_k=int(meta.get("hit_k", 5)),
         main_metric=meta.get("main_metric", headline_of(folder, v3_columns=v3)), run_tag="0", average="run",
         ignore_identical_ids=bool(meta.get("ignore_identical_ids", False)),
