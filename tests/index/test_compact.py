@@ -9,27 +9,14 @@ import numpy as np
 import pytest
 
 import umr
+from sentences import sentences
 from umr.index.compact import CompactVectors, check_quantize, new_record
-
-SUBJECTS = ["the doctor", "a teacher", "my neighbour", "the fisherman", "an engineer", "the council", "a chef",
-            "the students", "a journalist", "the farmer", "an astronaut", "the gardener"]
-VERBS = ["repaired", "painted", "sold", "studied", "photographed", "designed", "lost", "found", "cleaned", "tested",
-         "cooked", "translated"]
-OBJECTS = ["the red bicycle", "an old violin", "the garden", "a satellite", "the manuscript", "a wooden boat",
-           "the vaccine", "a tiny camera", "the cathedral", "a solar panel", "the secret recipe", "a frozen lake"]
-PLACES = ["in Paris", "near the harbour", "at the market", "in the mountains", "after the storm", "on the train",
-          "at midnight", "in the kitchen"]
 
 
 @pytest.fixture(scope="module")
 def minilm_corpus() -> tuple[np.ndarray, np.ndarray]:
     """3,000 minilm vectors of generated sentences, and 50 query vectors of other sentences."""
-    rng = np.random.default_rng(0)
-    texts: dict[str, None] = {}
-    while len(texts) < 3050:
-        texts.setdefault(f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(VERBS)} {rng.choice(OBJECTS)} "
-                         f"{rng.choice(PLACES)}.")
-    texts = list(texts)
+    texts = sentences(3050)
     model = umr.load_model("minilm")
     return model.encode_candidates(texts[:3000], batch_size=128), model.encode_queries(texts[3000:])
 

@@ -13,6 +13,7 @@ import pytest
 
 import hashing
 import umr
+from sentences import sentences
 from umr.cli import main
 from umr.core.items import Item
 from umr.index import FlatStore, Index
@@ -262,15 +263,20 @@ def test_cli_quantize_is_recorded_searched_and_a_different_one_refused(tmp_path,
     assert "unchanged 40" in out and "rescore 30 candidates by default" in out
     assert json.loads((index / "manifest.json").read_text())["config"]["rescore_k"] == 30
 
-    assert main(["search", "--index", str(index), "river garden", "--json", "-k", "3", "--rescore-k", "0"]) == 0
-    codes_ranked = json.loads(capsys.readouterr().out)
-    assert main(["search", "--index", str(index), "river garden", "--json", "-k", "3", "--exact"]) == 0
-    rescored = json.loads(capsys.readouterr().out)
-    assert len(codes_ranked) == len(rescored) == 3
-
     flat = tmp_path / "flat"
     assert main(["index", str(corpus), "--index", str(flat), "--model", "hash-test", "--no-progress"]) == 0
     capsys.readouterr()
+
+    def search(folder, *extra):
+        assert main(["search", "--index", str(folder), "river garden", "--json", "-k", "5", *extra]) == 0
+        return [(r["id"], round(r["score"], 5)) for r in json.loads(capsys.readouterr().out)]
+
+    want = search(flat)
+    every_row = search(index, "--rescore-k", "40", "--exact")  # all 40 rows rescored: the float32 answer
+    assert [s for _, s in every_row] == [s for _, s in want]
+    codes_only = search(index, "--rescore-k", "0", "--exact")  # the decoded int8 rows' scores
+    assert len(codes_only) == 5
+    assert max(abs(a - b) for (_, a), (_, b) in zip(codes_only, want)) < 0.05
     assert main(["index", str(corpus), "--index", str(flat), "--no-progress", "--quantize", "int8"]) == 2
     assert "--quantize int8 (it stores float32 vectors)" in capsys.readouterr().err
     assert main(["search", "--index", str(flat), "river", "--rescore-k", "10"]) == 2
@@ -280,27 +286,14 @@ def test_cli_quantize_is_recorded_searched_and_a_different_one_refused(tmp_path,
 
 # -- the bar: real minilm vectors -------------------------------------------------------------------
 
-SUBJECTS = ["the doctor", "a teacher", "my neighbour", "the fisherman", "an engineer", "the council", "a chef",
-            "the students", "a journalist", "the farmer", "an astronaut", "the gardener"]
-VERBS = ["repaired", "painted", "sold", "studied", "photographed", "designed", "lost", "found", "cleaned", "tested",
-         "cooked", "translated"]
-OBJECTS = ["the red bicycle", "an old violin", "the garden", "a satellite", "the manuscript", "a wooden boat",
-           "the vaccine", "a tiny camera", "the cathedral", "a solar panel", "the secret recipe", "a frozen lake"]
-PLACES = ["in Paris", "near the harbour", "at the market", "in the mountains", "after the storm", "on the train",
-          "at midnight", "in the kitchen"]
-
 
 @pytest.mark.slow
 def test_quantised_indexes_of_minilm_vectors_keep_the_float32_top10(tmp_path):
     """The issue's bar: ``int8`` and ``binary`` (rescored) indexes of 3,000 minilm vectors share at
     least 95% of each query's top 10 with the float32 index, over 50 queries, exact and HNSW."""
-    rng = np.random.default_rng(0)
-    texts: dict[str, None] = {}
-    while len(texts) < 3050:
-        texts.setdefault(f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(VERBS)} {rng.choice(OBJECTS)} "
-                         f"{rng.choice(PLACES)}.")
-    corpus = [Item.candidate(text=t, id=f"s{i}") for i, t in enumerate(list(texts)[:3000])]
-    queries = list(texts)[3000:]
+    texts = sentences(3050)  # the sentences test_compact.py embeds
+    corpus = [Item.candidate(text=t, id=f"s{i}") for i, t in enumerate(texts[:3000])]
+    queries = texts[3000:]
     model = umr.load_model("minilm")
     top = {}
     for kind in (None, "int8", "binary"):

@@ -182,9 +182,14 @@ class FlatStore(VectorStore):
         return None  # any text is stored exactly (JSON escapes what UTF-8 cannot hold)
 
     def hnsw_graph(self):
-        """The persisted HNSW graph (a FAISS index searching this store's vectors), or None."""
+        """The persisted HNSW graph (a FAISS index searching this store's vectors, or a quantised
+        store's codes), or None."""
         info = self._state.manifest.get("hnsw")
-        return self._searcher.graph(info, self._state) if info else None
+        if not info:
+            return None
+        if self.quantize is not None:  # a graph over the compact codes
+            return self._searcher.compact(self._state).graph(info["file"], info["rows"]).index
+        return self._searcher.graph(info, self._state)
 
     def search(self, queries: np.ndarray, k: int, *, filter: Filter | None = None,
                method: str | None = None, ef_search: int | None = None,

@@ -190,6 +190,8 @@ class Searcher:
         """The compact codes' candidates, by the HNSW graph over them unless a filtered walk would
         run dry (or came back short: those queries are searched exactly), rescored."""
         compact = self.compact(snapshot)
+        with self._lock:  # one thread reads the codes in
+            compact.first_stage_index()
         n_ok = snapshot.live if mask is None else int(mask.sum())
         depth = max(rescore_depth(k, rescore_k), k)
         graph = None
