@@ -17,6 +17,7 @@ from ..data.corpus import count_corpus
 from ..data.video_segments import SegmentError
 from ..index import Index, IndexStoreError
 from ..index.backends import BACKENDS
+from ..index.compact import QUANTIZE
 from ..index.milvus import resolve_uri
 from .common import UsageError, add_model_options, load_model_from_args, load_options, model_options, nonnegative_int
 from .ray_options import add_ray_options, ray_embedder
@@ -38,7 +39,7 @@ def add_parser(sub) -> None:
                         help="exact inner-product search (default) or HNSW for large corpora; late-interaction "
                              "models: exact MaxSim (default) or muvera (MUVERA first stage + exact MaxSim rerank) "
                              "(new index only)")
-    parser.add_argument("--quantize", choices=["int8", "binary"], default=None,
+    parser.add_argument("--quantize", choices=QUANTIZE, default=None,
                         help="faiss: keep int8 codes or sign bits in memory and the float32 vectors on disk, "
                              "rescoring each search's best candidates against them (new index only)")
     parser.add_argument("--rescore-k", type=nonnegative_int, default=None, metavar="N",

@@ -34,7 +34,7 @@ from . import sync
 from .backends import DEFAULT_BACKEND, create_store, open_store
 from .base import MANIFEST, VectorStore, check_search_args
 from .binding import ModelBinding, ModelMismatch, model_record
-from .compact import check_quantize, check_rescore_k
+from .compact import Quantize, check_quantize, check_rescore_k
 from .embedding import ChunkEmbedder
 from .multivector import store as multivector  # issue 24
 from .pipeline import RERANK_K, LocalStages, SearchQuery, as_reranker, query_text, run_search, search_store
@@ -69,7 +69,8 @@ class Index:
                collection: str = "umr", method: str = "exact", ocr: bool | None = None,
                hnsw_m: int = 32, ef_construction: int = 100, ef_search: int = 128,
                model_options: dict[str, Any] | None = None, token_storage: str = "float16",
-               pool_factor: int | None = None, quantize: str | None = None, rescore_k: int | None = None) -> Index:
+               pool_factor: int | None = None, quantize: Quantize | None = None,
+               rescore_k: int | None = None) -> Index:
         """A new, empty index in ``folder`` for ``model`` (an :class:`Embedder` or a name to load),
         in the store ``backend`` (:mod:`~umr.index.backends`: ``faiss`` or ``milvus``).
 
