@@ -241,6 +241,14 @@ def test_milvus_refuses_quantize_in_one_line(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "--quantize binary is for the faiss backend" in err[0]
 
 
+def test_a_late_interaction_model_is_pointed_to_token_storage(tmp_path):
+    from umr.testing import write_tiny_colqwen
+
+    model = umr.load_model(write_tiny_colqwen(tmp_path / "adapter", "2.5", seed=0))
+    with pytest.raises(ValueError, match="compacted by token_storage"):
+        Index.create(tmp_path / "ix", model, quantize="int8")
+
+
 # -- the command line -------------------------------------------------------------------------------
 
 
