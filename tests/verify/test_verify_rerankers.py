@@ -23,20 +23,6 @@ CPU = ScoreTolerance.for_run("float32", "cpu")
 
 
 @pytest.fixture(scope="module")
-def qwen3vl_reranker_dir(tmp_path_factory):
-    from umr.testing import write_tiny_qwen3vl_reranker
-
-    return write_tiny_qwen3vl_reranker(tmp_path_factory.mktemp("vr") / "tiny-qwen3-vl-reranker")
-
-
-@pytest.fixture(scope="module")
-def qwen2vl_dir(tmp_path_factory):
-    from umr.testing import write_tiny_qwen2vl_instruct
-
-    return write_tiny_qwen2vl_instruct(tmp_path_factory.mktemp("vr") / "tiny-qwen2-vl-instruct")
-
-
-@pytest.fixture(scope="module")
 def cross_encoder_dirs(tmp_path_factory):
     """Two tiny cross-encoders of different weights: the one under test and another."""
     from umr.testing import write_tiny_cross_encoder
@@ -55,10 +41,10 @@ def _kinds(out: str) -> dict[str, str]:
     return rows
 
 
-def test_tiny_qwen3vl_reranker_matches_its_reference_on_every_pair_kind(qwen3vl_reranker_dir, tmp_path):
+def test_tiny_qwen3vl_reranker_matches_its_reference_on_every_pair_kind(tiny_reranker_dir, tmp_path):
     # a window of 300 tokens and at most 64 tokens an image (both sides) keep the test short
-    reranker = load_reranker(qwen3vl_reranker_dir, max_length=300, max_image_tokens=64)
-    reference = Qwen3VLRerankerReference(qwen3vl_reranker_dir, max_length=300, max_pixels=64 * 32 * 32)
+    reranker = load_reranker(tiny_reranker_dir, max_length=300, max_image_tokens=64)
+    reference = Qwen3VLRerankerReference(tiny_reranker_dir, max_length=300, max_pixels=64 * 32 * 32)
     report = verify_reranker(reranker, reference=reference, workdir=tmp_path)
     assert report.ok, report.table()
     kinds = {row["kind"] for row in report.rows()}
@@ -70,8 +56,8 @@ def test_tiny_qwen3vl_reranker_matches_its_reference_on_every_pair_kind(qwen3vl_
 
 
 @pytest.mark.slow
-def test_qwen3vl_reranker_cli_at_the_reference_defaults(qwen3vl_reranker_dir, tmp_path, capsys):
-    code = main(["verify", "--reranker", str(qwen3vl_reranker_dir), "--json", str(tmp_path / "report.json")])
+def test_qwen3vl_reranker_cli_at_the_reference_defaults(tiny_reranker_dir, tmp_path, capsys):
+    code = main(["verify", "--reranker", str(tiny_reranker_dir), "--json", str(tmp_path / "report.json")])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "reference umr's Qwen3-VL-Reranker reference scorer" in out and "OK: 23 of 23 pairs" in out
@@ -82,14 +68,14 @@ def test_qwen3vl_reranker_cli_at_the_reference_defaults(qwen3vl_reranker_dir, tm
 
 
 @pytest.mark.slow
-def test_zero_shot_reranker_matches_a_plain_logits_computation(qwen2vl_dir, capsys):
-    code = main(["verify", "--reranker", str(qwen2vl_dir)])
+def test_zero_shot_reranker_matches_a_plain_logits_computation(tiny_qwen2vl_dir, capsys):
+    code = main(["verify", "--reranker", str(tiny_qwen2vl_dir)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "plain model(**inputs).logits" in out and set(_kinds(out).values()) == {"ok"}
 
 
-def test_zero_shot_reranker_composites_transparency_as_the_processor_does(qwen2vl_dir, tmp_path):
+def test_zero_shot_reranker_composites_transparency_as_the_processor_does(tiny_qwen2vl_dir, tmp_path):
     """Found by umr verify: the zero-shot reranker dropped an RGBA image's alpha (PIL's
     ``convert("RGB")``) where the model's own processor composites it on white."""
     rng = np.random.RandomState(3)
@@ -97,15 +83,15 @@ def test_zero_shot_reranker_composites_transparency_as_the_processor_does(qwen2v
     image.save(tmp_path / "rgba.png")
     probe = PairProbe("text -> image RGBA", Item.query("a red bicycle", id="q"),
                       Item.candidate(image=str(tmp_path / "rgba.png"), id="rgba"))
-    results = compare_scores(load_reranker(qwen2vl_dir), GenerativeRerankerReference(qwen2vl_dir), [probe], CPU)
+    results = compare_scores(load_reranker(tiny_qwen2vl_dir), GenerativeRerankerReference(tiny_qwen2vl_dir), [probe], CPU)
     assert results[0].ok, results[0]
 
 
-def test_a_changed_question_fails_and_names_the_pairs_it_changes(qwen2vl_dir, tmp_path):
-    reranker = load_reranker(qwen2vl_dir, prompts={"text->text": "Is the candidate relevant? True or False"})
+def test_a_changed_question_fails_and_names_the_pairs_it_changes(tiny_qwen2vl_dir, tmp_path):
+    reranker = load_reranker(tiny_qwen2vl_dir, prompts={"text->text": "Is the candidate relevant? True or False"})
     probes = [p for p in pair_probes(tmp_path, sees_images=True)
               if p.kind in ("text -> text", "text + instruction -> text") or p.document.id == "image-RGB-37x53.png"]
-    results = compare_scores(reranker, GenerativeRerankerReference(qwen2vl_dir), probes, CPU)
+    results = compare_scores(reranker, GenerativeRerankerReference(tiny_qwen2vl_dir), probes, CPU)
     failed = {r.id for r in results if not r.ok}
     assert failed == {p.id for p in probes if p.document.image is None}
     assert all(r.error is None for r in results)

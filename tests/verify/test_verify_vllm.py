@@ -14,8 +14,12 @@ import time
 import urllib.request
 
 import pytest
+from PIL import Image
 
 from umr.cli import main
+from umr.core.items import Item
+from umr.rerank import load_reranker
+from umr.verify.references.vllm import ServerRefused, VllmRerankReference, VllmServer
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -61,21 +65,23 @@ def server(folders, tmp_path_factory):
         log.close()
 
 
+@pytest.mark.slow
 def test_same_embedder_served_agrees_on_every_probe(folders, server, tmp_path, capsys):
     code = main(["verify", "--model", str(folders["gme"]), "--reference", "vllm", "--vllm-url", server,
                  "--json", str(tmp_path / "report.json")])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert f"reference an OpenAI-compatible server at {server}/v1/embeddings, model 'tiny-gme'" in out
+    assert f"reference an OpenAI-compatible server at {server}/v1/embeddings, model '{folders['gme']}'" in out
     report = json.loads((tmp_path / "report.json").read_text())
     kinds = {row["kind"] for row in report["kinds"]}
     assert {"image RGBA", "image CMYK", "fused query + instruction", "PDF page", "text query + instruction"} <= kinds
     assert report["ok"] and len(report["probes"]) == 18
 
 
+@pytest.mark.slow
 def test_another_embedder_served_differs(folders, server, capsys):
     code = main(["verify", "--model", str(folders["other-gme"]), "--reference", "vllm", "--vllm-url", server + "/v1",
-                 "--vllm-model", "tiny-gme"])
+                 "--vllm-model", str(folders["gme"])])
     out = capsys.readouterr().out
     assert code == 1
     assert "differs: text-short [text candidate]" in out and "differs: page.pdf#page=1 [PDF page]" in out
@@ -97,12 +103,6 @@ def test_requests_the_server_refuses_are_raised_for_that_probe(folders, server, 
     """umr serve's /v1/rerank reads text documents only: an image document is refused (HTTP 422),
     a fused one cannot be put in the rerank API at all. Each raises for its probe alone
     (``compare_scores`` makes it that pair's error); a text pair is still scored."""
-    from PIL import Image
-
-    from umr.core.items import Item
-    from umr.rerank import load_reranker
-    from umr.verify.references.vllm import ServerRefused, VllmRerankReference, VllmServer
-
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")
     reference = VllmRerankReference(VllmServer(server))
     query, text = Item.query("a red square", id="q"), Item.candidate("a red square", id="text")

@@ -78,7 +78,8 @@ def pair_probes(workdir: Path, *, sees_images: bool, window: int | None = None, 
     texts and one past the reference's ``window``, images of every 8-bit PIL mode and odd sizes,
     fused items and a PDF page, built from :func:`~umr.verify.probes.probe_set`'s items; image
     pairs only for a reranker that reads pixels."""
-    items = {probe.item.id: probe.item for probe in probe_set(workdir, sees_images=sees_images, seed=seed)}
+    singles = probe_set(workdir, sees_images=sees_images, seed=seed)
+    items = {probe.item.id: probe.item for probe in singles}
     query, instructed = items["query-plain"], items["query-instructed"]
     answer = Item.candidate(text="Bicycles can be parked in the courtyard behind the library.", id="text-answer")
     long = Item.candidate(text=long_text(random.Random(seed), long_document_words(window)), id="text-past-window")
@@ -88,14 +89,14 @@ def pair_probes(workdir: Path, *, sees_images: bool, window: int | None = None, 
     probes += [PairProbe("text -> long text, past the window", q, long) for q in (query, instructed)]
     if not sees_images:
         return probes
-    images = [item for id, item in items.items() if id.startswith("image-") and id != "image-query"]
-    probes += [PairProbe(f"text -> image {Path(image.image).stem.split('-')[1]}", query, image) for image in images]
+    images = [probe for probe in singles if probe.kind.startswith("image ") and not probe.item.is_query]
+    probes += [PairProbe(f"text -> {image.kind}", query, image.item) for image in images]
     image_query, fused_query = items["image-query"], items["fused-query"]
     fused, page = items["fused-candidate"], items["page.pdf#page=1"]
     probes += [PairProbe("image + instruction -> text / image", image_query, document)
-               for document in (items["text-short"], images[1])]
+               for document in (items["text-short"], images[1].item)]
     probes += [PairProbe("fused + instruction -> fused / text / image", fused_query, document)
-               for document in (fused, answer, images[2])]
+               for document in (fused, answer, images[2].item)]
     probes += [PairProbe("text -> fused", query, fused), PairProbe("text -> PDF page", query, page)]
     return probes
 

@@ -36,8 +36,8 @@ def compare(model: Embedder, reference: Reference, probes: list[Probe], toleranc
 def verify(embedder: Embedder, *, device: str = "cpu", workdir: str | Path | None = None,
            reference: Reference | None = None) -> VerifyReport:
     """Compare ``embedder`` (as loaded by :func:`~umr.models.load_model`, with the settings under
-    test) with ``reference`` (default: its family's reference at the authors' default settings, in
-    the same dtype and on the same device, e.g. a vLLM server's) on the probe set."""
+    test) with ``reference`` (a vLLM server's, say; default: its family's reference at the
+    authors' default settings, in the same dtype and on the same device) on the probe set."""
     if embedder.identity is None or not embedder.identity.folder:
         raise ValueError(f"{embedder.name}: umr verify needs a model loaded from a folder (load_model)")
     settings = embedder.vector_options()

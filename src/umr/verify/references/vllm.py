@@ -88,10 +88,11 @@ def image_url(image) -> str:
         out = io.BytesIO()
         image.save(out, format="PNG")
         data, mime = out.getvalue(), "image/png"
+    elif isinstance(image, bytes):
+        data, mime = image, Image.MIME.get(Image.open(io.BytesIO(image)).format)
     else:
-        data = image if isinstance(image, bytes) else Path(image).read_bytes()
-        mime = (mimetypes.guess_type(str(image))[0] if not isinstance(image, bytes) else None) or \
-            f"image/{(Image.open(io.BytesIO(data)).format or 'png').lower()}"
+        data, mime = Path(image).read_bytes(), mimetypes.guess_type(str(image))[0]
+    mime = mime or "image/png"  # the servers sniff the bytes; the type only has to be an image's
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
