@@ -83,7 +83,8 @@ def test_zero_shot_reranker_composites_transparency_as_the_processor_does(tiny_q
     image.save(tmp_path / "rgba.png")
     probe = PairProbe("text -> image RGBA", Item.query("a red bicycle", id="q"),
                       Item.candidate(image=str(tmp_path / "rgba.png"), id="rgba"))
-    results = compare_scores(load_reranker(tiny_qwen2vl_dir), GenerativeRerankerReference(tiny_qwen2vl_dir), [probe], CPU)
+    reference = GenerativeRerankerReference(tiny_qwen2vl_dir)
+    results = compare_scores(load_reranker(tiny_qwen2vl_dir), reference, [probe], CPU)
     assert results[0].ok, results[0]
 
 
