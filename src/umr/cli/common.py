@@ -15,12 +15,21 @@ class UsageError(RuntimeError):
 
 def positive_int(text: str) -> int:
     """An ``int`` option that must be at least 1 (a batch size, a token bound, ``-k``)."""
+    return _at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """An ``int`` option that may be 0 (``--rescore-k 0``: none)."""
+    return _at_least(text, 0)
+
+
+def _at_least(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
 
 
