@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 from ..core.registry import UnsupportedOption
-from ..models.multivector import MultiVectorEmbedder
 from ..models.registry import load_model
 
 
@@ -79,7 +78,7 @@ def load_model_from_args(args: argparse.Namespace, name: str | None = None, opti
     a late-interaction model is refused in one line unless the command takes it (``multi_vector``)."""
     options = model_options(args) if options is None else options
     model = call_loader(load_model, name or args.model, device=args.device, dtype=args.dtype, **options)
-    if isinstance(model, MultiVectorEmbedder) and not multi_vector:
+    if model.multi_vector and not multi_vector:
         raise UsageError(f"model {name or args.model!r} is a late-interaction (multi-vector) model; umr "
                          f"{args.command} does not take those yet: use the Python API (encode_queries, "
                          f"encode_candidates, score)")

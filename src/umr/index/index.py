@@ -27,7 +27,6 @@ from ..core.fingerprint import FileDigests
 from ..core.items import Item
 from ..core.results import Result, Summary
 from ..models.identity import ModelIdentity, model_identity
-from ..models.multivector import MultiVectorEmbedder  # issue 24 (late interaction)
 from ..models.registry import load_model
 from ..rerank.base import Reranker
 from . import sync
@@ -77,9 +76,9 @@ class Index:
         ``model_options`` are the ``load_model`` options (``dtype`` included) the model was or is
         to be loaded with (default: those ``load_model`` recorded in the embedder's identity); they
         are recorded so that a search loads it the same way. A late-interaction model
-        (:class:`~umr.models.multivector.MultiVectorEmbedder`) gets the ``multivector`` store
-        (:mod:`umr.index.multivector.store`): ``method`` ``exact`` or ``muvera``, its tokens stored
-        as ``token_storage`` after pooling by ``pool_factor``.
+        (``model.multi_vector``: a :class:`~umr.models.multivector.MultiVectorEmbedder`) gets the
+        ``multivector`` store (:mod:`umr.index.multivector.store`): ``method`` ``exact`` or
+        ``muvera``, its tokens stored as ``token_storage`` after pooling by ``pool_factor``.
 
         ``quantize`` (``int8`` or ``binary``, faiss backend) keeps compact codes in memory and the
         float32 vectors on disk, rescoring ``rescore_k`` candidates per search (default
@@ -91,8 +90,7 @@ class Index:
             raise ValueError("rescore_k is for a quantised index: give quantize='int8' or 'binary' too")
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, **(model_options or {}))
-        multi = isinstance(model, MultiVectorEmbedder)  # issue 24 (late interaction)
-        if multi:
+        if model.multi_vector:  # issue 24 (late interaction)
             if quantize is not None:
                 raise ValueError(f"{model.name} is a late-interaction model: its token vectors are compacted "
                                  f"by token_storage (int8 or binary), not quantize")
@@ -111,7 +109,7 @@ class Index:
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if quantize is not None:
             config.update(quantize=quantize, rescore_k=rescore_k)
-        if multi:  # issue 24
+        if model.multi_vector:  # issue 24
             config["tokens"] = {"storage": token_storage, "pool_factor": pool_factor}
         store = create_store(folder, backend, dim=model.dim, config=config, uri=uri, collection=collection)
         return cls(folder, store, model=model, model_options=model_options)

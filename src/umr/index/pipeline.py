@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core.items import Item
 from ..core.results import Result
-from ..models.base import Embedder
+from ..models.base import ItemEmbedder
 from ..rerank.base import Reranker
 from ..rerank.registry import load_reranker
 from .base import Filter, VectorStore, check_search_args
@@ -90,7 +90,8 @@ class SearchStages(Protocol):
         """The query as the model sees it (:func:`~umr.index.representation.represent`)."""
 
     def embed(self, query: Item) -> np.ndarray:
-        """The represented query's vector, shape ``(1, dim)``."""
+        """The represented query's vector, shape ``(1, dim)`` (a multi-vector model: a list of
+        one ``(n_tokens, dim)`` matrix)."""
 
     def search(self, vectors: np.ndarray, *, k: int, modality, where, method, ef_search,
                rescore_k) -> list[list[Result]]:
@@ -142,7 +143,7 @@ class Searchable(Protocol):
     """What :class:`LocalStages` needs of an index (:class:`umr.index.Index`)."""
 
     @property
-    def model(self) -> Embedder: ...
+    def model(self) -> ItemEmbedder: ...
 
     def represent(self, item: Item) -> Item: ...
 
