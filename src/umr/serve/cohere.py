@@ -32,7 +32,7 @@ from ..models.matryoshka import matryoshka_prefix
 from .embeddings import check_model_name, json_response, truncate
 from .rerank import rank_documents
 from .security import RequestRefused, check_count, check_text, image_from_url
-from .server import Server, check_items, embed_or_refuse, naming
+from .server import Server, check_items, embed_or_refuse, naming, one_vector_per_input
 
 #: Cohere's input types: a query is embedded with the model's query instruction; the rest as
 #: documents (classification and clustering compare items of one kind with each other, so every
@@ -137,6 +137,7 @@ async def embed_by_type(server: Server, scales: Int8Scales, body: EmbedRequest,
     units): the one embed pipeline behind ``/v1/embed`` and ``/v2/embed``."""
     model = server.model
     check_model_name(model, body.model)
+    one_vector_per_input(model)
     if body.input_type not in INPUT_TYPES:
         raise RequestRefused(400, f"input_type {body.input_type!r} is not one of {', '.join(INPUT_TYPES)}")
     unknown = [t for t in body.embedding_types if t not in EMBEDDING_TYPES]
