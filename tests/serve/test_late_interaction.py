@@ -83,7 +83,8 @@ def test_items_added_through_the_api_are_stored_as_token_vectors(late_copy):
 
 
 @pytest.mark.parametrize("route, body", [("/v1/embeddings", {"input": ["a page"]}),
-                                         ("/v2/embed", {"texts": ["a page"], "input_type": "search_document"})])
+                                         ("/v2/embed", {"texts": ["a page"], "input_type": "search_document"}),
+                                         ("/v1/embed", {"texts": ["a page"], "input_type": "search_document"})])
 def test_embedding_routes_refuse_a_multi_vector_model_in_one_line(late_index, route, body):
     folder, _, _ = late_index
     with Index.open(folder) as index:

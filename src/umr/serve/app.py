@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..index.base import StoreUnreachable
-from .cohere_v2 import cohere_router
+from .cohere import cohere_router
 from .embeddings import (ContentPart, EmbeddingRequest, ImageURL, Message, embedding_items, embeddings_router,
                          json_response, truncate)
 from .items import UPLOADS, ItemsRequest, NewItem, items_router
