@@ -43,6 +43,30 @@ def tiny_qwen3vl_dir(tmp_path_factory) -> Path:
     return write_tiny_qwen3vl(tmp_path_factory.mktemp("tiny-qwen3vl") / "tiny-qwen3vl", seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_reranker_dir(tmp_path_factory):
+    """A tiny Qwen3-VL-Reranker (also a Qwen3-VL-Instruct-style model for ``family="zero-shot"``)."""
+    from umr.testing import write_tiny_qwen3vl_reranker
+
+    return write_tiny_qwen3vl_reranker(tmp_path_factory.mktemp("rr") / "tiny-qwen3-vl-reranker")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2vl_dir(tmp_path_factory):
+    """A tiny Qwen2-VL-Instruct-style generative MLLM (a zero-shot reranker)."""
+    from umr.testing import write_tiny_qwen2vl_instruct
+
+    return write_tiny_qwen2vl_instruct(tmp_path_factory.mktemp("rr") / "tiny-qwen2-vl-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory):
+    """A tiny LLaVA-NeXT (a zero-shot reranker)."""
+    from umr.testing import write_tiny_llava_next
+
+    return write_tiny_llava_next(tmp_path_factory.mktemp("rr") / "tiny-llava-next")
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 

@@ -146,7 +146,7 @@ def test_metrics_without_basis_are_na(tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     [task] = json.loads((out / "scores.json").read_text())["tasks"]
     assert task["main_score"] is None and task["modality_bias"]["bias"] is None
-    assert "mean headline n/a, NDCG@10 n/a, modality bias n/a" in captured.out
+    assert "mean headline (NDCG@10) n/a, NDCG@10 n/a, modality bias n/a" in captured.out
     assert "ndcg@10 = n/a" in captured.err and "bias@5 = n/a" in captured.err and "0.0%" not in captured.err
     md = (out / "results.md").read_text()
     assert "| empty ⚠ | T→T | empty | NDCG@10 | n/a |" in md and "| **Average** |  |  |  | **n/a** |" in md

@@ -1,6 +1,7 @@
 """Compact vector storage (umr.index.compact): int8 codes or sign bits in memory, float32 rows on
-disk for rescoring; recall against float32 exact search on real minilm vectors, persistence,
-masks, int8 clipping and re-calibration."""
+disk for rescoring; recall against float32 exact search on real minilm vectors, persistence by a
+record (what the index manifest holds), masks, int8 clipping and re-calibration, compaction's
+rewrite. The store wiring is tested in test_quantized_index.py."""
 
 from __future__ import annotations
 
@@ -8,27 +9,14 @@ import numpy as np
 import pytest
 
 import umr
-from umr.index.compact import CompactVectors
-
-SUBJECTS = ["the doctor", "a teacher", "my neighbour", "the fisherman", "an engineer", "the council", "a chef",
-            "the students", "a journalist", "the farmer", "an astronaut", "the gardener"]
-VERBS = ["repaired", "painted", "sold", "studied", "photographed", "designed", "lost", "found", "cleaned", "tested",
-         "cooked", "translated"]
-OBJECTS = ["the red bicycle", "an old violin", "the garden", "a satellite", "the manuscript", "a wooden boat",
-           "the vaccine", "a tiny camera", "the cathedral", "a solar panel", "the secret recipe", "a frozen lake"]
-PLACES = ["in Paris", "near the harbour", "at the market", "in the mountains", "after the storm", "on the train",
-          "at midnight", "in the kitchen"]
+from sentences import sentences
+from umr.index.compact import CompactVectors, check_quantize, new_record
 
 
 @pytest.fixture(scope="module")
 def minilm_corpus() -> tuple[np.ndarray, np.ndarray]:
     """3,000 minilm vectors of generated sentences, and 50 query vectors of other sentences."""
-    rng = np.random.default_rng(0)
-    texts: dict[str, None] = {}
-    while len(texts) < 3050:
-        texts.setdefault(f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(VERBS)} {rng.choice(OBJECTS)} "
-                         f"{rng.choice(PLACES)}.")
-    texts = list(texts)
+    texts = sentences(3050)
     model = umr.load_model("minilm")
     return model.encode_candidates(texts[:3000], batch_size=128), model.encode_queries(texts[3000:])
 
@@ -44,12 +32,19 @@ def overlap(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
 
+def fill(folder, kind: str, batches, dim: int | None = None) -> CompactVectors:
+    """Compact vectors that took each batch as a commit would: appended, then taken in."""
+    folder.mkdir(parents=True, exist_ok=True)
+    store = CompactVectors(folder, dim or batches[0].shape[1], new_record(kind), 0)
+    for number, batch in enumerate(batches, start=1):
+        store.take(store.append(batch, number))
+    return store
+
+
 @pytest.mark.parametrize("kind", ["int8", "binary"])
 def test_top10_overlap_with_float32_is_at_least_095_on_minilm_vectors(kind, minilm_corpus, tmp_path):
     corpus, queries = minilm_corpus
-    store = CompactVectors.create(tmp_path / kind, kind, 384)
-    for start in range(0, len(corpus), 1000):  # as an index's commits arrive
-        store.add(corpus[start:start + 1000])
+    store = fill(tmp_path, kind, [corpus[s:s + 1000] for s in range(0, len(corpus), 1000)])
     truth = exact(queries, corpus, 10)
     scores, ids = store.search(queries, 10)
     assert overlap(ids, truth) >= 0.95
@@ -59,28 +54,26 @@ def test_top10_overlap_with_float32_is_at_least_095_on_minilm_vectors(kind, mini
         assert overlap(store.search(queries, 10, rescore_k=0)[1], truth) < 0.9
 
 
-def test_a_saved_store_reopens_to_the_same_answers_and_drops_unrecorded_rows(minilm_corpus, tmp_path):
+def test_a_recorded_store_reopens_to_the_same_answers_and_overwrites_unrecorded_rows(minilm_corpus, tmp_path):
     corpus, queries = minilm_corpus
     for kind in ("int8", "binary"):
-        store = CompactVectors.create(tmp_path / kind, kind, 384)
-        store.add(corpus[:1500])
-        store.save()
+        store = fill(tmp_path / kind, kind, [corpus[:1500]])
+        record = store.record
         before = store.search(queries, 10)
-        store.add(corpus[1500:1600])  # written to disk, never saved: a crash before the commit
-        reopened = CompactVectors.open(tmp_path / kind)
-        assert len(reopened) == 1500 and np.array_equal(reopened.search(queries, 10)[1], before[1])
+        store.append(corpus[1500:1600], 2)  # written to disk, never recorded: a crash before the commit
+        reopened = CompactVectors(tmp_path / kind, 384, record, 1500)
+        assert np.array_equal(reopened.search(queries, 10)[1], before[1])
         assert np.allclose(reopened.search(queries, 10)[0], before[0])
-        reopened.add(corpus[1500:1510])
-        assert np.array_equal(np.asarray(reopened.rows()[1500:]), corpus[1500:1510])
-        with pytest.raises(FileExistsError):
-            CompactVectors.create(tmp_path / kind, kind, 384)
+        reopened.take(reopened.append(corpus[1500:1510], 3))
+        assert len(reopened.floats()) == 1510 and np.array_equal(np.asarray(reopened.floats()[1500:]),
+                                                                 corpus[1500:1510])
+        assert (tmp_path / kind / record["floats"]).stat().st_size == 1510 * 384 * 4  # the crash's rows are gone
 
 
 @pytest.mark.parametrize("kind", ["int8", "binary"])
 def test_the_mask_lets_only_its_rows_through(kind, minilm_corpus, tmp_path):
     corpus, queries = minilm_corpus
-    store = CompactVectors.create(tmp_path, kind, 384)
-    store.add(corpus[:2000])
+    store = fill(tmp_path, kind, [corpus[:2000]])
     mask = np.zeros(2000, bool)
     mask[::3] = True
     scores, ids = store.search(queries, 10, mask=mask)
@@ -94,30 +87,50 @@ def test_the_mask_lets_only_its_rows_through(kind, minilm_corpus, tmp_path):
 
 def test_int8_values_beyond_the_calibration_are_clipped_counted_and_refitted(tmp_path):
     rng = np.random.default_rng(1)
-    store = CompactVectors.create(tmp_path, "int8", 16)
     small = rng.uniform(-0.1, 0.1, (100, 16)).astype(np.float32)
-    store.add(small)
-    assert store.clipped == 0 and store.codec.rows == 100
-    store.add(small[:50] * 0.5)  # inside the range: nothing clipped, nothing re-fitted
-    assert store.clipped == 0 and store.codec.rows == 100
-    wide = rng.uniform(-1, 1, (10, 16)).astype(np.float32)
-    store.add(wide)  # clipped, but the rows have not doubled: kept, counted
-    assert store.clipped > 0 and store.codec.rows == 100 and 0 < store.clipped_share < 1
-    store.add(rng.uniform(-1, 1, (60, 16)).astype(np.float32))  # 220 rows >= 2 x 100: re-fitted on all
-    assert store.codec.rows == 220 and store.clipped == 0
-    rows = np.asarray(store.rows())
+    store = fill(tmp_path, "int8", [small])
+    first_codes = store.record["codes"]
+    assert store.record["clipped"] == 0 and store.codec.rows == 100
+    store.take(store.append(small[:50] * 0.5, 2))  # inside the range: nothing clipped, nothing re-fitted
+    assert store.record["clipped"] == 0 and store.codec.rows == 100
+    store.take(store.append(rng.uniform(-1, 1, (10, 16)).astype(np.float32), 3))  # clipped, rows not doubled
+    assert store.record["clipped"] > 0 and store.codec.rows == 100 and store.record["codes"] == first_codes
+    written = store.append(rng.uniform(-1, 1, (60, 16)).astype(np.float32), 4)  # 220 >= 2 x 100: re-fitted
+    assert written.refit and written.record["codes"] == "codes-000004.u8" and written.record["clipped"] == 0
+    store.take(written)
+    assert store.codec.rows == 220 and len(store.codes()) == 220
+    rows = np.asarray(store.floats())
+    assert np.array_equal(store.codes(), np.fromfile(tmp_path / "codes-000004.u8", np.uint8).reshape(220, 16))
     assert np.allclose(store.codec.decode(store.codec.encode(rows).codes), rows, atol=store.codec.step.max())
+
+
+def test_a_single_first_row_calibrates_to_itself_and_the_next_commit_refits(tmp_path):
+    store = fill(tmp_path, "int8", [np.full((1, 8), 0.5, np.float32)])
+    assert store.codec.rows == 1 and len(store.codes()) == 1
+    written = store.append(np.linspace(-1, 1, 16, dtype=np.float32).reshape(2, 8), 2)
+    assert written.refit and written.record["codec"]["rows"] == 3
+
+
+@pytest.mark.parametrize("kind", ["int8", "binary"])
+def test_a_rewrite_keeps_only_the_rows_asked_for_and_refits(kind, minilm_corpus, tmp_path):
+    corpus, queries = minilm_corpus
+    store = fill(tmp_path, kind, [corpus[:200], corpus[200:1000]])
+    keep = np.arange(0, 1000, 2)
+    written = store.rewrite(keep, 9)
+    assert written.record["floats"] == "vectors-000009.f32" and written.rows == 500
+    rewritten = CompactVectors(tmp_path, 384, written.record, 500)
+    assert np.array_equal(np.asarray(rewritten.floats()), corpus[:1000][keep])
+    if kind == "int8":
+        assert written.record["codec"]["rows"] == 500 and written.record["clipped"] == 0
+    _, ids = rewritten.search(queries, 10)
+    assert overlap(keep[ids], exact(queries, corpus[:1000][keep], 10) * 2) >= 0.95
 
 
 def test_what_a_store_refuses(tmp_path):
     with pytest.raises(ValueError, match="quantize must be one of int8, binary"):
-        CompactVectors.create(tmp_path / "a", "int4", 8)
-    assert not (tmp_path / "a").exists()
-    store = CompactVectors.create(tmp_path / "b", "int8", 8)
-    with pytest.raises(ValueError, match="4 dimensions, the store 8"):
-        store.add(np.zeros((3, 4), np.float32))
-    with pytest.raises(ValueError, match="at least 2 vectors"):
-        store.add(np.ones((1, 8), np.float32))
-    assert len(store) == 0
+        check_quantize("int4")
+    store = CompactVectors(tmp_path, 8, new_record("int8"), 0)
+    with pytest.raises(ValueError, match="4 dimensions, the index 8"):
+        store.append(np.zeros((3, 4), np.float32), 1)
     scores, ids = store.search(np.ones(8, np.float32), 3)
     assert (ids == -1).all() and np.isneginf(scores).all()

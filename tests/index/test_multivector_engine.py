@@ -183,6 +183,37 @@ def test_codes_follow_the_shared_scalar_and_sign_definitions():
     assert BinaryEncoding(16).encode(x)[0, 0] >> 5 == 0b110
 
 
+def test_token_codes_are_the_shared_codec_s_bytes():
+    """The index's int8 and sign-bit token codes are :mod:`umr.core.quantize`'s, byte for byte (the
+    codec of the single-vector index and the API), and their calibration is stored as its JSON."""
+    from umr.core.quantize import Int8Codec, PerDimensionInt8, SymmetricInt8, sign_bits
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((300, 24)).astype(np.float32)
+    beyond = 3 * x[:20]  # values past the calibrated range are clipped, as the shared codec clips them
+    for encoding, codec in ((Int8Encoding.fit(x), PerDimensionInt8.fit(x)),
+                            (Int8Encoding.fit(x, symmetric=True), SymmetricInt8.fit(x))):
+        for values in (x, beyond):
+            np.testing.assert_array_equal(encoding.encode(values), codec.encode(values).codes)
+        np.testing.assert_array_equal(encoding.decode(encoding.encode(x)), codec.decode(codec.encode(x).codes))
+        assert Int8Codec.from_json(encoding.state()["codec"]).to_json() == codec.to_json()
+    np.testing.assert_array_equal(BinaryEncoding(24).encode(x), sign_bits(x))
+
+
+def test_int8_token_storage_of_earlier_indexes_stays_readable():
+    """Indexes written before the shared codec recorded ``lo`` and ``step``: read as the same
+    per-dimension range, their codes decode to the same values (to float32 rounding)."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((300, 24)).astype(np.float32)
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    step = ((hi - lo) / 255).astype(np.float32)
+    legacy = {"name": "int8", "dim": 24, "lo": lo.tolist(), "step": step.tolist()}
+    codes = (np.clip(np.rint((x - lo) / step), 0, 255) - 128).astype(np.int8)  # how they were written
+    encoding = encoding_from_state(legacy)
+    np.testing.assert_allclose(encoding.decode(codes), lo + (codes.astype(np.float32) + 128) * step, atol=1e-6)
+    np.testing.assert_array_equal(encoding.encode(x), codes)
+
+
 def test_each_encoding_costs_the_measured_score_error():
     """Measured on these pages (4 seeds, 64-d unit tokens): float16 max relative error 2.4e-4 and
     top-10 overlap 0.997-1.0; int8 per dimension 1.05e-2 / mean 1.1e-3 / 0.98-0.993; symmetric

@@ -192,15 +192,6 @@ def test_milvus_and_single_vector_options_are_refused_in_one_line(tiny, pages, t
         assert not (tmp_path / "ix" / "manifest.json").exists()
 
 
-def test_serve_refuses_a_late_interaction_index_in_one_line(tiny, pages, tmp_path, capsys):
-    index = tmp_path / "ix"
-    assert main(["index", str(pages), "--index", str(index), "--model", str(tiny), "--no-progress"]) == 0
-    capsys.readouterr()
-    assert main(["serve", "--index", str(index), "--port", "0"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "late-interaction" in err and len(err.splitlines()) == 1, err
-
-
 def test_a_single_vector_index_refuses_the_muvera_method(tmp_path, capsys):
     folder = tmp_path / "docs"
     folder.mkdir()
@@ -262,3 +253,20 @@ def test_sigkill_mid_run_then_rerun_holds_every_item_once(tiny, tmp_path):
         for query in ("river city", "copper lantern"):
             assert [(h.id, h.score) for h in ix.search(query, k=10)] == \
                 [(h.id, h.score) for h in whole.search(query, k=10)]
+
+
+@pytest.mark.slow
+def test_umr_index_with_ray_stores_the_token_vectors_of_a_single_process_run(tiny, pages, tmp_path, ray_session, capsys):
+    """``--ray`` carries ragged outputs: each worker's result is a list of ``(n_tokens, dim)``
+    matrices, committed in chunk order exactly as this process would commit them."""
+    common = ["--model", str(tiny), "--no-progress", "--commit-every", "3", "--token-storage", "float32"]
+    assert main(["index", str(pages), "--index", str(tmp_path / "one"), *common]) == 0
+    assert main(["index", str(pages), "--index", str(tmp_path / "ray"), *common, "--ray", "--workers", "2"]) == 0
+    assert "added 9, updated 0, unchanged 0" in capsys.readouterr().out
+    with Index.open(tmp_path / "one") as one, Index.open(tmp_path / "ray") as ray:
+        assert sorted(one.ids()) == sorted(ray.ids()) and len(ray) == 9
+        assert ray.store.token_count() == one.store.token_count()
+        for query in QUERIES:
+            want, got = one.search(query, k=9), ray.search(query, k=9)
+            assert [h.id for h in got] == [h.id for h in want]
+            np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)

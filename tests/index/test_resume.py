@@ -187,6 +187,15 @@ def test_sigkill_resume_faiss(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["int8", "binary"])
+def test_sigkill_resume_quantised(tmp_path, kind):
+    """The same for a quantised index: its compact files are appended to by every commit and an
+    int8 re-fit rewrites the codes, yet a kill at any moment leaves every item exactly once."""
+    progress = _kill_loop(tmp_path, ("--quantize", kind), "faiss", kills_wanted=8, seed=13)
+    print("items in the index at each kill:", progress)
+
+
+@pytest.mark.slow
 def test_sigkill_resume_milvus_lite(tmp_path):
     pytest.importorskip("milvus_lite")
     extra = ("--backend", "milvus", "--uri", str(tmp_path / "index.db"))

@@ -186,14 +186,14 @@ def test_bfloat16_is_close(tiny, model, images):
 
 # -- MaxSim -----------------------------------------------------------------------------------------
 
-def test_maxsim_is_exact_and_blockwise(monkeypatch):
+def test_maxsim_is_exact_and_blockwise():
     rng = np.random.RandomState(0)
     queries = [rng.randn(n, 16).astype(np.float32) for n in (1, 5, 9)]
     candidates = [rng.randn(n, 16).astype(np.float32) for n in (1, 3, 40, 7, 2)]
     brute = np.array([[max((q @ d.T).max(axis=1).sum(), -1e9) for d in candidates] for q in queries])
     assert np.allclose(maxsim(queries, candidates), brute, atol=1e-4)
-    monkeypatch.setattr("umr.models.multivector.MAXSIM_BLOCK", 8)  # blocks of a few candidates, and one too big
-    assert np.allclose(maxsim(queries, candidates), brute, atol=1e-4)
+    # blocks of a few candidates, and one too big (the block grows to the longest candidate)
+    assert np.allclose(maxsim(queries, candidates, block_tokens=8), brute, atol=1e-4)
     assert maxsim(queries, []).shape == (3, 0)
 
 

@@ -1,4 +1,4 @@
-"""Fixtures of the reranking tests: tiny reranker checkpoints and a few images."""
+"""Fixtures of the reranking tests: a few images (the tiny reranker checkpoints are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,27 +10,6 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))  # rerank_fixtures, importable by the tests
-
-
-@pytest.fixture(scope="session")
-def tiny_reranker_dir(tmp_path_factory):
-    from umr.testing import write_tiny_qwen3vl_reranker
-
-    return write_tiny_qwen3vl_reranker(tmp_path_factory.mktemp("rr") / "tiny-qwen3-vl-reranker")
-
-
-@pytest.fixture(scope="session")
-def tiny_qwen2vl_dir(tmp_path_factory):
-    from umr.testing import write_tiny_qwen2vl_instruct
-
-    return write_tiny_qwen2vl_instruct(tmp_path_factory.mktemp("rr") / "tiny-qwen2-vl-instruct")
-
-
-@pytest.fixture(scope="session")
-def tiny_llava_dir(tmp_path_factory):
-    from umr.testing import write_tiny_llava_next
-
-    return write_tiny_llava_next(tmp_path_factory.mktemp("rr") / "tiny-llava-next")
 
 
 @pytest.fixture(scope="session")

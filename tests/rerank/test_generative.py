@@ -8,8 +8,8 @@ import torch
 
 from umr.rerank import load_reranker
 from umr.rerank.base import Pair
-from umr.rerank.generative import DEFAULT_PROMPTS
 from umr.core.items import Item
+from umr.verify.references.rerank_generative import GenerativeRerankerReference
 
 
 @pytest.fixture(scope="module")
@@ -27,29 +27,6 @@ def llava(tiny_llava_dir):
     return load_reranker(tiny_llava_dir)
 
 
-def _independent(reranker, query: Item, doc: Item, question: str) -> float:
-    """Softmax over the True/False logits of the last position, from one unbatched forward pass."""
-    from PIL import Image
-
-    content, images = [], []
-    for item, label in ((query, "Query"), (doc, "Candidate")):
-        if item.image is not None:
-            content.append({"type": "image"})
-            images.append(Image.open(item.image).convert("RGB"))
-        if item.text is not None:
-            content.append({"type": "text", "text": f"{label}: {item.text}\n"})
-    content.append({"type": "text", "text": question})
-    processor = reranker.processor
-    text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                         add_generation_prompt=True)
-    inputs = processor(text=[text], images=images or None, return_tensors="pt")
-    with torch.no_grad():
-        logits = reranker.model(**inputs).logits[0, -1]
-    vocab = processor.tokenizer.get_vocab()
-    true, false = float(logits[vocab["True"]]), float(logits[vocab["False"]])
-    return float(np.exp(true) / (np.exp(true) + np.exp(false)))
-
-
 def _items(images):
     queries = [Item.query("a red bicycle", id="qt"), Item.query(image=images["wide"], id="qi"),
                Item.query("the same at night", image=images["tall"], id="qf")]
@@ -65,9 +42,9 @@ def test_score_is_the_softmax_over_the_answer_tokens(request, which, images):
     queries, docs = _items(images)
     pairs = [Pair(q, d) for q in queries for d in docs]
     scores = reranker.score_pairs(pairs, batch_size=4).scores
+    reference = GenerativeRerankerReference(reranker.folder)  # one unbatched forward pass per pair
     for pair, score in zip(pairs, scores):
-        key = f"{pair.query.modality}->{pair.candidate.modality}"
-        assert abs(score - _independent(reranker, pair.query, pair.candidate, DEFAULT_PROMPTS[key])) <= 1e-5
+        assert abs(score - reference.score(pair.query, pair.candidate)) <= 1e-5
     assert np.ptp(scores) > 1e-3
 
 
@@ -75,7 +52,8 @@ def test_task_prompts_are_configurable(tiny_qwen2vl_dir, qwen2vl, images):
     custom = load_reranker(tiny_qwen2vl_dir, prompts={"mytask": "Is it a bicycle? True or False"})
     query, doc = Item.query("a bicycle"), Item.candidate(image=images["wide"])
     ours = custom.score(query, [doc], task="mytask")[0]
-    assert abs(ours - _independent(custom, query, doc, "Is it a bicycle? True or False")) <= 1e-5
+    reference = GenerativeRerankerReference(tiny_qwen2vl_dir, prompts={"text->image": "Is it a bicycle? True or False"})
+    assert abs(ours - reference.score(query, doc)) <= 1e-5
     assert abs(custom.score(query, [doc])[0] - qwen2vl.score(query, [doc])[0]) <= 1e-6  # other tasks: defaults
     assert "daily-life image" in custom.question(Pair(query, doc))
 

@@ -103,6 +103,31 @@ def photo_index(built_index, tiny_clip, tmp_path):
     index.close()  # the app closed it already when it wrote to it; closing again is a no-op
 
 
+@pytest.fixture(scope="session")
+def late_index(tmp_path_factory):
+    """A tiny ColQwen2.5 late-interaction index of page images (odd sizes) and notes, and a query image."""
+    import numpy as np
+    from PIL import Image
+
+    from umr.cli import main
+    from umr.testing import write_tiny_colqwen
+
+    root = tmp_path_factory.mktemp("late")
+    tiny = write_tiny_colqwen(root / "colqwen", "2.5", seed=0)
+    corpus = root / "pages"
+    corpus.mkdir()
+    rng = np.random.RandomState(0)
+    for i, (w, h) in enumerate([(123, 77), (64, 96), (97, 61), (150, 100)]):
+        Image.fromarray(rng.randint(0, 256, (h, w, 3), dtype=np.uint8)).save(corpus / f"page{i}.png")
+    for i, text in enumerate(["a dog runs in the park", "a dog sleeps on the sofa", "dogs play in the snow",
+                              "a cat on the roof", "a red car in the street", "a dog and a cat in the park"]):
+        (corpus / f"note{i}.txt").write_text(text)
+    query_image = root / "query.png"
+    Image.fromarray(rng.randint(0, 256, (50, 70, 3), dtype=np.uint8)).save(query_image)
+    assert main(["index", str(corpus), "--index", str(root / "ix"), "--model", str(tiny), "--no-progress"]) == 0
+    return root / "ix", query_image, tiny
+
+
 #: the Debian package's Chromium, driven by Playwright (the browser tests skip without it)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

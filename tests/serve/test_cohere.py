@@ -1,5 +1,5 @@
 """Cohere's API as its official client calls it: ``ClientV2.embed`` / ``ClientV2.rerank`` on
-``/v2``, ``Client.rerank`` on ``/v1``; responses validated strictly against the client's own types
+``/v2``, ``Client.embed`` / ``Client.rerank`` on ``/v1``; responses validated strictly against the client's own types
 (the client itself builds them without validation)."""
 
 from __future__ import annotations
@@ -100,6 +100,56 @@ def test_client_v1_rerank_works_unchanged(live, cross_encoder):
     assert [r.document.text for r in response.results] == [docs[i] for i in np.argsort(-want)]
 
 
+def v1(live):
+    return cohere.Client(api_key="unused", base_url=live.url, max_retries=0)
+
+
+def test_client_v1_embed_answers_plain_floats_equal_to_umr_embed(live, tmp_path):
+    documents = umr_embed_vectors(tmp_path, "minilm", [{"id": str(i), "text": t} for i, t in enumerate(TEXTS)])
+    response = v1(live).embed(model="minilm", texts=TEXTS, input_type="search_document")
+    assert response.response_type == "embeddings_floats" and response.texts == TEXTS
+    assert np.abs(np.array(response.embeddings, np.float32) - documents).max() <= 1e-6
+    import httpx
+
+    raw = httpx.post(live.url + "/v1/embed", json={"texts": TEXTS[:1], "model": "minilm"}, timeout=60).json()
+    parsed = cohere.EmbeddingsFloatsEmbedResponse.model_validate(raw)  # strict, unlike the client
+    assert parsed.meta.api_version.version == "1" and parsed.meta.billed_units.input_tokens > 3
+    assert np.abs(np.array(parsed.embeddings[0], np.float32) - documents[0]).max() <= 1e-6
+
+
+def test_client_v1_embed_by_type_is_v2_s_codes(live):
+    """With ``embedding_types`` v1 answers v2's object by type: the same codes for the same texts
+    (one int8 calibration for both), queries embedded as queries."""
+    types = ["float", "int8", "ubinary"]
+    old = v1(live).embed(model="minilm", texts=TEXTS, input_type="search_query", embedding_types=types)
+    new = v2(live).embed(model="minilm", texts=TEXTS, input_type="search_query", embedding_types=types)
+    assert old.response_type == "embeddings_by_type"
+    assert old.embeddings.float_ == new.embeddings.float_ and old.embeddings.int8 == new.embeddings.int8
+    assert old.embeddings.ubinary == new.embeddings.ubinary and old.embeddings.uint8 is None
+    import httpx
+
+    raw = httpx.post(live.url + "/v1/embed", json={"texts": TEXTS, "embedding_types": ["binary"]}, timeout=60).json()
+    cohere.EmbeddingsByTypeEmbedResponse.model_validate(raw)
+    refused = httpx.post(live.url + "/v1/embed", json={"texts": TEXTS, "embedding_types": []}, timeout=60)
+    assert refused.status_code == 400 and "embedding_types" in refused.json()["error"]["message"]
+
+
+def test_client_v1_embed_batches_of_more_than_96_texts_come_back_in_order(live, minilm):
+    """The v1 client cuts ``texts`` into requests of 96 and merges the answers."""
+    texts = [f"llama number {i} eats {'grass' if i % 2 else 'hay'}" for i in range(100)]
+    response = v1(live).embed(model="minilm", texts=texts, input_type="search_document")
+    assert response.texts == texts
+    assert np.abs(np.array(response.embeddings, np.float32) - minilm.encode_candidates(texts)).max() <= 1e-6
+
+
+def test_client_v1_refusals_are_cohere_errors(live):
+    with pytest.raises(cohere.NotFoundError):
+        v1(live).embed(model="embed-english-v3.0", texts=["llamas"], input_type="search_document")
+    with pytest.raises(cohere.BadRequestError) as caught:
+        v1(live).embed(model="minilm", texts=["llamas", " "], input_type="search_document")
+    assert "texts[1]" in caught.value.body["error"]["message"]
+
+
 def test_output_dimension_on_minilm_is_a_400_naming_the_reason(live):
     with pytest.raises(cohere.BadRequestError) as caught:
         v2(live).embed(model="minilm", texts=["llamas"], input_type="search_query", embedding_types=["float"],
@@ -151,7 +201,10 @@ def test_images_and_fused_inputs_on_an_image_model(tiny_clip):
                              inputs=[cohere.EmbedInput(content=[
                                  cohere.TextEmbedContent(text="a red square"),
                                  cohere.ImageUrlEmbedContent(image_url=cohere.EmbedImageUrl(url=data_uri(red)))])])
+        old = v1(live).embed(model=str(tiny_clip.name), images=[data_uri(blue)], input_type="image")
     want = tiny_clip.encode_candidates([Item(image=red), Item(image=blue), Item(image=red, text="a red square")])
     assert np.abs(np.array(images.embeddings.float_) - want[:2]).max() <= 1e-6
     assert np.array(images.embeddings.uint8).min() >= 0 and np.array(images.embeddings.uint8).max() <= 255
     assert np.abs(np.array(fused.embeddings.float_[0]) - want[2]).max() <= 1e-6
+    assert old.response_type == "embeddings_floats" and old.texts == []
+    assert np.abs(np.array(old.embeddings[0]) - want[1]).max() <= 1e-6

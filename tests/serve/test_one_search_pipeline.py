@@ -1,9 +1,11 @@
 """``Index.search``, ``umr search`` and ``POST /v1/search`` run one search pipeline: the same query
 and rerank settings give the same results, with one rerank depth rule (the store returns
-``max(k, rerank_k)`` candidates, the reranker reorders the top ``rerank_k``, the first ``k`` return)."""
+``max(k, rerank_k)`` candidates, the reranker reorders the top ``rerank_k``, the first ``k`` return);
+over a late-interaction (multi-vector) index too, with text and image queries."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -32,14 +34,14 @@ def text_index(tmp_path_factory):
     return root / "ix"
 
 
-def _cli(index, capsys, *argv) -> list[tuple]:
+def _cli(index, capsys, *argv, query: str | None = QUERY) -> list[tuple]:
     capsys.readouterr()
-    assert main(["search", "--index", str(index), QUERY, "--json", *argv]) == 0
+    assert main(["search", "--index", str(index), *([query] if query else []), "--json", *argv]) == 0
     return [_row(r["id"], r["score"], r["meta"]) for r in json.loads(capsys.readouterr().out)]
 
 
 def _http(client, **body) -> list[tuple]:
-    response = client.post("/v1/search", json={"text": QUERY, **body})
+    response = client.post("/v1/search", json={"text": QUERY, **body} if "image" not in body else body)
     assert response.status_code == 200, response.text
     return [_row(r["id"], r["score"], r["metadata"]) for r in response.json()["results"]]
 
@@ -81,3 +83,24 @@ def _recorded_model(index_dir):
     """The index's own model, as ``umr serve --index`` loads it."""
     with Index.open(index_dir) as index:
         return index.model
+
+
+def test_a_late_interaction_index_answers_the_three_entry_points_alike(late_index, text_index, capsys):
+    """The same MaxSim results from ``Index.search``, ``umr search`` and ``POST /v1/search``, for a
+    text query and an image query, in the single-vector result shape."""
+    index_dir, query_image, _ = late_index
+    with Index.open(index_dir) as index:
+        assert index.model.multi_vector
+        by_text = [_row(r.id, r.score, r.meta) for r in index.search(QUERY, k=6)]
+        by_image = [_row(r.id, r.score, r.meta) for r in index.search(image=str(query_image), k=6)]
+    assert len(by_text) == len(by_image) == 6
+    assert _same(_cli(index_dir, capsys, "-k", "6"), by_text)
+    assert _same(_cli(index_dir, capsys, "-k", "6", "--image", str(query_image), query=None), by_image)
+    uri = "data:image/png;base64," + base64.b64encode(query_image.read_bytes()).decode("ascii")
+    with TestClient(create_app(_recorded_model(index_dir), index=Index.open(index_dir, writable=True))) as client:
+        assert _same(_http(client, k=6), by_text)
+        assert _same(_http(client, image=uri, k=6), by_image)
+        late = client.post("/v1/search", json={"text": QUERY, "k": 1}).json()
+    with TestClient(create_app(_recorded_model(text_index), index=Index.open(text_index))) as client:
+        single = client.post("/v1/search", json={"text": QUERY, "k": 1}).json()
+    assert set(late) == set(single) and set(late["results"][0]) == set(single["results"][0])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 from ..core.registry import UnsupportedOption
-from ..models.multivector import MultiVectorEmbedder
 from ..models.registry import load_model
 
 
@@ -16,12 +15,21 @@ class UsageError(RuntimeError):
 
 def positive_int(text: str) -> int:
     """An ``int`` option that must be at least 1 (a batch size, a token bound, ``-k``)."""
+    return _at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """An ``int`` option that may be 0 (``--rescore-k 0``: none)."""
+    return _at_least(text, 0)
+
+
+def _at_least(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
 
 
@@ -70,7 +78,7 @@ def load_model_from_args(args: argparse.Namespace, name: str | None = None, opti
     a late-interaction model is refused in one line unless the command takes it (``multi_vector``)."""
     options = model_options(args) if options is None else options
     model = call_loader(load_model, name or args.model, device=args.device, dtype=args.dtype, **options)
-    if isinstance(model, MultiVectorEmbedder) and not multi_vector:
+    if model.multi_vector and not multi_vector:
         raise UsageError(f"model {name or args.model!r} is a late-interaction (multi-vector) model; umr "
                          f"{args.command} does not take those yet: use the Python API (encode_queries, "
                          f"encode_candidates, score)")

@@ -48,7 +48,7 @@ def run(args) -> int:
             lines.append(line_no)
 
     model = load_model_from_args(args, multi_vector=True)
-    if isinstance(model, MultiVectorEmbedder):
+    if model.multi_vector:
         return _run_multi_vector(args, model, items, lines, errors)
     try:
         result = _embed(args, model, items)

@@ -4,6 +4,7 @@
     umr eval --model gme-2b --benchmark mbeir --data M-BEIR --tasks cirr_task7 --pool both --output out/gme
     umr eval --model qwen3-vl-embedding-2b --benchmark mbeir --data M-BEIR --dims 64,256,1024,2048 --output out/q3
     umr eval --model gme-2b --benchmark mbeir --data M-BEIR --ray --workers 4 --gpus-per-worker 1 --output out/gme
+    umr eval --model colqwen2.5-v0.2 --benchmark vidore --data vidore/ --output out/colqwen
     umr eval compare out/minilm out/other
 
 Embeddings are cached under OUTPUT/cache (committed every 256 items or 30 s) and finished tasks
@@ -20,12 +21,15 @@ from pathlib import Path
 from ..core.results import TaskResult
 from ..data.beir import load_beir
 from ..data.mbeir import MBEIR
+from ..data.vidore import load_vidore
 from ..eval import EvalConfig, Evaluator
 from ..eval.cache import model_key as key_of
-from ..eval.report import compare, load_scores
+from ..eval.report import compare, load_scores, metric_label
 from ..eval.notes import dropped_note, failure_note, percent
 from ..models.identity import files_fingerprint
-from ..models.registry import ModelNotAvailable, model_folder
+from ..models.catalog import MODELS
+from ..models.multivector import MultiVectorEmbedder
+from ..models.registry import ModelNotAvailable, detect_family, local_folder, model_folder
 from .common import UsageError, add_model_options, load_model_from_args, model_options
 from .ray_options import add_ray_options, ray_embedder
 from .rerank import add_rerank_flags, check_rerank_flags, load_rerank_flag
@@ -43,8 +47,10 @@ def add_parser(sub) -> None:
             action.required = False
     parser.add_argument("compare", nargs="*", metavar="compare A B",
                         help="compare two earlier outputs instead of evaluating")
-    parser.add_argument("--benchmark", choices=["mbeir", "beir"], help="layout of --data")
-    parser.add_argument("--data", type=Path, help="M-BEIR root, or a BEIR task folder / folder of task folders")
+    parser.add_argument("--benchmark", choices=["mbeir", "beir", "vidore"],
+                        help="layout of --data (vidore: ViDoRe's parquet subsets, V1 tables or BEIR folders "
+                             "of page images, headline nDCG@5 / V3 nDCG@10)")
+    parser.add_argument("--data", type=Path, help="M-BEIR root, or a BEIR / ViDoRe task folder / folder of task folders")
     parser.add_argument("--tasks", nargs="+", default=None,
                         help="only these tasks (M-BEIR: e.g. cirr_task7; BEIR: the task.json name, else the folder name)")
     parser.add_argument("--pool", choices=["local", "global", "both"], default="local",
@@ -85,8 +91,12 @@ def run(args) -> int:
         raise UsageError("--dims sweeps dimensions of the full vectors: leave out --dim")
 
     tasks = _load_tasks(args)
-    # loaded on first use: a finished evaluation re-reports without loading
-    model = _LazyModel(str(args.model), lambda: load_model_from_args(args))
+    if _is_late_interaction(str(args.model)):  # its kind decides the cache: loaded now
+        if args.ray:
+            raise UsageError("--ray does not take late-interaction (multi-vector) models yet; evaluate here")
+        model = load_model_from_args(args, multi_vector=True)
+    else:  # loaded on first use: a finished evaluation re-reports without loading
+        model = _LazyModel(str(args.model), lambda: load_model_from_args(args))
     reranker = _LazyModel(str(args.rerank), lambda: load_rerank_flag(args)) if args.rerank else None
     config = EvalConfig(depth=args.depth, batch_size=args.batch_size, show_progress=not args.no_progress
                         and sys.stderr.isatty())
@@ -110,8 +120,10 @@ def run(args) -> int:
         return _print_sweep(args, scores)
     for pool, avg in scores["averages"].items():
         failed = f", {avg['n_failed_tasks']} with failures (marked ⚠ in results.md)" if avg["n_failed_tasks"] else ""
+        headlines = sorted({r["main_metric"] for r in scores["tasks"] if r["pool"] == pool})
+        named = f" ({', '.join(metric_label(h) for h in headlines)})" if headlines else ""
         print(f"umr eval: {scores['model']} {args.benchmark} [{pool}] {avg['n_tasks']} task(s){failed}: "
-              f"mean headline {percent(avg['main_score'])}, NDCG@10 {percent(avg['ndcg@10'])}, "
+              f"mean headline{named} {percent(avg['main_score'])}, NDCG@10 {percent(avg['ndcg@10'])}, "
               f"modality bias {percent(avg['modality_bias'], 1, '%')}"
               + (f"; reranked headline {percent(avg['rerank_main_score'])}" if "rerank_main_score" in avg else ""))
     for result in map(TaskResult.from_json, scores["tasks"]):
@@ -181,6 +193,16 @@ def rerank_key(args) -> str | None:
     return f"{args.rerank}[{shown}]" if shown else str(args.rerank)
 
 
+def _is_late_interaction(name: str) -> bool:
+    """Whether ``--model`` is of a late-interaction (multi-vector) family, read from its files
+    without loading it (a model that cannot be found is left for loading to report)."""
+    try:
+        resolved = MODELS.resolve(name, {}, locate=local_folder, detect=lambda folder, source: detect_family(folder))
+    except (ModelNotAvailable, ValueError):
+        return False
+    return issubclass(MODELS.family_class(resolved.family), MultiVectorEmbedder)
+
+
 class _RayOnFirstUse:
     """The ``--ray`` workers (a :class:`~umr.index.embedding.ChunkEmbedder`), started when the
     first chunk is asked for: a finished evaluation re-reports without starting a cluster."""
@@ -223,10 +245,12 @@ def _load_tasks(args):
             pools = ["local", "global"] if args.pool == "both" else [args.pool]
             return [bench.task(name, pool=pool, instruction_policy=args.instructions, seed=args.seed)
                     for pool in pools for name in (args.tasks or bench.task_names)]
+        if args.benchmark == "vidore":
+            return load_vidore(args.data, tasks=args.tasks, split=args.split)
         return load_beir(args.data, tasks=args.tasks, split=args.split)
     except KeyError as exc:
         raise UsageError(str(exc.args[0]) if exc.args else str(exc)) from None
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
 
 

@@ -17,8 +17,9 @@ from ..data.corpus import count_corpus
 from ..data.video_segments import SegmentError
 from ..index import Index, IndexStoreError
 from ..index.backends import BACKENDS
+from ..index.compact import QUANTIZE
 from ..index.milvus import resolve_uri
-from .common import UsageError, add_model_options, load_model_from_args, load_options, model_options
+from .common import UsageError, add_model_options, load_model_from_args, load_options, model_options, nonnegative_int
 from .ray_options import add_ray_options, ray_embedder
 
 
@@ -38,6 +39,12 @@ def add_parser(sub) -> None:
                         help="exact inner-product search (default) or HNSW for large corpora; late-interaction "
                              "models: exact MaxSim (default) or muvera (MUVERA first stage + exact MaxSim rerank) "
                              "(new index only)")
+    parser.add_argument("--quantize", choices=QUANTIZE, default=None,
+                        help="faiss: keep int8 codes or sign bits in memory and the float32 vectors on disk, "
+                             "rescoring each search's best candidates against them (new index only)")
+    parser.add_argument("--rescore-k", type=nonnegative_int, default=None, metavar="N",
+                        help="quantised index: candidates rescored with the float32 vectors per search "
+                             "(default max(20k, 200); 0: none); recorded as the index's default")
     # issue 24: late-interaction (multi-vector) indexes
     parser.add_argument("--token-storage", choices=["float16", "float32", "int8", "binary"], default="float16",
                         help="late-interaction models: how token vectors are stored (default float16; new index only)")
@@ -102,7 +109,7 @@ def run(args) -> int:
             index = Index.create(args.index_dir, model, backend=args.backend or "faiss", uri=args.uri,
                                  collection=args.collection or "umr", method=args.method or "exact", ocr=ocr,
                                  model_options=options, token_storage=args.token_storage,  # issue 24
-                                 pool_factor=args.pool_factor)
+                                 pool_factor=args.pool_factor, quantize=args.quantize, rescore_k=args.rescore_k)
             action = "creating"
     except (IndexStoreError, ValueError) as exc:  # ChunkingError is a ValueError
         raise UsageError(str(exc)) from None
@@ -110,7 +117,8 @@ def run(args) -> int:
     with index:
         cfg = index.config
         how = "pixels" if cfg.get("sees_images") else ("text + OCR of images" if cfg.get("ocr") else "text only")
-        print(f"umr index: {action} {args.index_dir} ({index.store.backend}, {cfg.get('method', 'exact')}) "
+        stored = f", {cfg['quantize']}" if cfg.get("quantize") else ""
+        print(f"umr index: {action} {args.index_dir} ({index.store.backend}, {cfg.get('method', 'exact')}{stored}) "
               f"with {cfg['model']['name']} ({cfg['model']['dim']}-d, embeds {how})", file=sys.stderr)
         chunking_before = cfg.get("chunking")
         total = count_corpus(args.source)
@@ -181,6 +189,8 @@ def _open_existing(args):
                 refused.append(f"--uri {args.uri} (its vectors live at {where['uri']})")
             if args.collection is not None and args.collection != where["collection"]:
                 refused.append(f"--collection {args.collection} (its collection is {where['collection']!r})")
+        if args.quantize is not None and args.quantize != cfg.get("quantize"):
+            refused.append(f"--quantize {args.quantize} (it stores {cfg.get('quantize') or 'float32'} vectors)")
         if args.ocr != "auto" and (args.ocr == "on") != bool(cfg.get("ocr")):
             refused.append(f"--ocr {args.ocr} (it was built with OCR {'on' if cfg.get('ocr') else 'off'}; "
                            f"OCR decides every image item's text, so it is fixed when the index is created)")
@@ -197,7 +207,14 @@ def _open_existing(args):
         if refused:
             raise UsageError(f"{args.index_dir} already exists and these options cannot change it: "
                              f"{'; '.join(refused)}. Drop them, or build a new index")
-        note = ""
+        notes = []
+        if args.rescore_k is not None and args.rescore_k != cfg.get("rescore_k"):
+            if not cfg.get("quantize"):
+                raise UsageError(f"{args.index_dir}: --rescore-k is for a quantised index (--quantize); this one "
+                                 f"holds float32 vectors")
+            cfg = {**cfg, "rescore_k": args.rescore_k}
+            index.store.set_config(cfg)
+            notes.append(f"searches now rescore {args.rescore_k} candidates by default")
         method = cfg.get("method", "exact")
         if args.method is not None and args.method != method:
             if backend == "multivector":  # issue 24
@@ -210,7 +227,7 @@ def _open_existing(args):
                 raise UsageError(f"{args.index_dir}: --method {args.method} is for late-interaction indexes; "
                                  f"a single-vector index searches exact or hnsw")
             index.store.set_config({**cfg, "method": args.method})
-            note = f"search method switched from {method} to {args.method} (the stored vectors are kept)"
+            notes.append(f"search method switched from {method} to {args.method} (the stored vectors are kept)")
         try:
             model = index.load_model(args.model)  # as recorded: its options, and its dtype where it matters
         except ValueError as exc:
@@ -219,7 +236,7 @@ def _open_existing(args):
     except BaseException:
         index.close()
         raise
-    return index, note
+    return index, "; ".join(notes)
 
 
 def _recorded_source(index) -> str:

@@ -14,7 +14,7 @@ from ..data.video_segments import format_span
 from ..index import Index, IndexStoreError, Unrepresentable
 from ..index.base import check_search_args
 from ..index.pipeline import query_text
-from .common import UsageError
+from .common import UsageError, nonnegative_int
 from .rerank import add_rerank_flags, load_rerank_flag
 
 
@@ -44,6 +44,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--ef-search", type=int, default=None,
                         help="HNSW: candidates explored per query; MUVERA (late interaction): candidates "
                              "reranked by exact MaxSim per query (default 200)")
+    parser.add_argument("--rescore-k", type=nonnegative_int, default=None, metavar="N",
+                        help="quantised index: candidates rescored with the float32 vectors (default: the "
+                             "index's, else max(20k, 200); 0: the compact codes' ranking as it is)")
     parser.add_argument("--exact", action="store_true",
                         help="exact search even if the index is HNSW (or exact MaxSim on a MUVERA index)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
@@ -132,7 +135,7 @@ def run(args) -> int:
                                    instruction=args.instruction, modality=modality,
                                    where=where, k=args.k,
                                    method="exact" if args.exact else None, ef_search=args.ef_search,
-                                   rerank=reranker, rerank_k=args.rerank_k)
+                                   rerank=reranker, rerank_k=args.rerank_k, rescore_k=args.rescore_k)
         except Unrepresentable:
             raise UsageError(f"the query image has no readable text, and {index.model_name} is a text-only "
                              f"model that cannot see pixels; add query text or use an MLLM index") from None

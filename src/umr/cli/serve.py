@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 from ..index import Index, IndexStoreError
-from ..models.multivector import MultiVectorEmbedder
 from ..rerank import load_reranker
 from .common import UsageError, load_model_from_args
 
@@ -65,12 +64,9 @@ def run(args) -> int:
             model = index.model
         except (IndexStoreError, ValueError) as exc:
             raise UsageError(" ".join(str(exc).split())) from None
-        if isinstance(model, MultiVectorEmbedder):  # issue 24: the HTTP routes serve one vector per item
-            raise UsageError(f"{args.index_dir}: umr serve does not serve late-interaction (multi-vector) "
-                             f"indexes yet; search it with umr search")
     else:
         args.min_image_tokens = args.max_image_tokens = args.max_length = args.dim = None
-        model = load_model_from_args(args)
+        model = load_model_from_args(args, multi_vector=True)  # a late-interaction one: /pooling token_embed
     reranker = None
     if args.rerank:
         reranker = load_reranker(args.rerank, device=args.device)

@@ -9,6 +9,7 @@
 * :mod:`.video` — what a video file holds and its sampled frames (PyAV); unreadable videos become item errors.
 * :mod:`.atomic` — files written whole or not at all (every writer of umr goes through it).
 * :mod:`.devices` — device and dtype checks, and the CPU bfloat16 switch (``UMR_CPU_BF16``).
+* :mod:`.multivector` — late interaction's token vectors, their storage encodings and exact MaxSim.
 * :mod:`.uniir` — UniIR's text clean-up, shared by the M-BEIR reader and CLIP-SF.
 
 Nothing is imported here, so that reading items never imports torch: import the module you need.

@@ -7,7 +7,7 @@ indexing run did, :class:`TaskResult` what evaluating one retrieval task scored.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,19 @@ class EmbedResult:
     vectors: np.ndarray
     indices: np.ndarray
     errors: list[ItemError] = field(default_factory=list)
+
+    def part(self, start: int, stop: int) -> "EmbedResult":
+        """The result of input positions ``start:stop`` alone, positions counted from ``start``:
+        one caller's share of a batch that several callers shared (the server's micro-batcher)."""
+        keep = (self.indices >= start) & (self.indices < stop)
+        errors = [err.at(index=err.index - start) for err in self.errors
+                  if err.index is not None and start <= err.index < stop]
+        return replace(self, vectors=self._vectors_at(keep), indices=np.asarray(self.indices[keep]) - start,
+                       errors=errors)
+
+    def _vectors_at(self, keep: np.ndarray):
+        """The vectors of the positions ``keep`` (a mask over :attr:`indices`) selects."""
+        return self.vectors[keep]
 
 
 @dataclass

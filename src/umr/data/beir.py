@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..core.items import Item, Modality
 from .files import image_field, jsonl_records, read_item, record_id, string_field
@@ -108,14 +108,22 @@ def load_beir_task(folder: str | Path, *, split: str = "test", name: str | None 
 
 def load_beir(root: str | Path, *, tasks: Iterable[str] | None = None, split: str = "test") -> list[RetrievalTask]:
     """A task folder, or every task folder directly under ``root`` (optionally only ``tasks``)."""
+    return load_task_folders(root, is_task=is_beir_task, load=lambda folder: load_beir_task(folder, split=split),
+                             tasks=tasks, kind="BEIR-style task folders (corpus.jsonl + queries.jsonl + qrels/)")
+
+
+def load_task_folders(root: str | Path, *, is_task: Callable[[Path], bool], load: Callable[[Path], RetrievalTask],
+                      tasks: Iterable[str] | None, kind: str) -> list[RetrievalTask]:
+    """``root`` if ``is_task`` says it is a task folder, else every task folder directly under it,
+    each read by ``load``; only ``tasks`` (by name, in that order) when given."""
     root = Path(root)
-    if is_beir_task(root):
+    if is_task(root):
         folders = [root]
     else:
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and is_beir_task(p)) if root.is_dir() else []
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and is_task(p)) if root.is_dir() else []
         if not folders:
-            raise FileNotFoundError(f"{root}: no BEIR-style task folders (corpus.jsonl + queries.jsonl + qrels/)")
-    loaded = [load_beir_task(f, split=split) for f in folders]
+            raise FileNotFoundError(f"{root}: no {kind}")
+    loaded = [load(f) for f in folders]
     if tasks:
         wanted = list(tasks)
         by_name = {t.name: t for t in loaded}

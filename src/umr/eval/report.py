@@ -36,10 +36,13 @@ def _cell(values: dict[str, Any] | None, key: str) -> str:
     return ABSENT if values is None or key not in values else percent(values[key])
 
 
-def _metric_label(name: str) -> str:
+def metric_label(name: str) -> str:
+    """A metric as the tables name it: ``hit@5`` -> ``R@5`` (UniIR's Recall@k), ``ndcg@5`` -> ``NDCG@5``."""
     if name.startswith("hit@"):
         return "R@" + name[4:]
-    return {"ndcg@10": "NDCG@10", "mrr@10": "MRR@10", "map": "MAP", "mrr": "MRR"}.get(name, name)
+    if name.startswith(("ndcg@", "mrr@", "map@")):
+        return name.upper()
+    return {"map": "MAP", "mrr": "MRR"}.get(name, name)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -96,7 +99,7 @@ def markdown_report(scores: dict[str, Any]) -> str:
         label = f"{task_no}. {name}" if task_no is not None else name
         if any(table[(name, p)].failed for p in pools if (name, p) in table):
             label += f" {FAILED}"
-        rows.append([label, r.category, r.dataset, _metric_label(r.main_metric)]
+        rows.append([label, r.category, r.dataset, metric_label(r.main_metric)]
                     + [score_cell(name, p) for p in pools]
                     + ([score_cell(name, p, reranked=True) for p in pools] if reranked else []))
     rows.append(["**Average**", "", "", ""] + [f"**{percent(scores['averages'][p]['main_score'])}**" for p in pools]
@@ -131,8 +134,11 @@ def markdown_report(scores: dict[str, Any]) -> str:
     # recall tables and the rest, per pool
     for pool in pools:
         out += [f"## All metrics — {pool} pool", ""]
-        header = ["Task", "R@1", "R@5", "R@10", "R@20", "R@50", "NDCG@10", "MRR@10", "MAP",
-                  "Recall@10", "Recall@100", "Queries scored"]
+        # visual-document tasks (ViDoRe) headline NDCG@5: its column comes first where a task has it
+        leading = ["ndcg@5"] if any("ndcg@5" in r.metrics for (_, p), r in table.items() if p == pool) else []
+        header = ["Task"] + [metric_label(m) for m in leading] + ["R@1", "R@5", "R@10", "R@20", "R@50", "NDCG@10",
+                                                               "MRR@10", "MAP", "Recall@10", "Recall@100",
+                                                               "Queries scored"]
         rows = []
         for name in names:
             r = table.get((name, pool))
@@ -142,7 +148,7 @@ def markdown_report(scores: dict[str, Any]) -> str:
 
             def cell(key, m=m):  # nothing scored: every metric is without basis
                 return _cell(m, key) if m else "n/a"
-            rows.append([name] + [cell(f"hit@{k}") for k in (1, 5, 10, 20, 50)]
+            rows.append([name] + [cell(m) for m in leading] + [cell(f"hit@{k}") for k in (1, 5, 10, 20, 50)]
                         + [cell("ndcg@10"), cell("mrr@10"), cell("map"), cell("recall@10"), cell("recall@100"),
                            f"{scored} of {r.n_queries}" if scored != r.n_queries else str(scored)])
         out += [_table(header, rows), ""]
@@ -306,7 +312,7 @@ def sweep_report(sweep: dict[str, Any]) -> str:
     dimension, then each pool's mean headline, NDCG@10 and modality bias at every dimension."""
     dims = [str(d) for d in sweep["dims"]]
     header = ["Task", "Pool", "Metric"] + [f"dim {d}" for d in dims]
-    rows = [[r["task"] + (f" {FAILED}" if r["failed"] else ""), r["pool"], _metric_label(r["main_metric"])]
+    rows = [[r["task"] + (f" {FAILED}" if r["failed"] else ""), r["pool"], metric_label(r["main_metric"])]
             + [percent(r["main_score"].get(d)) for d in dims] for r in sweep["tasks"]]
     for pool, avg in sweep["averages"].items():
         for key, label in (("main_score", "headline"), ("ndcg@10", "NDCG@10"), ("modality_bias", "modality bias")):
@@ -366,10 +372,10 @@ def compare(a: dict[str, Any], b: dict[str, Any], *, metrics: tuple[str, ...] = 
                 continue
             shown.append(name)
             note = "only in A" if rb is None else "only in B" if ra is None else "–"
-            rows.append([key[0], key[1], _metric_label(name), _cell(sa, metric), _cell(sb, metric),
+            rows.append([key[0], key[1], metric_label(name), _cell(sa, metric), _cell(sb, metric),
                          note if delta is None else f"{100 * delta:+.2f}"])
     for metric, deltas in sums.items():
-        rows.append(["**Mean Δ**", "", "headline" if metric == "main" else _metric_label(metric), "", "",
+        rows.append(["**Mean Δ**", "", "headline" if metric == "main" else metric_label(metric), "", "",
                      f"**{100 * sum(deltas) / len(deltas):+.2f}**"])
     out = [_table(header, rows)]
     for side, mine, other in (("A", ta, tb), ("B", tb, ta)):

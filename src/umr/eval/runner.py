@@ -30,8 +30,10 @@ from ..core.results import TaskResult
 from ..data.tasks import RetrievalTask
 from ..index.embedding import ChunkEmbedder, LocalEmbedder
 from ..models.matryoshka import renormalised_prefix, sweep_dims
+from ..models.multivector import MultiVectorEmbedder
 from ..rerank.registry import reranker_key as default_reranker_key
 from .cache import EmbeddingStore, model_key as key_of
+from .late_interaction import TokenStore, maxsim_search
 from .notes import dim_tag, task_line
 from .output import OutputFolder, claim_output
 from .rerank_stage import RerankStage
@@ -74,6 +76,10 @@ class Evaluator:
     :meth:`evaluate` returns the sweep (``dims.json``, ``dims.md``: one column per dimension).
     ``embedder`` (a :class:`~umr.index.embedding.ChunkEmbedder`, e.g. a
     :class:`~umr.index.ray_embed.RayEmbedder`) runs the model elsewhere; default: this process.
+
+    A late-interaction ``model`` (:class:`~umr.models.multivector.MultiVectorEmbedder`) is scored
+    by exact MaxSim over its token vectors, cached in the same folder
+    (:mod:`umr.eval.late_interaction`); ``dims`` and ``embedder`` do not apply to it (``ValueError``).
     """
 
     #: how many candidate lists' digests are remembered (each kept alive beside its digest)
@@ -85,6 +91,11 @@ class Evaluator:
                  rerank_k: int = 10, reranker_key: str | None = None, dims: Sequence[int] | None = None,
                  embedder: ChunkEmbedder | None = None):
         self.model = model
+        late_interaction = isinstance(model, MultiVectorEmbedder)
+        if late_interaction and (dims is not None or embedder is not None):
+            raise ValueError(f"model {getattr(model, 'name', '')!r} is a late-interaction (multi-vector) model: "
+                             f"{'a dimension sweep' if dims is not None else 'another embedder (Ray)'} does not "
+                             f"apply to its token vectors; evaluate it without")
         #: where the model runs (this process, or Ray workers): chunks of items in, vectors out
         self.embedder = embedder if embedder is not None else LocalEmbedder(model)
         #: a Matryoshka sweep's dimensions (each scored from the full vectors' prefixes), or None
@@ -106,6 +117,8 @@ class Evaluator:
             root = Path(self._tmp.name)
         self.store = EmbeddingStore(root, self.model_key, commit_every=self.config.commit_every,
                                     commit_seconds=self.config.commit_seconds, retry_errors=retry_errors)
+        #: a late-interaction model's token vectors (beside ``store``, which holds where they are), or None
+        self.tokens = TokenStore(self.store) if late_interaction else None
         #: the rerank stage (with a ``reranker``), or None
         self.rerank_stage = None if reranker is None else RerankStage(
             reranker, k=int(rerank_k), key=reranker_key or default_reranker_key(reranker),
@@ -152,10 +165,15 @@ class Evaluator:
                 raise ValueError(f"task {task.pool}/{task.name}: {exc}") from None
 
     def _embed(self, items: list) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-        """``(vectors, kept positions, errors by position)`` of ``items``, through the cache."""
-        vectors, kept, errors, spent = self.store.embed(
-            self.embedder, items, batch_size=self.config.batch_size,
-            show_progress_bar=self.config.show_progress, name=self.model_name)
+        """``(vectors, kept positions, errors by position)`` of ``items``, through the cache; a
+        late-interaction model's "vectors" are its items' token spans (:class:`TokenStore`)."""
+        if self.tokens is not None:
+            vectors, kept, errors, spent = self.tokens.embed(self.model, items, batch_size=self.config.batch_size,
+                                                             show_progress_bar=self.config.show_progress)
+        else:
+            vectors, kept, errors, spent = self.store.embed(
+                self.embedder, items, batch_size=self.config.batch_size,
+                show_progress_bar=self.config.show_progress, name=self.model_name)
         self.timings["embed_s"] += spent
         return vectors, kept, errors
 
@@ -211,7 +229,12 @@ class Evaluator:
         each ``(vectors, kept positions, errors by position)``; ``dim`` picks a sweep's prefix."""
         (qvecs, qkept, qerrors), (cvecs, ckept, cerrors) = queries, candidates
         t0 = time.perf_counter()
-        run = search_run(task, (_at_dim(qvecs, dim), qkept), (_at_dim(cvecs, dim), ckept), self.config.depth)
+        if self.tokens is not None:  # exact MaxSim over the cached token vectors
+            tokens = self.tokens
+            run = search_run(task, (tokens.read(qvecs), qkept), (cvecs, ckept), self.config.depth,
+                             search=lambda q, c, k: maxsim_search(q, tokens, c, k))
+        else:
+            run = search_run(task, (_at_dim(qvecs, dim), qkept), (_at_dim(cvecs, dim), ckept), self.config.depth)
         t_search = time.perf_counter() - t0
         self.timings["search_s"] += t_search
 

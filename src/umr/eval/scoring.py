@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -76,13 +76,14 @@ def headline_metric(name: str) -> tuple[str, str, int | None]:
     return (metric if k is None else f"{metric}@{k}"), metric, k
 
 
-def search_run(task: RetrievalTask, queries: tuple[np.ndarray, np.ndarray], candidates: tuple[np.ndarray, np.ndarray],
-               depth: int) -> Run:
-    """Each embedded query's top ``depth`` embedded candidates, by exact inner product; each side
-    is ``(vectors, positions in the task's list)``."""
+def search_run(task: RetrievalTask, queries: tuple[Any, np.ndarray], candidates: tuple[Any, np.ndarray],
+               depth: int, search: Callable[[Any, Any, int], tuple[np.ndarray, np.ndarray]] = search_exact) -> Run:
+    """Each embedded query's top ``depth`` embedded candidates, by exact inner product (or
+    ``search(queries, candidates, k)``: a late-interaction model's MaxSim); each side is
+    ``(what search takes, positions in the task's list)``."""
     (qvecs, qkept), (cvecs, ckept) = queries, candidates
     # BEIR searches one deeper when it drops the query itself, so that ``depth`` results remain
-    scores, rows = search_exact(qvecs, cvecs, depth + int(task.ignore_identical_ids))
+    scores, rows = search(qvecs, cvecs, depth + int(task.ignore_identical_ids))
     run = run_from_topk([task.queries[i].id for i in qkept], scores, rows, [task.candidates[i].id for i in ckept])
     return drop_identical_ids(run, depth) if task.ignore_identical_ids else run
 

@@ -162,8 +162,10 @@ class VectorStore(Protocol):
         """Why this store cannot hold an item with this id, or None if it can."""
 
     def search(self, queries: np.ndarray, k: int, *, filter: Filter | None = None,
-               method: str | None = None, ef_search: int | None = None) -> list[list[Hit]]:
-        """Top-``k`` records per query by inner product, best first (``k``, ``ef_search`` > 0)."""
+               method: str | None = None, ef_search: int | None = None,
+               rescore_k: int | None = None) -> list[list[Hit]]:
+        """Top-``k`` records per query by inner product, best first (``k``, ``ef_search`` > 0;
+        ``rescore_k``: a quantised store's rescoring depth, refused by a store that is not)."""
 
     def commit(self, records: Sequence[dict[str, Any]], vectors: np.ndarray,
                delete_ids: Iterable[str] = ()) -> None:

@@ -27,13 +27,13 @@ from ..core.fingerprint import FileDigests
 from ..core.items import Item
 from ..core.results import Result, Summary
 from ..models.identity import ModelIdentity, model_identity
-from ..models.multivector import MultiVectorEmbedder  # issue 24 (late interaction)
 from ..models.registry import load_model
 from ..rerank.base import Reranker
 from . import sync
 from .backends import DEFAULT_BACKEND, create_store, open_store
 from .base import MANIFEST, VectorStore, check_search_args
 from .binding import ModelBinding, ModelMismatch, model_record
+from .compact import Quantize, check_quantize, check_rescore_k
 from .embedding import ChunkEmbedder
 from .multivector import store as multivector  # issue 24
 from .pipeline import RERANK_K, LocalStages, SearchQuery, as_reranker, query_text, run_search, search_store
@@ -68,21 +68,32 @@ class Index:
                collection: str = "umr", method: str = "exact", ocr: bool | None = None,
                hnsw_m: int = 32, ef_construction: int = 100, ef_search: int = 128,
                model_options: dict[str, Any] | None = None, token_storage: str = "float16",
-               pool_factor: int | None = None) -> Index:
+               pool_factor: int | None = None, quantize: Quantize | None = None,
+               rescore_k: int | None = None) -> Index:
         """A new, empty index in ``folder`` for ``model`` (an :class:`Embedder` or a name to load),
         in the store ``backend`` (:mod:`~umr.index.backends`: ``faiss`` or ``milvus``).
 
         ``model_options`` are the ``load_model`` options (``dtype`` included) the model was or is
         to be loaded with (default: those ``load_model`` recorded in the embedder's identity); they
         are recorded so that a search loads it the same way. A late-interaction model
-        (:class:`~umr.models.multivector.MultiVectorEmbedder`) gets the ``multivector`` store
-        (:mod:`umr.index.multivector.store`): ``method`` ``exact`` or ``muvera``, its tokens stored
-        as ``token_storage`` after pooling by ``pool_factor``.
+        (``model.multi_vector``: a :class:`~umr.models.multivector.MultiVectorEmbedder`) gets the
+        ``multivector`` store (:mod:`umr.index.multivector.store`): ``method`` ``exact`` or
+        ``muvera``, its tokens stored as ``token_storage`` after pooling by ``pool_factor``.
+
+        ``quantize`` (``int8`` or ``binary``, faiss backend) keeps compact codes in memory and the
+        float32 vectors on disk, rescoring ``rescore_k`` candidates per search (default
+        ``max(20k, 200)``) against them (:mod:`umr.index.compact`).
         """
+        check_quantize(quantize)
+        check_rescore_k(rescore_k)
+        if rescore_k is not None and quantize is None:
+            raise ValueError("rescore_k is for a quantised index: give quantize='int8' or 'binary' too")
         if isinstance(model, (str, os.PathLike)):
             model = load_model(model, **(model_options or {}))
-        multi = isinstance(model, MultiVectorEmbedder)  # issue 24 (late interaction)
-        if multi:
+        if model.multi_vector:  # issue 24 (late interaction)
+            if quantize is not None:
+                raise ValueError(f"{model.name} is a late-interaction model: its token vectors are compacted "
+                                 f"by token_storage (int8 or binary), not quantize")
             backend = multivector.multi_vector_backend(backend)
         elif backend == multivector.BACKEND:
             raise ValueError(f"the {backend} store holds late-interaction models' token vectors; {model.name} "
@@ -96,7 +107,9 @@ class Index:
                   "sees_images": bool(model.sees_images), "hnsw_m": hnsw_m,
                   "ef_construction": ef_construction, "ef_search": ef_search, "sources": {},
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        if multi:  # issue 24
+        if quantize is not None:
+            config.update(quantize=quantize, rescore_k=rescore_k)
+        if model.multi_vector:  # issue 24
             config["tokens"] = {"storage": token_storage, "pool_factor": pool_factor}
         store = create_store(folder, backend, dim=model.dim, config=config, uri=uri, collection=collection)
         return cls(folder, store, model=model, model_options=model_options)
@@ -210,7 +223,8 @@ class Index:
     def search(self, text: str | None = None, image=None, *, video=None, instruction: str | None = None,
                modality: str | Sequence[str] | None = None, where: dict[str, Any] | None = None,
                k: int = 10, method: str | None = None, ef_search: int | None = None,
-               rerank: Reranker | str | os.PathLike | None = None, rerank_k: int = RERANK_K) -> list[Result]:
+               rerank: Reranker | str | os.PathLike | None = None, rerank_k: int = RERANK_K,
+               rescore_k: int | None = None) -> list[Result]:
         """Ranked results for one query (text, an image or a video, or text beside either), by
         :func:`~umr.index.pipeline.run_search`. ``video`` (a file path, or a list of frame paths)
         needs a model that sees video (Qwen3-VL-Embedding); results of a video index carry their
@@ -221,17 +235,20 @@ class Index:
         blank query, ``k < 1`` and ``ef_search < 1`` raise ``ValueError``. ``rerank`` (a
         :class:`~umr.rerank.Reranker` or a name for :func:`~umr.rerank.load_reranker`) reorders
         the top ``rerank_k`` of ``max(k, rerank_k)`` candidates, and the first ``k`` are returned
-        (see :meth:`~umr.rerank.Reranker.rerank`).
+        (see :meth:`~umr.rerank.Reranker.rerank`). ``rescore_k``: a quantised index rescores this
+        many candidates (0: none) instead of its default.
         """
-        query = SearchQuery(text, image, instruction, modality, where, k, method, ef_search, rerank_k, video)
+        query = SearchQuery(text, image, instruction, modality, where, k, method, ef_search, rerank_k, video,
+                            rescore_k)
         return run_search(query, LocalStages(self), as_reranker(rerank))
 
     def search_vectors(self, queries: np.ndarray, *, k: int = 10,
                        modality: str | Sequence[str] | None = None, where: dict[str, Any] | None = None,
-                       method: str | None = None, ef_search: int | None = None) -> list[list[Result]]:
+                       method: str | None = None, ef_search: int | None = None,
+                       rescore_k: int | None = None) -> list[list[Result]]:
         """Top-``k`` results for each query vector (the pipeline's store-search step)."""
         return search_store(self.store, queries, k=k, modality=modality, where=where, method=method,
-                            ef_search=ef_search)
+                            ef_search=ef_search, rescore_k=rescore_k)
 
     def represent(self, item: Item) -> Item:
         """The item as the model will embed it, with ``metadata["via"]`` saying how.

@@ -148,6 +148,9 @@ class MilvusStore(VectorStore):
     @classmethod
     def create(cls, folder: str | Path, *, dim: int, config: dict[str, Any], uri: str,
                collection: str = "umr") -> "MilvusStore":
+        if config.get("quantize"):
+            raise ValueError(f"--quantize {config['quantize']} is for the faiss backend: a Milvus collection "
+                             f"keeps float32 vectors (umr does not create Milvus's quantised index types)")
         from pymilvus import DataType, MilvusClient
 
         folder = Path(folder)
@@ -308,10 +311,13 @@ class MilvusStore(VectorStore):
         return None
 
     def search(self, queries: np.ndarray, k: int, *, filter: Filter | None = None,
-               method: str | None = None, ef_search: int | None = None) -> list[list[Hit]]:
+               method: str | None = None, ef_search: int | None = None,
+               rescore_k: int | None = None) -> list[list[Hit]]:
         """Top-``k`` records per query; a filter is applied by Milvus and then by its own rule
         (:meth:`Filter.accepts`), asking Milvus for more hits when that rule dropped some."""
         check_search_args(k, ef_search)
+        if rescore_k is not None:
+            raise ValueError("rescore_k is for a quantised faiss index; a Milvus index keeps float32 vectors")
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = min(int(k), _MAX_LIMIT)
         params: dict[str, Any] = {"metric_type": "IP"}

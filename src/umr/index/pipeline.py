@@ -21,10 +21,11 @@ import numpy as np
 
 from ..core.items import Item
 from ..core.results import Result
-from ..models.base import Embedder
+from ..models.base import ItemEmbedder
 from ..rerank.base import Reranker
 from ..rerank.registry import load_reranker
 from .base import Filter, VectorStore, check_search_args
+from .compact import check_rescore_k
 from .multivector.store import MultiVectorStore  # issue 24
 
 #: how many top results a reranker reorders unless told (``rerank_k``, ``--rerank-k``)
@@ -66,10 +67,13 @@ class SearchQuery:
     rerank_k: int = RERANK_K
     #: a query video (families that see video; issue 25)
     video: Any = None
+    #: a quantised index's candidates rescored (None: the index's default; 0: none)
+    rescore_k: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "text", query_text(self.text, self.image if self.video is None else self.video))
         check_search_args(self.k, self.ef_search)
+        check_rescore_k(self.rescore_k)
 
     def item(self) -> Item:
         return Item.query(text=self.text, image=self.image, video=self.video, instruction=self.instruction, id="query")
@@ -86,9 +90,11 @@ class SearchStages(Protocol):
         """The query as the model sees it (:func:`~umr.index.representation.represent`)."""
 
     def embed(self, query: Item) -> np.ndarray:
-        """The represented query's vector, shape ``(1, dim)``."""
+        """The represented query's vector, shape ``(1, dim)`` (a multi-vector model: a list of
+        one ``(n_tokens, dim)`` matrix)."""
 
-    def search(self, vectors: np.ndarray, *, k: int, modality, where, method, ef_search) -> list[list[Result]]:
+    def search(self, vectors: np.ndarray, *, k: int, modality, where, method, ef_search,
+               rescore_k) -> list[list[Result]]:
         """:func:`search_store` on the index's store."""
 
     def rerank(self, reranker: Reranker, query: Item, results: list[Result], k: int) -> list[Result]:
@@ -99,7 +105,8 @@ def run_search(query: SearchQuery, stages: SearchStages, reranker: Reranker | No
     """Ranked results for ``query``, reranked by ``reranker`` when given."""
     vectors = stages.embed(stages.represent(query.item()))
     results = stages.search(vectors, k=query.depth(reranker is not None), modality=query.modality,
-                            where=query.where, method=query.method, ef_search=query.ef_search)[0]
+                            where=query.where, method=query.method, ef_search=query.ef_search,
+                            rescore_k=query.rescore_k)[0]
     if reranker is None:
         return results
     return stages.rerank(reranker, query.item(), results, query.rerank_k)[: query.k]
@@ -112,16 +119,23 @@ def as_reranker(rerank: Reranker | str | os.PathLike | None) -> Reranker | None:
 
 def search_store(store: VectorStore, queries: np.ndarray, *, k: int = 10,
                  modality: str | Sequence[str] | None = None, where: dict[str, Any] | None = None,
-                 method: str | None = None, ef_search: int | None = None) -> list[list[Result]]:
-    """The store-search step: top-``k`` results per query vector, ranked from 1."""
+                 method: str | None = None, ef_search: int | None = None,
+                 rescore_k: int | None = None) -> list[list[Result]]:
+    """The store-search step: top-``k`` results per query vector, ranked from 1 (``rescore_k``:
+    a quantised index's rescoring depth)."""
     check_search_args(k, ef_search)
+    check_rescore_k(rescore_k)
+    filter = Filter.make(modality, where)
     if isinstance(store, MultiVectorStore):  # issue 24: a token matrix per query
-        queries = store.check_queries(queries)
+        if rescore_k is not None:
+            raise ValueError("rescore_k is for a quantised single-vector index; a late-interaction index "
+                             "reranks its first stage by exact MaxSim (ef_search sets how many)")
+        hits = store.search(store.check_queries(queries), k, filter=filter, method=method, ef_search=ef_search)
     else:
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != store.dim:
             raise ValueError(f"query vectors are {queries.shape[1]}-d; the index holds {store.dim}-d")
-    hits = store.search(queries, k, filter=Filter.make(modality, where), method=method, ef_search=ef_search)
+        hits = store.search(queries, k, filter=filter, method=method, ef_search=ef_search, rescore_k=rescore_k)
     return [[Result.of(rank, hit) for rank, hit in enumerate(row, start=1)] for row in hits]
 
 
@@ -129,12 +143,12 @@ class Searchable(Protocol):
     """What :class:`LocalStages` needs of an index (:class:`umr.index.Index`)."""
 
     @property
-    def model(self) -> Embedder: ...
+    def model(self) -> ItemEmbedder: ...
 
     def represent(self, item: Item) -> Item: ...
 
     def search_vectors(self, queries: np.ndarray, *, k: int, modality, where, method,
-                       ef_search) -> list[list[Result]]: ...
+                       ef_search, rescore_k) -> list[list[Result]]: ...
 
 
 class LocalStages:

@@ -5,7 +5,9 @@ chunk order, so the index commits exactly as a single-process run does. An actor
 process dies is restarted by Ray (the model loads again) and its unfinished chunk is run again:
 results are only committed once they are back, and commits are upserts by id, so nothing is
 lost or stored twice. A killed driver leaves the index as any killed ``umr index`` does; the
-next run embeds what is missing.
+next run embeds what is missing. A late-interaction model's results (a
+:class:`~umr.models.multivector.MultiVectorResult`: a list of ``(n_tokens, dim)`` matrices, ragged)
+travel back the same way: Ray pickles whatever ``embed`` returns.
 
 ``address`` is ``None`` (a local Ray started here, or the one ``RAY_ADDRESS`` names), ``auto``
 (a running local cluster) or ``ray://head:10001`` (a remote cluster through Ray Client).

@@ -16,7 +16,7 @@ import re
 import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, ClassVar, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -139,20 +139,142 @@ def run_batches(plan: list[list[int]], good: list[int], run, *, on_error: OnErro
             break
 
 
-class Embedder(ABC):
-    """Maps items (text, image or both) to L2-normalised float32 vectors.
+class ItemEmbedder(ABC):
+    """What every embedder is, whatever it returns per item: the contract callers that take both
+    kinds rely on (the index, the server, the CLI), instead of probing types or attributes.
 
-    Subclasses set ``name`` and ``dim`` and implement :meth:`_cost` and :meth:`_embed_batch`.
+    :class:`Embedder` returns one vector per item; a late-interaction
+    :class:`~umr.models.multivector.MultiVectorEmbedder` returns one vector per token
+    (:attr:`multi_vector`), scored by MaxSim. Both batch by the cost that :meth:`check` gives,
+    report bad items as :class:`ItemError` and take the same query/candidate calls.
     """
 
     name: str
+    #: dimensions of a vector (of each token vector, for a multi-vector model)
     dim: int
+    #: one vector per token (late interaction, MaxSim), not one per item: ``encode_*`` return a
+    #: list of ``(n_tokens, dim)`` arrays and ``embed`` a :class:`~umr.models.multivector.MultiVectorResult`
+    multi_vector: ClassVar[bool] = False
     #: at most this many items in one forward pass
     batch_size: int = 32
     #: at most this much padded cost (``items x largest cost``) in one forward pass; None = no limit
     cost_budget: int | None = None
     #: what this model is (folder, files, options), set by ``load_model``; None when built by hand
     identity: ModelIdentity | None = None
+    #: it reads pixels (MLLMs, CLIP, the ColPali family); a text-only family sets False, and an
+    #: index built with it represents an image by its words (caption, OCR) instead
+    sees_images: bool = True
+    #: it embeds video items (``Item(video=...)``); the others refuse them as item errors
+    sees_video: bool = False
+
+    @classmethod
+    def from_pretrained(cls, path: "str | Path", *, device: str = "cpu", **options: Any) -> "ItemEmbedder":
+        """Load a checkpoint folder: what every family :func:`~umr.models.registry.load_model` loads
+        implements (its keyword-only parameters are the options it takes; ``load_model`` refuses
+        any other before loading). An embedder built by hand (tests, wrappers) does not need it."""
+        raise NotImplementedError(f"{cls.__name__} is not a family load_model can load: it has no from_pretrained")
+
+    # -- what users call -------------------------------------------------------------------
+
+    def encode_queries(self, items: "Sequence[Item | str] | Item | str", instruction: str | None = None, *,
+                       batch_size: int | None = None, show_progress_bar: bool | None = None):
+        """Embed queries; ``instruction`` applies to every query that has none of its own.
+
+        A list gives an ``(N, dim)`` matrix (a list of ``(n_tokens, dim)`` arrays for a
+        multi-vector model); a single string, item or image gives one vector (one token matrix),
+        as sentence-transformers' ``encode`` does.
+        """
+        single = isinstance(items, SINGLE_VALUES)
+        queries = as_items([items] if single else items, is_query=True, instruction=instruction)
+        vectors = self.embed(queries, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
+        return vectors[0] if single else vectors
+
+    def encode_candidates(self, items: "Sequence[Item | str] | Item | str", *, batch_size: int | None = None,
+                          show_progress_bar: bool | None = None):
+        """Embed candidates (documents), always without an instruction; one item gives one vector."""
+        single = isinstance(items, SINGLE_VALUES)
+        candidates = as_items([items] if single else items, is_query=False)
+        vectors = self.embed(candidates, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
+        return vectors[0] if single else vectors
+
+    @abstractmethod
+    def embed(self, items: Sequence[Item], *, batch_size: int | None = None,
+              show_progress_bar: bool | None = None, on_error: OnError = "raise") -> EmbedResult:
+        """Embed items as they are (each says whether it is a query, and its instruction).
+
+        With ``on_error="raise"`` the first bad item raises :class:`ItemError` (bad items found
+        by the cost estimate are reported before any model work). With ``"skip"`` bad items
+        are left out and listed in :attr:`EmbedResult.errors`; the rest are embedded exactly
+        as they would be without them.
+        """
+
+    def check(self, item: Item) -> int:
+        """The item's cost estimate, or :class:`ItemError` if this model cannot embed it: the
+        cheap checks (no forward pass) :meth:`embed` runs first; training vets its data with it."""
+        item.modality  # noqa: B018 - raises for an item with neither text nor image
+        if item.video is not None and not self.sees_video:
+            raise ItemError(item.id, f"{self.name} cannot embed video; use a model that sees video "
+                                     f"(qwen3-vl-embedding-2b or -8b)")
+        return int(self._cost(item))
+
+    def fits_one_pass(self, costs: Sequence[int]) -> bool:
+        """Whether items of these :meth:`check` costs are one forward pass of :meth:`embed`
+        (``batch_size`` and ``cost_budget``): how the server's micro-batcher fills a pass."""
+        return len(costs) <= 1 or fits_one_pass(len(costs), max(costs), max_items=self.batch_size,
+                                                budget=self.cost_budget)
+
+    def vector_options(self) -> dict:
+        """Every option this instance was loaded with that changes its vectors (dtype, image
+        token bounds, max length, prompts, ...), as plain values. Families that take such
+        options override this; it feeds :class:`~umr.models.identity.ModelIdentity`."""
+        return {}
+
+    @abstractmethod
+    def _cost(self, item: Item) -> int:
+        """A cheap estimate of the item's forward cost (e.g. tokens incl. image tokens).
+
+        Raise :class:`ItemError` for an item that cannot be embedded (missing image, ...).
+        """
+
+    # -- text windows: what readers need to split long documents into passages ------------
+
+    def text_window(self) -> int | None:
+        """How many tokens of a candidate's text one vector reads: the model's sequence limit
+        minus its template and special tokens (text beyond it is cut off).
+
+        Readers split long documents into passages of at most this many tokens. The default,
+        None, means no known limit: texts are embedded whole and never split.
+        """
+        return None
+
+    def text_window_beside_image(self, width: int, height: int) -> int | None:
+        """How many tokens of a candidate's text one vector reads when the candidate also holds an
+        image of ``width x height`` pixels: the room a PDF page's passages get beside the page.
+
+        Families that read text and image in one sequence subtract what the image takes (GME);
+        the default, :meth:`text_window`, is for families whose text does not share its window
+        with the image (CLIP's own text tower; text models, which never see the image).
+        """
+        return self.text_window()
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """``(start, end)`` character offsets in ``text`` of the tokens the model makes of it
+        (no special tokens), in order; passages are cut between tokens and counted in them.
+
+        The default is :func:`word_spans` (a subword tokenizer makes at least as many tokens).
+        """
+        return word_spans(text)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim})"
+
+
+class Embedder(ItemEmbedder):
+    """Maps items (text, image or both) to L2-normalised float32 vectors.
+
+    Subclasses set ``name`` and ``dim`` and implement :meth:`_cost` and :meth:`_embed_batch`.
+    """
+
     #: trained so that the first N dimensions, renormalised, are an embedding too (Matryoshka):
     #: only such families may be swept over dimensions (``umr eval --dims``)
     matryoshka: bool = False
@@ -160,20 +282,8 @@ class Embedder(ABC):
     #: only such a family defaults to bfloat16 on a CPU (:mod:`umr.core.devices`), and a dtype it
     #: merely defaulted to is not part of its identity (:class:`~umr.models.identity.ModelIdentity`)
     bf16_close: bool = False
-    #: it reads pixels (MLLMs, CLIP); a text-only family sets False, and an index built with it
-    #: represents an image by its words (caption, OCR) instead
-    sees_images: bool = True
-    #: it embeds video items (``Item(video=...)``); the others refuse them as item errors
-    sees_video: bool = False
     #: the dimension before :meth:`truncate_dim` cut ``dim`` (None: never truncated)
     _untruncated_dim: int | None = None
-
-    @classmethod
-    def from_pretrained(cls, path: "str | Path", *, device: str = "cpu", **options: Any) -> "Embedder":
-        """Load a checkpoint folder: what every family :func:`~umr.models.registry.load_model` loads
-        implements (its keyword-only parameters are the options it takes; ``load_model`` refuses
-        any other before loading). An embedder built by hand (tests, wrappers) does not need it."""
-        raise NotImplementedError(f"{cls.__name__} is not a family load_model can load: it has no from_pretrained")
 
     @property
     def full_dim(self) -> int:
@@ -190,36 +300,9 @@ class Embedder(ABC):
         self._untruncated_dim = full
         self.dim = int(dim)
 
-    def encode_queries(self, items: "Sequence[Item | str] | Item | str", instruction: str | None = None, *,
-                       batch_size: int | None = None,
-                       show_progress_bar: bool | None = None) -> np.ndarray:
-        """Embed queries; ``instruction`` applies to every query that has none of its own.
-
-        A list gives an ``(N, dim)`` matrix; a single string, item or image gives one ``(dim,)``
-        vector, as sentence-transformers' ``encode`` does.
-        """
-        single = isinstance(items, SINGLE_VALUES)
-        queries = as_items([items] if single else items, is_query=True, instruction=instruction)
-        vectors = self.embed(queries, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
-        return vectors[0] if single else vectors
-
-    def encode_candidates(self, items: "Sequence[Item | str] | Item | str", *, batch_size: int | None = None,
-                          show_progress_bar: bool | None = None) -> np.ndarray:
-        """Embed candidates (documents), always without an instruction; one item gives one vector."""
-        single = isinstance(items, SINGLE_VALUES)
-        candidates = as_items([items] if single else items, is_query=False)
-        vectors = self.embed(candidates, batch_size=batch_size, show_progress_bar=show_progress_bar).vectors
-        return vectors[0] if single else vectors
-
     def embed(self, items: Sequence[Item], *, batch_size: int | None = None,
               show_progress_bar: bool | None = None, on_error: OnError = "raise") -> EmbedResult:
-        """Embed items as they are (each says whether it is a query, and its instruction).
-
-        With ``on_error="raise"`` the first bad item raises :class:`ItemError` (bad items found
-        by the cost estimate are reported before any model work). With ``"skip"`` bad items
-        are left out and listed in :attr:`EmbedResult.errors`; the rest are embedded exactly
-        as they would be without them.
-        """
+        """One L2-normalised ``(dim,)`` row per embedded item (see :meth:`ItemEmbedder.embed`)."""
         costs, errors = check_items(items, self.check, on_error=on_error)
         good = sorted(costs)
         plan = plan_batches([costs[i] for i in good], max_items=batch_size or self.batch_size,
@@ -251,35 +334,7 @@ class Embedder(ABC):
         return EmbedResult(vectors=vectors[indices], indices=indices,
                            errors=[errors[i] for i in sorted(errors)])
 
-    def check(self, item: Item) -> int:
-        """The item's cost estimate, or :class:`ItemError` if this model cannot embed it: the
-        cheap checks (no forward pass) :meth:`embed` runs first; training vets its data with it."""
-        item.modality  # noqa: B018 - raises for an item with neither text nor image
-        if item.video is not None and not self.sees_video:
-            raise ItemError(item.id, f"{self.name} cannot embed video; use a model that sees video "
-                                     f"(qwen3-vl-embedding-2b or -8b)")
-        return int(self._cost(item))
-
-    def fits_one_pass(self, costs: Sequence[int]) -> bool:
-        """Whether items of these :meth:`check` costs are one forward pass of :meth:`embed`
-        (``batch_size`` and ``cost_budget``): how the server's micro-batcher fills a pass."""
-        return len(costs) <= 1 or fits_one_pass(len(costs), max(costs), max_items=self.batch_size,
-                                                budget=self.cost_budget)
-
     # -- what backends implement -----------------------------------------------------------
-
-    def vector_options(self) -> dict:
-        """Every option this instance was loaded with that changes its vectors (dtype, image
-        token bounds, max length, prompts, ...), as plain values. Families that take such
-        options override this; it feeds :class:`~umr.models.identity.ModelIdentity`."""
-        return {}
-
-    @abstractmethod
-    def _cost(self, item: Item) -> int:
-        """A cheap estimate of the item's forward cost (e.g. tokens incl. image tokens).
-
-        Raise :class:`ItemError` for an item that cannot be embedded (missing image, ...).
-        """
 
     @abstractmethod
     def _embed_batch(self, items: list[Item]) -> torch.Tensor | np.ndarray:
@@ -289,40 +344,11 @@ class Embedder(ABC):
         one item cannot be embedded; the caller drops it and runs the rest again.
         """
 
-    # -- text windows: what readers need to split long documents into passages ------------
-
-    def text_window(self) -> int | None:
-        """How many tokens of a candidate's text one vector reads: the model's sequence limit
-        minus its template and special tokens (text beyond it is cut off).
-
-        Readers split long documents into passages of at most this many tokens. The default,
-        None, means no known limit: texts are embedded whole and never split.
-        """
-        return None
-
-    def text_window_beside_image(self, width: int, height: int) -> int | None:
-        """How many tokens of a candidate's text one vector reads when the candidate also holds an
-        image of ``width x height`` pixels: the room a PDF page's passages get beside the page.
-
-        Families that read text and image in one sequence subtract what the image takes (GME);
-        the default, :meth:`text_window`, is for families whose text does not share its window
-        with the image (CLIP's own text tower; text models, which never see the image).
-        """
-        return self.text_window()
-
     def video_seconds(self, width: int, height: int) -> float:
         """Seconds of a ``width x height`` video one candidate covers at the model's own sampling
         without passing its token budget: how ``umr index`` cuts long videos into segments.
         Families that see video (:attr:`sees_video`) answer; the others have no video window."""
         raise NotImplementedError(f"{self.name} does not embed video")
-
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        """``(start, end)`` character offsets in ``text`` of the tokens the model makes of it
-        (no special tokens), in order; passages are cut between tokens and counted in them.
-
-        The default is :func:`word_spans` (a subword tokenizer makes at least as many tokens).
-        """
-        return word_spans(text)
 
     # -- shared plumbing ---------------------------------------------------------------------
 
@@ -369,9 +395,6 @@ class Embedder(ABC):
         """:meth:`training_forward` of items made ready by :meth:`prepare_training_item`."""
         raw = self.embed_prepared(prepared) if isinstance(self, Prefetching) else self._embed_batch(prepared)
         return self._normalise(raw)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim})"
 
 
 class Trainable(ABC):

@@ -14,6 +14,7 @@ import sys
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -95,6 +96,10 @@ class Reranker(ABC):
     #: the family that loaded it (``qwen3-vl-reranker``, ``zero-shot``, ``cross-encoder``), set by
     #: ``load_reranker``; None when built by hand
     family: str | None = None
+    #: the folder it was loaded from, set by ``load_reranker``; None when built by hand
+    folder: Path | None = None
+    #: whether it reads pixels (a text cross-encoder does not)
+    sees_images: bool = True
     #: at most this many pairs in one forward pass
     batch_size: int = 8
     #: at most this much padded cost (``pairs x largest cost``) per forward pass; None = no limit

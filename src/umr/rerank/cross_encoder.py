@@ -20,6 +20,7 @@ from .base import Pair, Reranker
 class CrossEncoderReranker(Reranker):
     """A sentence-transformers ``CrossEncoder`` behind the reranker interface."""
 
+    sees_images = False
     batch_size = 32
     cost_budget = 32 * 512
 

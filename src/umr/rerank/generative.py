@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from ..core.devices import resolve_dtype
 from ..core.images import decode_image, image_size
@@ -153,7 +154,7 @@ class GenerativeReranker(Reranker):
 
     def _prepare(self, pair: Pair):
         text, owners = self.prompt(pair)
-        return text, [decode_image(item.image, item_id=item.id).convert("RGB") for item in owners]
+        return text, [processor_rgb(decode_image(item.image, item_id=item.id)) for item in owners]
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -178,6 +179,15 @@ class GenerativeReranker(Reranker):
         except ValueError as exc:
             raise ItemError(item.id, f"image of {width}x{height} cannot be used: {exc}") from None
         return (h // factor) * (w // factor)
+
+
+def processor_rgb(image: Image.Image) -> Image.Image:
+    """RGB as transformers' image processors make it (``convert_to_rgb``): transparency (an alpha
+    band, a transparent palette colour) composited on white, other modes converted. PIL's own
+    ``convert("RGB")`` drops the alpha and shows what lies under it (``umr verify`` found this)."""
+    from transformers.image_transforms import convert_to_rgb
+
+    return Image.fromarray(convert_to_rgb(image, return_numpy=True))
 
 
 def answer_token_id(tokenizer, word: str) -> int:

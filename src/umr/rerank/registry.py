@@ -63,7 +63,7 @@ def load_reranker(model: str | os.PathLike, *, family: str | None = None, device
     resolved = RERANKER_REGISTRY.resolve(str(model), options, dtype=dtype, family=family, locate=_adapter_refused,
                                          detect=lambda folder, source: detect_family(folder, name=source))
     reranker = RERANKER_REGISTRY.instantiate(resolved, device=device, quiet=quiet_transformers)
-    reranker.family = resolved.family
+    reranker.family, reranker.folder = resolved.family, resolved.folder
     return reranker
 
 

@@ -1,8 +1,8 @@
 """The HTTP API: OpenAI-style embeddings, search over an index, reranking, items, and the search page.
 
 Build it with :func:`create_app`; ``umr serve`` runs it under uvicorn. The routes live by concern
-(:mod:`~umr.serve.embeddings`, :mod:`~umr.serve.search`, :mod:`~umr.serve.rerank`,
-:mod:`~umr.serve.items`, :mod:`~umr.serve.pictures`); this module builds the app and its guards.
+(:mod:`~umr.serve.embeddings`, :mod:`~umr.serve.pooling`, :mod:`~umr.serve.search`,
+:mod:`~umr.serve.rerank`, :mod:`~umr.serve.items`, :mod:`~umr.serve.pictures`); this module builds the app and its guards.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..index.base import StoreUnreachable
-from .cohere_v2 import cohere_router
+from .cohere import cohere_router
 from .embeddings import (ContentPart, EmbeddingRequest, ImageURL, Message, embedding_items, embeddings_router,
                          json_response, truncate)
 from .items import UPLOADS, ItemsRequest, NewItem, items_router
 from .pictures import PAGE_PX, THUMBNAIL_PX, pictures_router, thumbnail_url
+from .pooling import pooling_router
 from .rerank import RerankRequest, rerank_router
 from .search import SearchRequest, search_router
 from .video import videos_router
@@ -60,8 +61,8 @@ def create_app(model, *, index=None, reranker=None, limits: Limits | None = None
                   description="Universal multimodal retrieval: embeddings, search, reranking.")
     app.state.server = server
     _install_guards(app, server)
-    for router in (embeddings_router, rerank_router, cohere_router, search_router, items_router, pictures_router,
-                   videos_router):
+    for router in (embeddings_router, pooling_router, rerank_router, cohere_router, search_router, items_router,
+                   pictures_router, videos_router):
         app.include_router(router(server))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -2,7 +2,7 @@
 
 Requests that queue up while the model is busy are embedded together, as one ``model.embed``
 call filled up to one forward pass by the model's own cost contract
-(:meth:`~umr.models.base.Embedder.fits_one_pass` over :meth:`~umr.models.base.Embedder.check`);
+(:meth:`~umr.models.base.ItemEmbedder.fits_one_pass` over :meth:`~umr.models.base.ItemEmbedder.check`);
 a request that finds the model idle waits a short window for others. The model runs in one
 worker thread that owns it, so a slow batch never blocks health checks or other I/O, and
 32 one-sentence requests cost about one 32-sentence forward pass instead of 32.
@@ -23,7 +23,7 @@ from typing import Callable, TypeVar
 
 from ..core.items import Item
 from ..core.results import EmbedResult
-from ..models.base import Embedder
+from ..models.base import ItemEmbedder
 
 T = TypeVar("T")
 
@@ -49,7 +49,7 @@ class MicroBatcher:
     thread before its first forward; ``umr serve`` passes :func:`server_torch_threads`.
     """
 
-    def __init__(self, model: Embedder, *, window_ms: float = 2.0, enabled: bool = True,
+    def __init__(self, model: ItemEmbedder, *, window_ms: float = 2.0, enabled: bool = True,
                  torch_threads: int | None = None):
         self.model = model
         self.window = window_ms / 1000.0
@@ -175,16 +175,7 @@ def count_tokens(model, items: list[Item]) -> int:
 
 
 def split_result(result: EmbedResult, sizes: list[int]) -> list[EmbedResult]:
-    """One :class:`EmbedResult` per caller, positions and errors relative to its own items."""
-    import numpy as np
-
-    out, start = [], 0
-    for size in sizes:
-        stop = start + size
-        mask = (result.indices >= start) & (result.indices < stop)
-        errors = [err.at(index=err.index - start) for err in result.errors
-                  if err.index is not None and start <= err.index < stop]
-        out.append(EmbedResult(vectors=result.vectors[mask], indices=np.asarray(result.indices[mask]) - start,
-                               errors=errors))
-        start = stop
-    return out
+    """One result per caller (of the same kind: rows or token matrices), positions and errors
+    relative to its own items."""
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [result.part(start, start + size) for start, size in zip(starts, sizes)]

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..core.items import Item
 from ..models.matryoshka import matryoshka_prefix
 from .security import Limits, RequestRefused, Security, check_count, check_text, image_from_url
-from .server import Server, check_items, embed_or_refuse, naming
+from .server import Server, check_items, embed_or_refuse, naming, one_vector_per_input
 
 
 class ImageURL(BaseModel):
@@ -128,6 +128,7 @@ def embeddings_router(server: Server) -> APIRouter:
     @router.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest):
         check_model_name(model, body.model)
+        one_vector_per_input(model)
         items = embedding_items(body, limits, security)
         embedded = await embed_or_refuse(server, items, [f"{'message' if body.messages is not None else 'input'} {i}"
                                                          for i in range(len(items))])

@@ -63,6 +63,16 @@ def check_items(items: list[Item], names: list[str]) -> None:
             raise RequestRefused(400, f"{name}: {item.problem}")
 
 
+def one_vector_per_input(model) -> None:
+    """400 (one line) for a late-interaction model on a route that answers one vector per input
+    (OpenAI's and Cohere's embeddings): it makes one vector per token, which those shapes cannot
+    carry; vLLM's ``/pooling`` shape does (``token_embed``), and ``umr embed`` writes them to a file."""
+    if model.multi_vector:
+        raise RequestRefused(400, f"{model.name} is a late-interaction (multi-vector) model: it makes one vector "
+                                  f"per token, not one per input; POST /pooling with task token_embed returns them "
+                                  f"(vLLM's shape), umr embed writes them to a .npz, POST /v1/search searches its index")
+
+
 async def embed_or_refuse(server: Server, items: list[Item], names: list[str]) -> Embedded:
     """The items' vectors, or 400 naming the first one the model could not embed (``names[i]``
     labels item ``i``): nothing of a request is embedded unless all of it is."""

@@ -41,7 +41,7 @@ def probe_set(workdir: Path, *, sees_images: bool, seed: int = 0) -> list[Probe]
     short = "A red bicycle leaning against a stone wall in the morning light."
     probes = [
         Probe("text candidate", Item.candidate(text=short, id="text-short")),
-        Probe("text candidate, past the window", Item.candidate(text=_long_text(rng, 2500), id="text-long")),
+        Probe("text candidate, past the window", Item.candidate(text=long_text(rng, 2500), id="text-long")),
         Probe("text query", Item.query(text="where can I park a bicycle?", id="query-plain")),
         Probe("text query + instruction",
               Item.query(text="where can I park a bicycle?", instruction=INSTRUCTION, id="query-instructed")),
@@ -67,7 +67,7 @@ def probe_set(workdir: Path, *, sees_images: bool, seed: int = 0) -> list[Probe]
     return probes
 
 
-def _long_text(rng: random.Random, words: int) -> str:
+def long_text(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(words)).capitalize() + "."
 
 

@@ -56,6 +56,12 @@ class ProbeResult:
         return cls(id, kind, cosine, max_abs, tolerance.holds(cosine, max_abs))
 
 
+def aligned(cells: list[tuple[str, ...]]) -> list[str]:
+    """Rows of cells as text columns, each as wide as its widest cell (the reports' tables)."""
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+
+
 @dataclass
 class VerifyReport:
     """Everything ``umr verify`` found, printable as a table and writable as JSON."""
@@ -104,8 +110,7 @@ class VerifyReport:
                              "-" if row["worst_cosine"] is None else f"{row['worst_cosine']:.8f}",
                              "-" if row["max_abs"] is None else f"{row['max_abs']:.2e}", row["verdict"])
                             for row in self.rows()]
-        widths = [max(len(cell[i]) for cell in cells) for i in range(len(header))]
-        lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+        lines += aligned(cells)
         for probe in self.failed:
             reason = probe.error or f"cosine {probe.cosine:.8f}, max|Δ| {probe.max_abs:.2e}"
             lines.append(f"differs: {probe.id} [{probe.kind}]: {reason}")

@@ -33,16 +33,18 @@ def compare(model: Embedder, reference: Reference, probes: list[Probe], toleranc
     return results
 
 
-def verify(embedder: Embedder, *, device: str = "cpu", workdir: str | Path | None = None) -> VerifyReport:
+def verify(embedder: Embedder, *, device: str = "cpu", workdir: str | Path | None = None,
+           reference: Reference | None = None) -> VerifyReport:
     """Compare ``embedder`` (as loaded by :func:`~umr.models.load_model`, with the settings under
-    test) with its family's reference at the authors' default settings, in the same dtype and on
-    the same device, on the probe set."""
+    test) with ``reference`` (a vLLM server's, say; default: its family's reference at the
+    authors' default settings, in the same dtype and on the same device) on the probe set."""
     if embedder.identity is None or not embedder.identity.folder:
         raise ValueError(f"{embedder.name}: umr verify needs a model loaded from a folder (load_model)")
     settings = embedder.vector_options()
     dtype = str(settings.get("dtype", "float32"))
     identity = embedder.identity
-    reference = reference_for(identity.family, Path(identity.folder), device=device, dtype=resolve_dtype(dtype))
+    reference = reference or reference_for(identity.family, Path(identity.folder), device=device,
+                                           dtype=resolve_dtype(dtype))
     tolerance = Tolerance.for_run(dtype, device)
     with tempfile.TemporaryDirectory(prefix="umr-verify-") as scratch:
         probes = probe_set(Path(workdir or scratch), sees_images=embedder.sees_images)

@@ -24,10 +24,10 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from .maxsim import maxsim_topk, rerank
+from ...core.multivector.maxsim import maxsim_topk, rerank
+from ...core.multivector.tokens import TokenVectors, as_queries
 from .muvera import Muvera
 from .pooling import centroids
-from .tokens import TokenVectors, as_queries
 
 __all__ = ["FIRST_STAGES", "FirstStage", "LateInteractionSearch", "MuveraStage", "PooledStage", "make_first_stage"]
 

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .tokens import TokenVectors, as_queries
+from ...core.multivector.tokens import TokenVectors, as_float32, as_queries
 
 __all__ = ["Muvera"]
 
@@ -102,7 +102,7 @@ class Muvera:
         """``(n, fde_dim)`` float32: per bucket, the mean of the document's projected tokens
         (empty buckets filled, see the module docstring). Decoded a batch of documents at a time."""
         if not isinstance(docs, TokenVectors):
-            docs = as_queries(docs)  # plain arrays: held as float32
+            docs = as_float32(docs)
         out = np.empty((len(docs), self.fde_dim), np.float32)
         offsets, start = docs.offsets, 0
         while start < len(docs):

@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .encoding import TokenEncoding
-from .tokens import TokenVectors
+from ...core.multivector.encoding import TokenEncoding
+from ...core.multivector.tokens import TokenVectors
 
 __all__ = ["cluster_tokens", "pool_documents", "pool_tokens"]
 

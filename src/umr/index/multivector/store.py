@@ -16,7 +16,7 @@ the newest segment (a later segment's row wins over an earlier one of the same i
 a tombstone ``id -> generation`` that hides the id's rows in older segments. :meth:`compact` writes
 the live rows into one segment and drops the tombstones.
 
-Search is exact MaxSim (:func:`~umr.index.multivector.maxsim.maxsim_topk`, segment by segment,
+Search is exact MaxSim (:func:`~umr.core.multivector.maxsim.maxsim_topk`, segment by segment,
 filters and dead rows masked) or, with ``method="muvera"``, the MUVERA fixed-dimensional encodings
 of the documents searched for ``depth`` candidates, reranked by exact MaxSim.
 """
@@ -34,14 +34,14 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...core.atomic import atomic_path, fsync_dir, replace_durably
+from ...core.multivector.encoding import BinaryEncoding, Float16Encoding, Float32Encoding, Int8Encoding, \
+    TokenEncoding, encoding_from_state
+from ...core.multivector.maxsim import maxsim_topk, rerank
+from ...core.multivector.tokens import TokenVectors
 from ...core.results import Hit
 from ..base import MANIFEST, Filter, IndexLocked, IndexStoreError, json_line, read_manifest, write_manifest
-from .encoding import BinaryEncoding, Float16Encoding, Float32Encoding, Int8Encoding, TokenEncoding, \
-    encoding_from_state
-from .maxsim import maxsim_topk, rerank
 from .muvera import Muvera
 from .pooling import pool_tokens
-from .tokens import TokenVectors
 
 BACKEND = "multivector"
 #: how token vectors may be stored (``--token-storage``); float16 is the default

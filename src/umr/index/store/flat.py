@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from ...core.atomic import fsync_dir
 from ..base import MANIFEST, Filter, Hit, IndexStoreError, VectorStore, check_search_args, json_line, write_manifest
+from ..compact import check_quantize, check_rescore_k, new_record
 from .catalog import Catalog, fields_of, modality_of
 from .hnsw import graph_name, grow_graph
 from .locks import ReadWriteLock, acquire_writer_lock, release_writer_lock
@@ -30,6 +32,8 @@ class FlatStore(VectorStore):
     """Vectors + records in a folder; exact inner-product search (FAISS), HNSW optional.
 
     Use :meth:`create` / :meth:`open`; writes need ``writable=True`` (one writer at a time).
+    ``config["quantize"]`` (``int8`` or ``binary``, at creation) keeps compact codes in memory and
+    the float32 rows on disk for rescoring (:mod:`umr.index.compact`).
     """
 
     backend = "faiss"
@@ -56,7 +60,13 @@ class FlatStore(VectorStore):
         if (folder / MANIFEST).exists():
             release_writer_lock(lock)
             raise IndexStoreError(f"{folder} already holds an index")
-        manifest = new_manifest(dim, config)
+        kind = config.get("quantize")
+        try:
+            check_quantize(kind)
+        except ValueError:
+            release_writer_lock(lock)
+            raise
+        manifest = new_manifest(dim, config, compact=new_record(kind) if kind else None)
         write_manifest(folder, manifest)
         return cls(folder, Snapshot(manifest, keys=Keys([], [], {})), writable=True, lock_handle=lock)
 
@@ -100,6 +110,12 @@ class FlatStore(VectorStore):
     @property
     def dim(self) -> int:
         return int(self._state.manifest["dim"])
+
+    @property
+    def quantize(self) -> str | None:
+        """``int8`` or ``binary`` for a quantised store, None for float32."""
+        compact = self._state.manifest.get("compact")
+        return compact["kind"] if compact else None
 
     @property
     def rows(self) -> int:
@@ -166,25 +182,37 @@ class FlatStore(VectorStore):
         return None  # any text is stored exactly (JSON escapes what UTF-8 cannot hold)
 
     def hnsw_graph(self):
-        """The persisted HNSW graph (a FAISS index searching this store's vectors), or None."""
+        """The persisted HNSW graph (a FAISS index searching this store's vectors, or a quantised
+        store's codes), or None."""
         info = self._state.manifest.get("hnsw")
-        return self._searcher.graph(info, self._state) if info else None
+        if not info:
+            return None
+        if self.quantize is not None:  # a graph over the compact codes
+            return self._searcher.compact(self._state).graph(info["file"], info["rows"]).index
+        return self._searcher.graph(info, self._state)
 
     def search(self, queries: np.ndarray, k: int, *, filter: Filter | None = None,
-               method: str | None = None, ef_search: int | None = None) -> list[list[Hit]]:
-        """Top-``k`` live records per query by inner product, best first."""
+               method: str | None = None, ef_search: int | None = None,
+               rescore_k: int | None = None) -> list[list[Hit]]:
+        """Top-``k`` live records per query by inner product, best first. A quantised store
+        rescores ``rescore_k`` candidates (default: the index's, else ``max(20k, 200)``; 0: none)."""
         check_search_args(k, ef_search)
+        check_rescore_k(rescore_k)
+        if rescore_k is not None and self.quantize is None:
+            raise ValueError("rescore_k is for a quantised index (--quantize int8|binary); this one holds "
+                             "float32 vectors and scores them exactly")
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        return self._reading(lambda: self._search(queries, k, filter, method, ef_search))
+        return self._reading(lambda: self._search(queries, k, filter, method, ef_search, rescore_k))
 
-    def _search(self, queries, k, filter, method, ef_search) -> list[list[Hit]]:
+    def _search(self, queries, k, filter, method, ef_search, rescore_k) -> list[list[Hit]]:
         with self._rw.read():
             state = self._state
             if len(self) == 0:
                 return [[] for _ in queries]
             scores, rows = self._searcher.search(state, queries, k, filter,
                                                  method or self.config.get("method", "exact"),
-                                                 ef_search or self.config.get("ef_search", 128))
+                                                 ef_search or self.config.get("ef_search", 128),
+                                                 rescore_k if rescore_k is not None else self.config.get("rescore_k"))
             records = state.records_at({int(r) for qr in rows for r in qr if r >= 0})
             return [[Hit(float(s), records[int(r)]) for s, r in zip(qs, qr) if r >= 0]
                     for qs, qr in zip(scores, rows)]
@@ -215,8 +243,14 @@ class FlatStore(VectorStore):
             manifest, number = next_manifest(state.manifest)
             name = segment_name(number)
             hashes = [r.get("hash") for r in records]
+            compact = state.manifest.get("compact")
+            written = None
             if records:
-                write_segment(self.folder, name, lines, ids, hashes, len(vectors), self.dim, [vectors])
+                if compact is not None:  # the vectors go to the compact files, the records to the segment
+                    written = self._searcher.compact(state).append(vectors, number)
+                    manifest["compact"] = written.record
+                write_segment(self.folder, name, lines, ids, hashes, len(vectors), self.dim,
+                              None if compact is not None else [vectors])
                 manifest["segments"].append({"name": name, "rows": len(records)})
             deleted_rows = state.deleted_rows
             if drop:
@@ -226,15 +260,18 @@ class FlatStore(VectorStore):
             fsync_dir(self.folder)
             superseded = state.manifest.get("deleted")
             write_manifest(self.folder, manifest)
-            segment = Segment(self.folder, name, len(records), state.rows, self.dim) if records else None
+            segment = (Segment(self.folder, name, len(records), state.rows, self.dim, vectors=compact is None)
+                       if records else None)
             with self._rw.write():
                 self._catalog.committed(records, lambda: state.records_at(drop).values())
                 state.apply(manifest, segment, ids, hashes, drop, deleted_rows)
                 if segment is not None:
-                    self._searcher.append(vectors)
+                    self._searcher.append(vectors, written)
                 self._searcher.forget_filters()
             if superseded and superseded != manifest.get("deleted"):
                 self._superseded.retire(superseded)
+            if written is not None and compact["codes"] and compact["codes"] != written.record["codes"]:
+                self._superseded.retire(compact["codes"])  # an int8 re-fit wrote every code anew
 
     def delete(self, ids: Iterable[str]) -> int:
         row_of = self._keys().row_of
@@ -273,30 +310,47 @@ class FlatStore(VectorStore):
                 return
             manifest, number = next_manifest(state.manifest)
             name = graph_name(number)
-            graph = grow_graph(self.folder, info, self._searcher.flat_index(state), self.dim, m=m,
-                               ef_construction=ef_construction, target=self.folder / name, progress=progress)
+            if self.quantize is not None:
+                compact = self._searcher.compact(state)
+                graph = compact.grow_graph(info, m=m, ef_construction=ef_construction, target=self.folder / name,
+                                           progress=progress)
+                keep = compact.keep_graph
+            else:
+                graph = grow_graph(self.folder, info, self._searcher.flat_index(state), self.dim, m=m,
+                                   ef_construction=ef_construction, target=self.folder / name, progress=progress)
+                keep = partial(self._searcher.keep_graph, name)
             manifest["hnsw"] = {"file": name, "rows": state.rows, "m": m, "ef_construction": ef_construction,
-                                "storage": "segments"}
+                                "storage": "codes" if self.quantize else "segments"}
             write_manifest(self.folder, manifest)
             with self._rw.write():
                 state.manifest = manifest
-                self._searcher.keep_graph(name, graph)
+                keep(graph)
 
     def compact(self) -> None:
-        """Rewrite live rows into one segment, dropping deleted rows and the HNSW graph."""
+        """Rewrite live rows into one segment, dropping deleted rows and the HNSW graph; a
+        quantised store's compact files are rewritten too, an int8 codec re-fitted on the live rows."""
         self._require_writable()
         with self._writing:
             state = self._state
-            if not len(state.deleted_rows):
+            if not len(state.deleted_rows) and not self._calibration_stale():
                 return
-            manifest = write_compacted(self.folder, state, self._keys(), self.dim,
-                                       lambda: matrix(self._searcher.flat_index(state), self.dim))
+            if self.quantize is not None:
+                manifest = write_compacted(self.folder, state, self._keys(), self.dim, None,
+                                           self._searcher.compact(state))
+            else:
+                manifest = write_compacted(self.folder, state, self._keys(), self.dim,
+                                           lambda: matrix(self._searcher.flat_index(state), self.dim))
             fsync_dir(self.folder)
             write_manifest(self.folder, manifest)
             self._adopt(load_snapshot(self.folder), keep_modalities=True)
             collect_garbage(self.folder, manifest)
 
     # internals -------------------------------------------------------------------------------
+
+    def _calibration_stale(self) -> bool:
+        """Whether an int8 store's codec was fitted on fewer rows than it holds (compaction re-fits it)."""
+        compact = self._state.manifest.get("compact")
+        return bool(compact and compact.get("codec") and compact["codec"]["rows"] < self._state.rows)
 
     def _require_writable(self) -> None:
         if not self.writable:

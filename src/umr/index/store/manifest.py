@@ -19,13 +19,14 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..base import FORMAT, IndexStoreError, read_manifest
-from .segments import SEGMENT_SUFFIXES, Segment, read_deleted
+from .segments import Segment, read_deleted, segment_suffixes
 
 
-def new_manifest(dim: int, config: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of an empty store."""
+def new_manifest(dim: int, config: dict[str, Any], compact: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of an empty store; ``compact``: a quantised store's record of its compact
+    vectors (:func:`umr.index.compact.new_record`), which then hold the vectors instead of the segments."""
     return {"format": FORMAT, "version": 0, "dim": int(dim), "config": config,
-            "segments": [], "deleted": None, "hnsw": None, "next_file": 1}
+            "segments": [], "deleted": None, "hnsw": None, "next_file": 1, "compact": compact}
 
 
 def next_version(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +47,11 @@ def next_manifest(manifest: dict[str, Any]) -> tuple[dict[str, Any], int]:
 
 def files_named(manifest: dict[str, Any]) -> set[str]:
     """The data files ``manifest`` refers to (everything else a writer may remove)."""
-    named = {seg["name"] + suffix for seg in manifest["segments"] for suffix in SEGMENT_SUFFIXES}
+    compact = manifest.get("compact")
+    suffixes = segment_suffixes(vectors=compact is None)
+    named = {seg["name"] + suffix for seg in manifest["segments"] for suffix in suffixes}
+    if compact:
+        named |= {compact[key] for key in ("floats", "codes") if compact[key]}
     if manifest.get("deleted"):
         named.add(manifest["deleted"])
     if manifest.get("hnsw"):
@@ -184,7 +189,8 @@ def _map_files(folder: Path, manifest: dict[str, Any]) -> Snapshot:
     # the deleted-rows file is the only one a writer replaces: read it first
     deleted_rows = read_deleted(folder / manifest["deleted"]) if manifest.get("deleted") else np.zeros(0, np.int64)
     snapshot = Snapshot(manifest, deleted_rows=deleted_rows)
+    vectors = manifest.get("compact") is None
     for seg in manifest["segments"]:
-        snapshot.append(Segment(folder, seg["name"], seg["rows"], snapshot.rows, dim))
+        snapshot.append(Segment(folder, seg["name"], seg["rows"], snapshot.rows, dim, vectors=vectors))
     snapshot.deleted.view()[deleted_rows] = True
     return snapshot

@@ -1,6 +1,8 @@
 """How a search is answered: a brute force over every row (FAISS's flat index), over a small
 copy of the few rows a filter lets through, or a walk of the HNSW graph (with the rows added since
 it was built searched exactly, and a filtered walk that would run dry answered exactly instead).
+A quantised store searches its compact codes the same two ways, then rescores the candidates
+against the float rows on disk (:class:`~umr.index.compact.CompactVectors`).
 
 :class:`Searcher` holds what searching a snapshot keeps in memory (the flat index, the graph,
 filter masks and subset copies); it returns scores and global row numbers, and the store turns
@@ -18,6 +20,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..base import Filter
+from ..compact import CompactVectors, Written, rescore_depth
+from ..quantized import bitmap_selector
 from .catalog import fields_of
 from .hnsw import read_graph
 from .manifest import Snapshot
@@ -46,6 +50,7 @@ class Searcher:
         self._fields_seen = fields_seen
         self._lock = threading.Lock()
         self._flat = None
+        self._compact: CompactVectors | None = None
         self._hnsw: tuple[str, Any] | None = None  # (file, graph)
         self._masks: OrderedDict[Filter | None, np.ndarray] = OrderedDict()
         self._subsets: OrderedDict[Filter | None, tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -55,6 +60,7 @@ class Searcher:
     def forget(self) -> None:
         """Drop everything: the store now maps another snapshot."""
         self._flat = None
+        self._compact = None
         self._hnsw = None
         self.forget_filters()
 
@@ -64,10 +70,21 @@ class Searcher:
             self._masks.clear()
             self._subsets.clear()
 
-    def append(self, vectors: np.ndarray) -> None:
-        """Rows a commit added (a flat index not built yet will read them from the segments)."""
-        if self._flat is not None:
+    def append(self, vectors: np.ndarray, written: Written | None) -> None:
+        """Rows a commit added (a flat index not built yet will read them from the segments), and
+        what it ``written`` to a quantised store's compact files."""
+        if written is not None:
+            if self._compact is not None:
+                self._compact.take(written)
+        elif self._flat is not None:
             self._flat.add(vectors)
+
+    def compact(self, snapshot: Snapshot) -> CompactVectors:
+        """A quantised store's compact vectors (its codes are read on first search)."""
+        with self._lock:
+            if self._compact is None:
+                self._compact = CompactVectors(self.folder, self.dim, snapshot.manifest["compact"], snapshot.rows)
+            return self._compact
 
     def keep_graph(self, file: str, graph) -> None:
         self._hnsw = (file, graph)
@@ -94,10 +111,13 @@ class Searcher:
     # searching -------------------------------------------------------------------------------
 
     def search(self, snapshot: Snapshot, queries: np.ndarray, k: int, filter: Filter | None,
-               method: str, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and global rows (``-1`` where fewer pass) of the top ``k`` per query."""
+               method: str, ef_search: int, rescore_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and global rows (``-1`` where fewer pass) of the top ``k`` per query
+        (``rescore_k``: a quantised store's candidates rescored, see :meth:`CompactVectors.search`)."""
         mask = self._mask(snapshot, filter)
         info = snapshot.manifest.get("hnsw")
+        if snapshot.manifest.get("compact") is not None:
+            return self._search_compact(snapshot, queries, k, mask, method == "hnsw" and info, ef_search, rescore_k)
         graph = None
         if method == "hnsw" and info:
             try:
@@ -147,7 +167,7 @@ class Searcher:
             rows, subset = self._subset(index, mask, filter)
             scores, local = faiss.knn(queries, subset, kk, metric=faiss.METRIC_INNER_PRODUCT)
             return scores, np.where(local >= 0, rows[np.maximum(local, 0)], -1)
-        params = faiss.SearchParameters(sel=_bitmap_selector(mask))
+        params = faiss.SearchParameters(sel=bitmap_selector(mask))
         return index.search(queries, kk, params=params)
 
     def _subset(self, index, mask, filter):
@@ -166,6 +186,26 @@ class Searcher:
                 self._subsets.popitem(last=False)
         return entry
 
+    def _search_compact(self, snapshot, queries, k, mask, info, ef_search, rescore_k):
+        """The compact codes' candidates, by the HNSW graph over them unless a filtered walk would
+        run dry (or came back short: those queries are searched exactly), rescored."""
+        compact = self.compact(snapshot)
+        with self._lock:  # one thread reads the codes in
+            compact.first_stage_index()
+        n_ok = snapshot.live if mask is None else int(mask.sum())
+        depth = max(rescore_depth(k, rescore_k), k)
+        graph = None
+        if info and not (mask is not None and _filtered_walk_runs_dry(n_ok, len(mask), depth,
+                                                                       max(int(ef_search), depth))):
+            with self._lock:
+                graph = compact.graph(info["file"], info["rows"])
+        scores, rows = compact.search(queries, k, rescore_k=rescore_k, mask=mask, graph=graph, ef_search=ef_search)
+        if graph is not None:
+            short = np.flatnonzero((rows >= 0).sum(axis=1) < min(k, n_ok))
+            if len(short):
+                scores[short], rows[short] = compact.search(queries[short], k, rescore_k=rescore_k, mask=mask)
+        return scores, rows
+
     def _search_hnsw(self, snapshot, graph, covered, queries, k, mask, ef_search, filter):
         import faiss
 
@@ -176,7 +216,7 @@ class Searcher:
             return self._search_flat(snapshot, queries, k, mask, filter)
         params = faiss.SearchParametersHNSW(efSearch=ef)
         if mask is not None:
-            params.sel = _bitmap_selector(mask[:covered])
+            params.sel = bitmap_selector(mask[:covered])
         scores, rows = graph.search(queries, min(k, covered), params=params)
         if covered < n_rows:  # rows added since the graph was built: search them exactly
             tail = matrix(self.flat_index(snapshot), self.dim)[covered:]
@@ -219,10 +259,3 @@ def _filtered_walk_runs_dry(n_ok: int, n_rows: int, k: int, ef: int) -> bool:
     return n_ok < n_rows * min(_HNSW_FILTER_MIN_SHARE, k / ef)
 
 
-def _bitmap_selector(mask: np.ndarray):
-    import faiss
-
-    bits = np.packbits(mask.astype(np.uint8), bitorder="little")
-    selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
-    selector.buffer = bits  # the selector points into it: keep it alive as long as the selector
-    return selector

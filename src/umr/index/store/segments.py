@@ -22,6 +22,12 @@ from ..base import IndexStoreError, json_line
 CHUNK_ROWS = 65_536
 #: the files of a segment named ``seg-NNNNNN``
 SEGMENT_SUFFIXES = (".npy", ".jsonl", ".keys")
+#: those of a quantised index's segment: its vectors live in the index's compact files (:mod:`umr.index.compact`)
+RECORD_SUFFIXES = SEGMENT_SUFFIXES[1:]
+
+
+def segment_suffixes(vectors: bool) -> tuple[str, ...]:
+    return SEGMENT_SUFFIXES if vectors else RECORD_SUFFIXES
 
 
 def segment_name(number: int) -> str:
@@ -34,12 +40,14 @@ def deleted_name(number: int) -> str:
 
 def write_segment(folder: Path, name: str, lines: Iterable[bytes], ids: Sequence[str],
                   hashes: Sequence[str | None], vectors_rows: int, dim: int,
-                  vector_blocks: Iterable[np.ndarray]) -> None:
-    """A segment's three files, each whole or not at all; the commit fsyncs the folder once for all."""
+                  vector_blocks: Iterable[np.ndarray] | None) -> None:
+    """A segment's files, each whole or not at all; the commit fsyncs the folder once for all.
+    ``vector_blocks`` None: a quantised index's segment, its vectors kept elsewhere."""
     write_bytes_atomic(folder / f"{name}.jsonl", lambda h: h.writelines(line + b"\n" for line in lines),
                        sync_dir=False)
     write_bytes_atomic(folder / f"{name}.keys", json_line([list(ids), list(hashes)]).encode(), sync_dir=False)
-    _write_npy(folder / f"{name}.npy", vectors_rows, dim, vector_blocks)
+    if vector_blocks is not None:
+        _write_npy(folder / f"{name}.npy", vectors_rows, dim, vector_blocks)
 
 
 def write_deleted(path: Path, rows: np.ndarray) -> None:
@@ -75,18 +83,20 @@ def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
 
 class Segment:
     """One commit's files, read on demand and never held open (an index of thousands of
-    segments must not hold thousands of file descriptors)."""
+    segments must not hold thousands of file descriptors). ``vectors`` False: a quantised
+    index's segment, records only."""
 
-    def __init__(self, folder: Path, name: str, rows: int, start: int, dim: int):
+    def __init__(self, folder: Path, name: str, rows: int, start: int, dim: int, *, vectors: bool = True):
         self.name, self.rows, self.start = name, int(rows), int(start)
         self._base = folder / name
         self._ends: np.ndarray | None = None
         self._where = f"{folder}: segment {name}"
-        shape, dtype = _npy_shape(self.path(".npy"))
-        if shape != (self.rows, dim) or dtype != np.float32:
-            raise IndexStoreError(f"{self._where} does not match the manifest (vectors "
-                                  f"{shape}, expected {(self.rows, dim)})")
-        for suffix in SEGMENT_SUFFIXES[1:]:
+        if vectors:
+            shape, dtype = _npy_shape(self.path(".npy"))
+            if shape != (self.rows, dim) or dtype != np.float32:
+                raise IndexStoreError(f"{self._where} does not match the manifest (vectors "
+                                      f"{shape}, expected {(self.rows, dim)})")
+        for suffix in RECORD_SUFFIXES:
             self.path(suffix).stat()  # a file a writer removed since: FileNotFoundError, retried
 
     def path(self, suffix: str) -> Path:

@@ -55,7 +55,7 @@ def qwen_vl_utils_fetch_image(image, *, factor: int, min_pixels: int, max_pixels
     return image.resize((w, h))
 
 
-def _image_only(processor_class, **parts):
+def image_only_processor(processor_class, **parts):
     """``processor_class`` without its video processor (which needs torchvision)."""
 
     class ImageOnlyProcessor(processor_class):
@@ -94,7 +94,7 @@ class GmeReference(Reference):
         self.min_pixels, self.max_pixels = min_image_tokens * 28 * 28, max_image_tokens * 28 * 28
         image_processor = Qwen2VLImageProcessorPil(min_pixels=self.min_pixels, max_pixels=self.max_pixels,
                                                    image_mean=config["image_mean"], image_std=config["image_std"])
-        self.processor = _image_only(Qwen2VLProcessor, image_processor=image_processor, tokenizer=tokenizer)
+        self.processor = image_only_processor(Qwen2VLProcessor, image_processor=image_processor, tokenizer=tokenizer)
         self.max_length, self.device = max_length, device
         self.description = (f"umr's GME reference loop (gme_inference.py followed literally), "
                             f"transformers {transformers.__version__}")
@@ -153,7 +153,7 @@ class Qwen3VLReference(Reference):
         config = json.loads((folder / "preprocessor_config.json").read_text())
         image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
                                                    image_mean=config["image_mean"], image_std=config["image_std"])
-        self.processor = _image_only(Qwen3VLProcessor, image_processor=image_processor, tokenizer=tokenizer,
+        self.processor = image_only_processor(Qwen3VLProcessor, image_processor=image_processor, tokenizer=tokenizer,
                                      chat_template=(folder / "chat_template.jinja").read_text())
         self.min_pixels, self.max_pixels, self.max_length, self.device = min_pixels, max_pixels, max_length, device
         self.description = (f"umr's Qwen3-VL-Embedding reference loop (Qwen3VLEmbedder followed literally), "

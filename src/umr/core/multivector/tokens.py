@@ -14,7 +14,7 @@ import numpy as np
 
 from .encoding import Float16Encoding, Float32Encoding, TokenEncoding
 
-__all__ = ["TokenVectors", "as_queries"]
+__all__ = ["TokenVectors", "as_float32", "as_queries"]
 
 
 @dataclass(frozen=True)
@@ -114,12 +114,17 @@ def token_rows(starts: np.ndarray, lengths: np.ndarray, offsets: np.ndarray | No
     return np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
 
 
+def as_float32(arrays: Sequence[np.ndarray]) -> TokenVectors:
+    """Token matrices held exactly, as float32 codes."""
+    arrays = list(arrays)
+    dim = np.asarray(arrays[0]).shape[-1] if arrays else 0
+    return TokenVectors.from_arrays(arrays, Float32Encoding(dim) if dim else None)
+
+
 def as_queries(queries: "TokenVectors | Sequence[np.ndarray]") -> TokenVectors:
     """Query token matrices as a float32 collection (queries are scored exactly as given)."""
     if isinstance(queries, TokenVectors):
         if isinstance(queries.encoding, Float32Encoding):
             return queries
-        return TokenVectors.from_arrays(queries.decoded(), Float32Encoding(queries.dim))
-    arrays = list(queries)
-    dim = np.asarray(arrays[0]).shape[-1] if arrays else 0
-    return TokenVectors.from_arrays(arrays, Float32Encoding(dim) if dim else None)
+        return as_float32(queries.decoded())
+    return as_float32(queries)

@@ -1,5 +1,6 @@
-"""Cohere's v2 API: ``POST /v2/embed`` and ``POST /v2/rerank``, as the official ``cohere``
-client's ``ClientV2`` calls them (``base_url`` = the server's root).
+"""Cohere's API as the official ``cohere`` client calls it (``base_url`` = the server's root):
+``ClientV2``'s ``POST /v2/embed`` and ``POST /v2/rerank``, and ``Client``'s (v1) ``POST /v1/embed``
+(v1's ``/v1/rerank`` is :mod:`umr.serve.rerank`'s, shared with Jina and TEI).
 
 ``/v2/embed`` takes ``texts``, ``images`` (data URIs) or v4-style ``inputs`` (``content`` parts of
 text and ``image_url``, fused into one vector each) and answers each requested
@@ -7,7 +8,9 @@ text and ``image_url``, fused into one vector each) and answers each requested
 (:mod:`umr.core.quantize`, which the compact vector storage :mod:`umr.index.compact` uses too). int8/uint8 are Cohere-style symmetric codes,
 ``clip(rint(127 x / a))``, with ``a`` the largest value over built-in calibration inputs embedded
 by the served model at the first int8 request (cached per output dimension): codes point the
-same way as the floats and their dot products rank like them.
+same way as the floats and their dot products rank like them. ``/v1/embed`` is the same pipeline
+under v1's narrower body (``texts`` or ``images``, no ``output_dimension``) and v1's two response
+shapes: plain float lists without ``embedding_types``, an object by type with them.
 """
 
 from __future__ import annotations
@@ -29,13 +32,12 @@ from ..models.matryoshka import matryoshka_prefix
 from .embeddings import check_model_name, json_response, truncate
 from .rerank import rank_documents
 from .security import RequestRefused, check_count, check_text, image_from_url
-from .server import Server, check_items, embed_or_refuse, naming
+from .server import Server, check_items, embed_or_refuse, naming, one_vector_per_input
 
 #: Cohere's input types: a query is embedded with the model's query instruction; the rest as
 #: documents (classification and clustering compare items of one kind with each other, so every
 #: item is embedded the same way, with no instruction)
 INPUT_TYPES = ("search_query", "search_document", "classification", "clustering", "image")
-API_META = {"api_version": {"version": "2"}}
 
 
 class ImageUrl(BaseModel):
@@ -55,20 +57,27 @@ class EmbedInput(BaseModel):
     content: list[Content]
 
 
-class EmbedRequest(BaseModel):
-    """Cohere's ``/v2/embed`` body; fields the client leaves out are not sent, so all are optional
-    (``priority`` and the like are accepted and ignored)."""
+class EmbedRequestV1(BaseModel):
+    """Cohere's ``/v1/embed`` body (``cohere.Client.embed``); fields the client leaves out are not
+    sent, so all are optional. ``embedding_types`` left out asks for v1's plain float lists."""
 
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
     input_type: str = "search_document"
     texts: list[str] | None = None
     images: list[str] | None = None
+    embedding_types: list[str] | None = None
+    truncate: Literal["NONE", "START", "END"] = "END"
+
+
+class EmbedRequest(EmbedRequestV1):
+    """Cohere's ``/v2/embed`` body: v1's plus ``inputs``, ``output_dimension`` and ``max_tokens``,
+    floats by default (``priority`` and the like are accepted and ignored)."""
+
     inputs: list[EmbedInput] | None = None
     embedding_types: list[str] = Field(default_factory=lambda: ["float"])
     output_dimension: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
-    truncate: Literal["NONE", "START", "END"] = "END"
 
 
 class RerankRequest(BaseModel):
@@ -85,32 +94,30 @@ class RerankRequest(BaseModel):
 
 
 def cohere_router(server: Server) -> APIRouter:
-    """The ``/v2`` routes for ``server``, to ``include_router`` in the app."""
+    """Cohere's routes for ``server`` (``/v2/embed``, ``/v2/rerank``, ``/v1/embed``), to
+    ``include_router`` in the app; both embed routes share one int8 calibration."""
     router = APIRouter(tags=["cohere"])
     scales = Int8Scales(server)
 
     @router.post("/v2/embed")
     async def embed(body: EmbedRequest):
-        model = server.model
-        check_model_name(model, body.model)
-        if body.input_type not in INPUT_TYPES:
-            raise RequestRefused(400, f"input_type {body.input_type!r} is not one of {', '.join(INPUT_TYPES)}")
-        unknown = [t for t in body.embedding_types if t not in EMBEDDING_TYPES]
-        if unknown or not body.embedding_types:
-            raise RequestRefused(400, f"embedding_types: {', '.join(map(repr, unknown)) or 'none'} given; "
-                                      f"choose from {', '.join(EMBEDDING_TYPES)}")
-        items, names = await embed_items(server, body)
-        embedded = await embed_or_refuse(server, items, names)
-        vectors = truncate(embedded.result.vectors, body.output_dimension, model)
-        codec = await scales.get(body.output_dimension) if {"int8", "uint8"} & set(body.embedding_types) else None
-        payload: dict[str, Any] = {
-            "id": str(uuid.uuid4()), "embeddings": embedding_types(vectors, body.embedding_types, int8=codec),
-            "meta": {**API_META, "billed_units": {"input_tokens": embedded.tokens,
-                                                  "images": sum(item.image is not None for item in items)}},
-            "response_type": "embeddings_by_type"}
+        embeddings, meta = await embed_by_type(server, scales, body, api_version="2")
+        payload: dict[str, Any] = {"id": str(uuid.uuid4()), "embeddings": embeddings, "meta": meta,
+                                   "response_type": "embeddings_by_type"}
         if body.texts is not None:
             payload["texts"] = body.texts
         return json_response(payload)
+
+    @router.post("/v1/embed")
+    async def embed_v1(body: EmbedRequestV1):
+        by_type = body.embedding_types is not None
+        request = EmbedRequest.model_validate({**body.model_dump(), "embedding_types": body.embedding_types
+                                               if by_type else ["float"]})
+        embeddings, meta = await embed_by_type(server, scales, request, api_version="1")
+        # v1 answers plain float lists unless embedding_types was given; ``texts`` is always there
+        return json_response({"id": str(uuid.uuid4()), "texts": body.texts or [], "meta": meta,
+                              "embeddings": embeddings if by_type else embeddings["float"],
+                              "response_type": "embeddings_by_type" if by_type else "embeddings_floats"})
 
     @router.post("/v2/rerank")
     async def rerank_v2(body: RerankRequest):
@@ -119,9 +126,31 @@ def cohere_router(server: Server) -> APIRouter:
         results = [{"index": i, "relevance_score": float(scores[i]),
                     **({"document": {"text": docs[i]}} if body.return_documents else {})} for i in order]
         return {"id": str(uuid.uuid4()), "results": results,
-                "meta": {**API_META, "billed_units": {"search_units": 1}}}
+                "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}}
 
     return router
+
+
+async def embed_by_type(server: Server, scales: Int8Scales, body: EmbedRequest,
+                        api_version: str) -> tuple[dict[str, list], dict[str, Any]]:
+    """The request's vectors in each of its ``embedding_types`` and Cohere's ``meta`` (billed
+    units): the one embed pipeline behind ``/v1/embed`` and ``/v2/embed``."""
+    model = server.model
+    check_model_name(model, body.model)
+    one_vector_per_input(model)
+    if body.input_type not in INPUT_TYPES:
+        raise RequestRefused(400, f"input_type {body.input_type!r} is not one of {', '.join(INPUT_TYPES)}")
+    unknown = [t for t in body.embedding_types if t not in EMBEDDING_TYPES]
+    if unknown or not body.embedding_types:
+        raise RequestRefused(400, f"embedding_types: {', '.join(map(repr, unknown)) or 'none'} given; "
+                                  f"choose from {', '.join(EMBEDDING_TYPES)}")
+    items, names = await embed_items(server, body)
+    embedded = await embed_or_refuse(server, items, names)
+    vectors = truncate(embedded.result.vectors, body.output_dimension, model)
+    codec = await scales.get(body.output_dimension) if {"int8", "uint8"} & set(body.embedding_types) else None
+    meta = {"api_version": {"version": api_version},
+            "billed_units": {"input_tokens": embedded.tokens, "images": sum(item.image is not None for item in items)}}
+    return embedding_types(vectors, body.embedding_types, int8=codec), meta
 
 
 async def embed_items(server: Server, body: EmbedRequest) -> tuple[list[Item], list[str]]:

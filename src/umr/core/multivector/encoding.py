@@ -6,13 +6,14 @@ side once per search, so that a block of stored codes needs only a widening cast
 lookup for bits) before the float32 matrix product. The invariant every encoding keeps, and the
 tests check: ``fold(q)[0] @ widen(codes).T + fold(q)[1] == q @ decode(codes).T``.
 
-The int8 codes follow the scalar codec designed for single vectors (issue 23, ``umr.quantize``):
-per-dimension ``lo`` and ``step``, nearest rounding, ``u = clip(rint((x - lo) / step), 0, 255)``,
-``code = u - 128``, ``decode = lo + u * step``; either calibrated per dimension (min/max of a
-sample) or symmetric (one scale ``a``: ``code = rint(127 x / a)``). The sign bits are
-``np.packbits(x >= 0)``, MSB first, zero bits padding the last byte, as the single-vector binary
-codes are. Scoring here is asymmetric (float32 query against decoded codes), which is why
-per-dimension offsets are harmless here while they ruin code-against-code dot products.
+The int8 codes and the sign bits are :mod:`umr.core.quantize`'s, the codec the single-vector
+index and the HTTP API share, byte for byte: int8 is an :class:`~umr.core.quantize.Int8Codec`
+(per dimension, :class:`~umr.core.quantize.PerDimensionInt8`, calibrated on the first commit's
+tokens; or :class:`~umr.core.quantize.SymmetricInt8`, one scale), ``u = clip(rint((x - lo) /
+step), 0, 255)``, ``code = u - 128``; the bits are :func:`~umr.core.quantize.sign_bits` (bit 1
+where ``x >= 0``, MSB first). What this module adds is how codes are *scored*: asymmetrically (a
+float32 query against decoded codes), which is why per-dimension offsets are harmless here while
+they ruin code-against-code dot products, and the sign bits decode to ``±scale`` per dimension.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
+from ..quantize import Int8Codec, PerDimensionInt8, SymmetricInt8, sign_bits
 
 __all__ = ["BinaryEncoding", "Float16Encoding", "Float32Encoding", "Int8Encoding", "TokenEncoding",
            "encoding_from_state"]
@@ -119,55 +122,53 @@ class Float16Encoding(TokenEncoding):
 
 
 class Int8Encoding(TokenEncoding):
-    """One byte per value: ``decode = lo + (code + 128) * step`` with per-dimension ``lo``/``step``."""
+    """One byte per value: an :class:`~umr.core.quantize.Int8Codec`'s codes, ``decode = lo + (code
+    + 128) * step`` with per-dimension ``lo``/``step``."""
 
     name = "int8"
     code_dtype = np.dtype(np.int8)
 
-    def __init__(self, lo: np.ndarray, step: np.ndarray):
-        lo = np.asarray(lo, dtype=np.float32).reshape(-1)
-        step = np.asarray(step, dtype=np.float32).reshape(-1)
-        super().__init__(lo.size)
-        if step.shape != lo.shape or not np.all(step > 0) or not np.all(np.isfinite(lo)):
-            raise ValueError("int8 encoding needs finite lo and positive steps, one per dimension")
-        self.lo, self.step = lo, step
+    def __init__(self, codec: Int8Codec):
+        super().__init__(codec.dim)
+        self.codec = codec
 
     @classmethod
     def fit(cls, sample: np.ndarray, *, symmetric: bool = False) -> "Int8Encoding":
-        """Calibrated on a sample of token vectors: per dimension, ``[min, max]`` over 255 steps;
-        ``symmetric``: one scale ``a = max |x|``, ``step = a / 127`` everywhere (codes that point
-        the way the floats do, as the single-vector API's int8)."""
-        sample = np.asarray(sample, dtype=np.float32)
-        if sample.ndim != 2 or len(sample) == 0 or not np.isfinite(sample).all():
-            raise ValueError("int8 calibration needs a non-empty, finite (n, dim) sample")
-        if symmetric:
-            a = float(np.abs(sample).max()) or 1.0
-            step = np.full(sample.shape[1], a / 127.0, np.float32)
-            return cls(-128.0 * step, step)
-        lo, hi = sample.min(axis=0), sample.max(axis=0)
-        span = hi - lo
-        return cls(lo, np.where(span > 0, span / 255.0, 1.0).astype(np.float32))
+        """Calibrated on a sample of token vectors: per dimension, ``[min, max]`` over 255 steps
+        (:class:`~umr.core.quantize.PerDimensionInt8`); ``symmetric``: one scale ``a = max |x|``,
+        ``code = rint(127 x / a)`` (:class:`~umr.core.quantize.SymmetricInt8`, the API's int8)."""
+        return cls((SymmetricInt8 if symmetric else PerDimensionInt8).fit(np.asarray(sample, np.float32)))
+
+    @property
+    def step(self) -> np.ndarray:
+        return self.codec.step
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
-        units = np.rint((self._check(vectors) - self.lo) / self.step)
-        return (np.clip(units, 0, 255) - 128).astype(np.int8)
+        """Codes; a value beyond the calibrated range is clipped to the nearest end of it."""
+        return self.codec.encode(self._check(vectors)).codes
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        return self._offset + np.asarray(codes, dtype=np.float32) * self.step
+        return self.codec.decode(codes)
 
     @property
     def _offset(self) -> np.ndarray:
-        return self.lo + 128.0 * self.step  # the value of code 0
+        return self.codec.lo + 128.0 * self.codec.step  # the value of code 0
 
     def fold(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return queries * torch.from_numpy(self.step), queries @ torch.from_numpy(self._offset)
+        return queries * torch.from_numpy(self.codec.step), queries @ torch.from_numpy(self._offset)
 
     def state(self) -> dict[str, Any]:
-        return {**super().state(), "lo": self.lo.tolist(), "step": self.step.tolist()}
+        return {**super().state(), "codec": self.codec.to_json()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "Int8Encoding":
-        return cls(np.array(state["lo"], np.float32), np.array(state["step"], np.float32))
+        """The codec recorded; an index written before int8 tokens used :mod:`umr.core.quantize`
+        recorded ``lo`` and ``step`` instead: read as the per-dimension codec of the same range
+        (``hi = lo + 255 step``; its step equals the recorded one to float32 rounding)."""
+        if "codec" in state:
+            return cls(Int8Codec.from_json(state["codec"]))
+        lo, step = np.array(state["lo"], np.float32), np.array(state["step"], np.float32)
+        return cls(PerDimensionInt8(lo, lo + np.float32(255) * step, rows=0))
 
 
 class BinaryEncoding(TokenEncoding):
@@ -207,7 +208,7 @@ class BinaryEncoding(TokenEncoding):
         return 8 * self.code_width
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
-        return np.packbits(self._check(vectors) >= 0, axis=1)
+        return sign_bits(self._check(vectors))
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         bits = np.unpackbits(np.asarray(codes, dtype=np.uint8), axis=1, count=self.dim)
