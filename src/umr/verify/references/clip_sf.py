@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...core.items import Item
-from ...models.clip_sf.modeling_clip_sf import load_uniir_state
+from ...models.clip_sf.modeling_clip_sf import load_uniir_state, resolve_checkpoint
 from .base import Reference
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -185,7 +185,10 @@ class TransformersClipReference(Reference):
                                      return_tensors="pt").to(self.device)
                 vector = vector + model.text_projection(model.text_model(**enc).pooler_output)[0]
         if item.image is not None:
-            pixels = self.image_processor(_open_rgb(item.image), return_tensors="pt")["pixel_values"]
+            # convert("RGB") as UniIR (OpenAI's _convert_image_to_rgb) does; transformers 5's own
+            # conversion would also composite a colour key PIL leaves in ``info`` on white
+            pixels = self.image_processor(_open_rgb(item.image), do_convert_rgb=False,
+                                          return_tensors="pt")["pixel_values"]
             out = model.vision_model(pixel_values=pixels.to(self.device, self.dtype)).pooler_output
             vector = vector + (out[0] if self.kind == "siglip" else model.visual_projection(out)[0])
         return F.normalize(vector.float(), dim=-1).cpu().numpy()
@@ -201,5 +204,5 @@ def clip_sf_reference(folder: Path, *, device: str, dtype: torch.dtype, options:
         checkpoint = found[0] if len(found) == 1 else None
     if checkpoint in (None, False):
         return TransformersClipReference(folder, device=device, dtype=dtype, uniir=options.get("uniir_text", True))
-    return UniIRClipSfReference(folder, Path(checkpoint), device=device, dtype=dtype,
+    return UniIRClipSfReference(folder, resolve_checkpoint(checkpoint), device=device, dtype=dtype,
                                 trust_checkpoint=bool(options.get("trust_checkpoint", False)))

@@ -6,8 +6,9 @@ NV-Embed-v1 from the hub by name (``config.retriever``) and merges image feature
 ``_merge_input_ids_with_image_features``, which transformers removed in 4.47: on transformers 5
 it cannot load, and ``--reference auto`` falls back to the loop, saying why.
 
-The loop: LLaVA-NeXT's LLaMA tokenizer with ``add_eos_token`` from the config; transformers'
-LLaVA-NeXT PIL image processor, keeping the global patch as ``global_image_patch_only`` does;
+The loop: LLaVA-NeXT's LLaMA tokenizer with ``add_eos_token`` from the config; images converted
+with ``convert("RGB")`` as transformers 4.43 (the script's) did; transformers' LLaVA-NeXT PIL
+image processor, keeping the global patch as ``global_image_patch_only`` does;
 ``CLIPVisionModel`` and ``MistralModel`` (given a padding-only 4D mask, as NV-Embed's
 ``BidirectionalMistralModel`` builds it); NV-Embed's latent-attention pooling written out with
 einsum from the weights. umr's fast path shares none of it.
@@ -151,7 +152,10 @@ class MMEmbedReference(Reference):
         emb_ids[ids == self.config["pad_token_id"]] = self.tokenizer.eos_token_id
         embeds = self.llm.embed_tokens(emb_ids)
         if item.image is not None:
-            pixels = self.image_processor(_open_rgb(item.image), return_tensors="pt")["pixel_values"][:, 0]
+            # converted as transformers 4.43's convert_to_rgb converted (the script's era): convert("RGB");
+            # transformers 5's would composite a colour key PIL leaves in ``info`` on white
+            pixels = self.image_processor(_open_rgb(item.image), do_convert_rgb=False,
+                                          return_tensors="pt")["pixel_values"][:, 0]
             out = self.vision(pixels.to(self.device, embeds.dtype), output_hidden_states=True)
             feats = out.hidden_states[self.config["vision_feature_layer"]][:, 1:]
             s = self.state

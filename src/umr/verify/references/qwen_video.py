@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ...core.items import Item
-from .qwen_vl import QWEN3VL_DEFAULT_INSTRUCTION, qwen_vl_utils_fetch_image, smart_resize
+from .qwen_vl import QWEN3VL_DEFAULT_INSTRUCTION, Qwen3VLReference, qwen_vl_utils_fetch_image, smart_resize
 
 FACTOR = 32
 
@@ -186,3 +186,16 @@ class Qwen3VLVideoReference:
         span = {k: v for k, v in (("video_start", item.video_start), ("video_end", item.video_end)) if v is not None}
         return self.embed(**{"text": item.text, "video": video, "fps": item.fps, "max_frames": item.max_frames,
                              "instruction": item.instruction if item.is_query else None, **span, **extra})
+
+
+class Qwen3VLWithVideoReference(Qwen3VLReference):
+    """:class:`Qwen3VLReference` for texts and images, :class:`Qwen3VLVideoReference` (on the same
+    model, at Qwen3VLEmbedder's defaults: 1 frame per second, at most 64 frames) for videos."""
+
+    def __init__(self, folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        super().__init__(folder, device=device, dtype=dtype)
+        self.videos = Qwen3VLVideoReference(folder, max_length=self.max_length, model=self.model, device=device,
+                                            dtype=dtype)
+
+    def embed(self, item: Item) -> np.ndarray:
+        return self.videos.embed_item(item) if item.video is not None else super().embed(item)
