@@ -196,13 +196,14 @@ class TransformersClipReference(Reference):
 
 def clip_sf_reference(folder: Path, *, device: str, dtype: torch.dtype, options: dict[str, Any]) -> Reference:
     """UniIR's loop when umr read a UniIR ``.pth`` (``checkpoint=`` or the one in the folder, as
-    umr picks it), else transformers' CLIP / SigLIP."""
+    umr picks it), else transformers' CLIP / SigLIP; both format text as UniIR does for every
+    model it evaluates (umr's default, ``uniir_text=True``)."""
     folder = Path(folder)
     checkpoint = options.get("checkpoint")
     if checkpoint is None:
         found = sorted(folder.glob("*.pth")) + sorted(folder.glob("*.pt"))
         checkpoint = found[0] if len(found) == 1 else None
     if checkpoint in (None, False):
-        return TransformersClipReference(folder, device=device, dtype=dtype, uniir=options.get("uniir_text", True))
+        return TransformersClipReference(folder, device=device, dtype=dtype)
     return UniIRClipSfReference(folder, resolve_checkpoint(checkpoint), device=device, dtype=dtype,
                                 trust_checkpoint=bool(options.get("trust_checkpoint", False)))
