@@ -47,8 +47,9 @@ def compare(model: Embedder | MultiVectorEmbedder, reference: Reference, probes:
 
 
 def _maxsim_results(probes: list[Probe], ours: dict, theirs: dict, tolerance: Tolerance) -> list[ProbeResult]:
-    """Per query probe: its scores against every document probe both sides embedded alike in shape."""
-    both = [i for i in theirs if np.shape(ours[i]) == np.shape(theirs[i])]
+    """Per query probe: its scores against every document probe both sides embedded (token counts
+    may differ: MaxSim compares what retrieval would rank)."""
+    both = [i for i in theirs if np.shape(ours[i])[-1] == np.shape(theirs[i])[-1]]
     queries = [i for i in both if probes[i].item.is_query]
     documents = [i for i in both if not probes[i].item.is_query]
     if not queries or not documents:
