@@ -1,11 +1,12 @@
 """CLIP-SF (UniIR) and plain CLIP / SigLIP backends on tiny random checkpoints.
 
-The UniIR reference (:mod:`umr.verify.references.clip_sf`, what ``umr verify`` runs) re-does ``CLIPScoreFusion.encode_multimodal_input`` from UniIR's
-``src/models/uniir_clip/clip_scorefusion/clip_sf.py`` directly on the ``.pth`` state dict, in
-OpenAI CLIP's own layout (``clip/model.py``: ``visual.conv1``, ``transformer.resblocks.N.attn``
-with packed ``in_proj_weight``, ``x @ proj``), with OpenAI's torchvision preprocessing redone
-in PIL, and UniIR's query text ``format_string(f"{instruction} {query_txt}")``. The plain
-CLIP / SigLIP references use transformers' own models and PIL image processors.
+The references are :mod:`umr.verify.references.clip_sf` (what ``umr verify`` runs): UniIR's
+``CLIPScoreFusion.encode_multimodal_input`` (``src/models/uniir_clip/clip_scorefusion/clip_sf.py``)
+re-done directly on the ``.pth`` state dict, in OpenAI CLIP's own layout (``clip/model.py``:
+``visual.conv1``, ``transformer.resblocks.N.attn`` with packed ``in_proj_weight``, ``x @ proj``),
+with OpenAI's torchvision preprocessing redone in PIL, and UniIR's query text
+``format_string(f"{instruction} {query_txt}")``; for plain CLIP / SigLIP, transformers' own
+models and PIL image processors.
 """
 
 from __future__ import annotations

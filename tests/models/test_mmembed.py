@@ -1,8 +1,8 @@
 """MM-Embed backend: reference semantics on tiny random weights, checkpoint names, CLI, bad input.
 
 The reference (:mod:`umr.verify.references.mmembed`, the loop ``umr verify`` runs) re-does
-MM-Embed's forward the way ``nvidia/MM-Embed``'s ``modeling_nvmmembed.py`` (``NVMMEmbedModel.encode`` / ``forward``) does, with separate code:
-transformers' own LLaVA-NeXT PIL image processor (keeping the global patch, as
+MM-Embed's forward the way ``nvidia/MM-Embed``'s ``modeling_nvmmembed.py`` (``NVMMEmbedModel.encode``
+/ ``forward``) does, with separate code: transformers' own LLaVA-NeXT PIL image processor (keeping the global patch, as
 ``global_image_patch_only`` does), transformers' ``CLIPVisionModel`` and ``MistralModel``
 (given a padding-only 4D mask, as NV-Embed's ``BidirectionalMistralModel`` builds it), and
 NV-Embed's latent-attention pooling written out with einsum. umr's path shares none of it.

@@ -164,10 +164,7 @@ def test_tiny_clip_sf_matches_uniir(tiny_clip_sf_dir, capsys):
     assert set(_kinds(out).values()) == {"ok"}
 
 
-def test_plain_clip_is_checked_against_transformers(tiny_clip_sf_dir, capsys):
-    code = main(["verify", "--model", str(tiny_clip_sf_dir), "--reference", "auto"])
-    capsys.readouterr()
-    assert code == 0
+def test_plain_clip_is_checked_against_transformers(tiny_clip_sf_dir):
     model = umr.load_model(tiny_clip_sf_dir, checkpoint=False)
     report = verify(model)
     assert report.ok, report.table()

@@ -20,8 +20,8 @@ from .qwen_vl import GmeReference, Qwen3VLReference
 from .qwen_video import Qwen3VLWithVideoReference
 from .text import SentenceTransformersReference
 
-__all__ = ["EmbedsItems", "GmeReference", "NoReference", "Qwen3VLReference", "Reference", "SentenceTransformersReference",
-           "reference_for", "reference_from_file"]
+__all__ = ["EmbedsItems", "GmeReference", "NoReference", "Qwen3VLReference", "Reference",
+           "SentenceTransformersReference", "reference_for", "reference_from_file"]
 
 
 class NoReference(ValueError):

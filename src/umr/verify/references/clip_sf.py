@@ -181,8 +181,8 @@ class TransformersClipReference(Reference):
                                      max_length=model.config.text_config.max_position_embeddings, return_tensors="pt")
                 vector = vector + model.text_model(input_ids=enc["input_ids"].to(self.device)).pooler_output[0]
             else:
-                enc = self.tokenizer([text], truncation=True, max_length=model.config.text_config.max_position_embeddings,
-                                     return_tensors="pt").to(self.device)
+                enc = self.tokenizer([text], truncation=True, return_tensors="pt",
+                                     max_length=model.config.text_config.max_position_embeddings).to(self.device)
                 vector = vector + model.text_projection(model.text_model(**enc).pooler_output)[0]
         if item.image is not None:
             # convert("RGB") as UniIR (OpenAI's _convert_image_to_rgb) does; transformers 5's own

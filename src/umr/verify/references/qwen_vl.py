@@ -156,7 +156,6 @@ class Qwen3VLReference(Reference):
         self.processor = _image_only(Qwen3VLProcessor, image_processor=image_processor, tokenizer=tokenizer,
                                      chat_template=(folder / "chat_template.jinja").read_text())
         self.min_pixels, self.max_pixels, self.max_length, self.device = min_pixels, max_pixels, max_length, device
-        self.folder, self.dtype = folder, dtype
         self.description = (f"umr's Qwen3-VL-Embedding reference loop (Qwen3VLEmbedder followed literally), "
                             f"transformers {transformers.__version__}")
 
