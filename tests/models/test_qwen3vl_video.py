@@ -5,13 +5,8 @@ Two references:
 * the official ``Qwen3VLEmbedder`` itself (QwenLM/Qwen3-VL-Embedding with qwen-vl-utils 0.0.14,
   transformers 4.57.3 and decord), run once on the clips of ``tests/fixtures/video``
   (``make_reference.py``), whose vectors are stored there;
-* its video path transcribed below, literally, one item at a time: ``format_model_input``;
-  ``fetch_video`` (every frame decoded in presentation order as decord presents them, here by
-  PyAV; ``smart_nframes``; ``torch.linspace(...).round()``; torchvision's resize of a uint8 tensor;
-  frame lists through ``fetch_image`` at factor 64, padded to an even count, 2 frames per second);
-  transformers 4.57.3's video processor (fused normalisation, patches) and processor (one
-  ``<t seconds>`` block per frame pair, truncation and its check of the video tokens); then
-  transformers' own ``Qwen3VLModel``. umr's path (seeking decoder, planner, packed decoder) shares
+* its video path transcribed literally, one item at a time (:mod:`umr.verify.references.qwen_video`,
+  which ``umr verify`` runs too). umr's path (seeking decoder, planner, packed decoder) shares
   none of it.
 """
 
@@ -19,10 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import random
 import struct
-import unicodedata
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,16 +25,14 @@ import torch
 from PIL import Image
 
 import umr
-from qwen_reference import ref_fetch_image, ref_smart_resize
 from umr.cli import main
 from umr.core.items import Item, ItemError
+from umr.verify.references.qwen_video import Qwen3VLVideoReference, decode_all
 
 av = pytest.importorskip("av")
 
 TOL = 1e-5
-DEFAULT_INSTRUCTION = "Represent the user's input."
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "video"
-FACTOR = 32
 
 
 def _fixture_module():
@@ -52,156 +43,6 @@ def _fixture_module():
 
 
 make_reference = _fixture_module()
-
-
-# -- the transcribed reference -----------------------------------------------------------------
-
-def decode_all(path):
-    """Every frame in presentation order and the average rate: what decord shows of a file."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate)
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    return np.stack(frames), fps
-
-
-def smart_nframes(ele, total_frames, video_fps):
-    fps = ele.get("fps", 2.0)
-    min_frames = math.ceil(4 / 2) * 2
-    max_frames = math.floor(ele.get("max_frames", min(768, total_frames)) / 2) * 2
-    nframes = total_frames / video_fps * fps
-    nframes = min(min(max(nframes, min_frames), max_frames), total_frames)
-    nframes = math.floor(nframes / 2) * 2
-    if not 2 <= nframes <= total_frames:
-        raise ValueError(f"nframes should in interval [2, {total_frames}], but got {nframes}.")
-    return nframes
-
-
-def calculate_video_frame_range(ele, total_frames, video_fps):
-    """qwen-vl-utils 0.0.14's time range (``video_start`` / ``video_end``, seconds) as frames."""
-    video_start, video_end = ele.get("video_start"), ele.get("video_end")
-    if video_start is None and video_end is None:
-        return 0, total_frames - 1, total_frames
-    max_duration = total_frames / video_fps
-    start_frame = math.ceil(max(0.0, min(video_start, max_duration)) * video_fps) if video_start is not None else 0
-    if video_end is not None:
-        end_frame = min(math.floor(max(0.0, min(video_end, max_duration)) * video_fps), total_frames - 1)
-    else:
-        end_frame = total_frames - 1
-    if start_frame >= end_frame:
-        raise ValueError("Invalid time range")
-    return start_frame, end_frame, end_frame - start_frame + 1
-
-
-def torchvision_resize(video, size):
-    """``torchvision.transforms.functional.resize(uint8 tensor, size, BICUBIC, antialias=True)``."""
-    if list(video.shape[-2:]) == list(size):
-        return video
-    out = torch.nn.functional.interpolate(video.float(), size=size, mode="bicubic", align_corners=False,
-                                          antialias=True)
-    return out.clamp(min=0, max=255).round().to(torch.uint8)
-
-
-def fetch_video(ele):
-    if isinstance(ele["video"], str):
-        frames, video_fps = decode_all(ele["video"])
-        first, last, total = calculate_video_frame_range(ele, len(frames), video_fps)
-        nframes = smart_nframes(ele, total_frames=total, video_fps=video_fps)
-        idx = torch.linspace(first, last, nframes).round().long().tolist()
-        video = torch.from_numpy(frames[idx]).permute(0, 3, 1, 2)
-        metadata = {"fps": video_fps, "frames_indices": idx}
-    else:
-        images = [ref_fetch_image(frame, 4 * 64 * 64, 16384 * 64 * 64, factor=64) for frame in ele["video"]]
-        nframes = math.ceil(len(images) / 2) * 2
-        images.extend([images[-1]] * (nframes - len(images)))
-        video = torch.stack([torch.from_numpy(np.array(image).transpose(2, 0, 1)) for image in images])
-        metadata = {"fps": 2.0, "frames_indices": list(range(len(video)))}
-    nframes, _, height, width = video.shape
-    min_pixels = 128 * FACTOR * FACTOR
-    total_pixels = ele.get("total_pixels", 128000 * FACTOR * FACTOR * 0.9)
-    max_pixels = max(min(768 * FACTOR * FACTOR, total_pixels / nframes * 2), int(min_pixels * 1.05))
-    if "resized_height" in ele and "resized_width" in ele:
-        h, w = ref_smart_resize(ele["resized_height"], ele["resized_width"], FACTOR, 4 * 32 * 32, 16384 * 32 * 32)
-    else:
-        h, w = ref_smart_resize(height, width, FACTOR, min_pixels, max_pixels)
-    return torchvision_resize(video, [h, w]).float(), metadata
-
-
-class ReferenceVideo:
-    """Qwen3VLEmbedder on one item with a video (and maybe text), as it runs with transformers 4.57.3."""
-
-    def __init__(self, folder, *, max_length=8192, fps=1, max_frames=64):
-        from transformers import AutoModel, AutoTokenizer
-
-        self.model = AutoModel.from_pretrained(str(folder), dtype=torch.float32).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.template = (Path(folder) / "chat_template.jinja").read_text()
-        config = json.loads((Path(folder) / "preprocessor_config.json").read_text())
-        self.mean, self.std = config["image_mean"], config["image_std"]
-        self.max_length, self.fps, self.max_frames = max_length, fps, max_frames
-        self.video_id = self.tokenizer.convert_tokens_to_ids("<|video_pad|>")
-
-    def conversation(self, text, video, instruction, fps, max_frames, extra):
-        if instruction:
-            instruction = instruction.strip()
-            if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
-                instruction = instruction + "."
-        if isinstance(video, list):
-            if len(video) > self.max_frames:  # sample_frames
-                video = [video[i] for i in np.linspace(0, len(video) - 1, self.max_frames, dtype=int).tolist()]
-            ele = {"type": "video", "video": video, "total_pixels": 10 * 768 * 32 * 32}
-        else:
-            ele = {"type": "video", "video": str(video), "fps": fps or self.fps,
-                   "max_frames": max_frames or self.max_frames}
-        content = [{**ele, **extra}] + ([{"type": "text", "text": text}] if text is not None else [])
-        return [{"role": "system", "content": [{"type": "text", "text": instruction or DEFAULT_INSTRUCTION}]},
-                {"role": "user", "content": content}]
-
-    def inputs(self, text=None, video=None, instruction=None, fps=None, max_frames=None, **extra):
-        conversation = self.conversation(text, video, instruction, fps, max_frames, extra)
-        prompt = self.tokenizer.apply_chat_template(conversation, chat_template=self.template, tokenize=False,
-                                                    add_generation_prompt=True)
-        clip, metadata = fetch_video(conversation[1]["content"][0])
-        # the video processor: fused rescale and normalisation, then patches of 2 frames
-        mean = torch.tensor(self.mean) * (1.0 / (1 / 255))
-        std = torch.tensor(self.std) * (1.0 / (1 / 255))
-        patches = ((clip.to(torch.float32) - mean.view(-1, 1, 1)) / std.view(-1, 1, 1))[None]
-        batch, grid_t, channel = patches.shape[:3]
-        grid_t //= 2
-        grid_h, grid_w = clip.shape[2] // 16, clip.shape[3] // 16
-        patches = patches.view(batch, grid_t, 2, channel, grid_h // 2, 2, 16, grid_w // 2, 2, 16)
-        patches = patches.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
-        pixels = patches.reshape(batch * grid_t * grid_h * grid_w, channel * 2 * 16 * 16)
-        # the processor: timestamps, one block per temporal patch
-        indices = list(metadata["frames_indices"])
-        if len(indices) % 2:
-            indices.append(indices[-1])
-        seconds = [i / metadata["fps"] for i in indices]
-        stamps = [(seconds[i] + seconds[i + 1]) / 2 for i in range(0, len(seconds), 2)]
-        placeholder = "".join(f"<{stamps[k]:.1f} seconds><|vision_start|>" + "<|placeholder|>" * (grid_h * grid_w // 4)
-                              + "<|vision_end|>" for k in range(grid_t))
-        prompt = prompt.replace("<|vision_start|><|video_pad|><|vision_end|>", placeholder, 1)
-        prompt = prompt.replace("<|placeholder|>", "<|video_pad|>")
-        encoded = self.tokenizer([prompt], truncation=True, max_length=self.max_length, return_tensors="pt")
-        if int((encoded["input_ids"] == self.video_id).sum()) != prompt.count("<|video_pad|>"):
-            raise ValueError("Mismatch in `video` token count between text and `input_ids`")
-        return encoded, pixels, [grid_t, grid_h, grid_w], stamps
-
-    @torch.no_grad()
-    def embed(self, **kwargs) -> np.ndarray:
-        encoded, pixels, grid, _ = self.inputs(**kwargs)
-        ids = encoded["input_ids"]
-        hidden = self.model(input_ids=ids, attention_mask=encoded["attention_mask"], pixel_values_videos=pixels,
-                            video_grid_thw=torch.tensor([grid]),
-                            mm_token_type_ids=(ids == self.video_id).int() * 2).last_hidden_state
-        return torch.nn.functional.normalize(hidden[0, -1], dim=-1).numpy()
-
-    def embed_item(self, item: Item, **extra) -> np.ndarray:
-        """``extra``: more keys of the video element (``resized_height``, ``max_frames``, ...)."""
-        video = list(item.video) if isinstance(item.video, tuple) else item.video
-        span = {k: v for k, v in (("video_start", item.video_start), ("video_end", item.video_end)) if v is not None}
-        return self.embed(**{"text": item.text, "video": video, "fps": item.fps, "max_frames": item.max_frames,
-                             "instruction": item.instruction if item.is_query else None, **span, **extra})
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -235,7 +76,7 @@ def q3(tiny_dir):
 
 @pytest.fixture(scope="module")
 def ref(tiny_dir):
-    return ReferenceVideo(tiny_dir)
+    return Qwen3VLVideoReference(tiny_dir)
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +172,7 @@ def test_sixty_four_frames_parity(q3, ref, clips):
 
 def test_model_level_sampling_and_item_override(tiny_dir, clips):
     model = umr.load_model(tiny_dir, fps=2, max_frames=8)
-    reference = ReferenceVideo(tiny_dir, fps=2, max_frames=8)
+    reference = Qwen3VLVideoReference(tiny_dir, fps=2, max_frames=8)
     _check(model, reference, Item.candidate(video=clips["bframes.mp4"], id="model-level"))
     _check(model, reference, Item.candidate(video=clips["bframes.mp4"], fps=1, max_frames=4, id="item-level"))
 
@@ -361,8 +202,8 @@ def test_long_frame_list_is_thinned_as_the_reference(q3, ref, frame_lists):
 def test_frame_list_max_frames(tiny_dir, q3, frame_lists):
     """A frame list over max_frames (the model's, or the item's) is thinned as sample_frames thins it."""
     model = umr.load_model(tiny_dir, max_frames=8)
-    _check(model, ReferenceVideo(tiny_dir, max_frames=8), Item.candidate(video=frame_lists["twenty"], id="m8"))
-    _check(q3, ReferenceVideo(tiny_dir, max_frames=6),
+    _check(model, Qwen3VLVideoReference(tiny_dir, max_frames=8), Item.candidate(video=frame_lists["twenty"], id="m8"))
+    _check(q3, Qwen3VLVideoReference(tiny_dir, max_frames=6),
            Item.candidate(video=frame_lists["twenty"], max_frames=6, id="i6"))
 
 
@@ -561,7 +402,7 @@ def test_budget_shrinks_frames_first_and_keeps_the_reference_pipeline(tiny_dir, 
     full = q3.video_plan(item)
     length = len(q3.prepare(item).input_ids)
     max_length = length - 40
-    reference = ReferenceVideo(tiny_dir, max_length=max_length)
+    reference = Qwen3VLVideoReference(tiny_dir, max_length=max_length)
     with pytest.raises(ValueError, match="Mismatch in `video` token count"):
         reference.embed_item(item)
     small = umr.load_model(tiny_dir, max_length=max_length)
@@ -582,7 +423,7 @@ def test_budget_then_samples_fewer_frames(tiny_dir, q3, clips):
     assert 2 <= len(plan.positions) < 20 and (plan.height, plan.width) == (full.height, full.width)
     assert len(small.prepare(item).input_ids) <= 700
     # the reference itself, asked for that many frames at that size
-    _check(small, ReferenceVideo(tiny_dir, max_length=700), item, max_frames=len(plan.positions),
+    _check(small, Qwen3VLVideoReference(tiny_dir, max_length=700), item, max_frames=len(plan.positions),
            resized_height=plan.height, resized_width=plan.width)
     assert plan.positions == tuple(torch.linspace(0, 159, len(plan.positions)).round().long().tolist())
 
