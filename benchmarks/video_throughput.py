@@ -4,7 +4,7 @@ Both embed the same generated clips (several sizes, rates, lengths and key-frame
 the same random mid-sized Qwen3-VL (``embed_throughput.py``'s shapes) in float32, at the
 reference's sampling (1 frame per second, at most 64 frames):
 
-* **reference**: ``Qwen3VLEmbedder`` followed literally (:mod:`umr.verify.references.qwen_vl_video`),
+* **reference**: ``Qwen3VLEmbedder`` followed literally (:mod:`umr.verify.references.qwen_video`),
   one item at a time: every frame of the file decoded to RGB and kept, then sampled
   (qwen-vl-utils' ``fetch_video`` as its torchvision reader does it; its decord reader seeks
   inside ``get_batch``, but decord is neither installed here nor maintained), resized, patched,
@@ -48,7 +48,7 @@ from machine import machine  # benchmarks/machine.py
 from umr.core.items import Item
 from umr.core.video import probe_video
 from umr.testing import write_tiny_qwen3vl
-from umr.verify.references.qwen_vl_video import Qwen3VLVideoReference
+from umr.verify.references.qwen_video import Qwen3VLVideoReference
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -9,7 +9,7 @@ import pytest
 
 from umr.core import video
 from umr.testing.video import write_test_clip
-from umr.verify.references.qwen_vl_video import decode_all
+from umr.verify.references.qwen_video import decode_all
 
 pytest.importorskip("av")
 

@@ -23,10 +23,9 @@ from umr.index import Index
 from umr.index.multivector.store import MultiVectorStore
 from umr.models.multivector import maxsim
 from umr.testing import write_tiny_colqwen
+from umr.verify.references.colqwen import ColQwenReference, maxsim_pairwise
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "models"))
-from colqwen_reference import ReferenceColQwen, maxsim_pairwise  # noqa: E402
 
 SCORE_TOL = 1e-4
 QUERIES = ["quarterly revenue table", "a river in the city", "x"]
@@ -78,7 +77,7 @@ def test_cli_index_and_search_match_the_reference(tiny, pages, tmp_path, capsys)
                  "--token-storage", "float32"]) == 0
     out = capsys.readouterr().out
     assert "added 9" in out
-    ref = ReferenceColQwen(tiny)
+    ref = ColQwenReference(tiny)
     with Index.open(index) as ix:
         records = {r["id"]: r for r in ix.store.records()}
     assert set(records) == {f"docs/{n}" for n in ("rgb.png", "tiny.png", "gray.png", "palette.gif", "alpha.png",

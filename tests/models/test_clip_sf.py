@@ -1,18 +1,17 @@
 """CLIP-SF (UniIR) and plain CLIP / SigLIP backends on tiny random checkpoints.
 
-The UniIR reference below re-does ``CLIPScoreFusion.encode_multimodal_input`` from UniIR's
-``src/models/uniir_clip/clip_scorefusion/clip_sf.py`` directly on the ``.pth`` state dict, in
-OpenAI CLIP's own layout (``clip/model.py``: ``visual.conv1``, ``transformer.resblocks.N.attn``
-with packed ``in_proj_weight``, ``x @ proj``), with OpenAI's torchvision preprocessing redone
-in PIL, and UniIR's query text ``format_string(f"{instruction} {query_txt}")``. The plain
-CLIP / SigLIP references use transformers' own models and PIL image processors.
+The references are :mod:`umr.verify.references.clip_sf` (what ``umr verify`` runs): UniIR's
+``CLIPScoreFusion.encode_multimodal_input`` (``src/models/uniir_clip/clip_scorefusion/clip_sf.py``)
+re-done directly on the ``.pth`` state dict, in OpenAI CLIP's own layout (``clip/model.py``:
+``visual.conv1``, ``transformer.resblocks.N.attn`` with packed ``in_proj_weight``, ``x @ proj``),
+with OpenAI's torchvision preprocessing redone in PIL, and UniIR's query text
+``format_string(f"{instruction} {query_txt}")``; for plain CLIP / SigLIP, transformers' own
+models and PIL image processors.
 """
 
 from __future__ import annotations
 
-import html
 import json
-import re
 
 import numpy as np
 import pytest
@@ -26,6 +25,8 @@ from umr.models.clip_sf import ClipSfEmbedder, item_text, uniir_format
 from umr.testing import write_tiny_clip, write_tiny_uniir_clip_sf
 from umr.models.registry import ModelNotAvailable
 from umr.core.items import Item, ItemError
+from umr.verify.references.clip_sf import (TransformersClipReference, UniIRClipSfReference,
+                                           reference_format_string)
 
 TOL = 1e-5
 
@@ -71,15 +72,6 @@ def sf(uniir_dir):
 
 # -- UniIR's text handling ---------------------------------------------------------------------
 
-def reference_format_string(s):
-    """UniIR's data/preprocessing/utils.py ``format_string``."""
-    s = (s or "").replace("\r", "").strip().strip('"')
-    if s:
-        s = s[0].upper() + s[1:]
-        s = s + "." if s[-1] not in [".", "?", "!"] else s
-    return s
-
-
 @pytest.mark.parametrize("text", ["a dog", '"quoted text"', "what is it?", "", None, "  spaced\r out  ",
                                   "Wow!", "x", "trailing period."])
 def test_format_string_matches_uniir(text):
@@ -109,98 +101,11 @@ def test_text_is_cleaned_as_openai_clip_tokenize_cleans_it(sf):
     assert np.abs(a - b).max() <= TOL
 
 
-# -- the UniIR reference -------------------------------------------------------------------------
-
-class ReferenceClipSf:
-    """UniIR CLIPScoreFusion on OpenAI CLIP's layout, straight from the .pth state dict."""
-
-    def __init__(self, folder, pth):
-        from transformers import AutoTokenizer
-
-        raw = torch.load(str(pth), map_location="cpu", weights_only=True)["model"]
-        self.s = {k[len("clip_model."):]: v.float() for k, v in raw.items()}
-        cfg = json.loads((folder / "config.json").read_text())
-        self.text_heads = cfg["text_config"]["num_attention_heads"]
-        self.vision_heads = cfg["vision_config"]["num_attention_heads"]
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        self.n_px = int(round((self.s["visual.positional_embedding"].shape[0] - 1) ** 0.5)) \
-            * self.s["visual.conv1.weight"].shape[-1]
-
-    def _ln(self, x, name):
-        return F.layer_norm(x, x.shape[-1:], self.s[name + ".weight"], self.s[name + ".bias"], 1e-5)
-
-    def _blocks(self, x, prefix, heads, causal):
-        n = len({k.split(".")[len(prefix.split(".")) - 1] for k in self.s if k.startswith(prefix)})
-        mask = torch.full((x.shape[0], x.shape[0]), float("-inf")).triu(1) if causal else None
-        for i in range(n):
-            p = f"{prefix}{i}."
-            h = self._ln(x, p + "ln_1")[:, None]  # L, N=1, E (nn.MultiheadAttention's layout)
-            attn, _ = F.multi_head_attention_forward(
-                h, h, h, h.shape[-1], heads, self.s[p + "attn.in_proj_weight"], self.s[p + "attn.in_proj_bias"],
-                None, None, False, 0.0, self.s[p + "attn.out_proj.weight"], self.s[p + "attn.out_proj.bias"],
-                training=False, need_weights=False, attn_mask=mask)
-            x = x + attn[:, 0]
-            h = self._ln(x, p + "ln_2") @ self.s[p + "mlp.c_fc.weight"].T + self.s[p + "mlp.c_fc.bias"]
-            h = h * torch.sigmoid(1.702 * h)  # QuickGELU
-            x = x + h @ self.s[p + "mlp.c_proj.weight"].T + self.s[p + "mlp.c_proj.bias"]
-        return x
-
-    def encode_text(self, text):
-        # clip.tokenize -> SimpleTokenizer.encode: whitespace_clean(basic_clean(text)); basic_clean is
-        # ftfy.fix_text (not installed here), html.unescape twice, strip; whitespace_clean collapses \s+
-        text = re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip()
-        ids = self.tokenizer(text)["input_ids"]
-        context = self.s["positional_embedding"].shape[0]
-        if len(ids) > context:  # clip.tokenize(..., truncate=True): cut, and end with EOT
-            ids = ids[:context]
-            ids[-1] = self.eot
-        x = self.s["token_embedding.weight"][ids] + self.s["positional_embedding"][: len(ids)]
-        x = self._ln(self._blocks(x, "transformer.resblocks.", self.text_heads, causal=True), "ln_final")
-        return x[ids.index(self.eot)] @ self.s["text_projection"]
-
-    def preprocess(self, image):
-        # clip.load's _transform: Resize(n_px, BICUBIC), CenterCrop(n_px), ToTensor, Normalize (torchvision)
-        image = (Image.open(image) if not isinstance(image, Image.Image) else image).convert("RGB")
-        w, h = image.size
-        if w <= h:
-            size = (self.n_px, int(self.n_px * h / w))
-        else:
-            size = (int(self.n_px * w / h), self.n_px)
-        image = image.resize(size, Image.BICUBIC)
-        w, h = image.size
-        top, left = int(round((h - self.n_px) / 2.0)), int(round((w - self.n_px) / 2.0))
-        image = image.crop((left, top, left + self.n_px, top + self.n_px))
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
-        std = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
-        return (x - mean) / std
-
-    def encode_image(self, image):
-        x = self.preprocess(image)[None]
-        w = self.s["visual.conv1.weight"]
-        x = F.conv2d(x, w, stride=w.shape[-1])[0].flatten(1).T  # grid**2, width
-        x = torch.cat([self.s["visual.class_embedding"][None], x]) + self.s["visual.positional_embedding"]
-        x = self._ln(x, "visual.ln_pre")
-        x = self._blocks(x, "visual.transformer.resblocks.", self.vision_heads, causal=False)
-        return self._ln(x[0], "visual.ln_post") @ self.s["visual.proj"]
-
-    @torch.no_grad()
-    def embed(self, text=None, image=None, *, is_query=False, instruction=None):
-        if is_query and instruction:
-            text = reference_format_string(f"{instruction} {text or ''}")
-        else:
-            text = reference_format_string(text or "")
-        txt_mask, img_mask = (1.0 if text else 0.0), (1.0 if image is not None else 0.0)
-        txt_emb = self.encode_text(text if text else "") * txt_mask
-        img_emb = self.encode_image(image) * img_mask if image is not None else 0.0
-        fused = img_emb + txt_emb  # fuse_embeddings
-        return F.normalize(fused, dim=-1).numpy()
-
+# -- the UniIR reference (umr.verify.references.clip_sf) ----------------------------------------
 
 @pytest.fixture(scope="module")
 def ref(uniir_dir):
-    return ReferenceClipSf(uniir_dir, uniir_dir / "clip_sf_tiny.pth")
+    return UniIRClipSfReference(uniir_dir, uniir_dir / "clip_sf_tiny.pth")
 
 
 ITEMS = {
@@ -224,7 +129,7 @@ ITEMS = {
 def test_uniir_parity(sf, ref, images, name):
     item = ITEMS[name](images)
     ours = sf.embed([item]).vectors[0]
-    theirs = ref.embed(item.text, item.image, is_query=item.is_query, instruction=item.instruction)
+    theirs = ref.embed(item)
     assert np.abs(ours - theirs).max() <= TOL, np.abs(ours - theirs).max()
 
 
@@ -394,45 +299,16 @@ def test_clip_sf_large_needs_its_checkpoint(monkeypatch, tmp_path, clip_dir):
 
 # -- plain CLIP and SigLIP --------------------------------------------------------------------------
 
-def _hf_reference(folder, kind, text, image):
-    """transformers' own model and PIL image processor; fused = sum of the raw projections."""
-    from transformers import AutoTokenizer, CLIPModel, SiglipModel
-
-    model = (SiglipModel if kind == "siglip" else CLIPModel).from_pretrained(str(folder)).eval()
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    pre = json.loads((folder / "preprocessor_config.json").read_text())
-    pre = {k: v for k, v in pre.items() if k != "image_processor_type"}
-    if kind == "siglip":
-        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil as P
-    else:
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as P
-    vec = 0
-    with torch.no_grad():
-        if text:
-            if kind == "siglip":
-                enc = tok([text], padding="max_length", max_length=model.config.text_config.max_position_embeddings,
-                          return_tensors="pt")
-                vec = vec + model.text_model(input_ids=enc["input_ids"]).pooler_output[0]
-            else:
-                enc = tok([text], return_tensors="pt")
-                vec = vec + model.text_projection(model.text_model(**enc).pooler_output)[0]
-        if image is not None:
-            img = Image.open(image).convert("RGB")
-            pixels = P(**pre)(img, return_tensors="pt")["pixel_values"]
-            out = model.vision_model(pixel_values=pixels).pooler_output
-            vec = vec + (out[0] if kind == "siglip" else model.visual_projection(out)[0])
-    return F.normalize(vec, dim=-1).numpy()
-
-
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_plain_clip_and_siglip_parity(kind, clip_dir, siglip_dir, images):
     folder = clip_dir if kind == "clip" else siglip_dir
     model = umr.load_model(folder)
     assert isinstance(model, ClipSfEmbedder) and model.kind == kind
+    reference = TransformersClipReference(folder)
     for text, image in (("a dog on the beach", None), (None, images["photo"]), (None, images["odd"]),
                         ("a red car", images["gray"])):
         ours = model.embed([Item.candidate(text, image)]).vectors[0]
-        theirs = _hf_reference(folder, kind, uniir_format(text) if text else None, image)
+        theirs = reference.embed(Item.candidate(text, image))
         assert np.abs(ours - theirs).max() <= TOL, (kind, text, image)
 
 

@@ -1,7 +1,7 @@
 """ColQwen2 / ColQwen2.5: parity with colpali-engine's inference, MaxSim, loading the published layout.
 
 colpali-engine 0.3.18 cannot be installed beside umr's pinned packages (it needs peft<0.21 and
-torchvision), so parity is checked against ``colqwen_reference.py``: colpali-engine's inference
+torchvision), so parity is checked against ``umr.verify.references.colqwen``: colpali-engine's inference
 written out with plain transformers/torch/PIL calls and no umr code. That reference was run once
 against the real colpali-engine 0.3.18 (transformers 5.25, torch 2.13, torchvision 0.28) on the
 tiny checkpoints of ``write_tiny_colqwen`` (22 images of every PIL mode and odd sizes, 5 queries,
@@ -27,7 +27,7 @@ from umr.models.registry import REGISTRY, ModelNotAvailable, UnsupportedOption, 
 from umr.core.items import Item, ItemError
 from umr.testing import write_tiny_colqwen
 
-from colqwen_reference import ReferenceColQwen, maxsim_pairwise
+from umr.verify.references.colqwen import ColQwenReference, maxsim_pairwise
 
 TOKEN_TOL = 1e-5
 SCORE_TOL = 1e-4
@@ -102,7 +102,7 @@ def model(tiny):
 
 @pytest.fixture(scope="module")
 def ref(tiny):
-    return ReferenceColQwen(tiny)
+    return ColQwenReference(tiny)
 
 
 def _worst(ours, theirs) -> float:

@@ -1,8 +1,8 @@
 """MM-Embed backend: reference semantics on tiny random weights, checkpoint names, CLI, bad input.
 
-The reference here re-does MM-Embed's forward the way ``nvidia/MM-Embed``'s
-``modeling_nvmmembed.py`` (``NVMMEmbedModel.encode`` / ``forward``) does, with separate code:
-transformers' own LLaVA-NeXT PIL image processor (keeping the global patch, as
+The reference (:mod:`umr.verify.references.mmembed`, the loop ``umr verify`` runs) re-does
+MM-Embed's forward the way ``nvidia/MM-Embed``'s ``modeling_nvmmembed.py`` (``NVMMEmbedModel.encode``
+/ ``forward``) does, with separate code: transformers' own LLaVA-NeXT PIL image processor (keeping the global patch, as
 ``global_image_patch_only`` does), transformers' ``CLIPVisionModel`` and ``MistralModel``
 (given a padding-only 4D mask, as NV-Embed's ``BidirectionalMistralModel`` builds it), and
 NV-Embed's latent-attention pooling written out with einsum. umr's path shares none of it.
@@ -22,6 +22,8 @@ from umr.cli import main
 from umr.models.mmembed import MMEmbedEmbedder, build_prompt
 from umr.testing import write_tiny_mmembed
 from umr.core.items import Item, ItemError
+from umr.verify.references.mmembed import (MMEmbedReference, independent_latent_attention,
+                                           reference_instruction_length, reference_tokenizer)
 
 TOL = 1e-5
 
@@ -54,149 +56,14 @@ def images(tmp_path_factory):
     return paths
 
 
-# -- the reference -------------------------------------------------------------------------------
-
-def reference_tokenizer(folder):
-    """The tokenizer as ``NVMMEmbedModel.__init__`` sets it up: LLaVA-NeXT's LLaMA tokenizer (which
-    adds ``<s>``) with ``add_eos_token`` from the config; umr's processor is not used."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    tokenizer.add_bos_token = True
-    tokenizer.add_eos_token = json.loads((folder / "config.json").read_text())["add_eos_token"]
-    return tokenizer
-
-
-def reference_instruction_length(tokenizer, prompt, patches):
-    """``calculate_instruction_length``: the head before ``"\nQuery: "`` tokenised by a plain tokenizer
-    call (its specials, no truncation), plus the hard-coded ``576 - 1`` (``patches - 1``) if it holds <image>."""
-    if "\nQuery: " not in prompt:
-        return 0
-    head = prompt.split("\nQuery: ")[0]
-    n = len(tokenizer(head)["input_ids"])
-    return n + (patches - 1 if "<image>" in head else 0)
-
-
-class ReferenceMMEmbed:
-    """MM-Embed's reference semantics, one item per call, on transformers' modules."""
-
-    def __init__(self, folder, max_length=512):
-        from safetensors.torch import load_file
-        from transformers import CLIPVisionConfig, CLIPVisionModel, MistralConfig, MistralModel
-        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-
-        self.config = json.loads((folder / "config.json").read_text())
-        nv = self.config["retriever_config"]
-        state = load_file(str(folder / "model.safetensors"))
-        self.state = state
-        self.tokenizer = reference_tokenizer(folder)
-        self.max_length = max_length
-        pre = json.loads((folder / "preprocessor_config.json").read_text())
-        pre = {k: v for k, v in pre.items() if k not in ("image_processor_type", "processor_class")}
-        self.image_processor = LlavaNextImageProcessorPil(**pre)
-
-        vc = {k: v for k, v in self.config["vision_config"].items() if k != "model_type"}
-        self.vision = CLIPVisionModel(CLIPVisionConfig(**vc)).eval()
-        prefix = "vision_tower.vision_model."  # the checkpoint's names; transformers 5 drops "vision_model."
-        flat = not any(k.startswith("vision_model.") for k in self.vision.state_dict())
-        self.vision.load_state_dict({(k[len(prefix):] if flat else k[len("vision_tower."):]): v
-                                     for k, v in state.items() if k.startswith(prefix)})
-        tc = {k: v for k, v in nv["text_config"].items() if k != "model_type"}
-        self.llm = MistralModel(MistralConfig(**tc, sliding_window=None)).eval()
-        self.llm.load_state_dict({k[len("language_model."):]: v for k, v in state.items()
-                                  if k.startswith("language_model.")})
-        self.latent = nv["latent_attention_config"]
-        self.patches = (vc["image_size"] // vc["patch_size"]) ** 2
-
-    def prompt(self, text, image, is_query, instruction):
-        # NVMMEmbedModel.encode, literally
-        if is_query:
-            template = (f"Instruct: {instruction}\nQuery: <image>\n<text>" if instruction is not None
-                        else "Query: <image>\n<text>")
-        else:
-            template = "<image>\n<text>"
-        prompt = template if image is not None else template.replace("<image>\n", "")
-        return prompt.replace("<text>", text if text is not None else "")
-
-    def tokenize(self, prompt):
-        # encode(): the processor's tokenizer call with truncation at max_length
-        return self.tokenizer(prompt, max_length=self.max_length, truncation=True)["input_ids"]
-
-    def latent_pool(self, hidden, pool_mask):
-        return independent_latent_attention(self.state, self.latent, hidden, pool_mask)
-
-    @torch.no_grad()
-    def embed(self, text=None, image=None, *, is_query=False, instruction=None):
-        prompt = self.prompt(text, image, is_query, instruction)
-        ids = torch.tensor(self.tokenize(prompt))
-        image_id = self.config["image_token_index"]
-        emb_ids = ids.clone()
-        emb_ids[ids == image_id] = 0
-        # the reference then swaps LLaVA-NeXT's <pad> (32001) for </s> (2) before embedding
-        emb_ids[ids == self.config["pad_token_id"]] = self.tokenizer.eos_token_id
-        embeds = self.llm.embed_tokens(emb_ids)
-        if image is not None:
-            img = (Image.open(image) if not isinstance(image, Image.Image) else image).convert("RGB")
-            pixels = self.image_processor(img, return_tensors="pt")["pixel_values"][:, 0]  # global patch
-            out = self.vision(pixels, output_hidden_states=True)
-            feats = out.hidden_states[self.config["vision_feature_layer"]][:, 1:]
-            s = self.state
-            feats = torch.nn.functional.linear(feats, s["multi_modal_projector.linear_1.weight"],
-                                               s["multi_modal_projector.linear_1.bias"])
-            feats = torch.nn.functional.gelu(feats)
-            feats = torch.nn.functional.linear(feats, s["multi_modal_projector.linear_2.weight"],
-                                               s["multi_modal_projector.linear_2.bias"])[0]
-            feats = torch.cat([feats, s["image_newline"][None]])
-            k = int((ids == image_id).nonzero()[0, 0])
-            embeds = torch.cat([embeds[:k], feats, embeds[k + 1:]])
-        n = embeds.shape[0]
-        mask4d = torch.zeros(1, 1, n, n)  # bidirectional: nothing masked for a single item
-        hidden = self.llm(inputs_embeds=embeds[None], attention_mask=mask4d).last_hidden_state
-        pool_mask = torch.ones(1, n)
-        pool_mask[:, :reference_instruction_length(self.tokenizer, prompt, self.patches)] = 0
-        vec = self.latent_pool(hidden, pool_mask)[0]
-        return torch.nn.functional.normalize(vec, dim=-1).numpy()
-
-
-def independent_latent_attention(state, cfg, hidden, pool_mask):
-    """NV-Embed's LatentAttentionModel written out from its weights (einsum, no umr code)."""
-    p = "latent_attention_model."
-    heads = cfg["num_cross_heads"]
-
-    def layer_norm(x, name):
-        return torch.nn.functional.layer_norm(x, x.shape[-1:], state[name + ".weight"], state[name + ".bias"], 1e-5)
-
-    x = layer_norm(hidden, p + "cross_attend_blocks.0.norm")
-    ctx = layer_norm(state[p + "latents"], p + "cross_attend_blocks.0.norm_context")
-    q = x @ state[p + "cross_attend_blocks.0.fn.to_q.weight"].T                    # b n (h d)
-    kv = ctx @ state[p + "cross_attend_blocks.0.fn.to_kv.weight"].T                # m (2 h d)
-    k, v = kv.chunk(2, dim=-1)
-    b, n, inner = q.shape
-    d = inner // heads
-    q = q.view(b, n, heads, d)
-    k = k.view(-1, heads, d)
-    v = v.view(-1, heads, d)
-    scores = torch.einsum("bnhd,mhd->bhnm", q, k) / d ** 0.5
-    attn = torch.einsum("bhnm,mhd->bnhd", scores.softmax(-1), v).reshape(b, n, inner)
-    h = attn @ state[p + "cross_attend_blocks.0.fn.to_out.weight"].T + hidden
-    y = layer_norm(h, p + "cross_attend_blocks.1.norm")
-    y = y @ state[p + "cross_attend_blocks.1.fn.net.0.weight"].T + state[p + "cross_attend_blocks.1.fn.net.0.bias"]
-    a, gates = y.chunk(2, dim=-1)
-    y = (a * torch.nn.functional.gelu(gates)) @ state[p + "cross_attend_blocks.1.fn.net.2.weight"].T \
-        + state[p + "cross_attend_blocks.1.fn.net.2.bias"]
-    h = y + h
-    w = pool_mask.float().unsqueeze(-1)
-    return (h * w).sum(1) / w.sum(1)
-
-
 @pytest.fixture(scope="module")
 def ref(tiny_dir):
-    return ReferenceMMEmbed(tiny_dir)
+    return MMEmbedReference(tiny_dir)
 
 
 def _check(mm, ref, item: Item):
     ours = mm.embed([item]).vectors[0]
-    theirs = ref.embed(item.text, item.image, is_query=item.is_query, instruction=item.instruction)
+    theirs = ref.embed(item)
     assert ours.shape == theirs.shape == (mm.dim,)
     assert np.abs(ours - theirs).max() <= TOL, np.abs(ours - theirs).max()
 
@@ -319,7 +186,7 @@ def test_instruction_that_fills_the_truncated_sequence_is_refused(tiny_dir):
 def test_truncation_matches_the_reference(tiny_dir, images, make):
     item = make(images)
     short = umr.load_model(tiny_dir, max_length=24)
-    reference = ReferenceMMEmbed(tiny_dir, max_length=24)
+    reference = MMEmbedReference(tiny_dir, max_length=24)
     assert len(reference.tokenize(build_prompt(item))) == 24  # the reference really truncates here
     _check(short, reference, item)
 

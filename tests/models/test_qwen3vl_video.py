@@ -5,14 +5,8 @@ Two references:
 * the official ``Qwen3VLEmbedder`` itself (QwenLM/Qwen3-VL-Embedding with qwen-vl-utils 0.0.14,
   transformers 4.57.3 and decord), run once on the clips of ``tests/fixtures/video``
   (``make_reference.py``), whose vectors are stored there;
-* its video path transcribed literally, one item at a time (``umr.verify.references.qwen_vl_video``,
-  also the baseline of ``benchmarks/video_throughput.py``): ``format_model_input``;
-  ``fetch_video`` (every frame decoded in presentation order as decord presents them, here by
-  PyAV; ``smart_nframes``; ``torch.linspace(...).round()``; torchvision's resize of a uint8 tensor;
-  frame lists through ``fetch_image`` at factor 64, padded to an even count, 2 frames per second);
-  transformers 4.57.3's video processor (fused normalisation, patches) and processor (one
-  ``<t seconds>`` block per frame pair, truncation and its check of the video tokens); then
-  transformers' own ``Qwen3VLModel``. umr's path (seeking decoder, planner, packed decoder) shares
+* its video path transcribed literally, one item at a time (:mod:`umr.verify.references.qwen_video`,
+  which ``umr verify`` runs too). umr's path (seeking decoder, planner, packed decoder) shares
   none of it.
 """
 
@@ -33,7 +27,7 @@ from PIL import Image
 import umr
 from umr.cli import main
 from umr.core.items import Item, ItemError
-from umr.verify.references.qwen_vl_video import Qwen3VLVideoReference as ReferenceVideo, decode_all
+from umr.verify.references.qwen_video import Qwen3VLVideoReference, decode_all
 
 av = pytest.importorskip("av")
 
@@ -82,7 +76,7 @@ def q3(tiny_dir):
 
 @pytest.fixture(scope="module")
 def ref(tiny_dir):
-    return ReferenceVideo(tiny_dir)
+    return Qwen3VLVideoReference(tiny_dir)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +172,7 @@ def test_sixty_four_frames_parity(q3, ref, clips):
 
 def test_model_level_sampling_and_item_override(tiny_dir, clips):
     model = umr.load_model(tiny_dir, fps=2, max_frames=8)
-    reference = ReferenceVideo(tiny_dir, fps=2, max_frames=8)
+    reference = Qwen3VLVideoReference(tiny_dir, fps=2, max_frames=8)
     _check(model, reference, Item.candidate(video=clips["bframes.mp4"], id="model-level"))
     _check(model, reference, Item.candidate(video=clips["bframes.mp4"], fps=1, max_frames=4, id="item-level"))
 
@@ -208,8 +202,8 @@ def test_long_frame_list_is_thinned_as_the_reference(q3, ref, frame_lists):
 def test_frame_list_max_frames(tiny_dir, q3, frame_lists):
     """A frame list over max_frames (the model's, or the item's) is thinned as sample_frames thins it."""
     model = umr.load_model(tiny_dir, max_frames=8)
-    _check(model, ReferenceVideo(tiny_dir, max_frames=8), Item.candidate(video=frame_lists["twenty"], id="m8"))
-    _check(q3, ReferenceVideo(tiny_dir, max_frames=6),
+    _check(model, Qwen3VLVideoReference(tiny_dir, max_frames=8), Item.candidate(video=frame_lists["twenty"], id="m8"))
+    _check(q3, Qwen3VLVideoReference(tiny_dir, max_frames=6),
            Item.candidate(video=frame_lists["twenty"], max_frames=6, id="i6"))
 
 
@@ -408,7 +402,7 @@ def test_budget_shrinks_frames_first_and_keeps_the_reference_pipeline(tiny_dir, 
     full = q3.video_plan(item)
     length = len(q3.prepare(item).input_ids)
     max_length = length - 40
-    reference = ReferenceVideo(tiny_dir, max_length=max_length)
+    reference = Qwen3VLVideoReference(tiny_dir, max_length=max_length)
     with pytest.raises(ValueError, match="Mismatch in `video` token count"):
         reference.embed_item(item)
     small = umr.load_model(tiny_dir, max_length=max_length)
@@ -429,7 +423,7 @@ def test_budget_then_samples_fewer_frames(tiny_dir, q3, clips):
     assert 2 <= len(plan.positions) < 20 and (plan.height, plan.width) == (full.height, full.width)
     assert len(small.prepare(item).input_ids) <= 700
     # the reference itself, asked for that many frames at that size
-    _check(small, ReferenceVideo(tiny_dir, max_length=700), item, max_frames=len(plan.positions),
+    _check(small, Qwen3VLVideoReference(tiny_dir, max_length=700), item, max_frames=len(plan.positions),
            resized_height=plan.height, resized_width=plan.width)
     assert plan.positions == tuple(torch.linspace(0, 159, len(plan.positions)).round().long().tolist())
 

@@ -17,7 +17,9 @@ def add_parser(sub) -> None:
         "verify", help="check on this machine that umr computes the vectors the model's reference computes",
         description="Embed a built-in probe set (texts short and past the window, queries with and without an "
                     "instruction, images of every 8-bit PIL mode and odd sizes, fused items, a rendered PDF "
-                    "page) through umr and through the family's reference at its authors' default settings, "
+                    "page; generated video clips for video models; token vectors and MaxSim scores for "
+                    "late-interaction models) through umr and through the family's reference at its authors' "
+                    "default settings, "
                     "in the same dtype on the same device, and print per probe kind the worst cosine and "
                     "max|Δ| against a tolerance that depends on dtype and device. Exit 0 when every probe "
                     "holds, 1 when some differ (they are named). The model options below are the umr "
@@ -29,8 +31,12 @@ def add_parser(sub) -> None:
     add_model_options(parser, model_required=False, model_help="embedder to verify: short name, hub id or folder")
     parser.add_argument("--reranker", default=None, metavar="R",
                         help="verify this reranker instead (short name, hub id or folder)")
-    parser.add_argument("--reference", choices=["auto", "vllm"], default="auto",
-                        help="auto: the family's reference (default); vllm: a vLLM server (--vllm-url)")
+    parser.add_argument("--reference", default="auto", metavar="auto|vllm|PATH",
+                        help="auto: the family's best reference this machine runs (the authors' code where it "
+                             "is installed or shipped in the model folder and runs here, else umr's reference "
+                             "loop; the report says which); vllm: a vLLM server (--vllm-url); PATH: a Python "
+                             "file defining load(folder, *, device, dtype) that returns an object with "
+                             "embed(item) (default: auto)")
     parser.add_argument("--vllm-url", default=None, metavar="URL",
                         help="the vLLM server's base URL, e.g. http://localhost:8000 (with --reference vllm)")
     parser.add_argument("--vllm-model", default=None, metavar="NAME",
@@ -60,12 +66,12 @@ def run(args) -> int:
     if args.reranker is not None:
         report = run_reranker(args, server)
     else:
-        embedder = load_model_from_args(args)
+        embedder = load_model_from_args(args, multi_vector=True)
         if args.batch_size:
             embedder.batch_size = args.batch_size
         try:
             report = verify(embedder, device=args.device,
-                            reference=VllmEmbeddingReference(server) if server else None)
+                            reference=VllmEmbeddingReference(server) if server else args.reference)
         except NoReference as exc:
             raise UsageError(str(exc)) from None
     print(report.table())
@@ -79,6 +85,8 @@ def run_reranker(args, server: VllmServer | None):
     """``--reranker R``: its scores against its family's reference or the server's."""
     if args.dim is not None or args.max_video_tokens is not None:
         raise UsageError("--dim and --max-video-tokens are embedder options; a reranker does not take them")
+    if args.reference not in ("auto", "vllm"):
+        raise UsageError("--reranker takes --reference auto or vllm (a reference file is for embedders)")
     options = {key: getattr(args, key) for key in ("min_image_tokens", "max_image_tokens", "max_length")
                if getattr(args, key) is not None}
     reranker = load_reranker_from_args(args, args.reranker, options=options)

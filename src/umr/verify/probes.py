@@ -4,11 +4,15 @@ The probes are generated (seeded), so two runs and two machines compare the same
 cover what implementations of one model most often disagree on: the prompt (queries with and
 without an instruction, candidates), truncation (a text longer than the model's window), image
 decoding (every 8-bit PIL mode, alpha, odd and large sizes) and fused text + image items, plus a
-PDF page rendered the way ``umr index`` renders one.
+PDF page rendered the way ``umr index`` renders one; generated video clips (two codecs, an odd
+frame count, B-frames) and a frame list for families that see video. A late-interaction model's
+probes are what colpali-engine embeds: texts (no instruction, nothing past the window: it cuts
+nothing) and page images.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,17 +39,24 @@ class Probe:
     item: Item
 
 
-def probe_set(workdir: Path, *, sees_images: bool, seed: int = 0) -> list[Probe]:
-    """The probes for a model; image probes only when it reads pixels. Files go to ``workdir``."""
+def probe_set(workdir: Path, *, sees_images: bool, sees_video: bool = False, late_interaction: bool = False,
+              seed: int = 0) -> list[Probe]:
+    """The probes for a model; image probes only when it reads pixels, video probes when it sees
+    video (and PyAV is installed), a late-interaction model's own set (see the module). Files go
+    to ``workdir``."""
     rng = random.Random(seed)
     short = "A red bicycle leaning against a stone wall in the morning light."
-    probes = [
-        Probe("text candidate", Item.candidate(text=short, id="text-short")),
-        Probe("text candidate, past the window", Item.candidate(text=long_text(rng, 2500), id="text-long")),
-        Probe("text query", Item.query(text="where can I park a bicycle?", id="query-plain")),
-        Probe("text query + instruction",
-              Item.query(text="where can I park a bicycle?", instruction=INSTRUCTION, id="query-instructed")),
-    ]
+    long = long_text(rng, 2500)
+    probes = [Probe("text candidate", Item.candidate(text=short, id="text-short"))]
+    if not late_interaction:
+        probes.append(Probe("text candidate, past the window", Item.candidate(text=long, id="text-long")))
+    probes.append(Probe("text query", Item.query(text="where can I park a bicycle?", id="query-plain")))
+    if late_interaction:
+        probes.append(Probe("text query", Item.query(text="Which page shows the river bridge section?",
+                                                     id="query-page")))
+    else:
+        probes.append(Probe("text query + instruction", Item.query(text="where can I park a bicycle?",
+                                                                   instruction=INSTRUCTION, id="query-instructed")))
     if not sees_images:
         return probes
     folder = Path(workdir)
@@ -57,14 +68,59 @@ def probe_set(workdir: Path, *, sees_images: bool, seed: int = 0) -> list[Probe]
         _image(mode, width, height, seed=rng.randrange(1 << 30)).save(path)
         probes.append(Probe(f"image {mode}", Item.candidate(image=str(path), id=path.name)))
     photo = str(folder / "image-RGB-224x224.png")
-    probes += [
-        Probe("image query + instruction", Item.query(image=photo, instruction=INSTRUCTION, id="image-query")),
-        Probe("fused candidate", Item.candidate(text=short, image=photo, id="fused-candidate")),
-        Probe("fused query + instruction",
-              Item.query(text="same bicycle in blue?", image=photo, instruction=INSTRUCTION, id="fused-query")),
-        Probe("PDF page", _pdf_page(folder / "pdf")),
-    ]
+    if not late_interaction:
+        probes += [
+            Probe("image query + instruction", Item.query(image=photo, instruction=INSTRUCTION, id="image-query")),
+            Probe("fused candidate", Item.candidate(text=short, image=photo, id="fused-candidate")),
+            Probe("fused query + instruction",
+                  Item.query(text="same bicycle in blue?", image=photo, instruction=INSTRUCTION, id="fused-query")),
+        ]
+    probes.append(Probe("PDF page", _pdf_page(folder / "pdf")))
+    if sees_video and importlib.util.find_spec("av") is not None:
+        probes += _video_probes(folder / "video", rng)
     return probes
+
+
+def _video_probes(folder: Path, rng: random.Random) -> list[Probe]:
+    """Two short clips (H.264 with B-frames and an odd frame count at an odd size; MJPEG) and a
+    list of frames, as candidates and as an instructed query with text."""
+    folder.mkdir(parents=True, exist_ok=True)
+    h264 = _clip(folder / "clip-h264.mp4", "libx264", 100, 60, rate=10, frames=27, options={"bf": "3", "g": "8"},
+                 seed=rng.randrange(1 << 30))
+    mjpeg = _clip(folder / "clip-mjpeg.avi", "mjpeg", 96, 72, rate=6, frames=16, options={},
+                  seed=rng.randrange(1 << 30), pixel_format="yuvj420p")
+    frames = []
+    for i in range(5):
+        path = folder / f"frame-{i}.png"
+        _image("RGB", 90, 70, seed=rng.randrange(1 << 30)).save(path)
+        frames.append(str(path))
+    return [
+        Probe("video candidate", Item.candidate(video=str(h264), id=h264.name)),
+        Probe("video candidate", Item.candidate(video=str(mjpeg), id=mjpeg.name)),
+        Probe("video query + text + instruction",
+              Item.query(text="when does the bar move right?", video=str(h264), instruction=INSTRUCTION,
+                         id="video-query")),
+        Probe("video frame list", Item.candidate(video=tuple(frames), id="frame-list")),
+    ]
+
+
+def _clip(path: Path, codec: str, width: int, height: int, *, rate: int, frames: int, options: dict, seed: int,
+          pixel_format: str = "yuv420p") -> Path:
+    """A clip of noisy frames over a ramp that moves (so a frame off by one shows). Needs PyAV."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, pixel_format
+        stream.options = options
+        for i in range(frames):
+            picture = np.asarray(_image("RGB", width, height, seed=seed + i))
+            picture = np.roll(picture, 3 * i, axis=1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
 
 
 def long_text(rng: random.Random, words: int) -> str:

@@ -49,11 +49,20 @@ class ProbeResult:
 
     @classmethod
     def compare(cls, id: str, kind: str, ours: np.ndarray, theirs: np.ndarray, tolerance: Tolerance) -> "ProbeResult":
+        """One vector against the reference's; or token vectors ``(n_tokens, dim)``: the same
+        tokens, judged by the worst token's cosine and the largest element difference."""
+        ours, theirs = np.atleast_2d(np.asarray(ours, np.float32)), np.atleast_2d(np.asarray(theirs, np.float32))
         if ours.shape != theirs.shape:
-            return cls(id, kind, error=f"dimension {ours.shape} vs the reference's {theirs.shape}")
-        cosine = float(np.dot(ours, theirs) / (np.linalg.norm(ours) * np.linalg.norm(theirs)))
+            what = "dimension" if ours.shape[0] == 1 else "tokens x dimension"
+            return cls(id, kind, error=f"{what} {_shape(ours)} vs the reference's {_shape(theirs)}")
+        norms = np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1)
+        cosine = float(((ours * theirs).sum(axis=1) / np.where(norms > 0, norms, 1.0)).min())
         max_abs = float(np.abs(ours - theirs).max())
         return cls(id, kind, cosine, max_abs, tolerance.holds(cosine, max_abs))
+
+
+def _shape(array: np.ndarray) -> tuple[int, ...]:
+    return (array.shape[1],) if array.shape[0] == 1 else tuple(array.shape)
 
 
 def aligned(cells: list[tuple[str, ...]]) -> list[str]:

@@ -137,7 +137,8 @@ def hf_to_uniir(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"clip_model.{k}": v for k, v in sorted(out.items())}
 
 
-def _resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
+def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
+    """The local file a ``checkpoint=`` value names: a path, or ``owner/repo/path.pth`` on the hub."""
     path = Path(checkpoint).expanduser()
     if path.is_file():
         return path
@@ -259,7 +260,7 @@ class ClipSfEmbedder(Embedder, Prefetching, Trainable):
         if checkpoint is not None:
             if kind != "clip":
                 raise ClipSfLoadError("UniIR CLIP-SF checkpoints are OpenAI CLIP models: use a CLIP folder")
-            state = uniir_to_hf(load_uniir_state(_resolve_checkpoint(checkpoint), trust_checkpoint=trust_checkpoint))
+            state = uniir_to_hf(load_uniir_state(resolve_checkpoint(checkpoint), trust_checkpoint=trust_checkpoint))
             model = model_cls(config_cls.from_pretrained(str(folder)))
             own = {k for k in model.state_dict() if not k.endswith("position_ids")}
             missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)

@@ -4,9 +4,12 @@ cost-sorted batches), one item at a time."""
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from ...core.items import Item
 
@@ -19,4 +22,20 @@ class Reference(ABC):
 
     @abstractmethod
     def embed(self, item: Item) -> np.ndarray:
-        """The L2-normalised float32 vector of one item, as the reference computes it."""
+        """One item as the reference computes it, float32: the L2-normalised vector, or for a
+        late-interaction (multi-vector) model its token vectors ``(n_tokens, dim)``, rows L2-normalised."""
+
+
+def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder: ``model.safetensors``, or the shards its
+    ``model.safetensors.index.json`` lists (the released checkpoints are sharded)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
+             else ["model.safetensors"])
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(str(folder / name)))
+    return state

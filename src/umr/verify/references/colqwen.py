@@ -1,10 +1,10 @@
-"""An independent reference for ColQwen2 / ColQwen2.5: colpali-engine's inference written out with
-plain transformers, torch and PIL calls, no umr code (so it also runs where colpali-engine is
-installed, to check it against the real thing: see ``check_against_colpali``).
+"""ColQwen2 / ColQwen2.5's references: colpali-engine itself where it is installed, else its
+inference written out with plain transformers, torch and PIL calls and no umr code (which also runs
+beside colpali-engine, to check it against the real thing: see ``check_against_colpali``).
 
-colpali-engine cannot share the test environment (it pins another peft), so the tests compare umr
-with this; it was checked once against colpali-engine 0.3.18 (transformers 5.25, torch 2.13,
-torchvision 0.28) on the tiny checkpoints: see ``notes`` in the test module.
+colpali-engine cannot share umr's environment (it pins another peft and needs torchvision), so the
+tests compare umr with the loop; it was checked once against colpali-engine 0.3.18 (transformers
+5.25, torch 2.13, torchvision 0.28) on the tiny checkpoints: see the notes in tests/models/test_colqwen.py.
 
 What colpali-engine does, step by step, as this reproduces it:
 
@@ -28,6 +28,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ...core.items import Item
+from ...models.colqwen.modeling_colqwen import base_folder
+from .base import Reference, read_safetensors
+
 VISUAL_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image."
                  "<|im_end|><|endoftext|>")
 
@@ -43,20 +47,33 @@ class LoraLinear(torch.nn.Module):
         return self.base(x) + (x @ self.a.T @ self.b.T) * self.scale
 
 
-class ReferenceColQwen:
-    def __init__(self, adapter_folder: str | Path):
+def _open(image) -> Image.Image:
+    return image if isinstance(image, Image.Image) else Image.open(str(image))
+
+
+def _adapter(folder: Path) -> dict | None:
+    path = folder / "adapter_config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class ColQwenReference(Reference):
+    """colpali-engine's ColQwen2 / ColQwen2.5 inference on plain transformers, torch and PIL: an
+    adapter folder (its LoRA run beside each adapted layer, unmerged) or a merged folder."""
+
+    def __init__(self, folder: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        import transformers
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
-        folder = Path(adapter_folder)
-        adapter = json.loads((folder / "adapter_config.json").read_text())
-        base = Path(adapter["base_model_name_or_path"])
+        folder = Path(folder)
+        adapter = _adapter(folder)
+        base = base_folder(folder, adapter) if adapter is not None else folder
         self.model = AutoModel.from_pretrained(str(base), dtype=torch.float32).eval()
-        weights = load_file(str(base / "model.safetensors"))
+        weights = read_safetensors(base)
         out_dim, hidden = weights["custom_text_proj.weight"].shape
         self.proj = torch.nn.Linear(hidden, out_dim)
         self.proj.load_state_dict({"weight": weights["custom_text_proj.weight"], "bias": weights["custom_text_proj.bias"]})
-        lora = load_file(str(folder / "adapter_model.safetensors"))
+        lora = load_file(str(folder / "adapter_model.safetensors")) if adapter is not None else {}
         modules = dict(self.model.named_modules())
         for key in [k for k in lora if k.endswith("lora_A.weight")]:
             name = key[len("base_model.model."): -len(".lora_A.weight")]
@@ -69,10 +86,27 @@ class ReferenceColQwen:
             parent_name, _, child = full.rpartition(".")
             parent = modules[parent_name]
             setattr(parent, child, LoraLinear(getattr(parent, child), a, b, scale))
+        self.model.to(device=device, dtype=dtype)
+        self.proj.to(device=device, dtype=dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.tokenizer.padding_side = "left"
         self.image_token_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
         self.settings = json.loads((folder / "preprocessor_config.json").read_text())
+        self.device, self.dtype = device, dtype
+        self.description = (f"umr's ColQwen reference loop (colpali-engine's inference on plain transformers; "
+                            f"colpali-engine is not installed here), transformers {transformers.__version__}")
+
+    @torch.no_grad()
+    def embed(self, item: Item) -> np.ndarray:
+        """One item's token vectors ``(n_tokens, dim)``, as colpali-engine embeds a query, a text or a page."""
+        if item.image is not None:
+            if item.text is not None:
+                raise ValueError("colpali-engine embeds a text or an image, not both")
+            return self.images([_open(item.image)])[0]
+        if item.is_query:
+            text = f"{item.instruction} {item.text}" if item.instruction else item.text
+            return self.queries([text])[0]
+        return self.texts([item.text])[0]
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -119,18 +153,19 @@ class ReferenceColQwen:
             patches.append(x)
             grids.append(grid)
             prompts.append(VISUAL_PROMPT.replace("<|image_pad|>", "<|image_pad|>" * (grid[1] * grid[2] // merge ** 2)))
-        return self._run(prompts, pixel_values=torch.cat(patches), image_grid_thw=torch.tensor(grids))
+        return self._run(prompts, pixel_values=torch.cat(patches).to(self.device, self.dtype),
+                         image_grid_thw=torch.tensor(grids, device=self.device))
 
     def _run(self, prompts: list[str], **vision) -> list[np.ndarray]:
-        batch = self.tokenizer(prompts, padding="longest", return_tensors="pt")
+        batch = self.tokenizer(prompts, padding="longest", return_tensors="pt").to(self.device)
         mask = batch["attention_mask"]
         hidden = self.model(input_ids=batch["input_ids"], attention_mask=mask,
                             mm_token_type_ids=(batch["input_ids"] == self.image_token_id).int(),
                             use_cache=False, **vision).last_hidden_state
-        proj = self.proj(hidden)
+        proj = self.proj(hidden).float()
         proj = proj / proj.norm(dim=-1, keepdim=True)
         proj = proj * mask.unsqueeze(-1)
-        return [row[m.bool()].numpy() for row, m in zip(proj, mask)]
+        return [row[m.bool()].cpu().numpy() for row, m in zip(proj, mask)]
 
 
 def maxsim_pairwise(queries: list[np.ndarray], candidates: list[np.ndarray]) -> np.ndarray:
@@ -147,7 +182,7 @@ def check_against_colpali(adapter_folder: str, version: str, inputs_dir: str, re
     npz was written by colpali-engine: token vectors of queries, texts and images, and scores)."""
     spec = json.loads((Path(inputs_dir) / "inputs.json").read_text())
     ref = np.load(reference_npz)
-    ours = ReferenceColQwen(adapter_folder)
+    ours = ColQwenReference(adapter_folder)
     worst = {}
     q = ours.queries(spec["queries"])
     worst["query"] = max(float(np.abs(v - ref[f"query/{i}"]).max()) for i, v in enumerate(q))
@@ -158,6 +193,52 @@ def check_against_colpali(adapter_folder: str, version: str, inputs_dir: str, re
     scores = maxsim_pairwise(q, docs + t)
     worst["maxsim"] = float(np.abs(scores - ref["scores_pairwise"]).max())
     return worst
+
+
+class ColpaliEngineReference(Reference):
+    """colpali-engine itself: ``ColQwen2_5`` / ``ColQwen2`` (an adapter through transformers' PEFT
+    integration) and its processor's ``process_queries`` / ``process_texts`` / ``process_images``."""
+
+    def __init__(self, folder: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        import colpali_engine
+        from colpali_engine import models
+        from importlib.metadata import version
+
+        folder = Path(folder)
+        adapter = _adapter(folder)
+        base = base_folder(folder, adapter) if adapter is not None else folder
+        model_type = json.loads((base / "config.json").read_text()).get("model_type", "")
+        model_class, processor_class = ((models.ColQwen2_5, models.ColQwen2_5_Processor) if "2_5" in model_type
+                                        else (models.ColQwen2, models.ColQwen2Processor))
+        self.model = model_class.from_pretrained(str(folder), torch_dtype=dtype).to(device).eval()
+        self.processor = processor_class.from_pretrained(str(folder))
+        self.device = device
+        del colpali_engine
+        self.description = f"colpali-engine {version('colpali-engine')} {model_class.__name__}"
+
+    @torch.no_grad()
+    def embed(self, item: Item) -> np.ndarray:
+        if item.image is not None:
+            if item.text is not None:
+                raise ValueError("colpali-engine embeds a text or an image, not both")
+            batch = self.processor.process_images([_open(item.image)])
+        elif item.is_query:
+            text = f"{item.instruction} {item.text}" if item.instruction else item.text
+            batch = self.processor.process_queries([text])
+        else:
+            batch = self.processor.process_texts([item.text])
+        batch = batch.to(self.device)
+        out = self.model(**batch)[0].float()
+        return out[batch["attention_mask"][0].bool()].cpu().numpy()
+
+
+def colqwen_reference(folder: Path, *, device: str, dtype: torch.dtype) -> Reference:
+    """colpali-engine where it imports, else the loop."""
+    try:
+        import colpali_engine  # noqa: F401
+    except ImportError:
+        return ColQwenReference(folder, device=device, dtype=dtype)
+    return ColpaliEngineReference(folder, device=device, dtype=dtype)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
-"""Qwen3-VL-Embedding's video path as its authors' code runs it, one item at a time:
-``Qwen3VLEmbedder.format_model_input``, qwen-vl-utils 0.0.14's ``fetch_video`` (every frame of a
-file decoded in presentation order and kept, then sampled: ``smart_nframes``,
-``torch.linspace(...).round()``; torchvision's resize of a uint8 tensor; a list of frames through
-``fetch_image`` at factor 64, padded to an even count, timed at 2 frames per second),
-transformers 4.57.3's Qwen3-VL video processor (fused normalisation, patches of 2 frames) and
-processor (one ``<t seconds>`` block per frame pair, truncation and its video token check), then
-transformers' own ``Qwen3VLModel``. Frames are decoded by PyAV, which gives decord's pixels on the
-formats listed in :mod:`umr.core.video`. umr's path (seeking decoder, planner, packed decoder)
-shares none of it: the parity tests and the video benchmark measure umr against it."""
+"""Qwen3-VL-Embedding's video path as its authors' code runs it, transcribed literally, one item at
+a time: ``Qwen3VLEmbedder.format_model_input``; qwen-vl-utils 0.0.14's ``fetch_video`` (every
+frame decoded in presentation order as decord presents them, here by PyAV; ``smart_nframes``;
+``torch.linspace(...).round()``; torchvision's resize of a uint8 tensor; frame lists through
+``fetch_image`` at factor 64, padded to an even count, 2 frames per second); transformers
+4.57.3's video processor (fused normalisation, patches) and processor (one ``<t seconds>`` block
+per frame pair, truncation and its check of the video tokens); then transformers' own
+``Qwen3VLModel``. umr's path (seeking decoder, planner, packed decoder) shares none of it. The
+official embedder itself was run once on the clips of ``tests/fixtures/video`` (its vectors are
+stored there), and the tests hold umr to both.
+"""
 
 from __future__ import annotations
 
@@ -20,15 +21,20 @@ import numpy as np
 import torch
 
 from ...core.items import Item
-from .qwen_vl import QWEN3VL_DEFAULT_INSTRUCTION, qwen_vl_utils_fetch_image, smart_resize
+from .qwen_vl import QWEN3VL_DEFAULT_INSTRUCTION, Qwen3VLReference, qwen_vl_utils_fetch_image, smart_resize
 
-#: Qwen3-VL's pixel factor (patch 16 x merge 2)
 FACTOR = 32
 
 
-def decode_all(path) -> tuple[np.ndarray, float]:
-    """Every frame in presentation order, as one RGB array, and the average rate: what decord shows
-    of a file."""
+def _smart_resize(height, width, factor, min_pixels, max_pixels):
+    """qwen-vl-utils' ``smart_resize`` with its aspect-ratio check."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError("absolute aspect ratio must be smaller than 200")
+    return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def decode_all(path):
+    """Every frame in presentation order and the average rate: what decord shows of a file."""
     import av
 
     with av.open(str(path)) as container:
@@ -38,7 +44,7 @@ def decode_all(path) -> tuple[np.ndarray, float]:
     return np.stack(frames), fps
 
 
-def smart_nframes(ele: dict, total_frames: int, video_fps: float) -> int:
+def smart_nframes(ele, total_frames, video_fps):
     fps = ele.get("fps", 2.0)
     min_frames = math.ceil(4 / 2) * 2
     max_frames = math.floor(ele.get("max_frames", min(768, total_frames)) / 2) * 2
@@ -50,7 +56,7 @@ def smart_nframes(ele: dict, total_frames: int, video_fps: float) -> int:
     return nframes
 
 
-def calculate_video_frame_range(ele: dict, total_frames: int, video_fps: float) -> tuple[int, int, int]:
+def calculate_video_frame_range(ele, total_frames, video_fps):
     """qwen-vl-utils 0.0.14's time range (``video_start`` / ``video_end``, seconds) as frames."""
     video_start, video_end = ele.get("video_start"), ele.get("video_end")
     if video_start is None and video_end is None:
@@ -66,13 +72,7 @@ def calculate_video_frame_range(ele: dict, total_frames: int, video_fps: float) 
     return start_frame, end_frame, end_frame - start_frame + 1
 
 
-def _smart_resize(height: int, width: int, factor: int, min_pixels: float, max_pixels: float) -> tuple[int, int]:
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError("absolute aspect ratio must be smaller than 200")
-    return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-
-
-def torchvision_resize(video: torch.Tensor, size: list[int]) -> torch.Tensor:
+def torchvision_resize(video, size):
     """``torchvision.transforms.functional.resize(uint8 tensor, size, BICUBIC, antialias=True)``."""
     if list(video.shape[-2:]) == list(size):
         return video
@@ -81,8 +81,7 @@ def torchvision_resize(video: torch.Tensor, size: list[int]) -> torch.Tensor:
     return out.clamp(min=0, max=255).round().to(torch.uint8)
 
 
-def fetch_video(ele: dict) -> tuple[torch.Tensor, dict]:
-    """qwen-vl-utils' ``fetch_video``: the sampled, resized frames (float, TCHW) and their indices."""
+def fetch_video(ele):
     if isinstance(ele["video"], str):
         frames, video_fps = decode_all(ele["video"])
         first, last, total = calculate_video_frame_range(ele, len(frames), video_fps)
@@ -91,8 +90,7 @@ def fetch_video(ele: dict) -> tuple[torch.Tensor, dict]:
         video = torch.from_numpy(frames[idx]).permute(0, 3, 1, 2)
         metadata = {"fps": video_fps, "frames_indices": idx}
     else:
-        images = [qwen_vl_utils_fetch_image(frame, factor=64, min_pixels=4 * 64 * 64, max_pixels=16384 * 64 * 64)
-                  for frame in ele["video"]]
+        images = [qwen_vl_utils_fetch_image(frame, factor=64, min_pixels=4 * 64 * 64, max_pixels=16384 * 64 * 64) for frame in ele["video"]]
         nframes = math.ceil(len(images) / 2) * 2
         images.extend([images[-1]] * (nframes - len(images)))
         video = torch.stack([torch.from_numpy(np.array(image).transpose(2, 0, 1)) for image in images])
@@ -109,13 +107,16 @@ def fetch_video(ele: dict) -> tuple[torch.Tensor, dict]:
 
 
 class Qwen3VLVideoReference:
-    """``Qwen3VLEmbedder`` on one item with a video (and maybe text), as it runs with transformers
-    4.57.3 (``fps``, ``max_frames``: the embedder's defaults, 1 and 64)."""
+    """Qwen3VLEmbedder on one item with a video (and maybe text), as it runs with transformers 4.57.3.
+    ``model``: a ``Qwen3VLModel`` already loaded from ``folder`` (else it is loaded here)."""
 
-    def __init__(self, folder, *, max_length: int = 8192, fps: float = 1, max_frames: int = 64):
+    def __init__(self, folder, *, max_length=8192, fps=1, max_frames=64, model=None, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32):
         from transformers import AutoModel, AutoTokenizer
 
-        self.model = AutoModel.from_pretrained(str(folder), dtype=torch.float32).eval()
+        self.model = model if model is not None else \
+            AutoModel.from_pretrained(str(folder), dtype=dtype).to(device).eval()
+        self.device, self.dtype = device, dtype
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.template = (Path(folder) / "chat_template.jinja").read_text()
         config = json.loads((Path(folder) / "preprocessor_config.json").read_text())
@@ -123,7 +124,7 @@ class Qwen3VLVideoReference:
         self.max_length, self.fps, self.max_frames = max_length, fps, max_frames
         self.video_id = self.tokenizer.convert_tokens_to_ids("<|video_pad|>")
 
-    def conversation(self, text, video, instruction, fps, max_frames, extra) -> list[dict]:
+    def conversation(self, text, video, instruction, fps, max_frames, extra):
         if instruction:
             instruction = instruction.strip()
             if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
@@ -140,7 +141,6 @@ class Qwen3VLVideoReference:
                 {"role": "user", "content": content}]
 
     def inputs(self, text=None, video=None, instruction=None, fps=None, max_frames=None, **extra):
-        """Token ids, video patches, grid ``[t, h, w]`` and prompt timestamps of one item."""
         conversation = self.conversation(text, video, instruction, fps, max_frames, extra)
         prompt = self.tokenizer.apply_chat_template(conversation, chat_template=self.template, tokenize=False,
                                                     add_generation_prompt=True)
@@ -173,11 +173,12 @@ class Qwen3VLVideoReference:
     @torch.no_grad()
     def embed(self, **kwargs) -> np.ndarray:
         encoded, pixels, grid, _ = self.inputs(**kwargs)
-        ids = encoded["input_ids"]
-        hidden = self.model(input_ids=ids, attention_mask=encoded["attention_mask"], pixel_values_videos=pixels,
-                            video_grid_thw=torch.tensor([grid]),
+        ids = encoded["input_ids"].to(self.device)
+        hidden = self.model(input_ids=ids, attention_mask=encoded["attention_mask"].to(self.device),
+                            pixel_values_videos=pixels.to(self.device, self.dtype),
+                            video_grid_thw=torch.tensor([grid], device=self.device),
                             mm_token_type_ids=(ids == self.video_id).int() * 2).last_hidden_state
-        return torch.nn.functional.normalize(hidden[0, -1], dim=-1).numpy()
+        return torch.nn.functional.normalize(hidden[0, -1].float(), dim=-1).cpu().numpy()
 
     def embed_item(self, item: Item, **extra) -> np.ndarray:
         """``extra``: more keys of the video element (``resized_height``, ``max_frames``, ...)."""
@@ -185,3 +186,16 @@ class Qwen3VLVideoReference:
         span = {k: v for k, v in (("video_start", item.video_start), ("video_end", item.video_end)) if v is not None}
         return self.embed(**{"text": item.text, "video": video, "fps": item.fps, "max_frames": item.max_frames,
                              "instruction": item.instruction if item.is_query else None, **span, **extra})
+
+
+class Qwen3VLWithVideoReference(Qwen3VLReference):
+    """:class:`Qwen3VLReference` for texts and images, :class:`Qwen3VLVideoReference` (on the same
+    model, at Qwen3VLEmbedder's defaults: 1 frame per second, at most 64 frames) for videos."""
+
+    def __init__(self, folder: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        super().__init__(folder, device=device, dtype=dtype)
+        self.videos = Qwen3VLVideoReference(folder, max_length=self.max_length, model=self.model, device=device,
+                                            dtype=dtype)
+
+    def embed(self, item: Item) -> np.ndarray:
+        return self.videos.embed_item(item) if item.video is not None else super().embed(item)
