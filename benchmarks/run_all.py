@@ -124,6 +124,15 @@ BENCHMARKS: tuple[Benchmark, ...] = (
          Headline("Qwen3-VL vs reference loop", at("qwen3vl", "ratio"), 1.5),
          Headline("minilm vs sentence-transformers", at("minilm", "ratio"), 3.0))),
     Benchmark(
+        "video_throughput", "Qwen3-VL-Embedding video items/s and peak memory (seeking decoder, prefetching "
+        "loader), equal outputs (max |delta| reported)",
+        "the reference-style loop: every frame decoded, then sampled, one item at a time (same model, clips, run)",
+        ("video_throughput.json", "video_throughput.quick.json"),
+        (Headline("video items/s vs reference loop", at("qwen3vl_video", "ratio")),
+         Headline("peak RSS rise, umr / reference", at("qwen3vl_video", "memory_ratio"), unit=""),
+         Headline("max |delta| to the reference", at("qwen3vl_video", "max_abs_delta"), 1e-5, at_least=False,
+                  unit=""))),
+    Benchmark(
         "text_speed", "minilm's text path side by side: umr float32/bf16, torch.compile, int8, ONNX Runtime, with MFU",
         "sentence-transformers encode with its float32 defaults, same sentences, same run",
         ("text_speed.json", "text_speed.json"),

@@ -161,3 +161,73 @@ def test_cli_index_and_search_print_times(tmp_path, tiny_dir, clips, capsys):
     assert main(["index", str(clips), "--index", str(tmp_path / "idx"), "--segment-seconds", "10",
                  "--segment-overlap", "10", "--no-progress"]) == 2
     assert "overlap must be" in capsys.readouterr().err
+
+
+# -- video items: Index.add and an items JSONL ------------------------------------------------------
+
+def test_index_add_cuts_video_items_into_segments(tmp_path, q3, clips):
+    """A video file given as an item is cut as a folder's video is (the model's window here: 32 s
+    at the tiny sampling), under the item's id, with its text beside every segment; a time range
+    or a list of frames is one item; a bad file is that item's error and the rest go on."""
+    from PIL import Image
+
+    frames = []
+    for i in range(3):
+        frames.append(tmp_path / f"f{i}.png")
+        Image.new("RGB", (64, 48), (80 * i, 20, 200)).save(frames[-1])
+    items = [Item(video=clips / "talk.mp4", text="the keynote", id="talk", metadata={"topic": "keynote"}),
+             Item(video=str(clips / "short.mp4"), id="short"),
+             Item(video=clips / "talk.mp4", video_start=100, video_end=130, id="talk-part"),
+             Item(video=[str(f) for f in frames], id="frames"),
+             Item(video=clips / "empty.mp4", id="empty"), Item(text="a note", id="note")]
+    with Index.create(tmp_path / "idx", q3) as index:
+        summary = index.add(items)
+        times = segment_times(MINUTES * 60, 32.0)
+        assert len(times) == 10
+        ids = {f"talk#t={int(a)},{int(b)}" for a, b in times} | {"short", "talk-part", "frames", "note"}
+        assert set(index.ids()) == ids and summary.added == len(ids)
+        assert [(e["id"], "empty file" in e["error"]) for e in summary.errors] == [("empty", True)]
+        record = index.get(["talk#t=96,128"])[0]
+        assert (record["modality"], record["path"], record["meta"]["start"], record["meta"]["end"],
+                record["meta"]["topic"]) == ("video,text", str(clips / "talk.mp4"), 96.0, 128.0, "keynote")
+        assert [(r["meta"]["start"], r["meta"]["end"]) for r in index.get(["short", "talk-part"])] == \
+            [(0.0, 10.0), (100, 130)]
+        assert index.get(["frames"])[0]["path"] is None  # no file to play
+
+        # each stored vector is the segment's own: its text beside that time range
+        segment = Item(text="the keynote", video=clips / "talk.mp4", video_start=96.0, video_end=128.0)
+        top = index.search_vectors(q3.encode_candidates([segment]), k=1)[0][0]
+        assert (top.id, top.start, top.end) == ("talk#t=96,128", 96.0, 128.0)
+        assert top.score == pytest.approx(1.0, abs=1e-5)
+        frames_top = index.search_vectors(q3.encode_candidates([Item(video=[str(f) for f in frames])]), k=1)[0][0]
+        assert (frames_top.id, frames_top.start) == ("frames", None)
+
+        # the same items again: unchanged, nothing embedded
+        again = index.add(items[:4])
+        assert (again.added, again.unchanged) == (0, len(ids) - 1)
+
+
+def test_cli_index_reads_video_lines_of_an_items_jsonl(tmp_path, tiny_dir, clips, capsys):
+    lines = [{"id": "talk", "video": str(clips / "talk.mp4"), "fps": 0.1, "max_frames": 4, "speaker": "ada"},
+             {"video": "clips/short.mp4", "text": "a short clip"},
+             {"id": "bad", "video": str(clips / "corrupt.mov")}, {"id": "doc", "text": "the keynote starts"}]
+    jsonl = clips.parent / "items.jsonl"
+    jsonl.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert main(["index", str(jsonl), "--index", str(tmp_path / "idx"), "--model", str(tiny_dir),
+                 "--segment-seconds", "100", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "1 error(s)" in out and "bad" in out
+    with Index.open(tmp_path / "idx") as index:
+        assert sorted(index.ids()) == ["doc", "items.jsonl/line-2", "talk#t=0,100", "talk#t=100,200",
+                                       "talk#t=200,300"]
+        record = index.get(["talk#t=100,200"])[0]
+        assert (record["meta"]["start"], record["meta"]["end"], record["meta"]["speaker"]) == (100.0, 200.0, "ada")
+        model = index.model
+        # fps and max_frames of the line apply to each of its segments
+        expected = model.encode_candidates([Item(video=clips / "talk.mp4", fps=0.1, max_frames=4, video_start=100.0,
+                                                  video_end=200.0)])
+        top = index.search_vectors(expected, k=1)[0][0]
+        assert top.id == "talk#t=100,200" and top.score == pytest.approx(1.0, abs=1e-5)
+    assert main(["index", str(jsonl), "--index", str(tmp_path / "text-idx"), "--model", "minilm", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "3 error(s)" in out and "cannot embed video" in out

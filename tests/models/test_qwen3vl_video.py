@@ -460,19 +460,20 @@ def test_families_that_cannot_see_video_refuse_it(clips, tmp_path):
     assert len(scored.errors) == 1 and "cannot score video" in scored.errors[0].reason
 
 
-def test_index_add_refuses_video_items_and_jsonl_video_lines(tmp_path, clips):
-    """Videos enter an index as a folder's files (time segments: tests/index/test_video_segments.py)."""
+def test_an_index_over_a_model_blind_to_video_refuses_video_items(tmp_path, clips):
+    """Video items enter an index as time segments (tests/index/test_video_segments.py); under a
+    model that cannot see video each is an item error and the rest is indexed."""
     from umr.data.corpus import read_jsonl
     from umr.index.index import Index
 
     with Index.create(tmp_path / "idx", umr.load_model("minilm")) as index:
         summary = index.add([Item(video=clips["vp9.webm"], id="v"), Item(text="kept", id="t")])
     assert summary.added == 1 and [e["id"] for e in summary.errors] == ["v"]
-    assert "indexed from a folder of video files" in summary.errors[0]["error"]
+    assert "minilm cannot embed video" in summary.errors[0]["error"]
     jsonl = tmp_path / "items.jsonl"
     jsonl.write_text(json.dumps({"id": "v", "video": str(clips["vp9.webm"])}) + "\n")
-    (entry,) = list(read_jsonl(jsonl))
-    assert isinstance(entry, ItemError) and entry.line == 1 and "indexed from a folder" in entry.reason
+    (entry,) = list(read_jsonl(jsonl))  # no segmenter: no model that sees video
+    assert isinstance(entry, ItemError) and entry.line == 1 and "need a model that sees video" in entry.reason
 
 
 def test_jsonl_video_fields(tmp_path, clips):

@@ -126,3 +126,24 @@ def late_index(tmp_path_factory):
     Image.fromarray(rng.randint(0, 256, (50, 70, 3), dtype=np.uint8)).save(query_image)
     assert main(["index", str(corpus), "--index", str(root / "ix"), "--model", str(tiny), "--no-progress"]) == 0
     return root / "ix", query_image, tiny
+
+
+#: the Debian package's Chromium, driven by Playwright (the browser tests skip without it)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def searched_page(playwright, url: str, query: str, *, args=(), viewport=(1200, 800)):
+    """Headless Chromium on the search page at ``url``, ``query`` searched and its first card shown:
+    ``(browser, page, errors)``, ``errors`` collecting the page's uncaught exceptions."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + list(args))
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url + "/")
+    page.wait_for_function("document.getElementById('stats').textContent.includes('items')")
+    page.fill("#q", query)
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".card")
+    return browser, page, errors

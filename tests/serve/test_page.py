@@ -9,15 +9,11 @@ import pytest
 
 from umr.serve import create_app
 
-from .conftest import LiveServer, png_bytes
+from .conftest import CHROMIUM, LiveServer, png_bytes, searched_page
 
 sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
+if not Path(CHROMIUM).exists():
     pytest.skip("no /usr/bin/chromium (apt-get install -y chromium)", allow_module_level=True)
-
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 DROP = """async ([b64, name]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -32,16 +28,7 @@ DROP = """async ([b64, name]) => {
 @pytest.mark.slow
 def test_page_searches_by_text_and_dropped_image(photo_index, tmp_path):
     with LiveServer(create_app(photo_index.model, index=photo_index)) as live, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 800})
-        errors = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(live.url + "/")
-        page.wait_for_function("document.getElementById('stats').textContent.includes('items')")
-
-        page.fill("#q", "a note about red apples")
-        page.keyboard.press("Enter")
-        page.wait_for_selector(".card")
+        browser, page, errors = searched_page(p, live.url, "a note about red apples")
         assert "notes/apples" in page.inner_text("#results")
         assert page.locator(".card").count() == len(photo_index)
 

@@ -29,6 +29,8 @@ class EntryKind(str, enum.Enum):
     FUSED = "image,text"
     #: a video file of a folder, or one time segment of it
     VIDEO = "video"
+    #: a video item given with text beside it (a JSONL line, ``Index.add``), or one time segment of it
+    VIDEO_TEXT = "video,text"
 
     def __str__(self) -> str:
         return self.value

@@ -37,7 +37,7 @@ from .chunking import Chunker, Passage, passage_id
 from .files import display_name, jsonl_records, stored_path
 from .items import read_items_jsonl
 from .mbeir import parse_candidate
-from .video_segments import VIDEO_EXTENSIONS, VideoSegmenter, video_entries
+from .video_segments import VIDEO_EXTENSIONS, VideoSegmenter, item_video_entries, video_entries
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 TEXT_EXTENSIONS = {".txt", ".md"}
@@ -46,9 +46,6 @@ PDF_EXTENSIONS = {".pdf"}
 MAX_TEXT_BYTES = 50_000_000
 #: PDF pages are rendered at this many pixels on the longer side
 PDF_RENDER_SIDE = 1280
-#: why an index refuses a video item given on its own: videos are indexed from folders, as time segments
-VIDEO_NOT_INDEXED = ("video items are indexed from a folder of video files (umr index FOLDER cuts each into "
-                     "time segments); umr embed and the Python API embed them one by one")
 
 
 def read_corpus(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
@@ -59,8 +56,8 @@ def read_corpus(source: str | os.PathLike, *, image_root: str | os.PathLike | No
     ``digests`` remembers file digests across runs (see :mod:`umr.core.fingerprint`). With a
     ``chunker`` long texts (text files, text-only JSONL items, PDF pages' text layers) become passages and texts the
     model would cut are listed in ``report.truncated``; M-BEIR pools keep their ids and are
-    never split. ``videos`` cuts a folder's video files into segments (without one, or under a
-    model that cannot see video, each video file is an error).
+    never split. ``videos`` cuts a folder's video files and a JSONL's video items into segments
+    (without one, or under a model that cannot see video, each video is an error).
     """
     source = Path(source)
     report = report if report is not None else ReadReport()
@@ -71,7 +68,7 @@ def read_corpus(source: str | os.PathLike, *, image_root: str | os.PathLike | No
             yield from read_mbeir_pool(source, image_root=image_root, digests=digests, chunker=chunker,
                                        report=report)
         else:
-            yield from read_jsonl(source, digests=digests, chunker=chunker, report=report)
+            yield from read_jsonl(source, digests=digests, chunker=chunker, report=report, videos=videos)
     elif source.is_file():
         raise ValueError(f"{source}: a corpus is a folder or a .jsonl file")
     else:
@@ -452,10 +449,12 @@ def _pdf_passage_loader(pages: _PdfPages, number: int, item_id: str, text: str) 
 
 
 def read_jsonl(path: str | os.PathLike, *, digests: FileDigests | None = None, chunker: Chunker | None = None,
-               report: ReadReport | None = None) -> Iterator[Entry | ItemError]:
+               report: ReadReport | None = None, videos: VideoSegmenter | None = None) -> Iterator[Entry | ItemError]:
     """Items JSONL (the ``umr embed`` fields; other fields become metadata). Ids default to ``line-N``
     (``explicit_id`` False). Image paths are resolved; images are fingerprinted by their bytes.
     A long text-only item becomes passages (``ID#chunk=N``); text with an image is never split.
+    A video item is cut by ``videos`` into time segments (``ID#t=a,b``; see
+    :func:`~umr.data.video_segments.item_video_entries`).
     """
     report = report if report is not None else ReadReport()
 
@@ -467,7 +466,8 @@ def read_jsonl(path: str | os.PathLike, *, digests: FileDigests | None = None, c
         explicit = item.id is not None
         item_id = item.id if explicit else f"line-{line_no}"
         if item.video is not None:
-            yield ItemError(item_id, VIDEO_NOT_INDEXED, line=line_no)
+            for entry in item_video_entries(item, item_id, videos, digests=digests, explicit_id=explicit):
+                yield ItemError(entry.item_id, entry.reason, line=line_no) if isinstance(entry, ItemError) else entry
             continue
         item.id, item.is_query, item.instruction = item_id, False, None
         image = item.image if isinstance(item.image, str) else None

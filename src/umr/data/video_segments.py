@@ -13,6 +13,11 @@ sampling without shrinking frames or passing ``max_length``. Consecutive segment
 a second joins the segment before it. A file that cannot be probed (empty, truncated, not a
 video) is one :class:`~umr.core.items.ItemError` with the reason; under a model that cannot
 see video every video file is one, and the rest of the folder is indexed.
+
+A video *item* given to an index (a JSONL line with ``"video"``, ``Index.add``) is cut the same
+way under its own id (``talk#t=120,150``), its text, ``fps``, ``max_frames`` and metadata going
+with every segment (:func:`item_video_entries`); a list of frames, or a file with its own
+``video_start`` / ``video_end``, is one entry.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 from ..core.entries import Entry, EntryKind
+from ..core.fingerprint import FileDigests, item_fingerprint
 from ..core.items import Item, ItemError
 from ..core.video import probe_video
 
@@ -157,6 +163,48 @@ def video_entries(path: Path, rel: str, digest: str, stored: str, meta: dict[str
         fingerprint = hashlib.blake2b(f"{digest}:{start}:{end}:{whole}".encode(), digest_size=16).hexdigest()
         yield Entry(item_id, fingerprint, _loader(str(path), item_id, None if whole else (start, end)), stored,
                     EntryKind.VIDEO, {**meta, "start": start, "end": end})
+
+
+def item_video_entries(item: Item, item_id: str, segmenter: VideoSegmenter | None, *,
+                       digests: FileDigests | None = None, explicit_id: bool = True) -> Iterator[Entry | ItemError]:
+    """The entries of a video item given to an index (see the module docstring), or its error."""
+    if segmenter is None or segmenter.window is None:
+        yield ItemError(item_id, segmenter.refusal if segmenter is not None
+                        else "video items need a model that sees video")
+        return
+    meta = dict(item.metadata)
+    kind = EntryKind.VIDEO if item.text is None else EntryKind.VIDEO_TEXT
+    if not isinstance(item.video, (str, Path)):  # a list of frames, or a video's bytes: one entry, no player
+        load = _item_loader(item, item.video, item_id, item.video_start, item.video_end)
+        yield Entry(item_id, item_fingerprint(load(), digests=digests), load, None, kind, meta,
+                    explicit_id=explicit_id)
+        return
+    path = str(Path(item.video).expanduser().resolve())  # stored resolved: results play from anywhere
+    try:
+        info = probe_video(path, item_id=item_id)
+    except ItemError as exc:
+        yield ItemError(item_id, exc.reason)
+        return
+    if item.video_start is not None or item.video_end is not None:
+        times = [(item.video_start or 0.0, item.video_end if item.video_end is not None else info.duration)]
+        spans = [(item.video_start, item.video_end)]
+    else:
+        times = segment_times(info.duration, segmenter.length_for(info.width, info.height), segmenter.overlap)
+        spans = [(None, None)] if len(times) == 1 else times
+    for (start, end), span in zip(times, spans):
+        entry_id = item_id if len(times) == 1 else segment_id(item_id, start, end)
+        load = _item_loader(item, path, entry_id, *span)
+        yield Entry(entry_id, item_fingerprint(load(), digests=digests), load, path, kind,
+                    {**meta, "start": start, "end": end}, explicit_id=explicit_id)
+
+
+def _item_loader(item: Item, video, item_id: str, start: float | None, end: float | None) -> Callable[[], Item]:
+    """The candidate embedded for one entry of a video item: its video (or a time range of it) and text."""
+    def load() -> Item:
+        return Item(text=item.text, video=video, fps=item.fps, max_frames=item.max_frames, video_start=start,
+                    video_end=end, id=item_id, metadata=dict(item.metadata))
+
+    return load
 
 
 def _loader(path: str, item_id: str, span: tuple[float, float] | None) -> Callable[[], Item]:

@@ -275,6 +275,9 @@ class Index:
         An item whose content (text, image bytes or pixels) is unchanged since it was stored is
         reported ``unchanged`` and not embedded again; ids are taken as given (an upsert). An item
         without content (or a failed one) is reported in the summary's errors; the rest are added.
+        A video file is cut into time segments as :meth:`index_corpus` cuts a folder's videos (ids
+        ``ID#t=a,b`` with ``start``/``end``; one item ``ID`` when it is no longer than a segment);
+        a list of frames, or a file with ``video_start``/``video_end``, is one item.
         """
         return sync.add_items(self, items, batch_size=batch_size)
 

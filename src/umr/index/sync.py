@@ -24,8 +24,8 @@ from ..core.fingerprint import FileDigests, item_fingerprint
 from ..core.items import Item, ItemError
 from ..core.results import Summary
 from ..data.chunking import Chunker, stale_passages
-from ..data.corpus import VIDEO_NOT_INDEXED, default_id_prefix, read_corpus
-from ..data.video_segments import stale_segments, video_segmenter
+from ..data.corpus import default_id_prefix, read_corpus
+from ..data.video_segments import item_video_entries, stale_segments, video_segmenter
 from .base import IndexStoreError, VectorStore, json_line
 from .embedding import ChunkEmbedder
 from .multivector.store import BACKEND  # issue 24
@@ -51,16 +51,22 @@ class SyncTarget(RunTarget, Protocol):
 
 
 def add_items(target: SyncTarget, items: Sequence[Item], *, batch_size: int | None = None) -> Summary:
-    """:meth:`umr.index.Index.add`."""
+    """:meth:`umr.index.Index.add`. A video item is cut into time segments as the index cuts
+    video files (:func:`~umr.data.video_segments.item_video_entries`)."""
     entries = []
+    videos = None
     for item in items:
         if item.id is None:
             raise ValueError("items added to an index need ids")
         problem = item.problem
-        if problem is None and item.video is not None:  # video: whole files go through index_corpus
-            problem = VIDEO_NOT_INDEXED
-        entries.append(ItemError(str(item.id), problem) if problem is not None
-                       else _direct_entry(item, target.digests))
+        if problem is not None:
+            entries.append(ItemError(str(item.id), problem))
+        elif item.video is not None:
+            if videos is None:
+                videos = video_segmenter(target.model, target.store.config.get("video_segments"))
+            entries.extend(item_video_entries(item, str(item.id), videos, digests=target.digests))
+        else:
+            entries.append(_direct_entry(item, target.digests))
     summary = Summary()
     run_entries(target, entries, summary, batch_size=batch_size, commit_every=10**9)
     target.digests.save()

@@ -7,7 +7,7 @@ a 256-entry lookup table per channel, the patches equal transformers' bit for bi
 
 Video frames (:class:`VideoPatchCutter`) are cut the same way, ``temporal_patch_size``
 consecutive frames per patch, normalised as the video processor does it (mean and std scaled by
-``1 / rescale_factor``, then float32 ``(x - mean) / std``); :func:`resize_frame` resizes a frame
+``1 / rescale_factor``, then float32 ``(x - mean) / std``); :func:`resize_frames` resizes frames
 as qwen-vl-utils resizes video (torchvision's bicubic, antialiased, on uint8).
 """
 
@@ -106,16 +106,20 @@ class VideoPatchCutter:
         return normed.reshape(gt * gh * gw, 3 * t * p * p), (gt, gh, gw)
 
 
-def resize_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A ``(H, W, 3)`` uint8 frame at ``height x width`` as torchvision's ``resize`` makes it from a
-    uint8 tensor (what qwen-vl-utils calls on video): unchanged at its own size, else float32
-    bicubic interpolation with antialiasing, clamped, rounded, back to uint8."""
-    if frame.shape[:2] == (height, width):
-        return frame
-    pixels = torch.tensor(frame).permute(2, 0, 1)[None].float()  # a copy: frames of PIL images are read-only
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(n, H, W, 3)`` uint8 frames at ``height x width`` as torchvision's ``resize`` makes them from
+    a uint8 tensor (what qwen-vl-utils calls on video): unchanged at their own size, else float32
+    bicubic interpolation with antialiasing, clamped, rounded, back to uint8. A batch gives each
+    frame's very pixels, several times faster than frame by frame (the filter weights are
+    computed once per call)."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    # channels first and contiguous (a copy: frames of PIL images are read-only); channels-last
+    # input takes a slower kernel
+    pixels = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).float()
     resized = torch.nn.functional.interpolate(pixels, size=(height, width), mode="bicubic", align_corners=False,
                                               antialias=True)
-    return resized.clamp(0, 255).round().to(torch.uint8)[0].permute(1, 2, 0).contiguous().numpy()
+    return resized.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 class QwenVLImageSettings:

@@ -31,7 +31,7 @@ Qwen3-VL video processor (4.57):
   and to the frame count, rounded down to even; frames ``linspace(0, frames - 1, n).round()``
   (float32, as torch computes it); each resized to multiples of 32 with 128 to 768 merged tokens
   (at most ``128,000 x 0.9 / n x 2`` of them, at least 1.05 x 128), bicubic with antialiasing
-  on uint8 (:func:`~umr.models.qwen_vl_patches.resize_frame`); frame times ``index / rate``;
+  on uint8 (:func:`~umr.models.qwen_vl_patches.resize_frames`); frame times ``index / rate``;
 * a list of frames: more than ``max_frames`` are thinned to ``linspace(0, len - 1, max_frames)``
   truncated; each loaded as ``fetch_image`` with factor 64 (qwen-vl-utils passes the factor where
   the patch size belongs: multiples of 64, 4 to 16,384 such tokens, PIL bicubic); an odd count
@@ -64,7 +64,7 @@ from ...core.images import decode_image, image_size
 from ...core.items import ImageSource, Item, ItemError, VideoInput
 from ...core.video import read_frames
 from ..processing import Processor, pad_ids
-from ..qwen_vl_patches import (QwenVLImageSettings, VideoPatchCutter, read_patch_settings, resize_frame,
+from ..qwen_vl_patches import (QwenVLImageSettings, VideoPatchCutter, read_patch_settings, resize_frames,
                                smart_resize)
 from ..registry import ModelNotAvailable
 from .video_sampling import (FRAME_FACTOR, MAX_RATIO, MIN_FRAMES, MODEL_SEQ_LEN, VIDEO_MAX_TOKENS, VIDEO_MIN_TOKENS,
@@ -334,11 +334,12 @@ class Qwen3VLProcessor(QwenVLImageSettings, Processor[Item, ProcessedInput]):
             for position in plan.positions:
                 if position not in loaded:
                     image = to_rgb(decode_image(video[position], item_id=item_id))
-                    first = image.resize(plan.list_size[::-1])  # an RGB image: PIL's default filter, bicubic
-                    loaded[position] = resize_frame(np.asarray(first), *size)
-            frames = np.stack([loaded[p] for p in plan.positions])
+                    # an RGB image: PIL's default filter, bicubic
+                    loaded[position] = np.asarray(image.resize(plan.list_size[::-1]))
+            frames = resize_frames(np.stack([loaded[p] for p in plan.positions]), *size)
         else:
-            frames = read_frames(video, plan.positions, item_id=item_id, each=lambda f: resize_frame(f, *size))
+            frames = read_frames(video, plan.positions, item_id=item_id,
+                                 transform=lambda group: resize_frames(group, *size))
         return Video(plan, frames)
 
     def video_frame_size(self, height: int, width: int, count: int, total_pixels: float,

@@ -169,11 +169,21 @@ function clock(seconds) {
 function span(r) { return clock(r.start) + "-" + clock(r.end); }
 
 function segmentPlayer(r) {
-  // plays from the segment's start and stops at its end; without a token the file streams with range
-  // requests, with one it is fetched (a <video src> cannot send the token)
+  // seeks to the segment's start, plays it and stops at its end (where the browser refuses to start
+  // playing by itself, the poster frame waits for the play button); without a token the file streams
+  // with range requests, with one it is fetched (a <video src> cannot send the token)
   const video = Object.assign(document.createElement("video"), { controls: true, preload: "metadata" });
+  api(r.poster_url).then(async (res) => {  // fetched with the token, as thumbnails are
+    if (!res.ok) return;
+    const blob = URL.createObjectURL(await res.blob());
+    state.blobs.push(blob);
+    video.poster = blob;
+  });
   let stopped = false;
-  video.addEventListener("loadedmetadata", () => { video.currentTime = r.start; });
+  video.addEventListener("loadedmetadata", () => {
+    video.currentTime = r.start;
+    video.play().catch(() => {});
+  }, { once: true });
   video.addEventListener("timeupdate", () => {
     if (!stopped && video.currentTime >= r.end) { stopped = true; video.pause(); }
   });
