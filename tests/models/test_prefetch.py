@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import umr
-from umr.models.prefetch import PrefetchingLoader
+from umr.models.prefetch import PrefetchingLoader, resolved_workers
 from umr.core.items import Item, ItemError
 
 
@@ -71,3 +71,18 @@ def test_loader_stays_at_most_ahead_batches_beyond_the_running_one():
         assert loader.take([6, 7, 8]) == ["t6", "t7", "t8"]
     finally:
         loader.close()
+
+
+def test_a_worker_prepares_ahead_whenever_the_forward_runs_on_an_accelerator():
+    """On an accelerator the CPU idles during the forward pass, so decoding overlaps it whatever
+    the core count; on a CPU a worker only runs where a core is left beyond PyTorch's threads;
+    an explicit count always wins."""
+    import os
+
+    import torch
+
+    assert resolved_workers(None, "cuda") == 1
+    assert resolved_workers(None, torch.device("cuda", 0)) == 1
+    assert resolved_workers(None, "cpu") == (1 if (os.cpu_count() or 1) > torch.get_num_threads() else 0)
+    assert resolved_workers(0, "cuda") == 0
+    assert resolved_workers(3, "cpu") == 3

@@ -370,7 +370,7 @@ class Embedder(ItemEmbedder):
 
     def _loader(self, items: Sequence[Item], batches: list[list[int]]):
         """A :class:`~umr.models.prefetch.PrefetchingLoader` for a family that prepares items ahead."""
-        workers = resolved_workers(self.prefetch_workers) if isinstance(self, Prefetching) else 0
+        workers = resolved_workers(self.prefetch_workers, self.device) if isinstance(self, Prefetching) else 0
         if workers < 1 or not batches:
             return None
         return PrefetchingLoader(items, batches, self.prepare, workers=workers, ahead=self.prefetch_ahead)

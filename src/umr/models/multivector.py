@@ -51,6 +51,8 @@ class MultiVectorEmbedder(ItemEmbedder):
     #: worker threads preparing items ahead of the forward pass (see :mod:`umr.models.prefetch`)
     prefetch_workers: int | None = None
     prefetch_ahead: int = 2
+    #: where the forward pass runs
+    device: torch.device
 
     # -- what users call -------------------------------------------------------------------
 
@@ -69,7 +71,7 @@ class MultiVectorEmbedder(ItemEmbedder):
         vectors: dict[int, np.ndarray] = {}
         if show_progress_bar is None:
             show_progress_bar = sys.stderr.isatty() and len(good) > max_items
-        workers = resolved_workers(self.prefetch_workers)
+        workers = resolved_workers(self.prefetch_workers, self.device)
         loader = (PrefetchingLoader(items, [[good[j] for j in batch] for batch in plan], self.prepare,
                                     workers=workers, ahead=self.prefetch_ahead) if workers > 0 and plan else None)
         with tqdm(total=len(good), disable=not show_progress_bar, desc=f"embed [{self.name}]",

@@ -23,10 +23,11 @@ from ..core.items import Item, ItemError
 class Prefetching(ABC):
     """An embedder whose per-item preparation can run ahead of its forward pass."""
 
-    #: worker threads preparing items ahead (0: prepare inline, batch by batch); None: one when the
-    #: CPU has a core beyond PyTorch's threads, else 0 (on 2 cores fully used by PyTorch, a worker
-    #: thread slowed GME's benchmark to 0.79x: it takes cycles from the forward pass)
+    #: worker threads preparing items ahead (0: prepare inline, batch by batch); None: see
+    #: :func:`resolved_workers`
     prefetch_workers: int | None = None
+    #: where the forward pass runs (decides whether a worker thread is free to prepare ahead)
+    device: torch.device
     #: batches prepared ahead of the one running
     prefetch_ahead: int = 2
 
@@ -40,10 +41,16 @@ class Prefetching(ABC):
         gradients outside inference mode (fine-tuning trains through it)."""
 
 
-def resolved_workers(workers: int | None) -> int:
-    """:attr:`Prefetching.prefetch_workers` with None resolved for this machine."""
+def resolved_workers(workers: int | None, device: torch.device | str = "cpu") -> int:
+    """:attr:`Prefetching.prefetch_workers` with None resolved for this machine: one worker when
+    the forward pass runs on an accelerator (the CPU idles meanwhile: decoding videos and images
+    there overlaps it) or the CPU has a core beyond PyTorch's threads; else 0 (on 2 cores fully
+    used by PyTorch, a worker thread slowed GME's benchmark to 0.79x and video decoding gained
+    nothing: it takes cycles from the forward pass)."""
     if workers is not None:
         return int(workers)
+    if torch.device(device).type != "cpu":
+        return 1
     return 1 if (os.cpu_count() or 1) > torch.get_num_threads() else 0
 
 

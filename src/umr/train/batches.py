@@ -142,9 +142,7 @@ class MicroBatchFeed:
         stream = EpochStream(functools.partial(self._micro_batch, plan, epoch), start=start, stop=len(plan))
         workers = 0
         if isinstance(self.embedder, Prefetching):
-            workers = resolved_workers(self.embedder.prefetch_workers)
-            if self.device.type == "cuda":  # the CPU idles while the accelerator runs the forward
-                workers = max(1, workers)
+            workers = resolved_workers(self.embedder.prefetch_workers, self.device)
         loader = (PrefetchingLoader(stream.items, stream, self._prepare, workers=workers,
                                     ahead=self.embedder.prefetch_ahead) if workers else None)
         return _Epoch(epoch, stream, loader)
