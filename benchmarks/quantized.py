@@ -23,7 +23,8 @@ Configurations, each built and measured in a fresh process (its memory is its ow
   commits; values beyond that range are clipped and counted), the codes in a faiss 8-bit
   scalar-quantizer index, searched by ``int8_search`` (float32 queries against decoded rows);
 * ``int8-rescore``: int8 candidates, ``--rescore-k`` of them, rescored against the float32 rows;
-* ``binary-rescore``: sign bits in a faiss ``IndexBinaryFlat``, the ``--rescore-k`` (default
+* ``binary-rescore``: sign bits in a faiss ``IndexBinaryFlat`` (padded from 48 to 64 bytes, as the
+  index pads them: ``umr.index.quantized.padded_width``), the ``--rescore-k`` (default
   ``max(20k, 200)``) nearest in Hamming distance rescored exactly against the float32 rows, read
   on demand from a memory-mapped ``.npy``;
 * ``binary``: the Hamming top-k alone.
@@ -260,7 +261,7 @@ def build(config: str, corpus: np.ndarray) -> tuple[object, dict]:
         return (lambda q, depth: qi.int8_search(index, q, depth)[1]), info
     index = qi.binary_index(dim=dim)
     for start in range(0, n, CHUNK):
-        index.add(qc.sign_bits(corpus[start:start + CHUNK]))
+        qi.add_bits(index, qc.sign_bits(corpus[start:start + CHUNK]))
     return (lambda q, depth: qi.hamming_search(index, qc.sign_bits(q), depth)[1]), info
 
 

@@ -5,11 +5,13 @@ rewrite. The store wiring is tested in test_quantized_index.py."""
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
 import umr
 from sentences import sentences
+from umr.core.quantize import sign_bits
 from umr.index.compact import CompactVectors, check_quantize, new_record
 
 
@@ -49,7 +51,7 @@ def test_top10_overlap_with_float32_is_at_least_095_on_minilm_vectors(kind, mini
     scores, ids = store.search(queries, 10)
     assert overlap(ids, truth) >= 0.95
     assert np.allclose(scores, np.take_along_axis(queries @ corpus.T, ids, 1), atol=1e-5)  # exact rescores
-    assert store.memory_bytes == 3000 * (384 if kind == "int8" else 48)
+    assert store.memory_bytes == 3000 * (384 if kind == "int8" else 64)  # 48 bytes of sign bits held as 64
     if kind == "binary":  # without rescoring sign bits alone miss much of the top 10: rescoring is what works
         assert overlap(store.search(queries, 10, rescore_k=0)[1], truth) < 0.9
 
@@ -124,6 +126,48 @@ def test_a_rewrite_keeps_only_the_rows_asked_for_and_refits(kind, minilm_corpus,
         assert written.record["codec"]["rows"] == 500 and written.record["clipped"] == 0
     _, ids = rewritten.search(queries, 10)
     assert overlap(keep[ids], exact(queries, corpus[:1000][keep], 10) * 2) >= 0.95
+
+
+def test_sign_bits_are_padded_in_memory_only_and_search_as_the_stored_codes(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1200, 384)).astype(np.float32)
+    queries = x[:30] + 0.3 * rng.standard_normal((30, 384)).astype(np.float32)
+    store = fill(tmp_path, "binary", [x[:700], x[700:1000]])
+    assert np.array_equal(store.codes(), on_disk_all(store).reshape(1000, 48))
+    store.first_stage_index()  # read in: 64 bytes a row in memory, the same 48 stored bytes out
+    assert store.index.code_size == 64 and store.memory_bytes == 1000 * 64 and store.code_size == 48
+    assert np.array_equal(store.codes(), on_disk_all(store).reshape(1000, 48))
+    graph = store.grow_graph(None, m=16, ef_construction=64, target=tmp_path / "graph-a.faiss")
+    store.keep_graph(graph)
+    written = faiss.read_index_binary(str(tmp_path / "graph-a.faiss"))  # the graph's file: the stored width
+    assert written.d == 384 and np.array_equal(faiss.vector_to_array(faiss.downcast_IndexBinary(written.storage).xb),
+                                               on_disk_all(store))
+    assert graph.index.code_size == 64 and graph.index.storage.ntotal == 1000
+
+    store.take(store.append(x[1000:], 3))  # a commit after reading: its codes padded as they join
+    assert store.index.ntotal == 1200 and not faiss.rev_swig_ptr(store.index.xb.data(), 1200 * 64)[48::64].any()
+    bits = faiss.IndexBinaryFlat(384)  # faiss over the stored codes, unpadded
+    bits.add(store.codes())
+    want_dist, want_ids = bits.search(sign_bits(queries), 100)
+    scores, ids = store.search(queries, 100, rescore_k=0)
+    assert np.array_equal(ids, want_ids) and np.array_equal(scores, 384 - 2 * want_dist.astype(np.float32))
+    by_graph = store.search(queries, 10, rescore_k=0, graph=graph, ef_search=400)  # the graph and its exact tail
+    assert overlap(by_graph[1], want_ids[:, :10]) >= 0.9
+
+    reopened = CompactVectors(tmp_path, 384, store.record, 1200)
+    again = reopened.graph("graph-a.faiss", 1000)
+    assert again.index.code_size == 64 and again.index.storage.ntotal == 1200
+    got = reopened.search(queries, 10, rescore_k=0, graph=again, ef_search=400)
+    assert np.array_equal(got[1], by_graph[1]) and np.array_equal(got[0], by_graph[0])
+    grown = reopened.grow_graph({"file": "graph-a.faiss", "rows": 1000}, m=16, ef_construction=64,
+                                target=tmp_path / "graph-b.faiss")
+    assert grown.index.ntotal == 1200 and faiss.read_index_binary(str(tmp_path / "graph-b.faiss")).d == 384
+    reopened.keep_graph(grown)
+    assert overlap(reopened.search(queries, 10, rescore_k=0, graph=grown, ef_search=400)[1], want_ids[:, :10]) >= 0.9
+
+
+def on_disk_all(store: CompactVectors) -> np.ndarray:
+    return np.fromfile(store.folder / store.record["codes"], np.uint8)
 
 
 def test_what_a_store_refuses(tmp_path):

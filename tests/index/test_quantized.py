@@ -252,10 +252,43 @@ def test_binary_hnsw_search_honours_the_mask():
 def test_a_binary_index_of_odd_width_pads_its_last_byte():
     x = unit(30, 12, seed=9)
     index = qi.binary_index(qc.sign_bits(x))
-    assert index.d == 16 and index.ntotal == 30 and qi.binary_index(dim=12).d == 16
-    assert np.array_equal(qi.index_codes(index), qc.sign_bits(x))
+    # 12 bits take 2 bytes, held as 4 (faiss's smallest specialised width); the extra bytes are 0
+    assert index.d == 32 and index.ntotal == 30 and qi.binary_index(dim=12).d == 32
+    assert np.array_equal(qi.index_codes(index)[:, :2], qc.sign_bits(x)) and not qi.index_codes(index)[:, 2:].any()
     dist, ids = qi.hamming_search(index, qc.sign_bits(x[:3]), 1)
     assert ids[:, 0].tolist() == [0, 1, 2] and (dist == 0).all()
+
+
+@pytest.mark.parametrize(("width", "padded"), [(1, 4), (2, 4), (4, 4), (5, 8), (12, 16), (16, 16), (17, 20),
+                                                (21, 32), (32, 32), (48, 64), (64, 64), (65, 72), (96, 96),
+                                                (100, 104), (192, 192)])
+def test_sign_bit_codes_are_padded_to_the_next_width_faiss_compares_fast(width, padded):
+    assert qi.padded_width(width) == padded
+    assert qi.padded_width(padded) == padded  # padding twice changes nothing
+    bits = np.random.default_rng(width).integers(0, 256, (3, width), dtype=np.uint8)
+    out = qi.pad_bits(bits)
+    assert out.shape == (3, padded) and np.array_equal(out[:, :width], bits) and not out[:, width:].any()
+    with pytest.raises(ValueError, match=f"codes of {width} bytes do not fit in {width - 1}"):
+        qi.pad_bits(bits, width - 1)
+
+
+@pytest.mark.parametrize("dim", [384, 768, 1536, 100])  # 48 -> 64 bytes; 96, 192, 13 -> 16
+def test_padding_leaves_hamming_distances_and_rankings_as_on_the_stored_codes(dim):
+    x, queries = unit(3000, dim, seed=dim), unit(20, dim, seed=dim + 1)
+    bits, qbits = qc.sign_bits(x), qc.sign_bits(queries)
+    unpadded = faiss.IndexBinaryFlat(8 * bits.shape[1])  # faiss on the codes as stored
+    unpadded.add(bits)
+    want_dist, want_ids = unpadded.search(qbits, 50)
+    index = qi.binary_index(bits)
+    assert index.code_size == qi.padded_width(bits.shape[1])
+    mask = np.arange(3000) % 4 != 1
+    for dist, ids in (qi.hamming_search(index, qbits, 50), qi.hamming_knn(qbits, bits, 50),
+                      qi.hamming_knn(qbits, qi.index_codes(index), 50)):
+        assert np.array_equal(dist, want_dist) and np.array_equal(ids, want_ids)
+    assert np.array_equal(want_dist, np.sort(hamming(qbits, bits), axis=1)[:, :50])
+    masked = unpadded.search(qbits, 50, params=faiss.SearchParameters(sel=qi.bitmap_selector(mask)))
+    for dist, ids in (qi.hamming_search(index, qbits, 50, mask=mask), qi.hamming_knn(qbits, bits, 50, mask=mask)):
+        assert np.array_equal(dist, masked[0]) and np.array_equal(ids, masked[1])
 
 
 # -- int8 search and exact block search ------------------------------------------------------------

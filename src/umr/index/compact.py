@@ -9,6 +9,9 @@ manifest's ``compact`` record:
   for rescoring, so only the rows a search rescores are read (they count as page cache, not as the
   process's own memory);
 * ``codes-N.u8``: the compact codes (int8 levels or sign bits), read into memory on first search.
+  Sign bits are stored ``ceil(dim / 8)`` bytes a row and padded with zero bytes in memory to a
+  width faiss compares fast (:func:`~umr.index.quantized.padded_width`: 384 bits, 48 bytes, become
+  64), which leaves every Hamming distance as it was; the HNSW graph's file records the stored width.
 
 Both are append-only and the manifest says how many rows they hold: a commit appends its rows
 (fsynced) before the manifest that counts them is written, and the next commit writes from the
@@ -38,8 +41,8 @@ import numpy as np
 
 from ..core.atomic import atomic_path, write_bytes_atomic
 from ..core.quantize import Int8Codec, PerDimensionInt8, recalibration_due, sign_bits, signed, unsigned
-from .quantized import (binary_index, bitmap_selector, default_rescore_k, hamming_knn, hamming_search,
-                        index_codes, int8_index, int8_search, knn_ip, rescore)
+from .quantized import (add_bits, binary_index, bitmap_selector, default_rescore_k, hamming_knn, hamming_search,
+                        index_codes, int8_index, int8_search, knn_ip, pad_bits, padded_width, rescore)
 
 Quantize = Literal["int8", "binary"]
 QUANTIZE: tuple[str, ...] = ("int8", "binary")
@@ -104,13 +107,18 @@ class CompactVectors:
 
     @property
     def code_size(self) -> int:
-        """Bytes a row takes in memory: ``dim`` for int8, ``ceil(dim / 8)`` for sign bits."""
+        """Bytes a row's codes take on disk: ``dim`` for int8, ``ceil(dim / 8)`` for sign bits."""
         return self.dim if self.kind == "int8" else -(-self.dim // 8)
+
+    @property
+    def memory_code_size(self) -> int:
+        """Bytes a row's codes take in memory: sign bits padded to :func:`~umr.index.quantized.padded_width`."""
+        return self.code_size if self.kind == "int8" else padded_width(self.code_size)
 
     @property
     def memory_bytes(self) -> int:
         """The codes' bytes: all this keeps in memory per row (the floats stay on disk)."""
-        return self.rows * self.code_size
+        return self.rows * self.memory_code_size
 
     def floats(self) -> np.ndarray:
         """The float32 rows, memory-mapped read-only (nothing is read until used)."""
@@ -122,9 +130,10 @@ class CompactVectors:
         return self._floats
 
     def codes(self) -> np.ndarray:
-        """Every row's codes, (rows, code_size) uint8: from memory once read, else from the file."""
+        """Every row's codes as stored, (rows, code_size) uint8: from memory once read (a view
+        without the padding), else from the file."""
         if self.index is not None:
-            return index_codes(self.index)
+            return index_codes(self.index)[:, :self.code_size]
         if not self.rows:
             return np.zeros((0, self.code_size), np.uint8)
         with open(self.folder / self.record["codes"], "rb") as handle:
@@ -202,7 +211,7 @@ class CompactVectors:
             if self._graph is not None:
                 self._graph.attach(self.index)
         else:
-            self.index.add_sa_codes(written.codes) if self.kind == "int8" else self.index.add(written.codes)
+            self.index.add_sa_codes(written.codes) if self.kind == "int8" else add_bits(self.index, written.codes)
 
     def first_stage_index(self):
         """The codes as a faiss flat index (binary Hamming, or an 8-bit scalar quantizer decoding as
@@ -266,7 +275,8 @@ class CompactVectors:
             params.sel = bitmap_selector(mask[:graph.rows])
         covered = min(k, graph.rows)
         if self.kind == "binary":
-            scores, ids = self._similarity(*graph.index.search(sign_bits(q), covered, params=params))
+            bits = pad_bits(sign_bits(q), graph.index.code_size)
+            scores, ids = self._similarity(*graph.index.search(bits, covered, params=params))
         else:
             scores, ids = graph.index.search(q, covered, params=params)
             scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
@@ -316,16 +326,18 @@ class CompactVectors:
             path = str(self.folder / info["file"])
             index = faiss.read_index_binary(path) if self.kind == "binary" else faiss.read_index(path)
             _drop_storage(index)
-            index.storage = work
+            _use_storage(index, work)
         for begin in range(start, self.rows, CHUNK_ROWS):
             end = min(begin + CHUNK_ROWS, self.rows)
-            # int8 rows go in as their decoded values, which encode back to the same codes
-            index.add(codes[begin:end] if self.kind == "binary" else work.sa_decode(codes[begin:end]))
+            if self.kind == "binary":
+                add_bits(index, codes[begin:end])
+            else:  # int8 rows go in as their decoded values, which encode back to the same codes
+                index.add(work.sa_decode(codes[begin:end]))
             if progress:
                 progress(end - start)
         with atomic_path(target) as tmp:
             if self.kind == "binary":
-                faiss.write_index_binary(index, str(tmp))  # faiss keeps a binary graph's codes in its file
+                _write_binary_graph(index, str(tmp), codes)
             else:
                 faiss.write_index(index, str(tmp), faiss.IO_FLAG_SKIP_STORAGE)
         graph = CompactGraph(target.name, self.rows, index)
@@ -347,7 +359,8 @@ class CompactGraph:
 
     def attach(self, storage) -> None:
         """Search ``storage`` (the index's codes, kept alive here) from now on."""
-        self.index.storage = self.storage = storage
+        _use_storage(self.index, storage)
+        self.storage = storage
 
 
 def floats_name(number: int) -> str:
@@ -379,6 +392,32 @@ def _drop_storage(index) -> None:
     index.own_fields = False
     if storage is not None:
         storage.this.own(True)
+
+
+def _use_storage(graph, storage) -> None:
+    """Let HNSW ``graph`` search ``storage``; a binary graph takes on the storage's (padded) code
+    width too, by which faiss picks its Hamming distance code."""
+    import faiss
+
+    graph.storage = storage
+    if isinstance(graph, faiss.IndexBinary):
+        graph.d, graph.code_size = storage.d, storage.code_size
+
+
+def _write_binary_graph(graph, path: str, codes: np.ndarray) -> None:
+    """Write a binary HNSW graph as it would be over the codes as stored (``codes``, unpadded):
+    faiss writes a binary graph's codes into its file, and the file keeps the stored width
+    whatever width memory pads them to (reading it, :func:`_use_storage` pads again)."""
+    import faiss
+
+    stored = faiss.IndexBinaryFlat(8 * codes.shape[1])
+    stored.add(np.ascontiguousarray(codes))
+    padded, width = graph.storage, (graph.d, graph.code_size)
+    graph.storage, graph.d, graph.code_size = stored, stored.d, stored.code_size
+    try:
+        faiss.write_index_binary(graph, path)
+    finally:
+        graph.storage, (graph.d, graph.code_size) = padded, width
 
 
 def _write_at(path: Path, offset: int, data: np.ndarray) -> None:
