@@ -17,6 +17,12 @@ document's tokens). Full size: 20,000 documents x 256 tokens and 200 queries (th
 * bandwidth: a streaming read of a buffer several times the cache (``numpy`` sum over float32),
   against which the exact scan's bytes/s are put.
 
+Threads: ``--threads`` (default 1) for torch (the MaxSim kernel) and faiss (the first stage), the
+same for exact and first stage, recorded with the load average. On the shared, loaded 2-core
+machine the results were measured on, torch's default pool of 2 threads ran the same exact scan
+2-4x slower than one thread (every block's product and cast waits for a descheduled worker) and
+a rerank of 50 documents 10x slower.
+
     PYTHONPATH=src .venv/bin/python benchmarks/late_interaction.py --quick
     PYTHONPATH=src .venv/bin/python benchmarks/late_interaction.py
 
@@ -29,11 +35,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -104,7 +112,8 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 def run(args) -> dict:
     docs, queries = clustered(args.docs, args.tokens, args.queries, args.query_tokens)
     queries = queries[:args.exact_queries or None]  # every number below is over these queries
-    out: dict = {"machine": machine(), "docs": args.docs, "tokens_per_doc": args.tokens, "dim": DIM,
+    out: dict = {"machine": machine(), "threads": args.threads, "load_average_before": os.getloadavg()[0],
+                 "docs": args.docs, "tokens_per_doc": args.tokens, "dim": DIM,
                  "queries": len(queries), "query_tokens": args.query_tokens, "k": K}
     bandwidth = read_bandwidth(args.bandwidth_mb)
     out["memory_read_bandwidth_gb_s"] = bandwidth / 1e9
@@ -157,6 +166,7 @@ def run(args) -> dict:
                          "recall_at_10_vs_float32": recall(rows, reference_rows),
                          "max_top1_score_error": float(np.max(np.abs(scores[:, 0] - reference_scores[:, 0])))}
     out["storage"] = storage
+    out["load_average_after"] = os.getloadavg()[0]
     return out
 
 
@@ -176,6 +186,8 @@ def table(doc: dict) -> str:
     e = doc["exact"]
     lines = [f"late interaction: {doc['docs']} docs x {doc['tokens_per_doc']} tokens x {doc['dim']}-d, "
              f"{doc['queries']} queries x {doc['query_tokens']} tokens, float16 codes",
+             f"CPU {doc['machine']['cpu']}, {doc['threads']} thread(s), load average {doc['load_average_before']:.1f} "
+             f"before, {doc['load_average_after']:.1f} after",
              f"memory read bandwidth {doc['memory_read_bandwidth_gb_s']:.1f} GB/s",
              f"exact MaxSim: {e['batch_qps']:.2f} q/s (all queries in one scan, {e['batch_gflop_s']:.0f} GFLOP/s); "
              f"one query per scan {e['single_qps']:.2f} q/s, {e['single_scan_gb_s']:.2f} GB/s scanned = "
@@ -205,17 +217,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-queries", type=int, default=5, help="queries timed one scan each")
     parser.add_argument("--depths", type=int, nargs="+", default=[50, 100, 200, 400])
     parser.add_argument("--token-k", type=int, default=64, help="pooled stage: hits per query token")
+    parser.add_argument("--threads", type=int, default=1, help="torch and faiss threads")
     parser.add_argument("--bandwidth-mb", type=int, default=1024)
     parser.add_argument("--exact-queries", type=int, default=None,
                         help="measure everything on the first N queries only (exact MaxSim of 200 queries over "
-                             "20k x 256 tokens is about 5 TFLOP: hours on a loaded 2-core machine)")
+                             "20k x 256 tokens is about 5 TFLOP: 2 minutes at the 45 GFLOP/s one thread gave)")
     parser.add_argument("--stages", nargs="+", choices=["muvera", "pooled-4"], default=["muvera", "pooled-4"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     args.docs = args.docs or (2000 if args.quick else 20000)
     args.tokens = args.tokens or (64 if args.quick else 256)
     args.queries = args.queries or (50 if args.quick else 200)
-    doc = run(args)
+    import faiss
+
+    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    try:
+        doc = run(args)
+    finally:  # the tests run this in their own process: leave its thread pools as they were
+        torch.set_num_threads(torch_threads)
+        faiss.omp_set_num_threads(faiss_threads)
     out = args.out or ROOT / "benchmarks" / "results" / ("late_interaction.quick.json" if args.quick else "late_interaction.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))

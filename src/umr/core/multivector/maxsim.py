@@ -5,14 +5,18 @@ the documents' own tokens only: no padding ever takes part in a max (colpali-eng
 scorer pads with zero vectors, so a query token whose products with a short document are all
 negative scores 0 there instead of its true best).
 
-How it runs (the fastest of the strategies measured in ``benchmarks/late_interaction.py``'s
-development, on an AVX2 CPU): a block of whole documents' codes is widened to float32 into a
+How it runs (the fastest of the strategies measured on an AVX2 CPU, see
+``benchmarks/late_interaction.py``): a block of whole documents' codes is widened to float32 into a
 reused buffer (float16/int8 casts run at several Gelem/s in torch once no page faults are paid
-for fresh allocations), multiplied by the folded query tokens in one float32 ``torch.mm`` into a
-reused ``(query tokens, block tokens)`` score buffer sized to stay in cache, reduced to each
-document's max by a reshape (documents of equal length) or ``np.maximum.reduceat`` (ragged), and
-summed per query. Memory is bounded by the block, whatever the collection's size; the result of
-:func:`maxsim_topk` is kept as a running top-k.
+for fresh allocations), multiplied by the folded query tokens (of every query in the batch) in
+one float32 ``torch.mm`` into a reused ``(query tokens, block tokens)`` score buffer, reduced to
+each document's max by a reshape (documents of equal length) or ``np.maximum.reduceat`` (ragged),
+and summed per query. Blocks are large (a byte budget, :data:`SCORE_ELEMENTS` and
+:data:`BLOCK_BYTES`): every block costs two thread-pool synchronisations (the cast and the
+product), and on a loaded machine each one waits for a descheduled thread, so blocks of a few
+thousand tokens ran at a quarter of the matrix product's rate where blocks of tens of thousands
+reach it. Memory stays bounded by the two budgets (about 100 MB), whatever the collection's size;
+the result of :func:`maxsim_topk` is kept as a running top-k.
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ import torch
 
 from .tokens import TokenVectors, as_float32, as_queries
 
-__all__ = ["SCORE_ELEMENTS", "maxsim", "maxsim_topk", "rerank"]
+__all__ = ["BLOCK_BYTES", "SCORE_ELEMENTS", "maxsim", "maxsim_topk", "rerank"]
 
-#: float32 values in one block's score matrix (query tokens x document tokens): 4 MB, so that it
-#: stays in cache between the matrix product and the max over each document's tokens
-SCORE_ELEMENTS = 1 << 20
+#: float32 values in one block's score matrix (query tokens x document tokens): 64 MB, so that
+#: each block's product is billions of FLOPs for a batch of queries (per-block overhead amortised)
+SCORE_ELEMENTS = 1 << 24
+#: bytes of one widened (float32) block of document tokens: 32 MB, which bounds the block of a
+#: single query (whose score matrix is small)
+BLOCK_BYTES = 1 << 25
 #: fewest document tokens per block (a large query batch must still amortise each block's overhead)
 MIN_BLOCK_TOKENS = 256
 
@@ -51,7 +58,8 @@ class _Scanner:
         self.bias = None if bias is None else np.add.reduceat(bias.numpy(), self.q_starts)
         n_q_tokens = len(queries.codes)
         if block_tokens is None:
-            block_tokens = max(SCORE_ELEMENTS // n_q_tokens, MIN_BLOCK_TOKENS)
+            widened_tokens = BLOCK_BYTES // (4 * self.encoding.block_width)
+            block_tokens = max(min(SCORE_ELEMENTS // n_q_tokens, widened_tokens), MIN_BLOCK_TOKENS)
         self.block_tokens = max(min(int(block_tokens), docs.n_tokens), int(docs.lengths.max()))
         self._widened = torch.empty((self.block_tokens, self.encoding.block_width))
         self._scores = torch.empty(n_q_tokens * self.block_tokens)
