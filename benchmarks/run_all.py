@@ -174,8 +174,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "exact MaxSim over every document (the same engine, the same queries), and the memory read bandwidth "
         "measured in the same run",
         ("late_interaction.json", "late_interaction.quick.json"),
-        (Headline("first stage recall@10 of exact MaxSim", at("first_stages", -1, "recall_at_10"), 0.95, unit=""),
-         Headline("first stage q/s vs exact MaxSim", at("first_stages", -1, "speedup_vs_exact"), 20.0),
+        (Headline("first stage recall@10 of exact MaxSim (fastest depth reaching 0.95)", at("best_first_stage", "recall_at_10"), 0.95, unit=""),
+         Headline("first stage q/s vs exact MaxSim", at("best_first_stage", "speedup_vs_exact"), 20.0),
          Headline("exact MaxSim scan, share of memory bandwidth", at("exact", "single_scan_share_of_bandwidth"),
                   unit=""))),
     Benchmark(
