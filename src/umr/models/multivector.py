@@ -51,8 +51,8 @@ class MultiVectorEmbedder(ItemEmbedder):
     #: worker threads preparing items ahead of the forward pass (see :mod:`umr.models.prefetch`)
     prefetch_workers: int | None = None
     prefetch_ahead: int = 2
-    #: where the forward pass runs
-    device: torch.device
+    #: where the forward pass runs (a family sets it on load)
+    device: torch.device = torch.device("cpu")
 
     # -- what users call -------------------------------------------------------------------
 
